@@ -37,7 +37,15 @@ def main(argv):
         for name in board_stub_names():
             if (SITE / name).exists():
                 (Path(tmp) / name).symlink_to(SITE / name)
-        cmd = [sys.executable, "-m", "mypy", "--config-file", str(REPO / "tools" / "mypy-device.ini"),
+        # Errors inside the stub package itself are not ours to fix.
+        stub_mods = []
+        for name in board_stub_names():
+            mod = name[:-4] if name.endswith(".pyi") else name
+            stub_mods += [mod, mod + ".*"]
+        ini = Path(tmp) / "mypy.ini"
+        ini.write_text((REPO / "tools" / "mypy-device.ini").read_text()
+                       + "\n[mypy-%s]\nignore_errors = True\n" % ",".join(stub_mods))
+        cmd = [sys.executable, "-m", "mypy", "--config-file", str(ini),
                "--custom-typeshed-dir", str(SITE), "--no-site-packages"] + files
         env = {"MYPYPATH": tmp + ":" + str(REPO / "device"), "PATH": "/usr/bin:/bin"}
         r = subprocess.run(cmd, cwd=REPO, env=env)
