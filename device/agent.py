@@ -1,0 +1,202 @@
+# agent: the network side of mpota, run as asyncio tasks beside the app.
+#
+# TCP: asyncio.start_server; per connection one StreamDecoder (its buffer is
+# the only receive buffer), `readinto` straight into decoder.space(), every
+# read under wait_for so a silent peer is dropped. Binary frames and JSON
+# lines share the connection (service.Device.dispatch tells them apart).
+# UDP: MicroPython asyncio has no datagram endpoint, so a non-blocking socket
+# is polled from a task; one reference frame per datagram (legacy.py).
+import sys
+import socket
+import asyncio
+
+import hal
+import native
+import framing
+from native import error_line, E_BUSY, E_TIMEOUT, E_BAD_FRAME, E_TOO_LARGE
+
+_ACK_LEN = framing.HEADER_SIZE + 5  # ACK frame: acked u32
+_NERR_LEN = framing.HEADER_SIZE + 12  # NERROR frame: 11-byte body
+
+
+class Conn:
+    def __init__(self, dev, r, w):
+        self.r = r
+        self.w = w
+        self.dec = framing.StreamDecoder(native.MAX_FRAME, native.MAX_LINE)
+        self.authed = not dev.auth_on
+        self.nonce = None
+        self.ack_due = False
+        self.ack_val = 0
+        # preallocated replies for the data path (write() copies any rest)
+        self.ackb = bytearray(_ACK_LEN)
+        self.nerrb = bytearray(_NERR_LEN)
+
+    def out(self, b):
+        self.w.write(b)
+
+    def ack(self, acked):
+        native.ack_into(self.ackb, acked)
+        self.w.write(self.ackb)
+
+    def nerror(self, op, code, value=0, ref=0):
+        native.nerror_into(self.nerrb, op, code, value, ref)
+        self.w.write(self.nerrb)
+
+
+class UdpPeer:
+    """The legacy datagram service as a 'connection': replies go to the
+    sender of the current datagram; the legacy session belongs to the service."""
+
+    def __init__(self, dev, sock):
+        self.dev = dev
+        self.s = sock
+        self.addr = None
+        self.authed = not dev.auth_on  # datagrams cannot authenticate
+        self.nonce = None
+        self.ack_due = False
+        self.ack_val = 0
+
+    def out(self, b):
+        try:
+            self.s.sendto(b, self.addr)
+        except OSError:
+            pass  # the peer retries
+
+    def nerror(self, op, code, value=0, ref=0):
+        import legacy
+        legacy.error(self.dev, self, code)
+
+
+async def _maybe_reset(dev):
+    if dev.reset_ms >= 0:
+        await asyncio.sleep_ms(dev.reset_ms)
+        dev.reset_now()
+
+
+async def _serve(dev, r, w):
+    timeout = dev.cfg.get("timeout", 30)
+    if dev.nconn >= dev.cfg.get("max_conn", 4):
+        try:
+            w.write(error_line(None, E_BUSY, "too many connections"))
+            await w.drain()
+            w.close()
+        except OSError:
+            pass
+        return
+    dev.nconn += 1
+    c = Conn(dev, r, w)
+    dec = c.dec
+    try:
+        while True:
+            try:
+                n = await asyncio.wait_for(r.readinto(dec.space()), timeout)
+            except asyncio.TimeoutError:
+                w.write(error_line(None, E_TIMEOUT, "no data for %d s: closing" % timeout))
+                await w.drain()
+                break
+            if not n:
+                break
+            dec.advance(n)
+            dev.dispatch(c)
+            await w.drain()
+            dev.sample_mem()
+            await _maybe_reset(dev)
+    except OSError:
+        pass  # reset by peer, broken pipe: just close
+    except Exception as e:
+        sys.print_exception(e)
+    finally:
+        dev.nconn -= 1
+        dev.drop(c)
+        try:
+            w.close()
+            await w.wait_closed()
+        except Exception:
+            pass
+
+
+async def _udp(dev, sock):
+    peer = UdpPeer(dev, sock)
+    import legacy
+    check = framing.check_frame
+    while True:
+        try:
+            data, addr = sock.recvfrom(legacy.MAX_WRITE + 64)
+        except OSError:
+            # nothing queued: poll again soon (faster while a session runs)
+            s = dev.session
+            await asyncio.sleep_ms(2 if s is not None and s.owner is peer else 10)
+            continue
+        peer.addr = addr
+        try:
+            mv = memoryview(data)
+            if len(data) > legacy.MAX_WRITE + 10:
+                legacy.error(dev, peer, E_TOO_LARGE)
+            elif check(mv) is not None:
+                legacy.error(dev, peer, E_BAD_FRAME)
+            else:
+                legacy.handle(dev, peer, mv)
+        except Exception as e:
+            sys.print_exception(e)
+        dev.sample_mem()
+        await _maybe_reset(dev)
+
+
+async def _housekeeping(dev, udp_peer_timeout):
+    # Feed the watchdog, close an abandoned UDP legacy session, track memory.
+    while True:
+        hal.wdt_feed()
+        s = dev.session
+        if s is not None and isinstance(s.owner, UdpPeer):
+            if hal.ticks_diff(hal.ticks_ms(), s.t) > udp_peer_timeout:
+                print("mpota: legacy UDP session idle: closed")
+                dev.close_session()
+        dev.sample_mem()
+        await asyncio.sleep_ms(200)
+
+
+def _addr(host, port, kind):
+    return socket.getaddrinfo(host, port, 0, kind)[0][-1]
+
+
+async def run(dev, ready=None):
+    """Connect Wi-Fi (board), listen, print the ready line, serve forever."""
+    cfg = dev.cfg
+    asyncio.create_task(_housekeeping(dev, cfg["timeout"] * 1000))
+    host = cfg["host"]
+    if hal.PLATFORM == "rp2":
+        while True:
+            try:
+                ip = hal.wlan_connect(cfg.get("wifi") or {})
+                print("mpota: wifi up, ip %s" % ip)
+                break
+            except Exception as e:
+                print("mpota: wifi: %s (retrying in 10 s)" % e)
+                await asyncio.sleep(10)
+        hal.wlan_power_save(True)
+    else:
+        ip = host
+    tcp = cfg["tcp_port"]
+    while True:
+        try:
+            srv = await asyncio.start_server(lambda r, w: _serve(dev, r, w), host, tcp, backlog=2)
+            break
+        except OSError as e:
+            print("mpota: cannot listen on %s:%d (%s): retrying" % (host, tcp, e))
+            await asyncio.sleep(2)
+    udp = "off"
+    if cfg["legacy_udp"]:
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(_addr(host, cfg["udp_port"], socket.SOCK_DGRAM))
+            s.setblocking(False)
+            asyncio.create_task(_udp(dev, s))
+            udp = "%s:%d" % (ip, cfg["udp_port"])
+        except OSError as e:
+            print("mpota: legacy UDP unavailable: %s" % e)
+    print("mpota: ready tcp=%s:%d udp=%s auth=%s" % (ip, tcp, udp, "on" if dev.auth_on else "off"))
+    if ready is not None:
+        ready.set()
+    await srv.wait_closed()

@@ -1,0 +1,41 @@
+# auth: the per-device key and the HMAC-SHA256 challenge-response of
+# docs/protocol.md section 2.2. The key never leaves this module: it is not
+# logged, not reported, not readable through any op (it is outside the slots).
+import os
+import binascii
+
+from hmac_sha256 import host_mac, device_mac, compare_digest
+
+KEY_PATH = "/mpota_key.bin"
+NONCE_LEN = 16
+
+
+def load_key(path=KEY_PATH):
+    """The 32-byte key, or None when absent or malformed."""
+    try:
+        with open(path, "rb") as f:
+            k = f.read(64)
+    except OSError:
+        return None
+    return k if len(k) == 32 else None
+
+
+def new_nonce():
+    return os.urandom(NONCE_LEN)
+
+
+def check(key, device_id, dev_nonce, host_nonce_hex, mac_hex):
+    """The device's MAC (bytes) when the host's MAC is right, else None."""
+    if key is None or dev_nonce is None:
+        return None
+    try:
+        hn = binascii.unhexlify(host_nonce_hex)
+        mac = binascii.unhexlify(mac_hex)
+    except (ValueError, TypeError):
+        return None
+    if len(hn) < 8 or len(hn) > 64:
+        return None
+    want = host_mac(key, device_id, dev_nonce, hn)
+    if not compare_digest(want, mac):
+        return None
+    return device_mac(key, device_id, dev_nonce, hn)

@@ -1,0 +1,92 @@
+# config: /mpota.json merged with hal.config_overrides() (the simulator's flags).
+#
+# load() never raises: a missing file means defaults; a broken one gives the
+# defaults plus a list of errors the boot manager prints and reports in
+# status, so a typo cannot brick the agent that would fix it.
+import json
+
+PATH = "/mpota.json"
+
+# key: (default, type, lower bound, upper bound); wifi is checked apart.
+_SPEC = {
+    "host": ("0.0.0.0", str, None, None),
+    "tcp_port": (8472, int, 1, 65535),
+    "udp_port": (8473, int, 1, 65535),
+    "legacy_udp": (False, bool, None, None),
+    "auth": (True, bool, None, None),
+    "max_trials": (3, int, 1, 100),
+    # Two slots of 360 KiB leave 128 KiB of the Pico W's 848 KiB filesystem
+    # for the agent's files, the state record and littlefs' spare blocks.
+    "slot_size": (368640, int, 4096, 0x7FFFFFFF),
+    "wdt": (0, int, 0, 8388),  # watchdog timeout in ms, 0 = off
+    "timeout": (30, int, 1, 3600),  # seconds a peer may stay silent
+    "max_conn": (4, int, 1, 16),
+}
+_WIFI = ("ssid", "password", "hostname", "country")
+
+
+def defaults():
+    d = {}
+    for k in _SPEC:
+        d[k] = _SPEC[k][0]
+    d["wifi"] = {}
+    return d
+
+
+def _check(cfg, src, errors):
+    out = {}
+    for k in src:
+        v = src[k]
+        if k == "wifi":
+            if not isinstance(v, dict):
+                errors.append("'wifi' must be an object with 'ssid' and 'password'")
+                continue
+            w = {}
+            for wk in v:
+                if wk in _WIFI and not isinstance(v[wk], str) and v[wk] is not None:
+                    errors.append("'wifi.%s' must be a string" % wk)
+                else:
+                    w[wk] = v[wk]
+            out["wifi"] = w
+            continue
+        spec = _SPEC.get(k)
+        if spec is None:
+            if not k.startswith("_"):  # "_comment" and friends are fine
+                errors.append("unknown key '%s' (ignored)" % k)
+            continue
+        typ = spec[1]
+        # bool is an int subclass: refuse true/false where a number belongs
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            errors.append("'%s' must be %s, got %r" % (k, typ.__name__, v))
+            continue
+        if typ is int and not (spec[2] <= v <= spec[3]):
+            errors.append("'%s' must be in %d..%d, got %d" % (k, spec[2], spec[3], v))
+            continue
+        out[k] = v
+    for k in out:
+        cfg[k] = out[k]
+
+
+def load(path=PATH, overrides=None):
+    """-> (config dict, [error strings]). Overrides win over the file."""
+    cfg = defaults()
+    errors = []
+    src = None
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        text = None  # no file: defaults
+    if text is not None:
+        try:
+            src = json.loads(text)
+        except ValueError as e:
+            errors.append("%s is not valid JSON (%s): using defaults" % (path, e))
+        if src is not None and not isinstance(src, dict):
+            errors.append("%s must hold a JSON object: using defaults" % path)
+            src = None
+    if src:
+        _check(cfg, src, errors)
+    if overrides:
+        _check(cfg, overrides, errors)
+    return cfg, errors

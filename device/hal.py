@@ -1,0 +1,174 @@
+# hal: the one seam between mpota and the hardware.
+#
+# On a Pico W these functions drive the real rp2 peripherals. Under the
+# simulator (tools/sim_boot.py) a module 'simhal' is already in sys.modules
+# before main.py runs; then every public name here is rebound to simhal's at
+# import time, so callers pay nothing per call and never test the platform.
+import gc
+import sys
+import time
+
+import machine
+
+PLATFORM = "rp2"
+
+WDT_MAX_MS = 8388  # RP2040 watchdog limit (24-bit counter at 2 ticks/us)
+
+# machine.reset() on rp2 comes back as WDT_RESET, like a real watchdog bite.
+# To tell them apart, reset() leaves a mark in WATCHDOG SCRATCH0, which
+# survives a watchdog reboot (pico-sdk keeps scratch0-3 for the user) and is
+# cleared by power-on.
+_SCRATCH0 = 0x40058000 + 0x0C
+_RESET_MARK = 0x6D706F74  # "mpot"
+
+_cause = None
+_wdt = None
+_led = None
+_wlan = None
+
+
+def reset():
+    machine.mem32[_SCRATCH0] = _RESET_MARK
+    machine.reset()
+
+
+def reset_cause():
+    # Cached: the first call reads and clears the reset mark.
+    global _cause
+    if _cause is None:
+        c = machine.reset_cause()
+        mark = machine.mem32[_SCRATCH0] == _RESET_MARK
+        machine.mem32[_SCRATCH0] = 0
+        if c == machine.PWRON_RESET:
+            _cause = "power_on"
+        elif c == machine.WDT_RESET:
+            _cause = "reset" if mark else "watchdog"
+        else:
+            _cause = "unknown"
+    return _cause
+
+
+def unique_id():
+    b = machine.unique_id()
+    return "".join("%02x" % x for x in b)
+
+
+def ticks_ms():
+    return time.ticks_ms()
+
+
+def ticks_diff(a, b):
+    return time.ticks_diff(a, b)
+
+
+def led(on):
+    global _led
+    if _led is None:
+        _led = machine.Pin("LED", machine.Pin.OUT)
+    _led.value(1 if on else 0)
+
+
+def wdt_start(timeout_ms):
+    # Cannot be stopped once started (hardware); a second call only feeds.
+    global _wdt
+    if _wdt is None:
+        _wdt = machine.WDT(timeout=max(1, min(int(timeout_ms), WDT_MAX_MS)))
+    _wdt.feed()
+
+
+def wdt_feed():
+    if _wdt is not None:
+        _wdt.feed()
+
+
+def wlan_connect(cfg):
+    # Station connect from a config dict: ssid, password, hostname, country
+    # (optional), retries (default 5), timeout_ms per attempt (default 15000).
+    # Backs off 1, 2, 4, 8... s (max 30) between attempts; returns the IP.
+    global _wlan
+    import network
+
+    ssid = cfg.get("ssid")
+    if not ssid:
+        raise ValueError("wlan: no 'ssid' in the config")
+    if cfg.get("country"):
+        network.country(cfg["country"])
+    if cfg.get("hostname"):
+        network.hostname(cfg["hostname"])
+    wlan = network.WLAN(network.STA_IF)
+    _wlan = wlan
+    wlan.active(True)
+    retries = int(cfg.get("retries", 5))
+    timeout = int(cfg.get("timeout_ms", 15000))
+    backoff = 1000
+    status = 0
+    for attempt in range(retries):
+        if wlan.isconnected():
+            return wlan.ifconfig()[0]
+        wlan.connect(ssid, cfg.get("password") or "")
+        t0 = time.ticks_ms()
+        while time.ticks_diff(time.ticks_ms(), t0) < timeout:
+            status = wlan.status()
+            if status == network.STAT_GOT_IP:
+                return wlan.ifconfig()[0]
+            if status == network.STAT_WRONG_PASSWORD:
+                wlan.disconnect()
+                raise OSError("wlan: wrong password for %r" % ssid)
+            if status in (network.STAT_NO_AP_FOUND, network.STAT_CONNECT_FAIL):
+                break
+            wdt_feed()
+            time.sleep_ms(100)
+        wlan.disconnect()
+        if attempt + 1 < retries:
+            t0 = time.ticks_ms()
+            while time.ticks_diff(time.ticks_ms(), t0) < backoff:
+                wdt_feed()
+                time.sleep_ms(100)
+            backoff = min(backoff * 2, 30000)
+    raise OSError("wlan: could not join %r after %d attempts (status %d)" % (ssid, retries, status))
+
+
+def wlan_power_save(enabled):
+    # Off while updating: power saving pushes the RTT to ~200 ms.
+    # On restores the cyw43 default (PM_PERFORMANCE).
+    if _wlan is not None:
+        import network
+
+        pm = network.WLAN.PM_PERFORMANCE if enabled else network.WLAN.PM_NONE
+        _wlan.config(pm=pm)
+
+
+def config_overrides():
+    # The simulator passes its launcher flags here; a board has none.
+    return {}
+
+
+def mem_free():
+    return gc.mem_free()
+
+
+def mem_alloc():
+    return gc.mem_alloc()
+
+
+def flash_info():
+    # The filesystem is the flash region mpota can use (DESIGN.md).
+    import os
+
+    st = os.statvfs("/")
+    return {"block_size": st[0], "block_count": st[2]}
+
+
+_API = ("reset", "reset_cause", "unique_id", "ticks_ms", "ticks_diff", "led",
+        "wdt_start", "wdt_feed", "wlan_connect", "wlan_power_save",
+        "config_overrides", "mem_free", "mem_alloc", "flash_info")
+
+_sim = sys.modules.get("simhal")
+if _sim is not None:
+    _g = globals()
+    for _n in _API:
+        _g[_n] = getattr(_sim, _n)
+    _g["PLATFORM"] = "sim"
+    del _g, _n
+elif sys.platform == "rp2":
+    reset_cause()  # read and clear the reset mark now, so a later real bite is not taken for a reset

@@ -1,0 +1,161 @@
+# ops: the JSON-line requests (docs/protocol.md section 2) except the update
+# session ones (update.py). Each op_<name>(dev, c, req) returns the reply
+# fields or raises ProtoError; line() turns either into one reply line.
+import sys
+import gc
+import binascii
+
+import hal
+import native
+import slots as S
+from native import (ProtoError, reply_line, error_line, E_UNSUPPORTED, E_BAD_REQUEST,
+                    E_OUT_OF_RANGE, E_BUSY, E_AUTH_REQUIRED, E_AUTH_FAILED)
+from service import VERSION
+
+_OPEN = ("hello", "auth", "ping", "status")  # served before authentication
+_UPDATE = ("begin", "commit", "abort")
+
+
+def name(i):
+    return None if i is None else S.NAMES[i]
+
+
+def field(req, key, typ, default=None, required=False):
+    v = req.get(key, default)
+    if v is None and not required:
+        return default
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise ProtoError(E_BAD_REQUEST, "field \"%s\" must be %s" % (key, typ.__name__))
+    return v
+
+
+def int_range(req, key, lo, hi, default=None):
+    v = field(req, key, int, default, default is None)
+    if not lo <= v <= hi:
+        raise ProtoError(E_OUT_OF_RANGE, "\"%s\" must be in %d..%d" % (key, lo, hi))
+    return v
+
+
+def slot_field(req):
+    return native.slot_index(field(req, "slot", str, required=True))
+
+
+def line(dev, c, ln):
+    rid = None
+    try:
+        req = native.parse_request(ln)
+        rid = req.get("id")
+        op = req["op"]
+        if op in _UPDATE:
+            import update
+            fn = getattr(update, "op_" + op)
+        else:
+            fn = getattr(sys.modules[__name__], "op_" + op, None)
+        if fn is None:
+            raise ProtoError(E_UNSUPPORTED, "unknown op \"%s\"" % op)
+        if not c.authed and op not in _OPEN:
+            raise ProtoError(E_AUTH_REQUIRED, "authenticate first (hello, auth)")
+        c.out(reply_line(rid, fn(dev, c, req)))
+    except ProtoError as e:
+        c.out(error_line(rid, e.code, e.message))
+
+
+def op_hello(dev, c, req):
+    import auth
+    c.nonce = auth.new_nonce() if dev.auth_on else None
+    return {"proto": native.PROTO, "agent": VERSION, "device": dev.id,
+            "max_frame": native.MAX_FRAME, "max_data": native.MAX_DATA,
+            "max_line": native.MAX_LINE, "window": native.WINDOW,
+            "slot_size": dev.sl.slot_size,
+            "features": ["native", "legacy", "json", "resume", "read"] + (["auth"] if dev.auth_on else []),
+            "auth": "hmac-sha256" if dev.auth_on else "none",
+            "nonce": binascii.hexlify(c.nonce).decode() if c.nonce else None}
+
+
+def op_auth(dev, c, req):
+    if not dev.auth_on:
+        return {"auth": "none"}
+    import auth
+    hn = field(req, "nonce", str, required=True)
+    mac = field(req, "mac", str, required=True)
+    nonce = c.nonce
+    c.nonce = None  # one attempt per hello
+    if nonce is None:
+        raise ProtoError(E_AUTH_FAILED, "send hello first (each hello allows one auth attempt)")
+    if dev.key is None:
+        raise ProtoError(E_AUTH_FAILED, "this device has no key (/mpota_key.bin)")
+    dm = auth.check(dev.key, dev.id, nonce, hn, mac)
+    if dm is None:
+        c.authed = False
+        raise ProtoError(E_AUTH_FAILED, "wrong MAC")
+    c.authed = True
+    return {"mac": binascii.hexlify(dm).decode()}
+
+
+def op_ping(dev, c, req):
+    return {"pong": True, "uptime_ms": dev.uptime()}
+
+
+def op_status(dev, c, req):
+    return status(dev)
+
+
+def status(dev):
+    sl = dev.sl
+    rec = sl.rec
+    s = dev.session
+    gc.collect()
+    dev.sample_mem()
+    v = sys.implementation.version
+    r = {"platform": hal.PLATFORM, "impl": sys.implementation.name,
+            "mp_version": "%d.%d.%d" % (v[0], v[1], v[2]), "agent": VERSION,
+            "proto": native.PROTO, "device": dev.id,
+            "active": name(rec["active"]), "pending": name(rec["pending"]),
+            "running": name(sl.running), "trial": sl.on_trial(),
+            "trial_count": rec["tc"], "max_trials": sl.max_trials,
+            "slots": {"a": sl.info(0), "b": sl.info(1)},
+            "app": dev.app,
+            "session": None if s is None else {"slot": name(s.slot), "size": s.size,
+                                               "offset": s.w.pos, "kind": s.kind},
+            "auth": "hmac-sha256" if dev.auth_on else "none",
+            "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(), "mem_peak": dev.mem_peak,
+            "uptime_ms": dev.uptime(), "boot_reason": dev.boot_reason,
+            "boot_note": sl.note + dev.note}
+    sim = sys.modules.get("simhal")
+    if sim is not None:  # the simulator's flash operation counters
+        r["sim_flash"] = sim.flash().stats()
+    return r
+
+
+def op_confirm(dev, c, req):
+    return {"slot": name(dev.sl.confirm()), "state": S.CONFIRMED}
+
+
+def op_rollback(dev, c, req):
+    if dev.session is not None:
+        raise ProtoError(E_BUSY, "an update session is open")
+    return {"slot": name(dev.sl.rollback())}
+
+
+def op_read(dev, c, req):
+    i = slot_field(req)
+    off = int_range(req, "offset", 0, 0x7FFFFFFF)
+    ln = int_range(req, "length", 1, native.READ_JSON_MAX)
+    mv = dev.mv[:ln]
+    dev.read_into(i, off, mv)
+    return {"slot": name(i), "offset": off, "length": ln,
+            "data": binascii.b2a_base64(mv).decode().strip()}
+
+
+def op_erase(dev, c, req):
+    i = slot_field(req)
+    s = dev.session
+    if s is not None and s.slot == i:
+        raise ProtoError(E_BUSY, "an update session is writing slot %s" % name(i))
+    dev.sl.erase(i)
+    return {"slot": name(i), "state": S.EMPTY}
+
+
+def op_reset(dev, c, req):
+    dev.reset_ms = int_range(req, "delay_ms", 0, 10000, 100)
+    return {}

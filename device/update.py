@@ -1,0 +1,110 @@
+# update: the update session ops (begin, commit, abort) and the checks that
+# the legacy service shares (one session at a time, image validation).
+import binascii
+
+import native
+import slotio
+from native import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
+                    E_BAD_IMAGE, E_VERSION_REFUSED)
+from service import NATIVE
+from ops import name, field
+
+
+def may_update(dev, owner):
+    s = dev.session
+    if s is not None and s.owner is not owner:
+        raise ProtoError(E_BUSY, "an update session is open on another connection")
+    if s is not None:
+        dev.close_session()  # the owner re-opens
+    if dev.sl.on_trial():
+        raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial: confirm or roll back first" % name(dev.sl.running))
+
+
+def _older(dev, i, v):
+    # v older than the active confirmed version (another slot than i)?
+    a = dev.sl.active()
+    if v is None or a is None or a == i:
+        return None
+    cur = dev.sl.slot(a)["ver"]
+    if cur is not None and tuple(v) < native.parse_version(cur):
+        return cur
+    return None
+
+
+def validate(dev, i, size, allow_down):
+    """Check the stored image: -> (version str, is an app image)."""
+    import mcuboot
+    try:
+        info = mcuboot.verify(dev.sl.path(i), 0, size)
+    except mcuboot.ImageError as e:
+        raise ProtoError(getattr(e, "code", E_BAD_IMAGE), "slot %s: %s" % (name(i), e))
+    except (OSError, ValueError) as e:
+        raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (name(i), e))
+    ver = info["version_str"]
+    cur = None if allow_down else _older(dev, i, info["version"])
+    if cur:
+        raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s" % (ver, cur))
+    # an application body is a littlefs (mounted at /app); others are stored only
+    return ver, bool(info.get("body_is_littlefs"))
+
+
+def digest_hex(dev, i, size):
+    return binascii.hexlify(slotio.digest(dev.sl, i, size, dev.buf, dev.feed)).decode()
+
+
+def op_begin(dev, c, req):
+    size = field(req, "size", int, required=True)
+    sha = field(req, "sha256", str, required=True).lower()
+    try:
+        if len(binascii.unhexlify(sha)) != 32:
+            raise ValueError()
+    except ValueError:
+        raise ProtoError(E_BAD_REQUEST, "\"sha256\" must be 64 hex digits")
+    want = field(req, "slot", str, "inactive")
+    ver = field(req, "version", str)
+    down = field(req, "allow_downgrade", bool, False)
+    v = None if ver is None else native.parse_version(ver)  # bad_request when malformed
+    may_update(dev, c)
+    sl = dev.sl
+    i = sl.inactive()
+    if want != "inactive" and native.slot_index(want) != i:
+        raise ProtoError(E_INCORRECT_STATE, "slot %s is in use; the inactive slot is %s" % (want, name(i)))
+    cur = None if down else _older(dev, i, v)
+    if cur:
+        raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
+    off = slotio.prepare(sl, i, size, sha, ver)
+    dev.open_session(NATIVE, c, i, size, sha, off, down)
+    return {"slot": name(i), "offset": off, "max_data": native.MAX_DATA, "window": native.WINDOW}
+
+
+def _own(dev, c):
+    s = dev.session
+    if s is None or s.owner is not c or s.kind != NATIVE:
+        raise ProtoError(E_INCORRECT_STATE, "no update session on this connection (begin first)")
+    return s
+
+
+def op_commit(dev, c, req):
+    s = _own(dev, c)
+    if s.w.pos < s.size:
+        raise ProtoError(E_INCORRECT_STATE, "%d of %d bytes received" % (s.w.pos, s.size))
+    i = s.slot
+    sl = dev.sl
+    dev.close_session()  # closes (syncs) the slot file
+    sha = digest_hex(dev, i, s.size)
+    if sha != s.sha:
+        sl.erase(i)
+        raise ProtoError(E_VERIFY_FAILED, "slot %s holds sha256 %s, expected %s: upload again" % (name(i), sha, s.sha))
+    try:
+        ver, is_app = validate(dev, i, s.size, s.allow_down)
+    except ProtoError:
+        slotio.finish(sl, i, sha, None, False)  # stored, not bootable
+        raise
+    slotio.finish(sl, i, sha, ver, is_app)
+    return {"slot": name(i), "sha256": sha, "version": ver, "state": sl.state(i)}
+
+
+def op_abort(dev, c, req):
+    s = _own(dev, c)
+    dev.close_session()
+    return {"slot": name(s.slot), "offset": s.w.pos}

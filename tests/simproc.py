@@ -1,0 +1,150 @@
+"""Run tools/sim.py from a test: free loopback ports, a state dir, output capture.
+
+    from simproc import Sim
+    with Sim(state=tmp_path / "dev", flags=["--no-auth"]) as sim:   # waits for `sim: ready`
+        s = socket.create_connection(("127.0.0.1", sim.tcp_port))
+        ...
+        mark = sim.mark()
+        sim.wait_for_line("mpota: ready", timeout=30, since=mark)
+
+`device_dir=` deploys another folder instead of device/ (tools/sim.py
+--device-dir); `ready=False` skips the wait for the ready line.
+"""
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from conftest import MICROPYTHON, REPO, free_port
+from sim import _pdeathsig  # tools/ is on sys.path (conftest): one copy of the prctl dance
+
+SIM = REPO / "tools" / "sim.py"
+
+
+class Sim:
+    def __init__(self, flags=(), state=None, device_dir=None, tcp_port=None, udp_port=None,
+                 ready=True, timeout=60, echo=False):
+        self.tcp_port = tcp_port or free_port(socket.SOCK_STREAM)
+        self.udp_port = udp_port or free_port(socket.SOCK_DGRAM)
+        self._own_state = state is None
+        self.state = Path(state) if state is not None else Path(tempfile.mkdtemp(prefix="mpota-sim-"))
+        self.flags = list(flags)
+        self.echo = echo
+        self.lines = []
+        self._cond = threading.Condition()
+        cmd = [sys.executable, str(SIM), "--state", str(self.state),
+               "--tcp-port", str(self.tcp_port), "--udp-port", str(self.udp_port),
+               "--micropython", MICROPYTHON]
+        if device_dir is not None:
+            cmd += ["--device-dir", str(device_dir)]
+        cmd += self.flags
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=str(REPO),
+                                     preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if ready:
+            try:
+                self.wait_ready(timeout)
+            except BaseException:
+                self.stop()
+                raise
+
+    # -- output ---------------------------------------------------------------
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if self.echo:
+                print("[sim] " + line, flush=True)
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def output(self):
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def mark(self):
+        """Index of the next output line (for wait_for_line(..., since=mark))."""
+        with self._cond:
+            return len(self.lines)
+
+    def wait_for_line(self, substring, timeout=30, since=0):
+        """The first line from index `since` containing `substring`; AssertionError
+        (with the output tail) after `timeout` s or when the launcher has ended."""
+        deadline = time.monotonic() + timeout
+        i = since
+        with self._cond:
+            while True:
+                while i < len(self.lines):
+                    if substring in self.lines[i]:
+                        return self.lines[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    why = "timed out after %ss" % timeout if left <= 0 else \
+                        "launcher exited (%s)" % self.proc.returncode
+                    tail = "\n".join(self.lines[-40:])
+                    raise AssertionError("sim: no line with %r (%s); output tail:\n%s"
+                                         % (substring, why, tail))
+                self._cond.wait(min(left, 0.5))
+
+    def wait_ready(self, timeout=60):
+        return self.wait_for_line("sim: ready", timeout)
+
+    # -- device facts ---------------------------------------------------------
+    @property
+    def key(self):
+        """The device's 32-byte HMAC key, or None (no auth)."""
+        if "--no-auth" in self.flags:
+            return None
+        p = self.state / "device.key"
+        return bytes.fromhex(p.read_text().strip()) if p.exists() else None
+
+    @property
+    def device_id(self):
+        p = self.state / "device.id"
+        return p.read_text().strip() if p.exists() else None
+
+    @property
+    def returncode(self):
+        return self.proc.poll()
+
+    # -- lifetime -------------------------------------------------------------
+    def stop(self, timeout=15):
+        """SIGTERM the launcher (it stops the device); returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        if self._own_state:
+            shutil.rmtree(self.state, ignore_errors=True)
+        return self.proc.returncode
+
+    def wait_exit(self, timeout=30):
+        """Wait for the launcher to end by itself; returns its status."""
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+__all__ = ["Sim", "free_port"]

@@ -1,0 +1,456 @@
+"""The device agent end to end: tools/sim.py on free loopback ports, spoken to
+with raw sockets and the shared codec (and the reference UDP client).
+
+`DevConn` and `app_image` are reused by test_powercut.py and test_deploy.py.
+"""
+import binascii
+import collections
+import hashlib
+import json
+import os
+import socket
+
+import pytest
+
+import framing
+import native
+from framing import K_FRAME, K_LINE, K_ERROR
+from hmac_sha256 import host_mac, device_mac, compare_digest
+from simproc import Sim
+
+import bootloader_messages as bm
+
+
+# -- a small blocking client ----------------------------------------------------
+
+class DevConn:
+    def __init__(self, port, key=None, timeout=20):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.dec = framing.StreamDecoder(native.MAX_FRAME + 64, 8192)
+        self.ev = collections.deque()
+        if key is not None:
+            self.auth(key)
+
+    def close(self):
+        self.s.close()
+
+    def send(self, b):
+        self.s.sendall(b)
+
+    def event(self):
+        while not self.ev:
+            data = self.s.recv(65536)
+            if not data:
+                raise EOFError("device closed the connection")
+            for kind, v in self.dec.decode(data):
+                self.ev.append((kind, v if kind == K_ERROR else bytes(v)))
+        return self.ev.popleft()
+
+    def line(self):
+        kind, v = self.event()
+        assert kind == K_LINE, (kind, v)
+        return json.loads(v)
+
+    def frame(self):
+        kind, v = self.event()
+        assert kind == K_FRAME, (kind, v)
+        return v
+
+    def req(self, op, **fields):
+        self.send(native.request_line(op, fields.pop("id", None), fields))
+        return self.line()
+
+    def ok(self, op, **fields):
+        r = self.req(op, **fields)
+        assert r["ok"] is True, r
+        return r
+
+    def err(self, op, code, **fields):
+        r = self.req(op, **fields)
+        assert r["ok"] is False and r["error"]["code"] == code, r
+        return r
+
+    def auth(self, key):
+        h = self.ok("hello")
+        hn = os.urandom(16)
+        dn = bytes.fromhex(h["nonce"])
+        r = self.ok("auth", nonce=hn.hex(), mac=host_mac(key, h["device"], dn, hn).hex())
+        assert compare_digest(bytes.fromhex(r["mac"]), device_mac(key, h["device"], dn, hn))
+
+    def upload(self, data, start=0, chunk=4096, window=16384, stop_at=None):
+        """Pipelined DATA frames (window bytes in flight); returns the watermark."""
+        end = len(data) if stop_at is None else stop_at
+        sent = acked = start
+        while acked < end:
+            while sent < end and sent - acked < window:
+                c = data[sent:min(sent + chunk, end)]
+                self.send(native.encode_data(sent, c))
+                sent += len(c)
+            f = self.frame()
+            if f[1] == native.OP_ACK:
+                acked = max(acked, native.parse_ack(f))
+            else:
+                raise AssertionError("NERROR %r" % (native.parse_nerror(f),))
+        return acked
+
+    def push(self, image, version=None, **begin):
+        sha = hashlib.sha256(image).hexdigest()
+        b = self.ok("begin", size=len(image), sha256=sha, version=version, **begin)
+        self.upload(image, b["offset"])
+        return self.ok("commit")
+
+
+def app_image(tmp_path, name, main_src, version, pad=0):
+    """An MCUboot image of a folder holding main.py (+ `pad` bytes of filler)."""
+    from appimage import build_app_image
+    d = tmp_path / name
+    d.mkdir()
+    (d / "main.py").write_text(main_src)
+    if pad:
+        rnd = os.urandom(pad // 2).hex()
+        (d / "filler.py").write_text("# " + "\n# ".join(rnd[i:i + 76] for i in range(0, len(rnd), 76)) + "\n")
+    return build_app_image(d, version=version)
+
+
+def reset_and_wait(sim, conn, key=None):
+    mark = sim.mark()
+    conn.ok("reset", delay_ms=10)
+    conn.close()
+    sim.wait_for_line("mpota: ready", timeout=60, since=mark)
+    return DevConn(sim.tcp_port, key)
+
+
+# -- JSON, auth, malformed input --------------------------------------------------
+
+def test_json_ping_status_auth_and_malformed_input(tmp_path):
+    with Sim(state=tmp_path / "dev") as sim:
+        c = DevConn(sim.tcp_port)
+        r = c.ok("ping", id=1)
+        assert r["id"] == 1 and r["pong"] is True and r["uptime_ms"] >= 0
+        st = c.ok("status", id="s")
+        assert st["id"] == "s" and st["platform"] == "sim" and st["impl"] == "micropython"
+        assert st["agent"] == "0.1.0" and st["device"] == sim.device_id
+        assert st["active"] is None and st["running"] is None and st["app"]["state"] == "none"
+        assert st["slots"]["a"]["state"] == "empty" and st["boot_reason"] == "power_on"
+        for k in ("mem_free", "mem_alloc", "mem_peak", "uptime_ms", "boot_note", "session", "trial_count"):
+            assert k in st
+        # auth is on: protected ops are refused, JSON and binary alike
+        c.err("begin", "auth_required", size=10, sha256="0" * 64)
+        c.err("erase", "auth_required", slot="a")
+        c.send(native.encode_data(0, b"x"))
+        assert native.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_AUTH_REQUIRED)
+        c.send(bm.UpdateStartRequest.make(100))
+        assert bm.ErrorResponse.extract(c.frame()).error == native.E_AUTH_REQUIRED
+        c.send(bm.VersionRequest.make())  # open to all
+        v = bm.VersionResponse.extract(c.frame())
+        assert (v.api_major, v.api_minor) == (1, 0)
+        # malformed requests
+        c.send(b'{"op": "ping"\n')
+        assert c.line()["error"]["code"] == "bad_request"
+        c.send(b'{"id": 3}\n')
+        assert c.line()["error"]["code"] == "bad_request"
+        c.err("frobnicate", "unsupported")
+        c.err("read", "auth_required", slot="a", offset=0, length=1)
+        c.send(b"{" + b"x" * 3000 + b"}\n")
+        assert c.line()["error"]["code"] == "too_large"
+        c.send(b"garbage\x00\x01\n")
+        assert c.line()["error"]["code"] == "bad_frame"
+        bad = bytearray(bm.VersionRequest.make())
+        bad[-1] ^= 0xFF
+        c.send(bytes(bad))
+        assert bm.ErrorResponse.extract(c.frame()).error == native.E_BAD_FRAME
+        # a header announcing 60000 bytes must not make the device wait for them
+        c.send(bytes([0xE7, 0x21, 0xEA, 0x60, framing.header_checksum(0x21, 0xEA60)]))
+        kind, v = c.event()
+        assert kind == K_FRAME and v[1] == 0xFF and v[5] == native.E_TOO_LARGE
+        assert c.line()["error"]["code"] == "bad_frame"  # the rest of that header, skipped
+        c.send(bytes(framing.make_frame(0x42, b"")))  # an opcode nobody defined
+        assert bm.ErrorResponse.extract(c.frame()).error == native.E_UNSUPPORTED
+        # wrong MAC, then a replayed nonce: both refused
+        key = sim.key
+        h = c.ok("hello")
+        c.err("auth", "auth_failed", nonce="00" * 16, mac="00" * 32)
+        hn = os.urandom(16)
+        mac = host_mac(key, h["device"], bytes.fromhex(h["nonce"]), hn).hex()
+        c.err("auth", "auth_failed", nonce=hn.hex(), mac=mac)  # nonce consumed by the failed try
+        c.auth(key)
+        c.ok("status")
+        c.err("read", "out_of_range", slot="a", offset=0, length=16)
+        c.err("read", "bad_request", slot="c", offset=0, length=16)
+        c.err("read", "out_of_range", slot="a", offset=0, length=5000)
+        c.err("confirm", "incorrect_state")
+        c.err("rollback", "incorrect_state")
+        c.err("commit", "incorrect_state")
+        c.err("begin", "bad_request", size=10, sha256="xyz")
+        c.err("begin", "no_space", size=10 ** 7, sha256="0" * 64)
+        c.send(native.encode_data(0, b"x"))
+        assert native.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_INCORRECT_STATE)
+        # still one healthy connection after all that
+        assert c.ok("ping")["pong"] is True
+        # the key never shows up in what the device says
+        assert key.hex() not in sim.output
+        c.close()
+
+
+# -- legacy service -----------------------------------------------------------------
+
+def test_legacy_udp_update_with_readback(tmp_path):
+    from bootloader_messenger import BootloaderMessenger
+    data = os.urandom(20000)
+    with Sim(state=tmp_path / "dev", flags=["--legacy-udp", "--no-auth"]) as sim:
+        m = BootloaderMessenger(("127.0.0.1", sim.udp_port))
+        try:
+            api, blv, note = m.get_version()
+            assert api == (1, 0) and note.startswith(b"mpota")
+            with pytest.raises(RuntimeError):  # no session yet: IncorrectState
+                m.write(b"abc")
+            assert m.start_update(len(data))
+            for i in range(0, len(data), 512):
+                assert m.write(data[i:i + 512])
+            # a write with a wrong CRC: refused, nothing appended
+            bad = bytearray(bm.WriteRequest.make(b"zzzz"))
+            bad[9] ^= 1
+            bad[-1] = sum(bad[:-1]) & 0xFF
+            with pytest.raises(RuntimeError, match="4"):
+                m.send_and_recv(bytes(bad))
+            # a wrong CRC at stop: the device CRC comes back, no match
+            assert m.stop_update(0x12345678) is False
+            # the session ended: writes are out of state now
+            with pytest.raises(RuntimeError):
+                m.write(b"abc")
+            # again, properly
+            assert m.start_update(len(data))
+            for i in range(0, len(data), 1024):
+                assert m.write(data[i:i + 1024])
+            assert m.stop_update(binascii.crc32(data) & 0xFFFFFFFF) is True
+            back = b"".join(m.read_address(a, min(1024, len(data) - a)).data
+                            for a in range(0, len(data), 1024))
+            assert back == data
+            with pytest.raises(RuntimeError):
+                m.read_address(len(data) - 10, 100)  # past the image
+            with pytest.raises(RuntimeError):  # unknown opcode: UnsupportedOperation
+                m.send_and_recv(bytes(framing.make_frame(0x0D, b"")))
+        finally:
+            m.close()
+        c = DevConn(sim.tcp_port)
+        st = c.ok("status")
+        # stored and CRC-checked, but not an MCUboot app image: complete, not pending
+        assert st["slots"]["a"]["state"] == "complete" and st["pending"] is None
+        assert st["slots"]["a"]["sha256"] == hashlib.sha256(data).hexdigest()
+        c.close()
+
+
+def test_legacy_tcp_update_of_an_app_boots_on_trial(tmp_path):
+    img = app_image(tmp_path, "app", "NAME = 'legacy'\ndef main():\n    print('app: legacy app up')\n", "1.0.0+0")
+    with Sim(state=tmp_path / "dev") as sim:
+        c = DevConn(sim.tcp_port, sim.key)  # legacy frames on an authenticated connection
+
+        def xfer(frame):
+            c.send(frame)
+            return c.frame()
+
+        assert bm.UpdateStartResponse.extract(xfer(bm.UpdateStartRequest.make(len(img))))
+        for i in range(0, len(img), 1024):
+            bm.WriteResponse.extract(xfer(bm.WriteRequest.make(img[i:i + 1024])))
+        r = bm.UpdateStopResponse.extract(xfer(bm.UpdateStopRequest.make(binascii.crc32(img))))
+        assert r.crc & 0xFFFFFFFF == binascii.crc32(img)
+        head = bm.ReadAddressResponse.extract(xfer(bm.ReadAddressRequest.make(0, 64)))
+        assert bytes(head.data) == img[:64]
+        st = c.ok("status")
+        assert st["pending"] == "a" and st["slots"]["a"]["state"] == "pending"
+        assert st["slots"]["a"]["version"] == "1.0.0+0"
+        mark = sim.mark()
+        bm.ResetResponse.extract(xfer(bm.ResetRequest.make()))
+        c.close()
+        sim.wait_for_line("app: legacy app up", timeout=60, since=mark)
+        sim.wait_for_line("mpota: ready", timeout=60, since=mark)
+        c = DevConn(sim.tcp_port, sim.key)
+        st = c.ok("status")
+        assert st["running"] == "a" and st["trial"] is True and st["trial_count"] == 1
+        assert st["app"]["name"] == "legacy" and st["app"]["state"] == "stopped"
+        assert st["boot_reason"] == "reset"
+        c.close()
+
+
+# -- native updates, trial, confirm, rollback ------------------------------------------
+
+APP1 = """NAME = "demo"
+import asyncio
+async def main():
+    print("app: v1 up")
+    while True:
+        await asyncio.sleep(1)
+"""
+APP2 = """NAME = "demo"
+import mpota
+async def main():
+    print("app: v2 up")
+    mpota.confirm()
+    print("app: v2 confirmed, active %s" % mpota.status()["active"])
+"""
+APP3 = """NAME = "demo"
+def main():
+    print("app: v3 up")
+    raise RuntimeError("v3 is broken")
+"""
+
+
+def test_native_update_trial_confirm_and_rollback(tmp_path):
+    img1 = app_image(tmp_path, "v1", APP1, "1.0.0+0")
+    img2 = app_image(tmp_path, "v2", APP2, "2.0.0+0")
+    img3 = app_image(tmp_path, "v3", APP3, "3.0.0+0")
+    with Sim(state=tmp_path / "dev") as sim:
+        key = sim.key
+        c = DevConn(sim.tcp_port, key)
+        r = c.push(img1, "1.0.0+0")
+        assert r["slot"] == "a" and r["state"] == "pending" and r["version"] == "1.0.0+0"
+        assert r["sha256"] == hashlib.sha256(img1).hexdigest()
+        # read it back, binary READ and JSON read
+        c.send(native.encode_read("a", 100, 4000))
+        off, crc, data = native.parse_read_data(c.frame())
+        assert off == 100 and bytes(data) == img1[100:4100]
+        assert binascii.a2b_base64(c.ok("read", slot="a", offset=7, length=700)["data"]) == img1[7:707]
+        mark = sim.mark()
+        c = reset_and_wait(sim, c, key)
+        sim.wait_for_line("app: v1 up", since=mark)
+        st = c.ok("status")
+        assert (st["running"], st["trial"], st["trial_count"], st["active"]) == ("a", True, 1, None)
+        assert st["app"] == {"state": "running", "name": "demo", "error": None}
+        assert st["boot_note"] == "booted a (trial 1/3)"
+        # an update during a trial is refused until the trial is settled
+        c.err("begin", "incorrect_state", size=len(img2), sha256=hashlib.sha256(img2).hexdigest())
+        assert c.ok("confirm") == {"ok": True, "slot": "a", "state": "confirmed"}
+        st = c.ok("status")
+        assert st["active"] == "a" and st["trial"] is False and st["slots"]["a"]["state"] == "confirmed"
+
+        # v2 confirms itself through mpota.confirm()
+        r = c.push(img2, "2.0.0+0")
+        assert r["slot"] == "b" and r["state"] == "pending"
+        mark = sim.mark()
+        c = reset_and_wait(sim, c, key)
+        sim.wait_for_line("app: v2 confirmed, active b", since=mark)
+        st = c.ok("status")
+        assert st["active"] == "b" and st["running"] == "b" and st["trial"] is False
+        assert st["slots"]["b"] == {"state": "confirmed", "size": len(img2),
+                                    "sha256": hashlib.sha256(img2).hexdigest(), "version": "2.0.0+0"}
+        # downgrades need the allowance
+        c.err("begin", "version_refused", size=len(img1), sha256=hashlib.sha256(img1).hexdigest(),
+              version="1.0.0+0")
+
+        # v3 crashes and never confirms: the agent stays up; 3 trials, then rollback
+        r = c.push(img3, "3.0.0+0")
+        assert r["slot"] == "a"
+        for n in (1, 2, 3):
+            mark = sim.mark()
+            c = reset_and_wait(sim, c, key)
+            sim.wait_for_line("app: v3 up", since=mark)
+            st = c.ok("status")
+            assert st["running"] == "a" and st["trial_count"] == n, st
+            assert st["app"]["state"] == "crashed" and "v3 is broken" in st["app"]["error"]
+        mark = sim.mark()
+        c = reset_and_wait(sim, c, key)
+        sim.wait_for_line("app: v2 up", since=mark)
+        st = c.ok("status")
+        assert st["boot_note"] == "rolled back a -> b after 3 unconfirmed trials"
+        assert st["running"] == "b" and st["active"] == "b" and st["slots"]["a"]["state"] == "bad"
+        c.err("erase", "incorrect_state", slot="b")  # running
+        c.err("rollback", "incorrect_state")  # a is bad: nothing to roll back to
+        assert c.ok("erase", slot="a")["state"] == "empty"
+        c.close()
+
+
+def test_commit_rejects_wrong_digest_and_non_images(tmp_path):
+    with Sim(state=tmp_path / "dev", flags=["--no-auth"]) as sim:
+        c = DevConn(sim.tcp_port)
+        data = os.urandom(9000)
+        c.ok("begin", size=len(data), sha256="ab" * 32)
+        c.upload(data)
+        c.err("commit", "verify_failed")
+        assert c.ok("status")["slots"]["a"]["state"] == "empty"
+        # right digest, but not an MCUboot image
+        c.ok("begin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        c.upload(data)
+        c.err("commit", "bad_image")
+        st = c.ok("status")
+        assert st["slots"]["a"]["state"] == "complete" and st["pending"] is None
+        c.close()
+
+
+def test_data_frame_rules(tmp_path):
+    with Sim(state=tmp_path / "dev", flags=["--no-auth"]) as sim:
+        c = DevConn(sim.tcp_port)
+        data = os.urandom(10000)
+        c.ok("begin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        c.send(native.encode_data(0, data[:1000]))
+        assert native.parse_ack(c.frame()) == 1000
+        c.send(native.encode_data(2000, data[2000:3000]))  # a gap
+        assert native.parse_nerror(c.frame()) == (native.OP_DATA, native.E_OUT_OF_ORDER, 0, 1000, 2000)
+        f = native.encode_data(1000, data[1000:2000])
+        f[20] ^= 0xFF
+        f[-1] = sum(f[:-1]) & 0xFF  # frame intact, chunk CRC wrong
+        c.send(bytes(f))
+        assert native.parse_nerror(c.frame())[1:] == (native.E_CRC_MISMATCH, 0, 1000, 1000)
+        c.send(native.encode_data(500, data[500:1500]))  # overlaps: only the new part is written
+        assert native.parse_ack(c.frame()) == 1500
+        c.send(native.encode_data(0, data[:100]))  # duplicate
+        assert native.parse_ack(c.frame()) == 1500
+        c.send(native.encode_data(9990, b"y" * 20))  # past the announced size
+        assert native.parse_nerror(c.frame())[1] == native.E_OUT_OF_RANGE
+        c.upload(data, 1500, chunk=3000)
+        c.err("commit", "bad_image")  # digest fine, not an image
+        c.close()
+
+
+def test_two_clients_busy_and_resume_after_drop(tmp_path):
+    img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=60000)
+    sha = hashlib.sha256(img).hexdigest()
+    with Sim(state=tmp_path / "dev") as sim:
+        a = DevConn(sim.tcp_port, sim.key)
+        b = DevConn(sim.tcp_port, sim.key)
+        assert a.ok("begin", size=len(img), sha256=sha)["offset"] == 0
+        held = a.upload(img, 0, stop_at=32768)
+        assert held == 32768
+        r = b.err("begin", "busy", size=len(img), sha256=sha)
+        assert r["error"]["retry"] is True
+        b.send(bm.UpdateStartRequest.make(100))  # legacy sessions are one session too
+        assert bm.ErrorResponse.extract(b.frame()).error == native.E_BUSY
+        assert b.ok("status")["session"] == {"slot": "a", "size": len(img), "offset": 32768, "kind": "native"}
+        # the owner drops without a word: the session closes, the bytes stay
+        a.s.shutdown(socket.SHUT_RDWR)
+        a.close()
+        for _ in range(100):
+            if b.ok("status")["session"] is None:
+                break
+        else:
+            raise AssertionError("session still open after the owner dropped")
+        r = b.ok("begin", size=len(img), sha256=sha)
+        assert r["offset"] == 32768  # resume
+        b.upload(img, r["offset"])
+        assert b.ok("commit")["state"] == "pending"
+        # a different image into the same slot starts from 0
+        r = b.ok("begin", size=len(img), sha256="cd" * 32)
+        assert r["offset"] == 0
+        b.ok("abort")
+        b.close()
+
+
+# The board-like 96K does not boot the agent in the simulator: the sim's own
+# flash model and mount take ~28K of the heap and the unix port is 64-bit
+# (pointers and objects twice the RP2040's). 128K is the smallest power of
+# two that serves a full update; MPOTA_HEAP overrides it.
+HEAP = os.environ.get("MPOTA_HEAP", "128K")
+
+
+def test_heap_peak_during_256k_update(tmp_path):
+    img = app_image(tmp_path, "big", APP1, "1.0.0+0", pad=256 * 1024 - 12 * 1024)
+    assert 240 * 1024 <= len(img) <= 300 * 1024
+    with Sim(state=tmp_path / "dev", flags=["--heap", HEAP, "--no-auth"]) as sim:
+        c = DevConn(sim.tcp_port)
+        st0 = c.ok("status")
+        r = c.push(img, "1.0.0+0")
+        assert r["state"] == "pending"
+        st = c.ok("status")
+        print("\nheap at %s: image %d bytes, mem_peak %d, mem_free %d after, mem_alloc %d before"
+              % (HEAP, len(img), st["mem_peak"], st["mem_free"], st0["mem_alloc"]))
+        assert 0 < st["mem_peak"] <= int(HEAP[:-1]) * 1024
+        c.close()

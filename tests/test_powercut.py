@@ -1,0 +1,102 @@
+"""Power cuts during an update + commit: the simulator tears flash operation
+N+1 (an erase or a page program) and kills the device, for N spread over the
+whole update -- slot erases, page programs, the state commit. After each the
+device must boot and report either the old image (running, confirmed) or the
+new one recorded as pending -- never neither."""
+import hashlib
+import shutil
+
+import pytest
+
+from simproc import Sim
+from test_agent_e2e import DevConn, app_image, reset_and_wait
+
+V1 = "NAME = 'v1'\ndef main():\n    print('app: v1 up')\n"
+V2 = "NAME = 'v2'\ndef main():\n    print('app: v2 up')\n"
+
+
+@pytest.mark.slow
+def test_power_cut_anywhere_during_update_and_commit(tmp_path):
+    img1 = app_image(tmp_path, "v1", V1, "1.0.0+0")
+    img2 = app_image(tmp_path, "v2", V2, "2.0.0+0", pad=20000)
+    sha1 = hashlib.sha256(img1).hexdigest()
+    sha2 = hashlib.sha256(img2).hexdigest()
+    base = tmp_path / "base"
+    # the old state: v1 confirmed in slot a
+    with Sim(state=base, flags=["--no-auth"]) as sim:
+        c = DevConn(sim.tcp_port)
+        c.push(img1, "1.0.0+0")
+        c = reset_and_wait(sim, c)
+        c.ok("confirm")
+        c.close()
+    # how many flash operations the update + commit take (counted from boot)
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    with Sim(state=probe, flags=["--no-auth"]) as sim:
+        c = DevConn(sim.tcp_port)
+        start = c.ok("status")["sim_flash"]["ops"]
+        assert c.push(img2, "2.0.0+0")["state"] == "pending"
+        end = c.ok("status")["sim_flash"]["ops"]
+        c.close()
+    # the first boot of the new image commits pending -> trial: its flash ops
+    after = tmp_path / "after"
+    shutil.copytree(probe, after)
+    with Sim(state=after, flags=["--no-auth"]) as sim:
+        c = DevConn(sim.tcp_port)
+        st = c.ok("status")
+        boot_ops = st["sim_flash"]["ops"]
+        assert st["running"] == "b" and st["trial_count"] == 1
+        c.close()
+    total = end - start
+    assert total > 60, total
+    # 44 points spread over the whole update, then every op of the commit tail
+    cuts = sorted(set([start + total * k // 44 for k in range(44)] + list(range(end - 14, end))))
+    assert len(cuts) >= 50
+    counts = {"old": 0, "new": 0}
+    for n in cuts:
+        state = tmp_path / ("cut%d" % n)
+        shutil.copytree(base, state)
+        with Sim(state=state, flags=["--no-auth", "--power-cut-after", str(n)]) as sim:
+            mark = sim.mark()
+            try:
+                c = DevConn(sim.tcp_port, timeout=10)
+                c.push(img2, "2.0.0+0")
+            except (OSError, EOFError, AssertionError):
+                pass  # the connection died with the device
+            sim.wait_for_line("sim: power cut", timeout=30, since=mark)
+            sim.wait_for_line("mpota: ready", timeout=30, since=mark)
+            c = DevConn(sim.tcp_port)
+            st = c.ok("status")
+            c.close()
+        a, b = st["slots"]["a"], st["slots"]["b"]
+        # the old image runs in every case: the update never touches slot a
+        assert st["running"] == "a" and st["active"] == "a", (n, st)
+        assert a["state"] == "confirmed" and a["sha256"] == sha1, (n, st)
+        assert st["app"]["name"] == "v1" and st["app"]["state"] == "stopped", (n, st)
+        if st["pending"] == "b":
+            assert b["state"] == "pending" and b["sha256"] == sha2 and b["version"] == "2.0.0+0", (n, st)
+            counts["new"] += 1
+        else:
+            assert st["pending"] is None and b["state"] in ("empty", "writing"), (n, st)
+            counts["old"] += 1
+        shutil.rmtree(state)
+    # cuts during the trial boot's state commit: the new image, on trial
+    for n in range(boot_ops):
+        state = tmp_path / ("boot%d" % n)
+        shutil.copytree(probe, state)
+        with Sim(state=state, flags=["--no-auth", "--power-cut-after", str(n)], ready=False) as sim:
+            sim.wait_for_line("sim: power cut", timeout=30)
+            mark = sim.mark()
+            sim.wait_for_line("mpota: ready", timeout=30, since=mark)
+            c = DevConn(sim.tcp_port)
+            st = c.ok("status")
+            c.close()
+        assert st["running"] == "b" and st["trial"] is True and st["trial_count"] in (1, 2), (n, st)
+        assert st["slots"]["b"]["sha256"] == sha2 and st["slots"]["a"]["state"] == "confirmed", (n, st)
+        assert st["app"]["name"] == "v2", (n, st)
+        counts["new"] += 1
+        shutil.rmtree(state)
+    print("\npower cuts: %d points over the %d flash ops of update+commit, %d in the trial-boot "
+          "commit: old %d, new %d" % (len(cuts), total, boot_ops, counts["old"], counts["new"]))
+    assert counts["old"] + counts["new"] == len(cuts) + boot_ops
+    assert counts["old"] >= 40 and counts["new"] >= 2

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Run a simulated Pico W: the unix-port MicroPython on a simulated NOR flash.
+
+    python tools/sim.py --state .sim-state [--host 127.0.0.1] [--tcp-port 8472]
+        [--udp-port 8473] [--legacy-udp] [--no-auth] [--flash-timing none|w25q]
+        [--heap 96K] [--power-cut-after N] [--redeploy] [--micropython PATH]
+
+The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
+filesystem), device.id, device.key (32-byte HMAC key, hex, mode 0600, made on
+first start unless --no-auth; never printed) and boot.json (the handoff to
+tools/sim_boot.py: reset cause, boot count, flags). On first start (or with
+--redeploy) device/*.py (symlinks followed) and the key (as /mpota_key.bin)
+are copied into the flash, as `mpremote cp device/*.py :` does.
+
+The device's stdout/stderr are relayed line by line. The launcher prints one
+`sim: ready tcp=HOST:PORT udp=HOST:PORT` line the first time the device
+prints a line starting with `mpota: ready`.
+
+Device exit status 3 (hal.reset()) restarts it with reset cause 'reset',
+status 4 (simulated watchdog) with 'watchdog'; a power cut (SIGKILL, from
+--power-cut-after) prints `sim: power cut` and restarts it with 'power_on'
+and the power cut disarmed. Any other status ends the launcher with it.
+SIGTERM/SIGINT stop the device and the launcher (exit 0).
+
+--power-cut-after N: on the first device start only, N flash operations
+(4 KiB erases and 256-byte page programs, counted from when main.py starts)
+complete and the next one is torn half way, then the device dies.
+
+--device-dir DIR deploys DIR/*.py instead of the repository's device/ (the
+tests use it to boot a throwaway main.py; it changes nothing else).
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / "tools"
+BLOCK_COUNT = 212  # RPI_PICO_W filesystem: 848 KiB
+
+EXIT_RESET = 3
+EXIT_WATCHDOG = 4
+POWER_CUT = (-9, 137)  # SIGKILL seen directly, or through a shell
+
+
+def out(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="sim.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--state", required=True, help="state directory (the simulated device)")
+    p.add_argument("--host", default="127.0.0.1", help="address the agent listens on")
+    p.add_argument("--tcp-port", type=int, default=8472)
+    p.add_argument("--udp-port", type=int, default=8473)
+    p.add_argument("--legacy-udp", action="store_true", help="serve the legacy UDP service")
+    p.add_argument("--no-auth", action="store_true", help="run without the HMAC session key")
+    p.add_argument("--flash-timing", choices=("none", "w25q"), default="none",
+                   help="w25q: sleep typical W25Q erase/program times")
+    p.add_argument("--heap", default=None, help="MicroPython heap size, e.g. 96K (-X heapsize)")
+    p.add_argument("--power-cut-after", type=int, default=None, metavar="N",
+                   help="first boot only: tear flash operation N+1 and kill the device")
+    p.add_argument("--redeploy", action="store_true",
+                   help="copy device/*.py into the existing flash before booting")
+    p.add_argument("--micropython", default=str(Path(sys.executable).parent / "micropython"),
+                   help="unix-port micropython (default: beside this Python)")
+    p.add_argument("--device-dir", default=str(REPO / "device"),
+                   help="folder whose *.py are deployed (default: device/; tests use a throwaway one)")
+    a = p.parse_args(argv)
+    if a.power_cut_after is not None and a.power_cut_after < 0:
+        p.error("--power-cut-after must be >= 0")
+    return a
+
+
+def device_key(state):
+    """The per-device 32-byte key: made once from os.urandom, kept hex in device.key (0600)."""
+    path = state / "device.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+    return path
+
+
+def device_id(state):
+    path = state / "device.id"
+    if not path.exists():
+        path.write_text("51" + os.urandom(7).hex() + "\n")
+    return path.read_text().strip()
+
+
+def deploy_list(device_dir):
+    d = Path(device_dir)
+    if not d.is_dir():
+        raise SystemExit("sim: no device folder %s" % d)
+    # resolve() follows the codec symlinks into shared/ (the deploy copies content)
+    return [str(p.resolve()) for p in sorted(d.glob("*.py")) if p.resolve().is_file()]
+
+
+def _load_prctl():
+    # Loaded up front: the child must not import anything between fork and exec.
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _pdeathsig():
+    # The device dies with the launcher, even if the launcher is SIGKILLed.
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Launcher:
+    def __init__(self, args):
+        self.a = args
+        self.state = Path(args.state).resolve()
+        self.proc = None
+        self.stopping = False
+        self.ready_said = False
+        self.lock = threading.Lock()
+
+    def handoff(self, boot_count, cause, first, cut_after, fresh):
+        a = self.a
+        cfg = {
+            "flash": str(self.state / "flash.bin"),
+            "block_count": BLOCK_COUNT,
+            "timing": a.flash_timing,
+            "cut_after": cut_after,
+            "redeploy": bool(first and a.redeploy),
+            "deploy": deploy_list(a.device_dir) if (fresh or (first and a.redeploy)) else [],
+            "key_file": None if a.no_auth else str(device_key(self.state)),
+            "reset_cause": cause,
+            "boot_count": boot_count,
+            "device_id": device_id(self.state),
+            "host": a.host,
+            "tcp_port": a.tcp_port,
+            "udp_port": a.udp_port,
+            "legacy_udp": a.legacy_udp,
+            "auth": not a.no_auth,
+        }
+        path = self.state / "boot.json"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cfg, f, indent=1)
+        os.replace(tmp, path)
+        return path
+
+    def relay(self, proc):
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            out(line)
+            if not self.ready_said and line.startswith("mpota: ready"):
+                self.ready_said = True
+                a = self.a
+                out("sim: ready tcp=%s:%d udp=%s:%d" % (a.host, a.tcp_port, a.host, a.udp_port))
+
+    def stop(self, signum=None, frame=None):
+        self.stopping = True
+        with self.lock:
+            p = self.proc
+        if p is not None and p.poll() is None:
+            p.terminate()
+
+    def run(self):
+        a = self.a
+        self.state.mkdir(parents=True, exist_ok=True)
+        mp = a.micropython
+        if not os.path.exists(mp):
+            out("sim: no micropython at %s (run `make setup`)" % mp)
+            return 2
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        boot_file = self.state / "boot.json"
+        try:
+            boot_count = json.loads(boot_file.read_text()).get("boot_count", 0)
+        except (OSError, ValueError):
+            boot_count = 0
+        cause = "power_on"
+        first = True
+        while not self.stopping:
+            boot_count += 1
+            fresh = not (self.state / "flash.bin").exists()
+            cut = a.power_cut_after if first else None
+            hp = self.handoff(boot_count, cause, first, cut, fresh)
+            cmd = [mp]
+            if a.heap:
+                cmd += ["-X", "heapsize=%s" % a.heap]
+            cmd += [str(TOOLS / "sim_boot.py"), str(hp)]
+            out("sim: boot #%d (%s)%s" % (boot_count, cause, " power cut armed" if cut is not None else ""))
+            with self.lock:
+                if self.stopping:
+                    break
+                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, cwd=str(REPO),
+                                             start_new_session=True, preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
+            t = threading.Thread(target=self.relay, args=(self.proc,), daemon=True)
+            t.start()
+            rc = self.proc.wait()
+            t.join(5)
+            first = False
+            if self.stopping:
+                break
+            if rc == EXIT_RESET:
+                cause = "reset"
+            elif rc == EXIT_WATCHDOG:
+                cause = "watchdog"
+            elif rc in POWER_CUT:
+                out("sim: power cut (device killed); restarting")
+                cause = "power_on"
+            else:
+                out("sim: device exited with status %d" % rc)
+                return rc if 0 <= rc < 256 else 1
+        out("sim: stopped")
+        return 0
+
+
+def main(argv=None):
+    return Launcher(parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+# simhal: the simulator's stand-in for device/hal.py (same public names).
+#
+# tools/sim_boot.py imports this before it mounts the simulated flash, calls
+# configure(), and leaves it in sys.modules['simhal']; device/hal.py then
+# rebinds its functions to these. Nothing here touches real hardware.
+import gc
+import sys
+import time
+
+PLATFORM = "sim"
+
+EXIT_RESET = 3  # tools/sim.py restarts the device with the flash intact
+EXIT_WATCHDOG = 4  # ... and reports reset_cause 'watchdog'
+
+_cfg = {}
+_flash = None
+_led = False
+_power_save = True
+_wdt_timeout = None
+_wdt_last = 0
+
+
+def configure(cfg, flash):
+    # cfg: the launcher's handoff dict (see tools/sim.py); flash: the SimFlash
+    global _cfg, _flash
+    _cfg = cfg
+    _flash = flash
+
+
+def _exit(status):
+    sys.stdout.flush()
+    if _flash is not None:
+        _flash.sync()
+    sys.exit(status)
+
+
+def reset():
+    print("sim: reset")
+    _exit(EXIT_RESET)
+
+
+def reset_cause():
+    return _cfg.get("reset_cause", "power_on")
+
+
+def boot_count():
+    # starts of this simulated device (1 = first power-on of this state dir)
+    return _cfg.get("boot_count", 1)
+
+
+def unique_id():
+    return _cfg.get("device_id", "51a0000000000000")
+
+
+def ticks_ms():
+    return time.ticks_ms()
+
+
+def ticks_diff(a, b):
+    return time.ticks_diff(a, b)
+
+
+def led(on):
+    global _led
+    _led = bool(on)
+
+
+def led_state():
+    return _led
+
+
+def wdt_start(timeout_ms):
+    # The sim has no timer interrupt: a hang is not caught, but a feed that
+    # comes later than the timeout is -- that is where a board would have
+    # been reset -- and it simulates the watchdog reset then.
+    global _wdt_timeout, _wdt_last
+    if _wdt_timeout is None:
+        _wdt_timeout = max(1, min(int(timeout_ms), 8388))
+    _wdt_last = time.ticks_ms()
+
+
+def wdt_feed():
+    global _wdt_last
+    if _wdt_timeout is None:
+        return
+    now = time.ticks_ms()
+    late = time.ticks_diff(now, _wdt_last)
+    if late > _wdt_timeout:
+        print("sim: watchdog reset (%d ms since the last feed > %d ms)" % (late, _wdt_timeout))
+        _exit(EXIT_WATCHDOG)
+    _wdt_last = now
+
+
+def wlan_connect(cfg):
+    return _cfg.get("host", "127.0.0.1")
+
+
+def wlan_power_save(enabled):
+    global _power_save
+    _power_save = bool(enabled)
+
+
+def power_save_state():
+    return _power_save
+
+
+def config_overrides():
+    c = _cfg
+    return {"host": c.get("host", "127.0.0.1"), "tcp_port": c.get("tcp_port", 8472),
+            "udp_port": c.get("udp_port", 8473), "legacy_udp": bool(c.get("legacy_udp")),
+            "auth": bool(c.get("auth", True))}
+
+
+def mem_free():
+    return gc.mem_free()
+
+
+def mem_alloc():
+    return gc.mem_alloc()
+
+
+def flash_info():
+    if _flash is None:
+        return {"block_size": 4096, "block_count": 212}
+    return {"block_size": 4096, "block_count": _flash.block_count}
+
+
+def flash():
+    # the SimFlash (op counters: flash().stats())
+    return _flash
