@@ -71,9 +71,11 @@ class SimFlash:
                           % (path, have, self.size, block_count))
         self.path = path
         self._f = open(path, "r+b")  # noqa: SIM115 (open for the device's life)
-        self._old = bytearray(BLOCK)  # read-modify buffer, reused
+        # One page of scratch: on the board the flash driver is C and costs
+        # the Python heap nothing, so the simulator keeps its share small.
+        self._old = bytearray(PAGE)  # read-modify buffer, reused
         self._oldmv = memoryview(self._old)
-        self._ff = b"\xff" * BLOCK
+        self._ff = b"\xff" * PAGE
         self.erase_ms, self.page_us = TIMINGS[timing]
         self.timing = timing
         self.erases = 0
@@ -114,18 +116,19 @@ class SimFlash:
             raise OSError("simflash: erase of block %d outside 0..%d" % (block, self.block_count - 1))
         f = self._f
         f.seek(block * BLOCK)
-        if self.cut_after is not None and self.ops >= self.cut_after:
-            # torn erase: first half erased, second half still holds old data
-            f.write(memoryview(self._ff)[: BLOCK // 2])
+        torn = self.cut_after is not None and self.ops >= self.cut_after
+        # torn erase: first half erased, second half still holds old data
+        for _ in range(BLOCK // PAGE // 2 if torn else BLOCK // PAGE):
+            f.write(self._ff)
+        if torn:
             self._kill("erase of block %d" % block)
-        f.write(self._ff)
         self.erases += 1
         if self.erase_ms:
             time.sleep_ms(self.erase_ms)
 
     def program(self, addr, data):
-        # Program `data` at byte address `addr`, page by page, segment by
-        # segment inside one erase block (one read + one write per segment).
+        # Program `data` at byte address `addr`, page by page (one read and
+        # one write per page).
         n = len(data)
         self._check(addr, n)
         src = memoryview(data)
@@ -133,7 +136,7 @@ class SimFlash:
         done = 0
         while done < n:
             a = addr + done
-            seg = min(n - done, BLOCK - a % BLOCK)
+            seg = min(n - done, PAGE - a % PAGE)  # one page at a time
             old = self._oldmv[:seg]
             new = src[done:done + seg]
             f.seek(a)

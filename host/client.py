@@ -1,0 +1,600 @@
+"""asyncio client of the native mpota protocol (docs/protocol.md).
+
+`Client` is one authenticated TCP connection: JSON-line requests with
+`request()`, pipelined DATA writes with `upload()`, pipelined binary READs with
+`read()`. `push_image()` is the resumable upload on top: it reconnects after a
+dropped link and continues from the watermark the device holds.
+
+    async with Client("PicoW.local", key=key) as c:
+        print((await c.status())["running"])
+
+Nothing here prints; progress and events go to callbacks. The key is never
+logged or put in an exception message.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import native
+from checksums import crc32c
+from errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, MpotaError,
+                    Unreachable, device_error)
+from framing import K_ERROR, K_FRAME, K_LINE, StreamDecoder
+from hmac_sha256 import compare_digest, device_mac, host_mac
+
+log = logging.getLogger("mpota.client")
+
+CONNECT_TIMEOUT = 5.0
+IO_TIMEOUT = 10.0
+COMMIT_TIMEOUT = 120.0  # the device hashes and validates the whole slot
+# NERROR-driven rewinds allowed on one connection before we give up on it.
+MAX_REWINDS = 64
+
+# Codes after which the host re-sends from the device's watermark (§1.2).
+_REWIND_CODES = (native.E_CRC_MISMATCH, native.E_OUT_OF_ORDER, native.E_BAD_FRAME,
+                 native.E_WRITE_FAILED)
+
+ProgressCb = Callable[[int, int], None]
+EventCb = Callable[..., None]
+
+
+async def within(aw, seconds: float):
+    """Await `aw` for at most `seconds` (asyncio.TimeoutError after).
+
+    Python 3.11's wait_for() swallows a cancellation (Ctrl-C) that arrives
+    just as the awaited thing completes; asyncio.timeout() does not.
+    """
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await aw
+    return await asyncio.wait_for(aw, seconds)
+
+
+def _hexdump_head(b: bytes, n: int = 48) -> str:
+    return b[:n].hex() + ("..(%d bytes)" % len(b) if len(b) > n else "")
+
+
+class Client:
+    """One connection to a device agent."""
+
+    def __init__(self, host: str, port: int = native.TCP_PORT, *, key: Optional[bytes] = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
+                 window: Optional[int] = None):
+        self.host = host
+        self.port = port
+        self._key = key
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.user_window = window
+        self.info: dict = {}            # the hello reply
+        self.authenticated = False
+        self.peer: Any = None
+        self._reader: Optional[asyncio.StreamReader] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._rx_task: Optional[asyncio.Task] = None
+        self._pending: dict = {}        # request id -> Future
+        self._frames: asyncio.Queue = asyncio.Queue()
+        self._next_id = 1
+        self._closed_exc: Optional[BaseException] = None
+        self.closed = asyncio.Event()
+        # Upload accounting (see upload()).
+        self.bytes_sent = 0
+        self.bytes_resent = 0
+        self.rewinds = 0
+
+    def __repr__(self) -> str:  # never shows the key
+        return "Client(%s:%s)" % (self.host, self.port)
+
+    # --- connection ---------------------------------------------------------
+
+    async def __aenter__(self) -> "Client":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def connect(self, authenticate: Optional[bool] = None) -> dict:
+        """Open the TCP connection, say hello and (if needed) authenticate.
+
+        authenticate: True = fail without a key when the device wants auth;
+        None = authenticate when a key is at hand; False = never.
+        """
+        await self._open()
+        info = await self.hello()
+        if info.get("auth", "none") == "none":
+            self.authenticated = True
+        elif authenticate is not False and (self._key is not None or authenticate):
+            await self.auth()
+        return info
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await within(
+                loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM),
+                self.connect_timeout)
+        except (socket.gaierror, asyncio.TimeoutError) as e:
+            raise Unreachable("cannot resolve %s: %s" % (self.host, e or "timed out"))
+        errors = []
+        for family, type_, proto, _, sockaddr in infos:
+            try:
+                r, w = await within(
+                    asyncio.open_connection(sockaddr[0], sockaddr[1], family=family),
+                    self.connect_timeout)
+            except asyncio.TimeoutError:
+                errors.append("%s: timed out after %.0f s" % (sockaddr[0], self.connect_timeout))
+                continue
+            except OSError as e:
+                errors.append("%s: %s" % (sockaddr[0], os.strerror(e.errno) if e.errno else e))
+                continue
+            self._reader, self._writer = r, w
+            self.peer = sockaddr
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                try:  # small control lines must not wait for Nagle
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            self._rx_task = asyncio.ensure_future(self._rx_loop())
+            log.info("connected to %s port %s", sockaddr[0], sockaddr[1])
+            return
+        raise Unreachable("cannot connect to %s port %s: %s" % (self.host, self.port, "; ".join(errors)))
+
+    async def close(self) -> None:
+        w, self._writer = self._writer, None
+        if w is not None:
+            w.close()
+            try:
+                await within(w.wait_closed(), 2.0)
+            except (OSError, asyncio.TimeoutError):
+                pass
+        t, self._rx_task = self._rx_task, None
+        if t is not None:
+            t.cancel()
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._fail_all(ConnectionLost("connection closed"))
+
+    def abort_link(self) -> None:
+        """Drop the connection at once (tests, Ctrl-C): no goodbye."""
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self._closed_exc is None:
+            self._closed_exc = exc
+        self.closed.set()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+        self._frames.put_nowait(None)  # wakes a waiting upload/read
+
+    async def _rx_loop(self) -> None:
+        dec = StreamDecoder(max_frame=native.MAX_FRAME + 64, max_line=64 * 1024)
+        reader = self._reader
+        assert reader is not None
+        exc: BaseException = ConnectionLost("the device closed the connection")
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for kind, value in dec.decode(data):
+                    if kind == K_FRAME:
+                        frame = bytes(value)
+                        if log.isEnabledFor(logging.DEBUG):
+                            log.debug("RX frame %s", _hexdump_head(frame))
+                        self._frames.put_nowait(frame)
+                    elif kind == K_LINE:
+                        self._on_line(bytes(value))
+                    elif kind == K_ERROR:
+                        log.warning("undecodable bytes from device: %s", value[1])
+        except (OSError, ConnectionError) as e:
+            exc = ConnectionLost("connection to %s lost: %s" % (self.host, e))
+        except asyncio.CancelledError:
+            exc = ConnectionLost("connection closed")
+            raise
+        finally:
+            self._fail_all(exc)
+
+    def _on_line(self, line: bytes) -> None:
+        log.debug("RX %s", line.decode("utf-8", "replace"))
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            log.warning("device sent a line that is not JSON: %r", line[:80])
+            return
+        if not isinstance(msg, dict):
+            return
+        fut = self._pending.pop(msg.get("id"), None)
+        if fut is None and msg.get("id") is None and len(self._pending) == 1:
+            # An error reply without id (e.g. an over-long line) answers the only request.
+            fut = self._pending.pop(next(iter(self._pending)))
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _check_open(self) -> asyncio.StreamWriter:
+        if self._writer is None or self.closed.is_set():
+            raise self._closed_exc or ConnectionLost("not connected")
+        return self._writer
+
+    async def _drain(self) -> None:
+        w = self._check_open()
+        try:
+            await within(w.drain(), self.timeout)
+        except asyncio.TimeoutError:
+            raise DeviceTimeout("%s stopped reading for %.0f s" % (self.host, self.timeout))
+        except (OSError, ConnectionError) as e:
+            raise ConnectionLost("connection to %s lost: %s" % (self.host, e))
+
+    # --- JSON requests ------------------------------------------------------
+
+    async def request(self, op: str, timeout: Optional[float] = None, **fields) -> dict:
+        """Send one JSON request; return the reply, or raise the mapped error."""
+        w = self._check_open()
+        rid = self._next_id
+        self._next_id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        line = native.request_line(op, rid, fields)
+        log.debug("TX %s", line.decode().rstrip())
+        w.write(line)
+        try:
+            await self._drain()
+            reply = await within(fut, timeout or self.timeout)
+        except asyncio.TimeoutError:
+            self._pending.pop(rid, None)
+            raise DeviceTimeout("no answer to %s from %s within %.0f s" % (op, self.host, timeout or self.timeout))
+        if not reply.get("ok"):
+            err = reply.get("error") or {}
+            raise device_error(err.get("code"), err.get("message", "refused"), num=err.get("num"),
+                               retry=bool(err.get("retry")), fatal=bool(err.get("fatal")), op=op)
+        return reply
+
+    async def hello(self) -> dict:
+        self.info = await self.request("hello")
+        return self.info
+
+    async def auth(self) -> None:
+        """Mutual HMAC-SHA256 challenge-response (protocol.md §2.2)."""
+        if self._key is None:
+            raise AuthError("%s requires authentication and no key was given" % self.host)
+        device = str(self.info.get("device", ""))
+        try:
+            dev_nonce = bytes.fromhex(self.info["nonce"])
+        except (KeyError, TypeError, ValueError):
+            raise AuthError("%s sent no usable auth nonce in hello" % self.host,
+                            "the agent is broken or not an mpota agent")
+        host_nonce = os.urandom(16)
+        mac = host_mac(self._key, device, dev_nonce, host_nonce)
+        reply = await self.request("auth", nonce=host_nonce.hex(), mac=mac.hex())
+        want = device_mac(self._key, device, dev_nonce, host_nonce)
+        try:
+            got = bytes.fromhex(reply.get("mac", ""))
+        except ValueError:
+            got = b""
+        if not compare_digest(got, want):
+            raise AuthError("%s accepted our key but could not prove it holds it" % self.host,
+                            "this is not the device you think it is (wrong address?)")
+        self.authenticated = True
+        log.info("authenticated to %s (%s)", self.host, device)
+
+    async def ping(self) -> dict:
+        return await self.request("ping")
+
+    async def status(self) -> dict:
+        return await self.request("status")
+
+    async def confirm(self) -> dict:
+        return await self.request("confirm")
+
+    async def rollback(self) -> dict:
+        return await self.request("rollback")
+
+    async def erase(self, slot: str) -> dict:
+        return await self.request("erase", slot=slot)
+
+    async def reset(self, delay_ms: int = 100) -> dict:
+        return await self.request("reset", delay_ms=delay_ms)
+
+    async def abort(self) -> dict:
+        return await self.request("abort")
+
+    async def begin(self, size: int, sha256: str, version: Optional[str] = None,
+                    slot: str = "inactive", allow_downgrade: bool = False) -> dict:
+        fields: dict = {"size": size, "sha256": sha256, "slot": slot}
+        if version is not None:
+            fields["version"] = version
+        if allow_downgrade:
+            fields["allow_downgrade"] = True
+        return await self.request("begin", **fields)
+
+    async def commit(self) -> dict:
+        return await self.request("commit", timeout=max(self.timeout, COMMIT_TIMEOUT))
+
+    # --- binary frames ------------------------------------------------------
+
+    async def _next_frame(self, what: str) -> bytes:
+        try:
+            frame = await within(self._frames.get(), self.timeout)
+        except asyncio.TimeoutError:
+            raise DeviceTimeout("%s: no reply from %s for %.0f s" % (what, self.host, self.timeout))
+        if frame is None:
+            self._frames.put_nowait(None)  # stays closed for later readers
+            raise self._closed_exc or ConnectionLost("connection lost")
+        return frame
+
+    def _window(self, reply: Optional[dict] = None) -> tuple:
+        max_data = int((reply or {}).get("max_data") or self.info.get("max_data") or native.MAX_DATA)
+        window = int((reply or {}).get("window") or self.info.get("window") or native.WINDOW)
+        if self.user_window:
+            window = min(window, self.user_window)
+        max_data = max(1, min(max_data, window))
+        return max_data, window
+
+    async def upload(self, image, start: int, *, begin_reply: Optional[dict] = None,
+                     high_sent: int = 0, on_progress: Optional[ProgressCb] = None) -> int:
+        """Send image[start:] as pipelined DATA frames; return when all is ACKed.
+
+        Keeps at most `window` bytes unacknowledged (never a round trip per
+        chunk). After an NERROR carrying watermark W it re-sends from W and
+        ignores the NERRORs of frames sent before that rewind (§1.2).
+        `high_sent` is the highest offset sent by earlier connections, so bytes
+        below it count as re-sent. Returns the new high_sent.
+        """
+        w = self._check_open()
+        mv = memoryview(image)
+        size = len(mv)
+        max_data, window = self._window(begin_reply)
+        acked = nxt = start
+        last_rewind: Optional[int] = None
+        rewinds = 0
+        while acked < size:
+            while nxt < size:
+                n = min(max_data, size - nxt)
+                if nxt + n - acked > window:
+                    break
+                frame = native.encode_data(nxt, mv[nxt:nxt + n])
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("TX DATA offset=%d len=%d", nxt, n)
+                w.write(frame)
+                if nxt < high_sent:
+                    self.bytes_resent += min(n, high_sent - nxt)
+                self.bytes_sent += n
+                nxt += n
+                high_sent = max(high_sent, nxt)
+            await self._drain()
+            frame = await self._next_frame("upload at offset %d" % acked)
+            op = frame[1]
+            if op == native.OP_ACK:
+                a = native.parse_ack(frame)
+                if a > acked:
+                    acked = min(a, size)
+                    nxt = max(nxt, acked)
+                    if on_progress:
+                        on_progress(acked, size)
+            elif op == native.OP_NERROR:
+                req_op, code, flags, value, ref = native.parse_nerror(frame)
+                name = native.error_name(code)
+                if code not in _REWIND_CODES:
+                    raise device_error(name, "device refused data at offset %d (watermark %d)" % (ref, value),
+                                       num=code, retry=not flags & native.F_NO_RETRY,
+                                       fatal=bool(flags & native.F_FATAL), op="write")
+                if last_rewind is not None and value == last_rewind and ref != value:
+                    continue  # answer to a frame sent before the rewind
+                rewinds += 1
+                self.rewinds += 1
+                if rewinds > MAX_REWINDS:
+                    raise device_error(name, "too many re-sends (%d) at offset %d" % (rewinds, value),
+                                       num=code, retry=True, op="write")
+                log.info("device says %s at %d, watermark %d: re-sending from %d", name, ref, value, value)
+                if value > acked:
+                    acked = value
+                    if on_progress:
+                        on_progress(acked, size)
+                nxt = last_rewind = max(value, acked)
+            else:
+                log.warning("unexpected frame 0x%02X during upload ignored", op)
+        return high_sent
+
+    async def read(self, slot: str, offset: int, length: int,
+                   on_progress: Optional[ProgressCb] = None) -> bytes:
+        """Read `length` bytes of `slot` from `offset` with pipelined binary READs."""
+        w = self._check_open()
+        max_data, window = self._window()
+        max_data = min(max_data, 0xFFFF)
+        out = bytearray(length)
+        outstanding: dict = {}  # offset -> length requested
+        inflight = 0
+        nxt = offset
+        end = offset + length
+        done = 0
+        retries = 0
+        while done < length:
+            while nxt < end and inflight < window:
+                n = min(max_data, end - nxt)
+                w.write(native.encode_read(slot, nxt, n))
+                outstanding[nxt] = n
+                inflight += n
+                nxt += n
+            await self._drain()
+            frame = await self._next_frame("read of slot %s at %d" % (slot, offset + done))
+            op = frame[1]
+            if op == native.OP_READ_DATA:
+                off, crc, data = native.parse_read_data(frame)
+                want = outstanding.pop(off, None)
+                if want is None:
+                    log.warning("unrequested READ_DATA at %d ignored", off)
+                    continue
+                inflight -= want
+                if crc32c(data) != crc or len(data) == 0 or len(data) > want:
+                    retries += 1
+                    if retries > 8:
+                        raise device_error("crc_mismatch", "read data keeps arriving corrupted", op="read")
+                    w.write(native.encode_read(slot, off, want))  # reads are idempotent
+                    outstanding[off] = want
+                    inflight += want
+                    continue
+                out[off - offset:off - offset + len(data)] = data
+                done += len(data)
+                if len(data) < want:  # short read: ask for the rest
+                    rest = off + len(data)
+                    w.write(native.encode_read(slot, rest, want - len(data)))
+                    outstanding[rest] = want - len(data)
+                    inflight += want - len(data)
+                if on_progress:
+                    on_progress(done, length)
+            elif op == native.OP_NERROR:
+                req_op, code, flags, value, ref = native.parse_nerror(frame)
+                raise device_error(native.error_name(code), "read of slot %s at %d refused" % (slot, ref),
+                                   num=code, retry=not flags & native.F_NO_RETRY,
+                                   fatal=bool(flags & native.F_FATAL), op="read")
+            else:
+                log.warning("unexpected frame 0x%02X during read ignored", op)
+        return bytes(out)
+
+
+# --- the resumable push -------------------------------------------------------
+
+@dataclass
+class PushResult:
+    slot: str
+    size: int
+    sha256: str
+    resumed_from: int = 0        # watermark the device held when this push began
+    bytes_sent: int = 0          # DATA payload bytes sent, all connections
+    bytes_resent: int = 0        # of those, bytes sent more than once
+    reconnects: int = 0
+    rewinds: int = 0
+    seconds: float = 0.0
+    commit: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return (self.size - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
+    if on_event:
+        on_event(name, **fields)
+
+
+async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes] = None,
+                     version: Optional[str] = None, allow_downgrade: bool = False,
+                     commit: bool = True, retries: int = 5, window: Optional[int] = None,
+                     connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
+                     busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
+                     on_event: Optional[EventCb] = None,
+                     client_factory: Callable[..., Client] = Client) -> PushResult:
+    """Upload `image` to the inactive slot and (unless commit=False) commit it.
+
+    A dropped connection or a stalled device costs a reconnect (up to
+    `retries`, with backoff); `begin` then returns the device's watermark and
+    the upload continues from there. Only idempotent steps are retried.
+    """
+    sha = hashlib.sha256(image).hexdigest()
+    res = PushResult(slot="?", size=len(image), sha256=sha)
+    t0 = time.monotonic()
+    high_sent = 0
+    attempt = 0
+    first = True
+    while True:
+        c = client_factory(host, port, key=key, connect_timeout=connect_timeout,
+                           timeout=timeout, window=window)
+        try:
+            await c.connect(authenticate=True)
+            reply = await _begin_patiently(c, len(image), sha, version, allow_downgrade,
+                                           busy_wait if first else max(busy_wait, 35.0), on_event)
+            res.slot = reply.get("slot", res.slot)
+            offset = int(reply.get("offset", 0))
+            if first:
+                res.resumed_from = offset
+                _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,
+                      resumed=offset > 0, window=c._window(reply)[1])
+            else:
+                _emit(on_event, "resume", offset=offset, attempt=attempt)
+            first = False
+            if on_progress:
+                on_progress(offset, len(image))
+            try:
+                high_sent = await c.upload(image, offset, begin_reply=reply, high_sent=high_sent,
+                                           on_progress=on_progress)
+            finally:
+                res.bytes_sent += c.bytes_sent
+                res.bytes_resent += c.bytes_resent
+                res.rewinds += c.rewinds
+            res.seconds = time.monotonic() - t0
+            _emit(on_event, "uploaded", bytes=len(image) - res.resumed_from, seconds=round(res.seconds, 3),
+                  rate=round(res.rate), resent=res.bytes_resent, reconnects=res.reconnects)
+            if commit:
+                res.commit = await c.commit()
+                _emit(on_event, "committed", slot=res.commit.get("slot"),
+                      version=res.commit.get("version"), state=res.commit.get("state"))
+            return res
+        except (ConnectionLost, DeviceTimeout) as e:
+            # Idempotent from here: begin resumes, DATA is offset-addressed.
+            if first or attempt >= retries:
+                raise
+            attempt += 1
+            res.reconnects += 1
+            delay = min(0.25 * 2 ** (attempt - 1), 4.0)
+            _emit(on_event, "reconnect", attempt=attempt, reason=str(e.message), delay=delay)
+            await asyncio.sleep(delay)
+        finally:
+            await c.close()
+
+
+async def _begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
+                           allow_downgrade: bool, busy_wait: float,
+                           on_event: Optional[EventCb]) -> dict:
+    """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
+    link the device may not yet have noticed that our old session is gone."""
+    deadline = time.monotonic() + busy_wait
+    delay = 0.2
+    while True:
+        try:
+            return await c.begin(size, sha, version, allow_downgrade=allow_downgrade)
+        except BusyError:
+            if time.monotonic() + delay > deadline:
+                raise
+            _emit(on_event, "busy_wait", delay=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def wait_for_device(host: str, port: int, *, key: Optional[bytes] = None,
+                          deadline_s: float = 30.0, poll: float = 0.3,
+                          connect_timeout: float = 2.0, timeout: float = IO_TIMEOUT,
+                          accept: Optional[Callable[[dict], bool]] = None) -> dict:
+    """Poll until the device answers `status` (and `accept(status)` holds); return it."""
+    end = time.monotonic() + deadline_s
+    last: Optional[BaseException] = None
+    while True:
+        c = Client(host, port, key=key, connect_timeout=connect_timeout, timeout=timeout)
+        try:
+            await c.connect(authenticate=False)
+            st = await c.status()
+            if accept is None or accept(st):
+                return st
+            last = None
+        except (Unreachable, ConnectionLost, DeviceTimeout) as e:
+            last = e
+        finally:
+            await c.close()
+        if time.monotonic() + poll > end:
+            raise DeviceTimeout("%s did not come back within %.0f s%s" % (
+                host, deadline_s, (" (last: %s)" % last.message) if isinstance(last, MpotaError) else ""),
+                "check the device's power and Wi-Fi, then `flash.py status`")
+        await asyncio.sleep(poll)

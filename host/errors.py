@@ -1,0 +1,156 @@
+"""One exception hierarchy for the host tool, with the CLI exit code each maps to.
+
+Every message says what went wrong and what to do next; `hint` holds the
+"what to do" part so the CLI can print it on its own line (or as a JSON field).
+"""
+from __future__ import annotations
+
+# Exit codes (documented in docs/cli.md; keep both in step).
+EXIT_OK = 0
+EXIT_USAGE = 1          # bad arguments, missing/unreadable input file
+EXIT_UNREACHABLE = 2    # cannot connect, timed out, connection lost
+EXIT_AUTH = 3           # no key, wrong key, device demands auth
+EXIT_BUSY = 4           # another update session is open
+EXIT_REFUSED = 5        # device refused: bad/corrupt image, no space, version, verify, CRC
+EXIT_NOT_TAKEN = 6      # upload done, but the device did not come back running it
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class MpotaError(Exception):
+    """Base of every error the host tool raises on purpose."""
+
+    exit_code = EXIT_USAGE
+    default_hint = ""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        return self.message + (" (%s)" % self.hint if self.hint else "")
+
+    def as_dict(self) -> dict:
+        return {"error": type(self).__name__, "message": self.message,
+                "hint": self.hint or None, "exit_code": self.exit_code}
+
+
+class UsageError(MpotaError):
+    """The command line or an input file is wrong; nothing was sent."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConnectionProblem(MpotaError):
+    exit_code = EXIT_UNREACHABLE
+
+
+class Unreachable(ConnectionProblem):
+    default_hint = ("check the host name/address and port, that the device is powered "
+                    "and on this network (try `flash.py ping`)")
+
+
+class DeviceTimeout(ConnectionProblem):
+    default_hint = "the device stopped answering; check Wi-Fi and power, then run the command again (uploads resume)"
+
+
+class ConnectionLost(ConnectionProblem):
+    default_hint = "run the same command again: an upload resumes where the device left off"
+
+
+class DeviceError(MpotaError):
+    """The device answered with an error (protocol.md §3)."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, message: str, hint: str | None = None, *, code: str | None = None,
+                 num: int | None = None, retry: bool = False, fatal: bool = False,
+                 op: str | None = None):
+        super().__init__(message, hint)
+        self.code = code
+        self.num = num
+        self.retry = retry
+        self.fatal = fatal
+        self.op = op
+
+    def as_dict(self) -> dict:
+        d = super().as_dict()
+        d.update(code=self.code, num=self.num, retry=self.retry, fatal=self.fatal, op=self.op)
+        return d
+
+
+class AuthError(DeviceError):
+    exit_code = EXIT_AUTH
+    default_hint = ("give the device's key with MPOTA_KEY (hex), MPOTA_KEY_FILE, --key-file "
+                    "or key_file in the targets file")
+
+
+class BusyError(DeviceError):
+    exit_code = EXIT_BUSY
+    default_hint = "another host is updating this device; wait for it to finish and try again"
+
+
+class CrcMismatch(DeviceError):
+    default_hint = "data was corrupted in transit; run the command again"
+
+
+class NoSpace(DeviceError):
+    default_hint = "the image is larger than a slot; make the application smaller (`flash.py status` shows slot_size)"
+
+
+class VersionRefused(DeviceError):
+    default_hint = "the image is older than the confirmed one; build it with a higher --version"
+
+
+class BadImage(DeviceError):
+    default_hint = "rebuild the image with `flash.py build FOLDER --version X.Y.Z`"
+
+
+class SignatureInvalid(DeviceError):
+    default_hint = "sign the image with the key whose public half the device holds"
+
+
+class VerifyFailed(DeviceError):
+    default_hint = "the stored image did not match its SHA-256; push it again"
+
+
+class NotTaken(MpotaError):
+    """The upload succeeded but the device did not come back running the new image."""
+
+    exit_code = EXIT_NOT_TAKEN
+    default_hint = "run `flash.py status` to see boot_note; the device keeps or rolls back to its confirmed slot"
+
+
+class Interrupted(MpotaError):
+    exit_code = EXIT_INTERRUPTED
+    default_hint = "nothing was committed; run the same push again to resume"
+
+
+# Device error code -> (class, hint override or None). Unlisted codes: DeviceError.
+_BY_CODE = {
+    "auth_required": (AuthError, None),
+    "auth_failed": (AuthError, "wrong key for this device: check MPOTA_KEY / the key file"),
+    "busy": (BusyError, None),
+    "crc_mismatch": (CrcMismatch, None),
+    "no_space": (NoSpace, None),
+    "version_refused": (VersionRefused, None),
+    "bad_image": (BadImage, None),
+    "signature_invalid": (SignatureInvalid, None),
+    "verify_failed": (VerifyFailed, None),
+    "timeout": (DeviceTimeout, None),
+    "incorrect_state": (DeviceError, "the device is not in a state for this; `flash.py status` shows why"),
+    "out_of_range": (DeviceError, "offset/length outside the slot; `flash.py status` shows slot sizes"),
+    "flash_fault": (DeviceError, "the device's flash is failing; reflash it over USB"),
+    "internal": (DeviceError, "unexpected device error; `flash.py status` and a reset may help"),
+    "unsupported": (DeviceError, "the device's agent is too old for this operation; update the agent"),
+}
+
+
+def device_error(code: str | None, message: str, *, num: int | None = None, retry: bool = False,
+                 fatal: bool = False, op: str | None = None) -> MpotaError:
+    """The exception for a device error reply (JSON error object or NERROR)."""
+    cls, hint = _BY_CODE.get(code or "", (DeviceError, None))
+    text = "%s%s: %s" % ("%s refused, " % op if op else "", code or "error", message)
+    if cls is DeviceTimeout:
+        return DeviceTimeout(text)
+    return cls(text, hint, code=code, num=num, retry=retry, fatal=fatal, op=op)

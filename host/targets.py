@@ -1,0 +1,192 @@
+"""Targets: where a device is and which key opens it.
+
+`--target NAME` is looked up in a TOML targets file (default
+~/.config/mpota/targets.toml, or --targets FILE / $MPOTA_TARGETS), then in the
+built-ins `pico` and `sim`; anything else is read as HOST[:PORT] (IPv6 in
+brackets: [fe80::1]:8472). Format (docs/cli.md):
+
+    [targets.kitchen]
+    host = "192.168.1.50"     # name or address
+    port = 8472               # TCP, native protocol
+    udp_port = 8473           # legacy UDP service
+    key_file = "~/.config/mpota/kitchen.key"   # 64 hex chars (or 32 raw bytes)
+
+Keys come from (first wins): --key-file, $MPOTA_KEY (hex), $MPOTA_KEY_FILE, the
+target's key_file. Never from a command-line value; never printed.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    tomllib = None  # type: ignore[assignment]
+
+import native
+from errors import UsageError
+
+DEFAULT_TARGETS = Path("~/.config/mpota/targets.toml")
+
+BUILTINS = {
+    "pico": {"host": "PicoW.local", "port": native.TCP_PORT, "udp_port": native.UDP_PORT},
+    "sim": {"host": "127.0.0.1", "port": native.TCP_PORT, "udp_port": native.UDP_PORT,
+            "key_file": ".sim-state/device.key"},
+}
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int = native.TCP_PORT
+    udp_port: int = native.UDP_PORT
+    key_file: Optional[str] = None
+    key: Optional[bytes] = field(default=None, repr=False)  # never shown
+    key_source: str = "none"                                # where the key came from (no value)
+
+    @property
+    def address(self) -> str:
+        h = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s:%d" % (h, self.port)
+
+    def describe(self) -> dict:
+        """What may be shown: everything but the key itself."""
+        return {"target": self.name, "host": self.host, "port": self.port,
+                "udp_port": self.udp_port, "key": self.key_source}
+
+
+def targets_path(override: Optional[str] = None, env: Optional[dict] = None) -> Path:
+    env = os.environ if env is None else env
+    p = override or env.get("MPOTA_TARGETS") or str(DEFAULT_TARGETS)
+    return Path(p).expanduser()
+
+
+def load_targets(path: Path, required: bool = False) -> dict:
+    """{name: table} from a targets file; {} when the default file is absent."""
+    if not path.exists():
+        if required:
+            raise UsageError("targets file %s not found" % path, "create it (docs/cli.md shows the format)")
+        return {}
+    if tomllib is None:
+        raise UsageError("reading %s needs Python 3.11+ (tomllib)" % path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError("cannot read targets file %s: %s" % (path, e))
+    table = data.get("targets", {})
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise UsageError("%s: expected [targets.NAME] tables" % path)
+    return table
+
+
+_HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
+
+
+def parse_hostport(spec: str, default_port: int = native.TCP_PORT) -> tuple:
+    """'host', 'host:port', '[v6]', '[v6]:port' or a bare IPv6 address -> (host, port)."""
+    if spec.count(":") > 1 and not spec.startswith("["):
+        return spec, default_port  # bare IPv6 address, no port
+    m = _HOSTPORT.match(spec)
+    if not m:
+        raise UsageError("cannot read target %r" % spec, "use NAME, HOST, HOST:PORT or [IPv6]:PORT")
+    host = m.group("v6") or m.group("host")
+    port = int(m.group("port")) if m.group("port") else default_port
+    if not 0 < port < 65536:
+        raise UsageError("port %d out of range in %r" % (port, spec))
+    return host, port
+
+
+def read_key_file(path: str) -> bytes:
+    """A key file holds 64 hex characters (whitespace allowed) or 32 raw bytes."""
+    p = Path(path).expanduser()
+    if re.fullmatch(r"\s*[0-9A-Fa-f]{64}\s*", path) and not p.exists():
+        # Someone passed the key itself: say so without echoing it.
+        raise UsageError("the key-file argument looks like a key, not a file",
+                         "keys are never taken from the command line: use MPOTA_KEY or a key file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UsageError("cannot read key file %s: %s" % (p, e.strerror or e),
+                         "check the path given by --key-file, MPOTA_KEY_FILE or key_file")
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeError, ValueError):
+        key = raw
+    if len(key) != 32:
+        raise UsageError("key file %s does not hold a 32-byte key" % p,
+                         "it must contain 64 hex characters (or 32 raw bytes)")
+    return key
+
+
+def parse_key_hex(text: str, source: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise UsageError("%s is not a 32-byte key in hex" % source, "it must be 64 hex characters")
+    return key
+
+
+def resolve(spec: str, targets_file: Optional[str] = None, key_file: Optional[str] = None,
+            port: Optional[int] = None, udp_port: Optional[int] = None,
+            env: Optional[dict] = None) -> Target:
+    """The Target for `--target spec`, with its key loaded (if any is configured)."""
+    env = os.environ if env is None else env
+    path = targets_path(targets_file, env)
+    table = load_targets(path, required=bool(targets_file))
+    if spec in table:
+        entry = dict(BUILTINS.get(spec, {}))
+        entry.update(table[spec])
+        t = _from_entry(spec, entry, path)
+    elif spec in BUILTINS:
+        t = _from_entry(spec, dict(BUILTINS[spec]), None)
+    else:
+        host, p = parse_hostport(spec)
+        t = Target(name=spec, host=host, port=p)
+    if port:
+        t.port = port
+    if udp_port:
+        t.udp_port = udp_port
+    # Key: first source that is set wins.
+    if key_file:
+        t.key, t.key_source = read_key_file(key_file), "--key-file"
+    elif env.get("MPOTA_KEY"):
+        t.key, t.key_source = parse_key_hex(env["MPOTA_KEY"], "MPOTA_KEY"), "MPOTA_KEY"
+    elif env.get("MPOTA_KEY_FILE"):
+        t.key, t.key_source = read_key_file(env["MPOTA_KEY_FILE"]), "MPOTA_KEY_FILE"
+    elif t.key_file:
+        kp = Path(t.key_file).expanduser()
+        if kp.exists():
+            t.key, t.key_source = read_key_file(str(kp)), "key_file %s" % kp
+        elif spec not in BUILTINS or spec in table:
+            # A key file the user configured must exist; the sim's default may not.
+            raise UsageError("key file %s (target %s) not found" % (kp, spec))
+    return t
+
+
+def _from_entry(name: str, entry: dict, path: Optional[Path]) -> Target:
+    where = " in %s" % path if path else ""
+    host = entry.get("host")
+    if not isinstance(host, str) or not host:
+        raise UsageError("target %s has no host%s" % (name, where))
+    try:
+        port = int(entry.get("port", native.TCP_PORT))
+        udp = int(entry.get("udp_port", native.UDP_PORT))
+    except (TypeError, ValueError):
+        raise UsageError("target %s: port and udp_port must be numbers%s" % (name, where))
+    kf = entry.get("key_file")
+    if kf is not None and not isinstance(kf, str):
+        raise UsageError("target %s: key_file must be a path string%s" % (name, where))
+    if "key" in entry:
+        raise UsageError("target %s: keys are not stored in the targets file%s" % (name, where),
+                         "put the key in a file and give its path as key_file")
+    if kf and path is not None and not Path(kf).expanduser().is_absolute():
+        kf = str(path.parent / kf)  # relative to the targets file
+    return Target(name=name, host=host, port=port, udp_port=udp, key_file=kf)

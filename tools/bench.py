@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""`make bench`: native pipelined upload vs the legacy stop-and-wait UDP flow.
+
+One simulator run with `--flash-timing w25q` (typical W25Q erase/program
+times slept on every flash operation) serves both: a 256 KiB application
+image is pushed natively (TCP, pipelined DATA, cumulative ACKs) and then
+through the reference `BootloaderMessenger` (UDP, one WriteRequest per round
+trip). Loopback has no latency, so the pair is repeated through delay lines
+(tools/linkproxy.py) that add a Wi-Fi-like round trip (--rtt). Prints the
+throughputs, their ratio, and each against the physical write ceiling of
+about 80 KB/s through 4 KiB sectors (DESIGN.md). Figures only: nothing here
+asserts on time.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import binascii
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for _p in ("shared", "host", "tools"):
+    sys.path.insert(0, str(REPO / _p))
+
+import appimage  # noqa: E402
+from bootloader_messenger import BootloaderMessenger  # noqa: E402
+from client import push_image  # noqa: E402
+from demo import SimProcess, free_port  # noqa: E402
+from linkproxy import LinkProxy, UdpDelay  # noqa: E402
+
+CEILING = 4096 / 0.051  # bytes/s: a 4 KiB sector erase (45 ms) + 16 page programs (~6 ms)
+IMAGE_SIZE = 256 * 1024
+
+
+def make_body(work: Path) -> bytes:
+    """The littlefs body of a 256 KiB application image: hello plus incompressible filler."""
+    app = work / "benchapp"
+    shutil.copytree(REPO / "examples" / "hello", app)
+    (app / "blob.py").write_text("DATA = %r\n" % os.urandom(90_000).hex())
+    return appimage.build_littlefs(str(app), block_count=IMAGE_SIZE // 4096)
+
+
+def legacy_push(host: str, port: int, data: bytes, chunk: int) -> float:
+    m = BootloaderMessenger((host, port))
+    try:
+        t0 = time.monotonic()
+        assert m.start_update(len(data))
+        for off in range(0, len(data), chunk):
+            assert m.write(data[off:off + chunk])
+        assert m.stop_update(binascii.crc32(data) & 0xFFFFFFFF)
+        return time.monotonic() - t0
+    finally:
+        m.close()
+
+
+async def native_push(port: int, data: bytes, rtt: float) -> tuple:
+    """(seconds, window) of one pipelined upload, through a delay line when rtt > 0."""
+    seen: dict = {}
+    px = None
+    if rtt:
+        px = await LinkProxy("127.0.0.1", port, delay=rtt / 2).start()
+        port = px.port
+    try:
+        t0 = time.monotonic()
+        await push_image("127.0.0.1", port, data, commit=False, timeout=30,
+                         on_event=lambda name, **f: seen.setdefault(name, f))
+        return time.monotonic() - t0, seen.get("begin", {}).get("window", 0)
+    finally:
+        if px is not None:
+            await px.stop()
+
+
+async def legacy_via(port: int, data: bytes, chunk: int, rtt: float) -> float:
+    relay = None
+    if rtt:
+        relay = UdpDelay(("127.0.0.1", port), rtt / 2)
+        port = await relay.start()
+    try:
+        return await asyncio.to_thread(legacy_push, "127.0.0.1", port, data, chunk)
+    finally:
+        if relay is not None:
+            relay.close()
+
+
+def kbs(rate: float) -> str:
+    return "%.1f KB/s" % (rate / 1000)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--chunk", type=int, default=1024, choices=(512, 1024),
+                    help="legacy WriteRequest size (default 1024, the reference maximum)")
+    ap.add_argument("--timing", default="w25q", choices=("w25q", "none"))
+    ap.add_argument("--rtt", type=float, nargs="+", default=[0.0, 10.0], metavar="MS",
+                    help="round-trip times to add through delay lines (default 0 10; "
+                         "Wi-Fi with power saving off is a few ms, with it ~200)")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mpota-bench-"))
+    tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    sim = None
+    try:
+        body = make_body(work)
+        sim = SimProcess(work / "device", tcp, udp, extra=["--legacy-udp", "--no-auth",
+                                                           "--flash-timing", a.timing])
+        sim.wait_for("sim: ready", 90)
+        size = len(appimage.build_app_image(body, version="1.0.0"))
+        print("bench: %d-byte (256 KiB body) application image; simulator with --flash-timing %s;"
+              % (size, a.timing))
+        print("       physical write ceiling %s (4 KiB erase + program in ~51 ms)\n" % kbs(CEILING))
+        print("%-7s %-33s %7s %11s %8s" % ("rtt", "flow", "seconds", "throughput", "ceiling"))
+        n = 0
+        for rtt_ms in a.rtt:
+            rtt = rtt_ms / 1000
+            n += 1
+            data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))  # a new sha each run
+            native_s, window = asyncio.run(native_push(tcp, data, rtt))
+            n += 1
+            data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))
+            legacy_s = asyncio.run(legacy_via(udp, data, a.chunk, rtt))
+            native, legacy = len(data) / native_s, len(data) / legacy_s
+            print("%-7s %-33s %7.2f %11s %7.0f%%" % ("%g ms" % rtt_ms, "native TCP, %d B window" % window,
+                                                    native_s, kbs(native), 100 * native / CEILING))
+            print("%-7s %-33s %7.2f %11s %7.0f%%" % ("", "legacy UDP, %d B stop-and-wait" % a.chunk,
+                                                    legacy_s, kbs(legacy), 100 * legacy / CEILING))
+            print("%-7s %-33s %7s %10.1fx\n" % ("", "native / legacy", "", native / legacy))
+        return 0
+    except Exception as e:
+        print("bench: FAILED: %s: %s" % (type(e).__name__, e), file=sys.stderr)
+        if sim is not None:
+            print(sim.tail(), file=sys.stderr)
+        return 1
+    finally:
+        if sim is not None:
+            sim.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""A TCP proxy that breaks the link on purpose, to test resume and timeouts.
+
+    python tools/linkproxy.py --listen 127.0.0.1:9000 --to 127.0.0.1:8472 --cut-after 100000
+
+Faults (per connection, counted on the host -> device direction):
+  --cut-after N    close both sides after N bytes passed (only the first
+                   `--cuts` connections are cut; later ones pass freely)
+  --stall-after N  stop forwarding after N bytes but keep the sockets open
+  --delay-ms D     add D ms one way in each direction (a round trip costs 2 D),
+                   without serialising: a delay line, not a stop-and-wait
+
+`LinkProxy` is the same thing for tests, inside their event loop.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Optional
+
+
+class LinkProxy:
+    def __init__(self, target_host: str, target_port: int, *, cut_after: Optional[int] = None,
+                 stall_after: Optional[int] = None, cuts: int = 1, listen_host: str = "127.0.0.1",
+                 listen_port: int = 0, delay: float = 0.0):
+        self.target = (target_host, target_port)
+        self.cut_after = cut_after
+        self.stall_after = stall_after
+        self.cuts_left = cuts
+        self.listen = (listen_host, listen_port)
+        self.server: Optional[asyncio.AbstractServer] = None
+        self.port = 0
+        self.connections = 0
+        self.cut_count = 0
+        self.bytes_up = 0     # host -> device, all connections
+        self.delay = delay    # seconds, one way
+        self._tasks: set = set()
+
+    async def start(self) -> "LinkProxy":
+        self.server = await asyncio.start_server(self._handle, *self.listen)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def __aenter__(self) -> "LinkProxy":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        faulty = self.cuts_left > 0
+        if faulty:
+            self.cuts_left -= 1
+        try:
+            ur, uw = await asyncio.open_connection(*self.target)
+        except OSError:
+            cw.close()
+            return
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def send(w, data):
+            # Same delay for every chunk, so timers fire in order: a delay line.
+            if self.delay:
+                loop.call_later(self.delay, lambda: None if w.is_closing() else w.write(data))
+            else:
+                w.write(data)
+
+        def kill():
+            for w in (cw, uw):
+                w.transport.abort()  # RST-like: no graceful goodbye, like a dropped Wi-Fi link
+            done.set()
+
+        async def up():
+            passed = 0
+            try:
+                while not done.is_set():
+                    data = await cr.read(4096)
+                    if not data:
+                        break
+                    if faulty and self.cut_after is not None and passed + len(data) >= self.cut_after:
+                        keep = self.cut_after - passed
+                        if keep > 0:
+                            uw.write(data[:keep])
+                            self.bytes_up += keep
+                            await uw.drain()
+                        self.cut_count += 1
+                        kill()
+                        return
+                    if faulty and self.stall_after is not None and passed + len(data) >= self.stall_after:
+                        await done.wait()  # swallow everything from now on
+                        return
+                    send(uw, data)
+                    passed += len(data)
+                    self.bytes_up += len(data)
+                    await uw.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                if not done.is_set():
+                    kill()
+
+        async def down():
+            try:
+                while not done.is_set():
+                    data = await ur.read(4096)
+                    if not data:
+                        break
+                    send(cw, data)
+                    await cw.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                if not done.is_set():
+                    kill()
+
+        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            pass  # stop() cancelled the pumps; the handler just ends
+        finally:
+            self._tasks.difference_update(tasks)
+
+
+class UdpDelay(asyncio.DatagramProtocol):
+    """A UDP relay adding `delay` seconds each way (for the legacy service)."""
+
+    def __init__(self, target: tuple, delay: float):
+        self.target = target
+        self.delay = delay
+        self.client = None
+        self.transport = None
+        self.upstream = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        relay = self
+
+        class Up(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                if relay.client is not None:
+                    loop.call_later(relay.delay, relay.transport.sendto, data, relay.client)
+
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self.upstream, _ = await loop.create_datagram_endpoint(Up, remote_addr=self.target)
+        return self.transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data, addr):
+        self.client = addr
+        asyncio.get_running_loop().call_later(self.delay, self.upstream.sendto, data)
+
+    def close(self) -> None:
+        for t in (self.transport, self.upstream):
+            if t is not None:
+                t.close()
+
+
+def _hostport(s: str):
+    h, _, p = s.rpartition(":")
+    return h.strip("[]") or "127.0.0.1", int(p)
+
+
+async def _main(a) -> None:
+    th, tp = _hostport(a.to)
+    lh, lp = _hostport(a.listen)
+    px = LinkProxy(th, tp, cut_after=a.cut_after, stall_after=a.stall_after, cuts=a.cuts,
+                   listen_host=lh, listen_port=lp, delay=(a.delay_ms or 0) / 1000)
+    await px.start()
+    print("linkproxy: ready %s:%d -> %s:%d" % (lh, px.port, th, tp), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await px.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--listen", default="127.0.0.1:0")
+    ap.add_argument("--to", required=True)
+    ap.add_argument("--cut-after", type=int)
+    ap.add_argument("--stall-after", type=int)
+    ap.add_argument("--cuts", type=int, default=1)
+    ap.add_argument("--delay-ms", type=float)
+    try:
+        asyncio.run(_main(ap.parse_args()))
+    except KeyboardInterrupt:
+        pass
