@@ -13,7 +13,6 @@ import gc
 
 import hal
 import native
-import slots as S
 from native import (ProtoError, error_line, E_UNSUPPORTED, E_BAD_FRAME, E_AUTH_REQUIRED,
                     E_OUT_OF_ORDER, E_CRC_MISMATCH, E_OUT_OF_RANGE, E_INCORRECT_STATE,
                     E_INTERNAL, OP_DATA, OP_READ, OP_READ_DATA)

@@ -125,7 +125,7 @@ class Client:
         except (socket.gaierror, asyncio.TimeoutError) as e:
             raise Unreachable("cannot resolve %s: %s" % (self.host, e or "timed out"))
         errors = []
-        for family, type_, proto, _, sockaddr in infos:
+        for family, _type, _proto, _, sockaddr in infos:
             try:
                 r, w = await within(
                     asyncio.open_connection(sockaddr[0], sockaddr[1], family=family),
