@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import frames
 import native
 from checksums import crc32c
 from errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, MpotaError,
@@ -248,7 +249,7 @@ class Client:
         self._next_id += 1
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        line = native.request_line(op, rid, fields)
+        line = frames.request_line(op, rid, fields)
         log.debug("TX %s", line.decode().rstrip())
         w.write(line)
         try:
@@ -366,7 +367,7 @@ class Client:
                 n = min(max_data, size - nxt)
                 if nxt + n - acked > window:
                     break
-                frame = native.encode_data(nxt, mv[nxt:nxt + n])
+                frame = frames.encode_data(nxt, mv[nxt:nxt + n])
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("TX DATA offset=%d len=%d", nxt, n)
                 w.write(frame)
@@ -379,14 +380,14 @@ class Client:
             frame = await self._next_frame("upload at offset %d" % acked)
             op = frame[1]
             if op == native.OP_ACK:
-                a = native.parse_ack(frame)
+                a = frames.parse_ack(frame)
                 if a > acked:
                     acked = min(a, size)
                     nxt = max(nxt, acked)
                     if on_progress:
                         on_progress(acked, size)
             elif op == native.OP_NERROR:
-                req_op, code, flags, value, ref = native.parse_nerror(frame)
+                req_op, code, flags, value, ref = frames.parse_nerror(frame)
                 name = native.error_name(code)
                 if code not in _REWIND_CODES:
                     raise device_error(name, "device refused data at offset %d (watermark %d)" % (ref, value),
@@ -425,7 +426,7 @@ class Client:
         while done < length:
             while nxt < end and inflight < window:
                 n = min(max_data, end - nxt)
-                w.write(native.encode_read(slot, nxt, n))
+                w.write(frames.encode_read(slot, nxt, n))
                 outstanding[nxt] = n
                 inflight += n
                 nxt += n
@@ -433,7 +434,7 @@ class Client:
             frame = await self._next_frame("read of slot %s at %d" % (slot, offset + done))
             op = frame[1]
             if op == native.OP_READ_DATA:
-                off, crc, data = native.parse_read_data(frame)
+                off, crc, data = frames.parse_read_data(frame)
                 want = outstanding.pop(off, None)
                 if want is None:
                     log.warning("unrequested READ_DATA at %d ignored", off)
@@ -443,7 +444,7 @@ class Client:
                     retries += 1
                     if retries > 8:
                         raise device_error("crc_mismatch", "read data keeps arriving corrupted", op="read")
-                    w.write(native.encode_read(slot, off, want))  # reads are idempotent
+                    w.write(frames.encode_read(slot, off, want))  # reads are idempotent
                     outstanding[off] = want
                     inflight += want
                     continue
@@ -451,13 +452,13 @@ class Client:
                 done += len(data)
                 if len(data) < want:  # short read: ask for the rest
                     rest = off + len(data)
-                    w.write(native.encode_read(slot, rest, want - len(data)))
+                    w.write(frames.encode_read(slot, rest, want - len(data)))
                     outstanding[rest] = want - len(data)
                     inflight += want - len(data)
                 if on_progress:
                     on_progress(done, length)
             elif op == native.OP_NERROR:
-                req_op, code, flags, value, ref = native.parse_nerror(frame)
+                req_op, code, flags, value, ref = frames.parse_nerror(frame)
                 raise device_error(native.error_name(code), "read of slot %s at %d refused" % (slot, ref),
                                    num=code, retry=not flags & native.F_NO_RETRY,
                                    fatal=bool(flags & native.F_FATAL), op="read")

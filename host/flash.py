@@ -484,8 +484,8 @@ def cmd_build(args, out: Output) -> int:
     img = imagefile.build_folder(Path(args.folder), args.version, args.sign_key)
     output = args.output or "%s-%s.img" % (Path(args.folder).resolve().name, img.version.split("+")[0])
     Path(output).write_bytes(img.data)
-    out.event("built", "built %s: version %s, %s, sha256 %s…" % (output, img.version, _fmt_size(img.size),
-                                                                  img.sha256[:12]),
+    out.event("built", "built %s\n  version %s, %s, sha256 %s…" % (output, img.version, _fmt_size(img.size),
+                                                                      img.sha256[:12]),
               output=output, version=img.version, size=img.size, sha256=img.sha256)
     return EXIT_OK
 

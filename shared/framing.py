@@ -45,17 +45,6 @@ def frame_into(buf, op, body_len):
     return end + 1
 
 
-def make_frame(op, body):
-    """A complete frame (bytearray) carrying `body`."""
-    n = len(body)
-    if n > 0xFFFE:
-        raise ValueError("frame body of %d bytes does not fit the u16 length" % n)
-    buf = bytearray(HEADER_SIZE + n + 1)
-    buf[HEADER_SIZE:HEADER_SIZE + n] = body
-    frame_into(buf, op, n)
-    return buf
-
-
 def check_frame(frame):
     """None when `frame` is exactly one valid frame, else a sentence saying why not."""
     n = len(frame)

@@ -1,11 +1,12 @@
-# The native mpota protocol (docs/protocol.md): binary data frames with
-# opcodes 0x21-0x2F, JSON-line requests and replies, and the error table
-# shared with the legacy ErrorResponse. Runs on MicroPython and CPython.
+# The native mpota protocol (docs/protocol.md): constants, the error table
+# shared with the legacy ErrorResponse, JSON-line requests and replies, and
+# the replies the device builds in place. Host-side frame encoders and
+# parsers are in frames.py, so the device does not carry them in RAM.
+# Runs on MicroPython and CPython.
 import json
 import struct
 
-from checksums import crc32c
-from framing import HEADER_SIZE, frame_into, make_frame
+from framing import HEADER_SIZE, frame_into
 
 PROTO = 1
 TCP_PORT = 8472
@@ -109,98 +110,19 @@ class ProtoError(Exception):
         self.message = message
 
 
-def _body(frame, op, min_len, exact=True):
-    # The frame has passed the decoder's checksum checks; verify it is the
-    # expected opcode and has a body of the right size.
-    if frame[1] != op:
-        raise ProtoError(E_BAD_FRAME, "expected opcode 0x%02X, got 0x%02X" % (op, frame[1]))
-    n = len(frame) - HEADER_SIZE - 1
-    if n < min_len or (exact and n != min_len):
-        raise ProtoError(E_BAD_FRAME, "frame 0x%02X has a %d-byte body" % (op, n))
-    return n
-
-
-# --- DATA / READ_DATA: offset u32, crc32c u32, data -------------------------
-
-def _encode_chunk(op, offset, data):
-    n = len(data)
-    if n < 1 or n > 0xFFFE - 8:
-        raise ValueError("chunk of %d bytes" % n)
-    body = bytearray(8 + n)
-    struct.pack_into("!II", body, 0, offset, crc32c(data))
-    body[8:] = data
-    return make_frame(op, body)
-
-
-def _parse_chunk(frame, op):
-    n = _body(frame, op, 9, False)
-    offset, crc = struct.unpack_from("!II", frame, HEADER_SIZE)
-    return offset, crc, memoryview(frame)[HEADER_SIZE + 8:HEADER_SIZE + n]
-
-
-def encode_data(offset, data):
-    return _encode_chunk(OP_DATA, offset, data)
-
-
-def parse_data(frame):
-    return _parse_chunk(frame, OP_DATA)
-
-
-def encode_read_data(offset, data):
-    return _encode_chunk(OP_READ_DATA, offset, data)
-
-
-def parse_read_data(frame):
-    return _parse_chunk(frame, OP_READ_DATA)
-
-
-# --- ACK: acked u32 -----------------------------------------------------------
+# --- replies the device builds in place (no allocation) -----------------------
+# Frame layouts: docs/protocol.md 1.2; host-side encoders/parsers: frames.py.
 
 def ack_into(buf, acked):
+    """ACK: acked u32."""
     struct.pack_into("!I", buf, HEADER_SIZE, acked)
     return frame_into(buf, OP_ACK, 4)
 
 
-def encode_ack(acked):
-    buf = bytearray(HEADER_SIZE + 5)
-    ack_into(buf, acked)
-    return buf
-
-
-def parse_ack(frame):
-    _body(frame, OP_ACK, 4)
-    return struct.unpack_from("!I", frame, HEADER_SIZE)[0]
-
-
-# --- READ: slot u8, offset u32, length u16 --------------------------------------
-
-def encode_read(slot, offset, length):
-    if isinstance(slot, str):
-        slot = slot_index(slot)
-    return make_frame(OP_READ, struct.pack("!BIH", slot, offset, length))
-
-
-def parse_read(frame):
-    _body(frame, OP_READ, 7)
-    return struct.unpack_from("!BIH", frame, HEADER_SIZE)
-
-
-# --- NERROR: req_op u8, code u8, flags u8, value u32, ref u32 ----------------
-
 def nerror_into(buf, req_op, code, value=0, ref=0):
+    """NERROR: req_op u8, code u8, flags u8, value u32, ref u32."""
     struct.pack_into("!BBBII", buf, HEADER_SIZE, req_op, code, error_flags(code), value, ref)
     return frame_into(buf, OP_NERROR, 11)
-
-
-def encode_nerror(req_op, code, value=0, ref=0):
-    buf = bytearray(HEADER_SIZE + 12)
-    nerror_into(buf, req_op, code, value, ref)
-    return buf
-
-
-def parse_nerror(frame):
-    _body(frame, OP_NERROR, 11)
-    return struct.unpack_from("!BBBII", frame, HEADER_SIZE)
 
 
 # --- JSON lines ---------------------------------------------------------------
@@ -246,17 +168,6 @@ def error_line(req_id, code, message):
         d["id"] = req_id
     d["ok"] = False
     d["error"] = error_obj(code, message)
-    return (json.dumps(d) + "\n").encode()
-
-
-def request_line(op, req_id=None, fields=None):
-    """Host side: one request line."""
-    d = {"op": op}
-    if req_id is not None:
-        d["id"] = req_id
-    if fields:
-        for k in fields:
-            d[k] = fields[k]
     return (json.dumps(d) + "\n").encode()
 
 

@@ -1,6 +1,5 @@
 """Shared pytest fixtures: where things are, the unix-port MicroPython, free loopback ports."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,7 @@ for sub in ("shared", "host", "tools"):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-
-def free_port(kind=socket.SOCK_STREAM):
-    """A port free on 127.0.0.1 for `kind` right now."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from simproc import free_port  # noqa: E402,F401  (tools/simproc.py: one definition for tests and tools)
 
 
 def run_micropython(args, heap=None, cwd=None, timeout=120, env=None):

@@ -13,6 +13,7 @@ import socket
 import pytest
 
 import framing
+import frames
 import native
 from framing import K_FRAME, K_LINE, K_ERROR
 from hmac_sha256 import host_mac, device_mac, compare_digest
@@ -57,7 +58,7 @@ class DevConn:
         return v
 
     def req(self, op, **fields):
-        self.send(native.request_line(op, fields.pop("id", None), fields))
+        self.send(frames.request_line(op, fields.pop("id", None), fields))
         return self.line()
 
     def ok(self, op, **fields):
@@ -84,13 +85,13 @@ class DevConn:
         while acked < end:
             while sent < end and sent - acked < window:
                 c = data[sent:min(sent + chunk, end)]
-                self.send(native.encode_data(sent, c))
+                self.send(frames.encode_data(sent, c))
                 sent += len(c)
             f = self.frame()
             if f[1] == native.OP_ACK:
-                acked = max(acked, native.parse_ack(f))
+                acked = max(acked, frames.parse_ack(f))
             else:
-                raise AssertionError("NERROR %r" % (native.parse_nerror(f),))
+                raise AssertionError("NERROR %r" % (frames.parse_nerror(f),))
         return acked
 
     def push(self, image, version=None, **begin):
@@ -137,8 +138,8 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         # auth is on: protected ops are refused, JSON and binary alike
         c.err("begin", "auth_required", size=10, sha256="0" * 64)
         c.err("erase", "auth_required", slot="a")
-        c.send(native.encode_data(0, b"x"))
-        assert native.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_AUTH_REQUIRED)
+        c.send(frames.encode_data(0, b"x"))
+        assert frames.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_AUTH_REQUIRED)
         c.send(bm.UpdateStartRequest.make(100))
         assert bm.ErrorResponse.extract(c.frame()).error == native.E_AUTH_REQUIRED
         c.send(bm.VersionRequest.make())  # open to all
@@ -164,7 +165,7 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         kind, v = c.event()
         assert kind == K_FRAME and v[1] == 0xFF and v[5] == native.E_TOO_LARGE
         assert c.line()["error"]["code"] == "bad_frame"  # the rest of that header, skipped
-        c.send(bytes(framing.make_frame(0x42, b"")))  # an opcode nobody defined
+        c.send(bytes(frames.make_frame(0x42, b"")))  # an opcode nobody defined
         assert bm.ErrorResponse.extract(c.frame()).error == native.E_UNSUPPORTED
         # wrong MAC, then a replayed nonce: both refused
         key = sim.key
@@ -183,8 +184,8 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         c.err("commit", "incorrect_state")
         c.err("begin", "bad_request", size=10, sha256="xyz")
         c.err("begin", "no_space", size=10 ** 7, sha256="0" * 64)
-        c.send(native.encode_data(0, b"x"))
-        assert native.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_INCORRECT_STATE)
+        c.send(frames.encode_data(0, b"x"))
+        assert frames.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_INCORRECT_STATE)
         # still one healthy connection after all that
         assert c.ok("ping")["pong"] is True
         # the key never shows up in what the device says
@@ -229,7 +230,7 @@ def test_legacy_udp_update_with_readback(tmp_path):
             with pytest.raises(RuntimeError):
                 m.read_address(len(data) - 10, 100)  # past the image
             with pytest.raises(RuntimeError):  # unknown opcode: UnsupportedOperation
-                m.send_and_recv(bytes(framing.make_frame(0x0D, b"")))
+                m.send_and_recv(bytes(frames.make_frame(0x0D, b"")))
         finally:
             m.close()
         c = DevConn(sim.tcp_port)
@@ -306,8 +307,8 @@ def test_native_update_trial_confirm_and_rollback(tmp_path):
         assert r["slot"] == "a" and r["state"] == "pending" and r["version"] == "1.0.0+0"
         assert r["sha256"] == hashlib.sha256(img1).hexdigest()
         # read it back, binary READ and JSON read
-        c.send(native.encode_read("a", 100, 4000))
-        off, crc, data = native.parse_read_data(c.frame())
+        c.send(frames.encode_read("a", 100, 4000))
+        off, crc, data = frames.parse_read_data(c.frame())
         assert off == 100 and bytes(data) == img1[100:4100]
         assert binascii.a2b_base64(c.ok("read", slot="a", offset=7, length=700)["data"]) == img1[7:707]
         mark = sim.mark()
@@ -381,21 +382,21 @@ def test_data_frame_rules(tmp_path):
         c = DevConn(sim.tcp_port)
         data = os.urandom(10000)
         c.ok("begin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-        c.send(native.encode_data(0, data[:1000]))
-        assert native.parse_ack(c.frame()) == 1000
-        c.send(native.encode_data(2000, data[2000:3000]))  # a gap
-        assert native.parse_nerror(c.frame()) == (native.OP_DATA, native.E_OUT_OF_ORDER, 0, 1000, 2000)
-        f = native.encode_data(1000, data[1000:2000])
+        c.send(frames.encode_data(0, data[:1000]))
+        assert frames.parse_ack(c.frame()) == 1000
+        c.send(frames.encode_data(2000, data[2000:3000]))  # a gap
+        assert frames.parse_nerror(c.frame()) == (native.OP_DATA, native.E_OUT_OF_ORDER, 0, 1000, 2000)
+        f = frames.encode_data(1000, data[1000:2000])
         f[20] ^= 0xFF
         f[-1] = sum(f[:-1]) & 0xFF  # frame intact, chunk CRC wrong
         c.send(bytes(f))
-        assert native.parse_nerror(c.frame())[1:] == (native.E_CRC_MISMATCH, 0, 1000, 1000)
-        c.send(native.encode_data(500, data[500:1500]))  # overlaps: only the new part is written
-        assert native.parse_ack(c.frame()) == 1500
-        c.send(native.encode_data(0, data[:100]))  # duplicate
-        assert native.parse_ack(c.frame()) == 1500
-        c.send(native.encode_data(9990, b"y" * 20))  # past the announced size
-        assert native.parse_nerror(c.frame())[1] == native.E_OUT_OF_RANGE
+        assert frames.parse_nerror(c.frame())[1:] == (native.E_CRC_MISMATCH, 0, 1000, 1000)
+        c.send(frames.encode_data(500, data[500:1500]))  # overlaps: only the new part is written
+        assert frames.parse_ack(c.frame()) == 1500
+        c.send(frames.encode_data(0, data[:100]))  # duplicate
+        assert frames.parse_ack(c.frame()) == 1500
+        c.send(frames.encode_data(9990, b"y" * 20))  # past the announced size
+        assert frames.parse_nerror(c.frame())[1] == native.E_OUT_OF_RANGE
         c.upload(data, 1500, chunk=3000)
         c.err("commit", "bad_image")  # digest fine, not an image
         c.close()

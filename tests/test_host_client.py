@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+import frames
 import native
 from client import Client, push_image
 from errors import DeviceError, NoSpace
@@ -69,19 +70,19 @@ class FakeDevice:
                         w.write(self._json(req))
                     elif kind == K_FRAME:
                         frame = bytes(v)
-                        off, crc, body = native.parse_data(frame)
+                        off, crc, body = frames.parse_data(frame)
                         self.frames += 1
                         received_end = max(received_end, off + len(body))
                         self.max_unacked = max(self.max_unacked, received_end - last_ack_sent)
                         if off in self.corrupt:
                             self.corrupt.discard(off)
                             self.nerrors += 1
-                            w.write(native.encode_nerror(native.OP_DATA, native.E_CRC_MISMATCH, self.acked, off))
+                            w.write(frames.encode_nerror(native.OP_DATA, native.E_CRC_MISMATCH, self.acked, off))
                             received_end = self.acked
                             continue
                         if off > self.acked:
                             self.nerrors += 1
-                            w.write(native.encode_nerror(native.OP_DATA, native.E_OUT_OF_ORDER, self.acked, off))
+                            w.write(frames.encode_nerror(native.OP_DATA, native.E_OUT_OF_ORDER, self.acked, off))
                             continue
                         end = off + len(body)
                         if end > self.acked:
@@ -91,7 +92,7 @@ class FakeDevice:
                         if pending_acks >= self.ack_every or self.acked == self.size:
                             pending_acks = 0
                             last_ack_sent = self.acked
-                            w.write(native.encode_ack(self.acked))
+                            w.write(frames.encode_ack(self.acked))
                         if self.drop_conn_at is not None and self.acked >= self.drop_conn_at:
                             self.drop_conn_at = None
                             await w.drain()

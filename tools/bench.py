@@ -31,7 +31,7 @@ for _p in ("shared", "host", "tools"):
 import appimage  # noqa: E402
 from bootloader_messenger import BootloaderMessenger  # noqa: E402
 from client import push_image  # noqa: E402
-from demo import SimProcess, free_port  # noqa: E402
+from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 
 CEILING = 4096 / 0.051  # bytes/s: a 4 KiB sector erase (45 ms) + 16 page programs (~6 ms)
@@ -106,9 +106,9 @@ def main() -> int:
     sim = None
     try:
         body = make_body(work)
-        sim = SimProcess(work / "device", tcp, udp, extra=["--legacy-udp", "--no-auth",
-                                                           "--flash-timing", a.timing])
-        sim.wait_for("sim: ready", 90)
+        sim = Sim(state=work / "device", tcp_port=tcp, udp_port=udp, ready=False,
+                  flags=["--legacy-udp", "--no-auth", "--flash-timing", a.timing])
+        sim.wait_ready(90)
         size = len(appimage.build_app_image(body, version="1.0.0"))
         print("bench: %d-byte (256 KiB body) application image; simulator with --flash-timing %s;"
               % (size, a.timing))

@@ -15,6 +15,7 @@ sys.path.insert(0, _here + "/../shared")
 
 import framing  # noqa: E402
 import native  # noqa: E402
+import frames  # noqa: E402
 import bootloader_messages as bm  # noqa: E402
 
 
@@ -27,13 +28,13 @@ def valid_stream():
     for _ in range(random.randint(1, 4)):
         r = random.randint(0, 4)
         if r == 0:
-            parts.append(native.encode_data(random.getrandbits(16), rand_bytes(random.randint(1, 300))))
+            parts.append(frames.encode_data(random.getrandbits(16), rand_bytes(random.randint(1, 300))))
         elif r == 1:
             parts.append(b'{"op":"ping","id":%d}\n' % random.getrandbits(10))
         elif r == 2:
             parts.append(bm.WriteRequest.make(rand_bytes(random.randint(1, 64))))
         elif r == 3:
-            parts.append(native.encode_ack(random.getrandbits(20)))
+            parts.append(frames.encode_ack(random.getrandbits(20)))
         else:
             parts.append(bm.VersionRequest.make())
     return b"".join(bytes(p) for p in parts)

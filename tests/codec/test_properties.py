@@ -1,6 +1,7 @@
 """Hypothesis properties of the codec on CPython: round trips and decoder robustness."""
 import bootloader_messages as bm
 import framing
+import frames
 import native
 from checksums import crc32c, crc32_py
 from hypothesis import given, settings
@@ -20,20 +21,20 @@ def test_crc32c_incremental_and_matches_reference(data, cut):
 
 @given(u32, chunk)
 def test_data_frame_round_trip(offset, data):
-    f = native.encode_data(offset, data)
+    f = frames.encode_data(offset, data)
     assert framing.check_frame(f) is None
-    off, crc, body = native.parse_data(f)
+    off, crc, body = frames.parse_data(f)
     assert (off, crc, bytes(body)) == (offset, crc32c(data), data)
 
 
 @given(st.integers(0, 1), u32, st.integers(0, 0xFFFF))
 def test_read_round_trip(slot, offset, length):
-    assert tuple(native.parse_read(native.encode_read(slot, offset, length))) == (slot, offset, length)
+    assert tuple(frames.parse_read(frames.encode_read(slot, offset, length))) == (slot, offset, length)
 
 
 @given(st.integers(0, 0xFF), st.integers(0, 0x13), u32, u32)
 def test_nerror_round_trip(op, code, value, ref):
-    got = native.parse_nerror(native.encode_nerror(op, code, value, ref))
+    got = frames.parse_nerror(frames.encode_nerror(op, code, value, ref))
     assert tuple(got) == (op, code, native.error_flags(code), value, ref)
 
 
@@ -55,7 +56,7 @@ def test_read_address_response_round_trip(data):
 
 
 messages = st.one_of(
-    chunk.map(lambda d: ("frame", bytes(native.encode_data(7, d[:512])))),
+    chunk.map(lambda d: ("frame", bytes(frames.encode_data(7, d[:512])))),
     st.integers(0, 2**20).map(lambda i: ("line", b'{"op":"ping","id":%d}' % i)),
     st.binary(min_size=1, max_size=64).map(lambda d: ("frame", bytes(bm.WriteRequest.make(d)))),
 )

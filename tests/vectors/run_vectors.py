@@ -13,6 +13,7 @@ import binascii  # noqa: E402
 
 import bootloader_messages as bm  # noqa: E402
 import checksums  # noqa: E402
+import frames  # noqa: E402
 import framing  # noqa: E402
 import hmac_sha256  # noqa: E402
 import native  # noqa: E402
@@ -104,9 +105,9 @@ def v_bad_make(v):
 def v_native(v):
     fn = v["fn"]
     args = [arg(a) if i > 0 or fn in ("x",) else a for i, a in enumerate(v["args"])]
-    made = getattr(native, "encode_" + fn)(*args)
+    made = getattr(frames, "encode_" + fn)(*args)
     expect(hx(made) == v["frame"], "encode_%s: %s != %s" % (fn, hx(made)[:60], v["frame"][:60]))
-    got = getattr(native, "parse_" + fn)(unhex(v["frame"]))
+    got = getattr(frames, "parse_" + fn)(unhex(v["frame"]))
     want = v["fields"]
     if isinstance(want, list):
         got = [hx(x) if isinstance(x, memoryview) else x for x in got]
@@ -123,7 +124,7 @@ def v_native(v):
 
 def v_native_bad(v):
     try:
-        getattr(native, "parse_" + v["fn"])(unhex(v["frame"]))
+        getattr(frames, "parse_" + v["fn"])(unhex(v["frame"]))
     except native.ProtoError as e:
         expect(e.code == v["error"], "code %d" % e.code)
         return

@@ -1,4 +1,5 @@
-"""Run tools/sim.py from a test: free loopback ports, a state dir, output capture.
+"""Run tools/sim.py in the background: free loopback ports, a state dir, output capture.
+Used by the tests, `make demo` and `make bench`.
 
     from simproc import Sim
     with Sim(state=tmp_path / "dev", flags=["--no-auth"]) as sim:   # waits for `sim: ready`
@@ -10,6 +11,7 @@
 `device_dir=` deploys another folder instead of device/ (tools/sim.py
 --device-dir); `ready=False` skips the wait for the ready line.
 """
+import os
 import shutil
 import signal
 import socket
@@ -20,10 +22,22 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import MICROPYTHON, REPO, free_port
-from sim import _pdeathsig  # tools/ is on sys.path (conftest): one copy of the prctl dance
+from sim import _pdeathsig  # one copy of the prctl dance (tools/sim.py)
 
+REPO = Path(__file__).resolve().parent.parent
 SIM = REPO / "tools" / "sim.py"
+MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(Path(sys.executable).parent / "micropython")
+
+
+class SimError(AssertionError):
+    """The simulator did not do what was awaited (it says what, with its output tail)."""
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port free on 127.0.0.1 for `kind` right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Sim:
@@ -68,6 +82,10 @@ class Sim:
         with self._cond:
             self._cond.notify_all()
 
+    def tail(self, n=20):
+        with self._cond:
+            return "\n".join(self.lines[-n:])
+
     @property
     def output(self):
         with self._cond:
@@ -94,8 +112,8 @@ class Sim:
                     why = "timed out after %ss" % timeout if left <= 0 else \
                         "launcher exited (%s)" % self.proc.returncode
                     tail = "\n".join(self.lines[-40:])
-                    raise AssertionError("sim: no line with %r (%s); output tail:\n%s"
-                                         % (substring, why, tail))
+                    raise SimError("sim: no line with %r (%s); output tail:\n%s"
+                                   % (substring, why, tail))
                 self._cond.wait(min(left, 0.5))
 
     def wait_ready(self, timeout=60):
@@ -147,4 +165,4 @@ class Sim:
         self.stop()
 
 
-__all__ = ["Sim", "free_port"]
+__all__ = ["Sim", "SimError", "free_port"]
