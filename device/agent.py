@@ -4,8 +4,11 @@
 # the only receive buffer), `readinto` straight into decoder.space(), every
 # read under wait_for so a silent peer is dropped. Binary frames and JSON
 # lines share the connection (service.Device.dispatch tells them apart).
-# UDP: MicroPython asyncio has no datagram endpoint, so a non-blocking socket
-# is polled from a task; one reference frame per datagram (legacy.py).
+# UDP (legacy.udp, compiled only when the legacy service is on): MicroPython
+# asyncio has no datagram endpoint, so a non-blocking socket is polled from a
+# task; one reference frame per datagram.
+# main() is the device's event loop: the agent and the app's main() beside it.
+import gc
 import sys
 import socket
 import asyncio
@@ -13,7 +16,7 @@ import asyncio
 import hal
 import native
 import framing
-from native import error_line, E_BUSY, E_TIMEOUT, E_BAD_FRAME, E_TOO_LARGE
+from native import error_line, E_BUSY, E_TIMEOUT
 
 _ACK_LEN = framing.HEADER_SIZE + 5  # ACK frame: acked u32
 _NERR_LEN = framing.HEADER_SIZE + 12  # NERROR frame: 11-byte body
@@ -44,31 +47,7 @@ class Conn:
         self.w.write(self.nerrb)
 
 
-class UdpPeer:
-    """The legacy datagram service as a 'connection': replies go to the
-    sender of the current datagram; the legacy session belongs to the service."""
-
-    def __init__(self, dev, sock):
-        self.dev = dev
-        self.s = sock
-        self.addr = None
-        self.authed = not dev.auth_on  # datagrams cannot authenticate
-        self.nonce = None
-        self.ack_due = False
-        self.ack_val = 0
-
-    def out(self, b):
-        try:
-            self.s.sendto(b, self.addr)
-        except OSError:
-            pass  # the peer retries
-
-    def nerror(self, op, code, value=0, ref=0):
-        import legacy
-        legacy.error(self.dev, self, code)
-
-
-async def _maybe_reset(dev):
+async def maybe_reset(dev):
     if dev.reset_ms >= 0:
         await asyncio.sleep_ms(dev.reset_ms)
         dev.reset_now()
@@ -101,7 +80,7 @@ async def _serve(dev, r, w):
             dev.dispatch(c)
             await w.drain()
             dev.sample_mem()
-            await _maybe_reset(dev)
+            await maybe_reset(dev)
     except OSError:
         pass  # reset by peer, broken pipe: just close
     except Exception as e:
@@ -116,43 +95,17 @@ async def _serve(dev, r, w):
             pass
 
 
-async def _udp(dev, sock):
-    peer = UdpPeer(dev, sock)
-    import legacy
-    check = framing.check_frame
-    while True:
-        try:
-            data, addr = sock.recvfrom(legacy.MAX_WRITE + 64)
-        except OSError:
-            # nothing queued: poll again soon (faster while a session runs)
-            s = dev.session
-            await asyncio.sleep_ms(2 if s is not None and s.owner is peer else 10)
-            continue
-        peer.addr = addr
-        try:
-            mv = memoryview(data)
-            if len(data) > legacy.MAX_WRITE + 10:
-                legacy.error(dev, peer, E_TOO_LARGE)
-            elif check(mv) is not None:
-                legacy.error(dev, peer, E_BAD_FRAME)
-            else:
-                legacy.handle(dev, peer, mv)
-        except Exception as e:
-            sys.print_exception(e)
-        dev.sample_mem()
-        await _maybe_reset(dev)
-
-
 async def _housekeeping(dev, udp_peer_timeout):
     # Feed the watchdog, close an abandoned UDP legacy session, track memory.
     while True:
         hal.wdt_feed()
         s = dev.session
-        if s is not None and isinstance(s.owner, UdpPeer):
+        if s is not None and type(s.owner) is not Conn:  # the legacy UDP peer
             if hal.ticks_diff(hal.ticks_ms(), s.t) > udp_peer_timeout:
                 print("mpota: legacy UDP session idle: closed")
                 dev.close_session()
-        dev.sample_mem()
+        if s is not None:
+            dev.sample_mem()
         await asyncio.sleep_ms(200)
 
 
@@ -192,7 +145,8 @@ async def run(dev, ready=None):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(_addr(host, cfg["udp_port"], socket.SOCK_DGRAM))
             s.setblocking(False)
-            asyncio.create_task(_udp(dev, s))
+            import legacy
+            asyncio.create_task(legacy.udp(dev, s))
             udp = "%s:%d" % (ip, cfg["udp_port"])
         except OSError as e:
             print("mpota: legacy UDP unavailable: %s" % e)
@@ -200,3 +154,60 @@ async def run(dev, ready=None):
     if ready is not None:
         ready.set()
     await srv.wait_closed()
+
+
+# -- the device's event loop (main.py calls main() after bootmgr.boot()) --------
+
+def _err(e):
+    return "%s: %s" % (type(e).__name__, e)
+
+
+async def _run_app(dev, mod):
+    app = dev.app
+    app["state"] = "running"
+    try:
+        r = mod.main()
+        if hasattr(r, "send"):  # async def main(): a coroutine to await
+            await r
+        app["state"] = "stopped"
+    except Exception as e:
+        app["state"] = "crashed"
+        app["error"] = _err(e)
+        print("mpota: app crashed:")
+        sys.print_exception(e)
+    gc.collect()
+
+
+async def _agent(dev, ready):
+    while True:
+        try:
+            await run(dev, ready)
+        except Exception as e:  # keep the device updatable whatever happened
+            print("mpota: agent failed, restarting:")
+            sys.print_exception(e)
+            await asyncio.sleep(1)
+
+
+async def _main(dev, mod):
+    ready = asyncio.Event()
+    t = asyncio.create_task(_agent(dev, ready))
+    if dev.cfg["wdt"]:
+        hal.wdt_start(dev.cfg["wdt"])
+    if mod is not None:
+        # Let the agent listen first (a sync main() blocks the loop), but do
+        # not hold the app back for long if Wi-Fi is slow.
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+        except asyncio.TimeoutError:
+            pass
+        await _run_app(dev, mod)
+    else:
+        print("mpota: no application: agent only")
+    await t
+
+
+def main(dev, mod):
+    """Serve forever; `mod` is the app's main module (None: agent only).
+    A sync main() runs inside the event loop: it must return (set up timers,
+    IRQs) or the agent starves; a long-running app is `async def main()`."""
+    asyncio.run(_main(dev, mod))

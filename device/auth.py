@@ -1,27 +1,10 @@
-# auth: the per-device key and the HMAC-SHA256 challenge-response of
-# docs/protocol.md section 2.2. The key never leaves this module: it is not
-# logged, not reported, not readable through any op (it is outside the slots).
-import os
+# auth: the HMAC-SHA256 challenge-response of docs/protocol.md section 2.2.
+# The key never leaves the device: it is not logged, not reported, not
+# readable through any op (it is outside the slots). The boot manager
+# compiles this module only when auth is on, and reads the key itself.
 import binascii
 
 from hmac_sha256 import host_mac, device_mac, compare_digest
-
-KEY_PATH = "/mpota_key.bin"
-NONCE_LEN = 16
-
-
-def load_key(path=KEY_PATH):
-    """The 32-byte key, or None when absent or malformed."""
-    try:
-        with open(path, "rb") as f:
-            k = f.read(64)
-    except OSError:
-        return None
-    return k if len(k) == 32 else None
-
-
-def new_nonce():
-    return os.urandom(NONCE_LEN)
 
 
 def check(key, device_id, dev_nonce, host_nonce_hex, mac_hex):

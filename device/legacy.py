@@ -1,14 +1,19 @@
 # legacy: the reference bootloader frames (opcodes 0x01-0x0C, 0xFF) with the
-# semantics of docs/protocol.md section 1.1, for UDP datagrams and TCP alike.
+# semantics of docs/protocol.md section 1.1, for UDP datagrams and TCP alike,
+# and the UDP service itself. Imported on the first reference frame (or when
+# legacy_udp is on), so a device that speaks only native pays nothing for it.
 # Replies are built in the device's scratch buffer (no per-frame allocation
 # beyond the views); the payload is parsed by hand from the checked frame.
+import sys
 import binascii
+import asyncio
 
 import hal
 import native
 from native import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME,
                     E_CRC_MISMATCH, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE)
-from framing import frame_into
+import agent
+from framing import frame_into, check_frame
 
 import service as SV
 import slotio
@@ -28,6 +33,7 @@ def _reply(dev, c, op, body_len):
 
 
 def error(dev, c, code):
+    dev.scratch()
     dev.buf[5] = code
     _reply(dev, c, 0xFF, 1)
 
@@ -37,6 +43,7 @@ def _empty(dev, c, op):
 
 
 def handle(dev, c, f):
+    dev.scratch()  # every reply is built in it
     op = f[1]
     body = len(f) - 6  # bytes between header and checksum
     try:
@@ -150,5 +157,57 @@ def _read(dev, c, addr, n):
         raise ProtoError(E_INCORRECT_STATE, "")
     if n < 1 or n > MAX_WRITE:
         raise ProtoError(E_OUT_OF_RANGE, "")
-    dev.read_into(i, addr, dev.mv[5:5 + n])
+    import slotops
+    slotops.read_into(dev, i, addr, dev.mv[5:5 + n])
     _reply(dev, c, 0x0C, n)
+
+
+# -- the UDP service -----------------------------------------------------------
+
+class UdpPeer:
+    """The legacy datagram service as a 'connection': replies go to the
+    sender of the current datagram; the legacy session belongs to the service."""
+
+    def __init__(self, dev, sock):
+        self.dev = dev
+        self.s = sock
+        self.addr = None
+        self.authed = not dev.auth_on  # datagrams cannot authenticate
+        self.nonce = None
+        self.ack_due = False
+        self.ack_val = 0
+
+    def out(self, b):
+        try:
+            self.s.sendto(b, self.addr)
+        except OSError:
+            pass  # the peer retries
+
+    def nerror(self, op, code, value=0, ref=0):
+        error(self.dev, self, code)
+
+
+async def udp(dev, sock):
+    # MicroPython asyncio has no datagram endpoint: poll a non-blocking socket.
+    peer = UdpPeer(dev, sock)
+    while True:
+        try:
+            data, addr = sock.recvfrom(MAX_WRITE + 64)
+        except OSError:
+            # nothing queued: poll again soon (faster while a session runs)
+            s = dev.session
+            await asyncio.sleep_ms(2 if s is not None and s.owner is peer else 10)
+            continue
+        peer.addr = addr
+        try:
+            mv = memoryview(data)
+            if len(data) > MAX_WRITE + 10:
+                error(dev, peer, E_TOO_LARGE)
+            elif check_frame(mv) is not None:
+                error(dev, peer, E_BAD_FRAME)
+            else:
+                handle(dev, peer, mv)
+        except Exception as e:
+            sys.print_exception(e)
+        dev.sample_mem()
+        await agent.maybe_reset(dev)

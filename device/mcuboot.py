@@ -23,7 +23,6 @@ F_UNSUPPORTED = 0x0000004 | 0x0000008 | 0x0000200 | 0x0000400  # encrypted, comp
 E_BAD_IMAGE = 0x0D  # native error number (docs/protocol.md section 3)
 HDR_FMT = "<IIHHIIBBHI"  # magic load_addr hdr_size ptlv img_size flags maj min rev build
 
-_buf = None  # 1 KiB, allocated on first use and reused
 
 
 class ImageError(Exception):
@@ -31,13 +30,6 @@ class ImageError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def _buffer():
-    global _buf
-    if _buf is None:
-        _buf = bytearray(1024)
-    return _buf
 
 
 def _read(f, pos, n, buf):
@@ -79,7 +71,7 @@ def verify(src, offset=0, size=None):
     if size is None:
         f.seek(0, 2)
         size = f.tell() - offset
-    buf = _buffer()
+    buf = bytearray(1024)  # per call: a resident buffer would sit idle between commits
     info = parse_header(_read(f, offset, 32, buf))
     hdr = info["hdr_size"]
     tlv_off = hdr + info["img_size"]

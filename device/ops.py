@@ -1,6 +1,8 @@
 # ops: the JSON-line requests (docs/protocol.md section 2) except the update
-# session ones (update.py). Each op_<name>(dev, c, req) returns the reply
-# fields or raises ProtoError; line() turns either into one reply line.
+# session ones (update.py) and the rarely used slot ones (slotops.py, compiled
+# on first use). Each op_<name>(dev, c, req) returns the reply fields or
+# raises ProtoError; line() turns either into one reply line.
+import os
 import sys
 import gc
 import binascii
@@ -9,11 +11,12 @@ import hal
 import native
 import slots as S
 from native import (ProtoError, reply_line, error_line, E_UNSUPPORTED, E_BAD_REQUEST,
-                    E_OUT_OF_RANGE, E_BUSY, E_AUTH_REQUIRED, E_AUTH_FAILED)
+                    E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_AUTH_FAILED)
 from service import VERSION
 
 _OPEN = ("hello", "auth", "ping", "status")  # served before authentication
 _UPDATE = ("begin", "commit", "abort")
+_SLOT = ("rollback", "read", "erase")  # slotops.py
 
 
 def name(i):
@@ -49,6 +52,9 @@ def line(dev, c, ln):
         if op in _UPDATE:
             import update
             fn = getattr(update, "op_" + op)
+        elif op in _SLOT:
+            import slotops
+            fn = getattr(slotops, "op_" + op)
         else:
             fn = getattr(sys.modules[__name__], "op_" + op, None)
         if fn is None:
@@ -61,8 +67,7 @@ def line(dev, c, ln):
 
 
 def op_hello(dev, c, req):
-    import auth
-    c.nonce = auth.new_nonce() if dev.auth_on else None
+    c.nonce = os.urandom(16) if dev.auth_on else None
     return {"proto": native.PROTO, "agent": VERSION, "device": dev.id,
             "max_frame": native.MAX_FRAME, "max_data": native.MAX_DATA,
             "max_line": native.MAX_LINE, "window": native.WINDOW,
@@ -75,7 +80,6 @@ def op_hello(dev, c, req):
 def op_auth(dev, c, req):
     if not dev.auth_on:
         return {"auth": "none"}
-    import auth
     hn = field(req, "nonce", str, required=True)
     mac = field(req, "mac", str, required=True)
     nonce = c.nonce
@@ -84,6 +88,7 @@ def op_auth(dev, c, req):
         raise ProtoError(E_AUTH_FAILED, "send hello first (each hello allows one auth attempt)")
     if dev.key is None:
         raise ProtoError(E_AUTH_FAILED, "this device has no key (/mpota_key.bin)")
+    import auth  # compiled at boot when auth is on (bootmgr), never mid-session
     dm = auth.check(dev.key, dev.id, nonce, hn, mac)
     if dm is None:
         c.authed = False
@@ -129,31 +134,6 @@ def status(dev):
 
 def op_confirm(dev, c, req):
     return {"slot": name(dev.sl.confirm()), "state": S.CONFIRMED}
-
-
-def op_rollback(dev, c, req):
-    if dev.session is not None:
-        raise ProtoError(E_BUSY, "an update session is open")
-    return {"slot": name(dev.sl.rollback())}
-
-
-def op_read(dev, c, req):
-    i = slot_field(req)
-    off = int_range(req, "offset", 0, 0x7FFFFFFF)
-    ln = int_range(req, "length", 1, native.READ_JSON_MAX)
-    mv = dev.mv[:ln]
-    dev.read_into(i, off, mv)
-    return {"slot": name(i), "offset": off, "length": ln,
-            "data": binascii.b2a_base64(mv).decode().strip()}
-
-
-def op_erase(dev, c, req):
-    i = slot_field(req)
-    s = dev.session
-    if s is not None and s.slot == i:
-        raise ProtoError(E_BUSY, "an update session is writing slot %s" % name(i))
-    dev.sl.erase(i)
-    return {"slot": name(i), "state": S.EMPTY}
 
 
 def op_reset(dev, c, req):

@@ -15,8 +15,8 @@ import hal
 import native
 from native import (ProtoError, error_line, E_UNSUPPORTED, E_BAD_FRAME, E_AUTH_REQUIRED,
                     E_OUT_OF_ORDER, E_CRC_MISMATCH, E_OUT_OF_RANGE, E_INCORRECT_STATE,
-                    E_INTERNAL, OP_DATA, OP_READ, OP_READ_DATA)
-from framing import K_FRAME, K_LINE, HEADER_SIZE, frame_into
+                    E_INTERNAL, OP_DATA, OP_READ)
+from framing import K_FRAME, K_LINE, HEADER_SIZE
 from checksums import crc32c
 
 VERSION = "0.1.0"
@@ -40,15 +40,12 @@ class Session:
 
 
 class Device:
-    def __init__(self, cfg, sl, note=""):
+    def __init__(self, cfg, sl, note="", key=None):
         self.cfg = cfg
         self.sl = sl
         self.id = hal.unique_id()
         self.auth_on = bool(cfg.get("auth", True))
-        self.key = None
-        if self.auth_on:
-            import auth
-            self.key = auth.load_key()
+        self.key = key  # 32 bytes (/mpota_key.bin), None: no key installed
         self.session = None
         self.app = {"state": "none", "name": None, "error": None}
         self.t0 = hal.ticks_ms()
@@ -57,22 +54,31 @@ class Device:
         self.nconn = 0
         self.note = note  # extra boot facts (config errors) for status
         self.boot_reason = hal.reset_cause()
-        # One scratch buffer for every outgoing READ_DATA / legacy reply and
-        # for hashing: handlers are synchronous and write() copies what the
-        # socket did not take, so it is free again when a handler returns.
-        self.buf = bytearray(native.MAX_FRAME)
-        self.mv = memoryview(self.buf)
+        # One scratch buffer for every outgoing READ_DATA / legacy reply:
+        # handlers are synchronous and write() copies what the socket did not
+        # take, so it is free again when a handler returns. Made by scratch()
+        # on the first read or reference frame, then kept: a device that only
+        # takes native updates never spends the 4 KB.
+        self.buf = None
+        self.mv = None
 
     def sample_mem(self):
         # mem_peak: the highest LIVE heap seen at message boundaries. MicroPython
         # collects only when the heap is full, so a raw mem_alloc() high-water
-        # would just be the heap size; collect first, but only while an update
-        # runs (a few ms per batch against ~50 ms of flash time per sector).
-        if self.session is not None:
-            gc.collect()
+        # would just be the heap size (garbage included): collect first. A few
+        # ms per batch against ~50 ms of flash time per sector; housekeeping
+        # samples only while an update runs, so an idle device is left alone.
+        gc.collect()
         a = gc.mem_alloc()
         if a > self.mem_peak:
             self.mem_peak = a
+
+    def scratch(self):
+        if self.buf is None:
+            gc.collect()  # 4 KB in one piece: make the room first
+            self.buf = bytearray(native.MAX_FRAME)
+            self.mv = memoryview(self.buf)
+        return self.mv
 
     def uptime(self):
         return hal.ticks_diff(hal.ticks_ms(), self.t0)
@@ -103,13 +109,6 @@ class Device:
     def reset_now(self):
         self.close_session()
         hal.reset()
-
-    def read_into(self, slot, off, mv):
-        import slotio
-        s = self.session
-        if s is not None and s.slot == slot:
-            s.w.sync()  # make the session's bytes visible to a second handle
-        return slotio.read_into(self.sl, slot, off, mv)
 
     # -- dispatch ----------------------------------------------------------------
     def dispatch(self, c):
@@ -151,7 +150,8 @@ class Device:
         if op == OP_DATA:
             self.data(c, f)
         elif op == OP_READ:
-            self.read_frame(c, f)
+            import slotops  # reads are rare: compiled on the first one
+            slotops.read_frame(self, c, f)
         elif 0x20 <= op <= 0x2F:
             c.nerror(op, E_UNSUPPORTED)
         else:
@@ -186,25 +186,3 @@ class Device:
         s.t = hal.ticks_ms()
         c.ack_due = True
         c.ack_val = w.pos
-
-    def read_frame(self, c, f):
-        if not c.authed:
-            return c.nerror(OP_READ, E_AUTH_REQUIRED)
-        if len(f) != HEADER_SIZE + 8:
-            return c.nerror(OP_READ, E_BAD_FRAME)
-        slot = f[5]
-        off = (f[6] << 24) | (f[7] << 16) | (f[8] << 8) | f[9]
-        ln = (f[10] << 8) | f[11]
-        if slot > 1 or ln < 1 or ln > native.MAX_DATA:
-            return c.nerror(OP_READ, E_OUT_OF_RANGE, 0, off)
-        mv = self.mv
-        try:
-            self.read_into(slot, off, mv[13:13 + ln])
-        except ProtoError as e:
-            return c.nerror(OP_READ, e.code, 0, off)
-        b = self.buf
-        crc = crc32c(mv[13:13 + ln])
-        for k in range(4):
-            b[8 - k] = (off >> (8 * k)) & 0xFF
-            b[12 - k] = (crc >> (8 * k)) & 0xFF
-        c.out(mv[:frame_into(b, OP_READ_DATA, 8 + ln)])

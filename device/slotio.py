@@ -1,5 +1,5 @@
 # slotio: the bytes of a slot -- upload preparation and resume, the
-# streaming writer, hashing and reads. Apart from slots.py (the record and
+# streaming writer and hashing (reads are in slotops.py). Apart from slots.py (the record and
 # its state machine) so that neither module is large to compile on a board.
 # The ordering rules of slots.py hold: bytes are removed before the record
 # stops claiming them, and a record claims an image only after its bytes
@@ -83,18 +83,6 @@ def digest(sl, i, size, buf, feed=None):
     if left:
         raise ProtoError(E_OUT_OF_RANGE, "slot %s holds %d bytes fewer than %d" % (S.NAMES[i], left, size))
     return h.digest()
-
-
-def read_into(sl, i, offset, mv):
-    """Fill `mv` from slot i at `offset` (bounded by what the slot holds)."""
-    have = sl.file_size(i)
-    if have <= 0:
-        raise ProtoError(E_OUT_OF_RANGE, "slot %s is empty" % S.NAMES[i])
-    if offset + len(mv) > have:
-        raise ProtoError(E_OUT_OF_RANGE, "read past the %d bytes of slot %s" % (have, S.NAMES[i]))
-    with open(sl.path(i), "rb") as f:
-        f.seek(offset)
-        return f.readinto(mv)
 
 
 class Writer:

@@ -22,6 +22,9 @@
 # commit "writing"), and a record claiming a complete image is committed only
 # AFTER the bytes were synced and verified. A record that names a file that
 # is missing (a cut between delete and commit) is repaired to "empty" at load.
+#
+# Reading, repairing and the boot decision are in slotboot.py: boot-only
+# code, dropped after boot so that it costs the running device no heap.
 import os
 import json
 import binascii
@@ -60,66 +63,21 @@ def _remove(path):
         pass
 
 
-def _read_record(path):
-    # The record plus its CRC-32 line, or None when absent, torn or corrupt.
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    i = text.rfind("\n", 0, len(text) - 1)
-    if i < 0:
-        return None
-    body = text[:i]
-    try:
-        if int(text[i + 1:].strip(), 16) != binascii.crc32(body.encode()):
-            return None
-        rec = json.loads(body)
-        s = rec["s"]
-        if len(s) != 2 or not isinstance(rec["seq"], int):
-            return None
-    except (ValueError, KeyError, TypeError):
-        return None
-    return rec
-
-
 class Slots:
-    def __init__(self, root=ROOT, slot_size=368640, max_trials=3):
+    """The loaded record and every change to it after boot. slotboot.open()
+    reads (and repairs) the record and makes one; slotboot decides the boot."""
+
+    def __init__(self, rec, root=ROOT, slot_size=368640, max_trials=3):
+        self.rec = rec
         self.root = root
         self.slot_size = slot_size
         self.max_trials = max_trials
-        self.running = None  # slot whose app runs now (set by the boot manager)
+        self.running = None  # slot whose app runs now (set at boot)
         self.note = ""
         self.cur = root + "/state.json"
         self.new = root + "/state.new"
-        try:
-            os.mkdir(root)
-        except OSError:
-            pass  # exists
-        self.load()
 
     # -- the record ------------------------------------------------------------
-    def load(self):
-        rec = _read_record(self.cur)
-        if rec is None:
-            rec = _read_record(self.new)
-            if rec is not None:
-                self._write_cur(rec)  # adopt the complete new record
-        _remove(self.new)  # stale: an interrupted commit (the old one stands)
-        if rec is None:
-            rec = {"seq": 0, "active": None, "pending": None, "trial": None,
-                   "tc": 0, "lw": None, "s": [_blank(), _blank()]}
-        self.rec = rec
-        # Repair: a record naming a file that is gone (cut between delete
-        # and commit) describes an empty slot.
-        changed = False
-        for i in (0, 1):
-            if rec["s"][i]["st"] != EMPTY and _fsize(self.path(i)) < 0:
-                self._forget(i)
-                changed = True
-        if changed:
-            self.commit()
-
     def _write_cur(self, rec):
         body = json.dumps(rec)
         with open(self.new, "w") as f:
@@ -176,75 +134,10 @@ class Slots:
         s = self.rec["s"][i]
         return {"state": s["st"], "size": s["size"], "sha256": s["sha"], "version": s["ver"]}
 
-    # -- boot ------------------------------------------------------------------
-    def boot(self):
-        """Decide which slot runs this boot; count trials; roll back. Commits
-        before the app runs, so a crash or cut during the app still counts."""
-        rec = self.rec
-        s = rec["s"]
-        t = rec["trial"]
-        run = None
-        if t is not None:
-            if rec["tc"] >= self.max_trials:
-                s[t]["st"] = BAD
-                rec["trial"] = None
-                rec["tc"] = 0
-                run = self._confirmed(rec["active"])
-                self.note = "rolled back %s -> %s after %d unconfirmed trials" % (
-                    NAMES[t], NAMES[run] if run is not None else "none", self.max_trials)
-            else:
-                rec["tc"] += 1
-                run = t
-                self.note = "booted %s (trial %d/%d)" % (NAMES[t], rec["tc"], self.max_trials)
-            self.commit()
-        elif rec["pending"] is not None:
-            p = rec["pending"]
-            rec["pending"] = None
-            rec["trial"] = p
-            rec["tc"] = 1
-            s[p]["st"] = TRIAL
-            self.commit()
-            run = p
-            self.note = "booted %s (trial 1/%d)" % (NAMES[p], self.max_trials)
-        else:
-            run = self._confirmed(rec["active"])
-            if run is not None:
-                self.note = "booted %s (confirmed)" % NAMES[run]
-            else:
-                self.note = "no application installed"
-        self.running = run
-        return run
-
     def _confirmed(self, i):
         if i is not None and self.rec["s"][i]["st"] == CONFIRMED:
             return i
         return None
-
-    def failed(self, i, why):
-        """Slot i could not start. A trial slot is marked bad at once and the
-        confirmed slot runs instead; returns the next slot to try or None."""
-        rec = self.rec
-        nxt = None
-        if rec["trial"] == i:
-            rec["s"][i]["st"] = BAD
-            rec["trial"] = None
-            rec["tc"] = 0
-            nxt = self._confirmed(rec["active"])
-            self.commit()
-            self.note = "%s failed to start (%s); rolled back %s -> %s" % (
-                NAMES[i], why, NAMES[i], NAMES[nxt] if nxt is not None else "none")
-        else:
-            other = self._confirmed(1 - i)
-            if other is not None:
-                rec["active"] = other
-                rec["s"][i]["st"] = BAD
-                self.commit()
-                nxt = other
-                self.note = "%s failed to start (%s); falling back to %s" % (NAMES[i], why, NAMES[other])
-            else:
-                self.note = "%s failed to start (%s); no other application" % (NAMES[i], why)
-        self.running = nxt
-        return nxt
 
     # -- operator / app state changes ------------------------------------------
     def confirm(self):

@@ -33,7 +33,7 @@ def _older(dev, i, v):
 
 def validate(dev, i, size, allow_down):
     """Check the stored image: -> (version str, is an app image)."""
-    import mcuboot
+    import mcuboot  # resident: compiled at boot (main.py), not mid-session
     try:
         info = mcuboot.verify(dev.sl.path(i), 0, size)
     except mcuboot.ImageError as e:
@@ -49,7 +49,9 @@ def validate(dev, i, size, allow_down):
 
 
 def digest_hex(dev, i, size):
-    return binascii.hexlify(slotio.digest(dev.sl, i, size, dev.buf, dev.feed)).decode()
+    # the scratch buffer when there is one, else 1 KB for this hash only
+    buf = dev.buf if dev.buf is not None else bytearray(1024)
+    return binascii.hexlify(slotio.digest(dev.sl, i, size, buf, dev.feed)).decode()
 
 
 def op_begin(dev, c, req):

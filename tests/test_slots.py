@@ -1,4 +1,4 @@
-"""device/slots.py under the unix-port MicroPython: the A/B state machine,
+"""device/slots.py and slotboot.py under the unix-port MicroPython: the A/B state machine,
 trial counting and rollback, resume, and the journal's atomicity under power
 cuts at every flash operation of a state commit (littlefs on a RAM NOR flash).
 """
@@ -12,6 +12,7 @@ PRELUDE = """
 import sys, os
 sys.path.insert(0, %r)
 import slots as S
+import slotboot as B
 import slotio as IO
 from native import ProtoError
 def sha(data):
@@ -29,8 +30,8 @@ def upload(sl, i, data, ver="1.0.0+0", pending=True, chunk=1000):
     assert IO.digest(sl, i, len(data), buf) == __import__("hashlib").sha256(data).digest()
     IO.finish(sl, i, h, ver, pending)
 def reboot(root, max_trials=3):
-    sl = S.Slots(root=root, max_trials=max_trials, slot_size=65536)
-    run = sl.boot()
+    sl = B.open_slots(root=root, max_trials=max_trials, slot_size=65536)
+    run = B.boot(sl)
     return sl, run
 """ % DEVICE
 
@@ -111,7 +112,7 @@ assert run == 0 and sl.note == "booted a (confirmed)", sl.note
 upload(sl, 1, b"C" * 3000, "2.0.1+0")
 sl, run = reboot(root)
 assert run == 1
-nxt = sl.failed(1, "no main()")
+nxt = B.failed(sl, 1, "no main()")
 assert nxt == 0 and sl.state(1) == "bad" and sl.running == 0, sl.note
 assert sl.note == "b failed to start (no main()); rolled back b -> a", sl.note
 # rollback with no confirmed other slot is refused
@@ -125,7 +126,7 @@ h = sha(data)
 assert IO.prepare(sl, 1, len(data), h) == 0
 w = IO.Writer(sl.path(1), 0); w.write(memoryview(data)[:4000]); w.close()
 assert IO.prepare(sl, 1, len(data), h) == 4000
-sl2 = S.Slots(root=root, slot_size=65536)  # survives a reboot too
+sl2 = B.open_slots(root=root, slot_size=65536)  # survives a reboot too
 assert IO.prepare(sl2, 1, len(data), h) == 4000 and sl2.state(1) == "writing"
 assert IO.prepare(sl2, 1, len(data), sha(b"other")) == 0 and sl2.file_size(1) <= 0
 # too large for a slot
@@ -148,7 +149,7 @@ seq = sl.rec["seq"]
 # a torn state.new (crash while writing it): ignored and removed
 with open(root + "/state.new", "w") as f:
     f.write('{"seq": 99, "s": [')
-sl = S.Slots(root=root)
+sl = B.open_slots(root=root)
 assert sl.rec["seq"] == seq and sl.state(0) == "pending"
 assert "state.new" not in os.listdir(root)
 # a complete state.new beside a valid state.json (crash before rename): old wins
@@ -159,24 +160,24 @@ rec = J.loads(J.dumps(sl.rec)); rec["tc"] = 8; rec["seq"] += 1
 body = J.dumps(rec)
 with open(root + "/state.new", "w") as f:
     f.write(body + "\\n%%08x\\n" %% binascii.crc32(body.encode()))
-sl = S.Slots(root=root)
+sl = B.open_slots(root=root)
 assert sl.rec["tc"] == 7, sl.rec
 # a corrupt state.json with a complete state.new: the new one is adopted
 with open(root + "/state.new", "w") as f:
     f.write(body + "\\n%%08x\\n" %% binascii.crc32(body.encode()))
 with open(root + "/state.json", "w") as f:
     f.write(body[:-5] + "XXXXX\\n00000000\\n")
-sl = S.Slots(root=root)
+sl = B.open_slots(root=root)
 assert sl.rec["tc"] == 8, sl.rec
 # both unusable: no application (the device still boots, agent only)
 with open(root + "/state.json", "w") as f:
     f.write("garbage")
-sl = S.Slots(root=root)
+sl = B.open_slots(root=root)
 assert sl.active() is None and sl.state(0) == "empty", sl.rec
 # a record naming a missing file is repaired to empty
 upload(sl, 1, b"B" * 100)
 os.remove(sl.path(1))
-sl = S.Slots(root=root)
+sl = B.open_slots(root=root)
 assert sl.state(1) == "empty" and sl.pending() is None
 print("DONE")
 """ % str(tmp_path / "slots"))
@@ -255,7 +256,7 @@ import json
 data = bytearray(b"\\xff" * (24 * BLOCK))
 vfs.VfsLfs2.mkfs(NOR(data), progsize=256)
 mount(data)
-sl = S.Slots(root="/f/slots", slot_size=32768)
+sl = B.open_slots(root="/f/slots", slot_size=32768)
 upload(sl, 0, b"A" * 9000, "1.0.0+0", pending=True)
 sl, run = reboot("/f/slots")
 sl.confirm()
@@ -269,16 +270,16 @@ base = bytes(data)
 
 def record():
     # what a rebooting device sees
-    sl = S.Slots(root="/f/slots", slot_size=32768)
+    sl = B.open_slots(root="/f/slots", slot_size=32768)
     return sl.rec
 
 def trial(step):
     if step == "finish":
-        sl = S.Slots(root="/f/slots", slot_size=32768)
+        sl = B.open_slots(root="/f/slots", slot_size=32768)
         IO.finish(sl, 1, h, "1.1.0+0", True)
     else:
-        sl = S.Slots(root="/f/slots", slot_size=32768)
-        sl.boot()
+        sl = B.open_slots(root="/f/slots", slot_size=32768)
+        B.boot(sl)
 
 results = {}
 for step in ("finish", "boot"):

@@ -3,97 +3,20 @@
 #   micropython tools/sim_boot.py STATE/boot.json
 #
 # tools/sim.py writes the handoff file and runs this once per device start.
-# Like the board's frozen _boot.py, it mounts a littlefs (progsize 256) on
-# the simulated NOR flash, formatting it when the mount fails; a fresh
-# format (or --redeploy) then copies the device files into the flash root,
-# as `mpremote cp device/*.py :` would. Then the posix filesystem goes away,
-# the littlefs becomes '/', simhal is installed, and main.py runs.
-import json
-import os
+# simpoweron.power_on() does the board's _boot.py part (mount or format the
+# simulated flash, deploy, make it '/', install simhal); then this script
+# drops that module and runs boot.py (if any) and main.py as the board does.
+# This file stays tiny: its code is alive for the device's whole life, and
+# on a board none of this costs the Python heap anything.
+import gc
 import sys
 
-# simhal and simflash live in tools/: imported while the posix VFS is mounted.
-import simhal
-import vfs
-from simflash import SimFlash
+import simpoweron
 
-
-def log(msg):
-    print("sim: " + msg)
-
-
-def deploy(paths, key_file, root):
-    buf = bytearray(1024)
-    mv = memoryview(buf)
-    total = 0
-    for src in paths:
-        name = src.rsplit("/", 1)[-1]
-        with open(src, "rb") as fi, open(root + "/" + name, "wb") as fo:
-            while True:
-                n = fi.readinto(buf)
-                if not n:
-                    break
-                fo.write(mv[:n])
-                total += n
-    if key_file:
-        with open(key_file) as f:
-            key = bytes.fromhex(f.read().strip())
-        with open(root + "/mpota_key.bin", "wb") as fo:
-            fo.write(key)
-    log("deployed %d files (%d bytes)%s" % (len(paths), total, " + device key" if key_file else ""))
-
-
-def exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def main():
-    if len(sys.argv) < 2:
-        print("usage: micropython tools/sim_boot.py STATE/boot.json (run by tools/sim.py)")
-        sys.exit(2)
-    with open(sys.argv[1]) as f:
-        cfg = json.load(f)
-
-    flash = SimFlash(cfg["flash"], cfg.get("block_count", 212), cfg.get("timing", "none"))
-    formatted = False
-    try:
-        fs = vfs.VfsLfs2(flash, progsize=256)
-    except OSError:
-        # _boot.py on rp2 does the same on any mount failure
-        log("no filesystem on the flash: formatting littlefs2 (%d x 4096)" % flash.block_count)
-        vfs.VfsLfs2.mkfs(flash, progsize=256)
-        fs = vfs.VfsLfs2(flash, progsize=256)
-        formatted = True
-
-    if formatted or cfg.get("redeploy"):
-        vfs.mount(fs, "/flash")
-        deploy(cfg.get("deploy", []), cfg.get("key_file"), "/flash")
-        vfs.umount("/flash")
-
-    simhal.configure(cfg, flash)
-
-    # From here on the device sees only its flash.
-    vfs.umount("/")
-    vfs.mount(fs, "/")
-    os.chdir("/")
-    sys.path[:] = ["/", "", ".frozen", "/lib"]
-
-    # The op counter (and the power cut) covers what the device code does.
-    if cfg.get("cut_after") is not None:
-        flash.arm(cfg["cut_after"])
-        log("power cut armed after %d flash operations" % cfg["cut_after"])
-
-    if exists("/boot.py"):
-        import boot  # noqa: F401  (as the board runs boot.py first)
-    if not exists("/main.py"):
-        log("/main.py is missing on the flash: nothing to run "
-            "(deploy device/*.py with `tools/sim.py --redeploy`)")
-        sys.exit(2)
-    import main  # noqa: F401  (the boot manager; it runs at import)
-
-
-main()
+_boot_py = simpoweron.power_on(sys.argv)
+del simpoweron
+sys.modules.pop("simpoweron", None)
+gc.collect()
+if _boot_py:
+    import boot  # noqa: F401  (as the board runs boot.py first)
+import main  # noqa: F401,E402  (the boot manager; it runs at import)

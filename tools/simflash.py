@@ -49,11 +49,6 @@ def _create(path, size):
             n += BLOCK
 
 
-class PowerCut(Exception):
-    # only seen when the kill itself failed
-    pass
-
-
 class SimFlash:
     def __init__(self, path, block_count=PICO_W_BLOCKS, timing="none", cut_after=None):
         if timing not in TIMINGS:
@@ -85,25 +80,22 @@ class SimFlash:
         self._armed_at = 0
 
     # -- op counter and power cut --------------------------------------------
-    @property
-    def ops(self):
-        return self.erases + self.programs
-
     def arm(self, cut_after):
         # cut after `cut_after` more operations (None disarms)
-        self._armed_at = self.ops
-        self.cut_after = None if cut_after is None else self.ops + cut_after
+        ops = self.erases + self.programs
+        self._armed_at = ops
+        self.cut_after = None if cut_after is None else ops + cut_after
 
     def _kill(self, what):
         # The torn operation is already in the file (unbuffered posix writes):
         # now drop dead without flushing or unwinding anything.
         self._f.flush()
         sys.stderr.write("simflash: POWER CUT during %s (after %d complete operations)\n"
-                         % (what, self.ops - self._armed_at))
+                         % (what, self.erases + self.programs - self._armed_at))
         os.system("kill -9 $PPID")
         # not reached unless kill failed
         time.sleep_ms(1000)
-        raise PowerCut("simflash: power cut could not kill the process")
+        raise OSError("simflash: power cut could not kill the process")
 
     # -- primitives ------------------------------------------------------------
     def _check(self, addr, length):
@@ -116,7 +108,7 @@ class SimFlash:
             raise OSError("simflash: erase of block %d outside 0..%d" % (block, self.block_count - 1))
         f = self._f
         f.seek(block * BLOCK)
-        torn = self.cut_after is not None and self.ops >= self.cut_after
+        torn = self.cut_after is not None and self.erases + self.programs >= self.cut_after
         # torn erase: first half erased, second half still holds old data
         for _ in range(BLOCK // PAGE // 2 if torn else BLOCK // PAGE):
             f.write(self._ff)
@@ -149,9 +141,10 @@ class SimFlash:
                 sys.stderr.write(msg + "\n")
                 raise OSError(msg)
             pages = (a + seg - 1) // PAGE - a // PAGE + 1
-            if self.cut_after is not None and self.ops + pages > self.cut_after:
+            ops = self.erases + self.programs
+            if self.cut_after is not None and ops + pages > self.cut_after:
                 # the tripping page is torn: everything before it, then half of it
-                k = self.cut_after - self.ops  # pages that complete
+                k = self.cut_after - ops  # pages that complete
                 page = a // PAGE + k
                 end = max(a, page * PAGE)  # where the torn page's data starts
                 page_end = min((page + 1) * PAGE, a + seg)
@@ -168,14 +161,12 @@ class SimFlash:
                 time.sleep_us(self.page_us * pages)
             done += seg
 
-    def read(self, addr, buf):
+    # -- MicroPython block protocol --------------------------------------------
+    def readblocks(self, n, buf, off=0):
+        addr = n * BLOCK + off
         self._check(addr, len(buf))
         self._f.seek(addr)
         self._f.readinto(buf)
-
-    # -- MicroPython block protocol --------------------------------------------
-    def readblocks(self, n, buf, off=0):
-        self.read(n * BLOCK + off, buf)
 
     def writeblocks(self, n, buf, off=None):
         if off is None:
@@ -197,10 +188,7 @@ class SimFlash:
             return 0
         if op == 3:  # sync
             self._f.flush()
-            return 0
-        if op in (1, 2):  # init, deinit
-            return 0
-        return None
+        return 0 if 1 <= op <= 3 else None  # init, deinit, sync
 
     def sync(self):
         self._f.flush()
@@ -209,5 +197,5 @@ class SimFlash:
         self._f.close()
 
     def stats(self):
-        return {"erases": self.erases, "programs": self.programs, "ops": self.ops,
+        return {"erases": self.erases, "programs": self.programs, "ops": self.erases + self.programs,
                 "bytes_programmed": self.bytes_programmed, "timing": self.timing}

@@ -1,8 +1,9 @@
 # simhal: the simulator's stand-in for device/hal.py (same public names).
 #
-# tools/sim_boot.py imports this before it mounts the simulated flash, calls
-# configure(), and leaves it in sys.modules['simhal']; device/hal.py then
-# rebinds its functions to these. Nothing here touches real hardware.
+# tools/simpoweron.py imports this before it mounts the simulated flash,
+# calls configure(), and leaves it in sys.modules['simhal']; device/hal.py
+# then rebinds its functions to these. Nothing here touches real hardware.
+# On a board this seam is C, so it is kept small: it stays in the heap.
 import gc
 import sys
 import time
@@ -12,7 +13,13 @@ PLATFORM = "sim"
 EXIT_RESET = 3  # tools/sim.py restarts the device with the flash intact
 EXIT_WATCHDOG = 4  # ... and reports reset_cause 'watchdog'
 
-_cfg = {}
+# Plain builtins: no Python function of our own to keep in the heap.
+ticks_ms = time.ticks_ms
+ticks_diff = time.ticks_diff
+mem_free = gc.mem_free
+mem_alloc = gc.mem_alloc
+
+_cfg = {}  # only the handoff fields asked for later (not its deploy list)
 _flash = None
 _led = False
 _power_save = True
@@ -23,7 +30,11 @@ _wdt_last = 0
 def configure(cfg, flash):
     # cfg: the launcher's handoff dict (see tools/sim.py); flash: the SimFlash
     global _cfg, _flash
-    _cfg = cfg
+    _cfg = {}
+    for k in ("reset_cause", "boot_count", "device_id", "host", "tcp_port", "udp_port",
+              "legacy_udp", "auth"):
+        if k in cfg:
+            _cfg[k] = cfg[k]
     _flash = flash
 
 
@@ -50,14 +61,6 @@ def boot_count():
 
 def unique_id():
     return _cfg.get("device_id", "51a0000000000000")
-
-
-def ticks_ms():
-    return time.ticks_ms()
-
-
-def ticks_diff(a, b):
-    return time.ticks_diff(a, b)
 
 
 def led(on):
@@ -111,18 +114,8 @@ def config_overrides():
             "auth": bool(c.get("auth", True))}
 
 
-def mem_free():
-    return gc.mem_free()
-
-
-def mem_alloc():
-    return gc.mem_alloc()
-
-
 def flash_info():
-    if _flash is None:
-        return {"block_size": 4096, "block_count": 212}
-    return {"block_size": 4096, "block_count": _flash.block_count}
+    return {"block_size": 4096, "block_count": 212 if _flash is None else _flash.block_count}
 
 
 def flash():

@@ -1,0 +1,116 @@
+# bootmgr: the boot manager's work before the agent starts (main.py runs it
+# once, then drops it from sys.modules so none of this code stays in the heap).
+#
+#  1. load the config and the slot record; decide which slot runs, counting
+#     trial boots and rolling back after max_trials unconfirmed ones (the
+#     record is committed BEFORE the app runs, so a hang, crash, watchdog bite
+#     or power cut during the trial still counts);
+#  2. verify the chosen image and mount its littlefs body read-only at /app;
+#     a slot that cannot start is marked bad and the confirmed one is tried;
+#  3. import /app/main.py and build the service.Device the agent serves.
+#
+# Every boot-only module (config, slotboot) is imported with a
+# collection first and dropped after use: compiling a .py needs several
+# times its size in transient heap, and what stays resident should be packed
+# low in the heap, not interleaved with dead boot code.
+import gc
+import sys
+
+import hal
+
+APP_MOUNT = "/app"
+KEY_PATH = "/mpota_key.bin"
+
+
+def _use(name):
+    gc.collect()
+    return __import__(name)
+
+
+def _drop(name):
+    sys.modules.pop(name, None)
+
+
+def _err(e):
+    return "%s: %s" % (type(e).__name__, e)
+
+
+def _load_app(sl, i):
+    """Verify and mount slot i, import its main.py; returns the module."""
+    path = sl.path(i)
+    info = _use("mcuboot").verify(path)  # header, TLVs and SHA-256 (ImageError)
+    if not info["body_is_littlefs"]:
+        raise ValueError("the image body is not a littlefs")
+    _use("appfs").mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
+    del info
+    gc.collect()
+    # main.py is itself sys.modules["main"] (the board and the sim import
+    # it): step aside while /app/main.py imports under that name.
+    mine = sys.modules.pop("main", None)
+    sys.path.insert(0, APP_MOUNT)
+    try:
+        mod = __import__("main")
+    finally:
+        sys.modules.pop("main", None)
+        if mine is not None:
+            sys.modules["main"] = mine
+    if not hasattr(mod, "main"):
+        raise ValueError("/app/main.py defines no main()")
+    return mod
+
+
+def _unload_app():
+    try:
+        sys.path.remove(APP_MOUNT)
+    except ValueError:
+        pass
+    try:
+        _use("appfs").umount(APP_MOUNT)
+    except Exception:
+        pass
+
+
+def _load_key():
+    # The 32-byte session key, or None when absent or malformed; read here so
+    # that auth.py is compiled only when a peer authenticates.
+    try:
+        with open(KEY_PATH, "rb") as f:
+            k = f.read(64)
+    except OSError:
+        return None
+    return k if len(k) == 32 else None
+
+
+def boot():
+    """-> (service.Device, the app's main module or None)."""
+    cfg, errors = _use("config").load(overrides=hal.config_overrides())
+    _drop("config")
+    note = ""
+    for e in errors:
+        print("mpota: config: " + e)
+    if errors:
+        note = "; config: " + "; ".join(errors)
+    del errors
+    sb = _use("slotboot")
+    sl = sb.open_slots(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"])
+    i = sb.boot(sl)
+    mod = None
+    while i is not None:
+        try:
+            mod = _load_app(sl, i)
+            break
+        except Exception as e:  # corrupt image, mount, import: try the fallback
+            _unload_app()
+            print("mpota: slot %s: %s" % (sb.NAMES[i], _err(e)))
+            i = sb.failed(sl, i, _err(e))
+    _drop("slotboot")
+    del sb
+    print("mpota: " + sl.note)
+    if cfg["auth"]:
+        _use("auth")  # resident: compiled now, while there is room to compile
+    service = _use("service")
+    dev = service.Device(cfg, sl, note, _load_key() if cfg["auth"] else None)
+    service.DEVICE = dev
+    if mod is not None:
+        dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
+    return dev, mod

@@ -1,0 +1,76 @@
+# slotops: the rarely used slot operations -- reading a slot back (the
+# binary READ frame and the JSON read op), erase, rollback.
+# Compiled on first use (ops.py, service.py, legacy.py import it then), so
+# a device that only ever takes updates never holds this code in its heap.
+import binascii
+
+import native
+import slots as S
+from native import ProtoError, E_BUSY, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_BAD_FRAME, OP_READ, OP_READ_DATA
+from framing import HEADER_SIZE, frame_into
+from checksums import crc32c
+from ops import name, int_range, slot_field
+
+
+def read_into(dev, i, offset, mv):
+    """Fill `mv` from slot i at `offset` (bounded by what the slot holds)."""
+    s = dev.session
+    if s is not None and s.slot == i:
+        s.w.sync()  # make the session's bytes visible to a second handle
+    have = dev.sl.file_size(i)
+    if have <= 0:
+        raise ProtoError(E_OUT_OF_RANGE, "slot %s is empty" % S.NAMES[i])
+    if offset + len(mv) > have:
+        raise ProtoError(E_OUT_OF_RANGE, "read past the %d bytes of slot %s" % (have, S.NAMES[i]))
+    with open(dev.sl.path(i), "rb") as f:
+        f.seek(offset)
+        return f.readinto(mv)
+
+
+def read_frame(dev, c, f):
+    # READ: slot u8, offset u32, length u16 -> READ_DATA built in dev.scratch()
+    if not c.authed:
+        return c.nerror(OP_READ, E_AUTH_REQUIRED)
+    if len(f) != HEADER_SIZE + 8:
+        return c.nerror(OP_READ, E_BAD_FRAME)
+    slot = f[5]
+    off = (f[6] << 24) | (f[7] << 16) | (f[8] << 8) | f[9]
+    ln = (f[10] << 8) | f[11]
+    if slot > 1 or ln < 1 or ln > native.MAX_DATA:
+        return c.nerror(OP_READ, E_OUT_OF_RANGE, 0, off)
+    mv = dev.scratch()
+    try:
+        read_into(dev, slot, off, mv[13:13 + ln])
+    except ProtoError as e:
+        return c.nerror(OP_READ, e.code, 0, off)
+    b = dev.buf
+    crc = crc32c(mv[13:13 + ln])
+    for k in range(4):
+        b[8 - k] = (off >> (8 * k)) & 0xFF
+        b[12 - k] = (crc >> (8 * k)) & 0xFF
+    c.out(mv[:frame_into(b, OP_READ_DATA, 8 + ln)])
+
+
+def op_rollback(dev, c, req):
+    if dev.session is not None:
+        raise ProtoError(E_BUSY, "an update session is open")
+    return {"slot": name(dev.sl.rollback())}
+
+
+def op_read(dev, c, req):
+    i = slot_field(req)
+    off = int_range(req, "offset", 0, 0x7FFFFFFF)
+    ln = int_range(req, "length", 1, native.READ_JSON_MAX)
+    mv = dev.scratch()[:ln]
+    read_into(dev, i, off, mv)
+    return {"slot": name(i), "offset": off, "length": ln,
+            "data": binascii.b2a_base64(mv).decode().strip()}
+
+
+def op_erase(dev, c, req):
+    i = slot_field(req)
+    s = dev.session
+    if s is not None and s.slot == i:
+        raise ProtoError(E_BUSY, "an update session is writing slot %s" % name(i))
+    dev.sl.erase(i)
+    return {"slot": name(i), "state": S.EMPTY}
