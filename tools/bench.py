@@ -76,6 +76,24 @@ async def native_push(port: int, data: bytes, rtt: float) -> tuple:
             await px.stop()
 
 
+async def heap_during_push(port: int, key: bytes, data: bytes) -> tuple:
+    """(idle mem_alloc, mem_peak, mem_free after) around one authenticated push and commit."""
+    from client import Client
+
+    async def status() -> dict:
+        c = Client("127.0.0.1", port, key=key)
+        await c.connect(authenticate=True)
+        try:
+            return await c.status()
+        finally:
+            await c.close()
+
+    before = await status()
+    await push_image("127.0.0.1", port, data, key=key, commit=True, timeout=60)
+    after = await status()
+    return before["mem_alloc"], after["mem_peak"], after["mem_free"]
+
+
 async def legacy_via(port: int, data: bytes, chunk: int, rtt: float) -> float:
     relay = None
     if rtt:
@@ -100,6 +118,7 @@ def main() -> int:
     ap.add_argument("--rtt", type=float, nargs="+", default=[0.0, 10.0], metavar="MS",
                     help="round-trip times to add through delay lines (default 0 10; "
                          "Wi-Fi with power saving off is a few ms, with it ~200)")
+    ap.add_argument("--heap", default="96K", help="heap of the device for the memory figure (default 96K)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-bench-"))
     tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
@@ -129,6 +148,17 @@ def main() -> int:
             print("%-7s %-33s %7.2f %11s %7.0f%%" % ("", "legacy UDP, %d B stop-and-wait" % a.chunk,
                                                     legacy_s, kbs(legacy), 100 * legacy / CEILING))
             print("%-7s %-33s %7s %10.1fx\n" % ("", "native / legacy", "", native / legacy))
+        sim.stop()
+        sim = None
+        heap = a.heap
+        sim = Sim(state=work / "heap", ready=False, flags=["--heap", heap])  # auth on, as on a board
+        sim.wait_ready(90)
+        total = int(heap.rstrip("Kk")) * 1024
+        idle, peak, free = asyncio.run(heap_during_push(sim.tcp_port, sim.key, bytes(
+            appimage.build_app_image(body, version="2.0.0"))))
+        print("memory: 256 KiB update on a --heap %s device (auth on), unix port (64-bit objects)" % heap)
+        print("        idle %d B, peak %d B = %.0f%% of the heap, %d B free after commit"
+              % (idle, peak, 100 * peak / total, free))
         return 0
     except Exception as e:
         print("bench: FAILED: %s: %s" % (type(e).__name__, e), file=sys.stderr)
