@@ -13,6 +13,13 @@ import sys
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 sys.path.insert(0, _here + "/../shared")
 
+# One module at a time with a collection in between, as the device imports:
+# compiling from source needs transient heap, and at -X heapsize=64K the
+# leftovers of one compile must not crowd out the next.
+for _m in ("checksums", "framing", "native", "bootloader_messages", "frames"):
+    gc.collect()
+    __import__(_m)
+gc.collect()
 import framing  # noqa: E402
 import native  # noqa: E402
 import frames  # noqa: E402

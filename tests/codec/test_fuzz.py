@@ -38,6 +38,14 @@ def test_codec_from_source_at_96k_heap(micropython, capsys):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_codec_from_source_at_64k_heap(micropython, capsys):
+    """Every shared/ module compiled from source at -X heapsize=64K, then exercised."""
+    r = run_micropython([str(REPO / "tests" / "codec" / "heap_smoke.py")], heap="64K")
+    _report(capsys, r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "checks passed" in r.stdout
+
+
 def test_codec_at_64k_heap(micropython, tmp_path, capsys):
     """With -X heapsize=64K the codec, precompiled by mpy-cross as one ships to
     small boards, imports and survives the fuzzer with a flat heap."""
