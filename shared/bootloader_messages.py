@@ -98,14 +98,29 @@ class Header:
 
 
 class _Fixed:
-    # A message whose layout does not depend on its content.
-    @classmethod
-    def _make(cls, *args):
-        return make_packet(cls.Fmt, cls.OpCode, cls.DataLength, *args)
+    # A message whose layout does not depend on its content. The classes are
+    # made from a table by _msg() below: on the board, a table compiles in a
+    # fraction of the heap that thirteen class bodies need.
+    _params = ()
+
+    @staticmethod
+    def _prep(*args):
+        return args
 
     @classmethod
-    def make(cls):
-        return cls._make()
+    def make(cls, *args, **kw):
+        """make(<the reference's parameters>), positional or by name."""
+        if kw:
+            args = list(args)
+            for name in cls._params[len(args):]:
+                if name not in kw:
+                    raise TypeError("%s.make() missing %r" % (cls.__name__, name))
+                args.append(kw.pop(name))
+            if kw:
+                raise TypeError("%s.make() got unexpected %s" % (cls.__name__, ", ".join(kw)))
+        if len(args) != len(cls._params):
+            raise TypeError("%s.make() takes (%s)" % (cls.__name__, ", ".join(cls._params)))
+        return make_packet(cls.Fmt, cls.OpCode, cls.DataLength, *cls._prep(*args))
 
     @classmethod
     def extract(cls, msg):
@@ -113,74 +128,47 @@ class _Fixed:
         return cls.Type(*cls.Fmt.unpack(bytes(msg)))
 
 
-class VersionRequest(_Fixed):
-    Fmt = Struct("!2B H B B")
-    DataLength = 1
-    OpCode = 0x01
-    Type = namedtuple("VersionRequest", "sync op_code length header_checksum checksum")
+def _msg(name, op, fmt, length, fields="", params=None, prep=None):
+    d = {"Fmt": Struct(fmt), "DataLength": length, "OpCode": op,
+         "Type": namedtuple(name, "sync op_code length header_checksum " + fields + (" " if fields else "")
+                            + "checksum"),
+         "_params": tuple(fields.split()) if params is None else params}
+    if prep is not None:
+        d["_prep"] = staticmethod(prep)
+    return type(name, (_Fixed,), d)
 
 
-class VersionResponse(_Fixed):
-    Fmt = Struct("!2B H B 2B 3B 128s B")
-    DataLength = 134
-    OpCode = 0x02
-    Type = namedtuple("VersionResponse",
-                      "sync op_code length header_checksum "
-                      "api_major api_minor "
-                      "bootloader_major bootloader_minor bootloader_build "
-                      "note checksum")
-
-    @classmethod
-    def make(cls, api_major, api_minor, bootloader_major, bootloader_minor, bootloader_build, note):
-        if isinstance(note, str):
-            note = note.encode()
-        assert len(note) <= 128, "note is %d bytes, at most 128" % len(note)
-        return make_packet(cls.Fmt, cls.OpCode, cls.DataLength, api_major, api_minor,
-                           bootloader_major, bootloader_minor, bootloader_build,
-                           bytes(note) + bytes(128 - len(note)))
+def _note(api_major, api_minor, bootloader_major, bootloader_minor, bootloader_build, note):
+    if isinstance(note, str):
+        note = note.encode()
+    assert len(note) <= 128, "note is %d bytes, at most 128" % len(note)
+    return (api_major, api_minor, bootloader_major, bootloader_minor, bootloader_build,
+            bytes(note) + bytes(128 - len(note)))
 
 
-class UpdateStartRequest(_Fixed):
-    Fmt = Struct("!2B H B I B")
-    DataLength = 5
-    OpCode = 0x03
-    Type = namedtuple("UpdateStartRequest", "sync op_code length header_checksum image_size checksum")
-
-    @classmethod
-    def make(cls, image_size):
-        return cls._make(image_size)
+def _signed(crc):
+    crc &= 0xFFFFFFFF  # accept binascii's unsigned value; it travels as i32
+    return (crc - 0x100000000 if crc & 0x80000000 else crc,)
 
 
-class UpdateStartResponse(_Fixed):
-    Fmt = Struct("!2B H B B")
-    DataLength = 1
-    OpCode = 0x04
-    Type = namedtuple("UpdateStartResponse", "sync op_code length header_checksum checksum")
-
-
-class UpdateStopRequest(_Fixed):
-    Fmt = Struct("!2B H B I B")
-    DataLength = 5
-    OpCode = 0x05
-    Type = namedtuple("UpdateStopRequest", "sync op_code length header_checksum crc checksum")
-
-    @classmethod
-    def make(cls, crc):
-        return cls._make(crc & 0xFFFFFFFF)
-
-
-class UpdateStopResponse(_Fixed):
-    Fmt = Struct("!2B H B i B")  # the device's CRC travels signed
-    DataLength = 5
-    OpCode = 0x06
-    Type = namedtuple("UpdateStopResponse", "sync op_code length header_checksum crc checksum")
-
-    @classmethod
-    def make(cls, crc):
-        crc &= 0xFFFFFFFF  # accept binascii's unsigned value; send it as i32
-        if crc & 0x80000000:
-            crc -= 0x100000000
-        return make_packet(cls.Fmt, cls.OpCode, cls.DataLength, crc)
+VersionRequest = _msg("VersionRequest", 0x01, "!2B H B B", 1)
+VersionResponse = _msg("VersionResponse", 0x02, "!2B H B 2B 3B 128s B", 134,
+                       "api_major api_minor bootloader_major bootloader_minor bootloader_build note",
+                       prep=_note)
+UpdateStartRequest = _msg("UpdateStartRequest", 0x03, "!2B H B I B", 5, "image_size")
+UpdateStartResponse = _msg("UpdateStartResponse", 0x04, "!2B H B B", 1)
+UpdateStopRequest = _msg("UpdateStopRequest", 0x05, "!2B H B I B", 5, "crc",
+                         prep=lambda crc: (crc & 0xFFFFFFFF,))
+# The device's CRC travels signed (i32).
+UpdateStopResponse = _msg("UpdateStopResponse", 0x06, "!2B H B i B", 5, "crc", prep=_signed)
+WriteResponse = _msg("WriteResponse", 0x08, "!2B H B B", 1)
+ResetRequest = _msg("ResetRequest", 0x09, "!2B H B B", 1)
+ResetResponse = _msg("ResetResponse", 0x0A, "!2B H B B", 1)
+ReadAddressRequest = _msg("ReadAddressRequest", 0x0B, "!2B H B 2I B", 9, "address length_to_read")
+ErrorResponse = _msg("ErrorResponse", 0xFF, "!2B H B 2B", 2, "error", params=("error_code",))
+ErrorResponse.UnsupportedOperation = 0x00
+ErrorResponse.IncorrectState = 0x01
+ErrorResponse.WriteFailed = 0x02
 
 
 class WriteRequest:
@@ -212,38 +200,6 @@ class WriteRequest:
         return crc32(t.payload) == t.data_crc
 
 
-class WriteResponse(_Fixed):
-    Fmt = Struct("!2B H B B")
-    DataLength = 1
-    OpCode = 0x08
-    Type = namedtuple("WriteResponse", "sync op_code length header_checksum checksum")
-
-
-class ResetRequest(_Fixed):
-    Fmt = Struct("!2B H B B")
-    DataLength = 1
-    OpCode = 0x09
-    Type = namedtuple("ResetRequest", "sync op_code length header_checksum checksum")
-
-
-class ResetResponse(_Fixed):
-    Fmt = Struct("!2B H B B")
-    DataLength = 1
-    OpCode = 0x0A
-    Type = namedtuple("ResetResponse", "sync op_code length header_checksum checksum")
-
-
-class ReadAddressRequest(_Fixed):
-    Fmt = Struct("!2B H B 2I B")
-    DataLength = 9
-    OpCode = 0x0B
-    Type = namedtuple("ReadAddressRequest", "sync op_code length header_checksum address length_to_read checksum")
-
-    @classmethod
-    def make(cls, address, length_to_read):
-        return cls._make(address, length_to_read)
-
-
 class ReadAddressResponse:
     OpCode = 0x0C
     Type = namedtuple("ReadAddressResponse", "sync op_code length header_checksum data checksum")
@@ -266,21 +222,6 @@ class ReadAddressResponse:
     def extract(cls, msg):
         length = _check(msg, cls.OpCode)
         return cls.Type(*cls._fmt(length - 1).unpack(bytes(msg)))
-
-
-class ErrorResponse(_Fixed):
-    Fmt = Struct("!2B H B 2B")
-    DataLength = 2
-    OpCode = 0xFF
-    Type = namedtuple("ErrorResponse", "sync op_code length header_checksum error checksum")
-
-    UnsupportedOperation = 0x00
-    IncorrectState = 0x01
-    WriteFailed = 0x02
-
-    @classmethod
-    def make(cls, error_code):
-        return cls._make(error_code)
 
 
 # Every message class by opcode, for dispatchers and test vectors.

@@ -8,6 +8,7 @@
 # heap in use stays flat. Prints one summary line; exits 1 on a violation.
 import gc
 import random
+import struct
 import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
@@ -16,14 +17,19 @@ sys.path.insert(0, _here + "/../shared")
 # One module at a time with a collection in between, as the device imports:
 # compiling from source needs transient heap, and at -X heapsize=64K the
 # leftovers of one compile must not crowd out the next.
-for _m in ("checksums", "framing", "native", "bootloader_messages", "frames"):
+for _m in ("checksums", "framing", "native", "frames"):
     gc.collect()
     __import__(_m)
 gc.collect()
+import checksums  # noqa: E402
 import framing  # noqa: E402
 import native  # noqa: E402
 import frames  # noqa: E402
-import bootloader_messages as bm  # noqa: E402
+
+# Preallocated right after the imports, as the agent does: one contiguous
+# buffer while the heap is still unfragmented.
+gc.collect()
+DEC = framing.StreamDecoder(native.MAX_FRAME, native.MAX_LINE)
 
 
 def rand_bytes(n):
@@ -39,11 +45,12 @@ def valid_stream():
         elif r == 1:
             parts.append(b'{"op":"ping","id":%d}\n' % random.getrandbits(10))
         elif r == 2:
-            parts.append(bm.WriteRequest.make(rand_bytes(random.randint(1, 64))))
+            d = rand_bytes(random.randint(1, 64))  # a reference WriteRequest: data, CRC-32
+            parts.append(frames.make_frame(0x07, d + struct.pack("!I", checksums.crc32(d))))
         elif r == 3:
             parts.append(frames.encode_ack(random.getrandbits(20)))
         else:
-            parts.append(bm.VersionRequest.make())
+            parts.append(frames.make_frame(0x01, b""))  # a reference VersionRequest
     return b"".join(bytes(p) for p in parts)
 
 
@@ -79,7 +86,8 @@ def main(count=100000, seed=1):
     if not hasattr(gc, "mem_alloc"):
         import tracemalloc
         tracemalloc.start()
-    dec = framing.StreamDecoder(native.MAX_FRAME, native.MAX_LINE)
+    dec = DEC
+    dec.reset()
     size = len(dec.buf)
     events = [0, 0, 0, 0]
     nbytes = 0

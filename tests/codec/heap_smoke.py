@@ -9,7 +9,7 @@ import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 sys.path.insert(0, _here + "/../../shared")
-for _m in ("checksums", "bootloader_messages", "framing", "native", "hmac_sha256", "frames"):
+for _m in ("checksums", "framing", "native", "hmac_sha256", "bootloader_messages", "frames"):
     gc.collect()
     __import__(_m)
 gc.collect()
