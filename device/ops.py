@@ -11,7 +11,7 @@ import hal
 import native
 import slots as S
 from native import (ProtoError, reply_line, error_line, E_UNSUPPORTED, E_BAD_REQUEST,
-                    E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_AUTH_FAILED)
+                    E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_AUTH_FAILED, E_NO_MEMORY)
 from service import VERSION
 
 _OPEN = ("hello", "auth", "ping", "status")  # served before authentication
@@ -49,21 +49,28 @@ def line(dev, c, ln):
         req = native.parse_request(ln)
         rid = req.get("id")
         op = req["op"]
+        fn = None
+        if op not in _UPDATE and op not in _SLOT:
+            fn = getattr(sys.modules[__name__], "op_" + op, None)
+            if fn is None:
+                raise ProtoError(E_UNSUPPORTED, "unknown op \"%s\"" % op)
+        # Authenticate before compiling anything on a peer's behalf.
+        if not c.authed and op not in _OPEN:
+            raise ProtoError(E_AUTH_REQUIRED, "authenticate first (hello, auth)")
         if op in _UPDATE:
             import update
             fn = getattr(update, "op_" + op)
         elif op in _SLOT:
-            import slotops
+            import slotops  # rare ops: compiled on first use
             fn = getattr(slotops, "op_" + op)
-        else:
-            fn = getattr(sys.modules[__name__], "op_" + op, None)
-        if fn is None:
-            raise ProtoError(E_UNSUPPORTED, "unknown op \"%s\"" % op)
-        if not c.authed and op not in _OPEN:
-            raise ProtoError(E_AUTH_REQUIRED, "authenticate first (hello, auth)")
         c.out(reply_line(rid, fn(dev, c, req)))
     except ProtoError as e:
         c.out(error_line(rid, e.code, e.message))
+    except MemoryError:
+        # Typically compiling a rare op while the app holds the heap: say so,
+        # with the request's id, rather than a generic internal error.
+        gc.collect()
+        c.out(error_line(rid, E_NO_MEMORY, "out of memory (%d bytes free): retry, or reset first" % gc.mem_free()))
 
 
 def op_hello(dev, c, req):

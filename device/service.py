@@ -15,8 +15,8 @@ import hal
 import native
 from native import (ProtoError, error_line, E_UNSUPPORTED, E_BAD_FRAME, E_AUTH_REQUIRED,
                     E_OUT_OF_ORDER, E_CRC_MISMATCH, E_OUT_OF_RANGE, E_INCORRECT_STATE,
-                    E_INTERNAL, OP_DATA, OP_READ)
-from framing import K_FRAME, K_LINE, HEADER_SIZE
+                    E_INTERNAL, E_NO_MEMORY, OP_DATA, OP_READ)
+from framing import K_FRAME, K_LINE, HEADER_SIZE, frame_into
 from checksums import crc32c
 
 VERSION = "0.1.0"
@@ -127,12 +127,29 @@ class Device:
                     ops.line(self, c, ev[1])
                 else:
                     self.bad(c, ev[1][0], ev[1][1])
+            except MemoryError:
+                gc.collect()
+                self.no_memory(c, ev)
             except Exception as e:  # a bug must not end the connection
                 sys.print_exception(e)
                 c.out(error_line(None, E_INTERNAL, "internal error: %r" % e))
         if c.ack_due:
             c.ack_due = False
             c.ack(c.ack_val)
+
+    def no_memory(self, c, ev):
+        # Out of heap (compiling a rare path while the app holds the heap):
+        # answer in the asker's own framing, built without the codec modules
+        # that may be what failed to compile.
+        if ev[0] != K_FRAME:
+            return c.out(error_line(None, E_NO_MEMORY, "out of memory: retry, or reset first"))
+        op = ev[1][1]
+        if 0x20 <= op <= 0x2F:
+            return c.nerror(op, E_NO_MEMORY)
+        b = bytearray(HEADER_SIZE + 2)  # reference ErrorResponse(no_memory)
+        b[HEADER_SIZE] = E_NO_MEMORY
+        frame_into(b, 0xFF, 1)
+        c.out(b)
 
     def bad(self, c, code, msg):
         s = self.session

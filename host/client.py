@@ -28,7 +28,7 @@ import native
 from checksums import crc32c
 from errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, MpotaError,
                     Unreachable, device_error)
-from framing import K_ERROR, K_FRAME, K_LINE, StreamDecoder
+from framing import K_ERROR, K_FRAME, K_LINE
 from hmac_sha256 import compare_digest, device_mac, host_mac
 
 log = logging.getLogger("mpota.client")
@@ -183,7 +183,7 @@ class Client:
         self._frames.put_nowait(None)  # wakes a waiting upload/read
 
     async def _rx_loop(self) -> None:
-        dec = StreamDecoder(max_frame=native.MAX_FRAME + 64, max_line=64 * 1024)
+        dec = frames.Decoder(max_frame=native.MAX_FRAME + 64, max_line=64 * 1024)
         reader = self._reader
         assert reader is not None
         exc: BaseException = ConnectionLost("the device closed the connection")

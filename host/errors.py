@@ -141,6 +141,8 @@ _BY_CODE = {
     "incorrect_state": (DeviceError, "the device is not in a state for this; `flash.py status` shows why"),
     "out_of_range": (DeviceError, "offset/length outside the slot; `flash.py status` shows slot sizes"),
     "flash_fault": (DeviceError, "the device's flash is failing; reflash it over USB"),
+    "no_memory": (DeviceError, "the device ran out of heap (its app holds most of it); "
+                               "try again, or `flash.py reset` and retry before the app grows"),
     "internal": (DeviceError, "unexpected device error; `flash.py status` and a reset may help"),
     "unsupported": (DeviceError, "the device's agent is too old for this operation; update the agent"),
 }

@@ -25,10 +25,10 @@ for _p in (_HERE.parent / "shared", _HERE):
 
 import native  # noqa: E402
 from client import Client, push_image, wait_for_device, within  # noqa: E402
-from errors import (EXIT_INTERRUPTED, EXIT_OK, CrcMismatch,  # noqa: E402
+from errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CrcMismatch,  # noqa: E402
                     DeviceError, DeviceTimeout, Interrupted, MpotaError, NotTaken, Unreachable,
                     UsageError, VerifyFailed, device_error)
-from output import Output  # noqa: E402
+from output import FleetOutput, Output  # noqa: E402
 import imagefile  # noqa: E402
 import targets as targets_mod  # noqa: E402
 
@@ -38,7 +38,9 @@ COMMANDS = ("push", "build", "status", "ping", "read", "dump", "reset", "confirm
             "erase", "legacy", "targets")
 # Global options that take a value (to find the first positional in argv).
 _VALUE_OPTS = {"-t", "--target", "--targets", "--key-file", "--port", "--udp-port", "--timeout",
-               "--connect-timeout"}
+               "--connect-timeout", "--parallel"}
+# Commands that run on several devices at once (-t a -t b, -t a,b, -t GROUP).
+FLEET_COMMANDS = ("push", "status", "ping", "reset", "confirm")
 
 EPILOG = """\
 examples:
@@ -50,24 +52,38 @@ examples:
   flash.py -t pico push app.img --no-confirm   leave the new version on trial
   flash.py -t sim --json push app.img       one JSON object per event line
   flash.py -t sim legacy app.img            reference UDP flow with read-back
+  flash.py -t greenhouse app.img            each device of a group, 4 at once
+  flash.py -t pico1,pico2 -t 10.0.0.7 status   several devices, one summary
 
 keys: MPOTA_KEY (hex), MPOTA_KEY_FILE, --key-file FILE or key_file in the
 targets file (~/.config/mpota/targets.toml). Never on the command line.
 exit codes: 0 ok, 1 usage/input, 2 unreachable/timeout, 3 auth, 4 busy,
 5 device refused (bad image, no space, version, verify, CRC), 6 new version
-did not take, 130 interrupted. See docs/cli.md.
+did not take, 130 interrupted; over several devices, the highest device's
+code. See docs/cli.md.
 """
 
 
 # --- argument parsing ------------------------------------------------------------
 
+class _JoinTargets(argparse.Action):
+    """-t may be repeated; the values are kept as one comma list ("a,b")."""
+
+    def __call__(self, parser, ns, values, option_string=None):
+        prev = getattr(ns, self.dest, None)
+        setattr(ns, self.dest, "%s,%s" % (prev, values) if prev else values)
+
+
 def _add_common(p: argparse.ArgumentParser, sub: bool) -> None:
     """Options every command takes, before or after the command name."""
     d = (lambda v: argparse.SUPPRESS) if sub else (lambda v: v)
     g = p.add_argument_group("target and output")
-    g.add_argument("-t", "--target", default=d(os.environ.get("MPOTA_TARGET", "pico")),
-                   metavar="NAME|HOST[:PORT]",
-                   help="device: a name from the targets file, pico, sim, or HOST[:PORT] "
+    # The subparser fills a namespace of its own and copies it over the main one, so
+    # -t after the command gets its own dest; parse_args() joins both.
+    g.add_argument("-t", "--target", dest="sub_target" if sub else "target", action=_JoinTargets,
+                   default=d(None), metavar="NAME|HOST[:PORT]",
+                   help="device: a name from the targets file, pico, sim, or HOST[:PORT]; "
+                        "repeat it, give a comma list or a group for several devices "
                         "(default: $MPOTA_TARGET or pico)")
     g.add_argument("--targets", default=d(None), metavar="FILE",
                    help="targets file (default ~/.config/mpota/targets.toml)")
@@ -83,6 +99,8 @@ def _add_common(p: argparse.ArgumentParser, sub: bool) -> None:
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="print errors only")
     g.add_argument("-v", "--verbose", action="count", default=d(0),
                    help="-v: log steps, -vv: log every packet")
+    g.add_argument("--parallel", type=int, default=d(4), metavar="N",
+                   help="several devices: how many are served at once (default 4)")
 
 
 def _add_push_opts(p: argparse.ArgumentParser) -> None:
@@ -98,13 +116,21 @@ def _add_push_opts(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for the device to come back after reset (default 60)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; here 2 means unreachable, so usage is 1."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     # allow_abbrev=False: `--key HEX` must not pass as `--key-file HEX`.
-    p = argparse.ArgumentParser(prog="flash.py", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="flash.py", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=fmt, allow_abbrev=False)
     _add_common(p, sub=False)
-    sp = p.add_subparsers(dest="command", metavar="COMMAND")
+    sp = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def sub(name, help_, **kw):
         s = sp.add_parser(name, help=help_, description=help_, formatter_class=fmt,
@@ -179,6 +205,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.command:
         p.print_help(sys.stderr)
         raise SystemExit(1)
+    given = [v for v in (args.target, vars(args).pop("sub_target", None)) if v]
+    args.target = ",".join(given) or os.environ.get("MPOTA_TARGET", "pico")
+    if args.parallel < 1:
+        p.error("--parallel must be at least 1")
     return args
 
 
@@ -208,8 +238,8 @@ def _fmt_size(n) -> str:
 
 # --- commands --------------------------------------------------------------------
 
-async def cmd_push(args, out: Output) -> int:
-    img = imagefile.load(args.image, args.version, args.sign_key)
+async def cmd_push(args, out: Output, img=None) -> int:
+    img = img or imagefile.load(args.image, args.version, args.sign_key)
     t = _target(args)
     out.event("target", "target [bold]%s[/]" % (t.address if t.name == t.address
                                                 else "%s (%s)" % (t.name, t.address)), **t.describe())
@@ -328,8 +358,8 @@ async def cmd_status(args, out: Output) -> int:
     async with _client(t, args) as c:
         st = await c.status()
     st = {k: v for k, v in st.items() if k not in ("id", "ok")}
+    out.event("status", target=t.name, **st)  # no text: people get print_status() instead
     if out.mode == "json":
-        out.event("status", target=t.name, **st)
         return EXIT_OK
     print_status(out, t, st)
     return EXIT_OK
@@ -492,7 +522,7 @@ def cmd_build(args, out: Output) -> int:
 
 def cmd_targets(args, out: Output) -> int:
     path = targets_mod.targets_path(args.targets)
-    table = targets_mod.load_targets(path, required=bool(args.targets))
+    table, groups = targets_mod.load_file(path, required=bool(args.targets))
     names = list(dict.fromkeys(list(targets_mod.BUILTINS) + list(table)))
     out.say("targets file: %s%s" % (path, "" if path.exists() else " (absent)"))
     for n in names:
@@ -504,6 +534,8 @@ def cmd_targets(args, out: Output) -> int:
             "  key_file " + entry["key_file"] if entry.get("key_file") else "", src),
             name=n, host=entry.get("host"), port=entry.get("port", native.TCP_PORT),
             udp_port=entry.get("udp_port", native.UDP_PORT), key_file=entry.get("key_file"), source=src)
+    for g, members in groups.items():
+        out.event("group", "  %-12s group: %s" % (g, ", ".join(members)), name=g, members=members)
     return EXIT_OK
 
 
@@ -616,12 +648,94 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger("bootloader_messenger").setLevel(max(level, logging.INFO))
 
 
+# --- several devices at once -----------------------------------------------------------
+
+def fleet_exit_code(codes) -> int:
+    """0 if every device succeeded, else the highest device exit code: the codes
+    grow with how far an update got before it failed (1 nothing sent ... 6 uploaded
+    but did not take), and 130 (interrupted) tops them all."""
+    return max(codes, default=EXIT_OK)
+
+
+async def run_fleet(args, specs: list, out: FleetOutput) -> int:
+    """Run the command on every device, --parallel at a time, each exactly as it
+    runs alone; one device's failure does not stop the others."""
+    img = None
+    if args.command == "push":  # load (or build) the image once, before any device is touched
+        img = imagefile.load(args.image, args.version, args.sign_key)
+    gate = asyncio.Semaphore(args.parallel)
+    rows: dict = {}
+
+    async def one(spec: str) -> None:
+        dout = out.device(spec)
+        dargs = argparse.Namespace(**{**vars(args), "target": spec})
+        t0 = time.monotonic()
+        try:
+            async with gate:
+                t0 = time.monotonic()  # the device's own time, not its wait for a turn
+                if args.command == "push":
+                    code = await cmd_push(dargs, dout, img)
+                else:
+                    code = await ASYNC_COMMANDS[args.command](dargs, dout)
+        except MpotaError as e:
+            dout.error(e)
+            code = e.exit_code
+        except Exception as e:  # a bug met on one device must not take the others down
+            log.debug("%s failed", spec, exc_info=True)
+            dout.error(MpotaError("unexpected %s: %s" % (type(e).__name__, e), "run with -v and report it"))
+            code = EXIT_USAGE
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels us; the connection closes
+            code = EXIT_INTERRUPTED
+            hint = None if args.command == "push" else ""  # None: the push hint (resume)
+            if "committed" in dout.seen:
+                hint = "its new image was committed before the interrupt and boots on trial at the next reset"
+            dout.error(Interrupted("interrupted", hint))
+        rows[spec] = _fleet_row(spec, dout, code, time.monotonic() - t0)
+
+    out.start()
+    tasks = [asyncio.create_task(one(s)) for s in specs]
+    try:
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        # Ctrl-C: each device task has recorded itself as interrupted; wait for their
+        # connections to close, then report instead of dying with a traceback.
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        out.stop()
+    results = [rows.get(s) or _fleet_row(s, None, EXIT_INTERRUPTED, 0.0) for s in specs]
+    code = fleet_exit_code(r["exit_code"] for r in results)
+    out.summary(results, code)
+    return code
+
+
+def _fleet_row(spec: str, dout, code: int, seconds: float) -> dict:
+    seen = dout.seen if dout else {}
+    err = seen.get("error") or {}
+    version = (seen.get("done") or {}).get("version")
+    st = seen.get("status")
+    if version is None and st:  # status: the running version
+        version = ((st.get("slots") or {}).get(st.get("running")) or {}).get("version")
+    result = "ok" if code == EXIT_OK else "%s (%d)" % (err.get("code") or err.get("error") or "failed", code)
+    return {"target": spec, "ok": code == EXIT_OK, "result": result, "exit_code": code,
+            "version": version, "seconds": round(seconds, 2)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     mode = "json" if args.json else "quiet" if args.quiet else "human"
     out = Output(mode)
     _setup_logging(args.verbose)
     try:
+        if args.command in ("build", "targets"):
+            return SYNC_COMMANDS[args.command](args, out)
+        specs = targets_mod.expand(args.target, args.targets)
+        if len(specs) > 1:
+            if args.command not in FLEET_COMMANDS:
+                raise UsageError("`%s` works on one device; %s names %d" % (args.command, args.target, len(specs)),
+                                 "several devices at once: %s" % ", ".join(FLEET_COMMANDS))
+            out = FleetOutput(mode, args.target)
+            return asyncio.run(run_fleet(args, specs, out))
+        args.target = specs[0]  # one device (perhaps a group of one): exactly the single-device run
         if args.command in SYNC_COMMANDS:
             return SYNC_COMMANDS[args.command](args, out)
         return asyncio.run(ASYNC_COMMANDS[args.command](args, out))

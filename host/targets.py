@@ -11,6 +11,12 @@ brackets: [fe80::1]:8472). Format (docs/cli.md):
     udp_port = 8473           # legacy UDP service
     key_file = "~/.config/mpota/kitchen.key"   # 64 hex chars (or 32 raw bytes)
 
+    [groups]
+    greenhouse = ["kitchen", "pico2", "10.0.0.7:8472"]   # names, HOST[:PORT], groups
+
+`-t` may name several devices (`-t a -t b`, `-t a,b`, a group): expand()
+turns that into the list of single-device specs, each resolved on its own.
+
 Keys come from (first wins): --key-file, $MPOTA_KEY (hex), $MPOTA_KEY_FILE, the
 target's key_file. Never from a command-line value; never printed.
 """
@@ -66,12 +72,13 @@ def targets_path(override: Optional[str] = None, env: Optional[dict] = None) -> 
     return Path(p).expanduser()
 
 
-def load_targets(path: Path, required: bool = False) -> dict:
-    """{name: table} from a targets file; {} when the default file is absent."""
+def load_file(path: Path, required: bool = False) -> tuple:
+    """({target name: table}, {group name: [spec, ...]}) from a targets file;
+    ({}, {}) when the default file is absent."""
     if not path.exists():
         if required:
             raise UsageError("targets file %s not found" % path, "create it (docs/cli.md shows the format)")
-        return {}
+        return {}, {}
     if tomllib is None:
         raise UsageError("reading %s needs Python 3.11+ (tomllib)" % path)
     try:
@@ -81,7 +88,46 @@ def load_targets(path: Path, required: bool = False) -> dict:
     table = data.get("targets", {})
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise UsageError("%s: expected [targets.NAME] tables" % path)
-    return table
+    groups = data.get("groups", {})
+    if not isinstance(groups, dict):
+        raise UsageError("%s: expected a [groups] table of NAME = [targets]" % path)
+    for name, members in groups.items():
+        if (not isinstance(members, list) or not members
+                or not all(isinstance(m, str) and m.strip() for m in members)):
+            raise UsageError("%s: group %s must be a non-empty list of target names" % (path, name))
+        if name in table or name in BUILTINS:
+            # One name, one meaning: otherwise `-t NAME` would be ambiguous.
+            raise UsageError("%s: %s is both a group and a target" % (path, name))
+    return table, groups
+
+
+def load_targets(path: Path, required: bool = False) -> dict:
+    """{name: table} from a targets file; {} when the default file is absent."""
+    return load_file(path, required)[0]
+
+
+def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = None) -> list:
+    """The single-device specs named by `spec`: a comma list of target names,
+    HOST[:PORT] and group names; groups are expanded (they may name groups),
+    duplicates dropped, order kept."""
+    groups = load_file(targets_path(targets_file, env), required=bool(targets_file))[1]
+    out: list = []
+
+    def add(s: str, inside: tuple) -> None:
+        if s in inside:
+            raise UsageError("group %s contains itself (%s)" % (s, " -> ".join(inside + (s,))))
+        if s in groups:
+            for m in groups[s]:
+                add(m.strip(), inside + (s,))
+        elif s not in out:
+            out.append(s)
+
+    for part in spec.split(","):
+        if part.strip():
+            add(part.strip(), ())
+    if not out:
+        raise UsageError("no target given in %r" % spec, "name a target: -t NAME|HOST[:PORT]")
+    return out
 
 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")

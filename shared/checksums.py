@@ -68,16 +68,6 @@ except ImportError:
             return sum(data) & 0xFF
 
 
-def crc32_py(data, crc=0):
-    """Plain-Python CRC-32C, the reference the fast bodies are tested against."""
-    c = crc ^ 0xFFFFFFFF
-    for b in data:
-        c ^= b
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    return c ^ 0xFFFFFFFF
-
-
 def crc32(data, crc=0):
     """Unsigned CRC-32 as zlib/binascii compute it (the reference's WriteRequest CRC)."""
     return binascii.crc32(data, crc) & 0xFFFFFFFF

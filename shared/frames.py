@@ -7,9 +7,48 @@ import json
 import struct
 
 from checksums import crc32c
-from framing import HEADER_SIZE, frame_into
+from framing import HEADER_SIZE, StreamDecoder, frame_into
 from native import (OP_ACK, OP_DATA, OP_NERROR, OP_READ, OP_READ_DATA, E_BAD_FRAME, ProtoError,
                     ack_into, nerror_into, slot_index)
+
+
+class Decoder(StreamDecoder):
+    """StreamDecoder with the host's conveniences (copying in, a generator)."""
+
+    def feed(self, data):
+        n = len(data)
+        if len(self.buf) - self.end < n:
+            self._compact()
+            if len(self.buf) - self.end < n:
+                raise ValueError("feed of %d bytes does not fit; drain next() first" % n)
+        self.buf[self.end:self.end + n] = data
+        self.end += n
+
+    def decode(self, data):
+        """Generator: feed `data` piecewise and yield every event it completes."""
+        mv = memoryview(data)
+        i = 0
+        n = len(mv)
+        while True:
+            if i < n:
+                sp = self.space()
+                k = min(len(sp), n - i)
+                sp[:k] = mv[i:i + k]
+                self.end += k
+                i += k
+            progressed = False
+            while True:
+                ev = self.next()
+                if ev is None:
+                    break
+                progressed = True
+                yield ev
+            if i >= n:
+                return
+            if not progressed and len(self.buf) - (self.end - self.start) == 0:
+                # Unreachable by construction (next() always frees a full
+                # buffer), kept so a bug cannot spin forever.
+                raise RuntimeError("decoder stuck with a full buffer")
 
 
 def make_frame(op, body):

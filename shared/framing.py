@@ -67,9 +67,9 @@ def check_frame(frame):
 class StreamDecoder:
     """Split a byte stream into binary frames, JSON lines and error events.
 
-    Feed it with `space()`/`advance(n)` (zero copy) or `feed(data)`; drain it
-    with `next()` until None. Views returned by `next()` stay valid until the
-    next call on the decoder.
+    Feed it with `space()`/`advance(n)` (zero copy); drain it with `next()`
+    until None. Views returned by `next()` stay valid until the next call on
+    the decoder. (frames.Decoder adds feed() and decode() for the host.)
     """
 
     def __init__(self, max_frame=4110, max_line=1024):
@@ -115,41 +115,6 @@ class StreamDecoder:
         if n < 0 or self.end + n > len(self.buf):
             raise ValueError("advance(%d) beyond the buffer" % n)
         self.end += n
-
-    def feed(self, data):
-        n = len(data)
-        if len(self.buf) - self.end < n:
-            self._compact()
-            if len(self.buf) - self.end < n:
-                raise ValueError("feed of %d bytes does not fit; drain next() first" % n)
-        self.buf[self.end:self.end + n] = data
-        self.end += n
-
-    def decode(self, data):
-        """Generator: feed `data` piecewise and yield every event it completes."""
-        mv = memoryview(data)
-        i = 0
-        n = len(mv)
-        while True:
-            if i < n:
-                sp = self.space()
-                k = min(len(sp), n - i)
-                sp[:k] = mv[i:i + k]
-                self.end += k
-                i += k
-            progressed = False
-            while True:
-                ev = self.next()
-                if ev is None:
-                    break
-                progressed = True
-                yield ev
-            if i >= n:
-                return
-            if not progressed and len(self.buf) - (self.end - self.start) == 0:
-                # Unreachable by construction (next() always frees a full
-                # buffer), kept so a bug cannot spin forever.
-                raise RuntimeError("decoder stuck with a full buffer")
 
     def next(self):
         buf = self.buf

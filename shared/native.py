@@ -45,52 +45,34 @@ E_OUT_OF_ORDER = 0x10
 E_TIMEOUT = 0x11
 E_INTERNAL = 0x12
 E_FLASH_FAULT = 0x13
+E_NO_MEMORY = 0x14
 
 F_FATAL = 0x80     # the device may be unusable (MoaTbus bit 7)
 F_NO_RETRY = 0x40  # retrying the same request cannot help (MoaTbus bit 6)
 
-# num -> (name, flags); index = num.
-_ERRORS = (
-    ("unsupported", F_NO_RETRY),
-    ("incorrect_state", F_NO_RETRY),
-    ("write_failed", 0),
-    ("bad_frame", 0),
-    ("crc_mismatch", 0),
-    ("bad_request", F_NO_RETRY),
-    ("too_large", F_NO_RETRY),
-    ("out_of_range", F_NO_RETRY),
-    ("no_space", F_NO_RETRY),
-    ("busy", 0),
-    ("auth_required", F_NO_RETRY),
-    ("auth_failed", F_NO_RETRY),
-    ("verify_failed", 0),
-    ("bad_image", F_NO_RETRY),
-    ("signature_invalid", F_NO_RETRY),
-    ("version_refused", F_NO_RETRY),
-    ("out_of_order", 0),
-    ("timeout", 0),
-    ("internal", F_FATAL | F_NO_RETRY),
-    ("flash_fault", F_FATAL | F_NO_RETRY),
-)
+# The error table, index = num: names in one string and flags in one bytes
+# object, which cost the device far less heap than a tuple of tuples (errors
+# are rare, so splitting the string when one happens is fine).
+_NAMES = ("unsupported incorrect_state write_failed bad_frame crc_mismatch bad_request too_large "
+          "out_of_range no_space busy auth_required auth_failed verify_failed bad_image "
+          "signature_invalid version_refused out_of_order timeout internal flash_fault no_memory")
+_FLAGS = b"\x40\x40\x00\x00\x00\x40\x40\x40\x40\x00\x40\x40\x00\x40\x40\x40\x00\x00\xc0\xc0\x00"
 
 
 def error_name(num):
-    if 0 <= num < len(_ERRORS):
-        return _ERRORS[num][0]
-    return "error_%d" % num
+    names = _NAMES.split()
+    return names[num] if 0 <= num < len(names) else "error_%d" % num
 
 
 def error_num(name):
-    for i in range(len(_ERRORS)):
-        if _ERRORS[i][0] == name:
-            return i
+    names = _NAMES.split()
+    if name in names:
+        return names.index(name)
     raise KeyError(name)
 
 
 def error_flags(num):
-    if 0 <= num < len(_ERRORS):
-        return _ERRORS[num][1]
-    return F_NO_RETRY
+    return _FLAGS[num] if 0 <= num < len(_FLAGS) else F_NO_RETRY
 
 
 def error_retry(num):

@@ -11,7 +11,7 @@ VENV_BIN = Path(sys.executable).parent
 MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(VENV_BIN / "micropython")
 
 # CPython tests import the codec and the host tool flat, as the device does.
-for sub in ("shared", "host", "tools"):
+for sub in ("shared", "host", "tools", "tests/vectors"):
     p = str(REPO / sub)
     if p not in sys.path:
         sys.path.insert(0, p)

@@ -27,7 +27,7 @@ import bootloader_messages as bm
 class DevConn:
     def __init__(self, port, key=None, timeout=20):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.dec = framing.StreamDecoder(native.MAX_FRAME + 64, 8192)
+        self.dec = frames.Decoder(native.MAX_FRAME + 64, 8192)
         self.ev = collections.deque()
         if key is not None:
             self.auth(key)
@@ -464,4 +464,32 @@ def test_heap_peak_during_256k_update(tmp_path, auth, capsys):
         assert st["running"] == "a" and st["app"]["state"] == "running", st
         with capsys.disabled():
             print("app running: mem_alloc %d, mem_free %d" % (st["mem_alloc"], st["mem_free"]))
+        c.close()
+
+
+def test_rare_ops_with_an_app_at_96k_answer_cleanly(tmp_path):
+    """Rare paths compile on first use; with an app holding most of a 96K heap
+    that may not fit. Whatever happens, each request gets its own answer (the
+    op's result, or a retryable no_memory in the asker's framing, with its id)
+    and the agent keeps serving."""
+    img = app_image(tmp_path, "app", APP1, "1.0.0+0")
+    with Sim(state=tmp_path / "dev", flags=["--heap", "96K"]) as sim:
+        c = DevConn(sim.tcp_port, sim.key)
+        c.push(img, "1.0.0+0")
+        c = reset_and_wait(sim, c, sim.key)
+        assert c.ok("status")["app"]["state"] == "running"
+        for i, req in enumerate(({"op": "read", "slot": "a", "offset": 0, "length": 16},
+                                 {"op": "erase", "slot": "b"})):
+            c.send(json.dumps(dict(req, id=100 + i)).encode() + b"\n")
+            r = c.line()
+            assert r["id"] == 100 + i, r
+            assert r["ok"] or (r["error"]["code"] == "no_memory" and r["error"]["retry"]
+                               and not r["error"]["fatal"]), r
+        c.send(bytes(bm.VersionRequest.make()))
+        f = c.frame()
+        if f[1] == bm.ErrorResponse.OpCode:
+            assert bm.ErrorResponse.extract(f).error == native.E_NO_MEMORY
+        else:
+            assert bm.VersionResponse.extract(f).api_major == 1
+        assert c.ok("status")["app"]["state"] == "running"
         c.close()

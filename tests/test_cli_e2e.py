@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -181,22 +180,7 @@ def test_key_never_appears_in_output(sim, tmp_path):
 
 # --- resume ------------------------------------------------------------------------------
 
-class ProxyThread:
-    """tools/linkproxy.LinkProxy on its own event loop, for a CLI subprocess to go through."""
-
-    def __init__(self, port, **kw):
-        from linkproxy import LinkProxy
-        self.loop = asyncio.new_event_loop()
-        self.px = LinkProxy("127.0.0.1", port, **kw)
-        self.t = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.t.start()
-        asyncio.run_coroutine_threadsafe(self.px.start(), self.loop).result(10)
-        self.port = self.px.port
-
-    def close(self):
-        asyncio.run_coroutine_threadsafe(self.px.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.t.join(10)
+from linkproxy import ProxyThread  # noqa: E402
 
 
 def test_resume_after_link_cut_resends_at_most_a_window(sim, tmp_path):

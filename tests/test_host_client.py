@@ -17,7 +17,7 @@ import frames
 import native
 from client import Client, push_image
 from errors import DeviceError, NoSpace
-from framing import K_FRAME, K_LINE, StreamDecoder
+from framing import K_FRAME, K_LINE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,7 +55,7 @@ class FakeDevice:
         await self.server.wait_closed()
 
     async def _conn(self, r, w):
-        dec = StreamDecoder(max_frame=native.MAX_FRAME)
+        dec = frames.Decoder(max_frame=native.MAX_FRAME)
         last_ack_sent = self.acked
         pending_acks = 0
         received_end = self.acked

@@ -155,7 +155,7 @@ table = [("unsupported", 0x40), ("incorrect_state", 0x40), ("write_failed", 0), 
          ("no_space", 0x40), ("busy", 0), ("auth_required", 0x40), ("auth_failed", 0x40),
          ("verify_failed", 0), ("bad_image", 0x40), ("signature_invalid", 0x40),
          ("version_refused", 0x40), ("out_of_order", 0), ("timeout", 0), ("internal", 0xC0),
-         ("flash_fault", 0xC0)]
+         ("flash_fault", 0xC0), ("no_memory", 0)]
 for num, (name, fl) in enumerate(table):
     add("error_code", num=num, name=name, flags=fl, retry=not fl & 0x40, fatal=bool(fl & 0x80))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import threading
 from typing import Optional
 
 
@@ -163,6 +164,24 @@ class UdpDelay(asyncio.DatagramProtocol):
         for t in (self.transport, self.upstream):
             if t is not None:
                 t.close()
+
+
+class ProxyThread:
+    """A LinkProxy on its own event loop in a thread, for synchronous callers
+    (tests that drive the CLI as a subprocess through it)."""
+
+    def __init__(self, port: int, **kw):
+        self.loop = asyncio.new_event_loop()
+        self.px = LinkProxy("127.0.0.1", port, **kw)
+        self.t = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.t.start()
+        asyncio.run_coroutine_threadsafe(self.px.start(), self.loop).result(10)
+        self.port = self.px.port
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.px.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.t.join(10)
 
 
 def _hostport(s: str):

@@ -19,6 +19,16 @@ import hmac_sha256  # noqa: E402
 import native  # noqa: E402
 
 
+def crc32c_ref(data, crc=0):
+    """Bit-by-bit CRC-32C, the reference the fast bodies are checked against."""
+    c = crc ^ 0xFFFFFFFF
+    for b in data:
+        c ^= b
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+
+
 def unhex(s):
     return binascii.unhexlify(s)
 
@@ -55,7 +65,7 @@ def v_crc32c(v):
     mv = memoryview(bytearray(b"xx" + data))[2:]
     expect(checksums.crc32c(mv) == v["crc"], "crc32c of a memoryview slice")
     if len(data) <= 256:
-        expect(checksums.crc32_py(data) == v["crc"], "plain-Python crc32c")
+        expect(crc32c_ref(data) == v["crc"], "plain-Python crc32c")
 
 
 def v_crc32(v):
@@ -219,7 +229,7 @@ def v_decoder(v):
                     got.append(["error", val[0]])
         expect(got == v["events"], "%s chunk %d: %r" % (v["name"], chunk, [g[:1] + [str(g[1])[:20]] for g in got]))
         # The generator path gives the same events.
-        d2 = framing.StreamDecoder(v["max_frame"], v["max_line"])
+        d2 = frames.Decoder(v["max_frame"], v["max_line"])
         got2 = []
         for kind, _val in d2.decode(data):
             got2.append(kind)
