@@ -9,10 +9,13 @@ import hashlib
 import hmac
 import json
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "protocol.json"
+if len(sys.argv) > 1:  # another destination (the staleness test compares without rewriting)
+    OUT = Path(sys.argv[1])
 
 
 def frame(op, body=b""):
