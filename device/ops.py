@@ -116,8 +116,7 @@ def status(dev):
     sl = dev.sl
     rec = sl.rec
     s = dev.session
-    gc.collect()
-    dev.sample_mem()
+    dev.sample_mem()  # collects first, so mem_free below is the live figure
     v = sys.implementation.version
     r = {"platform": hal.PLATFORM, "impl": sys.implementation.name,
             "mp_version": "%d.%d.%d" % (v[0], v[1], v[2]), "agent": VERSION,

@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover - very small ports
     from ucollections import namedtuple
 
 from checksums import crc32, sum8
+from framing import check_frame, header_checksum  # one definition of the frame rules
 
 MAX_WRITE_PAYLOAD_SIZE = 1024
 HEADER_SIZE = 5
@@ -49,10 +50,6 @@ def Struct(fmt):
     return _Struct(fmt) if _Struct is not None else _MPStruct(fmt)
 
 
-def header_checksum(op_code, length):
-    return (SYNC_CODE + op_code + (length & 0xFF) + ((length >> 8) & 0xFF)) & 0xFF
-
-
 def make_packet(fmt, op_code, length, *args):
     """Pack sync, opcode, length, header checksum, *args and the message checksum."""
     pkt = bytearray(fmt.pack(SYNC_CODE, op_code, length, header_checksum(op_code, length), *(args + (0,))))
@@ -62,23 +59,13 @@ def make_packet(fmt, op_code, length, *args):
 
 def _check(msg, op_code, exact_length=None):
     """Validate a raw frame; returns its header length field. AssertionError on any fault."""
-    n = len(msg)
-    assert n >= HEADER_SIZE + 1, "truncated frame: %d bytes, a frame has at least 6" % n
-    assert msg[0] == SYNC_CODE, "bad sync byte 0x%02X (expected 0xE7)" % msg[0]
-    length = (msg[2] << 8) | msg[3]
-    hc = header_checksum(msg[1], length)
-    assert msg[4] == hc, "bad header checksum 0x%02X (expected 0x%02X)" % (msg[4], hc)
+    why = check_frame(msg)  # sync, header checksum, length field, message checksum
+    assert why is None, why
     assert msg[1] == op_code, "wrong opcode 0x%02X (expected 0x%02X)" % (msg[1], op_code)
-    assert length >= 1, "bad length 0: a frame carries at least its checksum"
-    assert n >= HEADER_SIZE + length, "truncated frame: length field says %d bytes after the header, got %d" % (
-        length, n - HEADER_SIZE)
-    assert n == HEADER_SIZE + length, "length field says %d bytes after the header, frame has %d" % (
-        length, n - HEADER_SIZE)
+    length = (msg[2] << 8) | msg[3]
     if exact_length is not None:
         assert length == exact_length, "bad length %d for opcode 0x%02X (expected %d)" % (
             length, op_code, exact_length)
-    mc = sum8(memoryview(msg)[:-1])
-    assert msg[-1] == mc, "bad message checksum 0x%02X (expected 0x%02X)" % (msg[-1], mc)
     return length
 
 

@@ -33,22 +33,20 @@ class Decoder(StreamDecoder):
             if i < n:
                 sp = self.space()
                 k = min(len(sp), n - i)
+                if k == 0:
+                    # Unreachable by construction (next() always frees a full
+                    # buffer), kept so a bug cannot spin forever.
+                    raise RuntimeError("decoder stuck with a full buffer")
                 sp[:k] = mv[i:i + k]
                 self.end += k
                 i += k
-            progressed = False
             while True:
                 ev = self.next()
                 if ev is None:
                     break
-                progressed = True
                 yield ev
             if i >= n:
                 return
-            if not progressed and len(self.buf) - (self.end - self.start) == 0:
-                # Unreachable by construction (next() always frees a full
-                # buffer), kept so a bug cannot spin forever.
-                raise RuntimeError("decoder stuck with a full buffer")
 
 
 def make_frame(op, body):

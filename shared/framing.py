@@ -57,7 +57,9 @@ def check_frame(frame):
         return "bad header checksum"
     if length < 1:
         return "bad length 0"
-    if n != HEADER_SIZE + length:
+    if n < HEADER_SIZE + length:
+        return "truncated frame: length field says %d bytes after the header, got %d" % (length, n - HEADER_SIZE)
+    if n > HEADER_SIZE + length:
         return "length field says %d bytes after the header, frame has %d" % (length, n - HEADER_SIZE)
     if frame[n - 1] != sum8(memoryview(frame)[:n - 1]):
         return "bad message checksum"
@@ -160,7 +162,7 @@ class StreamDecoder:
     def _frame(self, s, e):
         buf = self.buf
         if e - s < HEADER_SIZE:
-            return self._need_more(s)
+            return None  # keep the partial message; space() compacts when the tail fills
         length = (buf[s + 2] << 8) | buf[s + 3]
         if buf[s + 4] != header_checksum(buf[s + 1], length):
             # Not a header after all (or corrupted): resynchronise one byte on.
@@ -175,7 +177,7 @@ class StreamDecoder:
             self.start = s + 1
             return (K_ERROR, (E_TOO_LARGE, "frame of %d bytes exceeds the %d-byte limit" % (total, self.max_frame)))
         if e - s < total:
-            return self._need_more(s)
+            return None  # keep the partial message; space() compacts when the tail fills
         end = s + total
         self.start = end
         if buf[end - 1] != sum8(self.mv[s:end - 1]):
@@ -192,7 +194,7 @@ class StreamDecoder:
                 self._discarding = True
                 self.start = limit if limit < e else e
                 return (K_ERROR, (E_TOO_LARGE, "line exceeds the %d-byte limit" % self.max_line))
-            return self._need_more(s)
+            return None  # keep the partial message; space() compacts when the tail fills
         self.start = i + 1
         j = i
         if j > s and buf[j - 1] == 0x0D:
@@ -200,7 +202,3 @@ class StreamDecoder:
         if j - s > self.max_line:
             return (K_ERROR, (E_TOO_LARGE, "line exceeds the %d-byte limit" % self.max_line))
         return (K_LINE, self.mv[s:j])
-
-    def _need_more(self, s):
-        # Keep the partial message; space() compacts when the tail fills up.
-        return None
