@@ -1,1 +1,0 @@
-../shared/bootloader_messages.py
