@@ -14,9 +14,9 @@ import socket
 import asyncio
 
 import hal
-import native
+import proto
 import framing
-from native import error_line, E_BUSY, E_TIMEOUT
+from proto import error_line, E_BUSY, E_TIMEOUT
 
 _ACK_LEN = framing.HEADER_SIZE + 5  # ACK frame: acked u32
 _NERR_LEN = framing.HEADER_SIZE + 12  # NERROR frame: 11-byte body
@@ -26,7 +26,7 @@ class Conn:
     def __init__(self, dev, r, w):
         self.r = r
         self.w = w
-        self.dec = framing.StreamDecoder(native.MAX_FRAME, native.MAX_LINE)
+        self.dec = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
         self.authed = not dev.auth_on
         self.nonce = None
         self.ack_due = False
@@ -39,11 +39,11 @@ class Conn:
         self.w.write(b)
 
     def ack(self, acked):
-        native.ack_into(self.ackb, acked)
+        proto.ack_into(self.ackb, acked)
         self.w.write(self.ackb)
 
     def nerror(self, op, code, value=0, ref=0):
-        native.nerror_into(self.nerrb, op, code, value, ref)
+        proto.nerror_into(self.nerrb, op, code, value, ref)
         self.w.write(self.nerrb)
 
 

@@ -9,8 +9,8 @@ import binascii
 import asyncio
 
 import hal
-import native
-from native import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME,
+import proto
+from proto import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME,
                     E_CRC_MISMATCH, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE)
 import agent
 from framing import frame_into, check_frame
@@ -90,7 +90,7 @@ def _version(dev, c):
     b = dev.buf
     b[5] = API[0]
     b[6] = API[1]
-    v = native.parse_version(SV.VERSION)
+    v = proto.parse_version(SV.VERSION)
     b[7] = v[0]
     b[8] = v[1]
     b[9] = v[2] & 0xFF

@@ -14,7 +14,7 @@
 import gc
 import sys
 
-for _m in ("native", "slots", "service", "slotio", "ops", "update", "mcuboot", "agent"):
+for _m in ("proto", "slots", "service", "slotio", "ops", "update", "mcuboot", "agent"):
     gc.collect()
     __import__(_m)
 gc.collect()

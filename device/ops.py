@@ -8,9 +8,9 @@ import gc
 import binascii
 
 import hal
-import native
+import proto
 import slots as S
-from native import (ProtoError, reply_line, error_line, E_UNSUPPORTED, E_BAD_REQUEST,
+from proto import (ProtoError, reply_line, error_line, E_UNSUPPORTED, E_BAD_REQUEST,
                     E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_AUTH_FAILED, E_NO_MEMORY)
 from service import VERSION
 
@@ -40,13 +40,13 @@ def int_range(req, key, lo, hi, default=None):
 
 
 def slot_field(req):
-    return native.slot_index(field(req, "slot", str, required=True))
+    return proto.slot_index(field(req, "slot", str, required=True))
 
 
 def line(dev, c, ln):
     rid = None
     try:
-        req = native.parse_request(ln)
+        req = proto.parse_request(ln)
         rid = req.get("id")
         op = req["op"]
         fn = None
@@ -75,9 +75,9 @@ def line(dev, c, ln):
 
 def op_hello(dev, c, req):
     c.nonce = os.urandom(16) if dev.auth_on else None
-    return {"proto": native.PROTO, "agent": VERSION, "device": dev.id,
-            "max_frame": native.MAX_FRAME, "max_data": native.MAX_DATA,
-            "max_line": native.MAX_LINE, "window": native.WINDOW,
+    return {"proto": proto.PROTO, "agent": VERSION, "device": dev.id,
+            "max_frame": proto.MAX_FRAME, "max_data": proto.MAX_DATA,
+            "max_line": proto.MAX_LINE, "window": proto.WINDOW,
             "slot_size": dev.sl.slot_size,
             "features": ["native", "legacy", "json", "resume", "read"] + (["auth"] if dev.auth_on else []),
             "auth": "hmac-sha256" if dev.auth_on else "none",
@@ -120,7 +120,7 @@ def status(dev):
     v = sys.implementation.version
     r = {"platform": hal.PLATFORM, "impl": sys.implementation.name,
             "mp_version": "%d.%d.%d" % (v[0], v[1], v[2]), "agent": VERSION,
-            "proto": native.PROTO, "device": dev.id,
+            "proto": proto.PROTO, "device": dev.id,
             "active": name(rec["active"]), "pending": name(rec["pending"]),
             "running": name(sl.running), "trial": sl.on_trial(),
             "trial_count": rec["tc"], "max_trials": sl.max_trials,

@@ -12,8 +12,8 @@ import sys
 import gc
 
 import hal
-import native
-from native import (ProtoError, error_line, E_UNSUPPORTED, E_BAD_FRAME, E_AUTH_REQUIRED,
+import proto
+from proto import (ProtoError, error_line, E_UNSUPPORTED, E_BAD_FRAME, E_AUTH_REQUIRED,
                     E_OUT_OF_ORDER, E_CRC_MISMATCH, E_OUT_OF_RANGE, E_INCORRECT_STATE,
                     E_INTERNAL, E_NO_MEMORY, OP_DATA, OP_READ)
 from framing import K_FRAME, K_LINE, HEADER_SIZE, frame_into
@@ -76,7 +76,7 @@ class Device:
     def scratch(self):
         if self.buf is None:
             gc.collect()  # 4 KB in one piece: make the room first
-            self.buf = bytearray(native.MAX_FRAME)
+            self.buf = bytearray(proto.MAX_FRAME)
             self.mv = memoryview(self.buf)
         return self.mv
 

@@ -8,7 +8,7 @@ import os
 import hashlib
 
 import slots as S
-from native import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED
+from proto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED
 
 SYNC_EVERY = 65536  # sync the slot file this often: the resume point after a power cut
 

@@ -4,9 +4,9 @@
 # a device that only ever takes updates never holds this code in its heap.
 import binascii
 
-import native
+import proto
 import slots as S
-from native import ProtoError, E_BUSY, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_BAD_FRAME, OP_READ, OP_READ_DATA
+from proto import ProtoError, E_BUSY, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_BAD_FRAME, OP_READ, OP_READ_DATA
 from framing import HEADER_SIZE, frame_into
 from checksums import crc32c
 from ops import name, int_range, slot_field
@@ -36,7 +36,7 @@ def read_frame(dev, c, f):
     slot = f[5]
     off = (f[6] << 24) | (f[7] << 16) | (f[8] << 8) | f[9]
     ln = (f[10] << 8) | f[11]
-    if slot > 1 or ln < 1 or ln > native.MAX_DATA:
+    if slot > 1 or ln < 1 or ln > proto.MAX_DATA:
         return c.nerror(OP_READ, E_OUT_OF_RANGE, 0, off)
     mv = dev.scratch()
     try:
@@ -60,7 +60,7 @@ def op_rollback(dev, c, req):
 def op_read(dev, c, req):
     i = slot_field(req)
     off = int_range(req, "offset", 0, 0x7FFFFFFF)
-    ln = int_range(req, "length", 1, native.READ_JSON_MAX)
+    ln = int_range(req, "length", 1, proto.READ_JSON_MAX)
     mv = dev.scratch()[:ln]
     read_into(dev, i, off, mv)
     return {"slot": name(i), "offset": off, "length": ln,

@@ -29,7 +29,7 @@ import os
 import json
 import binascii
 
-from native import ProtoError, E_INCORRECT_STATE
+from proto import ProtoError, E_INCORRECT_STATE
 
 NAMES = ("a", "b")
 EMPTY = "empty"

@@ -2,9 +2,9 @@
 # the legacy service shares (one session at a time, image validation).
 import binascii
 
-import native
+import proto
 import slotio
-from native import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
+from proto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
                     E_BAD_IMAGE, E_VERSION_REFUSED)
 from service import NATIVE
 from ops import name, field
@@ -26,7 +26,7 @@ def _older(dev, i, v):
     if v is None or a is None or a == i:
         return None
     cur = dev.sl.slot(a)["ver"]
-    if cur is not None and tuple(v) < native.parse_version(cur):
+    if cur is not None and tuple(v) < proto.parse_version(cur):
         return cur
     return None
 
@@ -65,18 +65,18 @@ def op_begin(dev, c, req):
     want = field(req, "slot", str, "inactive")
     ver = field(req, "version", str)
     down = field(req, "allow_downgrade", bool, False)
-    v = None if ver is None else native.parse_version(ver)  # bad_request when malformed
+    v = None if ver is None else proto.parse_version(ver)  # bad_request when malformed
     may_update(dev, c)
     sl = dev.sl
     i = sl.inactive()
-    if want != "inactive" and native.slot_index(want) != i:
+    if want != "inactive" and proto.slot_index(want) != i:
         raise ProtoError(E_INCORRECT_STATE, "slot %s is in use; the inactive slot is %s" % (want, name(i)))
     cur = None if down else _older(dev, i, v)
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
     off = slotio.prepare(sl, i, size, sha, ver)
     dev.open_session(NATIVE, c, i, size, sha, off, down)
-    return {"slot": name(i), "offset": off, "max_data": native.MAX_DATA, "window": native.WINDOW}
+    return {"slot": name(i), "offset": off, "max_data": proto.MAX_DATA, "window": proto.WINDOW}
 
 
 def _own(dev, c):

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import frames
-import native
+import hostframes
+import proto
 from checksums import crc32c
 from errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, MpotaError,
                     Unreachable, device_error)
@@ -40,8 +40,8 @@ COMMIT_TIMEOUT = 120.0  # the device hashes and validates the whole slot
 MAX_REWINDS = 64
 
 # Codes after which the host re-sends from the device's watermark (§1.2).
-_REWIND_CODES = (native.E_CRC_MISMATCH, native.E_OUT_OF_ORDER, native.E_BAD_FRAME,
-                 native.E_WRITE_FAILED)
+_REWIND_CODES = (proto.E_CRC_MISMATCH, proto.E_OUT_OF_ORDER, proto.E_BAD_FRAME,
+                 proto.E_WRITE_FAILED)
 
 ProgressCb = Callable[[int, int], None]
 EventCb = Callable[..., None]
@@ -66,7 +66,7 @@ def _hexdump_head(b: bytes, n: int = 48) -> str:
 class Client:
     """One connection to a device agent."""
 
-    def __init__(self, host: str, port: int = native.TCP_PORT, *, key: Optional[bytes] = None,
+    def __init__(self, host: str, port: int = proto.TCP_PORT, *, key: Optional[bytes] = None,
                  connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
                  window: Optional[int] = None):
         self.host = host
@@ -183,7 +183,7 @@ class Client:
         self._frames.put_nowait(None)  # wakes a waiting upload/read
 
     async def _rx_loop(self) -> None:
-        dec = frames.Decoder(max_frame=native.MAX_FRAME + 64, max_line=64 * 1024)
+        dec = hostframes.Decoder(max_frame=proto.MAX_FRAME + 64, max_line=64 * 1024)
         reader = self._reader
         assert reader is not None
         exc: BaseException = ConnectionLost("the device closed the connection")
@@ -249,7 +249,7 @@ class Client:
         self._next_id += 1
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        line = frames.request_line(op, rid, fields)
+        line = hostframes.request_line(op, rid, fields)
         log.debug("TX %s", line.decode().rstrip())
         w.write(line)
         try:
@@ -338,8 +338,8 @@ class Client:
         return frame
 
     def _window(self, reply: Optional[dict] = None) -> tuple:
-        max_data = int((reply or {}).get("max_data") or self.info.get("max_data") or native.MAX_DATA)
-        window = int((reply or {}).get("window") or self.info.get("window") or native.WINDOW)
+        max_data = int((reply or {}).get("max_data") or self.info.get("max_data") or proto.MAX_DATA)
+        window = int((reply or {}).get("window") or self.info.get("window") or proto.WINDOW)
         if self.user_window:
             window = min(window, self.user_window)
         max_data = max(1, min(max_data, window))
@@ -367,7 +367,7 @@ class Client:
                 n = min(max_data, size - nxt)
                 if nxt + n - acked > window:
                     break
-                frame = frames.encode_data(nxt, mv[nxt:nxt + n])
+                frame = hostframes.encode_data(nxt, mv[nxt:nxt + n])
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("TX DATA offset=%d len=%d", nxt, n)
                 w.write(frame)
@@ -379,20 +379,20 @@ class Client:
             await self._drain()
             frame = await self._next_frame("upload at offset %d" % acked)
             op = frame[1]
-            if op == native.OP_ACK:
-                a = frames.parse_ack(frame)
+            if op == proto.OP_ACK:
+                a = hostframes.parse_ack(frame)
                 if a > acked:
                     acked = min(a, size)
                     nxt = max(nxt, acked)
                     if on_progress:
                         on_progress(acked, size)
-            elif op == native.OP_NERROR:
-                req_op, code, flags, value, ref = frames.parse_nerror(frame)
-                name = native.error_name(code)
+            elif op == proto.OP_NERROR:
+                req_op, code, flags, value, ref = hostframes.parse_nerror(frame)
+                name = proto.error_name(code)
                 if code not in _REWIND_CODES:
                     raise device_error(name, "device refused data at offset %d (watermark %d)" % (ref, value),
-                                       num=code, retry=not flags & native.F_NO_RETRY,
-                                       fatal=bool(flags & native.F_FATAL), op="write")
+                                       num=code, retry=not flags & proto.F_NO_RETRY,
+                                       fatal=bool(flags & proto.F_FATAL), op="write")
                 if last_rewind is not None and value == last_rewind and ref != value:
                     continue  # answer to a frame sent before the rewind
                 rewinds += 1
@@ -426,15 +426,15 @@ class Client:
         while done < length:
             while nxt < end and inflight < window:
                 n = min(max_data, end - nxt)
-                w.write(frames.encode_read(slot, nxt, n))
+                w.write(hostframes.encode_read(slot, nxt, n))
                 outstanding[nxt] = n
                 inflight += n
                 nxt += n
             await self._drain()
             frame = await self._next_frame("read of slot %s at %d" % (slot, offset + done))
             op = frame[1]
-            if op == native.OP_READ_DATA:
-                off, crc, data = frames.parse_read_data(frame)
+            if op == proto.OP_READ_DATA:
+                off, crc, data = hostframes.parse_read_data(frame)
                 want = outstanding.pop(off, None)
                 if want is None:
                     log.warning("unrequested READ_DATA at %d ignored", off)
@@ -444,7 +444,7 @@ class Client:
                     retries += 1
                     if retries > 8:
                         raise device_error("crc_mismatch", "read data keeps arriving corrupted", op="read")
-                    w.write(frames.encode_read(slot, off, want))  # reads are idempotent
+                    w.write(hostframes.encode_read(slot, off, want))  # reads are idempotent
                     outstanding[off] = want
                     inflight += want
                     continue
@@ -452,16 +452,16 @@ class Client:
                 done += len(data)
                 if len(data) < want:  # short read: ask for the rest
                     rest = off + len(data)
-                    w.write(frames.encode_read(slot, rest, want - len(data)))
+                    w.write(hostframes.encode_read(slot, rest, want - len(data)))
                     outstanding[rest] = want - len(data)
                     inflight += want - len(data)
                 if on_progress:
                     on_progress(done, length)
-            elif op == native.OP_NERROR:
-                req_op, code, flags, value, ref = frames.parse_nerror(frame)
-                raise device_error(native.error_name(code), "read of slot %s at %d refused" % (slot, ref),
-                                   num=code, retry=not flags & native.F_NO_RETRY,
-                                   fatal=bool(flags & native.F_FATAL), op="read")
+            elif op == proto.OP_NERROR:
+                req_op, code, flags, value, ref = hostframes.parse_nerror(frame)
+                raise device_error(proto.error_name(code), "read of slot %s at %d refused" % (slot, ref),
+                                   num=code, retry=not flags & proto.F_NO_RETRY,
+                                   fatal=bool(flags & proto.F_FATAL), op="read")
             else:
                 log.warning("unexpected frame 0x%02X during read ignored", op)
         return bytes(out)

@@ -23,7 +23,7 @@ for _p in (_HERE.parent / "shared", _HERE):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import native  # noqa: E402
+import proto  # noqa: E402
 from client import Client, push_image, wait_for_device, within  # noqa: E402
 from errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CrcMismatch,  # noqa: E402
                     DeviceError, DeviceTimeout, Interrupted, MpotaError, NotTaken, Unreachable,
@@ -151,13 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub("ping", "check the device answers; show round-trip time and uptime")
 
     s = sub("read", "read bytes of a slot (hex dump, or -o FILE)")
-    s.add_argument("--slot", required=True, choices=native.SLOT_NAMES)
+    s.add_argument("--slot", required=True, choices=proto.SLOT_NAMES)
     s.add_argument("--offset", type=lambda x: int(x, 0), default=0)
     s.add_argument("--length", type=lambda x: int(x, 0), default=256)
     s.add_argument("-o", "--output", metavar="FILE")
 
     s = sub("dump", "save the whole image stored in a slot to a file (checks its SHA-256)")
-    s.add_argument("--slot", required=True, choices=native.SLOT_NAMES)
+    s.add_argument("--slot", required=True, choices=proto.SLOT_NAMES)
     s.add_argument("-o", "--output", metavar="FILE", help="default slot-SLOT.img")
 
     s = sub("reset", "reset the device")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub("confirm", "confirm the version on trial (the app normally does this itself)")
     sub("rollback", "boot the last confirmed other slot at the next reset")
     s = sub("erase", "erase a slot that is not running")
-    s.add_argument("--slot", required=True, choices=native.SLOT_NAMES)
+    s.add_argument("--slot", required=True, choices=proto.SLOT_NAMES)
 
     s = sub("legacy", "push over the reference UDP protocol (stop-and-wait) with read-back verify")
     s.add_argument("image", metavar="IMAGE|FOLDER")
@@ -225,8 +225,8 @@ def _client(t, args, window=None) -> Client:
 
 def _same_version(a, b) -> bool:
     try:
-        return native.parse_version(a) == native.parse_version(b)
-    except (native.ProtoError, TypeError):
+        return proto.parse_version(a) == proto.parse_version(b)
+    except (proto.ProtoError, TypeError):
         return a == b
 
 
@@ -530,10 +530,10 @@ def cmd_targets(args, out: Output) -> int:
         entry.update(table.get(n, {}))
         src = "file" if n in table else "built-in"
         out.event("target", "  %-12s %s:%s udp %s%s  (%s)" % (
-            n, entry.get("host"), entry.get("port", native.TCP_PORT), entry.get("udp_port", native.UDP_PORT),
+            n, entry.get("host"), entry.get("port", proto.TCP_PORT), entry.get("udp_port", proto.UDP_PORT),
             "  key_file " + entry["key_file"] if entry.get("key_file") else "", src),
-            name=n, host=entry.get("host"), port=entry.get("port", native.TCP_PORT),
-            udp_port=entry.get("udp_port", native.UDP_PORT), key_file=entry.get("key_file"), source=src)
+            name=n, host=entry.get("host"), port=entry.get("port", proto.TCP_PORT),
+            udp_port=entry.get("udp_port", proto.UDP_PORT), key_file=entry.get("key_file"), source=src)
     for g, members in groups.items():
         out.event("group", "  %-12s group: %s" % (g, ", ".join(members)), name=g, members=members)
     return EXIT_OK
@@ -617,7 +617,7 @@ def cmd_legacy(args, out: Output) -> int:
     except RuntimeError as e:
         mnum = _LEGACY_ERR.search(str(e))
         num = int(mnum.group(1)) if mnum else None
-        code = native.error_name(num) if num is not None else None
+        code = proto.error_name(num) if num is not None else None
         err = device_error(code, "legacy %s refused (%s)" % (step, e), num=num, op=step)
         if code == "auth_required":
             err.hint = ("the legacy UDP service has no authentication, so the device serves it only "

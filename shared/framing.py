@@ -17,7 +17,7 @@ K_FRAME = 1
 K_LINE = 2
 K_ERROR = 3
 
-# Native error numbers the decoder reports (the full table is in native.py).
+# Native error numbers the decoder reports (the full table is in proto.py).
 E_BAD_FRAME = 0x03
 E_TOO_LARGE = 0x06
 
@@ -71,7 +71,7 @@ class StreamDecoder:
 
     Feed it with `space()`/`advance(n)` (zero copy); drain it with `next()`
     until None. Views returned by `next()` stay valid until the next call on
-    the decoder. (frames.Decoder adds feed() and decode() for the host.)
+    the decoder. (hostframes.Decoder adds feed() and decode() for the host.)
     """
 
     def __init__(self, max_frame=4110, max_line=1024):

@@ -13,8 +13,8 @@ import socket
 import pytest
 
 import framing
-import frames
-import native
+import hostframes
+import proto
 from framing import K_FRAME, K_LINE, K_ERROR
 from hmac_sha256 import host_mac, device_mac, compare_digest
 from simproc import Sim
@@ -27,7 +27,7 @@ import bootloader_messages as bm
 class DevConn:
     def __init__(self, port, key=None, timeout=20):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.dec = frames.Decoder(native.MAX_FRAME + 64, 8192)
+        self.dec = hostframes.Decoder(proto.MAX_FRAME + 64, 8192)
         self.ev = collections.deque()
         if key is not None:
             self.auth(key)
@@ -58,7 +58,7 @@ class DevConn:
         return v
 
     def req(self, op, **fields):
-        self.send(frames.request_line(op, fields.pop("id", None), fields))
+        self.send(hostframes.request_line(op, fields.pop("id", None), fields))
         return self.line()
 
     def ok(self, op, **fields):
@@ -85,13 +85,13 @@ class DevConn:
         while acked < end:
             while sent < end and sent - acked < window:
                 c = data[sent:min(sent + chunk, end)]
-                self.send(frames.encode_data(sent, c))
+                self.send(hostframes.encode_data(sent, c))
                 sent += len(c)
             f = self.frame()
-            if f[1] == native.OP_ACK:
-                acked = max(acked, frames.parse_ack(f))
+            if f[1] == proto.OP_ACK:
+                acked = max(acked, hostframes.parse_ack(f))
             else:
-                raise AssertionError("NERROR %r" % (frames.parse_nerror(f),))
+                raise AssertionError("NERROR %r" % (hostframes.parse_nerror(f),))
         return acked
 
     def push(self, image, version=None, **begin):
@@ -138,10 +138,10 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         # auth is on: protected ops are refused, JSON and binary alike
         c.err("begin", "auth_required", size=10, sha256="0" * 64)
         c.err("erase", "auth_required", slot="a")
-        c.send(frames.encode_data(0, b"x"))
-        assert frames.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_AUTH_REQUIRED)
+        c.send(hostframes.encode_data(0, b"x"))
+        assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_DATA, proto.E_AUTH_REQUIRED)
         c.send(bm.UpdateStartRequest.make(100))
-        assert bm.ErrorResponse.extract(c.frame()).error == native.E_AUTH_REQUIRED
+        assert bm.ErrorResponse.extract(c.frame()).error == proto.E_AUTH_REQUIRED
         c.send(bm.VersionRequest.make())  # open to all
         v = bm.VersionResponse.extract(c.frame())
         assert (v.api_major, v.api_minor) == (1, 0)
@@ -159,14 +159,14 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         bad = bytearray(bm.VersionRequest.make())
         bad[-1] ^= 0xFF
         c.send(bytes(bad))
-        assert bm.ErrorResponse.extract(c.frame()).error == native.E_BAD_FRAME
+        assert bm.ErrorResponse.extract(c.frame()).error == proto.E_BAD_FRAME
         # a header announcing 60000 bytes must not make the device wait for them
         c.send(bytes([0xE7, 0x21, 0xEA, 0x60, framing.header_checksum(0x21, 0xEA60)]))
         kind, v = c.event()
-        assert kind == K_FRAME and v[1] == 0xFF and v[5] == native.E_TOO_LARGE
+        assert kind == K_FRAME and v[1] == 0xFF and v[5] == proto.E_TOO_LARGE
         assert c.line()["error"]["code"] == "bad_frame"  # the rest of that header, skipped
-        c.send(bytes(frames.make_frame(0x42, b"")))  # an opcode nobody defined
-        assert bm.ErrorResponse.extract(c.frame()).error == native.E_UNSUPPORTED
+        c.send(bytes(hostframes.make_frame(0x42, b"")))  # an opcode nobody defined
+        assert bm.ErrorResponse.extract(c.frame()).error == proto.E_UNSUPPORTED
         # wrong MAC, then a replayed nonce: both refused
         key = sim.key
         h = c.ok("hello")
@@ -184,8 +184,8 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         c.err("commit", "incorrect_state")
         c.err("begin", "bad_request", size=10, sha256="xyz")
         c.err("begin", "no_space", size=10 ** 7, sha256="0" * 64)
-        c.send(frames.encode_data(0, b"x"))
-        assert frames.parse_nerror(c.frame())[:2] == (native.OP_DATA, native.E_INCORRECT_STATE)
+        c.send(hostframes.encode_data(0, b"x"))
+        assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_DATA, proto.E_INCORRECT_STATE)
         # still one healthy connection after all that
         assert c.ok("ping")["pong"] is True
         # the key never shows up in what the device says
@@ -230,7 +230,7 @@ def test_legacy_udp_update_with_readback(tmp_path):
             with pytest.raises(RuntimeError):
                 m.read_address(len(data) - 10, 100)  # past the image
             with pytest.raises(RuntimeError):  # unknown opcode: UnsupportedOperation
-                m.send_and_recv(bytes(frames.make_frame(0x0D, b"")))
+                m.send_and_recv(bytes(hostframes.make_frame(0x0D, b"")))
         finally:
             m.close()
         c = DevConn(sim.tcp_port)
@@ -307,8 +307,8 @@ def test_native_update_trial_confirm_and_rollback(tmp_path):
         assert r["slot"] == "a" and r["state"] == "pending" and r["version"] == "1.0.0+0"
         assert r["sha256"] == hashlib.sha256(img1).hexdigest()
         # read it back, binary READ and JSON read
-        c.send(frames.encode_read("a", 100, 4000))
-        off, crc, data = frames.parse_read_data(c.frame())
+        c.send(hostframes.encode_read("a", 100, 4000))
+        off, crc, data = hostframes.parse_read_data(c.frame())
         assert off == 100 and bytes(data) == img1[100:4100]
         assert binascii.a2b_base64(c.ok("read", slot="a", offset=7, length=700)["data"]) == img1[7:707]
         mark = sim.mark()
@@ -382,21 +382,21 @@ def test_data_frame_rules(tmp_path):
         c = DevConn(sim.tcp_port)
         data = os.urandom(10000)
         c.ok("begin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
-        c.send(frames.encode_data(0, data[:1000]))
-        assert frames.parse_ack(c.frame()) == 1000
-        c.send(frames.encode_data(2000, data[2000:3000]))  # a gap
-        assert frames.parse_nerror(c.frame()) == (native.OP_DATA, native.E_OUT_OF_ORDER, 0, 1000, 2000)
-        f = frames.encode_data(1000, data[1000:2000])
+        c.send(hostframes.encode_data(0, data[:1000]))
+        assert hostframes.parse_ack(c.frame()) == 1000
+        c.send(hostframes.encode_data(2000, data[2000:3000]))  # a gap
+        assert hostframes.parse_nerror(c.frame()) == (proto.OP_DATA, proto.E_OUT_OF_ORDER, 0, 1000, 2000)
+        f = hostframes.encode_data(1000, data[1000:2000])
         f[20] ^= 0xFF
         f[-1] = sum(f[:-1]) & 0xFF  # frame intact, chunk CRC wrong
         c.send(bytes(f))
-        assert frames.parse_nerror(c.frame())[1:] == (native.E_CRC_MISMATCH, 0, 1000, 1000)
-        c.send(frames.encode_data(500, data[500:1500]))  # overlaps: only the new part is written
-        assert frames.parse_ack(c.frame()) == 1500
-        c.send(frames.encode_data(0, data[:100]))  # duplicate
-        assert frames.parse_ack(c.frame()) == 1500
-        c.send(frames.encode_data(9990, b"y" * 20))  # past the announced size
-        assert frames.parse_nerror(c.frame())[1] == native.E_OUT_OF_RANGE
+        assert hostframes.parse_nerror(c.frame())[1:] == (proto.E_CRC_MISMATCH, 0, 1000, 1000)
+        c.send(hostframes.encode_data(500, data[500:1500]))  # overlaps: only the new part is written
+        assert hostframes.parse_ack(c.frame()) == 1500
+        c.send(hostframes.encode_data(0, data[:100]))  # duplicate
+        assert hostframes.parse_ack(c.frame()) == 1500
+        c.send(hostframes.encode_data(9990, b"y" * 20))  # past the announced size
+        assert hostframes.parse_nerror(c.frame())[1] == proto.E_OUT_OF_RANGE
         c.upload(data, 1500, chunk=3000)
         c.err("commit", "bad_image")  # digest fine, not an image
         c.close()
@@ -414,7 +414,7 @@ def test_two_clients_busy_and_resume_after_drop(tmp_path):
         r = b.err("begin", "busy", size=len(img), sha256=sha)
         assert r["error"]["retry"] is True
         b.send(bm.UpdateStartRequest.make(100))  # legacy sessions are one session too
-        assert bm.ErrorResponse.extract(b.frame()).error == native.E_BUSY
+        assert bm.ErrorResponse.extract(b.frame()).error == proto.E_BUSY
         assert b.ok("status")["session"] == {"slot": "a", "size": len(img), "offset": 32768, "kind": "native"}
         # the owner drops without a word: the session closes, the bytes stay
         a.s.shutdown(socket.SHUT_RDWR)
@@ -488,7 +488,7 @@ def test_rare_ops_with_an_app_at_96k_answer_cleanly(tmp_path):
         c.send(bytes(bm.VersionRequest.make()))
         f = c.frame()
         if f[1] == bm.ErrorResponse.OpCode:
-            assert bm.ErrorResponse.extract(f).error == native.E_NO_MEMORY
+            assert bm.ErrorResponse.extract(f).error == proto.E_NO_MEMORY
         else:
             assert bm.VersionResponse.extract(f).api_major == 1
         assert c.ok("status")["app"]["state"] == "running"

@@ -24,7 +24,7 @@ def test_device_files_alone_make_a_working_device(tmp_path):
     assert not any(p.is_symlink() for p in dest.iterdir())
     names = sorted(p.name for p in dest.iterdir())
     assert names == sorted(p.name for p in src)
-    for must in ("main.py", "framing.py", "native.py", "checksums.py", "hmac_sha256.py",
+    for must in ("main.py", "framing.py", "proto.py", "checksums.py", "hmac_sha256.py",
                  "slots.py", "agent.py", "mpota.py", "hal.py", "appfs.py", "mcuboot.py"):
         assert must in names
     img = app_image(tmp_path, "app", APP, "1.0.0+0")

@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-import frames
-import native
+import hostframes
+import proto
 from client import Client, push_image
 from errors import DeviceError, NoSpace
 from framing import K_FRAME, K_LINE
@@ -55,7 +55,7 @@ class FakeDevice:
         await self.server.wait_closed()
 
     async def _conn(self, r, w):
-        dec = frames.Decoder(max_frame=native.MAX_FRAME)
+        dec = hostframes.Decoder(max_frame=proto.MAX_FRAME)
         last_ack_sent = self.acked
         pending_acks = 0
         received_end = self.acked
@@ -70,19 +70,19 @@ class FakeDevice:
                         w.write(self._json(req))
                     elif kind == K_FRAME:
                         frame = bytes(v)
-                        off, crc, body = frames.parse_data(frame)
+                        off, crc, body = hostframes.parse_data(frame)
                         self.frames += 1
                         received_end = max(received_end, off + len(body))
                         self.max_unacked = max(self.max_unacked, received_end - last_ack_sent)
                         if off in self.corrupt:
                             self.corrupt.discard(off)
                             self.nerrors += 1
-                            w.write(frames.encode_nerror(native.OP_DATA, native.E_CRC_MISMATCH, self.acked, off))
+                            w.write(hostframes.encode_nerror(proto.OP_DATA, proto.E_CRC_MISMATCH, self.acked, off))
                             received_end = self.acked
                             continue
                         if off > self.acked:
                             self.nerrors += 1
-                            w.write(frames.encode_nerror(native.OP_DATA, native.E_OUT_OF_ORDER, self.acked, off))
+                            w.write(hostframes.encode_nerror(proto.OP_DATA, proto.E_OUT_OF_ORDER, self.acked, off))
                             continue
                         end = off + len(body)
                         if end > self.acked:
@@ -92,7 +92,7 @@ class FakeDevice:
                         if pending_acks >= self.ack_every or self.acked == self.size:
                             pending_acks = 0
                             last_ack_sent = self.acked
-                            w.write(frames.encode_ack(self.acked))
+                            w.write(hostframes.encode_ack(self.acked))
                         if self.drop_conn_at is not None and self.acked >= self.drop_conn_at:
                             self.drop_conn_at = None
                             await w.drain()
@@ -107,23 +107,23 @@ class FakeDevice:
     def _json(self, req):
         op, rid = req["op"], req.get("id")
         if op == "hello":
-            return native.reply_line(rid, {"proto": 1, "device": "fake", "auth": "none",
+            return proto.reply_line(rid, {"proto": 1, "device": "fake", "auth": "none",
                                            "max_data": self.max_data, "window": self.window,
                                            "nonce": "00" * 16})
         if op == "begin":
             if req["size"] > self.slot_size:
-                return native.error_line(rid, native.E_NO_SPACE, "image larger than a slot")
+                return proto.error_line(rid, proto.E_NO_SPACE, "image larger than a slot")
             if (req["size"], req["sha256"]) != (self.size, self.sha):
                 self.size, self.sha, self.acked, self.store = req["size"], req["sha256"], 0, bytearray()
-            return native.reply_line(rid, {"slot": "b", "offset": self.acked, "max_data": self.max_data,
+            return proto.reply_line(rid, {"slot": "b", "offset": self.acked, "max_data": self.max_data,
                                            "window": self.window})
         if op == "commit":
             ok = self.acked == self.size and hashlib.sha256(self.store).hexdigest() == self.sha
             if not ok:
-                return native.error_line(rid, native.E_VERIFY_FAILED, "sha256 differs")
+                return proto.error_line(rid, proto.E_VERIFY_FAILED, "sha256 differs")
             self.committed = True
-            return native.reply_line(rid, {"slot": "b", "sha256": self.sha, "state": "pending"})
-        return native.error_line(rid, native.E_UNSUPPORTED, "unknown op")
+            return proto.reply_line(rid, {"slot": "b", "sha256": self.sha, "state": "pending"})
+        return proto.error_line(rid, proto.E_UNSUPPORTED, "unknown op")
 
 
 def _image(n):

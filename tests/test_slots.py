@@ -14,7 +14,7 @@ sys.path.insert(0, %r)
 import slots as S
 import slotboot as B
 import slotio as IO
-from native import ProtoError
+from proto import ProtoError
 def sha(data):
     import hashlib, binascii
     return binascii.hexlify(hashlib.sha256(data).digest()).decode()

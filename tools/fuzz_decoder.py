@@ -17,19 +17,19 @@ sys.path.insert(0, _here + "/../shared")
 # One module at a time with a collection in between, as the device imports:
 # compiling from source needs transient heap, and at -X heapsize=64K the
 # leftovers of one compile must not crowd out the next.
-for _m in ("checksums", "framing", "native", "frames"):
+for _m in ("checksums", "framing", "proto", "hostframes"):
     gc.collect()
     __import__(_m)
 gc.collect()
 import checksums  # noqa: E402
 import framing  # noqa: E402
-import native  # noqa: E402
-import frames  # noqa: E402
+import proto  # noqa: E402
+import hostframes  # noqa: E402
 
 # Preallocated right after the imports, as the agent does: one contiguous
 # buffer while the heap is still unfragmented.
 gc.collect()
-DEC = framing.StreamDecoder(native.MAX_FRAME, native.MAX_LINE)
+DEC = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
 
 
 def rand_bytes(n):
@@ -41,16 +41,16 @@ def valid_stream():
     for _ in range(random.randint(1, 4)):
         r = random.randint(0, 4)
         if r == 0:
-            parts.append(frames.encode_data(random.getrandbits(16), rand_bytes(random.randint(1, 300))))
+            parts.append(hostframes.encode_data(random.getrandbits(16), rand_bytes(random.randint(1, 300))))
         elif r == 1:
             parts.append(b'{"op":"ping","id":%d}\n' % random.getrandbits(10))
         elif r == 2:
             d = rand_bytes(random.randint(1, 64))  # a reference WriteRequest: data, CRC-32
-            parts.append(frames.make_frame(0x07, d + struct.pack("!I", checksums.crc32(d))))
+            parts.append(hostframes.make_frame(0x07, d + struct.pack("!I", checksums.crc32(d))))
         elif r == 3:
-            parts.append(frames.encode_ack(random.getrandbits(20)))
+            parts.append(hostframes.encode_ack(random.getrandbits(20)))
         else:
-            parts.append(frames.make_frame(0x01, b""))  # a reference VersionRequest
+            parts.append(hostframes.make_frame(0x01, b""))  # a reference VersionRequest
     return b"".join(bytes(p) for p in parts)
 
 
@@ -120,7 +120,7 @@ def main(count=100000, seed=1):
                         print("VIOLATION: invalid frame emitted: %s" % framing.check_frame(v))
                         return 1
                 elif t == framing.K_LINE:
-                    if len(v) > native.MAX_LINE or v[0] != 0x7B:
+                    if len(v) > proto.MAX_LINE or v[0] != 0x7B:
                         print("VIOLATION: bad line emitted")
                         return 1
                 elif not (isinstance(v[0], int) and isinstance(v[1], str)):

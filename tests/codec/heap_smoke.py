@@ -9,20 +9,20 @@ import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 sys.path.insert(0, _here + "/../../shared")
-for _m in ("checksums", "framing", "native", "hmac_sha256", "bootloader_messages", "frames"):
+for _m in ("checksums", "framing", "proto", "hmac_sha256", "bootloader_messages", "hostframes"):
     gc.collect()
     __import__(_m)
 gc.collect()
 
 import bootloader_messages as bm  # noqa: E402
 import checksums  # noqa: E402
-import frames  # noqa: E402
+import hostframes  # noqa: E402
 import framing  # noqa: E402
 import hmac_sha256  # noqa: E402
-import native  # noqa: E402
+import proto  # noqa: E402
 
 # Preallocate the receive buffer first, as the agent does at start-up.
-dec = framing.StreamDecoder(native.MAX_FRAME, native.MAX_LINE)
+dec = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
 checks = 0
 
 
@@ -53,7 +53,7 @@ ok(bm.UpdateStopResponse.extract(made[5]).crc == 0xCBF43926 - 0x100000000, "sign
 stream = bytearray(b"junk")
 for f in made:
     stream += f
-stream += b'{"op":"ping","id":1}\n' + frames.encode_data(0, b"hello")
+stream += b'{"op":"ping","id":1}\n' + hostframes.encode_data(0, b"hello")
 kinds = []
 for i in range(0, len(stream), 97):  # arbitrary pieces, through the zero-copy path
     piece = stream[i:i + 97]
@@ -66,10 +66,10 @@ for i in range(0, len(stream), 97):  # arbitrary pieces, through the zero-copy p
             break
         kinds.append(ev[0])
 ok(kinds == [framing.K_ERROR] + [framing.K_FRAME] * len(made) + [framing.K_LINE, framing.K_FRAME], "decoder events")
-ok(native.parse_request(b'{"op":"ping","id":1}')["op"] == "ping", "json request")
-ok(b'"busy"' in native.error_line(1, native.E_BUSY, "x"), "json error")
+ok(proto.parse_request(b'{"op":"ping","id":1}')["op"] == "ping", "json request")
+ok(b'"busy"' in proto.error_line(1, proto.E_BUSY, "x"), "json error")
 buf = bytearray(32)
-ok(frames.parse_ack(buf[:native.ack_into(buf, 4096)]) == 4096, "ack_into")
+ok(hostframes.parse_ack(buf[:proto.ack_into(buf, 4096)]) == 4096, "ack_into")
 gc.collect()
 print("codec from source at this heap: %d checks passed, mem_alloc %d, mem_free %d"
       % (checks, gc.mem_alloc(), gc.mem_free()))

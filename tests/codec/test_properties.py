@@ -1,15 +1,15 @@
 """Hypothesis properties of the codec on CPython: round trips and decoder robustness."""
 import bootloader_messages as bm
 import framing
-import frames
-import native
+import hostframes
+import proto
 from run_vectors import crc32c_ref
 from checksums import crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 u32 = st.integers(0, 0xFFFFFFFF)
-chunk = st.binary(min_size=1, max_size=native.MAX_DATA)
+chunk = st.binary(min_size=1, max_size=proto.MAX_DATA)
 
 
 @given(st.binary(max_size=2000), st.integers(0, 2000))
@@ -22,21 +22,21 @@ def test_crc32c_incremental_and_matches_reference(data, cut):
 
 @given(u32, chunk)
 def test_data_frame_round_trip(offset, data):
-    f = frames.encode_data(offset, data)
+    f = hostframes.encode_data(offset, data)
     assert framing.check_frame(f) is None
-    off, crc, body = frames.parse_data(f)
+    off, crc, body = hostframes.parse_data(f)
     assert (off, crc, bytes(body)) == (offset, crc32c(data), data)
 
 
 @given(st.integers(0, 1), u32, st.integers(0, 0xFFFF))
 def test_read_round_trip(slot, offset, length):
-    assert tuple(frames.parse_read(frames.encode_read(slot, offset, length))) == (slot, offset, length)
+    assert tuple(hostframes.parse_read(hostframes.encode_read(slot, offset, length))) == (slot, offset, length)
 
 
 @given(st.integers(0, 0xFF), st.integers(0, 0x13), u32, u32)
 def test_nerror_round_trip(op, code, value, ref):
-    got = frames.parse_nerror(frames.encode_nerror(op, code, value, ref))
-    assert tuple(got) == (op, code, native.error_flags(code), value, ref)
+    got = hostframes.parse_nerror(hostframes.encode_nerror(op, code, value, ref))
+    assert tuple(got) == (op, code, proto.error_flags(code), value, ref)
 
 
 @given(st.binary(min_size=1, max_size=bm.MAX_WRITE_PAYLOAD_SIZE))
@@ -57,7 +57,7 @@ def test_read_address_response_round_trip(data):
 
 
 messages = st.one_of(
-    chunk.map(lambda d: ("frame", bytes(frames.encode_data(7, d[:512])))),
+    chunk.map(lambda d: ("frame", bytes(hostframes.encode_data(7, d[:512])))),
     st.integers(0, 2**20).map(lambda i: ("line", b'{"op":"ping","id":%d}' % i)),
     st.binary(min_size=1, max_size=64).map(lambda d: ("frame", bytes(bm.WriteRequest.make(d)))),
 )
@@ -67,7 +67,7 @@ messages = st.one_of(
 @given(st.lists(messages, max_size=8), st.lists(st.integers(1, 600), min_size=1, max_size=20))
 def test_decoder_yields_every_message_whatever_the_split(msgs, cuts):
     stream = b"".join(m + (b"\n" if k == "line" else b"") for k, m in msgs)
-    d = frames.Decoder()
+    d = hostframes.Decoder()
     got = []
     i = 0
     j = 0
@@ -85,11 +85,11 @@ def test_decoder_yields_every_message_whatever_the_split(msgs, cuts):
 @settings(max_examples=300)
 @given(st.binary(max_size=6000), st.lists(messages, min_size=1, max_size=3))
 def test_decoder_survives_garbage_and_recovers(garbage, msgs):
-    d = frames.Decoder()
+    d = hostframes.Decoder()
     for kind, v in d.decode(garbage):
         assert kind in (framing.K_FRAME, framing.K_LINE, framing.K_ERROR)
         if kind == framing.K_ERROR:
-            assert v[0] in (native.E_BAD_FRAME, native.E_TOO_LARGE) and v[1]
+            assert v[0] in (proto.E_BAD_FRAME, proto.E_TOO_LARGE) and v[1]
     assert len(d.buf) == max(d.max_frame, d.max_line + 2)
     # Recovery without a reset: after enough filler that any lying header or
     # half line in the garbage has run out, every valid message comes through.
@@ -103,7 +103,7 @@ def test_decoder_survives_garbage_and_recovers(garbage, msgs):
 @given(st.text(max_size=20), st.integers(0, 10**9))
 def test_json_reply_and_error_lines_parse(msg, rid):
     import json
-    r = json.loads(native.reply_line(rid, {"x": msg}))
+    r = json.loads(proto.reply_line(rid, {"x": msg}))
     assert r == {"id": rid, "ok": True, "x": msg}
-    e = json.loads(native.error_line(rid, native.E_BUSY, msg))
+    e = json.loads(proto.error_line(rid, proto.E_BUSY, msg))
     assert e["ok"] is False and e["error"]["code"] == "busy" and e["error"]["message"] == msg

@@ -13,10 +13,10 @@ import binascii  # noqa: E402
 
 import bootloader_messages as bm  # noqa: E402
 import checksums  # noqa: E402
-import frames  # noqa: E402
+import hostframes  # noqa: E402
 import framing  # noqa: E402
 import hmac_sha256  # noqa: E402
-import native  # noqa: E402
+import proto  # noqa: E402
 
 
 def crc32c_ref(data, crc=0):
@@ -115,27 +115,27 @@ def v_bad_make(v):
 def v_native(v):
     fn = v["fn"]
     args = [arg(a) if i > 0 or fn in ("x",) else a for i, a in enumerate(v["args"])]
-    made = getattr(frames, "encode_" + fn)(*args)
+    made = getattr(hostframes, "encode_" + fn)(*args)
     expect(hx(made) == v["frame"], "encode_%s: %s != %s" % (fn, hx(made)[:60], v["frame"][:60]))
-    got = getattr(frames, "parse_" + fn)(unhex(v["frame"]))
+    got = getattr(hostframes, "parse_" + fn)(unhex(v["frame"]))
     want = v["fields"]
     if isinstance(want, list):
         got = [hx(x) if isinstance(x, memoryview) else x for x in got]
     expect(list(got) == want if isinstance(want, list) else got == want, "parse_%s: %r" % (fn, got))
     if fn == "ack":
         buf = bytearray(32)
-        n = native.ack_into(buf, args[0])
+        n = proto.ack_into(buf, args[0])
         expect(hx(buf[:n]) == v["frame"], "ack_into")
     if fn == "nerror":
         buf = bytearray(32)
-        n = native.nerror_into(buf, *args)
+        n = proto.nerror_into(buf, *args)
         expect(hx(buf[:n]) == v["frame"], "nerror_into")
 
 
 def v_native_bad(v):
     try:
-        getattr(frames, "parse_" + v["fn"])(unhex(v["frame"]))
-    except native.ProtoError as e:
+        getattr(hostframes, "parse_" + v["fn"])(unhex(v["frame"]))
+    except proto.ProtoError as e:
         expect(e.code == v["error"], "code %d" % e.code)
         return
     raise AssertionError("no ProtoError")
@@ -143,49 +143,49 @@ def v_native_bad(v):
 
 def v_error_code(v):
     n = v["num"]
-    expect(native.error_name(n) == v["name"], "name")
-    expect(native.error_num(v["name"]) == n, "num")
-    expect(native.error_flags(n) == v["flags"], "flags")
-    expect(native.error_retry(n) == v["retry"], "retry")
-    expect(native.error_fatal(n) == v["fatal"], "fatal")
+    expect(proto.error_name(n) == v["name"], "name")
+    expect(proto.error_num(v["name"]) == n, "num")
+    expect(proto.error_flags(n) == v["flags"], "flags")
+    expect(proto.error_retry(n) == v["retry"], "retry")
+    expect(proto.error_fatal(n) == v["fatal"], "fatal")
 
 
 def v_json_reply(v):
-    line = native.reply_line(v["id"], v["fields"])
+    line = proto.reply_line(v["id"], v["fields"])
     expect(line.endswith(b"\n") and line.count(b"\n") == 1, "one line")
     expect(json.loads(line) == v["expect"], "reply %r" % line)
 
 
 def v_json_error(v):
-    line = native.error_line(v["id"], v["code"], v["message"])
+    line = proto.error_line(v["id"], v["code"], v["message"])
     expect(line.endswith(b"\n") and line.count(b"\n") == 1, "one line")
     expect(json.loads(line) == v["expect"], "error %r" % line)
 
 
 def v_json_request(v):
-    expect(native.parse_request(unhex(v["line"])) == v["expect"], "request")
-    expect(native.parse_request(memoryview(unhex(v["line"]))) == v["expect"], "request from memoryview")
+    expect(proto.parse_request(unhex(v["line"])) == v["expect"], "request")
+    expect(proto.parse_request(memoryview(unhex(v["line"]))) == v["expect"], "request from memoryview")
 
 
 def v_json_request_bad(v):
     try:
-        native.parse_request(unhex(v["line"]))
-    except native.ProtoError as e:
+        proto.parse_request(unhex(v["line"]))
+    except proto.ProtoError as e:
         expect(e.code == v["error"], "code %d, want %d" % (e.code, v["error"]))
         return
     raise AssertionError("no ProtoError")
 
 
 def v_version(v):
-    expect(list(native.parse_version(v["text"])) == v["tuple"], "parse")
-    expect(native.parse_version(native.format_version(v["tuple"])) == tuple(v["tuple"]), "format")
+    expect(list(proto.parse_version(v["text"])) == v["tuple"], "parse")
+    expect(proto.parse_version(proto.format_version(v["tuple"])) == tuple(v["tuple"]), "format")
 
 
 def v_version_bad(v):
     try:
-        native.parse_version(v["text"])
-    except native.ProtoError as e:
-        expect(e.code == native.E_BAD_REQUEST, "code")
+        proto.parse_version(v["text"])
+    except proto.ProtoError as e:
+        expect(e.code == proto.E_BAD_REQUEST, "code")
         return
     raise AssertionError("no ProtoError for %r" % v["text"])
 
@@ -229,7 +229,7 @@ def v_decoder(v):
                     got.append(["error", val[0]])
         expect(got == v["events"], "%s chunk %d: %r" % (v["name"], chunk, [g[:1] + [str(g[1])[:20]] for g in got]))
         # The generator path gives the same events.
-        d2 = frames.Decoder(v["max_frame"], v["max_line"])
+        d2 = hostframes.Decoder(v["max_frame"], v["max_line"])
         got2 = []
         for kind, _val in d2.decode(data):
             got2.append(kind)

@@ -1,7 +1,7 @@
 # The native mpota protocol (docs/protocol.md): constants, the error table
 # shared with the legacy ErrorResponse, JSON-line requests and replies, and
 # the replies the device builds in place. Host-side frame encoders and
-# parsers are in frames.py, so the device does not carry them in RAM.
+# parsers are in hostframes.py, so the device does not carry them in RAM.
 # Runs on MicroPython and CPython.
 import json
 import struct
@@ -93,7 +93,7 @@ class ProtoError(Exception):
 
 
 # --- replies the device builds in place (no allocation) -----------------------
-# Frame layouts: docs/protocol.md 1.2; host-side encoders/parsers: frames.py.
+# Frame layouts: docs/protocol.md 1.2; host-side encoders/parsers: hostframes.py.
 
 def ack_into(buf, acked):
     """ACK: acked u32."""

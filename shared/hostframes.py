@@ -1,14 +1,14 @@
 # Native binary frames, host side (docs/protocol.md 1.2): encoders and
 # parsers for DATA, ACK, READ, READ_DATA and NERROR, and JSON request lines.
 # Shared so the host and the test vectors use one definition; the device
-# parses DATA/READ in place and builds its replies with native.ack_into /
-# native.nerror_into, so it does not import this module.
+# parses DATA/READ in place and builds its replies with proto.ack_into /
+# proto.nerror_into, so it does not import this module.
 import json
 import struct
 
 from checksums import crc32c
 from framing import HEADER_SIZE, StreamDecoder, frame_into
-from native import (OP_ACK, OP_DATA, OP_NERROR, OP_READ, OP_READ_DATA, E_BAD_FRAME, ProtoError,
+from proto import (OP_ACK, OP_DATA, OP_NERROR, OP_READ, OP_READ_DATA, E_BAD_FRAME, ProtoError,
                     ack_into, nerror_into, slot_index)
 
 

@@ -1,0 +1,1 @@
+../shared/proto.py
