@@ -4,7 +4,14 @@
 # the only receive buffer), `readinto` straight into decoder.space(), every
 # read under wait_for so a silent peer is dropped. Binary frames and JSON
 # lines share the connection (service.Device.dispatch tells them apart).
-# UDP (legacy.udp, compiled only when the legacy service is on): MicroPython
+#
+# Connection policy: a peer that has not authenticated gets a small buffer,
+# a few seconds in all to authenticate (bytes do not extend that) and a small
+# quota of its own (max_unauth); when that quota is full, the OLDEST such
+# connection is closed to make room, so idle or dripping sockets can never
+# keep an operator out. Authenticated connections count against max_conn.
+#
+# UDP (legacy.udp, loaded only when the legacy service is on): MicroPython
 # asyncio has no datagram endpoint, so a non-blocking socket is polled from a
 # task; one reference frame per datagram.
 # main() is the device's event loop: the agent and the app's main() beside it.
@@ -26,52 +33,111 @@ class Conn:
     def __init__(self, dev, r, w):
         self.r = r
         self.w = w
-        self.dec = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
         self.authed = not dev.auth_on
+        if self.authed:
+            self.dec = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
+        else:
+            self.dec = framing.StreamDecoder(proto.MAX_LINE_PRE_AUTH, proto.MAX_LINE_PRE_AUTH)
         self.nonce = None
         self.ack_due = False
         self.ack_val = 0
-        # preallocated replies for the data path (write() copies any rest)
-        self.ackb = bytearray(_ACK_LEN)
-        self.nerrb = bytearray(_NERR_LEN)
+        self.t0 = hal.ticks_ms()
+        self.ackb = None  # the data path's replies, made once authenticated
+        self.nerrb = None
 
     def out(self, b):
         self.w.write(b)
 
     def ack(self, acked):
+        if self.ackb is None:
+            self.ackb = bytearray(_ACK_LEN)
         proto.ack_into(self.ackb, acked)
         self.w.write(self.ackb)
 
     def nerror(self, op, code, value=0, ref=0):
+        if self.nerrb is None:
+            self.nerrb = bytearray(_NERR_LEN)
         proto.nerror_into(self.nerrb, op, code, value, ref)
         self.w.write(self.nerrb)
 
-
-async def maybe_reset(dev):
-    if dev.reset_ms >= 0:
-        await asyncio.sleep_ms(dev.reset_ms)
-        dev.reset_now()
-
-
-async def _serve(dev, r, w):
-    timeout = dev.cfg.get("timeout", 30)
-    if dev.nconn >= dev.cfg.get("max_conn", 4):
+    def close(self):
         try:
-            w.write(error_line(None, E_BUSY, "too many connections"))
-            await w.drain()
-            w.close()
-        except OSError:
+            self.w.close()
+        except Exception:
             pass
-        return
-    dev.nconn += 1
-    c = Conn(dev, r, w)
-    dec = c.dec
-    try:
-        while True:
+
+
+class Agent:
+    """The connections of one device: who is connected, who authenticated."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.conns = []  # every open Conn, oldest first
+        self.listening = False  # housekeeping stops feeding the watchdog without it
+
+    def admit(self, c):
+        # -> None when c may stay, else why not
+        cfg = self.dev.cfg
+        unauth = [x for x in self.conns if not x.authed]
+        if not c.authed and len(unauth) >= cfg["max_unauth"]:
+            unauth[0].close()  # the oldest stranger makes room (its reader ends)
+            self.conns.remove(unauth[0])
+        if len(self.conns) - len(unauth) >= cfg["max_conn"]:
+            return "too many connections"
+        self.conns.append(c)
+        return None
+
+    async def serve(self, r, w):
+        dev = self.dev
+        c = None
+        try:
+            c = Conn(dev, r, w)
+            why = self.admit(c)
+            if why:
+                c = None
+                w.write(error_line(None, E_BUSY, why))
+                await w.drain()
+                return
+            await self._loop(c)
+        except OSError:
+            pass  # reset by peer, broken pipe: just close
+        except MemoryError:
+            gc.collect()  # the slot is freed below; the peer may retry
+        except Exception as e:
+            sys.print_exception(e)
+        finally:
+            if c is not None:
+                if c in self.conns:
+                    self.conns.remove(c)
+                dev.drop(c)
             try:
-                n = await asyncio.wait_for(r.readinto(dec.space()), timeout)
+                w.close()
+                await w.wait_closed()
+            except Exception:
+                pass
+
+    async def _loop(self, c):
+        dev = self.dev
+        r = c.r
+        w = c.w
+        dec = c.dec
+        timeout = dev.cfg["timeout"] * 1000
+        auth_ms = dev.cfg["auth_timeout"] * 1000
+        while c in self.conns:
+            if c.authed:
+                left = timeout
+            else:
+                left = auth_ms - hal.ticks_diff(hal.ticks_ms(), c.t0)
+                if left <= 0:
+                    w.write(error_line(None, E_TIMEOUT, "not authenticated within %d s: closing" % (auth_ms // 1000)))
+                    await w.drain()
+                    break
+            try:
+                n = await asyncio.wait_for_ms(r.readinto(dec.space()), left)
             except asyncio.TimeoutError:
-                w.write(error_line(None, E_TIMEOUT, "no data for %d s: closing" % timeout))
+                if not c.authed:
+                    continue  # the auth deadline above closes it
+                w.write(error_line(None, E_TIMEOUT, "no data for %d s: closing" % (timeout // 1000)))
                 await w.drain()
                 break
             if not n:
@@ -79,33 +145,27 @@ async def _serve(dev, r, w):
             dec.advance(n)
             dev.dispatch(c)
             await w.drain()
-            dev.sample_mem()
-            await maybe_reset(dev)
-    except OSError:
-        pass  # reset by peer, broken pipe: just close
-    except Exception as e:
-        sys.print_exception(e)
-    finally:
-        dev.nconn -= 1
-        dev.drop(c)
-        try:
-            w.close()
-            await w.wait_closed()
-        except Exception:
-            pass
+            await dev.after_reply()
 
 
-async def _housekeeping(dev, udp_peer_timeout):
-    # Feed the watchdog, close an abandoned UDP legacy session, track memory.
+async def _housekeeping(ag):
+    # Feed the watchdog while the listener is up; close an update session
+    # that went silent (it stays resumable); track memory during sessions.
+    dev = ag.dev
+    idle_ms = dev.cfg["timeout"] * 1000
+    n = 0
     while True:
-        hal.wdt_feed()
+        if ag.listening:
+            hal.wdt_feed()
         s = dev.session
-        if s is not None and type(s.owner) is not Conn:  # the legacy UDP peer
-            if hal.ticks_diff(hal.ticks_ms(), s.t) > udp_peer_timeout:
-                print("mpota: legacy UDP session idle: closed")
-                dev.close_session()
         if s is not None:
-            dev.sample_mem()
+            if hal.ticks_diff(hal.ticks_ms(), s.t) > idle_ms:
+                print("mpota: update session silent for %d s: closed (resumable)" % (idle_ms // 1000))
+                dev.close_session()
+                dev.idle()
+            n += 1
+            if n % 5 == 0:
+                dev.sample_mem()
         await asyncio.sleep_ms(200)
 
 
@@ -113,10 +173,11 @@ def _addr(host, port, kind):
     return socket.getaddrinfo(host, port, 0, kind)[0][-1]
 
 
-async def run(dev, ready=None):
-    """Connect Wi-Fi (board), listen, print the ready line, serve forever."""
+async def run(ag, ready=None):
+    """Connect Wi-Fi (board), listen, print the ready line, serve until the
+    listener fails (the caller starts again)."""
+    dev = ag.dev
     cfg = dev.cfg
-    asyncio.create_task(_housekeeping(dev, cfg["timeout"] * 1000))
     host = cfg["host"]
     if hal.PLATFORM == "rp2":
         while True:
@@ -131,29 +192,38 @@ async def run(dev, ready=None):
     else:
         ip = host
     tcp = cfg["tcp_port"]
-    while True:
-        try:
-            srv = await asyncio.start_server(lambda r, w: _serve(dev, r, w), host, tcp, backlog=2)
-            break
-        except OSError as e:
-            print("mpota: cannot listen on %s:%d (%s): retrying" % (host, tcp, e))
-            await asyncio.sleep(2)
-    udp = "off"
-    if cfg["legacy_udp"]:
-        try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(_addr(host, cfg["udp_port"], socket.SOCK_DGRAM))
-            s.setblocking(False)
-            import legacy
-            asyncio.create_task(legacy.udp(dev, s))
-            udp = "%s:%d" % (ip, cfg["udp_port"])
-        except OSError as e:
-            print("mpota: legacy UDP unavailable: %s" % e)
-    print("mpota: ready tcp=%s:%d udp=%s auth=%s" % (ip, tcp, udp, "on" if dev.auth_on else "off"))
-    if ready is not None:
-        ready.set()
-    await srv.wait_closed()
+    srv = None
+    udp = None
+    try:
+        while srv is None:
+            try:
+                srv = await asyncio.start_server(ag.serve, host, tcp, backlog=2)
+            except OSError as e:
+                print("mpota: cannot listen on %s:%d (%s): retrying" % (host, tcp, e))
+                await asyncio.sleep(2)
+        udp_note = "off"
+        if cfg["legacy_udp"]:
+            try:
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                udp.bind(_addr(host, cfg["udp_port"], socket.SOCK_DGRAM))
+                udp.setblocking(False)
+                import legacy
+                asyncio.create_task(legacy.udp(dev, udp))
+                udp_note = "%s:%d" % (ip, cfg["udp_port"])
+            except OSError as e:
+                print("mpota: legacy UDP unavailable: %s" % e)
+        ag.listening = True
+        print("mpota: ready tcp=%s:%d udp=%s auth=%s" % (ip, tcp, udp_note, "on" if dev.auth_on else "off"))
+        if ready is not None:
+            ready.set()
+        await srv.wait_closed()
+    finally:
+        ag.listening = False
+        if srv is not None:
+            srv.close()  # never two listeners on one port
+        if udp is not None:
+            udp.close()
 
 
 # -- the device's event loop (main.py calls main() after bootmgr.boot()) --------
@@ -178,19 +248,21 @@ async def _run_app(dev, mod):
     gc.collect()
 
 
-async def _agent(dev, ready):
+async def _agent(ag, ready):
     while True:
         try:
-            await run(dev, ready)
+            await run(ag, ready)
         except Exception as e:  # keep the device updatable whatever happened
             print("mpota: agent failed, restarting:")
             sys.print_exception(e)
-            await asyncio.sleep(1)
+        await asyncio.sleep(1)
 
 
 async def _main(dev, mod):
+    ag = Agent(dev)
     ready = asyncio.Event()
-    t = asyncio.create_task(_agent(dev, ready))
+    asyncio.create_task(_housekeeping(ag))
+    t = asyncio.create_task(_agent(ag, ready))
     if dev.cfg["wdt"]:
         hal.wdt_start(dev.cfg["wdt"])
     if mod is not None:

@@ -9,10 +9,15 @@
 #     a slot that cannot start is marked bad and the confirmed one is tried;
 #  3. import /app/main.py and build the service.Device the agent serves.
 #
-# Every boot-only module (config, slotboot) is imported with a
+# The app cannot replace the agent: an image with a module named like one of
+# the agent's files (/*.py, /*.mpy) or without a main.py does not start, and
+# /app goes on sys.path only for the import of its main, then at the end.
+#
+# Every boot-only module (config, bootslots) is imported with a
 # collection first and dropped after use: compiling a .py needs several
 # times its size in transient heap, and what stays resident should be packed
 # low in the heap, not interleaved with dead boot code.
+import os
 import gc
 import sys
 
@@ -35,6 +40,31 @@ def _err(e):
     return "%s: %s" % (type(e).__name__, e)
 
 
+def _stems(path):
+    # module names a folder provides: foo.py, foo.mpy and package folders
+    out = []
+    for e in os.ilistdir(path):
+        n = e[0]
+        if e[1] == 0x4000:
+            out.append(n)
+        elif n.endswith(".py"):
+            out.append(n[:-3])
+        elif n.endswith(".mpy"):
+            out.append(n[:-4])
+    return out
+
+
+def check_app(root=APP_MOUNT):
+    """Refuse an app that would shadow the agent or that has no main."""
+    mine = _stems("/")
+    names = _stems(root)
+    if "main" not in names:
+        raise ValueError("the image has no main.py")
+    for n in names:
+        if n != "main" and n in mine:
+            raise ValueError("the image's %s would replace the agent's module of that name" % n)
+
+
 def _load_app(sl, i):
     """Verify and mount slot i, import its main.py; returns the module."""
     path = sl.path(i)
@@ -43,6 +73,7 @@ def _load_app(sl, i):
         raise ValueError("the image body is not a littlefs")
     _use("appfs").mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
     del info
+    check_app()
     gc.collect()
     # main.py is itself sys.modules["main"] (the board and the sim import
     # it): step aside while /app/main.py imports under that name.
@@ -51,6 +82,8 @@ def _load_app(sl, i):
     try:
         mod = __import__("main")
     finally:
+        sys.path.remove(APP_MOUNT)
+        sys.path.append(APP_MOUNT)  # after the agent's "/" from now on
         sys.modules.pop("main", None)
         if mine is not None:
             sys.modules["main"] = mine
@@ -81,8 +114,9 @@ def _load_key():
     return k if len(k) == 32 else None
 
 
-def boot():
-    """-> (service.Device, the app's main module or None)."""
+def boot(mem_base=0):
+    """-> (service.Device, the app's main module or None). `mem_base`: the
+    heap in use before the agent started (reported in status)."""
     cfg, errors = _use("config").load(overrides=hal.config_overrides())
     _drop("config")
     note = ""
@@ -91,7 +125,7 @@ def boot():
     if errors:
         note = "; config: " + "; ".join(errors)
     del errors
-    sb = _use("slotboot")
+    sb = _use("bootslots")
     sl = sb.open_slots(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"])
     i = sb.boot(sl)
     mod = None
@@ -103,13 +137,16 @@ def boot():
             _unload_app()
             print("mpota: slot %s: %s" % (sb.NAMES[i], _err(e)))
             i = sb.failed(sl, i, _err(e))
-    _drop("slotboot")
+    _drop("bootslots")
+    _drop("mcuboot")
+    if mod is None:
+        _drop("appfs")  # (a mounted app keeps it: its block device lives there)
     del sb
     print("mpota: " + sl.note)
     if cfg["auth"]:
-        _use("auth")  # resident: compiled now, while there is room to compile
+        _use("auth")  # resident: every connection authenticates
     service = _use("service")
-    dev = service.Device(cfg, sl, note, _load_key() if cfg["auth"] else None)
+    dev = service.Device(cfg, sl, note, _load_key() if cfg["auth"] else None, mem_base)
     service.DEVICE = dev
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}

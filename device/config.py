@@ -19,9 +19,13 @@ _SPEC = {
     # for the agent's files, the state record and littlefs' spare blocks.
     "slot_size": (368640, int, 4096, 0x7FFFFFFF),
     "wdt": (0, int, 0, 8388),  # watchdog timeout in ms, 0 = off
-    "timeout": (30, int, 1, 3600),  # seconds a peer may stay silent
-    "max_conn": (4, int, 1, 16),
+    "timeout": (30, int, 1, 3600),  # seconds a peer (or an update session) may stay silent
+    "max_conn": (4, int, 1, 16),  # authenticated connections
+    "max_unauth": (2, int, 1, 8),  # connections still authenticating (oldest is dropped)
+    "auth_timeout": (5, int, 1, 60),  # seconds to authenticate after connecting
+    "mode": ("live", str, None, None),  # live (update beside the app) or lean
 }
+_MODES = ("live", "lean")
 _WIFI = ("ssid", "password", "hostname", "country")
 
 
@@ -61,6 +65,9 @@ def _check(cfg, src, errors):
             continue
         if typ is int and not (spec[2] <= v <= spec[3]):
             errors.append("'%s' must be in %d..%d, got %d" % (k, spec[2], spec[3], v))
+            continue
+        if k == "mode" and v not in _MODES:
+            errors.append("'mode' must be one of %s, got %r" % (", ".join(_MODES), v))
             continue
         out[k] = v
     for k in out:

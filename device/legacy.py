@@ -12,15 +12,11 @@ import hal
 import proto
 from proto import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME,
                     E_CRC_MISMATCH, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE)
-import agent
 from framing import frame_into, check_frame
 
-import service as SV
-import slotio
+import upload
 import update
 
-API = (1, 0)
-NOTE = b"mpota agent " + SV.VERSION.encode() + b" (reference protocol over UDP/TCP)"
 MAX_WRITE = 1024
 
 
@@ -43,14 +39,16 @@ def _empty(dev, c, op):
 
 
 def handle(dev, c, f):
-    dev.scratch()  # every reply is built in it
     op = f[1]
+    if op == 0x01 and len(f) == 6:
+        return c.out(dev.version_frame())  # open to all: no scratch buffer for it
+    dev.scratch()  # every other reply is built in it
     body = len(f) - 6  # bytes between header and checksum
     try:
         if op == 0x01:
             if body:
                 raise ProtoError(E_BAD_FRAME, "")
-            return _version(dev, c)
+            return c.out(dev.version_frame())
         if op not in (0x03, 0x05, 0x07, 0x09, 0x0B):
             # responses (0x02, 0x04, ...) and unknown opcodes
             raise ProtoError(E_UNSUPPORTED, "")
@@ -86,32 +84,20 @@ def handle(dev, c, f):
         error(dev, c, e.code)
 
 
-def _version(dev, c):
-    b = dev.buf
-    b[5] = API[0]
-    b[6] = API[1]
-    v = proto.parse_version(SV.VERSION)
-    b[7] = v[0]
-    b[8] = v[1]
-    b[9] = v[2] & 0xFF
-    n = len(NOTE)
-    b[10:10 + n] = NOTE
-    for i in range(10 + n, 138):
-        b[i] = 0
-    _reply(dev, c, 0x02, 133)
-
-
 def _start(dev, c, size):
+    s = dev.session
+    if s is not None and s.kind == upload.LEGACY:
+        dev.close_session()  # a new UpdateStart starts afresh, as the reference device does
     update.may_update(dev, c)
     sl = dev.sl
     i = sl.inactive()
-    slotio.prepare(sl, i, size, legacy=True)
-    dev.open_session(SV.LEGACY, c, i, size, None, 0)
+    upload.prepare(sl, i, size, legacy=True)
+    dev.open_session(upload.open_session(sl, upload.LEGACY, c, i, size, None, 0))
 
 
 def _own(dev, c):
     s = dev.session
-    if s is None or s.owner is not c or s.kind != SV.LEGACY:
+    if s is None or s.owner is not c or s.kind != upload.LEGACY:
         raise ProtoError(E_INCORRECT_STATE, "")
     return s
 
@@ -141,7 +127,7 @@ def _stop(dev, c, want):
             ver, is_app = update.validate(dev, i, s.size, False)
         except ProtoError:
             ver, is_app = None, False  # stored and CRC-checked, not bootable
-        slotio.finish(sl, i, sha, ver, is_app)
+        upload.finish(sl, i, sha, ver, is_app)
     # The reference UpdateStopResponse carries the device CRC as a signed i32.
     b = dev.buf
     b[5] = got >> 24
@@ -152,13 +138,13 @@ def _stop(dev, c, want):
 
 
 def _read(dev, c, addr, n):
-    i = dev.sl.rec["lw"]
+    i = dev.sl.rec["legacy_slot"]
     if i is None:
         raise ProtoError(E_INCORRECT_STATE, "")
     if n < 1 or n > MAX_WRITE:
         raise ProtoError(E_OUT_OF_RANGE, "")
-    import slotops
-    slotops.read_into(dev, i, addr, dev.mv[5:5 + n])
+    import rareops
+    rareops.read_into(dev, i, addr, dev.mv[5:5 + n])
     _reply(dev, c, 0x0C, n)
 
 
@@ -188,6 +174,7 @@ class UdpPeer:
 
 
 async def udp(dev, sock):
+    dev.legacy_udp = True  # keeps this module loaded (service.Device.idle)
     # MicroPython asyncio has no datagram endpoint: poll a non-blocking socket.
     peer = UdpPeer(dev, sock)
     while True:
@@ -209,5 +196,5 @@ async def udp(dev, sock):
                 handle(dev, peer, mv)
         except Exception as e:
             sys.print_exception(e)
-        dev.sample_mem()
-        await agent.maybe_reset(dev)
+        dev.idle()
+        await dev.after_reply()

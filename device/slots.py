@@ -2,7 +2,7 @@
 # the journaled state record that says which one boots.
 #
 # Slots are files (/mpota-slots/a.img, b.img) because a stock Pico W build
-# has no raw flash outside the littlefs (DESIGN.md). The state record
+# has no raw flash outside the littlefs (docs/board.md). The state record
 # state.json beside them is never modified in place:
 #
 #   1. the new record is written to state.new and closed; littlefs commits a
@@ -23,8 +23,13 @@
 # AFTER the bytes were synced and verified. A record that names a file that
 # is missing (a cut between delete and commit) is repaired to "empty" at load.
 #
-# Reading, repairing and the boot decision are in slotboot.py: boot-only
-# code, dropped after boot so that it costs the running device no heap.
+# This module stays resident. The other slot code is loaded only while it is
+# needed: bootslots.py (read, repair, boot decision: boot only, then
+# dropped) and upload.py (the bytes of an update: loaded with a session).
+#
+# The record: {"seq", "active", "pending", "trial", "trials" (boots of the
+# trial slot so far), "legacy_slot" (the slot the reference service wrote:
+# ReadAddress reads it), "slots": [{"state", "size", "sha256", "version"} x2]}.
 import os
 import json
 import binascii
@@ -45,18 +50,22 @@ BAD = "bad"
 ROOT = "/mpota-slots"
 
 
-def _blank():
-    return {"st": EMPTY, "size": 0, "sha": None, "ver": None}
+def name(i):
+    return None if i is None else NAMES[i]
 
 
-def _fsize(path):
+def blank():
+    return {"state": EMPTY, "size": 0, "sha256": None, "version": None}
+
+
+def file_size(path):
     try:
         return os.stat(path)[6]
     except OSError:
         return -1
 
 
-def _remove(path):
+def remove(path):
     try:
         os.remove(path)
     except OSError:
@@ -64,8 +73,8 @@ def _remove(path):
 
 
 class Slots:
-    """The loaded record and every change to it after boot. slotboot.open()
-    reads (and repairs) the record and makes one; slotboot decides the boot."""
+    """The loaded record and every change to it after boot. bootslots.open_slots()
+    reads (and repairs) the record and makes one; bootslots decides the boot."""
 
     def __init__(self, rec, root=ROOT, slot_size=368640, max_trials=3):
         self.rec = rec
@@ -78,7 +87,7 @@ class Slots:
         self.new = root + "/state.new"
 
     # -- the record ------------------------------------------------------------
-    def _write_cur(self, rec):
+    def write_record(self, rec):
         body = json.dumps(rec)
         with open(self.new, "w") as f:
             f.write(body)
@@ -88,30 +97,30 @@ class Slots:
 
     def commit(self):
         self.rec["seq"] += 1
-        self._write_cur(self.rec)
+        self.write_record(self.rec)
 
-    def _forget(self, i):
+    def forget(self, i):
         # slot i holds nothing: drop every pointer to it (not committed)
         rec = self.rec
-        rec["s"][i] = _blank()
-        for k in ("active", "pending", "trial", "lw"):
+        rec["slots"][i] = blank()
+        for k in ("active", "pending", "trial", "legacy_slot"):
             if rec[k] == i:
                 rec[k] = None
         if rec["trial"] is None:
-            rec["tc"] = 0
+            rec["trials"] = 0
 
     # -- queries ---------------------------------------------------------------
     def path(self, i):
         return "%s/%s.img" % (self.root, NAMES[i])
 
     def slot(self, i):
-        return self.rec["s"][i]
+        return self.rec["slots"][i]
 
     def state(self, i):
-        return self.rec["s"][i]["st"]
+        return self.rec["slots"][i]["state"]
 
     def file_size(self, i):
-        return _fsize(self.path(i))
+        return file_size(self.path(i))
 
     def active(self):
         return self.rec["active"]
@@ -131,13 +140,21 @@ class Slots:
         return 0 if r is None else 1 - r
 
     def info(self, i):
-        s = self.rec["s"][i]
-        return {"state": s["st"], "size": s["size"], "sha256": s["sha"], "version": s["ver"]}
+        s = self.rec["slots"][i]
+        return {"state": s["state"], "size": s["size"], "sha256": s["sha256"], "version": s["version"]}
 
-    def _confirmed(self, i):
-        if i is not None and self.rec["s"][i]["st"] == CONFIRMED:
+    def confirmed(self, i):
+        """i when slot i holds a confirmed image, else None."""
+        if i is not None and self.rec["slots"][i]["state"] == CONFIRMED:
             return i
         return None
+
+    def end_trial(self, i, state):
+        # slot i leaves its trial as `state` (not committed)
+        rec = self.rec
+        rec["slots"][i]["state"] = state
+        rec["trial"] = None
+        rec["trials"] = 0
 
     # -- operator / app state changes ------------------------------------------
     def confirm(self):
@@ -147,10 +164,8 @@ class Slots:
             return r  # already confirmed: confirm() is idempotent
         if r is None or rec["trial"] != r:
             raise ProtoError(E_INCORRECT_STATE, "no slot is on trial")
-        rec["s"][r]["st"] = CONFIRMED
+        self.end_trial(r, CONFIRMED)
         rec["active"] = r
-        rec["trial"] = None
-        rec["tc"] = 0
         self.commit()
         self.note = "%s confirmed" % NAMES[r]
         return r
@@ -160,13 +175,11 @@ class Slots:
         cur = self.running if self.running is not None else rec["active"]
         if cur is None:
             raise ProtoError(E_INCORRECT_STATE, "no application to roll back from")
-        other = self._confirmed(1 - cur)
+        other = self.confirmed(1 - cur)
         if other is None:
             raise ProtoError(E_INCORRECT_STATE, "slot %s holds no confirmed image" % NAMES[1 - cur])
-        rec["s"][cur]["st"] = BAD
+        self.end_trial(cur, BAD)
         rec["active"] = other
-        rec["trial"] = None
-        rec["tc"] = 0
         if rec["pending"] == cur:
             rec["pending"] = None
         self.commit()
@@ -175,7 +188,6 @@ class Slots:
     def erase(self, i):
         if i == self.running:
             raise ProtoError(E_INCORRECT_STATE, "slot %s is running" % NAMES[i])
-        _remove(self.path(i))  # bytes first, then the record (see top)
-        self._forget(i)
+        remove(self.path(i))  # bytes first, then the record (see top)
+        self.forget(i)
         self.commit()
-

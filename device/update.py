@@ -1,13 +1,13 @@
 # update: the update session ops (begin, commit, abort) and the checks that
 # the legacy service shares (one session at a time, image validation).
+# Loaded with a session and released when it ends (service.py).
 import binascii
 
 import proto
-import slotio
+import upload
+from slots import name
 from proto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
-                    E_BAD_IMAGE, E_VERSION_REFUSED)
-from service import NATIVE
-from ops import name, field
+                   E_BAD_IMAGE, E_VERSION_REFUSED, field)
 
 
 def may_update(dev, owner):
@@ -25,7 +25,7 @@ def _older(dev, i, v):
     a = dev.sl.active()
     if v is None or a is None or a == i:
         return None
-    cur = dev.sl.slot(a)["ver"]
+    cur = dev.sl.slot(a)["version"]
     if cur is not None and tuple(v) < proto.parse_version(cur):
         return cur
     return None
@@ -33,7 +33,7 @@ def _older(dev, i, v):
 
 def validate(dev, i, size, allow_down):
     """Check the stored image: -> (version str, is an app image)."""
-    import mcuboot  # resident: compiled at boot (main.py), not mid-session
+    import mcuboot
     try:
         info = mcuboot.verify(dev.sl.path(i), 0, size)
     except mcuboot.ImageError as e:
@@ -51,7 +51,7 @@ def validate(dev, i, size, allow_down):
 def digest_hex(dev, i, size):
     # the scratch buffer when there is one, else 1 KB for this hash only
     buf = dev.buf if dev.buf is not None else bytearray(1024)
-    return binascii.hexlify(slotio.digest(dev.sl, i, size, buf, dev.feed)).decode()
+    return binascii.hexlify(upload.digest(dev.sl, i, size, buf)).decode()
 
 
 def op_begin(dev, c, req):
@@ -74,14 +74,14 @@ def op_begin(dev, c, req):
     cur = None if down else _older(dev, i, v)
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
-    off = slotio.prepare(sl, i, size, sha, ver)
-    dev.open_session(NATIVE, c, i, size, sha, off, down)
+    off = upload.prepare(sl, i, size, sha, ver)
+    dev.open_session(upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down))
     return {"slot": name(i), "offset": off, "max_data": proto.MAX_DATA, "window": proto.WINDOW}
 
 
 def _own(dev, c):
     s = dev.session
-    if s is None or s.owner is not c or s.kind != NATIVE:
+    if s is None or s.owner is not c or s.kind != upload.NATIVE:
         raise ProtoError(E_INCORRECT_STATE, "no update session on this connection (begin first)")
     return s
 
@@ -100,9 +100,11 @@ def op_commit(dev, c, req):
     try:
         ver, is_app = validate(dev, i, s.size, s.allow_down)
     except ProtoError:
-        slotio.finish(sl, i, sha, None, False)  # stored, not bootable
+        upload.finish(sl, i, sha, None, False)  # stored, not bootable
         raise
-    slotio.finish(sl, i, sha, ver, is_app)
+    finally:
+        dev.sample_mem()  # the peak of an update: hashing and the image check
+    upload.finish(sl, i, sha, ver, is_app)
     return {"slot": name(i), "sha256": sha, "version": ver, "state": sl.state(i)}
 
 

@@ -114,7 +114,8 @@ class Client:
         if info.get("auth", "none") == "none":
             self.authenticated = True
         elif authenticate is not False and (self._key is not None or authenticate):
-            await self.auth()
+            # the device tells its limits (window, max_data...) only once authenticated
+            info.update(await self.auth() or {})
         return info
 
     async def _open(self) -> None:
@@ -268,8 +269,9 @@ class Client:
         self.info = await self.request("hello")
         return self.info
 
-    async def auth(self) -> None:
-        """Mutual HMAC-SHA256 challenge-response (protocol.md §2.2)."""
+    async def auth(self) -> dict:
+        """Mutual HMAC-SHA256 challenge-response (protocol.md §2.2); returns
+        the device's limits that come with a successful auth."""
         if self._key is None:
             raise AuthError("%s requires authentication and no key was given" % self.host)
         device = str(self.info.get("device", ""))
@@ -291,6 +293,7 @@ class Client:
                             "this is not the device you think it is (wrong address?)")
         self.authenticated = True
         log.info("authenticated to %s (%s)", self.host, device)
+        return {k: v for k, v in reply.items() if k not in ("mac", "ok", "id")}
 
     async def ping(self) -> dict:
         return await self.request("ping")
@@ -585,7 +588,7 @@ async def wait_for_device(host: str, port: int, *, key: Optional[bytes] = None,
     while True:
         c = Client(host, port, key=key, connect_timeout=connect_timeout, timeout=timeout)
         try:
-            await c.connect(authenticate=False)
+            await c.connect()  # with the key: a stranger's status says only who it is
             st = await c.status()
             if accept is None or accept(st):
                 return st

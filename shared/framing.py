@@ -85,6 +85,25 @@ class StreamDecoder:
         self._discarding = False  # inside an oversized line, dropping up to "\n"
         self._garbage = False  # inside a run of garbage already reported
 
+    def grow(self, max_frame, max_line):
+        """Raise the limits (a bigger buffer, pending bytes kept). The device
+        starts every connection small and grows it only once the peer has
+        authenticated, so unauthenticated peers cannot make it hold
+        full-size buffers."""
+        self.max_line = max_line
+        size = max(max_frame, max_line + 2)
+        if size <= len(self.buf):
+            self.max_frame = max_frame
+            return
+        n = self.end - self.start
+        buf = bytearray(size)
+        buf[0:n] = self.mv[self.start:self.end]
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.start = 0
+        self.end = n
+        self.max_frame = max_frame
+
     def pending(self):
         """Bytes held that do not yet form a complete message."""
         return self.end - self.start

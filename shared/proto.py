@@ -14,6 +14,7 @@ UDP_PORT = 8473
 MAX_DATA = 4096
 MAX_FRAME = HEADER_SIZE + 8 + MAX_DATA + 1  # 4110: DATA with a full sector
 MAX_LINE = 1024
+MAX_LINE_PRE_AUTH = 512  # before auth: hello, auth, ping, status fit easily
 WINDOW = 16384
 READ_JSON_MAX = 768
 
@@ -190,3 +191,20 @@ def slot_index(name):
     if name == "b":
         return 1
     raise ProtoError(E_BAD_REQUEST, "slot must be \"a\" or \"b\"")
+
+
+def field(req, key, typ, default=None, required=False):
+    """req[key] checked against `typ` (bool is not an int here); bad_request otherwise."""
+    v = req.get(key, default)
+    if v is None and not required:
+        return default
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise ProtoError(E_BAD_REQUEST, "field \"%s\" must be %s" % (key, typ.__name__))
+    return v
+
+
+def int_range(req, key, lo, hi, default=None):
+    v = field(req, key, int, default, default is None)
+    if not lo <= v <= hi:
+        raise ProtoError(E_OUT_OF_RANGE, "\"%s\" must be in %d..%d" % (key, lo, hi))
+    return v

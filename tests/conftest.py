@@ -9,6 +9,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(VENV_BIN / "micropython")
+# The board-faithful 32-bit v1.27 build, beside the project when this machine has it
+# (a fresh clone does not: whatever uses it also runs, and says so, without it).
+I386 = REPO.parent / "shared" / "tools" / "micropython-1.27-i386"
+INTERPRETERS = [MICROPYTHON] + ([str(I386)] if I386.exists() else [])
 
 # CPython tests import the codec and the host tool flat, as the device does.
 for sub in ("shared", "host", "tools", "tests/vectors"):

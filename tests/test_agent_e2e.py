@@ -130,11 +130,21 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         assert r["id"] == 1 and r["pong"] is True and r["uptime_ms"] >= 0
         st = c.ok("status", id="s")
         assert st["id"] == "s" and st["platform"] == "sim" and st["impl"] == "micropython"
-        assert st["agent"] == "0.1.0" and st["device"] == sim.device_id
+        assert st["agent"] == "0.2.0" and st["device"] == sim.device_id and st["running"] is None
+        # a stranger learns only what discovery needs (docs/security.md)
+        for k in ("app", "slots", "session", "boot_note", "mem_free", "active"):
+            assert k not in st, k
+        h = c.ok("hello")
+        assert "window" not in h and "slot_size" not in h and h["auth"] == "hmac-sha256"
+        c2 = DevConn(sim.tcp_port, sim.key)
+        st = c2.ok("status")
         assert st["active"] is None and st["running"] is None and st["app"]["state"] == "none"
         assert st["slots"]["a"]["state"] == "empty" and st["boot_reason"] == "power_on"
-        for k in ("mem_free", "mem_alloc", "mem_peak", "uptime_ms", "boot_note", "session", "trial_count"):
+        for k in ("mem_free", "mem_alloc", "mem_peak", "mem_base", "uptime_ms", "boot_note", "session",
+                  "trial_count", "slot_size", "max_image", "mode"):
             assert k in st
+        assert 0 < st["max_image"] <= st["slot_size"] and st["mode"] == "live"
+        c2.close()
         # auth is on: protected ops are refused, JSON and binary alike
         c.err("begin", "auth_required", size=10, sha256="0" * 64)
         c.err("erase", "auth_required", slot="a")

@@ -50,7 +50,8 @@ def ev(evs, name):
 
 
 def status(sim, key=None):
-    r = cli("-t", "127.0.0.1:%d" % sim.tcp_port, "--json", "status", key=key)
+    # with the key: a stranger's status says only who the device is
+    r = cli("-t", "127.0.0.1:%d" % sim.tcp_port, "--json", "status", key=key or sim.key)
     assert r.returncode == 0, r.stderr
     return ev(events(r), "status")
 
@@ -157,7 +158,7 @@ def test_status_read_dump_and_human_output(sim, tmp_path):
     r = cli(*target(sim), "--json", "read", "--slot", slot, "--offset", "0", "--length", "32", key=sim.key)
     assert r.returncode == 0, r.stderr
     assert bytes.fromhex(ev(events(r), "read")["hex"]) == img.read_bytes()[:32]
-    r = cli(*target(sim), "status")
+    r = cli(*target(sim), "status", key=sim.key)
     assert r.returncode == 0 and "slot %s" % slot in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
     r = cli(*target(sim), "--json", "ping")
@@ -321,7 +322,7 @@ def _hello(sim):
     import client  # the library's own hello, for slot_size
 
     async def go():
-        async with client.Client("127.0.0.1", sim.tcp_port) as c:
+        async with client.Client("127.0.0.1", sim.tcp_port, key=sim.key) as c:
             return c.info
     return asyncio.run(go())
 

@@ -1,4 +1,4 @@
-"""device/slots.py and slotboot.py under the unix-port MicroPython: the A/B state machine,
+"""device/slots.py and bootslots.py under the unix-port MicroPython: the A/B state machine,
 trial counting and rollback, resume, and the journal's atomicity under power
 cuts at every flash operation of a state commit (littlefs on a RAM NOR flash).
 """
@@ -12,8 +12,8 @@ PRELUDE = """
 import sys, os
 sys.path.insert(0, %r)
 import slots as S
-import slotboot as B
-import slotio as IO
+import bootslots as B
+import upload as IO
 from proto import ProtoError
 def sha(data):
     import hashlib, binascii
@@ -54,7 +54,7 @@ upload(sl, 0, b"A" * 5000, "1.0.0+0")
 assert sl.state(0) == "pending" and sl.pending() == 0
 # reset: the pending slot boots on trial 1
 sl, run = reboot(root)
-assert run == 0 and sl.on_trial() and sl.rec["tc"] == 1, sl.rec
+assert run == 0 and sl.on_trial() and sl.rec["trials"] == 1, sl.rec
 assert sl.note == "booted a (trial 1/3)", sl.note
 assert sl.confirm() == 0
 assert sl.state(0) == "confirmed" and sl.active() == 0 and not sl.on_trial()
@@ -67,7 +67,7 @@ upload(sl, 1, b"B" * 7000, "1.1.0+0")
 notes = []
 for k in range(4):
     sl, run = reboot(root)
-    notes.append((run, sl.note, sl.rec["tc"]))
+    notes.append((run, sl.note, sl.rec["trials"]))
 print(json.dumps(notes))
 assert sl.state(1) == "bad" and sl.active() == 0 and run == 0
 # after the rollback a runs confirmed: confirm() is a no-op success
@@ -148,27 +148,27 @@ upload(sl, 0, b"A" * 100)
 seq = sl.rec["seq"]
 # a torn state.new (crash while writing it): ignored and removed
 with open(root + "/state.new", "w") as f:
-    f.write('{"seq": 99, "s": [')
+    f.write('{"seq": 99, "slots": [')
 sl = B.open_slots(root=root)
 assert sl.rec["seq"] == seq and sl.state(0) == "pending"
 assert "state.new" not in os.listdir(root)
 # a complete state.new beside a valid state.json (crash before rename): old wins
-sl.rec["tc"] = 7
-sl._write_cur(sl.rec)  # state.json now has tc 7
+sl.rec["trials"] = 7
+sl.write_record(sl.rec)  # state.json now has trials 7
 import json as J, binascii
-rec = J.loads(J.dumps(sl.rec)); rec["tc"] = 8; rec["seq"] += 1
+rec = J.loads(J.dumps(sl.rec)); rec["trials"] = 8; rec["seq"] += 1
 body = J.dumps(rec)
 with open(root + "/state.new", "w") as f:
     f.write(body + "\\n%%08x\\n" %% binascii.crc32(body.encode()))
 sl = B.open_slots(root=root)
-assert sl.rec["tc"] == 7, sl.rec
+assert sl.rec["trials"] == 7, sl.rec
 # a corrupt state.json with a complete state.new: the new one is adopted
 with open(root + "/state.new", "w") as f:
     f.write(body + "\\n%%08x\\n" %% binascii.crc32(body.encode()))
 with open(root + "/state.json", "w") as f:
     f.write(body[:-5] + "XXXXX\\n00000000\\n")
 sl = B.open_slots(root=root)
-assert sl.rec["tc"] == 8, sl.rec
+assert sl.rec["trials"] == 8, sl.rec
 # both unusable: no application (the device still boots, agent only)
 with open(root + "/state.json", "w") as f:
     f.write("garbage")

@@ -4,6 +4,7 @@
     python tools/sim.py --state .sim-state [--host 127.0.0.1] [--tcp-port 8472]
         [--udp-port 8473] [--legacy-udp] [--no-auth] [--flash-timing none|w25q]
         [--heap 96K] [--power-cut-after N] [--redeploy] [--micropython PATH]
+        [--deploy mpy|py] [--config FILE] [--device-dir DIR]
 
 The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
 filesystem), device.id, device.key (32-byte HMAC key, hex, mode 0600, made on
@@ -69,6 +70,11 @@ def parse_args(argv=None):
                    help="copy device/*.py into the existing flash before booting")
     p.add_argument("--micropython", default=str(Path(sys.executable).parent / "micropython"),
                    help="unix-port micropython (default: beside this Python)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="install FILE as the device config /mpota.json when deploying")
+    p.add_argument("--deploy", choices=("mpy", "py"), default="mpy",
+                   help="ship device code precompiled (mpy, the default, as `mpota provision` does)"
+                        " or as source (py, as `mpremote cp device/*.py :` does)")
     p.add_argument("--device-dir", default=str(REPO / "device"),
                    help="folder whose *.py are deployed (default: device/; tests use a throwaway one)")
     a = p.parse_args(argv)
@@ -100,6 +106,36 @@ def deploy_list(device_dir):
         raise SystemExit("sim: no device folder %s" % d)
     # resolve() follows the codec symlinks into shared/ (the deploy copies content)
     return [str(p.resolve()) for p in sorted(d.glob("*.py")) if p.resolve().is_file()]
+
+
+# sys.implementation._mpy >> 10 -> mpy-cross -march (the native emitters' names)
+_ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
+          8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
+
+
+def mpy_deploy(paths, micropython, cache):
+    """The deploy as .mpy, as `mpota provision` ships it to a board: every file
+    but main.py (which the firmware runs by that name) precompiled by
+    mpy-cross for the interpreter's .mpy version and native architecture, so
+    the device never compiles a module at run time (no compile peaks)."""
+    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    r = subprocess.run([micropython, "-c", "import sys; print(sys.implementation._mpy)"],
+                       capture_output=True, text=True, timeout=30)
+    arch = _ARCHS.get(int(r.stdout.strip() or 0) >> 10)
+    if not mpy_cross.exists() or arch is None:
+        out("sim: no mpy-cross for this interpreter: deploying .py")
+        return paths
+    cache.mkdir(parents=True, exist_ok=True)
+    done = []
+    for p in map(Path, paths):
+        if p.name == "main.py":
+            done.append(str(p))
+            continue
+        dest = cache / (p.stem + ".mpy")
+        subprocess.run([str(mpy_cross), "-march=" + arch, "-o", str(dest), "-s", p.name, str(p)],
+                       check=True, capture_output=True, timeout=60)
+        done.append(str(dest))
+    return done
 
 
 def _load_prctl():
@@ -138,7 +174,7 @@ class Launcher:
             "timing": a.flash_timing,
             "cut_after": cut_after,
             "redeploy": bool(first and a.redeploy),
-            "deploy": deploy_list(a.device_dir) if (fresh or (first and a.redeploy)) else [],
+            "deploy": self.deploy() if (fresh or (first and a.redeploy)) else [],
             "key_file": None if a.no_auth else str(device_key(self.state)),
             "reset_cause": cause,
             "boot_count": boot_count,
@@ -156,6 +192,16 @@ class Launcher:
             json.dump(cfg, f, indent=1)
         os.replace(tmp, path)
         return path
+
+    def deploy(self):
+        paths = deploy_list(self.a.device_dir)
+        if self.a.deploy == "mpy":
+            paths = mpy_deploy(paths, self.a.micropython, self.state / "mpy")
+        if self.a.config:
+            cfg = self.state / "mpota.json"  # deployed under the name the device reads
+            cfg.write_bytes(Path(self.a.config).read_bytes())
+            paths.append(str(cfg))
+        return paths
 
     def relay(self, proc):
         for raw in proc.stdout:

@@ -26,8 +26,15 @@ def deploy(paths, key_file, root):
     buf = bytearray(1024)
     mv = memoryview(buf)
     total = 0
+    import os
     for src in paths:
         name = src.rsplit("/", 1)[-1]
+        # foo.py beside foo.mpy would win the import: keep only what is deployed
+        stem, ext = name.rsplit(".", 1)
+        try:
+            os.remove(root + "/" + stem + (".py" if ext == "mpy" else ".mpy"))
+        except OSError:
+            pass
         with open(src, "rb") as fi, open(root + "/" + name, "wb") as fo:
             while True:
                 n = fi.readinto(buf)

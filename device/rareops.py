@@ -1,15 +1,20 @@
-# slotops: the rarely used slot operations -- reading a slot back (the
+# rareops: the rarely used slot operations -- reading a slot back (the
 # binary READ frame and the JSON read op), erase, rollback.
-# Compiled on first use (ops.py, service.py, legacy.py import it then), so
-# a device that only ever takes updates never holds this code in its heap.
+# Loaded on use by service.py (and legacy.py's ReadAddress) and released
+# after the request, so a device that only takes updates never holds it.
 import binascii
 
 import proto
-import slots as S
-from proto import ProtoError, E_BUSY, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_BAD_FRAME, OP_READ, OP_READ_DATA
+import slots
+from slots import name
+from proto import (ProtoError, E_BUSY, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_BAD_FRAME, OP_READ,
+                   OP_READ_DATA, int_range, field, slot_index)
 from framing import HEADER_SIZE, frame_into
 from checksums import crc32c
-from ops import name, int_range, slot_field
+
+
+def _slot(req):
+    return slot_index(field(req, "slot", str, required=True))
 
 
 def read_into(dev, i, offset, mv):
@@ -19,9 +24,9 @@ def read_into(dev, i, offset, mv):
         s.w.sync()  # make the session's bytes visible to a second handle
     have = dev.sl.file_size(i)
     if have <= 0:
-        raise ProtoError(E_OUT_OF_RANGE, "slot %s is empty" % S.NAMES[i])
+        raise ProtoError(E_OUT_OF_RANGE, "slot %s is empty" % slots.NAMES[i])
     if offset + len(mv) > have:
-        raise ProtoError(E_OUT_OF_RANGE, "read past the %d bytes of slot %s" % (have, S.NAMES[i]))
+        raise ProtoError(E_OUT_OF_RANGE, "read past the %d bytes of slot %s" % (have, slots.NAMES[i]))
     with open(dev.sl.path(i), "rb") as f:
         f.seek(offset)
         return f.readinto(mv)
@@ -58,7 +63,7 @@ def op_rollback(dev, c, req):
 
 
 def op_read(dev, c, req):
-    i = slot_field(req)
+    i = _slot(req)
     off = int_range(req, "offset", 0, 0x7FFFFFFF)
     ln = int_range(req, "length", 1, proto.READ_JSON_MAX)
     mv = dev.scratch()[:ln]
@@ -68,9 +73,9 @@ def op_read(dev, c, req):
 
 
 def op_erase(dev, c, req):
-    i = slot_field(req)
+    i = _slot(req)
     s = dev.session
     if s is not None and s.slot == i:
         raise ProtoError(E_BUSY, "an update session is writing slot %s" % name(i))
     dev.sl.erase(i)
-    return {"slot": name(i), "state": S.EMPTY}
+    return {"slot": name(i), "state": slots.EMPTY}

@@ -1,4 +1,4 @@
-# slotboot: the boot-time half of slots.py -- read (and repair) the state
+# bootslots: the boot-time half of slots.py -- read (and repair) the state
 # record, decide which slot runs, count trials, roll back. Only the boot
 # manager imports it, and drops it once the decision is committed: none of
 # this code stays in the running device's heap.
@@ -6,8 +6,18 @@ import os
 import json
 import binascii
 
-import slots as S
+import slots
 from slots import NAMES, BAD, TRIAL
+
+# Record keys before agent 0.2 (still read, rewritten at the next commit).
+_OLD = (("tc", "trials"), ("lw", "legacy_slot"), ("s", "slots"))
+_OLD_SLOT = (("st", "state"), ("sha", "sha256"), ("ver", "version"))
+
+
+def _rename(d, pairs):
+    for old, new in pairs:
+        if old in d:
+            d[new] = d.pop(old)
 
 
 def _read_record(path):
@@ -25,38 +35,41 @@ def _read_record(path):
         if int(text[i + 1:].strip(), 16) != binascii.crc32(body.encode()):
             return None
         rec = json.loads(body)
-        s = rec["s"]
+        _rename(rec, _OLD)
+        s = rec["slots"]
         if len(s) != 2 or not isinstance(rec["seq"], int):
             return None
-    except (ValueError, KeyError, TypeError):
+        for d in s:
+            _rename(d, _OLD_SLOT)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return rec
 
 
-def open_slots(root=S.ROOT, slot_size=368640, max_trials=3):
+def open_slots(root=slots.ROOT, slot_size=368640, max_trials=3):
     """Load the record under `root` into a slots.Slots, repairing what a cut
     can leave: a stale state.new, a record naming a file that is gone."""
     try:
         os.mkdir(root)
     except OSError:
         pass  # exists
-    sl = S.Slots(None, root, slot_size, max_trials)
+    sl = slots.Slots(None, root, slot_size, max_trials)
     rec = _read_record(sl.cur)
     if rec is None:
         rec = _read_record(sl.new)
         if rec is not None:
-            sl._write_cur(rec)  # adopt the complete new record
-    S._remove(sl.new)  # stale: an interrupted commit (the old one stands)
+            sl.write_record(rec)  # adopt the complete new record
+    slots.remove(sl.new)  # stale: an interrupted commit (the old one stands)
     if rec is None:
         rec = {"seq": 0, "active": None, "pending": None, "trial": None,
-               "tc": 0, "lw": None, "s": [S._blank(), S._blank()]}
+               "trials": 0, "legacy_slot": None, "slots": [slots.blank(), slots.blank()]}
     sl.rec = rec
     # Repair: a record naming a file that is gone (cut between delete and
     # commit) describes an empty slot.
     changed = False
     for i in (0, 1):
-        if rec["s"][i]["st"] != S.EMPTY and sl.file_size(i) < 0:
-            sl._forget(i)
+        if rec["slots"][i]["state"] != slots.EMPTY and sl.file_size(i) < 0:
+            sl.forget(i)
             changed = True
     if changed:
         sl.commit()
@@ -67,33 +80,30 @@ def boot(sl):
     """Decide which slot runs this boot; count trials; roll back. Commits
     before the app runs, so a crash or cut during the app still counts."""
     rec = sl.rec
-    s = rec["s"]
     t = rec["trial"]
     run = None
     if t is not None:
-        if rec["tc"] >= sl.max_trials:
-            s[t]["st"] = BAD
-            rec["trial"] = None
-            rec["tc"] = 0
-            run = sl._confirmed(rec["active"])
+        if rec["trials"] >= sl.max_trials:
+            sl.end_trial(t, BAD)
+            run = sl.confirmed(rec["active"])
             sl.note = "rolled back %s -> %s after %d unconfirmed trials" % (
-                NAMES[t], NAMES[run] if run is not None else "none", sl.max_trials)
+                NAMES[t], slots.name(run) or "none", sl.max_trials)
         else:
-            rec["tc"] += 1
+            rec["trials"] += 1
             run = t
-            sl.note = "booted %s (trial %d/%d)" % (NAMES[t], rec["tc"], sl.max_trials)
+            sl.note = "booted %s (trial %d/%d)" % (NAMES[t], rec["trials"], sl.max_trials)
         sl.commit()
     elif rec["pending"] is not None:
         p = rec["pending"]
         rec["pending"] = None
         rec["trial"] = p
-        rec["tc"] = 1
-        s[p]["st"] = TRIAL
+        rec["trials"] = 1
+        rec["slots"][p]["state"] = TRIAL
         sl.commit()
         run = p
         sl.note = "booted %s (trial 1/%d)" % (NAMES[p], sl.max_trials)
     else:
-        run = sl._confirmed(rec["active"])
+        run = sl.confirmed(rec["active"])
         if run is not None:
             sl.note = "booted %s (confirmed)" % NAMES[run]
         else:
@@ -108,18 +118,16 @@ def failed(sl, i, why):
     rec = sl.rec
     nxt = None
     if rec["trial"] == i:
-        rec["s"][i]["st"] = BAD
-        rec["trial"] = None
-        rec["tc"] = 0
-        nxt = sl._confirmed(rec["active"])
+        sl.end_trial(i, BAD)
+        nxt = sl.confirmed(rec["active"])
         sl.commit()
         sl.note = "%s failed to start (%s); rolled back %s -> %s" % (
-            NAMES[i], why, NAMES[i], NAMES[nxt] if nxt is not None else "none")
+            NAMES[i], why, NAMES[i], slots.name(nxt) or "none")
     else:
-        other = sl._confirmed(1 - i)
+        other = sl.confirmed(1 - i)
         if other is not None:
             rec["active"] = other
-            rec["s"][i]["st"] = BAD
+            rec["slots"][i]["state"] = BAD
             sl.commit()
             nxt = other
             sl.note = "%s failed to start (%s); falling back to %s" % (NAMES[i], why, NAMES[other])

@@ -1,0 +1,107 @@
+"""The device stays reachable and updatable under abuse: connection floods at
+a deliberately tiny heap (running out of memory never leaks a connection slot
+or kills the listener), and idle, dripping and silent peers that must never
+keep an operator out (docs/security.md, connection policy)."""
+import json
+import socket
+import time
+
+import pytest
+
+from conftest import I386, INTERPRETERS
+from simproc import Sim
+from test_agent_e2e import APP1, DevConn, app_image
+
+# a heap where the agent boots but a flood of connections exhausts it
+TINY = {"venv": "128K", "i386": "80K"}
+
+
+def _label(mp):
+    return "i386" if mp == str(I386) else "venv"
+
+
+def _flood(port, n):
+    socks = []
+    for i in range(n):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            continue
+        try:
+            # a third say hello and stop, a third send half a line, a third nothing
+            if i % 3 == 0:
+                s.sendall(b'{"op": "hello"}\n')
+            elif i % 3 == 1:
+                s.sendall(b'{"op": "stat')
+        except OSError:
+            pass
+        socks.append(s)
+    return socks
+
+
+def _push_with_retries(port, key, img, tries=5):
+    last = None
+    for _ in range(tries):
+        try:
+            c = DevConn(port, key, timeout=10)
+            r = c.push(img, "1.0.0+0")
+            c.close()
+            return r
+        except (AssertionError, OSError, EOFError) as e:  # busy/no_memory while the flood drains
+            last = e
+            time.sleep(1)
+    raise AssertionError("no push after the flood: %s" % last)
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=_label)
+def test_connection_floods_at_a_tiny_heap_leave_the_device_updatable(tmp_path, mp, capsys):
+    img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=16 * 1024)
+    heap = TINY[_label(mp)]
+    with Sim(state=tmp_path / "dev", flags=["--heap", heap, "--micropython", mp]) as sim:
+        for _ in range(3):
+            socks = _flood(sim.tcp_port, 24)
+            time.sleep(0.5)
+            for s in socks:
+                s.close()
+        r = _push_with_retries(sim.tcp_port, sim.key, img)
+        assert r["state"] == "pending"
+        c = DevConn(sim.tcp_port, sim.key)
+        st = c.ok("status")
+        c.close()
+        assert st["slots"]["a"]["state"] == "pending"
+        assert "Traceback" not in sim.output, sim.output[-2000:]
+        with capsys.disabled():
+            print("\nflood at --heap %s (%s): 3 x 24 connections, then a push: ok, mem_free %d"
+                  % (heap, _label(mp), st["mem_free"]))
+
+
+def test_idle_dripping_and_silent_peers_cannot_keep_the_operator_out(tmp_path):
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"timeout": 4, "auth_timeout": 3}))
+    img = app_image(tmp_path, "app", APP1, "1.0.0+0")
+    with Sim(state=tmp_path / "dev", flags=["--config", str(cfg)]) as sim:
+        idle = [socket.create_connection(("127.0.0.1", sim.tcp_port)) for _ in range(4)]
+        drip = [socket.create_connection(("127.0.0.1", sim.tcp_port)) for _ in range(4)]
+        # an authenticated peer opens an update session, then goes silent
+        silent = DevConn(sim.tcp_port, sim.key)
+        silent.ok("begin", size=len(img), sha256="ab" * 32)
+        t0 = time.monotonic()
+        c = None
+        result = None
+        while result is None and time.monotonic() - t0 < 10:  # the issue's bound: 10 s
+            for s in drip:
+                try:
+                    s.sendall(b" ")
+                except OSError:
+                    pass
+            try:
+                c = c or DevConn(sim.tcp_port, sim.key, timeout=5)
+                result = c.push(img, "1.0.0+0")
+            except AssertionError as e:
+                assert "busy" in str(e), e  # the silent session, until it times out
+                time.sleep(0.5)
+        assert result is not None and result["state"] == "pending", "operator kept out for 10 s"
+        for s in idle + drip:
+            s.close()
+        silent.close()
+        c.close()
