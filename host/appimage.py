@@ -9,26 +9,19 @@ size 256) that the device mounts read-only at /app (device/appfs.py); the
 image around it is made by MCUboot's own `imgtool create` so that imgtool,
 mcumgr and MCUboot tooling all read it.
 """
-import hashlib
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import mcuboot  # the codec's MCUboot parser (shared/), also run by the device
+
 BLOCK_SIZE = 4096
 PROG_SIZE = 256
 HEADROOM_BLOCKS = 2  # spare blocks beyond the smallest that fits
 
-IMAGE_MAGIC = 0x96F3B83D
-TLV_INFO_MAGIC = 0x6907
-TLV_PROT_INFO_MAGIC = 0x6908
-TLV_SHA256 = 0x10
-TLV_KEYHASH = 0x01
-TLV_PUBKEY = 0x02
-TLV_ED25519 = 0x24
-SIG_TLVS = {0x20: "RSA2048", 0x22: "ECDSASIG", 0x23: "RSA3072", 0x24: "ED25519"}
+SIG_NAMES = {0x20: "RSA2048", 0x22: "ECDSASIG", 0x23: "RSA3072", 0x24: "ED25519"}
 APP_SUFFIXES = (".py", ".mpy")
 LFS_MAGIC_OFFSET = 8  # "littlefs" in the superblock entry of block 0
 
@@ -134,69 +127,20 @@ def build_app_image(source, version="0.0.0+0", header_size=32, key=None):
 
 
 def inspect_image(data, key=None):
-    """Parse and check an MCUboot image. Returns a dict: hdr_size, img_size,
-    protect_tlv_size, flags, version (tuple), version_str, load_addr, tlv_off,
-    total_size, sha256 (hex, from the TLV), sha256_ok, tlvs [(type, len)],
-    has_signature, signature (name or None), keyhash (hex or None), body_is_littlefs,
-    lfs_block_count, and with `key` (a key file) signature_ok from imgtool's verify."""
-    data = bytes(data)
-    if len(data) < 32:
-        raise AppImageError("not an MCUboot image: %d bytes" % len(data))
-    magic, load_addr, hdr_size, ptlv, img_size, flags, vmaj, vmin, vrev, vbuild = \
-        struct.unpack_from("<IIHHIIBBHI", data, 0)
-    if magic != IMAGE_MAGIC:
-        raise AppImageError("not an MCUboot image: magic 0x%08x, expected 0x%08x" % (magic, IMAGE_MAGIC))
-    if hdr_size < 32 or hdr_size + img_size + 4 > len(data):
-        raise AppImageError("truncated image: header says %d + %d bytes, have %d"
-                            % (hdr_size, img_size, len(data)))
-    off = hdr_size + img_size
-    tlvs = []
-    prot_end = off
-    m, tot = struct.unpack_from("<HH", data, off)
-    if m == TLV_PROT_INFO_MAGIC:
-        if tot != ptlv:
-            raise AppImageError("protected TLV size %d differs from the header's %d" % (tot, ptlv))
-        p = off + 4
-        while p < off + tot:
-            t, ln = struct.unpack_from("<BxH", data, p)
-            tlvs.append((t, ln))
-            p += 4 + ln
-        prot_end = off + tot
-        m, tot = struct.unpack_from("<HH", data, prot_end)
-    if m != TLV_INFO_MAGIC:
-        raise AppImageError("no TLV info (magic 0x%04x at %d, expected 0x%04x)" % (m, prot_end, TLV_INFO_MAGIC))
-    if prot_end + tot > len(data):
-        raise AppImageError("truncated TLV area")
-    sha = keyhash = sig = None
-    p = prot_end + 4
-    while p < prot_end + tot:
-        t, ln = struct.unpack_from("<BxH", data, p)
-        v = data[p + 4:p + 4 + ln]
-        tlvs.append((t, ln))
-        if t == TLV_SHA256:
-            sha = v
-        elif t == TLV_KEYHASH:
-            keyhash = v
-        elif t in SIG_TLVS:
-            sig = SIG_TLVS[t]
-        p += 4 + ln
-    if sha is None:
-        raise AppImageError("no SHA256 TLV (0x10) in the image")
-    body = data[hdr_size:hdr_size + img_size]
-    is_lfs = body[LFS_MAGIC_OFFSET:LFS_MAGIC_OFFSET + 8] == b"littlefs"
-    info = {
-        "hdr_size": hdr_size, "img_size": img_size, "protect_tlv_size": ptlv, "flags": flags,
-        "load_addr": load_addr, "version": (vmaj, vmin, vrev, vbuild),
-        "version_str": "%d.%d.%d+%d" % (vmaj, vmin, vrev, vbuild),
-        "tlv_off": off, "total_size": prot_end + tot,
-        "sha256": sha.hex(), "sha256_ok": hashlib.sha256(data[:prot_end]).digest() == sha,
-        "tlvs": tlvs, "has_signature": sig is not None, "signature": sig,
-        "keyhash": keyhash.hex() if keyhash else None,
-        "body_is_littlefs": is_lfs,
-        "lfs_block_count": img_size // BLOCK_SIZE if is_lfs and img_size % BLOCK_SIZE == 0 else None,
-    }
+    """Parse and check an MCUboot image with the codec's parser (shared/mcuboot.py,
+    the one the device runs). Returns its dict with sha256 and keyhash as hex,
+    plus sha256_ok, signature (name or None), lfs_block_count and, with `key`
+    (a key file), signature_ok from imgtool's verify. AppImageError when bad."""
+    try:
+        info = mcuboot.verify(bytes(data))
+    except mcuboot.ImageError as e:
+        raise AppImageError(e.message) from None
+    info.update(sha256=info["sha256"].hex(), sha256_ok=True, signature=SIG_NAMES.get(info["sig_type"]),
+                keyhash=info["keyhash"].hex() if info["keyhash"] else None)
+    size = info["img_size"]
+    info["lfs_block_count"] = size // BLOCK_SIZE if info["body_is_littlefs"] and size % BLOCK_SIZE == 0 else None
     if key is not None:
-        info["signature_ok"] = verify_signature(data[:info["total_size"]], key)
+        info["signature_ok"] = verify_signature(bytes(data)[:info["total_size"]], key)
     return info
 
 

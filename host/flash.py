@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import socket
 import sys
 import time
@@ -541,12 +540,10 @@ def cmd_targets(args, out: Output) -> int:
 
 # --- legacy (reference UDP flow) --------------------------------------------------
 
-_LEGACY_ERR = re.compile(r"error: (\d+)")
-
 
 def cmd_legacy(args, out: Output) -> int:
     import binascii
-    from bootloader_messenger import BootloaderMessenger
+    from bootloader_messenger import BootloaderMessenger, LegacyError
 
     img = imagefile.load(args.image, args.version)
     t = _target(args)
@@ -614,11 +611,9 @@ def cmd_legacy(args, out: Output) -> int:
         raise DeviceTimeout("no answer to %s from %s UDP port %d within %.0f s" % (
             step, t.host, t.udp_port, args.timeout),
             "is the legacy UDP service on (sim: --legacy-udp) and the port right?")
-    except RuntimeError as e:
-        mnum = _LEGACY_ERR.search(str(e))
-        num = int(mnum.group(1)) if mnum else None
-        code = proto.error_name(num) if num is not None else None
-        err = device_error(code, "legacy %s refused (%s)" % (step, e), num=num, op=step)
+    except LegacyError as e:
+        code = e.code
+        err = device_error(code, "legacy %s refused (%s)" % (step, e), num=e.num, op=step)
         if code == "auth_required":
             err.hint = ("the legacy UDP service has no authentication, so the device serves it only "
                         "with auth off (sim: --no-auth); use `push` instead")

@@ -1,24 +1,18 @@
 """Loading what the user wants to push: an MCUboot image file, or a folder built on the fly.
 
-Checks a file locally before anything is sent (magic, sizes, the SHA-256 TLV
-over header+body+protected TLVs), so a truncated or corrupted file fails here
+Checks a file locally before anything is sent, with the parser the device
+runs (shared/mcuboot.py: magic, sizes, the SHA-256 TLV), so a truncated or corrupted file fails here
 with a clear message instead of after a full upload.
 """
 from __future__ import annotations
 
 import hashlib
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import mcuboot
 from errors import BadImage, UsageError
-
-IMAGE_MAGIC = 0x96F3B83D
-TLV_INFO_MAGIC = 0x6907
-TLV_PROT_INFO_MAGIC = 0x6908
-TLV_SHA256 = 0x10
-HEADER_SIZE = 32
 
 
 @dataclass
@@ -38,42 +32,12 @@ class Image:
 
 
 def check_image(data: bytes, name: str = "image") -> str:
-    """Validate MCUboot framing and the SHA-256 TLV; return the version string."""
-    if len(data) < HEADER_SIZE:
-        raise BadImage("%s is %d bytes, too short for an MCUboot image" % (name, len(data)))
-    magic, _load, hdr_size, prot_size, img_size, _flags, major, minor, rev, build = struct.unpack_from(
-        "<IIHHIIBBHI", data, 0)
-    if magic != IMAGE_MAGIC:
-        raise BadImage("%s is not an MCUboot image (magic 0x%08X)" % (name, magic))
-    end = hdr_size + img_size
-    if hdr_size < HEADER_SIZE or end + 4 > len(data):
-        raise BadImage("%s is truncated: header says %d bytes of header+body, file has %d"
-                       % (name, end, len(data)))
-    pos = end
-    hashed_end = end
-    if prot_size:
-        pmagic, ptot = struct.unpack_from("<HH", data, pos)
-        if pmagic != TLV_PROT_INFO_MAGIC or ptot != prot_size:
-            raise BadImage("%s has a damaged protected TLV area" % name)
-        pos += prot_size
-        hashed_end = pos
-    if pos + 4 > len(data):
-        raise BadImage("%s is truncated before its TLV area" % name)
-    tmagic, ttot = struct.unpack_from("<HH", data, pos)
-    if tmagic != TLV_INFO_MAGIC or pos + ttot > len(data):
-        raise BadImage("%s has no valid TLV area (truncated or corrupted)" % name)
-    digest = None
-    p, stop = pos + 4, pos + ttot
-    while p + 4 <= stop:
-        ttype, tlen = struct.unpack_from("<HH", data, p)
-        if ttype == TLV_SHA256:
-            digest = bytes(data[p + 4:p + 4 + tlen])
-        p += 4 + tlen
-    if digest is None:
-        raise BadImage("%s has no SHA-256 TLV" % name)
-    if hashlib.sha256(data[:hashed_end]).digest() != digest:
-        raise BadImage("%s is corrupted: its SHA-256 does not match the TLV" % name)
-    return "%d.%d.%d+%d" % (major, minor, rev, build)
+    """Validate MCUboot framing and the SHA-256 TLV with the codec's parser
+    (shared/mcuboot.py, the one the device runs); return the version string."""
+    try:
+        return mcuboot.verify(data)["version_str"]
+    except mcuboot.ImageError as e:
+        raise BadImage("%s: %s" % (name, e.message)) from None
 
 
 def folder_version(folder: Path) -> Optional[str]:

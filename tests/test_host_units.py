@@ -172,3 +172,38 @@ def test_device_error_classes(code, cls, exit_code):
     e = device_error(code, "because", num=3, op="begin")
     assert isinstance(e, cls) and e.exit_code == exit_code
     assert e.hint  # every mapped error says what to do next
+
+
+# --- the reference messenger uses the codec's error table ----------------------------
+
+def test_messenger_names_every_codec_error():
+    """An ErrorResponse raises the reference's RuntimeError text, named from the
+    codec's table (no_memory, 20, included), and carries num and code."""
+    import socket
+    import threading
+
+    import proto
+    from bootloader_messages import ErrorResponse
+    from bootloader_messenger import BootloaderMessenger, LegacyError
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(5)
+
+    def answer():
+        for num in (proto.E_NO_MEMORY, proto.E_BUSY):
+            _, addr = srv.recvfrom(2048)
+            srv.sendto(ErrorResponse.make(num), addr)
+
+    th = threading.Thread(target=answer, daemon=True)
+    th.start()
+    with BootloaderMessenger(("127.0.0.1", srv.getsockname()[1])) as m:
+        m.sock.settimeout(5)
+        for num, name in ((20, "no_memory"), (9, "busy")):
+            with pytest.raises(LegacyError) as ei:
+                m.get_version()
+            assert isinstance(ei.value, RuntimeError)
+            assert (ei.value.num, ei.value.code) == (num, name)
+            assert str(ei.value) == "Bootloader returned error: %d (%s)" % (num, name)
+    th.join(5)
+    srv.close()
