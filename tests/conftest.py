@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(VENV_BIN / "micropython")
 
-# CPython tests import the codec and the host tool flat, as the device does.
-for sub in ("shared", "host", "tools", "tests/vectors"):
+# CPython tests import the codec flat, as the device does; the host tool is the
+# package `mpota` (host/, installed editable by `make setup`).
+for sub in ("shared", "tools", "tests/vectors"):
     p = str(REPO / sub)
     if p not in sys.path:
         sys.path.insert(0, p)

@@ -318,7 +318,7 @@ def test_image_too_big_exit_5(shared_sim, tmp_path):
 
 
 def _hello(sim):
-    import client  # the library's own hello, for slot_size
+    from mpota import client  # the library's own hello, for slot_size
 
     async def go():
         async with client.Client("127.0.0.1", sim.tcp_port) as c:
@@ -352,7 +352,7 @@ def test_wrong_key_exit_3_and_no_key_exit_3(shared_sim, hello_img):
 
 
 def test_busy_exit_4(shared_sim, hello_img):
-    import client
+    from mpota import client
 
     async def go():
         c = client.Client("127.0.0.1", shared_sim.tcp_port, key=shared_sim.key)

@@ -5,11 +5,9 @@ import sys
 
 import pytest
 
-import flash
-import imagefile
-import targets
 from conftest import REPO
-from errors import (EXIT_AUTH, EXIT_BUSY, EXIT_REFUSED, EXIT_UNREACHABLE, AuthError, BadImage,
+from mpota import cli, images, targets
+from mpota.errors import (EXIT_AUTH, EXIT_BUSY, EXIT_REFUSED, EXIT_UNREACHABLE, AuthError, BadImage,
                     BusyError, DeviceTimeout, NoSpace, UsageError, VersionRefused, device_error)
 
 KEY_HEX = "11" * 32
@@ -79,7 +77,7 @@ def test_bad_keys_and_files(tmp_path):
 
 def test_key_is_not_a_command_line_option(capsys):
     with pytest.raises(SystemExit):
-        flash.parse_args(["--key", KEY_HEX, "status"])
+        cli.parse_args(["--key", KEY_HEX, "status"])
     # A key passed where a key file belongs is refused without being echoed.
     with pytest.raises(UsageError) as ei:
         targets.resolve("127.0.0.1", key_file=KEY_HEX, env={})
@@ -89,13 +87,13 @@ def test_key_is_not_a_command_line_option(capsys):
 # --- argv ----------------------------------------------------------------------
 
 def test_default_command_is_push():
-    a = flash.parse_args(["--target", "sim", "app.img"])
+    a = cli.parse_args(["--target", "sim", "app.img"])
     assert a.command == "push" and a.image == "app.img" and a.target == "sim"
-    a = flash.parse_args(["-t", "status", "status"])  # a target named like a command
+    a = cli.parse_args(["-t", "status", "status"])  # a target named like a command
     assert a.command == "status" and a.target == "status"
-    a = flash.parse_args(["status", "--json", "-t", "sim"])
+    a = cli.parse_args(["status", "--json", "-t", "sim"])
     assert a.command == "status" and a.json and a.target == "sim"
-    a = flash.parse_args(["-vv", "push", "x.img", "--no-confirm", "--window", "4096"])
+    a = cli.parse_args(["-vv", "push", "x.img", "--no-confirm", "--window", "4096"])
     assert a.verbose == 2 and a.no_confirm and a.window == 4096
 
 
@@ -126,7 +124,7 @@ def _imgtool_image(tmp_path, version="1.2.3"):
 
 def test_check_image_accepts_imgtool_output_and_reads_version(tmp_path):
     p = _imgtool_image(tmp_path)
-    img = imagefile.load(str(p))
+    img = images.load(str(p))
     assert img.version == "1.2.3+0" and img.size == p.stat().st_size
 
 
@@ -144,17 +142,17 @@ def test_check_image_rejects_damaged_files(tmp_path, damage):
         data = b""
     p.write_bytes(bytes(data))
     with pytest.raises(BadImage) as ei:
-        imagefile.load(str(p))
+        images.load(str(p))
     assert ei.value.exit_code == EXIT_REFUSED
 
 
 def test_folder_needs_main_and_version(tmp_path):
     (tmp_path / "lib.py").write_text("x = 1\n")
     with pytest.raises(UsageError, match="main.py"):
-        imagefile.load(str(tmp_path))
+        images.load(str(tmp_path))
     (tmp_path / "main.py").write_text("def main():\n    pass\n")
     with pytest.raises(UsageError, match="version"):
-        imagefile.load(str(tmp_path))
+        images.load(str(tmp_path))
 
 
 # --- error mapping -----------------------------------------------------------------
@@ -184,7 +182,7 @@ def test_messenger_names_every_codec_error():
 
     import proto
     from bootloader_messages import ErrorResponse
-    from bootloader_messenger import BootloaderMessenger, LegacyError
+    from mpota.bootloader_messenger import BootloaderMessenger, LegacyError
 
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     srv.bind(("127.0.0.1", 0))

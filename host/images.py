@@ -1,5 +1,8 @@
 """Application images: a folder -> littlefs -> MCUboot image (imgtool), and back.
 
+    load(path, version=None, sign_key=None) -> Image     an image file, or a folder built now
+    build_folder(folder, version, sign_key=None) -> Image
+    check_image(data, name) -> version string             the device's own checks, locally
     build_littlefs(folder, block_count=None) -> bytes
     build_app_image(folder_or_littlefs_bytes, version="0.0.0+0", header_size=32, key=None) -> bytes
     inspect_image(data, key=None) -> dict
@@ -7,15 +10,24 @@
 The body of an application image is a littlefs image (block size 4096, prog
 size 256) that the device mounts read-only at /app (device/appfs.py); the
 image around it is made by MCUboot's own `imgtool create` so that imgtool,
-mcumgr and MCUboot tooling all read it.
+mcumgr and MCUboot tooling all read it. Images are read back with the
+codec's parser (shared/mcuboot.py), the one the device runs, so a truncated
+or corrupted file fails here, before anything is sent.
 """
+from __future__ import annotations
+
+import hashlib
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import mcuboot  # the codec's MCUboot parser (shared/), also run by the device
+
+from .errors import BadImage, UsageError
 
 BLOCK_SIZE = 4096
 PROG_SIZE = 256
@@ -153,3 +165,75 @@ def verify_signature(data, key):
         p.write_bytes(bytes(data))
         result, *_ = image.Image.verify(str(p), keys.load(str(key)))
     return result == image.VerifyResult.OK
+
+
+# -- what the user pushes: an image file, or a folder built on the fly ---------------
+
+@dataclass
+class Image:
+    data: bytes
+    version: str            # "major.minor.revision+build"
+    source: str             # file path or folder it was built from
+    built: bool = False     # True when built from a folder just now
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def check_image(data: bytes, name: str = "image") -> str:
+    """Validate MCUboot framing and the SHA-256 TLV with the codec's parser
+    (shared/mcuboot.py, the one the device runs); return the version string."""
+    try:
+        return mcuboot.verify(data)["version_str"]
+    except mcuboot.ImageError as e:
+        raise BadImage("%s: %s" % (name, e.message)) from None
+
+
+def folder_version(folder: Path) -> Optional[str]:
+    """The version a folder declares in a VERSION file (first line), if any."""
+    f = folder / "VERSION"
+    if f.is_file():
+        text = f.read_text(encoding="utf-8").strip().splitlines()
+        return text[0].strip() if text else None
+    return None
+
+
+def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] = None) -> Image:
+    """Build an application image from a folder of .py/.mpy files."""
+    if not folder.is_dir():
+        raise UsageError("%s is not a folder" % folder)
+    if not (folder / "main.py").is_file() and not (folder / "main.mpy").is_file():
+        raise UsageError("%s has no main.py" % folder, "the app's main.py must define main()")
+    version = version or folder_version(folder)
+    if not version:
+        raise UsageError("no version for %s" % folder, "give --version X.Y.Z or put it in %s/VERSION" % folder)
+    kwargs = {"version": version}
+    if sign_key:
+        kwargs["key"] = sign_key
+    try:
+        data = build_app_image(str(folder), **kwargs)
+    except (ValueError, OSError) as e:
+        raise UsageError("cannot build %s: %s" % (folder, e))
+    return Image(data=bytes(data), version=check_image(data, str(folder)), source=str(folder), built=True)
+
+
+def load(path: str, version: Optional[str] = None, sign_key: Optional[str] = None) -> Image:
+    """An image from a file, or built from a folder."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return build_folder(p, version, sign_key)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError("cannot read %s: %s" % (p, e.strerror or e),
+                         "give an image file (.img) or an app folder")
+    v = check_image(data, str(p))
+    if version and version != v and version.split("+")[0] != v.split("+")[0]:
+        raise UsageError("%s holds version %s, not %s" % (p, v, version),
+                         "--version applies when building from a folder")
+    return Image(data=data, version=v, source=str(p))
