@@ -160,6 +160,9 @@ def test_status_read_dump_and_human_output(sim, tmp_path):
     r = cli(*target(sim), "status")
     assert r.returncode == 0 and "slot %s" % slot in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "slot size" in r.stdout  # what the no_space hint points at
+    r = cli(*target(sim), "-q", "status")  # the one-line answer
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stdout.startswith("127.0.0.1:")
     r = cli(*target(sim), "--json", "ping")
     assert r.returncode == 0 and ev(events(r), "pong")["auth"] == "hmac-sha256"
     r = cli(*target(sim), "--json", "erase", "--slot", slot, key=sim.key)
