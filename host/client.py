@@ -23,13 +23,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import hostframes
+import hostframes  # the codec (shared/), flat as on the device: see __init__.py
 import proto
 from checksums import crc32c
-from errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, MpotaError,
-                    Unreachable, device_error)
 from framing import K_ERROR, K_FRAME, K_LINE
 from hmac_sha256 import compare_digest, device_mac, host_mac
+
+from .errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, MpotaError,
+                     Unreachable, device_error)
 
 log = logging.getLogger("mpota.client")
 
@@ -180,6 +181,10 @@ class Client:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(exc)
+                # Marked as retrieved: a waiter still gets it, but a request that gave
+                # up first (timeout, Ctrl-C) leaves no "Future exception was never
+                # retrieved" on stderr after the run.
+                fut.exception()
         self._pending.clear()
         self._frames.put_nowait(None)  # wakes a waiting upload/read
 
@@ -257,8 +262,9 @@ class Client:
             await self._drain()
             reply = await within(fut, timeout or self.timeout)
         except asyncio.TimeoutError:
-            self._pending.pop(rid, None)
             raise DeviceTimeout("no answer to %s from %s within %.0f s" % (op, self.host, timeout or self.timeout))
+        finally:
+            self._pending.pop(rid, None)  # answered, or given up on: nobody waits for it now
         if not reply.get("ok"):
             err = reply.get("error") or {}
             raise device_error(err.get("code"), err.get("message", "refused"), num=err.get("num"),
@@ -600,5 +606,5 @@ async def wait_for_device(host: str, port: int, *, key: Optional[bytes] = None,
         if time.monotonic() + poll > end:
             raise DeviceTimeout("%s did not come back within %.0f s%s" % (
                 host, deadline_s, (" (last: %s)" % last.message) if isinstance(last, MpotaError) else ""),
-                "check the device's power and Wi-Fi, then `flash.py status`")
+                "check the device's power and Wi-Fi")
         await asyncio.sleep(poll)

@@ -2,6 +2,8 @@
 
 Every message says what went wrong and what to do next; `hint` holds the
 "what to do" part so the CLI can print it on its own line (or as a JSON field).
+Hints here name no command or flag: this is the library; the CLI adds those
+(cli.py, `with_cli_hint`), as it alone knows its own command names.
 """
 from __future__ import annotations
 
@@ -46,8 +48,7 @@ class ConnectionProblem(MpotaError):
 
 
 class Unreachable(ConnectionProblem):
-    default_hint = ("check the host name/address and port, that the device is powered "
-                    "and on this network (try `flash.py ping`)")
+    default_hint = "check the host name/address and port, and that the device is powered and on this network"
 
 
 class DeviceTimeout(ConnectionProblem):
@@ -81,8 +82,7 @@ class DeviceError(MpotaError):
 
 class AuthError(DeviceError):
     exit_code = EXIT_AUTH
-    default_hint = ("give the device's key with MPOTA_KEY (hex), MPOTA_KEY_FILE, --key-file "
-                    "or key_file in the targets file")
+    default_hint = "give the device's key with MPOTA_KEY (hex), MPOTA_KEY_FILE or key_file in the targets file"
 
 
 class BusyError(DeviceError):
@@ -95,15 +95,15 @@ class CrcMismatch(DeviceError):
 
 
 class NoSpace(DeviceError):
-    default_hint = "the image is larger than a slot; make the application smaller (`flash.py status` shows slot_size)"
+    default_hint = "the image is larger than a slot; make the application smaller"
 
 
 class VersionRefused(DeviceError):
-    default_hint = "the image is older than the confirmed one; build it with a higher --version"
+    default_hint = "the image is older than the confirmed one; build it with a higher version"
 
 
 class BadImage(DeviceError):
-    default_hint = "rebuild the image with `flash.py build FOLDER --version X.Y.Z`"
+    default_hint = "rebuild the image from its app folder"
 
 
 class SignatureInvalid(DeviceError):
@@ -118,7 +118,7 @@ class NotTaken(MpotaError):
     """The upload succeeded but the device did not come back running the new image."""
 
     exit_code = EXIT_NOT_TAKEN
-    default_hint = "run `flash.py status` to see boot_note; the device keeps or rolls back to its confirmed slot"
+    default_hint = "the device keeps, or rolls back to, its confirmed slot; its status says why (boot note)"
 
 
 class Interrupted(MpotaError):
@@ -138,12 +138,12 @@ _BY_CODE = {
     "signature_invalid": (SignatureInvalid, None),
     "verify_failed": (VerifyFailed, None),
     "timeout": (DeviceTimeout, None),
-    "incorrect_state": (DeviceError, "the device is not in a state for this; `flash.py status` shows why"),
-    "out_of_range": (DeviceError, "offset/length outside the slot; `flash.py status` shows slot sizes"),
+    "incorrect_state": (DeviceError, "the device is not in a state for this; its status shows why"),
+    "out_of_range": (DeviceError, "offset/length outside the slot"),
     "flash_fault": (DeviceError, "the device's flash is failing; reflash it over USB"),
     "no_memory": (DeviceError, "the device ran out of heap (its app holds most of it); "
-                               "try again, or `flash.py reset` and retry before the app grows"),
-    "internal": (DeviceError, "unexpected device error; `flash.py status` and a reset may help"),
+                               "try again, or reset it and retry before the app grows"),
+    "internal": (DeviceError, "unexpected device error; a reset may help"),
     "unsupported": (DeviceError, "the device's agent is too old for this operation; update the agent"),
 }
 

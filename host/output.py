@@ -1,29 +1,69 @@
 """How the CLI talks to people and programs: rich text, one JSON object per line, or quiet.
 
-- human: messages on stdout, a progress bar (bytes, rate, ETA) on stderr,
-  errors and hints on stderr;
+- human: messages on stdout, a progress bar (bytes, KiB/s, ETA) on stderr,
+  errors and hints on stderr. Lines are never wrapped by us (a terminal wraps
+  them itself; a log or a pipe gets whole lines for grep), and colour and
+  bars appear only on a terminal;
 - json: every event is one JSON object on its own stdout line
   (`{"event": "progress", ...}`), no bar, no colour; errors are events too;
-- quiet: only errors (stderr).
+- quiet: errors, plus the one-line answer of a command that has one
+  (`status -q`: what runs; see `result()`).
 
-A fleet run (several devices at once) uses FleetOutput: each device writes
-through its own DeviceOutput, whose JSON events carry `"target"`, whose lines
-are prefixed with the device's name and whose progress is one bar of a shared
-display; the run ends with a summary table (or a `summary` event).
+While a bar shows, messages go through the bar's own console, so they land
+above it instead of on it. A fleet run (several devices at once) uses
+FleetOutput: one live view with a row per device (bar, bytes, rate, ETA,
+state), its messages above, prefixed with the device's name; without a
+terminal, plain prefixed lines. It ends with a summary table (or a `summary`
+event).
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from errors import MpotaError
+from .errors import MpotaError
+
+UNIT = 1024  # one unit system everywhere: KiB and KiB/s
+
+
+def fmt_size(n) -> str:
+    if n is None:
+        return "-"
+    return "%d B" % n if n < UNIT else "%.1f KiB" % (n / UNIT)
+
+
+def fmt_rate(bytes_per_s) -> str:
+    return "%.1f KiB/s" % (bytes_per_s / UNIT)
+
+
+def _console(file, **kw) -> Console:
+    # soft_wrap: rich does not break lines (a pipe would otherwise get 80-column pieces).
+    return Console(file=file, highlight=False, soft_wrap=True, **kw)
+
+
+class _Rate(ProgressColumn):
+    """Transfer rate in KiB/s (rich's own column says kB/s)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else fmt_rate(speed), style="progress.data.speed")
+
+
+def _bars(console: Console, state: bool = False) -> Progress:
+    cols = [TextColumn("{task.description}"), BarColumn(bar_width=20), DownloadColumn(binary_units=True),
+            _Rate(), TimeRemainingColumn()]
+    if state:
+        cols.append(TextColumn("{task.fields[state]}"))
+    # redirect_*: we print through progress.console ourselves (see _print).
+    return Progress(*cols, console=console, transient=False, redirect_stdout=False, redirect_stderr=False)
 
 
 class Output:
@@ -32,12 +72,14 @@ class Output:
         self.mode = mode
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
-        self.console = Console(file=self.stdout, highlight=False, soft_wrap=False)
-        self.err_console = Console(file=self.stderr, highlight=False, stderr=True)
+        self.console = _console(self.stdout)
+        self.err_console = _console(self.stderr, stderr=True)
         self._progress: Optional[Progress] = None
         self._task = None
         self._last_json = 0.0
         self._last_done = -1
+        # The CLI's hook that adds hints naming its commands and flags (cli.with_cli_hint).
+        self.hinter: Optional[Callable[[MpotaError], MpotaError]] = None
 
     # --- events -------------------------------------------------------------
 
@@ -50,32 +92,50 @@ class Output:
             self.stdout.write(json.dumps(obj, default=str) + "\n")
             self.stdout.flush()
         elif self.mode == "human" and text:
-            self.console.print(text)
+            self._print(text)
 
     def say(self, text: str) -> None:
         """Human-only text (nothing in json or quiet mode)."""
         if self.mode == "human":
-            self.console.print(text)
+            self._print(text)
 
-    def error(self, err: MpotaError) -> None:
+    def result(self, text: str) -> None:
+        """A command's one-line answer: shown in human and quiet mode."""
+        if self.mode != "json":
+            self._print(text)
+
+    def _print(self, text: str, err: bool = False) -> None:
+        live = self._live()
+        console = self.err_console if err else self.console
+        if live is not None and console.is_terminal:
+            live.console.print(text)  # above the bars, not on them
+        else:
+            console.print(text)
+
+    def _live(self) -> Optional[Progress]:
+        return self._progress
+
+    def error(self, err: MpotaError, who: str = "") -> None:
+        if self.hinter is not None:
+            err = self.hinter(err)
         if self.mode == "json":
             self.event("error", **err.as_dict())
             return
-        self.err_console.print("[bold red]error:[/] %s" % _esc(err.message))
+        self._print("[bold red]error:[/] %s%s" % (escape(who) + ": " if who else "", escape(err.message)), err=True)
         if err.hint:
-            self.err_console.print("[yellow]hint:[/] %s" % _esc(err.hint))
+            self._print("[yellow]hint:[/] %s" % escape(err.hint), err=True)
 
     def warn(self, text: str) -> None:
         if self.mode == "json":
             self.event("warning", message=text)
         elif self.mode == "human":
-            self.err_console.print("[yellow]warning:[/] %s" % _esc(text))
+            self._print("[yellow]warning:[/] %s" % escape(text), err=True)
 
     # --- progress -----------------------------------------------------------
 
     def progress_start(self, description: str, total: int) -> None:
         self._last_done = -1
-        if self.mode == "human":
+        if self.mode == "human" and self.err_console.is_terminal:
             self._progress = _bars(self.err_console)
             self._progress.start()
             self._task = self._progress.add_task(description, total=total)
@@ -101,11 +161,6 @@ class Output:
             self._progress = None
 
 
-def _bars(console: Console, **kw) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), DownloadColumn(binary_units=True),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False, **kw)
-
-
 class FleetOutput(Output):
     """Output of a run over several devices; `device(name)` is one device's view.
     Its own events (the summary, an error before any device started) carry the
@@ -115,13 +170,11 @@ class FleetOutput(Output):
         super().__init__(mode)
         self.spec = spec
         self.bars: Optional[Progress] = None
-        if mode == "human":
-            # No file: the console follows sys.stdout, which rich routes above the live
-            # bars while they show (only when stdout is that terminal too).
-            self.console = Console(highlight=False, soft_wrap=False)
-            if self.err_console.is_terminal:  # bars only on a TTY; logs get the lines and the table
-                self.bars = _bars(self.err_console, redirect_stdout=sys.stdout.isatty(),
-                                  redirect_stderr=False)
+        if mode == "human" and self.err_console.is_terminal:  # one live view, on a terminal only
+            self.bars = _bars(self.err_console, state=True)
+
+    def _live(self) -> Optional[Progress]:
+        return self.bars
 
     def event(self, name: str, text: Optional[str] = None, /, **fields) -> None:
         super().event(name, text, **{"target": self.spec, **fields})
@@ -142,30 +195,47 @@ class FleetOutput(Output):
         if self.mode == "json":
             self.event("summary", exit_code=exit_code, results=rows)
             return
-        if self.mode != "human":
-            return
         table = Table("target", "result", "version", "time", box=None, pad_edge=False)
         for r in rows:
-            table.add_row(_esc(r["target"]), "[green]ok[/]" if r["ok"] else "[red]%s[/]" % _esc(r["result"]),
-                          _esc(r.get("version") or "-"), "%.1f s" % r["seconds"])
-        self.console.print(table)
+            table.add_row(escape(r["target"]), "[green]ok[/]" if r["ok"] else "[red]%s[/]" % escape(r["result"]),
+                          escape(r.get("version") or "-"), "%.1f s" % r["seconds"])
+        if self.mode == "human":
+            self.console.print(table)
         ok = sum(1 for r in rows if r["ok"])
-        self.console.print("%d of %d devices ok; exit code %d" % (ok, len(rows), exit_code))
+        self.result("%d of %d devices ok; exit code %d" % (ok, len(rows), exit_code))
+
+
+# The state column of a device's row, from the last event it reported.
+_STATES = {"begin": "uploading", "resume": "uploading", "reconnect": "reconnecting",
+           "busy_wait": "busy, waiting", "uploaded": "committing", "committed": "committed",
+           "reset": "resetting", "back": "back", "booted": "on trial", "done": "[green]done[/]",
+           "error": "[red]failed[/]"}
 
 
 class DeviceOutput(Output):
-    """One device's events within a fleet run."""
+    """One device's events within a fleet run: a row of the shared live view."""
 
     def __init__(self, fleet: FleetOutput, name: str):
         super().__init__(fleet.mode)
         self.name = name
+        self.fleet = fleet
         self.console, self.err_console = fleet.console, fleet.err_console
-        self._bars = fleet.bars
-        self._bar = None
+        self.hinter = fleet.hinter
+        self._row = None
+        if fleet.bars is not None:
+            self._row = fleet.bars.add_task(escape(name), total=None, state="waiting")
         self.seen: dict = {}  # event name -> fields of its last occurrence (for the summary)
+
+    def _live(self) -> Optional[Progress]:
+        return self.fleet.bars
+
+    def _state(self, name: str) -> None:
+        if self._row is not None and name in _STATES:
+            self.fleet.bars.update(self._row, state=_STATES[name])  # type: ignore[union-attr]
 
     def event(self, name: str, text: Optional[str] = None, /, **fields) -> None:
         self.seen[name] = fields
+        self._state(name)
         if self.mode == "json":
             super().event(name, **{"target": self.name, **fields})
         elif text:
@@ -174,37 +244,34 @@ class DeviceOutput(Output):
     def say(self, text: str) -> None:
         super().say(self._prefix(text))
 
-    def error(self, err: MpotaError) -> None:
+    def result(self, text: str) -> None:
+        super().result(self._prefix(text))
+
+    def error(self, err: MpotaError, who: str = "") -> None:
         self.seen["error"] = err.as_dict()
+        self._state("error")
         if self.mode == "json":
-            self.event("error", **err.as_dict())
+            if self.hinter is not None:
+                err = self.hinter(err)
+            Output.event(self, "error", **{"target": self.name, **err.as_dict()})
             return
-        self.err_console.print("[bold red]error:[/] %s: %s" % (_esc(self.name), _esc(err.message)))
-        if err.hint:
-            self.err_console.print("[yellow]hint:[/] %s" % _esc(err.hint))
+        super().error(err, self.name)
 
     def _prefix(self, text: str) -> str:
-        p = "[bold]%s[/]: " % _esc(self.name)
+        p = "[bold]%s[/]: " % escape(self.name)
         return "\n".join(p + line for line in text.split("\n"))
 
     def progress_start(self, description: str, total: int) -> None:
         if self.mode == "json":
             super().progress_start(description, total)
-        elif self._bars is not None and self._bar is None:
-            self._bar = self._bars.add_task(_esc(self.name), total=total)
-        elif self._bar is not None:  # again (a resumed upload): the same bar
-            self._bars.update(self._bar, completed=0, total=total)
+        elif self._row is not None:  # again (a resumed upload): the same row
+            self.fleet.bars.reset(self._row, total=total, state=_STATES["begin"])  # type: ignore[union-attr]
 
     def progress(self, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bars.update(self._bar, completed=done, total=total)
+        if self._row is not None:
+            self.fleet.bars.update(self._row, completed=done, total=total)  # type: ignore[union-attr]
         elif self.mode == "json":
             super().progress(done, total)
 
     def progress_stop(self) -> None:
-        pass  # the bar stays on the shared display until the run ends
-
-
-def _esc(text: str) -> str:
-    from rich.markup import escape
-    return escape(text)
+        pass  # the row stays on the shared view until the run ends

@@ -34,7 +34,7 @@ except ImportError:  # Python < 3.11
     tomllib = None  # type: ignore[assignment]
 
 import proto
-from errors import UsageError
+from .errors import UsageError
 
 DEFAULT_TARGETS = Path("~/.config/mpota/targets.toml")
 

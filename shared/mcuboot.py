@@ -9,6 +9,7 @@
 # Signatures (ED25519 0x24, ...) sign that digest; they are located here and
 # returned, and checked elsewhere.
 import hashlib
+import io
 import struct
 
 MAGIC = 0x96F3B83D
@@ -56,7 +57,8 @@ def parse_header(data):
 
 
 def verify(src, offset=0, size=None):
-    """Check the image at `offset` of `src` (a path or an open binary file):
+    """Check the image at `offset` of `src` (a path, an open binary file, or
+    the image's bytes):
     header, TLV layout and SHA-256. `size`: bytes available from `offset`
     (bounds every field). Returns the header dict plus tlv_off, total_size,
     sha256 (bytes, from the TLV), has_signature, sig_type, signature, keyhash,
@@ -67,6 +69,8 @@ def verify(src, offset=0, size=None):
                 f.seek(0, 2)
                 size = f.tell() - offset
             return verify(f, offset, size)
+    if isinstance(src, (bytes, bytearray, memoryview)):  # host side: an image in memory
+        src = io.BytesIO(src)
     f = src
     if size is None:
         f.seek(0, 2)

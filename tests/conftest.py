@@ -14,8 +14,9 @@ MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(VENV_BIN / "micropython
 I386 = REPO.parent / "shared" / "tools" / "micropython-1.27-i386"
 INTERPRETERS = [MICROPYTHON] + ([str(I386)] if I386.exists() else [])
 
-# CPython tests import the codec and the host tool flat, as the device does.
-for sub in ("shared", "host", "tools", "tests/vectors"):
+# CPython tests import the codec flat, as the device does; the host tool is the
+# package `mpota` (host/, installed editable by `make setup`).
+for sub in ("shared", "tools", "tests/vectors"):
     p = str(REPO / sub)
     if p not in sys.path:
         sys.path.insert(0, p)

@@ -103,7 +103,7 @@ class DevConn:
 
 def app_image(tmp_path, name, main_src, version, pad=0):
     """An MCUboot image of a folder holding main.py (+ `pad` bytes of filler)."""
-    from appimage import build_app_image
+    from mpota.images import build_app_image
     d = tmp_path / name
     d.mkdir()
     (d / "main.py").write_text(main_src)
@@ -206,7 +206,7 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
 # -- legacy service -----------------------------------------------------------------
 
 def test_legacy_udp_update_with_readback(tmp_path):
-    from bootloader_messenger import BootloaderMessenger
+    from mpota.bootloader_messenger import BootloaderMessenger
     data = os.urandom(20000)
     with Sim(state=tmp_path / "dev", flags=["--legacy-udp", "--no-auth"]) as sim:
         m = BootloaderMessenger(("127.0.0.1", sim.udp_port))

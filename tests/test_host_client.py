@@ -15,8 +15,8 @@ import pytest
 
 import hostframes
 import proto
-from client import Client, push_image
-from errors import DeviceError, NoSpace
+from mpota.client import Client, push_image
+from mpota.errors import DeviceError, NoSpace
 from framing import K_FRAME, K_LINE
 
 pytestmark = pytest.mark.timeout(60)
@@ -213,7 +213,7 @@ def _has_ipv6_loopback():
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_target_through_the_cli_resolver():
-    import targets
+    from mpota import targets
 
     async def go():
         dev = await FakeDevice(host="::1").start()

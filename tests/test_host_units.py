@@ -5,11 +5,9 @@ import sys
 
 import pytest
 
-import flash
-import imagefile
-import targets
 from conftest import REPO
-from errors import (EXIT_AUTH, EXIT_BUSY, EXIT_REFUSED, EXIT_UNREACHABLE, AuthError, BadImage,
+from mpota import cli, images, targets
+from mpota.errors import (EXIT_AUTH, EXIT_BUSY, EXIT_REFUSED, EXIT_UNREACHABLE, AuthError, BadImage,
                     BusyError, DeviceTimeout, NoSpace, UsageError, VersionRefused, device_error)
 
 KEY_HEX = "11" * 32
@@ -79,7 +77,7 @@ def test_bad_keys_and_files(tmp_path):
 
 def test_key_is_not_a_command_line_option(capsys):
     with pytest.raises(SystemExit):
-        flash.parse_args(["--key", KEY_HEX, "status"])
+        cli.parse_args(["--key", KEY_HEX, "status"])
     # A key passed where a key file belongs is refused without being echoed.
     with pytest.raises(UsageError) as ei:
         targets.resolve("127.0.0.1", key_file=KEY_HEX, env={})
@@ -89,13 +87,13 @@ def test_key_is_not_a_command_line_option(capsys):
 # --- argv ----------------------------------------------------------------------
 
 def test_default_command_is_push():
-    a = flash.parse_args(["--target", "sim", "app.img"])
+    a = cli.parse_args(["--target", "sim", "app.img"])
     assert a.command == "push" and a.image == "app.img" and a.target == "sim"
-    a = flash.parse_args(["-t", "status", "status"])  # a target named like a command
+    a = cli.parse_args(["-t", "status", "status"])  # a target named like a command
     assert a.command == "status" and a.target == "status"
-    a = flash.parse_args(["status", "--json", "-t", "sim"])
+    a = cli.parse_args(["status", "--json", "-t", "sim"])
     assert a.command == "status" and a.json and a.target == "sim"
-    a = flash.parse_args(["-vv", "push", "x.img", "--no-confirm", "--window", "4096"])
+    a = cli.parse_args(["-vv", "push", "x.img", "--no-confirm", "--window", "4096"])
     assert a.verbose == 2 and a.no_confirm and a.window == 4096
 
 
@@ -126,7 +124,7 @@ def _imgtool_image(tmp_path, version="1.2.3"):
 
 def test_check_image_accepts_imgtool_output_and_reads_version(tmp_path):
     p = _imgtool_image(tmp_path)
-    img = imagefile.load(str(p))
+    img = images.load(str(p))
     assert img.version == "1.2.3+0" and img.size == p.stat().st_size
 
 
@@ -144,17 +142,17 @@ def test_check_image_rejects_damaged_files(tmp_path, damage):
         data = b""
     p.write_bytes(bytes(data))
     with pytest.raises(BadImage) as ei:
-        imagefile.load(str(p))
+        images.load(str(p))
     assert ei.value.exit_code == EXIT_REFUSED
 
 
 def test_folder_needs_main_and_version(tmp_path):
     (tmp_path / "lib.py").write_text("x = 1\n")
     with pytest.raises(UsageError, match="main.py"):
-        imagefile.load(str(tmp_path))
+        images.load(str(tmp_path))
     (tmp_path / "main.py").write_text("def main():\n    pass\n")
     with pytest.raises(UsageError, match="version"):
-        imagefile.load(str(tmp_path))
+        images.load(str(tmp_path))
 
 
 # --- error mapping -----------------------------------------------------------------
@@ -172,3 +170,84 @@ def test_device_error_classes(code, cls, exit_code):
     e = device_error(code, "because", num=3, op="begin")
     assert isinstance(e, cls) and e.exit_code == exit_code
     assert e.hint  # every mapped error says what to do next
+
+
+# --- the reference messenger uses the codec's error table ----------------------------
+
+def test_messenger_names_every_codec_error():
+    """An ErrorResponse raises the reference's RuntimeError text, named from the
+    codec's table (no_memory, 20, included), and carries num and code."""
+    import socket
+    import threading
+
+    import proto
+    from bootloader_messages import ErrorResponse
+    from mpota.bootloader_messenger import BootloaderMessenger, LegacyError
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(5)
+
+    def answer():
+        for num in (proto.E_NO_MEMORY, proto.E_BUSY):
+            _, addr = srv.recvfrom(2048)
+            srv.sendto(ErrorResponse.make(num), addr)
+
+    th = threading.Thread(target=answer, daemon=True)
+    th.start()
+    with BootloaderMessenger(("127.0.0.1", srv.getsockname()[1])) as m:
+        m.sock.settimeout(5)
+        for num, name in ((20, "no_memory"), (9, "busy")):
+            with pytest.raises(LegacyError) as ei:
+                m.get_version()
+            assert isinstance(ei.value, RuntimeError)
+            assert (ei.value.num, ei.value.code) == (num, name)
+            assert str(ei.value) == "Bootloader returned error: %d (%s)" % (num, name)
+    th.join(5)
+    srv.close()
+
+
+# --- build checks: versions and compiling every .py ---------------------------------------
+
+@pytest.mark.parametrize("bad", ["abc", "99999.0.0", "1.256.0", "1.0.70000", "1.0.0+4294967296", "1.2.3.4", "-1.0.0"])
+def test_bad_versions_say_what_is_allowed(bad):
+    with pytest.raises(UsageError) as ei:
+        images.load(str(REPO / "examples" / "hello"), bad)
+    msg = ei.value.message
+    assert repr(bad) in msg and "0-255" in msg and "0-65535" in msg and "0-4294967295" in msg
+    assert "Usage:" not in msg and "struct" not in msg
+
+
+@pytest.mark.parametrize("good,norm", [("1", "1.0.0+0"), ("255.255.65535+4294967295", "255.255.65535+4294967295"),
+                                       (" 1.2.3 ", "1.2.3+0")])
+def test_good_versions_normalised(good, norm):
+    assert images.mcuboot_version(good) == norm
+
+
+def test_a_syntax_error_fails_the_build_naming_file_and_line(tmp_path):
+    (tmp_path / "main.py").write_text("def main():\n    pass\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "util.py").write_text("x = 1\n\ndef f(:\n    pass\n")
+    with pytest.raises(UsageError, match=r"lib/util\.py, line 3: SyntaxError"):
+        images.load(str(tmp_path), "1.0.0")
+    (tmp_path / "lib" / "util.py").write_text("x = 1\n")
+    (tmp_path / "main.py").write_text("def main(:\n")
+    with pytest.raises(UsageError, match=r"main\.py, line 1: SyntaxError"):
+        images.load(str(tmp_path), "1.0.0")
+
+
+def test_mpy_ships_compiled_files(tmp_path):
+    from littlefs import LittleFS
+
+    (tmp_path / "main.py").write_text("def main():\n    pass\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "util.py").write_text("x = 1\n")
+    for mpy, want in ((False, ["main.py", "util.py"]), (True, ["main.mpy", "util.mpy"])):
+        body = images.build_littlefs(tmp_path, mpy=mpy)
+        fs = LittleFS(block_size=4096, block_count=len(body) // 4096, prog_size=256, read_size=256, mount=False)
+        fs.context.buffer[:] = body
+        fs.mount()
+        assert sorted(fs.listdir("/") + fs.listdir("/lib")) == sorted(want + ["lib"])
+        if mpy:
+            with fs.open("main.mpy", "rb") as f:
+                assert f.read(1) == b"M"  # the .mpy magic

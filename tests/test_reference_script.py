@@ -92,9 +92,8 @@ def test_reference_script_runs_unchanged(tmp_path):
     script = tmp_path / "flash_reference.py"
     script.write_text(SCRIPT)
     img = tmp_path / "app.img"
-    sys.path.insert(0, str(REPO / "host"))
-    import appimage
-    img.write_bytes(appimage.build_app_image(str(REPO / "examples" / "hello"), version="1.0.0"))
+    from mpota.images import build_app_image
+    img.write_bytes(build_app_image(str(REPO / "examples" / "hello"), version="1.0.0"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "host"), str(REPO / "shared")]))
     # The legacy service has no authentication: the device serves it only with auth off.
     with Sim(state=tmp_path / "dev", flags=["--legacy-udp", "--no-auth"]) as sim:
@@ -110,7 +109,7 @@ def test_reference_script_runs_unchanged(tmp_path):
 def test_messenger_resolves_names_and_logs_packets(tmp_path, caplog):
     import logging
 
-    from bootloader_messenger import BootloaderMessenger
+    from mpota.bootloader_messenger import BootloaderMessenger
 
     with Sim(state=tmp_path / "dev", flags=["--legacy-udp", "--no-auth"]) as sim:
         caplog.set_level(logging.DEBUG, logger="bootloader_messenger")

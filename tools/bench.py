@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for _p in ("shared", "host", "tools"):
+for _p in ("shared", "tools"):
     sys.path.insert(0, str(REPO / _p))
 
-import appimage  # noqa: E402
-from bootloader_messenger import BootloaderMessenger  # noqa: E402
-from client import push_image  # noqa: E402
+from mpota import images as appimage  # noqa: E402  (host/, installed editable by make setup)
+from mpota.bootloader_messenger import BootloaderMessenger  # noqa: E402
+from mpota.client import push_image  # noqa: E402
 from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 
@@ -78,7 +78,7 @@ async def native_push(port: int, data: bytes, rtt: float) -> tuple:
 
 async def heap_during_push(port: int, key: bytes, data: bytes) -> tuple:
     """(idle mem_alloc, mem_peak, mem_free after) around one authenticated push and commit."""
-    from client import Client
+    from mpota.client import Client
 
     async def status() -> dict:
         c = Client("127.0.0.1", port, key=key)

@@ -1,0 +1,446 @@
+# PYTHON_ARGCOMPLETE_OK
+"""The `mpota` command (and `python host/flash.py`, the same CLI).
+
+One command table, COMMANDS: a command is a handler (commands.py), a factory
+for its own options, and what it needs (a device, the legacy UDP port,
+several devices at once). The shared options are added to each sub-command
+only where they apply, so `mpota build --help` shows no network options. The
+target and the client are made once, in the command's Context, and closed
+by it. docs/cli.md is the reference.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import proto
+
+from . import __version__, commands, targets
+from .client import Client
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, MpotaError, UsageError
+from .fleet import run_fleet
+from .output import FleetOutput, Output
+
+PROG = "mpota"
+
+
+# --- option types ----------------------------------------------------------------------
+
+def _positive(kind):
+    def convert(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a number" % text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError("must be more than 0, not %s" % text)
+        return v
+    convert.__name__ = "positive " + kind.__name__  # argparse names the type in its message
+    return convert
+
+
+def _non_negative(text):  # 4096, 0x1000
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number (decimal or 0x hex)" % text)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, not %s" % text)
+    return v
+
+
+# --- the shared options, each added only where it applies ---------------------------------
+
+class _JoinTargets(argparse.Action):
+    """-t may be repeated; the values are kept as one comma list ("a,b")."""
+
+    def __call__(self, parser, ns, values, option_string=None):
+        prev = getattr(ns, self.dest, None)
+        setattr(ns, self.dest, "%s,%s" % (prev, values) if prev else values)
+
+
+# name -> (flags, argparse keywords). The main parser takes them all (before the command);
+# a sub-command takes those its Command lists.
+SHARED = {
+    "target": (("-t", "--target"), dict(
+        action=_JoinTargets, metavar="NAME|HOST[:PORT]",
+        help="the device: a name from the targets file (or the built-ins pico and sim), or "
+             "HOST[:PORT] ([IPv6]:PORT); repeat it, give a comma list or a group for several "
+             "devices (default: $MPOTA_TARGET, else pico)")),
+    "targets": (("--targets",), dict(
+        metavar="FILE", help="the targets file (default: $MPOTA_TARGETS, else "
+                             "~/.config/mpota/targets.toml)")),
+    "key_file": (("--key-file",), dict(
+        metavar="FILE", help="file holding the device's key (64 hex characters); default: "
+                             "$MPOTA_KEY, $MPOTA_KEY_FILE, or the target's key_file")),
+    "port": (("--port",), dict(type=_positive(int), metavar="N",
+                               help="TCP port of the agent (default: the target's, 8472)")),
+    "udp_port": (("--udp-port",), dict(type=_positive(int), metavar="N",
+                                       help="UDP port of the legacy service (default: the target's, 8473)")),
+    "timeout": (("--timeout",), dict(type=_positive(float), default=10.0, metavar="S",
+                                     help="seconds to wait for any answer (default 10)")),
+    "connect_timeout": (("--connect-timeout",), dict(type=_positive(float), default=5.0, metavar="S",
+                                                     help="seconds to wait for a connection (default 5)")),
+    "parallel": (("--parallel",), dict(type=_positive(int), default=4, metavar="N",
+                                       help="several devices: how many are served at once (default 4)")),
+    "json": (("--json",), dict(action="store_true", default=False,
+                               help="one JSON object per event line on stdout; no bar, no colour")),
+    "quiet": (("-q", "--quiet"), dict(action="store_true", default=False,
+                                      help="print errors and the one-line answer only")),
+    "verbose": (("-v", "--verbose"), dict(action="count", default=0,
+                                          help="-v: log each step, -vv: log every packet (stderr)")),
+}
+OUTPUT = ("json", "quiet", "verbose")
+DEVICE = ("target", "targets", "key_file", "port", "timeout", "connect_timeout") + OUTPUT
+LEGACY = ("target", "targets", "udp_port", "timeout") + OUTPUT
+
+
+def _add_shared(p: argparse.ArgumentParser, names, sub: bool) -> None:
+    g = p.add_argument_group("target and output" if "target" in names else "output")
+    for name in names:
+        flags, kw = SHARED[name]
+        kw = dict(kw, dest=name)
+        if sub:
+            # A sub-command fills a namespace of its own and copies it over the main one:
+            # SUPPRESS keeps the main parser's value when the option is not repeated here;
+            # -t after the command is joined with -t before it (parse_args).
+            kw["default"] = argparse.SUPPRESS
+            if name == "target":
+                kw["dest"] = "sub_target"
+        g.add_argument(*flags, **kw)
+
+
+# --- each command's own options ------------------------------------------------------------
+
+def _image_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE|FOLDER",
+                   help="an MCUboot image file (.img), or an app folder with a main.py to build now")
+    p.add_argument("--version", metavar="X.Y.Z[+B]",
+                   help="version of an image built from a folder (default: FOLDER/VERSION); "
+                        "major and minor 0-255, revision 0-65535, build 0-4294967295")
+    _mpy_opt(p)
+
+
+def _mpy_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mpy", action="store_true",
+                   help="ship the app's .py files compiled to .mpy (mpy-cross, RP2040): the device "
+                        "skips its compiler and its heap peak (every .py is compiled to check it anyway)")
+
+
+def _sign_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sign-key", metavar="PEM", help="sign the built image with this Ed25519 private key "
+                                                     "(imgtool keygen -t ed25519)")
+
+
+def _slot_opt(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--slot", required=True, choices=proto.SLOT_NAMES, help="the slot to %s: a or b" % what)
+
+
+def _push_opts(p):
+    _image_opts(p)
+    _sign_opt(p)
+    p.add_argument("--no-reset", action="store_true",
+                   help="stop after the commit: the new image is pending and boots at the next reset")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="stop with the new version running on trial (`confirm` keeps it)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="let an older version replace the confirmed one")
+    p.add_argument("--window", type=_positive(int), metavar="BYTES",
+                   help="at most this many bytes in flight (default: what the device offers)")
+    p.add_argument("--retries", type=_non_negative, default=5, metavar="N",
+                   help="reconnects allowed during one upload; each resumes where the device left off "
+                        "(default 5)")
+    p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
+                   help="seconds to wait for the device to come back after the reset (default 60)")
+
+
+def _build_opts(p):
+    p.add_argument("folder", metavar="FOLDER", help="the app folder: main.py (defining main()) and "
+                                                    "any other .py/.mpy files and subfolders")
+    p.add_argument("--version", metavar="X.Y.Z[+B]",
+                   help="the image version (default: FOLDER/VERSION); major and minor 0-255, "
+                        "revision 0-65535, build 0-4294967295")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the image (default FOLDER-X.Y.Z.img)")
+    _mpy_opt(p)
+    _sign_opt(p)
+
+
+def _read_opts(p):
+    _slot_opt(p, "read")
+    p.add_argument("--offset", type=_non_negative, default=0, metavar="N",
+                   help="first byte to read, from the start of the slot (decimal or 0x hex; default 0)")
+    p.add_argument("--length", type=_non_negative, default=256, metavar="N",
+                   help="how many bytes to read (default 256)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the bytes to FILE instead of a hex dump")
+
+
+def _dump_opts(p):
+    _slot_opt(p, "save")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to save the image (default slot-SLOT.img)")
+
+
+def _reset_opts(p):
+    p.add_argument("--wait", type=_positive(float), metavar="S",
+                   help="then wait up to S seconds for the device to answer again")
+
+
+def _legacy_opts(p):
+    _image_opts(p)
+    p.add_argument("--chunk", type=int, default=1024, choices=(256, 512, 1024),
+                   help="bytes per WriteRequest (default 1024)")
+    p.add_argument("--no-verify", action="store_true", help="skip reading the image back")
+    p.add_argument("--no-reset", action="store_true", help="do not reset after the update")
+
+
+# --- the command table -------------------------------------------------------------------
+
+@dataclass
+class Command:
+    name: str
+    handler: Callable           # handler(ctx) -> exit code (or a coroutine of one)
+    help: str
+    options: Optional[Callable[[argparse.ArgumentParser], None]] = None  # adds its own options
+    shared: tuple = DEVICE      # which SHARED options apply
+    fleet: bool = False         # may run on several devices at once
+    examples: tuple = ()
+    # prepare(args) -> fields every device's Context shares (done once, before any device)
+    prepare: Optional[Callable] = None
+    device: bool = field(init=False)
+
+    def __post_init__(self):
+        self.device = "target" in self.shared
+
+
+COMMANDS = [
+    Command("push", commands.cmd_push, "upload an image (or app folder), commit, reset, check, confirm "
+            "(the default command)", _push_opts, DEVICE + ("parallel",), fleet=True,
+            prepare=lambda args: {"image": commands.load_image(args)},
+            examples=("-t pico push app.img", "-t sim push examples/hello --version 1.2.0",
+                      "-t pico push app.img --no-confirm", "-t greenhouse push app.img --parallel 8")),
+    Command("build", commands.cmd_build, "build an application image from a folder of .py/.mpy files",
+            _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
+                                           "build examples/hello --mpy")),
+    Command("status", commands.cmd_status, "show slots, versions, space, the running app and the boot note",
+            None, DEVICE + ("parallel",), fleet=True, examples=("-t pico status", "-t pico -q status")),
+    Command("ping", commands.cmd_ping, "check that the device answers; show round-trip time and uptime",
+            None, DEVICE + ("parallel",), fleet=True, examples=("-t 192.168.1.40:8472 ping",)),
+    Command("read", commands.cmd_read, "read bytes of a slot (a hex dump, or -o FILE)", _read_opts,
+            examples=("-t pico read --slot a --offset 0x20 --length 64",)),
+    Command("dump", commands.cmd_dump, "save the whole image stored in a slot (its SHA-256 checked)",
+            _dump_opts, examples=("-t pico dump --slot a -o a.img",)),
+    Command("reset", commands.cmd_reset, "reset the device", _reset_opts, DEVICE + ("parallel",), fleet=True,
+            examples=("-t pico reset --wait 30",)),
+    Command("confirm", commands.cmd_confirm, "confirm the version on trial (the app normally does it itself)",
+            None, DEVICE + ("parallel",), fleet=True, examples=("-t pico confirm",)),
+    Command("rollback", commands.cmd_rollback, "boot the last confirmed other slot at the next reset",
+            examples=("-t pico rollback && mpota -t pico reset",)),
+    Command("erase", commands.cmd_erase, "erase a slot that is not running", lambda p: _slot_opt(p, "erase"),
+            examples=("-t pico erase --slot b",)),
+    Command("legacy", commands.cmd_legacy, "push over the reference UDP protocol (stop-and-wait), "
+            "read back and check", _legacy_opts, LEGACY, examples=("-t sim legacy app.img --chunk 512",)),
+    Command("targets", commands.cmd_targets, "list the known targets and groups (no keys shown)", None,
+            ("targets",) + OUTPUT, examples=("targets",)),
+]
+BY_NAME = {c.name: c for c in COMMANDS}
+
+EPILOG = """\
+examples:
+  %(prog)s --target pico app.img           push, reset, check, confirm
+  %(prog)s -t sim examples/hello --version 1.2.0   build from a folder, push
+  %(prog)s build examples/hello --version 1.2.0 -o hello.img
+  %(prog)s -t pico status                  slots, versions, space
+  %(prog)s -t 192.168.1.50 ping
+  %(prog)s -t sim --json push app.img      one JSON object per event line
+  %(prog)s -t greenhouse app.img           each device of a group, 4 at once
+  %(prog)s COMMAND --help                  a command's own options
+
+keys: MPOTA_KEY (hex), MPOTA_KEY_FILE, --key-file FILE or key_file in the
+targets file. Never on the command line.
+exit codes: 0 ok, 1 usage/input, 2 unreachable/timeout, 3 auth, 4 busy,
+5 device refused (bad image, no space, version, verify, CRC), 6 new version
+did not take, 130 interrupted; over several devices, the highest device's
+code. See docs/cli.md.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; here 2 means unreachable, so usage is 1."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
+
+
+def version_text() -> str:
+    return "mpota %s (protocol %d)" % (__version__, proto.PROTO)
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    # allow_abbrev=False: `--key HEX` must not pass as `--key-file HEX`.
+    p = _Parser(prog=prog, description="Push MicroPython apps to Pico W boards over Wi-Fi.",
+                epilog=EPILOG, formatter_class=fmt, allow_abbrev=False)
+    p.add_argument("--version", action="version", version=version_text(),
+                   help="show the tool's version and its protocol version")
+    _add_shared(p, tuple(SHARED), sub=False)
+    sp = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for c in COMMANDS:
+        epilog = "examples:\n" + "\n".join("  %s %s" % (prog, e) for e in c.examples) if c.examples else None
+        s = sp.add_parser(c.name, help=c.help, description=textwrap.fill(c.help, 78), epilog=epilog,
+                          formatter_class=fmt,
+                          allow_abbrev=False)
+        if c.options:
+            c.options(s)
+        _add_shared(s, c.shared, sub=True)
+    return p
+
+
+def _value_options(p: argparse.ArgumentParser) -> set:
+    """The main parser's options that take a value (to find the first positional)."""
+    return {s for a in p._actions for s in a.option_strings if a.nargs != 0}
+
+
+def _insert_default_command(argv: list, value_opts: set) -> list:
+    """`mpota [opts] IMAGE` means `mpota push [opts] IMAGE`."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            break
+        if a.startswith("-"):
+            if a in value_opts:
+                i += 1
+            i += 1
+            continue
+        if a in BY_NAME:
+            return argv
+        return ["push"] + argv
+    return argv
+
+
+def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser(prog)
+    try:
+        import argcomplete  # shell completion (docs/cli.md); a no-op unless the shell asks
+    except ImportError:
+        pass
+    else:
+        argcomplete.autocomplete(p)
+    args = p.parse_args(_insert_default_command(argv, _value_options(p)))
+    if not args.command:
+        p.print_help(sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    given = [v for v in (args.target, vars(args).pop("sub_target", None)) if v]
+    args.target = ",".join(given) or os.environ.get("MPOTA_TARGET", "pico")
+    return args
+
+
+# --- running a command -----------------------------------------------------------------------
+
+class Context:
+    """What a command runs with: its options, its output, and the target and client,
+    each made once (on first use) and closed when the command ends."""
+
+    def __init__(self, command: Command, args, out: Output, spec: Optional[str], prog: str,
+                 shared: Optional[dict] = None):
+        self.command = command.name
+        self._cmd = command
+        self.args = args
+        self.out = out
+        self.spec = spec if command.device else None
+        self.prog = prog
+        self.shared = shared or {}
+        self._target = None
+        self._client: Optional[Client] = None
+        out.hinter = lambda err: commands.with_cli_hint(err, self)
+
+    @property
+    def target(self) -> targets.Target:
+        if self._target is None:
+            a = self.args
+            self._target = targets.resolve(self.spec, a.targets, a.key_file, a.port, a.udp_port)
+        return self._target
+
+    async def client(self, auth: bool = True) -> Client:
+        """The connection to the device, opened once; `auth`: authenticate too
+        (AuthError, with the hint, when no key is at hand)."""
+        if self._client is None:
+            t, a = self.target, self.args
+            c = Client(t.host, t.port, key=t.key, connect_timeout=a.connect_timeout, timeout=a.timeout)
+            self._client = c
+            await c.connect()
+        if auth and not self._client.authenticated:
+            await self._client.auth()
+        return self._client
+
+    async def run(self) -> int:
+        try:
+            r = self._cmd.handler(self)
+            return await r if asyncio.iscoroutine(r) else r
+        finally:
+            c, self._client = self._client, None
+            if c is not None:
+                await c.close()
+
+    def run_sync(self) -> int:
+        if asyncio.iscoroutinefunction(self._cmd.handler):
+            return asyncio.run(self.run())
+        return self._cmd.handler(self)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    if verbose < 2:  # the packet log only at -vv
+        logging.getLogger("bootloader_messenger").setLevel(max(level, logging.INFO))
+
+
+def _interrupt_hint(command: str, seen: dict) -> Optional[str]:
+    if "committed" in seen:
+        return "its new image was committed before the interrupt and boots on trial at the next reset"
+    if command in ("push", "legacy"):
+        return "nothing was committed; the device keeps what it received: run the same push again to resume"
+    return ""
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    args = parse_args(argv, prog)
+    mode = "json" if args.json else "quiet" if args.quiet else "human"
+    cmd = BY_NAME[args.command]
+    out = Output(mode)
+    ctx = Context(cmd, args, out, args.target, prog)
+    _setup_logging(args.verbose)
+    try:
+        specs = targets.expand(args.target, args.targets) if cmd.device else [None]
+        if len(specs) > 1:
+            if not cmd.fleet:
+                raise UsageError("`%s` works on one device; %s names %d" % (cmd.name, args.target, len(specs)),
+                                 "several devices at once: %s" % ", ".join(c.name for c in COMMANDS if c.fleet))
+            fout = FleetOutput(mode, args.target)
+            fout.hinter = out.hinter
+            shared = cmd.prepare(args) if cmd.prepare else {}
+
+            def make_context(spec, dout):
+                return Context(cmd, args, dout, spec, prog, shared)
+
+            return asyncio.run(run_fleet(specs, fout, make_context, args.parallel,
+                                         lambda dout: _interrupt_hint(cmd.name, dout.seen)))
+        ctx.spec = specs[0]  # one device (perhaps a group of one): exactly the single-device run
+        return ctx.run_sync()
+    except KeyboardInterrupt:
+        out.progress_stop()
+        out.error(Interrupted("interrupted", _interrupt_hint(cmd.name, {})))
+        return EXIT_INTERRUPTED
+    except MpotaError as e:
+        out.progress_stop()
+        out.error(e)
+        return e.exit_code

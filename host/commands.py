@@ -1,0 +1,368 @@
+"""What each CLI command does and shows. The flows themselves are library
+functions (push.py, client.py, images.py); a handler calls one, then turns its
+events and result into lines for people or JSON events (output.py).
+
+Every handler takes a cli.Context (options, output, and the target and
+client, made once). This module is also the one place where hints name
+commands and flags (`with_cli_hint`): the library's errors know nothing of them.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import proto
+
+from . import images, push as flows, targets as targets_mod
+from .errors import EXIT_OK, MpotaError, UsageError, VerifyFailed
+from .output import fmt_rate, fmt_size
+
+
+# --- hints that name commands and flags --------------------------------------------
+
+def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
+    """`err` with a hint that names the command or flag that helps, where one does.
+    ctx: the command's cli.Context (prog, command and target spec)."""
+    run = "%s -t %s" % (ctx.prog, ctx.spec) if ctx.spec else ctx.prog
+    name, code = type(err).__name__, getattr(err, "code", None)
+    hint = None
+    if name == "Unreachable" and ctx.command != "ping":
+        hint = "%s; `%s ping` checks that it answers" % (err.hint, run)
+    elif name == "DeviceTimeout" and ctx.command == "legacy":
+        hint = "is the legacy UDP service on (tools/sim.py --legacy-udp) and --udp-port right?"
+    elif code == "auth_required" and ctx.command == "legacy":
+        hint = "%s (tools/sim.py --no-auth); the native protocol authenticates: `%s push IMAGE`" % (
+            err.hint, run)
+    elif name == "AuthError" and code != "auth_failed":
+        hint = err.hint + ", or --key-file FILE"
+    elif name == "NoSpace":
+        hint = "%s; `%s status` shows the slot size and free space" % (err.hint, run)
+    elif name == "VersionRefused":
+        hint = "build it with a higher --version, or push it with --allow-downgrade"
+    elif name == "BadImage":
+        hint = "rebuild it: `%s build FOLDER --version X.Y.Z`" % ctx.prog
+    elif name == "AppCrashed":
+        if err.rollback_slot:  # type: ignore[attr-defined]
+            hint = ("it stays on trial until the device resets: `%s rollback` then `%s reset` returns to "
+                    "slot %s now; otherwise the device rolls back by itself after %s unconfirmed resets"
+                    % (run, run, err.rollback_slot, err.max_trials or "a few"))  # type: ignore[attr-defined]
+        else:
+            hint = "there is no confirmed version to roll back to: fix the app and push again"
+    elif code == "incorrect_state" and getattr(err, "op", None) == "begin":
+        hint = ("a version is on trial: `%s confirm` keeps it; `%s rollback` then `%s reset` returns "
+                "to the confirmed one" % (run, run, run))
+    elif name == "OldSlotBooted" or code == "incorrect_state":
+        hint = "`%s status` shows why (its boot line)" % run
+    elif code == "out_of_range":
+        hint = "`%s status` shows the slot sizes" % run
+    elif code == "no_memory":
+        hint = "%s: `%s reset`, then run the command again" % (err.hint.split(";")[0], run)
+    elif code == "internal":
+        hint = "unexpected device error: `%s status`, then `%s reset`, may help" % (run, run)
+    if hint is not None:
+        err.hint = hint
+    return err
+
+
+# --- push ----------------------------------------------------------------------------
+
+def load_image(args) -> images.Image:
+    return images.load(args.image, args.version, args.sign_key, args.mpy)
+
+
+def _target_line(t) -> str:
+    return t.address if t.name == t.address else "%s (%s)" % (t.name, t.address)
+
+
+def _image_event(out, img) -> None:
+    out.event("image", "image %s %s, %s, sha256 %s…" % (
+        img.version, "built from " + Path(img.source).name + "/" if img.built else Path(img.source).name,
+        fmt_size(img.size), img.sha256[:12]),
+        source=img.source, built=img.built, version=img.version, size=img.size, sha256=img.sha256)
+
+
+def _push_text(ctx, name: str, f: dict):
+    """The line people see for a push event (None: JSON only)."""
+    run = "%s -t %s" % (ctx.prog, ctx.spec)
+    if name == "begin":
+        if f.get("resumed"):
+            return "resuming upload at %s of %s" % (fmt_size(f["offset"]), fmt_size(f["size"]))
+        return "uploading to slot %s" % f["slot"]
+    if name == "reconnect":
+        return "link lost (%s); reconnecting (attempt %d)" % (f["reason"], f["attempt"])
+    if name == "resume":
+        return "resumed at %s" % fmt_size(f["offset"])
+    if name == "uploaded":
+        return "sent %s in %.1f s (%s)%s" % (
+            fmt_size(f["bytes"]), f["seconds"], fmt_rate(f["rate"]),
+            ", %s re-sent after %d reconnects" % (fmt_size(f["resent"]), f["reconnects"]) if f["reconnects"] else "")
+    if name == "committed":
+        return "committed: slot %s holds %s (%s)" % (f["slot"], f["version"], f["state"])
+    if name == "reset":
+        return "reset; waiting for the device to come back (up to %.0f s)" % f["wait"]
+    if name == "booted":
+        return "booted %s from slot %s (%s), app %s" % (f["version"], f["slot"], f["state"], f["app"])
+    if name == "done":
+        if f["state"] == "pending":
+            return "[green]done[/]: %s pending in slot %s; `%s reset` boots it on trial" % (
+                f["version"], f["slot"], run)
+        if f["state"] == "confirmed":
+            return "[green]done[/]: %s running and confirmed%s in slot %s" % (
+                f["version"], " (by the app)" if f.get("confirmed_by") == "app" else "", f["slot"])
+        return "[green]done[/]: %s running on trial in slot %s; `%s confirm` keeps it" % (
+            f["version"], f["slot"], run)
+    return None
+
+
+async def cmd_push(ctx) -> int:
+    args, out = ctx.args, ctx.out
+    img = ctx.shared.get("image") or load_image(args)
+    t = ctx.target
+    out.event("target", "target [bold]%s[/]" % _target_line(t), **t.describe())
+    _image_event(out, img)
+
+    def on_event(name, **f):
+        if name in ("uploaded", "committed"):
+            out.progress_stop()
+        out.event(name, _push_text(ctx, name, f), **f)
+        if name == "begin":  # the bar only once the device has taken the upload
+            out.progress_start("upload", img.size)
+
+    try:
+        await flows.push(t, img, confirm=not args.no_confirm, reset=not args.no_reset,
+                         allow_downgrade=args.allow_downgrade, window=args.window, retries=args.retries,
+                         wait=args.wait, connect_timeout=args.connect_timeout, timeout=args.timeout,
+                         on_event=on_event, on_progress=out.progress)
+    finally:
+        out.progress_stop()
+    return EXIT_OK
+
+
+def cmd_legacy(ctx) -> int:
+    args, out = ctx.args, ctx.out
+    img = images.load(args.image, args.version, mpy=args.mpy)
+    t = ctx.target
+    out.event("target", "target [bold]%s[/] (%s, legacy UDP port %d)" % (t.name, t.host, t.udp_port),
+              **t.describe())
+    _image_event(out, img)
+    phase = []
+
+    def on_progress(done, total, name):
+        if phase[-1:] != [name]:
+            out.progress_stop()
+            out.progress_start("legacy upload" if name == "upload" else name, total)
+            phase.append(name)
+        out.progress(done, total)
+
+    def on_event(name, **f):
+        out.progress_stop()
+        texts = {
+            "version": lambda: "legacy API %d.%d, bootloader %d.%d.%d %s" % tuple(
+                f["api"] + f["bootloader"] + [f["note"]]),
+            "uploaded": lambda: "sent %s in %.1f s (%s), CRC-32 0x%08X matches" % (
+                fmt_size(f["bytes"]), f["seconds"], fmt_rate(f["bytes"] / f["seconds"] if f["seconds"] else 0),
+                f["crc32"]),
+            "verified": lambda: "read-back matches all %s" % fmt_size(f["bytes"]),
+            "reset": lambda: "reset sent",
+        }
+        out.event(name, texts[name]() if name in texts else None, **f)
+
+    try:
+        r = flows.legacy_push(t, img, chunk=args.chunk, verify=not args.no_verify, reset=not args.no_reset,
+                              timeout=args.timeout, on_event=on_event, on_progress=on_progress)
+    finally:
+        out.progress_stop()
+    out.event("done", "[green]done[/]: %s written over legacy UDP%s" % (
+        img.version, "" if args.no_reset else "; the device boots it on trial (`%s -t %s status`)"
+        % (ctx.prog, ctx.spec)), ok=True, version=img.version, bytes=r.bytes, seconds=round(r.seconds, 3))
+    return EXIT_OK
+
+
+# --- device queries and small operations ---------------------------------------------
+
+async def cmd_status(ctx) -> int:
+    c = await ctx.client(auth=False)
+    st = await c.status()
+    st = {k: v for k, v in st.items() if k not in ("id", "ok")}
+    if "slot_size" not in st and c.info.get("slot_size"):
+        st["slot_size"] = c.info["slot_size"]  # agents that report it in hello only
+    t, out = ctx.target, ctx.out
+    out.event("status", target=t.name, **st)  # no text: people get the lines below
+    running = st.get("running")
+    rs = (st.get("slots") or {}).get(running) or {}
+    out.result("%s: %s" % (_target_line(t), "slot %s, %s, %s, app %s" % (
+        running, rs.get("version") or "no version", rs.get("state"), (st.get("app") or {}).get("state", "-"))
+        if running else "no app installed"))
+    if out.mode == "human":
+        print_status(out, st)
+    return EXIT_OK
+
+
+def print_status(out, st: dict) -> None:
+    say = out.say
+    say("device  %s, agent %s on %s %s" % (st.get("device"), st.get("agent"), st.get("impl", "?"),
+                                            st.get("mp_version", "")))
+    say("link    protocol %s, auth %s" % (st.get("proto"), st.get("auth", "?")))
+    trial = "trial %d/%s" % (st.get("trial_count", 0), st.get("max_trials", "?")) if st.get("trial") else "no trial"
+    say("running [bold]%s[/]  active %s  pending %s  %s" % (
+        st.get("running") or "-", st.get("active") or "-", st.get("pending") or "-", trial))
+    space = ["slot size %s" % fmt_size(st["slot_size"])] if st.get("slot_size") else []
+    if st.get("max_image") is not None:
+        space.append("largest image %s" % fmt_size(st["max_image"]))
+    if st.get("free") is not None:
+        space.append("free %s" % fmt_size(st["free"]))
+    if space:
+        say("space   " + ", ".join(space))
+    for name, s in sorted((st.get("slots") or {}).items()):
+        mark = "*" if name == st.get("running") else " "
+        sha = (s.get("sha256") or "")[:12]
+        say(("%s slot %s  %-9s %-14s %-10s %s" % (mark, name, s.get("state"), s.get("version") or "-",
+                                                   fmt_size(s.get("size")), sha)).rstrip())
+    app = st.get("app") or {}
+    say("app     %s%s%s" % (app.get("state", "-"), " " + app["name"] if app.get("name") else "",
+                            " error: %s" % app["error"] if app.get("error") else ""))
+    sess = st.get("session")
+    if sess:
+        say("session %s upload to slot %s: %s of %s" % (sess.get("kind"), sess.get("slot"),
+                                                        fmt_size(sess.get("offset")), fmt_size(sess.get("size"))))
+    say("boot    %s: %s" % (st.get("boot_reason", "-"), st.get("boot_note") or "-"))
+    if st.get("mem_free") is not None:
+        say("memory  %s free, %s used; uptime %.1f s" % (fmt_size(st.get("mem_free")),
+                                                       fmt_size(st.get("mem_alloc")),
+                                                       (st.get("uptime_ms") or 0) / 1000))
+
+
+async def cmd_ping(ctx) -> int:
+    c = await ctx.client(auth=False)
+    t0 = time.monotonic()
+    r = await c.ping()
+    rtt = (time.monotonic() - t0) * 1000
+    info = c.info
+    ctx.out.event("pong", "pong from %s (%s): %.1f ms, uptime %.1f s, agent %s, auth %s" % (
+        ctx.target.address, info.get("device"), rtt, (r.get("uptime_ms") or 0) / 1000, info.get("agent"),
+        info.get("auth")), rtt_ms=round(rtt, 2), uptime_ms=r.get("uptime_ms"),
+        device=info.get("device"), agent=info.get("agent"), auth=info.get("auth"),
+        features=info.get("features"))
+    return EXIT_OK
+
+
+def _hexdump(data: bytes, base: int) -> str:
+    lines = []
+    for i in range(0, len(data), 16):
+        row = data[i:i + 16]
+        hx = " ".join("%02x" % b for b in row)
+        asc = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append("%08x  %-47s  %s" % (base + i, hx, asc))
+    return "\n".join(lines)
+
+
+async def cmd_read(ctx) -> int:
+    args, out = ctx.args, ctx.out
+    if args.length <= 0 or args.offset < 0:
+        raise UsageError("--offset must be >= 0 and --length > 0")
+    c = await ctx.client()
+    data = await c.read(args.slot, args.offset, args.length)
+    if args.output:
+        Path(args.output).write_bytes(data)
+        out.event("read", "wrote %s from slot %s at %d to %s" % (fmt_size(len(data)), args.slot, args.offset,
+                                                                 args.output),
+                  slot=args.slot, offset=args.offset, length=len(data), output=args.output)
+    elif out.mode == "json":
+        out.event("read", slot=args.slot, offset=args.offset, length=len(data), hex=data.hex())
+    else:
+        out.say(_hexdump(data, args.offset))
+    return EXIT_OK
+
+
+async def cmd_dump(ctx) -> int:
+    args, out = ctx.args, ctx.out
+    c = await ctx.client()
+    st = await c.status()
+    s = (st.get("slots") or {}).get(args.slot) or {}
+    size = s.get("size") or 0
+    if not size:
+        raise UsageError("slot %s holds nothing (state %s)" % (args.slot, s.get("state")))
+    output = args.output or "slot-%s.img" % args.slot
+    out.progress_start("dump %s" % args.slot, size)
+    try:
+        data = await c.read(args.slot, 0, size, on_progress=out.progress)
+    finally:
+        out.progress_stop()
+    Path(output).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    if s.get("sha256") and s["sha256"] != digest:
+        raise VerifyFailed("slot %s read back with SHA-256 %s…, the device says %s…" % (
+            args.slot, digest[:12], s["sha256"][:12]), "read it again; if it persists the flash is failing")
+    out.event("dump", "saved slot %s (%s, %s) to %s; sha256 %s" % (
+        args.slot, s.get("version") or "no version", fmt_size(size), output,
+        "matches" if s.get("sha256") else digest[:12] + "…"),
+        slot=args.slot, size=size, output=output, sha256=digest, version=s.get("version"))
+    return EXIT_OK
+
+
+async def cmd_reset(ctx) -> int:
+    args, out, t = ctx.args, ctx.out, ctx.target
+    if args.wait:
+        st = await flows.reset_and_wait(t, wait=args.wait, connect_timeout=args.connect_timeout,
+                                        timeout=args.timeout,
+                                        on_event=lambda name, **f: out.event(name, _push_text(ctx, name, f), **f))
+        out.event("done", "back: running %s, %s" % (st.get("running"), st.get("boot_note") or ""),
+                  running=st.get("running"), boot_note=st.get("boot_note"))
+    else:
+        await (await ctx.client()).reset()
+        out.event("reset", "reset sent to %s" % t.address)
+    return EXIT_OK
+
+
+async def cmd_confirm(ctx) -> int:
+    r = await (await ctx.client()).confirm()
+    ctx.out.event("confirmed", "slot %s confirmed" % r.get("slot"), slot=r.get("slot"), state=r.get("state"))
+    return EXIT_OK
+
+
+async def cmd_rollback(ctx) -> int:
+    r = await (await ctx.client()).rollback()
+    ctx.out.event("rollback", "slot %s boots at the next reset (`%s -t %s reset`)" % (
+        r.get("slot"), ctx.prog, ctx.spec), slot=r.get("slot"))
+    return EXIT_OK
+
+
+async def cmd_erase(ctx) -> int:
+    slot = ctx.args.slot
+    r = await (await ctx.client()).erase(slot)
+    ctx.out.event("erased", "slot %s erased" % r.get("slot", slot), slot=r.get("slot", slot), state=r.get("state"))
+    return EXIT_OK
+
+
+# --- local commands ------------------------------------------------------------------
+
+def cmd_build(ctx) -> int:
+    args, out = ctx.args, ctx.out
+    img = images.build_folder(Path(args.folder), args.version, args.sign_key, args.mpy)
+    output = args.output or "%s-%s.img" % (Path(args.folder).resolve().name, img.version.split("+")[0])
+    Path(output).write_bytes(img.data)
+    out.event("built", "built %s\n  version %s, %s, sha256 %s…" % (output, img.version, fmt_size(img.size),
+                                                                      img.sha256[:12]),
+              output=output, version=img.version, size=img.size, sha256=img.sha256)
+    return EXIT_OK
+
+
+def cmd_targets(ctx) -> int:
+    args, out = ctx.args, ctx.out
+    path = targets_mod.targets_path(args.targets)
+    table, groups = targets_mod.load_file(path, required=bool(args.targets))
+    names = list(dict.fromkeys(list(targets_mod.BUILTINS) + list(table)))
+    out.say("targets file: %s%s" % (path, "" if path.exists() else " (absent)"))
+    for n in names:
+        entry = dict(targets_mod.BUILTINS.get(n, {}))
+        entry.update(table.get(n, {}))
+        src = "file" if n in table else "built-in"
+        out.event("target", "  %-12s %s:%s udp %s%s  (%s)" % (
+            n, entry.get("host"), entry.get("port", proto.TCP_PORT), entry.get("udp_port", proto.UDP_PORT),
+            "  key_file " + entry["key_file"] if entry.get("key_file") else "", src),
+            name=n, host=entry.get("host"), port=entry.get("port", proto.TCP_PORT),
+            udp_port=entry.get("udp_port", proto.UDP_PORT), key_file=entry.get("key_file"), source=src)
+    for g, members in groups.items():
+        out.event("group", "  %-12s group: %s" % (g, ", ".join(members)), name=g, members=members)
+    return EXIT_OK
