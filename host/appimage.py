@@ -1,7 +1,8 @@
 """Application images: a folder -> littlefs -> MCUboot image (imgtool), and back.
 
     build_littlefs(folder, block_count=None) -> bytes
-    build_app_image(folder_or_littlefs_bytes, version="0.0.0+0", header_size=32, key=None) -> bytes
+    build_app_image(folder_or_littlefs_bytes, version="0.0.0+0", header_size=32, key=None,
+                    security_counter=None) -> bytes
     inspect_image(data, key=None) -> dict
 
 The body of an application image is a littlefs image (block size 4096, prog
@@ -109,9 +110,10 @@ def _imgtool(*args):
     return r
 
 
-def build_app_image(source, version="0.0.0+0", header_size=32, key=None):
+def build_app_image(source, version="0.0.0+0", header_size=32, key=None, security_counter=None):
     """An MCUboot image whose body is `source` (a folder, built with build_littlefs,
-    or littlefs image bytes). `key`: an imgtool private key file (ed25519) to sign."""
+    or littlefs image bytes). `key`: an imgtool private key file (ed25519) to sign.
+    `security_counter`: an int for the protected SEC_CNT TLV (anti-rollback)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         body = bytes(source)
         if len(body) == 0 or len(body) % BLOCK_SIZE or body[LFS_MAGIC_OFFSET:LFS_MAGIC_OFFSET + 8] != b"littlefs":
@@ -129,6 +131,8 @@ def build_app_image(source, version="0.0.0+0", header_size=32, key=None):
                 "-v", version, "-S", slot]
         if key is not None:
             args += ["-k", key]
+        if security_counter is not None:
+            args += ["-s", int(security_counter)]
         _imgtool(*(args + [src, dst]))
         return dst.read_bytes()
 
