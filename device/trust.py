@@ -14,23 +14,18 @@
 # the key by KEYHASH = sha256(the key's SubjectPublicKeyInfo DER). The
 # protected TLVs (the security counter among them) are inside that digest.
 #
-# Key changes are statements signed by a key the device already trusts:
-#   "mpota-trust-v1\0" + op ("+" add / "-" drop) + seq (u32 LE) + key (32 B)
-# seq must exceed the store's, so an old statement cannot be replayed.
+# Changes to the store (provisioning, signed rotation) are in trustkeys.py,
+# loaded only when a key changes.
 import binascii
 import hashlib
 import json
-import os
-import struct
 import sys
 
-from proto import ProtoError, E_SIGNATURE_INVALID, E_VERSION_REFUSED, E_BAD_REQUEST, E_INCORRECT_STATE
+from proto import ProtoError, E_SIGNATURE_INVALID, E_VERSION_REFUSED, E_BAD_REQUEST
 
 TRUST_PATH = "/mpota_trust.json"
-MAX_KEYS = 4
 TLV_ED25519 = 0x24
 SPKI_PREFIX = b"\x30\x2a\x30\x05\x06\x03\x2b\x65\x70\x03\x21\x00"  # DER SubjectPublicKeyInfo, Ed25519
-STATEMENT_MAGIC = b"mpota-trust-v1\x00"
 
 
 def key_id(pub):
@@ -38,11 +33,11 @@ def key_id(pub):
     return hashlib.sha256(SPKI_PREFIX + bytes(pub)).digest()
 
 
-def _hex(b):
+def hexstr(b):
     return binascii.hexlify(b).decode()
 
 
-def _unhex(s, n, what):
+def unhex(s, n, what):
     try:
         b = binascii.unhexlify(s)
     except (TypeError, ValueError):
@@ -62,19 +57,11 @@ def load(path=TRUST_PATH):
     except ValueError as e:
         return {"seq": 0, "keys": [], "error": "%s is not JSON (%s)" % (path, e)}
     try:
-        keys = [_unhex(k, 32, "a key") for k in rec["keys"]]
+        keys = [unhex(k, 32, "a key") for k in rec["keys"]]
         seq = int(rec.get("seq", 0))
     except (KeyError, TypeError, ValueError, ProtoError) as e:
         return {"seq": 0, "keys": [], "error": "%s is malformed (%s)" % (path, getattr(e, "message", e))}
     return {"seq": seq, "keys": keys, "error": None}
-
-
-def save(t, path=TRUST_PATH):
-    """Write the store: a new file, then one atomic rename (littlefs and POSIX)."""
-    tmp = path + ".new"
-    with open(tmp, "w") as f:
-        json.dump({"seq": t["seq"], "keys": [_hex(k) for k in t["keys"]]}, f)
-    os.rename(tmp, path)
 
 
 def enforced(t):
@@ -90,10 +77,10 @@ def describe(t):
     if not t["keys"]:
         return {"signed_images": False, "keys": [],
                 "warning": "no trusted key: UNSIGNED IMAGES ARE ACCEPTED (provision one: docs/security.md)"}
-    return {"signed_images": True, "keys": [_hex(key_id(k)[:8]) for k in t["keys"]], "warning": None}
+    return {"signed_images": True, "keys": [hexstr(key_id(k)[:8]) for k in t["keys"]], "warning": None}
 
 
-def _verify(pub, msg, sig):
+def verify_signature(pub, msg, sig):
     # the verifier is loaded for this call only (about 6 KB of heap on a 32-bit build)
     import ed25519
 
@@ -103,7 +90,7 @@ def _verify(pub, msg, sig):
         sys.modules.pop("ed25519", None)
 
 
-def _find(t, kid):
+def find_key(t, kid):
     for k in t["keys"]:
         if key_id(k) == kid:
             return k
@@ -126,11 +113,11 @@ def check_image(info, t):
         raise ProtoError(E_SIGNATURE_INVALID, "the image is signed with TLV 0x%02x; only Ed25519 (0x24) is "
                          "accepted" % info["sig_type"])
     kid = info.get("keyhash")
-    pub = _find(t, kid) if kid else None
+    pub = find_key(t, kid) if kid else None
     if pub is None:
         raise ProtoError(E_SIGNATURE_INVALID, "the image is signed by key %s, which this device does not trust"
-                         % (_hex(kid[:8]) if kid else "(no key hash TLV)"))
-    if not _verify(pub, info["sha256"], info["signature"]):
+                         % (hexstr(kid[:8]) if kid else "(no key hash TLV)"))
+    if not verify_signature(pub, info["sha256"], info["signature"]):
         raise ProtoError(E_SIGNATURE_INVALID, "the Ed25519 signature does not match the image: it was "
                          "altered after signing")
     return kid
@@ -144,9 +131,9 @@ def check_boot(t, signer_hex, rec_sha_hex, info):
         return
     if t["error"]:
         raise ProtoError(E_SIGNATURE_INVALID, "trust store unusable: %s" % t["error"])
-    if not signer_hex or rec_sha_hex != _hex(info["sha256"]):
+    if not signer_hex or rec_sha_hex != hexstr(info["sha256"]):
         raise ProtoError(E_SIGNATURE_INVALID, "the image's signature was not verified at commit")
-    if _find(t, binascii.unhexlify(signer_hex)) is None:
+    if find_key(t, binascii.unhexlify(signer_hex)) is None:
         raise ProtoError(E_SIGNATURE_INVALID, "the image was signed by key %s, which is no longer trusted"
                          % signer_hex[:16])
 
@@ -170,63 +157,3 @@ def raised_floor(floor, cnt):
     """The floor after an image with counter `cnt` is CONFIRMED (never at commit:
     the fallback must stay bootable until the new image has proved itself)."""
     return max(floor, cnt or 0)
-
-
-# -- key changes ------------------------------------------------------------------
-
-def statement_bytes(op, key, seq):
-    """What a key-change statement signs (the host builds the same bytes)."""
-    return STATEMENT_MAGIC + op.encode() + struct.pack("<I", seq) + bytes(key)
-
-
-def provision(t, key, path=TRUST_PATH):
-    """Install the FIRST key (raw 32 bytes) into an empty store; later keys need
-    a signed statement. The caller has authenticated the operator."""
-    if t["keys"] or t["error"]:
-        raise ProtoError(E_INCORRECT_STATE, "keys are already trusted: add one with a statement signed "
-                         "by a trusted key")
-    key = bytes(key)
-    if len(key) != 32:
-        raise ProtoError(E_BAD_REQUEST, "an Ed25519 public key is 32 bytes")
-    t = {"seq": t["seq"], "keys": [key], "error": None}
-    save(t, path)
-    return t
-
-
-def apply(t, stmt, in_use=(), path=TRUST_PATH):
-    """Apply a key change {"op": "add"|"drop", "key": hex, "seq": int, "signer":
-    hex key id, "sig": hex} signed by a trusted key. `in_use`: key ids (bytes)
-    that sign the active confirmed image, which cannot be dropped. Returns the
-    new store (saved)."""
-    if t["error"] or not t["keys"]:
-        raise ProtoError(E_INCORRECT_STATE, "no trusted key to sign a change: provision one first")
-    op = {"add": "+", "drop": "-"}.get(stmt.get("op"))
-    if op is None:
-        raise ProtoError(E_BAD_REQUEST, "\"op\" must be \"add\" or \"drop\"")
-    key = _unhex(stmt.get("key"), 32, "\"key\"")
-    seq = stmt.get("seq")
-    if not isinstance(seq, int) or not t["seq"] < seq < 1 << 32:
-        raise ProtoError(E_BAD_REQUEST, "\"seq\" must be an integer above %d (the last change)" % t["seq"])
-    signer = _find(t, _unhex(stmt.get("signer"), 32, "\"signer\""))
-    sig = _unhex(stmt.get("sig"), 64, "\"sig\"")
-    if signer is None or not _verify(signer, statement_bytes(op, key, seq), sig):
-        raise ProtoError(E_SIGNATURE_INVALID, "the key change is not signed by a trusted key")
-    keys = list(t["keys"])
-    if op == "+":
-        if key in keys:
-            raise ProtoError(E_INCORRECT_STATE, "the key is already trusted")
-        if len(keys) >= MAX_KEYS:
-            raise ProtoError(E_INCORRECT_STATE, "%d keys are trusted already: drop one first" % MAX_KEYS)
-        keys.append(key)
-    else:
-        if key not in keys:
-            raise ProtoError(E_INCORRECT_STATE, "the key is not trusted")
-        if len(keys) == 1:
-            raise ProtoError(E_INCORRECT_STATE, "the last trusted key cannot be dropped")
-        if key_id(key) in in_use:
-            raise ProtoError(E_INCORRECT_STATE, "the running image is signed by this key: push an image "
-                             "signed by another trusted key first")
-        keys.remove(key)
-    t = {"seq": seq, "keys": keys, "error": None}
-    save(t, path)
-    return t

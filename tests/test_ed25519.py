@@ -195,3 +195,13 @@ def test_unix_micropython(tmp_path, micropython):
 def test_i386_micropython(tmp_path):
     _run_cases(tmp_path, boardbuilds.i386())
 
+
+
+def test_bench_prints_its_figures(capsys):
+    import bench_ed25519
+
+    assert bench_ed25519.main(["--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "unix MicroPython (64-bit):" in out
+    assert ("i386 heap: import ed25519" in out) == (boardbuilds.i386() is not None)
+    assert ("RP2040 at 125 MHz" in out) == (boardbuilds.cortex_m0() is not None)

@@ -1,5 +1,5 @@
 """Signed images end to end, short of the agent: keys made by host/keys.py, images
-signed by imgtool (host/appimage.py), checked by device/trust.py (with
+signed by imgtool (host/appimage.py), checked by device/trust.py and trustkeys.py (with
 device/ed25519.py and shared/mcuboot.py's SEC_CNT) on CPython, the unix-port
 MicroPython and, when present, the 32-bit build. Also key rotation statements
 and the anti-rollback helpers."""
@@ -81,7 +81,7 @@ def material(tmp_path_factory):
 SCRIPT = r"""
 import sys, json, os
 sys.path.insert(0, %(device)r)
-import mcuboot, trust
+import mcuboot, trust, trustkeys
 from proto import ProtoError
 D = %(dir)r
 M = json.load(open(D + "/material.json"))
@@ -97,7 +97,7 @@ def check(name, t, floor=0):
     try:
         kid = trust.check_image(info, t)
         trust.check_counter(trust.counter(info), floor)
-        print("%%s: ok %%s cnt=%%d" %% (name, "none" if kid is None else trust._hex(kid[:4]), trust.counter(info)))
+        print("%%s: ok %%s cnt=%%d" %% (name, "none" if kid is None else trust.hexstr(kid[:4]), trust.counter(info)))
     except ProtoError as e:
         print("%%s: refused %%d" %% (name, e.code))
         MESSAGES.append(e.message)
@@ -108,20 +108,20 @@ t = trust.load(STORE)
 print("empty:", trust.enforced(t), trust.describe(t)["signed_images"])
 for n in names:
     check(n, t)
-t = trust.provision(t, unhexlify(M["pub"]["k1"]), STORE)
+t = trustkeys.provision(t, unhexlify(M["pub"]["k1"]), STORE)
 t = trust.load(STORE)
 print("provisioned:", trust.enforced(t), len(t["keys"]))
 for n in names:
     check(n, t, floor=3)
 try:
-    trust.provision(t, unhexlify(M["pub"]["k2"]), STORE)
+    trustkeys.provision(t, unhexlify(M["pub"]["k2"]), STORE)
     print("provision again: ok")
 except ProtoError as e:
     print("provision again: refused", e.code)
 st = dict(M["statements"])
 for name in ("add_k3_by_k3", "add_k2_by_k1", "add_k2_by_k1", "drop_k1_by_k2", "drop_k2_by_k2"):
     try:
-        t = trust.apply(t, st[name], in_use=(), path=STORE)
+        t = trustkeys.apply(t, st[name], in_use=(), path=STORE)
         print("%%s: applied seq=%%d keys=%%d" %% (name, t["seq"], len(t["keys"])))
     except ProtoError as e:
         print("%%s: refused %%d" %% (name, e.code))
@@ -131,10 +131,10 @@ check("k1", t)
 check("k2", t)
 # the cached result at boot
 info = mcuboot.verify(D + "/k2.img")
-sha = trust._hex(info["sha256"])
-signer = trust._hex(info["keyhash"])
+sha = trust.hexstr(info["sha256"])
+signer = trust.hexstr(info["keyhash"])
 for label, sg, sh in (("bound", signer, sha), ("other sha", signer, "00" * 32), ("unverified", None, sha),
-                      ("dropped signer", trust._hex(trust.key_id(unhexlify(M["pub"]["k1"]))), sha)):
+                      ("dropped signer", trust.hexstr(trust.key_id(unhexlify(M["pub"]["k1"]))), sha)):
     try:
         trust.check_boot(t, sg, sh, info)
         print("boot %%s: ok" %% label)
@@ -260,6 +260,7 @@ def test_other_key_types_are_refused(tmp_path):
 def test_trust_file_matches_the_device_loader(tmp_path, material):
     sys.path.insert(0, str(REPO / "device"))
     import trust
+    import trustkeys
 
     k1, k2, _ = material["keys"]
     path = tmp_path / "mpota_trust.json"
@@ -267,4 +268,4 @@ def test_trust_file_matches_the_device_loader(tmp_path, material):
     t = trust.load(str(path))
     assert t["error"] is None and t["keys"] == [keys.public_raw(k1), keys.public_raw(k2)]
     assert trust.key_id(t["keys"][0]) == keys.key_id(k1)
-    assert keys.statement_bytes("add", b"\x01" * 32, 7) == trust.statement_bytes("+", b"\x01" * 32, 7)
+    assert keys.statement_bytes("add", b"\x01" * 32, 7) == trustkeys.statement_bytes("+", b"\x01" * 32, 7)
