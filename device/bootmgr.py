@@ -71,6 +71,12 @@ def _load_app(sl, i):
     info = _use("mcuboot").verify(path)  # header, TLVs and SHA-256 (ImageError)
     if not info["body_is_littlefs"]:
         raise ValueError("the image body is not a littlefs")
+    # the signature was verified at commit: check that result still holds
+    tr = _use("trust")
+    s = sl.slot(i)
+    tr.check_boot(tr.load(), s.get("signer"), s.get("image_hash"), info)
+    tr.check_counter(tr.counter(info), sl.rec.get("sec_floor", 0))
+    _drop("trust")
     _use("appfs").mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
     del info
     check_app()

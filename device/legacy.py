@@ -123,10 +123,10 @@ def _stop(dev, c, want):
     if got == want and whole:
         sha = update.digest_hex(dev, i, s.size)
         try:
-            ver, is_app = update.validate(dev, i, s.size, False)
+            ver, is_app, proof = update.validate(dev, i, s.size, False)
         except ProtoError:
-            ver, is_app = None, False  # stored and CRC-checked, not bootable
-        upload.finish(sl, i, sha, ver, is_app)
+            ver, is_app, proof = None, False, None  # stored and CRC-checked, not bootable
+        upload.finish(sl, i, sha, ver, is_app, proof)
     # The reference UpdateStopResponse carries the device CRC as a signed i32.
     b = dev.buf
     b[5] = got >> 24

@@ -32,7 +32,7 @@ _ROUTE = {"begin": "update", "commit": "update", "abort": "update",
           "rollback": "rareops", "read": "rareops", "erase": "rareops"}
 _OPS = ("hello", "auth", "ping", "status", "confirm", "reset")
 # Loaded for one request or one session, released when no longer needed.
-_TRANSIENT = ("update", "upload", "mcuboot", "rareops")
+_TRANSIENT = ("update", "upload", "mcuboot", "rareops", "trust", "ed25519")
 
 
 def ref_error(c, code):

@@ -166,6 +166,8 @@ class Slots:
             raise ProtoError(E_INCORRECT_STATE, "no slot is on trial")
         self.end_trial(r, CONFIRMED)
         rec["active"] = r
+        # anti-rollback: the floor rises only once an image has proved itself
+        rec["sec_floor"] = max(rec.get("sec_floor", 0), rec["slots"][r].get("sec_cnt") or 0)
         self.commit()
         self.note = "%s confirmed" % NAMES[r]
         return r

@@ -44,8 +44,16 @@ def validate(dev, i, size, allow_down):
     cur = None if allow_down else _older(dev, i, info["version"])
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s" % (ver, cur))
+    # Only signed images become bootable once a key is trusted (docs/security.md);
+    # the result is cached in the record, bound to the image hash, for boot.
+    import trust
+    signer = trust.check_image(info, trust.load())
+    cnt = trust.counter(info)
+    trust.check_counter(cnt, dev.sl.rec.get("sec_floor", 0))
+    proof = {"signer": trust.hexstr(signer) if signer else None,
+             "image_hash": trust.hexstr(info["sha256"]), "sec_cnt": cnt}
     # an application body is a littlefs (mounted at /app); others are stored only
-    return ver, bool(info.get("body_is_littlefs"))
+    return ver, bool(info.get("body_is_littlefs")), proof
 
 
 def digest_hex(dev, i, size):
@@ -98,13 +106,13 @@ def op_commit(dev, c, req):
         sl.erase(i)
         raise ProtoError(E_VERIFY_FAILED, "slot %s holds sha256 %s, expected %s: upload again" % (name(i), sha, s.sha))
     try:
-        ver, is_app = validate(dev, i, s.size, s.allow_down)
+        ver, is_app, proof = validate(dev, i, s.size, s.allow_down)
     except ProtoError:
         upload.finish(sl, i, sha, None, False)  # stored, not bootable
         raise
     finally:
         dev.sample_mem()  # the peak of an update: hashing and the image check
-    upload.finish(sl, i, sha, ver, is_app)
+    upload.finish(sl, i, sha, ver, is_app, proof)
     return {"slot": name(i), "sha256": sha, "version": ver, "state": sl.state(i)}
 
 

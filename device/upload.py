@@ -68,11 +68,14 @@ def prepare(sl, i, size, sha=None, ver=None, legacy=False):
     return 0
 
 
-def finish(sl, i, sha, ver, pending):
+def finish(sl, i, sha, ver, pending, proof=None):
     """Record a verified image in slot i: `complete`, or `pending` (boots on
-    trial at the next reset). Its bytes are synced already."""
+    trial at the next reset). Its bytes are synced already. `proof`: the
+    signature check's result (signer, image_hash, sec_cnt) for boot."""
     rec = sl.rec
     s = rec["slots"][i]
+    for k in ("signer", "image_hash", "sec_cnt"):
+        s[k] = proof[k] if proof else None
     s["sha256"] = sha
     s["version"] = ver
     s["size"] = sl.file_size(i)

@@ -177,7 +177,8 @@ def _imgtool(*args):
     return r
 
 
-def build_app_image(source, version="0.0.0+0", header_size=32, key=None, mpy=False):
+def build_app_image(source, version="0.0.0+0", header_size=32, key=None, mpy=False,
+                    security_counter=None):
     """An MCUboot image whose body is `source` (a folder, built with build_littlefs,
     or littlefs image bytes). `key`: an imgtool private key file (ed25519) to sign;
     `mpy`: ship the app's .py files compiled."""
@@ -199,6 +200,8 @@ def build_app_image(source, version="0.0.0+0", header_size=32, key=None, mpy=Fal
                 "-v", version, "-S", slot]
         if key is not None:
             args += ["-k", key]
+        if security_counter is not None:  # the protected SEC_CNT TLV (anti-rollback)
+            args += ["-s", int(security_counter)]
         _imgtool(*(args + [src, dst]))
         return dst.read_bytes()
 

@@ -19,6 +19,7 @@ TLV_KEYHASH = 0x01
 TLV_PUBKEY = 0x02
 TLV_SHA256 = 0x10
 TLV_ED25519 = 0x24
+TLV_SEC_CNT = 0x50  # protected: u32 security counter (imgtool --security-counter)
 SIG_TLVS = (0x20, 0x22, 0x23, 0x24)  # RSA2048, ECDSASIG, RSA3072, ED25519
 F_UNSUPPORTED = 0x0000004 | 0x0000008 | 0x0000200 | 0x0000400  # encrypted, compressed
 E_BAD_IMAGE = 0x0D  # native error number (docs/protocol.md section 3)
@@ -61,7 +62,9 @@ def verify(src, offset=0, size=None):
     the image's bytes):
     header, TLV layout and SHA-256. `size`: bytes available from `offset`
     (bounds every field). Returns the header dict plus tlv_off, total_size,
-    sha256 (bytes, from the TLV), has_signature, sig_type, signature, keyhash,
+    sha256 (bytes, from the TLV), has_signature, sig_type, signature, keyhash
+    (sha256 of the signing key as imgtool embeds it: KEYHASH, or hashed from
+    PUBKEY), security_counter (int from the protected SEC_CNT TLV, or None),
     body_is_littlefs. Raises ImageError (.code = 0x0D bad_image)."""
     if isinstance(src, str):
         with open(src, "rb") as f:
@@ -107,26 +110,33 @@ def verify(src, offset=0, size=None):
         raise ImageError("truncated image: TLV area of %d bytes at %d runs past the %d bytes stored"
                          % (total, prot_end, size))
 
-    sha = sig = keyhash = None
+    sha = sig = keyhash = cnt = None
     sig_type = None
-    p = prot_end + 4
-    while p < end:  # every step moves p forward by >= 4, so this ends
-        if p + 4 > end:
-            raise ImageError("TLV at %d crosses the end of the TLV area" % p)
-        mv = _read(f, offset + p, 4, buf)
-        t, ln = struct.unpack_from("<BxH", mv, 0)
-        if p + 4 + ln > end:
-            raise ImageError("TLV 0x%02x at %d (%d bytes) crosses the end of the TLV area" % (t, p, ln))
-        if t == TLV_SHA256:
-            if ln != 32:
-                raise ImageError("SHA256 TLV of %d bytes" % ln)
-            sha = bytes(_read(f, offset + p + 4, 32, buf)[:32])
-        elif t == TLV_KEYHASH and ln == 32:
-            keyhash = bytes(_read(f, offset + p + 4, 32, buf)[:32])
-        elif t in SIG_TLVS and ln <= 512:
-            sig_type = t
-            sig = bytes(_read(f, offset + p + 4, ln, buf)[:ln])
-        p += 4 + ln
+    # the protected area yields only the security counter (it is hashed, so
+    # signed); the unprotected one the digest, signature and key
+    for p, stop in ((tlv_off + 4, prot_end), (prot_end + 4, end)):
+        while p < stop:  # every step moves p forward by >= 4, so this ends
+            if p + 4 > stop:
+                raise ImageError("TLV at %d crosses the end of the TLV area" % p)
+            mv = _read(f, offset + p, 4, buf)
+            t, ln = struct.unpack_from("<BxH", mv, 0)
+            if p + 4 + ln > stop:
+                raise ImageError("TLV 0x%02x at %d (%d bytes) crosses the end of the TLV area" % (t, p, ln))
+            if stop == prot_end:
+                if t == TLV_SEC_CNT and ln == 4:
+                    cnt = struct.unpack_from("<I", _read(f, offset + p + 4, 4, buf), 0)[0]
+            elif t == TLV_SHA256:
+                if ln != 32:
+                    raise ImageError("SHA256 TLV of %d bytes" % ln)
+                sha = bytes(_read(f, offset + p + 4, 32, buf)[:32])
+            elif t == TLV_KEYHASH and ln == 32:
+                keyhash = bytes(_read(f, offset + p + 4, 32, buf)[:32])
+            elif t == TLV_PUBKEY and ln <= 128:  # --public-key-format full: the same key id
+                keyhash = hashlib.sha256(_read(f, offset + p + 4, ln, buf)[:ln]).digest()
+            elif t in SIG_TLVS and ln <= 512:
+                sig_type = t
+                sig = bytes(_read(f, offset + p + 4, ln, buf)[:ln])
+            p += 4 + ln
     if sha is None:
         raise ImageError("no SHA256 TLV (0x10): cannot check the image")
 
@@ -158,6 +168,7 @@ def verify(src, offset=0, size=None):
     info["sig_type"] = sig_type
     info["signature"] = sig
     info["keyhash"] = keyhash
+    info["security_counter"] = cnt
     info["body_is_littlefs"] = lfs
     return info
 

@@ -243,3 +243,39 @@ hal.wdt_feed()  # no watchdog started: nothing to feed
     r = run_micropython(["-c", code])
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "rp2 {} True True ['block_count', 'block_size']"
+
+
+def test_trust_installs_the_public_half_of_an_imgtool_key(tmp_path):
+    import json
+
+    from mpota import keys
+
+    k1, k2 = tmp_path / "k1.pem", tmp_path / "k2.pem"
+    keys.keygen(k1)
+    keys.keygen(k2)
+    pub2 = tmp_path / "k2.pub.pem"
+    keys.load(k2).export_public(str(pub2))  # a public-only PEM works as well
+    dev = make_device(tmp_path / "dev", ["stay"])
+    with Sim(state=tmp_path / "st", device_dir=dev, flags=["--trust", str(k1), "--trust", str(pub2)]) as sim:
+        assert "mpota_trust.json" in app_line(sim)
+        assert "trust store installed" in sim.output
+        assert sim.stop() == 0
+    store = json.loads(read_flash_file(sim.state, "mpota_trust.json"))
+    assert store == {"seq": 0, "keys": [keys.public_raw(k1).hex(), keys.public_raw(k2).hex()]}
+    assert b"PRIVATE" not in (sim.state / "flash.bin").read_bytes()
+    # without --trust a later start leaves the store alone
+    with Sim(state=tmp_path / "st", device_dir=dev) as sim:
+        assert "mpota_trust.json" in app_line(sim)
+        assert "trust store installed" not in sim.output
+        assert sim.stop() == 0
+
+
+def test_trust_with_a_key_that_is_not_ed25519_stops_the_launcher(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a key\n")
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "sim.py"), "--state", str(tmp_path / "st"),
+                        "--trust", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "sim: --trust: cannot load" in r.stderr

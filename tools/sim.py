@@ -4,7 +4,7 @@
     python tools/sim.py --state .sim-state [--host 127.0.0.1] [--tcp-port 8472]
         [--udp-port 8473] [--legacy-udp] [--no-auth] [--flash-timing none|w25q]
         [--heap 96K] [--power-cut-after N] [--redeploy] [--micropython PATH]
-        [--deploy mpy|py] [--config FILE] [--device-dir DIR]
+        [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...]
 
 The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
 filesystem), device.id, device.key (32-byte HMAC key, hex, mode 0600, made on
@@ -26,6 +26,12 @@ SIGTERM/SIGINT stop the device and the launcher (exit 0).
 --power-cut-after N: on the first device start only, N flash operations
 (4 KiB erases and 256-byte page programs, counted from when main.py starts)
 complete and the next one is torn half way, then the device dies.
+
+--trust KEY.pem (repeatable): on the launcher's first boot, the public half
+of each imgtool Ed25519 key (private or public PEM) becomes the device's
+trust store /mpota_trust.json (docs/security.md), replacing any store there
+(a rotated one included): the device then accepts only images signed by
+these keys. The trust file is also kept as STATE/trust.json.
 
 --device-dir DIR deploys DIR/*.py instead of the repository's device/ (the
 tests use it to boot a throwaway main.py; it changes nothing else).
@@ -75,6 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--deploy", choices=("mpy", "py"), default="mpy",
                    help="ship device code precompiled (mpy, the default, as `mpota provision` does)"
                         " or as source (py, as `mpremote cp device/*.py :` does)")
+    p.add_argument("--trust", action="append", default=[], metavar="KEY.pem",
+                   help="trust this imgtool Ed25519 key's public half for signed images (repeatable)")
     p.add_argument("--device-dir", default=str(REPO / "device"),
                    help="folder whose *.py are deployed (default: device/; tests use a throwaway one)")
     a = p.parse_args(argv)
@@ -98,6 +106,20 @@ def device_id(state):
     if not path.exists():
         path.write_text("51" + os.urandom(7).hex() + "\n")
     return path.read_text().strip()
+
+
+def trust_file(state, key_files):
+    """STATE/trust.json: the trust store for the public halves of the keys (host/keys.py)."""
+    sys.path.insert(0, str(REPO))
+    from host import keys  # the package's folder (installed as mpota)
+
+    try:
+        data = keys.trust_file(key_files)
+    except keys.KeyFileError as e:
+        raise SystemExit("sim: --trust: %s" % e.message)
+    path = state / "trust.json"
+    path.write_bytes(data)
+    return path
 
 
 def deploy_list(device_dir):
@@ -176,6 +198,7 @@ class Launcher:
             "redeploy": bool(first and a.redeploy),
             "deploy": self.deploy() if (fresh or (first and a.redeploy)) else [],
             "key_file": None if a.no_auth else str(device_key(self.state)),
+            "trust_file": str(trust_file(self.state, a.trust)) if (first and a.trust) else None,
             "reset_cause": cause,
             "boot_count": boot_count,
             "device_id": device_id(self.state),

@@ -22,9 +22,22 @@ def log(msg):
     print("sim: " + msg)
 
 
+def copy(src, dst, buf=None):
+    buf = buf or bytearray(1024)
+    mv = memoryview(buf)
+    total = 0
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            n = fi.readinto(buf)
+            if not n:
+                break
+            fo.write(mv[:n])
+            total += n
+    return total
+
+
 def deploy(paths, key_file, root):
     buf = bytearray(1024)
-    mv = memoryview(buf)
     total = 0
     import os
     for src in paths:
@@ -35,13 +48,7 @@ def deploy(paths, key_file, root):
             os.remove(root + "/" + stem + (".py" if ext == "mpy" else ".mpy"))
         except OSError:
             pass
-        with open(src, "rb") as fi, open(root + "/" + name, "wb") as fo:
-            while True:
-                n = fi.readinto(buf)
-                if not n:
-                    break
-                fo.write(mv[:n])
-                total += n
+        total += copy(src, root + "/" + name, buf)
     if key_file:
         with open(key_file) as f:
             key = bytes.fromhex(f.read().strip())
@@ -78,9 +85,13 @@ def power_on(argv):
         fs = vfs.VfsLfs2(flash, progsize=256)
         formatted = True
 
-    if formatted or cfg.get("redeploy"):
+    if formatted or cfg.get("redeploy") or cfg.get("trust_file"):
         vfs.mount(fs, "/flash")
-        deploy(cfg.get("deploy", []), cfg.get("key_file"), "/flash")
+        if formatted or cfg.get("redeploy"):
+            deploy(cfg.get("deploy", []), cfg.get("key_file"), "/flash")
+        if cfg.get("trust_file"):
+            copy(cfg["trust_file"], "/flash/mpota_trust.json")
+            log("trust store installed (images must be signed)")
         vfs.umount("/flash")
 
     # simhal keeps only what the device asks for later (see simhal.configure)

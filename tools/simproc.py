@@ -55,7 +55,10 @@ class Sim:
                "--tcp-port", str(self.tcp_port), "--udp-port", str(self.udp_port),
                "--micropython", MICROPYTHON]
         if device_dir is not None:
+            # a folder of its own is deployed as it is, like `mpremote cp DIR/*.py :`
             cmd += ["--device-dir", str(device_dir)]
+            if "--deploy" not in flags:
+                cmd += ["--deploy", "py"]
         cmd += self.flags
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
