@@ -22,10 +22,10 @@ import gc
 import sys
 
 import hal
+import slots
 
 APP_MOUNT = "/app"
 KEY_PATH = "/mpota_key.bin"
-TRUST_PATH = "/mpota_trust.json"
 
 
 def _use(name):
@@ -74,13 +74,8 @@ def _load_app(sl, i):
         raise ValueError("the image body is not a littlefs")
     # the signature was verified at commit: check that result still holds
     s = sl.slot(i)
-    if (info.get("security_counter") or 0) < sl.rec.get("sec_floor", 0):
-        raise ValueError("security counter below this device's floor (anti-rollback)")
-    try:
-        os.stat(TRUST_PATH)  # keys are trusted (or the store is corrupt: trust.py refuses)
-    except OSError:
-        pass
-    else:
+    slots.check_counter(slots.counter(info), sl.floor())
+    if slots.trusting():
         tr = _use("trust")
         tr.check_boot(tr.load(), s.get("signer"), s.get("image_hash"), info)
         _drop("trust")

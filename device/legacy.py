@@ -10,7 +10,7 @@ import asyncio
 
 import hal
 from proto import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME,
-                    E_CRC_MISMATCH, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE)
+                   E_CRC_MISMATCH, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE, REF_REQUESTS)
 from framing import frame_into, check_frame
 
 import upload
@@ -39,16 +39,14 @@ def _empty(dev, c, op):
 
 def handle(dev, c, f):
     op = f[1]
-    if op == 0x01 and len(f) == 6:
+    body = len(f) - 6  # bytes between header and checksum
+    if op == 0x01 and not body:
         return c.out(dev.version_frame())  # open to all: no scratch buffer for it
     dev.scratch()  # every other reply is built in it
-    body = len(f) - 6  # bytes between header and checksum
     try:
         if op == 0x01:
-            if body:
-                raise ProtoError(E_BAD_FRAME, "")
-            return c.out(dev.version_frame())
-        if op not in (0x03, 0x05, 0x07, 0x09, 0x0B):
+            raise ProtoError(E_BAD_FRAME, "")  # a VersionRequest with a body
+        if op not in REF_REQUESTS:
             # responses (0x02, 0x04, ...) and unknown opcodes
             raise ProtoError(E_UNSUPPORTED, "")
         if not c.authed:

@@ -252,7 +252,7 @@ class Device:
                 c.out(self.version_frame())
             else:
                 ref_error(c, E_BAD_FRAME)
-        elif op not in (0x03, 0x05, 0x07, 0x09, 0x0B):
+        elif op not in proto.REF_REQUESTS:
             ref_error(c, E_UNSUPPORTED)  # reference responses and unknown opcodes
         elif not (c.authed or self.legacy_udp):
             ref_error(c, E_AUTH_REQUIRED)  # strangers do not get legacy.py loaded for them

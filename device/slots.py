@@ -34,7 +34,7 @@ import os
 import json
 import binascii
 
-from proto import ProtoError, E_INCORRECT_STATE
+from proto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED
 
 NAMES = ("a", "b")
 EMPTY = "empty"
@@ -48,6 +48,36 @@ BAD = "bad"
 # Not "/slots": "/" is on sys.path and MicroPython imports a directory as a
 # namespace package, so `import slots` would find the directory, not slots.py.
 ROOT = "/mpota-slots"
+
+
+TRUST_PATH = "/mpota_trust.json"  # the trusted signing keys (trust.py reads them)
+
+
+def trusting():
+    """Is there a trust store (trust.py decides what it says, even when
+    corrupt)? Only then is the verifier loaded."""
+    return file_size(TRUST_PATH) >= 0
+
+
+# -- anti-rollback: the record's "sec_floor" and the images' security counters
+
+def counter(info):
+    """The image's security counter (0 when it has none)."""
+    return info.get("security_counter") or 0
+
+
+def check_counter(cnt, floor):
+    """Refuse a counter below the floor, whatever the flags (at commit and
+    boot with the image's own)."""
+    if (cnt or 0) < floor:
+        raise ProtoError(E_VERSION_REFUSED, "security counter %d is below this device's floor %d "
+                         "(anti-rollback: no flag allows it)" % (cnt or 0, floor))
+
+
+def raised_floor(floor, cnt):
+    """The floor after an image with counter `cnt` is CONFIRMED (never at commit:
+    the fallback must stay bootable until the new image has proved itself)."""
+    return max(floor, cnt or 0)
 
 
 def name(i):
@@ -143,6 +173,10 @@ class Slots:
         s = self.rec["slots"][i]
         return {"state": s["state"], "size": s["size"], "sha256": s["sha256"], "version": s["version"]}
 
+    def floor(self):
+        # the lowest security counter an image may carry (records before 0.2 have none)
+        return self.rec.get("sec_floor", 0)
+
     def confirmed(self, i):
         """i when slot i holds a confirmed image, else None."""
         if i is not None and self.rec["slots"][i]["state"] == CONFIRMED:
@@ -167,7 +201,7 @@ class Slots:
         self.end_trial(r, CONFIRMED)
         rec["active"] = r
         # anti-rollback: the floor rises only once an image has proved itself
-        rec["sec_floor"] = max(rec.get("sec_floor", 0), rec["slots"][r].get("sec_cnt") or 0)
+        rec["sec_floor"] = raised_floor(self.floor(), rec["slots"][r].get("sec_cnt"))
         self.commit()
         self.note = "%s confirmed" % NAMES[r]
         return r

@@ -21,9 +21,12 @@ import hashlib
 import json
 import sys
 
-from proto import ProtoError, E_SIGNATURE_INVALID, E_VERSION_REFUSED, E_BAD_REQUEST
+from proto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST
 
-TRUST_PATH = "/mpota_trust.json"
+# The anti-rollback rules live with the record's floor in slots.py (resident:
+# commit and boot check them without loading this module); named here too.
+from slots import TRUST_PATH, counter, check_counter, raised_floor  # noqa: F401
+
 TLV_ED25519 = 0x24
 SPKI_PREFIX = b"\x30\x2a\x30\x05\x06\x03\x2b\x65\x70\x03\x21\x00"  # DER SubjectPublicKeyInfo, Ed25519
 
@@ -138,22 +141,3 @@ def check_boot(t, signer_hex, rec_sha_hex, info):
                          % signer_hex[:16])
 
 
-# -- anti-rollback ----------------------------------------------------------------
-
-def counter(info):
-    """The image's security counter (0 when it has none)."""
-    return info.get("security_counter") or 0
-
-
-def check_counter(cnt, floor):
-    """Refuse a counter below the floor, whatever the flags (at begin with the
-    counter the host declares, at commit and boot with the image's own)."""
-    if (cnt or 0) < floor:
-        raise ProtoError(E_VERSION_REFUSED, "security counter %d is below this device's floor %d "
-                         "(anti-rollback: no flag allows it)" % (cnt or 0, floor))
-
-
-def raised_floor(floor, cnt):
-    """The floor after an image with counter `cnt` is CONFIRMED (never at commit:
-    the fallback must stay bootable until the new image has proved itself)."""
-    return max(floor, cnt or 0)

@@ -1,10 +1,10 @@
 # update: the update session ops (begin, commit, abort) and the checks that
 # the legacy service shares (one session at a time, image validation).
 # Loaded with a session and released when it ends (service.py).
-import os
 import binascii
 
 import proto
+import slots
 import upload
 from slots import name
 from proto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
@@ -32,15 +32,6 @@ def _older(dev, i, v):
     return None
 
 
-def trusting(path="/mpota_trust.json"):
-    """Is there a trust store (trust.py decides what it says, even when corrupt)?"""
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 def validate(dev, i, size, allow_down):
     """Check the stored image: -> (version str, is an app image)."""
     import mcuboot
@@ -56,13 +47,10 @@ def validate(dev, i, size, allow_down):
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s" % (ver, cur))
     # Only signed images become bootable once a key is trusted (docs/security.md);
     # the result is cached in the record, bound to the image hash, for boot.
-    cnt = info.get("security_counter") or 0
-    floor = dev.sl.rec.get("sec_floor", 0)
-    if cnt < floor:
-        raise ProtoError(E_VERSION_REFUSED, "security counter %d is below this device's floor %d "
-                         "(anti-rollback: no flag allows it)" % (cnt, floor))
+    cnt = slots.counter(info)
+    slots.check_counter(cnt, dev.sl.floor())
     signer = None
-    if trusting():  # the verifier is loaded only where keys are trusted
+    if slots.trusting():  # the verifier is loaded only where keys are trusted
         import trust
         signer = trust.check_image(info, trust.load())
     proof = {"signer": binascii.hexlify(signer).decode() if signer else None,

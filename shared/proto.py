@@ -23,6 +23,9 @@ OP_ACK = 0x22
 OP_READ = 0x23
 OP_READ_DATA = 0x24
 OP_NERROR = 0x2F
+# reference requests besides VersionRequest (0x01, open to all): UpdateStart,
+# UpdateStop, Write, Reset, ReadAddress -- the ones that need an authenticated peer
+REF_REQUESTS = (0x03, 0x05, 0x07, 0x09, 0x0B)
 
 SLOT_NAMES = ("a", "b")
 
