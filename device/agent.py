@@ -44,6 +44,7 @@ class Conn:
         self.t0 = hal.ticks_ms()
         self.ackb = None  # the data path's replies, made once authenticated
         self.nerrb = None
+        self.task = None  # the task serving it (agent.Agent.serve)
 
     def out(self, b):
         self.w.write(b)
@@ -60,12 +61,6 @@ class Conn:
         proto.nerror_into(self.nerrb, op, code, value, ref)
         self.w.write(self.nerrb)
 
-    def close(self):
-        try:
-            self.w.close()
-        except Exception:
-            pass
-
 
 class Agent:
     """The connections of one device: who is connected, who authenticated."""
@@ -80,7 +75,11 @@ class Agent:
         cfg = self.dev.cfg
         unauth = [x for x in self.conns if not x.authed]
         if not c.authed and len(unauth) >= cfg["max_unauth"]:
-            unauth[0].close()  # the oldest stranger makes room (its reader ends)
+            # The oldest stranger makes room. Its own task is cancelled, so it
+            # leaves the poller and closes its socket itself: closing a socket
+            # that another task still waits on would leave a stale poll entry
+            # whose file descriptor the next connection may get.
+            unauth[0].task.cancel()
             self.conns.remove(unauth[0])
         if len(self.conns) - len(unauth) >= cfg["max_conn"]:
             return "too many connections"
@@ -92,6 +91,7 @@ class Agent:
         c = None
         try:
             c = Conn(dev, r, w)
+            c.task = asyncio.current_task()
             why = self.admit(c)
             if why:
                 c = None
@@ -101,6 +101,8 @@ class Agent:
             await self._loop(c)
         except OSError:
             pass  # reset by peer, broken pipe: just close
+        except asyncio.CancelledError:
+            pass  # evicted to make room (Agent.admit): end quietly
         except MemoryError:
             gc.collect()  # the slot is freed below; the peer may retry
         except Exception as e:
