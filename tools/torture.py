@@ -465,16 +465,18 @@ class PowerCuts:
                 mark = sim.lines.index(line)
             except SimError:
                 return "no power cut happened (the action took fewer than %d flash ops)" % (n + 1)
-            reprovisioned = False
-            try:
-                sim.wait_for_line("mpota: ready", timeout=30, since=mark)
-            except SimError:
-                if not (sc.from_power_on and n < sc.deployed_at and sim.returncode is not None):
+            # A cut during the deploy itself is what `mpremote cp` reports as a
+            # failed copy: the operator provisions again (the half-copied files
+            # may even import: an empty update.py does).
+            reprovisioned = sc.from_power_on and n < sc.deployed_at
+            if not reprovisioned:
+                try:
+                    sim.wait_for_line("mpota: ready", timeout=30, since=mark)
+                except SimError:
                     return "the device did not come back after the cut:\n" + sim.tail(15)
-                # cut during the deploy itself: provision again, as the operator would
+            else:
                 sim.stop()
                 sim = self._sim(d, ["--redeploy"])
-                reprovisioned = True
             c = wait_conn(sim)
             st = c.ok("status")
             bad = record_violations(st, c, self.known)
@@ -629,10 +631,11 @@ def hostile_link(work: Path, rng: random.Random, a) -> bool:
                                         for i in imgs[-1:]})
         c.close()
         crashed = "Traceback" in sim.output or sim.output.count("sim: boot #") != 1
+        tbs = _tracebacks(sim.lines)
     for f in hostile.failures + clean.failures + bad:
         say("VIOLATION link: %s" % f)
     if crashed:
-        say("VIOLATION link: the device restarted or printed a traceback")
+        say("VIOLATION link: the device restarted or printed a traceback: %s" % "; ".join(tbs))
     per = hostile.seconds / max(1, hostile.updates)
     per_clean = clean.seconds / max(1, clean.updates)
     say("  clean link:   %d/%d updates intact, %.2f s each, %d bytes sent for %d"
@@ -801,6 +804,24 @@ def _state(st: dict) -> dict:
     return d
 
 
+def _answered(sim: Sim, op: str, seconds: float = 20.0) -> dict:
+    """`ping`, then `op`, on a fresh connection, retrying while the device is
+    still reaping the batch's connection (it serves at most 4: `busy`)."""
+    end = time.monotonic() + seconds
+    while True:
+        try:
+            c = DevConn(sim.tcp_port, timeout=10)
+            try:
+                c.ok("ping")
+                return c.ok(op)
+            finally:
+                c.close()
+        except (OSError, EOFError, AssertionError) as e:
+            if time.monotonic() > end or sim.returncode is not None:
+                raise AssertionError("no answer to ping/%s for %.0f s: %s" % (op, seconds, e))
+            time.sleep(0.1)
+
+
 def _tracebacks(lines: list) -> list:
     """One signature per traceback in `lines`: its innermost frame and the exception line."""
     out = []
@@ -882,10 +903,8 @@ def fuzz(work: Path, rng: random.Random, a) -> bool:
             n = min(a.batch, a.fuzz - sent)
             msgs = fuzz_messages(rng, n, authed)
             batch_no += 1
-            probe = wait_conn(sim)
             mark = sim.mark()
-            before = _state(probe.ok("status"))
-            probe.close()
+            before = _state(_answered(sim, "status"))
             try:
                 counts = fuzz_batch(sim, msgs, key if authed else None)
                 for k, v in counts.items():
@@ -896,10 +915,7 @@ def fuzz(work: Path, rng: random.Random, a) -> bool:
                     batch_no, "auth" if authed else "unauth", e))
             sent += n
             try:
-                p = wait_conn(sim, tries=30)
-                p.ok("ping")
-                after = _state(p.ok("status"))
-                p.close()
+                after = _state(_answered(sim, "status"))
                 pings += 1
             except (OSError, EOFError, AssertionError, SimError) as e:
                 failures.append("batch %d: no ping answer after it: %s" % (batch_no, e))
@@ -927,7 +943,9 @@ def fuzz(work: Path, rng: random.Random, a) -> bool:
                 dumps.append(dump)
             if sim.returncode is not None:
                 break
-    for f in failures[:5]:
+    shown = [f for f in failures if "printed tracebacks" not in f]  # hangs, restarts, state changes: all
+    shown += [f for f in failures if "printed tracebacks" in f][:5]
+    for f in shown:
         say("VIOLATION fuzz: %s" % f)
     for sig, k in sorted(signatures.items(), key=lambda kv: -kv[1]):
         say("  device traceback in %d batches: %s" % (k, sig))
