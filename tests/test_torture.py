@@ -3,8 +3,9 @@ the full counts): about 20 power cuts over every state transition, 3 updates
 through a hostile link, 5,000 fuzz messages at a board-like heap, and one
 round of each operator race. Each prints its figures; every violation fails.
 
-Device bugs the harness found are pinned below as xfail tests (strict=False:
-they pass once the device is fixed)."""
+Device bugs the harness found are pinned as xfail tests (strict=False: they
+pass once the device is fixed); the first one it found (a long op name gave an
+internal error) is fixed and stays as a regression test."""
 import json
 import random
 
@@ -36,8 +37,6 @@ def test_hostile_link_short(tmp_path, capsys):
         assert torture.hostile_link(tmp_path, random.Random(2), _args("--updates", "3", "--clean", "1"))
 
 
-@pytest.mark.xfail(strict=False, reason="device bug: ops.line() getattr('op_' + op) raises RuntimeError "
-                                        "'name too long' for an op over ~250 chars (internal error + traceback)")
 def test_fuzz_short(tmp_path, capsys):
     with capsys.disabled():
         print()
@@ -54,9 +53,6 @@ def test_races_short(tmp_path, capsys):
 
 # -- device bugs found by the harness (xfail until the device is fixed) -------------
 
-@pytest.mark.xfail(strict=False, reason="device bug: device/ops.py line(): getattr(module, 'op_' + op) raises "
-                                        "RuntimeError('name too long') for a long op name; unauthenticated peers "
-                                        "get an internal error and the device prints a traceback")
 def test_long_op_name_is_unsupported_not_internal(tmp_path):
     with Sim(state=tmp_path / "dev") as sim:
         c = DevConn(sim.tcp_port)

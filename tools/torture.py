@@ -804,13 +804,13 @@ def _state(st: dict) -> dict:
     return d
 
 
-def _answered(sim: Sim, op: str, seconds: float = 20.0) -> dict:
+def _answered(sim: Sim, op: str, key: Optional[bytes] = None, seconds: float = 20.0) -> dict:
     """`ping`, then `op`, on a fresh connection, retrying while the device is
     still reaping the batch's connection (it serves at most 4: `busy`)."""
     end = time.monotonic() + seconds
     while True:
         try:
-            c = DevConn(sim.tcp_port, timeout=10)
+            c = DevConn(sim.tcp_port, key, timeout=10)
             try:
                 c.ok("ping")
                 return c.ok(op)
@@ -904,7 +904,7 @@ def fuzz(work: Path, rng: random.Random, a) -> bool:
             msgs = fuzz_messages(rng, n, authed)
             batch_no += 1
             mark = sim.mark()
-            before = _state(_answered(sim, "status"))
+            before = _state(_answered(sim, "status", key))
             try:
                 counts = fuzz_batch(sim, msgs, key if authed else None)
                 for k, v in counts.items():
@@ -915,7 +915,7 @@ def fuzz(work: Path, rng: random.Random, a) -> bool:
                     batch_no, "auth" if authed else "unauth", e))
             sent += n
             try:
-                after = _state(_answered(sim, "status"))
+                after = _state(_answered(sim, "status", key))
                 pings += 1
             except (OSError, EOFError, AssertionError, SimError) as e:
                 failures.append("batch %d: no ping answer after it: %s" % (batch_no, e))
@@ -976,7 +976,14 @@ def _begin_retrying_busy(c: DevConn, img: Image, deadline: float) -> tuple:
 
 def _operator(port: int, key: bytes, img: Image, barrier, out: dict) -> None:
     try:
-        c = DevConn(port, key, timeout=30)
+        for attempt in range(50):  # the device serves a few connections: a full one closes at once
+            try:
+                c = DevConn(port, key, timeout=30)
+                break
+            except (OSError, EOFError, AssertionError):
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
         barrier.wait(10)
         r, busy = _begin_retrying_busy(c, img, time.monotonic() + 60)
         out["busy"] = busy
@@ -987,7 +994,8 @@ def _operator(port: int, key: bytes, img: Image, barrier, out: dict) -> None:
         out["commit"] = c.ok("commit")
         c.close()
     except (OSError, EOFError, AssertionError) as e:
-        out["error"] = "%s: %s" % (type(e).__name__, e)
+        import traceback
+        out["error"] = "%s: %s at %s" % (type(e).__name__, e, traceback.format_exc().splitlines()[-3].strip())
 
 
 def _race_push(sim: Sim, imgs: list) -> list:
