@@ -6,7 +6,7 @@ MP     := $(VENV)/bin/micropython
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.runtime
 
-.PHONY: setup test test-fast lint typecheck mpy-check vectors fuzz demo sim bench clean
+.PHONY: setup test test-fast lint typecheck mpy-check vectors fuzz demo sim bench torture clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,12 @@ sim: $(RUNTIME)
 
 bench: setup
 	$(PY) tools/bench.py
+
+# The torture harness at full counts (not part of `make test`, which runs a
+# short version of each part): 500 power cuts, 50 hostile-link updates,
+# 100,000 fuzz messages, operator races. SEED=n replays a run.
+torture: setup
+	$(PY) tools/torture.py $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .sim-state .pytest_cache .mypy_cache .ruff_cache build *.egg-info

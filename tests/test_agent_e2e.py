@@ -1,10 +1,10 @@
 """The device agent end to end: tools/sim.py on free loopback ports, spoken to
 with raw sockets and the shared codec (and the reference UDP client).
 
-`DevConn` and `app_image` are reused by test_powercut.py and test_deploy.py.
+The client (`DevConn`, `app_image`, `reset_and_wait`) lives in tools/devconn.py;
+test_powercut.py and test_deploy.py import it from here or from there.
 """
 import binascii
-import collections
 import hashlib
 import json
 import os
@@ -15,110 +15,12 @@ import pytest
 import framing
 import hostframes
 import proto
-from framing import K_FRAME, K_LINE, K_ERROR
-from hmac_sha256 import host_mac, device_mac, compare_digest
+from devconn import DevConn, app_image, reset_and_wait  # noqa: F401  (re-exported)
+from framing import K_FRAME
+from hmac_sha256 import host_mac
 from simproc import Sim
 
 import bootloader_messages as bm
-
-
-# -- a small blocking client ----------------------------------------------------
-
-class DevConn:
-    def __init__(self, port, key=None, timeout=20):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.dec = hostframes.Decoder(proto.MAX_FRAME + 64, 8192)
-        self.ev = collections.deque()
-        if key is not None:
-            self.auth(key)
-
-    def close(self):
-        self.s.close()
-
-    def send(self, b):
-        self.s.sendall(b)
-
-    def event(self):
-        while not self.ev:
-            data = self.s.recv(65536)
-            if not data:
-                raise EOFError("device closed the connection")
-            for kind, v in self.dec.decode(data):
-                self.ev.append((kind, v if kind == K_ERROR else bytes(v)))
-        return self.ev.popleft()
-
-    def line(self):
-        kind, v = self.event()
-        assert kind == K_LINE, (kind, v)
-        return json.loads(v)
-
-    def frame(self):
-        kind, v = self.event()
-        assert kind == K_FRAME, (kind, v)
-        return v
-
-    def req(self, op, **fields):
-        self.send(hostframes.request_line(op, fields.pop("id", None), fields))
-        return self.line()
-
-    def ok(self, op, **fields):
-        r = self.req(op, **fields)
-        assert r["ok"] is True, r
-        return r
-
-    def err(self, op, code, **fields):
-        r = self.req(op, **fields)
-        assert r["ok"] is False and r["error"]["code"] == code, r
-        return r
-
-    def auth(self, key):
-        h = self.ok("hello")
-        hn = os.urandom(16)
-        dn = bytes.fromhex(h["nonce"])
-        r = self.ok("auth", nonce=hn.hex(), mac=host_mac(key, h["device"], dn, hn).hex())
-        assert compare_digest(bytes.fromhex(r["mac"]), device_mac(key, h["device"], dn, hn))
-
-    def upload(self, data, start=0, chunk=4096, window=16384, stop_at=None):
-        """Pipelined DATA frames (window bytes in flight); returns the watermark."""
-        end = len(data) if stop_at is None else stop_at
-        sent = acked = start
-        while acked < end:
-            while sent < end and sent - acked < window:
-                c = data[sent:min(sent + chunk, end)]
-                self.send(hostframes.encode_data(sent, c))
-                sent += len(c)
-            f = self.frame()
-            if f[1] == proto.OP_ACK:
-                acked = max(acked, hostframes.parse_ack(f))
-            else:
-                raise AssertionError("NERROR %r" % (hostframes.parse_nerror(f),))
-        return acked
-
-    def push(self, image, version=None, **begin):
-        sha = hashlib.sha256(image).hexdigest()
-        b = self.ok("begin", size=len(image), sha256=sha, version=version, **begin)
-        self.upload(image, b["offset"])
-        return self.ok("commit")
-
-
-def app_image(tmp_path, name, main_src, version, pad=0):
-    """An MCUboot image of a folder holding main.py (+ `pad` bytes of filler)."""
-    from mpota.images import build_app_image
-    d = tmp_path / name
-    d.mkdir()
-    (d / "main.py").write_text(main_src)
-    if pad:
-        rnd = os.urandom(pad // 2).hex()
-        (d / "filler.py").write_text("# " + "\n# ".join(rnd[i:i + 76] for i in range(0, len(rnd), 76)) + "\n")
-    return build_app_image(d, version=version)
-
-
-def reset_and_wait(sim, conn, key=None):
-    mark = sim.mark()
-    conn.ok("reset", delay_ms=10)
-    conn.close()
-    sim.wait_for_line("mpota: ready", timeout=60, since=mark)
-    return DevConn(sim.tcp_port, key)
 
 
 # -- JSON, auth, malformed input --------------------------------------------------

@@ -4,7 +4,7 @@ then sees nothing but its flash), update an app and run it."""
 import shutil
 
 from simproc import Sim
-from test_agent_e2e import DevConn, app_image, reset_and_wait
+from devconn import DevConn, app_image, reset_and_wait
 from conftest import REPO
 
 APP = """NAME = "deployed"

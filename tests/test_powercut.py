@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from simproc import Sim
-from test_agent_e2e import DevConn, app_image, reset_and_wait
+from devconn import DevConn, app_image, reset_and_wait
 
 V1 = "NAME = 'v1'\ndef main():\n    print('app: v1 up')\n"
 V2 = "NAME = 'v2'\ndef main():\n    print('app: v2 up')\n"

@@ -11,6 +11,10 @@ Faults (per connection, counted on the host -> device direction):
                    without serialising: a delay line, not a stop-and-wait
 
 `LinkProxy` is the same thing for tests, inside their event loop.
+`HostileLink` (tools/torture.py) adds, per connection and both ways:
+segment "loss" as retransmission stalls, DATA frames duplicated and swapped
+(what the proxy holds in its buffer), and forced disconnects at planned
+byte counts of the host -> device stream.
 """
 from __future__ import annotations
 
@@ -66,64 +70,23 @@ class LinkProxy:
             cw.close()
             return
         done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def send(w, data):
-            # Same delay for every chunk, so timers fire in order: a delay line.
-            if self.delay:
-                loop.call_later(self.delay, lambda: None if w.is_closing() else w.write(data))
-            else:
-                w.write(data)
 
         def kill():
             for w in (cw, uw):
                 w.transport.abort()  # RST-like: no graceful goodbye, like a dropped Wi-Fi link
             done.set()
 
-        async def up():
-            passed = 0
+        async def pump(coro):
             try:
-                while not done.is_set():
-                    data = await cr.read(4096)
-                    if not data:
-                        break
-                    if faulty and self.cut_after is not None and passed + len(data) >= self.cut_after:
-                        keep = self.cut_after - passed
-                        if keep > 0:
-                            uw.write(data[:keep])
-                            self.bytes_up += keep
-                            await uw.drain()
-                        self.cut_count += 1
-                        kill()
-                        return
-                    if faulty and self.stall_after is not None and passed + len(data) >= self.stall_after:
-                        await done.wait()  # swallow everything from now on
-                        return
-                    send(uw, data)
-                    passed += len(data)
-                    self.bytes_up += len(data)
-                    await uw.drain()
+                await coro
             except (OSError, ConnectionError):
                 pass
             finally:
                 if not done.is_set():
                     kill()
 
-        async def down():
-            try:
-                while not done.is_set():
-                    data = await ur.read(4096)
-                    if not data:
-                        break
-                    send(cw, data)
-                    await cw.drain()
-            except (OSError, ConnectionError):
-                pass
-            finally:
-                if not done.is_set():
-                    kill()
-
-        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        tasks = [asyncio.ensure_future(pump(self._up(cr, uw, done, kill, faulty))),
+                 asyncio.ensure_future(pump(self._down(ur, cw, done)))]
         self._tasks.update(tasks)
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -131,6 +94,150 @@ class LinkProxy:
             pass  # stop() cancelled the pumps; the handler just ends
         finally:
             self._tasks.difference_update(tasks)
+
+    def _send(self, w, data) -> None:
+        # Same delay for every chunk, so timers fire in order: a delay line.
+        if self.delay:
+            asyncio.get_running_loop().call_later(self.delay, lambda: None if w.is_closing() else w.write(data))
+        else:
+            w.write(data)
+
+    async def _up(self, cr, uw, done, kill, faulty) -> None:
+        passed = 0
+        while not done.is_set():
+            data = await cr.read(4096)
+            if not data:
+                break
+            if faulty and self.cut_after is not None and passed + len(data) >= self.cut_after:
+                keep = self.cut_after - passed
+                if keep > 0:
+                    uw.write(data[:keep])
+                    self.bytes_up += keep
+                    await uw.drain()
+                self.cut_count += 1
+                kill()
+                return
+            if faulty and self.stall_after is not None and passed + len(data) >= self.stall_after:
+                await done.wait()  # swallow everything from now on
+                return
+            self._send(uw, data)
+            passed += len(data)
+            self.bytes_up += len(data)
+            await uw.drain()
+
+    async def _down(self, ur, cw, done) -> None:
+        while not done.is_set():
+            data = await ur.read(4096)
+            if not data:
+                break
+            self._send(cw, data)
+            await cw.drain()
+
+
+def _is_data(unit: bytes) -> bool:
+    return len(unit) > 1 and unit[0] == 0xE7 and unit[1] == 0x21  # a native DATA frame
+
+
+def split_units(buf: bytearray) -> list:
+    """Take whole messages off the front of `buf`: binary frames (0xE7 ...)
+    and JSON lines; bytes that are neither pass as they are. What is left
+    (an incomplete message) stays in buf."""
+    units = []
+    while buf:
+        if buf[0] == 0xE7:
+            if len(buf) < 5:
+                break
+            n = 5 + ((buf[2] << 8) | buf[3])
+            if len(buf) < n:
+                break
+        elif buf[0] == 0x7B:  # '{'
+            i = buf.find(b"\n")
+            if i < 0:
+                break
+            n = i + 1
+        else:
+            i = min((j for j in (buf.find(b"\xe7"), buf.find(b"{")) if j > 0), default=len(buf))
+            n = i
+        units.append(bytes(buf[:n]))
+        del buf[:n]
+    return units
+
+
+class HostileLink(LinkProxy):
+    """A LinkProxy that mistreats every connection (see the module doc).
+
+    loss: chance per `segment` bytes forwarded (either way) of a `stall` s
+    wait, as a lost segment's retransmission costs; dup / swap: chance per
+    DATA frame of sending it twice / after the frame behind it (only when
+    both sit in the proxy's buffer); plan(points): host -> device byte counts
+    (over all connections) at which the link is dropped. Counters: stalls,
+    dups, swaps, cut_count."""
+
+    def __init__(self, target_host: str, target_port: int, rng, *, loss: float = 0.05,
+                 segment: int = 800, stall: float = 0.2, dup: float = 0.02, swap: float = 0.02, **kw):
+        super().__init__(target_host, target_port, **kw)
+        self.rng = rng
+        self.loss, self.segment, self.stall = loss, segment, stall
+        self.dup, self.swap = dup, swap
+        self.points: list = []
+        self.stalls = self.dups = self.swaps = 0
+
+    def plan(self, points) -> None:
+        """Drop the link when the host -> device stream passes each of `points`."""
+        self.points = sorted(self.bytes_up + p for p in points)
+
+    async def _lossy(self, w, data: bytes) -> None:
+        for i in range(0, len(data), self.segment):
+            if self.rng.random() < self.loss:
+                self.stalls += 1
+                await asyncio.sleep(self.stall)
+            w.write(data[i:i + self.segment])
+            await w.drain()
+
+    async def _up(self, cr, uw, done, kill, faulty) -> None:
+        buf = bytearray()
+        while not done.is_set():
+            data = await cr.read(65536)  # a whole window: frames to swap
+            if not data:
+                break
+            buf += data
+            for u in self._mistreat(split_units(buf)):
+                if self.points and self.bytes_up + len(u) >= self.points[0]:
+                    keep = self.points.pop(0) - self.bytes_up
+                    if keep > 0:
+                        uw.write(u[:keep])
+                        self.bytes_up += keep
+                        await uw.drain()
+                    self.cut_count += 1
+                    kill()
+                    return
+                await self._lossy(uw, u)
+                self.bytes_up += len(u)
+
+    def _mistreat(self, units: list) -> list:
+        out = []
+        i = 0
+        while i < len(units):
+            u = units[i]
+            if (_is_data(u) and i + 1 < len(units) and _is_data(units[i + 1])
+                    and self.rng.random() < self.swap):
+                out += [units[i + 1], u]
+                self.swaps += 1
+                i += 2
+                continue
+            out.append(u)
+            if _is_data(u) and self.rng.random() < self.dup:
+                out.append(u)
+                self.dups += 1
+            i += 1
+        return out
+
+    async def _down(self, ur, cw, done) -> None:
+        while not done.is_set():
+            data = await ur.read(4096)
+            if not data:
+                break
+            await self._lossy(cw, data)
 
 
 class UdpDelay(asyncio.DatagramProtocol):

@@ -3,7 +3,7 @@
 
     python tools/sim.py --state .sim-state [--host 127.0.0.1] [--tcp-port 8472]
         [--udp-port 8473] [--legacy-udp] [--no-auth] [--flash-timing none|w25q]
-        [--heap 96K] [--power-cut-after N] [--redeploy] [--micropython PATH]
+        [--heap 96K] [--power-cut-after N [--cut-from main|power-on]] [--redeploy] [--micropython PATH]
         [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...]
 
 The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
@@ -26,6 +26,8 @@ SIGTERM/SIGINT stop the device and the launcher (exit 0).
 --power-cut-after N: on the first device start only, N flash operations
 (4 KiB erases and 256-byte page programs, counted from when main.py starts)
 complete and the next one is torn half way, then the device dies.
+--cut-from power-on counts them from power-on instead: the littlefs format
+and the deploy of a fresh flash (provisioning) count too.
 
 --trust KEY.pem (repeatable): on the launcher's first boot, the public half
 of each imgtool Ed25519 key (private or public PEM) becomes the device's
@@ -72,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--heap", default=None, help="MicroPython heap size, e.g. 96K (-X heapsize)")
     p.add_argument("--power-cut-after", type=int, default=None, metavar="N",
                    help="first boot only: tear flash operation N+1 and kill the device")
+    p.add_argument("--cut-from", choices=("main", "power-on"), default="main",
+                   help="count --power-cut-after operations from main.py (default) or from power-on")
     p.add_argument("--redeploy", action="store_true",
                    help="copy device/*.py into the existing flash before booting")
     p.add_argument("--micropython", default=str(Path(sys.executable).parent / "micropython"),
@@ -203,6 +207,7 @@ class Launcher:
             "block_count": BLOCK_COUNT,
             "timing": a.flash_timing,
             "cut_after": cut_after,
+            "cut_from": a.cut_from,
             "redeploy": bool(first and a.redeploy),
             "deploy": self.deploy() if (fresh or (first and a.redeploy)) else [],
             "key_file": None if a.no_auth else str(device_key(self.state)),

@@ -75,6 +75,11 @@ def power_on(argv):
         cfg = json.load(f)
 
     flash = SimFlash(cfg["flash"], cfg.get("block_count", 212), cfg.get("timing", "none"))
+    cut = cfg.get("cut_after")
+    from_power_on = cut is not None and cfg.get("cut_from") == "power-on"
+    if from_power_on:  # provisioning counts: the format and the deploy
+        flash.arm(cut)
+        log("power cut armed after %d flash operations from power-on" % cut)
     formatted = False
     try:
         fs = vfs.VfsLfs2(flash, progsize=256)
@@ -104,9 +109,11 @@ def power_on(argv):
     sys.path[:] = ["/", "", ".frozen", "/lib"]
 
     # The op counter (and the power cut) covers what the device code does.
-    if cfg.get("cut_after") is not None:
-        flash.arm(cfg["cut_after"])
-        log("power cut armed after %d flash operations" % cfg["cut_after"])
+    if from_power_on:
+        log("main.py starts after %d flash operations" % flash.stats()["ops"])
+    elif cut is not None:
+        flash.arm(cut)
+        log("power cut armed after %d flash operations" % cut)
 
     if not exists("/main.py"):
         log("/main.py is missing on the flash: nothing to run "

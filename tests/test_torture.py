@@ -1,0 +1,81 @@
+"""Short versions of the torture harness (tools/torture.py; `make torture` runs
+the full counts): about 20 power cuts over every state transition, 3 updates
+through a hostile link, 5,000 fuzz messages at a board-like heap, and one
+round of each operator race. Each prints its figures; every violation fails.
+
+Device bugs the harness found are pinned as xfail tests (strict=False: they
+pass once the device is fixed); the first one it found (a long op name gave an
+internal error) is fixed and stays as a regression test."""
+import json
+import random
+
+import pytest
+
+import torture
+from devconn import DevConn
+from simproc import Sim
+
+pytestmark = pytest.mark.slow
+
+
+def _args(*argv):
+    return torture.parse_args(["--seed", "20240611"] + list(argv))
+
+
+def test_power_cuts_short(tmp_path, capsys):
+    with capsys.disabled():
+        print()
+        assert torture.PowerCuts(tmp_path, random.Random(1)).run(20)
+
+
+@pytest.mark.xfail(strict=False, reason="device bug (intermittent): service.Device.dispatch catches the OSError "
+                                        "(EPIPE/ECONNRESET) that c.out() raises when the peer is gone, prints a "
+                                        "traceback and tries to send an internal error")
+def test_hostile_link_short(tmp_path, capsys):
+    with capsys.disabled():
+        print()
+        assert torture.hostile_link(tmp_path, random.Random(2), _args("--updates", "3", "--clean", "1"))
+
+
+def test_fuzz_short(tmp_path, capsys):
+    with capsys.disabled():
+        print()
+        assert torture.fuzz(tmp_path, random.Random(3), _args("--fuzz", "5000"))
+
+
+@pytest.mark.xfail(strict=False, reason="device bug: begin after a rollback writes into the rollback target; "
+                                        "an abandoned push then leaves nothing bootable")
+def test_races_short(tmp_path, capsys):
+    with capsys.disabled():
+        print()
+        assert torture.races(tmp_path, random.Random(4), _args("--races", "2"))
+
+
+# -- device bugs found by the harness (xfail until the device is fixed) -------------
+
+def test_long_op_name_is_unsupported_not_internal(tmp_path):
+    with Sim(state=tmp_path / "dev") as sim:
+        c = DevConn(sim.tcp_port)
+        r = c.req("x" * 300)
+        c.close()
+        assert r["ok"] is False and r["error"]["code"] == "unsupported", r
+        assert "Traceback" not in sim.output
+
+
+@pytest.mark.xfail(strict=False, reason="device bug: after `rollback` (b running, a the rollback target), "
+                                        "`begin` picks slots.inactive() = a and slotio.prepare() deletes the only "
+                                        "confirmed image; an abandoned upload then leaves nothing to boot")
+def test_begin_after_rollback_keeps_a_bootable_image(tmp_path):
+    rng = random.Random(5)
+    v1 = torture.make_image(tmp_path, "v1", "1.0.0+0", 0, rng)
+    v2 = torture.make_image(tmp_path, "v2", "2.0.0+0", 0, rng)
+    v3 = torture.make_image(tmp_path, "v3", "3.0.0+0", 20000, rng)
+    with Sim(state=tmp_path / "dev", flags=["--no-auth"]) as sim:
+        c = torture.install(sim, [v1, v2])  # a: v1 confirmed; b: v2 confirmed, running
+        assert c.ok("rollback")["slot"] == "a"  # a boots at the next reset
+        b = c.req("begin", size=len(v3.data), sha256=v3.sha, version=v3.version)
+        if b["ok"]:  # the operator gives up half way
+            c.upload(v3.data, b["offset"], stop_at=len(v3.data) // 2)
+            c.ok("abort")
+        st, bad = torture._settled(sim, None, {v1.sha: v1, v2.sha: v2, v3.sha: v3})
+        assert not bad and st["running"] == "a", json.dumps(st)
