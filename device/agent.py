@@ -45,21 +45,29 @@ class Conn:
         self.ackb = None  # the data path's replies, made once authenticated
         self.nerrb = None
         self.task = None  # the task serving it (agent.Agent.serve)
+        self.gone = False  # a write failed: the peer reset or closed
 
     def out(self, b):
-        self.w.write(b)
+        # A peer that is gone must not look like a handler's failure (which
+        # would be answered with an internal error): note it, and the
+        # connection loop closes after this batch.
+        if not self.gone:
+            try:
+                self.w.write(b)
+            except OSError:
+                self.gone = True
 
     def ack(self, acked):
         if self.ackb is None:
             self.ackb = bytearray(_ACK_LEN)
         proto.ack_into(self.ackb, acked)
-        self.w.write(self.ackb)
+        self.out(self.ackb)
 
     def nerror(self, op, code, value=0, ref=0):
         if self.nerrb is None:
             self.nerrb = bytearray(_NERR_LEN)
         proto.nerror_into(self.nerrb, op, code, value, ref)
-        self.w.write(self.nerrb)
+        self.out(self.nerrb)
 
 
 class Agent:
@@ -146,6 +154,8 @@ class Agent:
                 break
             dec.advance(n)
             dev.dispatch(c)
+            if c.gone:
+                break
             await w.drain()
             await dev.after_reply()
 

@@ -17,8 +17,14 @@ def may_update(dev, owner):
         raise ProtoError(E_BUSY, "an update session is open on another connection")
     if s is not None:
         dev.close_session()  # the owner re-opens
-    if dev.sl.on_trial():
-        raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial: confirm or roll back first" % name(dev.sl.running))
+    sl = dev.sl
+    if sl.on_trial():
+        raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial: confirm or roll back first" % name(sl.running))
+    a = sl.active()
+    if sl.running is not None and a is not None and a != sl.running:
+        # after a rollback the only other slot is the one the next reset boots:
+        # an update there would erase it, leaving nothing confirmed to boot
+        raise ProtoError(E_INCORRECT_STATE, "slot %s boots at the next reset (rolled back): reset first" % name(a))
 
 
 def _older(dev, i, v):

@@ -3,9 +3,10 @@ the full counts): about 20 power cuts over every state transition, 3 updates
 through a hostile link, 5,000 fuzz messages at a board-like heap, and one
 round of each operator race. Each prints its figures; every violation fails.
 
-Device bugs the harness found are pinned as xfail tests (strict=False: they
-pass once the device is fixed); the first one it found (a long op name gave an
-internal error) is fixed and stays as a regression test."""
+The device bugs the harness found (a long op name gave an internal error; a
+write to a peer that had gone was answered as an internal error; `begin`
+after a rollback erased the rollback target) are fixed and stay as
+regression tests."""
 import json
 import random
 
@@ -28,9 +29,6 @@ def test_power_cuts_short(tmp_path, capsys):
         assert torture.PowerCuts(tmp_path, random.Random(1)).run(20)
 
 
-@pytest.mark.xfail(strict=False, reason="device bug (intermittent): service.Device.dispatch catches the OSError "
-                                        "(EPIPE/ECONNRESET) that c.out() raises when the peer is gone, prints a "
-                                        "traceback and tries to send an internal error")
 def test_hostile_link_short(tmp_path, capsys):
     with capsys.disabled():
         print()
@@ -43,15 +41,13 @@ def test_fuzz_short(tmp_path, capsys):
         assert torture.fuzz(tmp_path, random.Random(3), _args("--fuzz", "5000"))
 
 
-@pytest.mark.xfail(strict=False, reason="device bug: begin after a rollback writes into the rollback target; "
-                                        "an abandoned push then leaves nothing bootable")
 def test_races_short(tmp_path, capsys):
     with capsys.disabled():
         print()
         assert torture.races(tmp_path, random.Random(4), _args("--races", "2"))
 
 
-# -- device bugs found by the harness (xfail until the device is fixed) -------------
+# -- device bugs found by the harness (regression tests) ----------------------------
 
 def test_long_op_name_is_unsupported_not_internal(tmp_path):
     with Sim(state=tmp_path / "dev") as sim:
@@ -62,9 +58,6 @@ def test_long_op_name_is_unsupported_not_internal(tmp_path):
         assert "Traceback" not in sim.output
 
 
-@pytest.mark.xfail(strict=False, reason="device bug: after `rollback` (b running, a the rollback target), "
-                                        "`begin` picks slots.inactive() = a and slotio.prepare() deletes the only "
-                                        "confirmed image; an abandoned upload then leaves nothing to boot")
 def test_begin_after_rollback_keeps_a_bootable_image(tmp_path):
     rng = random.Random(5)
     v1 = torture.make_image(tmp_path, "v1", "1.0.0+0", 0, rng)
