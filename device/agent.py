@@ -1,19 +1,15 @@
-# agent: the network side of mpota, run as asyncio tasks beside the app.
+# agent: the resident part of mpota, run as asyncio tasks beside the app.
 #
-# TCP: asyncio.start_server; per connection one StreamDecoder (its buffer is
-# the only receive buffer), `readinto` straight into decoder.space(), every
-# read under wait_for so a silent peer is dropped. Binary frames and JSON
-# lines share the connection (service.Device.dispatch tells them apart).
+# Only what must stay in RAM between connections lives here (docs/memory.md):
+# the Device's state, the TCP listener, housekeeping (watchdog, silent
+# sessions, memory samples) and the app runner. Everything that serves a
+# connection -- conn.py (the per-connection loop), service.py (routing),
+# framing, proto, the handlers and the slot record -- is imported when a
+# peer connects and released (settle()) when the last one has gone and no
+# update session is open, so an idle device holds only this module.
 #
-# Connection policy: a peer that has not authenticated gets a small buffer,
-# a few seconds in all to authenticate (bytes do not extend that) and a small
-# quota of its own (max_unauth); when that quota is full, the OLDEST such
-# connection is closed to make room, so idle or dripping sockets can never
-# keep an operator out. Authenticated connections count against max_conn.
-#
-# UDP (legacy.udp, loaded only when the legacy service is on): MicroPython
-# asyncio has no datagram endpoint, so a non-blocking socket is polled from a
-# task; one reference frame per datagram.
+# UDP (udp.py, only when the legacy service is on): a polled datagram
+# socket; with it on, the connection modules stay loaded.
 # main() is the device's event loop: the agent and the app's main() beside it.
 import gc
 import sys
@@ -21,143 +17,123 @@ import socket
 import asyncio
 
 import hal
-import proto
-import framing
-from proto import error_line, E_BUSY, E_TIMEOUT
 
-_ACK_LEN = framing.HEADER_SIZE + 5  # ACK frame: acked u32
-_NERR_LEN = framing.HEADER_SIZE + 12  # NERROR frame: 11-byte body
+DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
+
+# Modules a connection (or an update session) loads; released together when
+# the device is quiet again. One copy of each at a time: a module is never
+# released while an object made by it (a session, the slot record) is alive.
+_CONN = ("conn", "service", "ops", "framing", "proto", "checksums", "auth", "hmac_sha256",
+         "slots", "update", "upload", "mcuboot", "rareops", "trust", "ed25519", "legacy")
 
 
-class Conn:
-    def __init__(self, dev, r, w):
-        self.r = r
-        self.w = w
-        self.authed = not dev.auth_on
-        if self.authed:
-            self.dec = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
-        else:
-            self.dec = framing.StreamDecoder(proto.MAX_LINE_PRE_AUTH, proto.MAX_LINE_PRE_AUTH)
-        self.nonce = None
-        self.ack_due = False
-        self.ack_val = 0
+_UPDATE_MODE_MS = 120000  # lean mode's update boot waits this long for the peer
+
+
+class Device:
+    """What the agent knows between connections. Resident, so small: the
+    behaviour is in service.py and the handlers, loaded with a connection."""
+    VERSION = "0.3.0"
+
+    def __init__(self, cfg, running=None, note="", key=None, mem_base=0):
+        self.cfg = cfg
+        self.running = running  # slot index whose app runs (bootmgr), None: no app
+        self.note = note  # boot facts (slot choice, config errors) for status
+        self.key = key  # 32 bytes (/mpota_key.bin), None: no key installed
+        self.mem_base = mem_base  # heap in use before the agent (firmware, VFS)
+        self.id = hal.unique_id()
+        self.auth_on = bool(cfg.get("auth", True))
+        self.mode = cfg.get("mode", "live")  # live | lean | update (bootmgr)
+        self.sl = None  # slots.Slots while connections are served (service.attach)
+        self.session = None  # the one update session (upload.Session)
+        self.app = {"state": "none", "name": None, "error": None}
         self.t0 = hal.ticks_ms()
-        self.ackb = None  # the data path's replies, made once authenticated
-        self.nerrb = None
-        self.task = None  # the task serving it (agent.Agent.serve)
-        self.gone = False  # a write failed: the peer reset or closed
+        self.mem_peak = 0
+        self.mem_idle = 0  # mem_alloc when last quiet (settle), for status
+        self.reset_ms = -1  # >= 0: reset after the reply is flushed and this delay
+        self.boot_reason = hal.reset_cause()
+        # The scratch buffer for READ_DATA / legacy replies (scratch()),
+        # dropped with the connection modules.
+        self.buf = None
+        self.mv = None
+        self.legacy_udp = False  # the legacy UDP service keeps the modules loaded
+        self.ag = None  # the Agent serving it (agent._main)
 
-    def out(self, b):
-        # A peer that is gone must not look like a handler's failure (which
-        # would be answered with an internal error): note it, and the
-        # connection loop closes after this batch.
-        if not self.gone:
-            try:
-                self.w.write(b)
-            except OSError:
-                self.gone = True
+    def uptime(self):
+        return hal.ticks_diff(hal.ticks_ms(), self.t0)
 
-    def ack(self, acked):
-        if self.ackb is None:
-            self.ackb = bytearray(_ACK_LEN)
-        proto.ack_into(self.ackb, acked)
-        self.out(self.ackb)
+    def sample_mem(self):
+        # mem_peak: the highest LIVE heap seen. MicroPython collects only when
+        # the heap is full, so a raw mem_alloc() high-water would be the heap
+        # size: collect first. From housekeeping while a session runs and at
+        # the end of a commit, never per read.
+        gc.collect()
+        a = gc.mem_alloc()
+        if a > self.mem_peak:
+            self.mem_peak = a
 
-    def nerror(self, op, code, value=0, ref=0):
-        if self.nerrb is None:
-            self.nerrb = bytearray(_NERR_LEN)
-        proto.nerror_into(self.nerrb, op, code, value, ref)
-        self.out(self.nerrb)
+    def scratch(self):
+        if self.buf is None:
+            gc.collect()  # 4 KB in one piece: make the room first
+            self.buf = bytearray(4110)  # proto.MAX_FRAME
+            self.mv = memoryview(self.buf)
+        return self.mv
+
+    def open_session(self, s):
+        self.session = s
+        hal.wlan_power_save(False)  # power saving: ~200 ms RTT (docs/board.md)
+
+    def close_session(self):
+        s = self.session
+        if s is not None:
+            self.session = None
+            s.w.close()
+            hal.wlan_power_save(True)
+
+    def release(self, *names):
+        """Forget modules loaded for a request: their code is collected once
+        nothing refers to it (a reimport loads them again)."""
+        for n in names:
+            sys.modules.pop(n, None)
 
 
 class Agent:
-    """The connections of one device: who is connected, who authenticated."""
+    """The connections of one device (conn.py serves each one)."""
 
     def __init__(self, dev):
         self.dev = dev
-        self.conns = []  # every open Conn, oldest first
+        dev.ag = self
+        self.conns = []  # every open conn.Conn, oldest first
         self.listening = False  # housekeeping stops feeding the watchdog without it
 
-    def admit(self, c):
-        # -> None when c may stay, else why not
-        cfg = self.dev.cfg
-        unauth = [x for x in self.conns if not x.authed]
-        if not c.authed and len(unauth) >= cfg["max_unauth"]:
-            # The oldest stranger makes room. Its own task is cancelled, so it
-            # leaves the poller and closes its socket itself: closing a socket
-            # that another task still waits on would leave a stale poll entry
-            # whose file descriptor the next connection may get.
-            unauth[0].task.cancel()
-            self.conns.remove(unauth[0])
-        if len(self.conns) - len(unauth) >= cfg["max_conn"]:
-            return "too many connections"
-        self.conns.append(c)
-        return None
-
     async def serve(self, r, w):
-        dev = self.dev
-        c = None
         try:
-            c = Conn(dev, r, w)
-            c.task = asyncio.current_task()
-            why = self.admit(c)
-            if why:
-                c = None
-                w.write(error_line(None, E_BUSY, why))
-                await w.drain()
-                return
-            await self._loop(c)
-        except OSError:
-            pass  # reset by peer, broken pipe: just close
-        except asyncio.CancelledError:
-            pass  # evicted to make room (Agent.admit): end quietly
+            await _serve(self, r, w)
         except MemoryError:
-            gc.collect()  # the slot is freed below; the peer may retry
-        except Exception as e:
-            sys.print_exception(e)
-        finally:
-            if c is not None:
-                if c in self.conns:
-                    self.conns.remove(c)
-                dev.drop(c)
+            # not even the connection modules fit: close, the peer may retry
+            gc.collect()
             try:
                 w.close()
-                await w.wait_closed()
             except Exception:
                 pass
+        self.settle()
 
-    async def _loop(self, c):
+    def settle(self):
+        """Release every connection module once the device is quiet."""
         dev = self.dev
-        r = c.r
-        w = c.w
-        dec = c.dec
-        timeout = dev.cfg["timeout"] * 1000
-        auth_ms = dev.cfg["auth_timeout"] * 1000
-        while c in self.conns:
-            if c.authed:
-                left = timeout
-            else:
-                left = auth_ms - hal.ticks_diff(hal.ticks_ms(), c.t0)
-                if left <= 0:
-                    w.write(error_line(None, E_TIMEOUT, "not authenticated within %d s: closing" % (auth_ms // 1000)))
-                    await w.drain()
-                    break
-            try:
-                n = await asyncio.wait_for_ms(r.readinto(dec.space()), left)
-            except asyncio.TimeoutError:
-                if not c.authed:
-                    continue  # the auth deadline above closes it
-                w.write(error_line(None, E_TIMEOUT, "no data for %d s: closing" % (timeout // 1000)))
-                await w.drain()
-                break
-            if not n:
-                break
-            dec.advance(n)
-            dev.dispatch(c)
-            if c.gone:
-                break
-            await w.drain()
-            await dev.after_reply()
+        if self.conns or dev.session is not None or dev.legacy_udp:
+            return
+        dev.sl = None
+        dev.buf = dev.mv = None
+        dev.release(*_CONN)
+        gc.collect()
+        dev.mem_idle = gc.mem_alloc()
+
+
+async def _serve(ag, r, w):
+    # its own frame, so nothing refers to the conn module once it returns
+    import conn
+    await conn.serve(ag, r, w)
 
 
 async def _housekeeping(ag):
@@ -166,15 +142,24 @@ async def _housekeeping(ag):
     dev = ag.dev
     idle_ms = dev.cfg["timeout"] * 1000
     n = 0
+    quiet = 0
     while True:
         if ag.listening:
             hal.wdt_feed()
         s = dev.session
+        if dev.mode == "update" and s is None and not ag.conns:
+            # update mode (lean) that nobody uses: back to the app
+            quiet += 200
+            if quiet > _UPDATE_MODE_MS:
+                print("mpota: update mode unused for %d s: restarting" % (_UPDATE_MODE_MS // 1000))
+                hal.reset()
+        else:
+            quiet = 0
         if s is not None:
             if hal.ticks_diff(hal.ticks_ms(), s.t) > idle_ms:
                 print("mpota: update session silent for %d s: closed (resumable)" % (idle_ms // 1000))
                 dev.close_session()
-                dev.idle()
+                ag.settle()
             n += 1
             if n % 5 == 0:
                 dev.sample_mem()
@@ -220,13 +205,16 @@ async def run(ag, ready=None):
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 udp.bind(_addr(host, cfg["udp_port"], socket.SOCK_DGRAM))
                 udp.setblocking(False)
-                import legacy
-                asyncio.create_task(legacy.udp(dev, udp))
+                dev.legacy_udp = True  # before any settle(): keeps its modules loaded
+                import udp as legacy_udp
+                asyncio.create_task(legacy_udp.serve(dev, udp))
                 udp_note = "%s:%d" % (ip, cfg["udp_port"])
             except OSError as e:
                 print("mpota: legacy UDP unavailable: %s" % e)
         ag.listening = True
-        print("mpota: ready tcp=%s:%d udp=%s auth=%s" % (ip, tcp, udp_note, "on" if dev.auth_on else "off"))
+        ag.settle()
+        print("mpota: ready tcp=%s:%d udp=%s auth=%s mode=%s" % (
+            ip, tcp, udp_note, "on" if dev.auth_on else "off", dev.mode))
         if ready is not None:
             ready.set()
         await srv.wait_closed()
@@ -240,10 +228,6 @@ async def run(ag, ready=None):
 
 # -- the device's event loop (main.py calls main() after bootmgr.boot()) --------
 
-def _err(e):
-    return "%s: %s" % (type(e).__name__, e)
-
-
 async def _run_app(dev, mod):
     app = dev.app
     app["state"] = "running"
@@ -254,7 +238,7 @@ async def _run_app(dev, mod):
         app["state"] = "stopped"
     except Exception as e:
         app["state"] = "crashed"
-        app["error"] = _err(e)
+        app["error"] = "%s: %s" % (type(e).__name__, e)
         print("mpota: app crashed:")
         sys.print_exception(e)
     gc.collect()
@@ -285,6 +269,8 @@ async def _main(dev, mod):
         except asyncio.TimeoutError:
             pass
         await _run_app(dev, mod)
+    elif dev.mode == "update":
+        print("mpota: update mode: the app does not start, the heap serves the transfer")
     else:
         print("mpota: no application: agent only")
     await t

@@ -136,7 +136,16 @@ def boot(mem_base=0):
     del errors
     sb = _use("bootslots")
     sl = sb.open_slots(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"])
-    i = sb.boot(sl)
+    if cfg["mode"] == "lean" and slots.file_size(slots.UPDATE_FLAG) >= 0:
+        # Lean mode asked for an update (ops.op_begin): this boot serves the
+        # transfer with the whole heap; the app does not start and no trial
+        # is counted. The flag goes first, so the next reset boots as usual.
+        slots.remove(slots.UPDATE_FLAG)
+        cfg["mode"] = "update"
+        i = None
+        sl.note = "update mode (lean): the app does not start"
+    else:
+        i = sb.boot(sl)
     mod = None
     while i is not None:
         try:
@@ -152,11 +161,9 @@ def boot(mem_base=0):
         _drop("appfs")  # (a mounted app keeps it: its block device lives there)
     del sb
     print("mpota: " + sl.note)
-    if cfg["auth"]:
-        _use("auth")  # resident: every connection authenticates
-    service = _use("service")
-    dev = service.Device(cfg, sl, note, _load_key() if cfg["auth"] else None, mem_base)
-    service.DEVICE = dev
+    import agent
+    dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base)
+    agent.DEVICE = dev
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
     return dev, mod

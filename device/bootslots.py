@@ -3,48 +3,9 @@
 # manager imports it, and drops it once the decision is committed: none of
 # this code stays in the running device's heap.
 import os
-import json
-import binascii
 
 import slots
-from slots import NAMES, BAD, TRIAL
-
-# Record keys before agent 0.2 (still read, rewritten at the next commit).
-_OLD = (("tc", "trials"), ("lw", "legacy_slot"), ("s", "slots"))
-_OLD_SLOT = (("st", "state"), ("sha", "sha256"), ("ver", "version"))
-
-
-def _rename(d, pairs):
-    for old, new in pairs:
-        if old in d:
-            d[new] = d.pop(old)
-
-
-def _read_record(path):
-    # The record plus its CRC-32 line, or None when absent, torn or corrupt.
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    i = text.rfind("\n", 0, len(text) - 1)
-    if i < 0:
-        return None
-    body = text[:i]
-    try:
-        if int(text[i + 1:].strip(), 16) != binascii.crc32(body.encode()):
-            return None
-        rec = json.loads(body)
-        _rename(rec, _OLD)
-        s = rec["slots"]
-        if len(s) != 2 or not isinstance(rec["seq"], int):
-            return None
-        for d in s:
-            _rename(d, _OLD_SLOT)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return rec
-
+from slots import NAMES, BAD, TRIAL, read_record
 
 def open_slots(root=slots.ROOT, slot_size=368640, max_trials=3):
     """Load the record under `root` into a slots.Slots, repairing what a cut
@@ -54,15 +15,14 @@ def open_slots(root=slots.ROOT, slot_size=368640, max_trials=3):
     except OSError:
         pass  # exists
     sl = slots.Slots(None, root, slot_size, max_trials)
-    rec = _read_record(sl.cur)
+    rec = read_record(sl.cur)
     if rec is None:
-        rec = _read_record(sl.new)
+        rec = read_record(sl.new)
         if rec is not None:
             sl.write_record(rec)  # adopt the complete new record
     slots.remove(sl.new)  # stale: an interrupted commit (the old one stands)
     if rec is None:
-        rec = {"seq": 0, "active": None, "pending": None, "trial": None,
-               "trials": 0, "legacy_slot": None, "slots": [slots.blank(), slots.blank()]}
+        rec = slots.new_record()
     sl.rec = rec
     # Repair: a record naming a file that is gone (cut between delete and
     # commit) describes an empty slot.

@@ -1,17 +1,16 @@
 # legacy: the reference bootloader frames (opcodes 0x01-0x0C, 0xFF) with the
-# semantics of docs/protocol.md section 1.1, for UDP datagrams and TCP alike,
-# and the UDP service itself. Imported on the first reference frame (or when
-# legacy_udp is on), so a device that speaks only native pays nothing for it.
+# semantics of docs/protocol.md section 1.1, for UDP datagrams (udp.py) and
+# TCP alike. Imported on the first reference frame (or when legacy_udp is
+# on), so a device that speaks only native pays nothing for it.
 # Replies are built in the device's scratch buffer (no per-frame allocation
 # beyond the views); the payload is parsed by hand from the checked frame.
-import sys
 import binascii
-import asyncio
 
 import hal
+import proto
 from proto import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME,
                    E_CRC_MISMATCH, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE, REF_REQUESTS)
-from framing import frame_into, check_frame
+from framing import frame_into
 
 import upload
 import update
@@ -41,7 +40,7 @@ def handle(dev, c, f):
     op = f[1]
     body = len(f) - 6  # bytes between header and checksum
     if op == 0x01 and not body:
-        return c.out(dev.version_frame())  # open to all: no scratch buffer for it
+        return c.out(proto.version_frame(dev.VERSION))  # open to all: no scratch buffer for it
     dev.scratch()  # every other reply is built in it
     try:
         if op == 0x01:
@@ -88,6 +87,7 @@ def _start(dev, c, size):
     update.may_update(dev, c)
     sl = dev.sl
     i = sl.inactive()
+    update.restart_if_lean(dev, i, size)
     upload.prepare(sl, i, size, legacy=True)
     dev.open_session(upload.open_session(sl, upload.LEGACY, c, i, size, None, 0))
 
@@ -146,52 +146,3 @@ def _read(dev, c, addr, n):
 
 
 # -- the UDP service -----------------------------------------------------------
-
-class UdpPeer:
-    """The legacy datagram service as a 'connection': replies go to the
-    sender of the current datagram; the legacy session belongs to the service."""
-
-    def __init__(self, dev, sock):
-        self.dev = dev
-        self.s = sock
-        self.addr = None
-        self.authed = not dev.auth_on  # datagrams cannot authenticate
-        self.nonce = None
-        self.ack_due = False
-        self.ack_val = 0
-
-    def out(self, b):
-        try:
-            self.s.sendto(b, self.addr)
-        except OSError:
-            pass  # the peer retries
-
-    def nerror(self, op, code, value=0, ref=0):
-        error(self.dev, self, code)
-
-
-async def udp(dev, sock):
-    dev.legacy_udp = True  # keeps this module loaded (service.Device.idle)
-    # MicroPython asyncio has no datagram endpoint: poll a non-blocking socket.
-    peer = UdpPeer(dev, sock)
-    while True:
-        try:
-            data, addr = sock.recvfrom(MAX_WRITE + 64)
-        except OSError:
-            # nothing queued: poll again soon (faster while a session runs)
-            s = dev.session
-            await asyncio.sleep_ms(2 if s is not None and s.owner is peer else 10)
-            continue
-        peer.addr = addr
-        try:
-            mv = memoryview(data)
-            if len(data) > MAX_WRITE + 10:
-                error(dev, peer, E_TOO_LARGE)
-            elif check_frame(mv) is not None:
-                error(dev, peer, E_BAD_FRAME)
-            else:
-                handle(dev, peer, mv)
-        except Exception as e:
-            sys.print_exception(e)
-        dev.idle()
-        await dev.after_reply()

@@ -2,8 +2,8 @@
 #
 # Kept tiny on purpose: this module's code stays alive for the device's
 # whole life (its last line never returns), so the work is elsewhere:
-#  1. the agent's resident modules are loaded first, so they sit packed at
-#     the bottom of the heap (a RAM choice: each module imports what it needs);
+#  1. the agent's resident module is loaded first, so it sits packed at the
+#     bottom of the heap (a RAM choice: each module imports what it needs);
 #  2. bootmgr.py: config, slot choice (trials, rollback), verify and mount
 #     the app, build the Device -- then it is dropped and its code freed;
 #  3. agent.main(): the agent as an asyncio task, the app's main() beside it.
@@ -14,7 +14,6 @@ import sys
 gc.collect()
 _base = gc.mem_alloc()  # the firmware's and the filesystem's share, not ours
 import agent  # noqa: E402
-import service  # noqa: E402,F401
 import bootmgr  # noqa: E402
 
 _dev, _app = bootmgr.boot(_base)

@@ -4,27 +4,42 @@
 #   mpota.confirm()   # "this version works": ends the trial, no rollback
 #   mpota.status()    # dict, the same as the agent's status op
 #
-# Both work only under the mpota boot manager (device/main.py).
-import service
+# Both work only under the mpota boot manager (device/main.py). They load
+# the slot record for the call (an idle agent holds none) and let the
+# agent release it again.
+import agent
 
 
 def _dev():
-    d = service.DEVICE
+    d = agent.DEVICE
     if d is None:
         raise RuntimeError("mpota: the boot manager is not running (main.py)")
     return d
+
+
+def _with_slots(fn):
+    d = _dev()
+    import service
+    service.attach(d)
+    try:
+        return fn(d)
+    finally:
+        if d.ag is not None:
+            d.ag.settle()
 
 
 def confirm():
     """Confirm the running slot. True when it is confirmed after the call
     (also when it already was); False when no slot runs (no OTA image)."""
     d = _dev()
-    if d.sl.running is None:
+    if d.running is None:
         return False
-    d.sl.confirm()
+    _with_slots(lambda d: d.sl.confirm())
     return True
 
 
 def status():
-    import ops
-    return ops.status(_dev())
+    def st(d):
+        import ops
+        return ops.status(d)
+    return _with_slots(st)

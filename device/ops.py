@@ -47,7 +47,8 @@ def op_auth(dev, c, req):
     if dm is None:
         c.authed = False
         raise ProtoError(E_AUTH_FAILED, "wrong MAC")
-    dev.authenticated(c)
+    c.authed = True
+    c.dec.grow(proto.MAX_FRAME, proto.MAX_LINE)  # full-size frames only after auth
     r = {"mac": binascii.hexlify(dm).decode()}
     r.update(limits(dev))
     return r
@@ -78,18 +79,27 @@ def status(dev, full=True):
     r.update({"active": name(rec["active"]), "pending": name(rec["pending"]),
               "trial": sl.on_trial(), "trial_count": rec["trials"], "max_trials": sl.max_trials,
               "slots": {"a": sl.info(0), "b": sl.info(1)},
-              "slot_size": sl.slot_size, "max_image": dev.max_image(),
+              "slot_size": sl.slot_size, "max_image": max_image(dev),
               "app": dev.app,
               "session": None if s is None else {"slot": name(s.slot), "size": s.size,
                                                  "offset": s.w.pos, "kind": s.kind},
               "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(), "mem_peak": dev.mem_peak,
-              "mem_base": dev.mem_base,
+              "mem_base": dev.mem_base, "mem_idle": dev.mem_idle,
               "uptime_ms": dev.uptime(), "boot_reason": dev.boot_reason,
-              "boot_note": sl.note + dev.note})
+              "boot_note": dev.note})
     sim = sys.modules.get("simhal")
     if sim is not None:  # the simulator's flash operation counters
         r["sim_flash"] = sim.flash().stats()
     return r
+
+
+def max_image(dev):
+    import upload
+    try:
+        return upload.space(dev.sl, dev.sl.inactive())
+    finally:
+        if dev.session is None:
+            dev.release("upload")
 
 
 def op_confirm(dev, c, req):

@@ -51,6 +51,7 @@ ROOT = "/mpota-slots"
 
 
 TRUST_PATH = "/mpota_trust.json"  # the trusted signing keys (trust.py reads them)
+UPDATE_FLAG = "/mpota_update_mode"  # lean mode: the next boot serves an update (bootmgr)
 
 
 def trusting():
@@ -88,6 +89,48 @@ def blank():
     return {"state": EMPTY, "size": 0, "sha256": None, "version": None}
 
 
+# Record keys before agent 0.2 (still read, rewritten at the next commit).
+_OLD = (("tc", "trials"), ("lw", "legacy_slot"), ("s", "slots"))
+_OLD_SLOT = (("st", "state"), ("sha", "sha256"), ("ver", "version"))
+
+
+def _rename(d, pairs):
+    for old, new in pairs:
+        if old in d:
+            d[new] = d.pop(old)
+
+
+def read_record(path):
+    # The record plus its CRC-32 line, or None when absent, torn or corrupt.
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    i = text.rfind("\n", 0, len(text) - 1)
+    if i < 0:
+        return None
+    body = text[:i]
+    try:
+        if int(text[i + 1:].strip(), 16) != binascii.crc32(body.encode()):
+            return None
+        rec = json.loads(body)
+        _rename(rec, _OLD)
+        s = rec["slots"]
+        if len(s) != 2 or not isinstance(rec["seq"], int):
+            return None
+        for d in s:
+            _rename(d, _OLD_SLOT)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rec
+
+
+def new_record():
+    return {"seq": 0, "active": None, "pending": None, "trial": None,
+            "trials": 0, "legacy_slot": None, "slots": [blank(), blank()]}
+
+
 def file_size(path):
     try:
         return os.stat(path)[6]
@@ -115,6 +158,15 @@ class Slots:
         self.note = ""
         self.cur = root + "/state.json"
         self.new = root + "/state.new"
+
+    @classmethod
+    def load(cls, slot_size=368640, max_trials=3, running=None, root=ROOT):
+        """The record as the boot manager left it (bootslots repaired it), for
+        the connections being served: read again after the device was quiet."""
+        sl = cls(None, root, slot_size, max_trials)
+        sl.rec = read_record(sl.cur) or read_record(sl.new) or new_record()
+        sl.running = running
+        return sl
 
     # -- the record ------------------------------------------------------------
     def write_record(self, rec):

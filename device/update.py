@@ -8,7 +8,7 @@ import slots
 import upload
 from slots import name
 from proto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
-                   E_BAD_IMAGE, E_VERSION_REFUSED, field)
+                   E_BAD_IMAGE, E_VERSION_REFUSED, E_RESTARTING, field)
 
 
 def may_update(dev, owner):
@@ -25,6 +25,21 @@ def may_update(dev, owner):
         # after a rollback the only other slot is the one the next reset boots:
         # an update there would erase it, leaving nothing confirmed to boot
         raise ProtoError(E_INCORRECT_STATE, "slot %s boots at the next reset (rolled back): reset first" % name(a))
+
+
+def restart_if_lean(dev, i, size):
+    """Lean mode takes no image beside the app: once the request is known to
+    be acceptable, the board restarts into update mode (bootmgr), where the
+    app does not start and the whole heap serves the transfer. The peer
+    reconnects and begins again (the host tool does this by itself)."""
+    if dev.mode != "lean":
+        return
+    upload.check_fits(dev.sl, i, size)
+    with open(slots.UPDATE_FLAG, "w") as f:
+        f.write("1")
+    dev.reset_ms = 300
+    raise ProtoError(E_RESTARTING, "lean mode: restarting into update mode for this image; "
+                     "reconnect in a few seconds and begin again")
 
 
 def _older(dev, i, v):
@@ -91,6 +106,7 @@ def op_begin(dev, c, req):
     cur = None if down else _older(dev, i, v)
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
+    restart_if_lean(dev, i, size)
     off = upload.prepare(sl, i, size, sha, ver)
     dev.open_session(upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down))
     return {"slot": name(i), "offset": off, "max_data": proto.MAX_DATA, "window": proto.WINDOW}

@@ -39,6 +39,13 @@ def space(sl, i):
     return max(0, min(n, sl.slot_size))
 
 
+def check_fits(sl, i, size):
+    room = space(sl, i)
+    if size < 1 or size > room:
+        raise ProtoError(E_NO_SPACE, "%d bytes do not fit: slot %s can take %d bytes (max_image)"
+                         % (size, slots.NAMES[i], room))
+
+
 def prepare(sl, i, size, sha=None, ver=None, legacy=False):
     """Open slot i for an upload of `size` bytes; returns the resume offset.
     Same size and sha256 as a partial (or finished) upload: resume from the
@@ -55,10 +62,7 @@ def prepare(sl, i, size, sha=None, ver=None, legacy=False):
                 rec["pending"] = None
             sl.commit()
         return have
-    room = space(sl, i)
-    if size < 1 or size > room:
-        raise ProtoError(E_NO_SPACE, "%d bytes do not fit: slot %s can take %d bytes (max_image)"
-                         % (size, slots.NAMES[i], room))
+    check_fits(sl, i, size)
     slots.remove(sl.path(i))
     sl.forget(i)
     rec["slots"][i] = {"state": slots.WRITING, "size": size, "sha256": sha, "version": ver}

@@ -29,7 +29,7 @@ from checksums import crc32c
 from framing import K_ERROR, K_FRAME, K_LINE
 from hmac_sha256 import compare_digest, device_mac, host_mac
 
-from .errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, MpotaError,
+from .errors import (AuthError, BusyError, Restarting, ConnectionLost, DeviceTimeout, MpotaError,
                      Unreachable, device_error)
 
 log = logging.getLogger("mpota.client")
@@ -520,13 +520,27 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     high_sent = 0
     attempt = 0
     first = True
+    restarted = False
     while True:
         c = client_factory(host, port, key=key, connect_timeout=connect_timeout,
                            timeout=timeout, window=window)
         try:
             await c.connect(authenticate=True)
-            reply = await _begin_patiently(c, len(image), sha, version, allow_downgrade,
-                                           busy_wait if first else max(busy_wait, 35.0), on_event)
+            try:
+                reply = await _begin_patiently(c, len(image), sha, version, allow_downgrade,
+                                               busy_wait if first else max(busy_wait, 35.0), on_event)
+            except Restarting:
+                # A lean-mode device takes images only in its update mode (the
+                # app stopped, the heap free): it restarts into it; follow it.
+                if restarted:
+                    raise
+                restarted = True
+                await c.close()
+                _emit(on_event, "update_mode")
+                await wait_for_device(host, port, key=key, deadline_s=60.0, timeout=timeout,
+                                      connect_timeout=min(connect_timeout, 2.0),
+                                      accept=lambda st: st.get("mode") == "update")
+                continue
             res.slot = reply.get("slot", res.slot)
             offset = int(reply.get("offset", 0))
             if first:

@@ -89,6 +89,8 @@ def _push_text(ctx, name: str, f: dict):
         if f.get("resumed"):
             return "resuming upload at %s of %s" % (fmt_size(f["offset"]), fmt_size(f["size"]))
         return "uploading to slot %s" % f["slot"]
+    if name == "update_mode":
+        return "the device is in lean mode: it restarts into update mode to take the image; waiting"
     if name == "reconnect":
         return "link lost (%s); reconnecting (attempt %d)" % (f["reason"], f["attempt"])
     if name == "resume":

@@ -85,6 +85,11 @@ class AuthError(DeviceError):
     default_hint = "give the device's key with MPOTA_KEY (hex), MPOTA_KEY_FILE or key_file in the targets file"
 
 
+class Restarting(DeviceError):
+    """A lean-mode device restarts into update mode to take an image (push() reconnects)."""
+    default_hint = "the device restarts into update mode; run the push again once it is back"
+
+
 class BusyError(DeviceError):
     exit_code = EXIT_BUSY
     default_hint = "another host is updating this device; wait for it to finish and try again"
@@ -131,6 +136,7 @@ _BY_CODE = {
     "auth_required": (AuthError, None),
     "auth_failed": (AuthError, "wrong key for this device: check MPOTA_KEY / the key file"),
     "busy": (BusyError, None),
+    "restarting": (Restarting, None),
     "crc_mismatch": (CrcMismatch, None),
     "no_space": (NoSpace, None),
     "version_refused": (VersionRefused, None),

@@ -207,7 +207,8 @@ class FleetOutput(Output):
 
 # The state column of a device's row, from the last event it reported.
 _STATES = {"begin": "uploading", "resume": "uploading", "reconnect": "reconnecting",
-           "busy_wait": "busy, waiting", "uploaded": "committing", "committed": "committed",
+           "busy_wait": "busy, waiting", "update_mode": "restarting (update mode)",
+           "uploaded": "committing", "committed": "committed",
            "reset": "resetting", "back": "back", "booted": "on trial", "done": "[green]done[/]",
            "error": "[red]failed[/]"}
 

@@ -50,6 +50,7 @@ E_TIMEOUT = 0x11
 E_INTERNAL = 0x12
 E_FLASH_FAULT = 0x13
 E_NO_MEMORY = 0x14
+E_RESTARTING = 0x15
 
 F_FATAL = 0x80     # the device may be unusable (MoaTbus bit 7)
 F_NO_RETRY = 0x40  # retrying the same request cannot help (MoaTbus bit 6)
@@ -59,8 +60,8 @@ F_NO_RETRY = 0x40  # retrying the same request cannot help (MoaTbus bit 6)
 # are rare, so splitting the string when one happens is fine).
 _NAMES = ("unsupported incorrect_state write_failed bad_frame crc_mismatch bad_request too_large "
           "out_of_range no_space busy auth_required auth_failed verify_failed bad_image "
-          "signature_invalid version_refused out_of_order timeout internal flash_fault no_memory")
-_FLAGS = b"\x40\x40\x00\x00\x00\x40\x40\x40\x40\x00\x40\x40\x00\x40\x40\x40\x00\x00\xc0\xc0\x00"
+          "signature_invalid version_refused out_of_order timeout internal flash_fault no_memory restarting")
+_FLAGS = b"\x40\x40\x00\x00\x00\x40\x40\x40\x40\x00\x40\x40\x00\x40\x40\x40\x00\x00\xc0\xc0\x00\x00"
 
 
 def error_name(num):
@@ -109,6 +110,21 @@ def nerror_into(buf, req_op, code, value=0, ref=0):
     """NERROR: req_op u8, code u8, flags u8, value u32, ref u32."""
     struct.pack_into("!BBBII", buf, HEADER_SIZE, req_op, code, error_flags(code), value, ref)
     return frame_into(buf, OP_NERROR, 11)
+
+
+def version_frame(version):
+    """The reference VersionResponse: API 1.0, the agent version, a 128-byte
+    note. Open to all (discovery), so it is built in 139 bytes of its own."""
+    b = bytearray(139)
+    b[5] = 1
+    v = parse_version(version)
+    b[7] = v[0]
+    b[8] = v[1]
+    b[9] = v[2] & 0xFF
+    note = "mpota agent %s (reference protocol over UDP/TCP)" % version
+    b[10:10 + len(note)] = note.encode()
+    frame_into(b, 0x02, 133)
+    return b
 
 
 # --- JSON lines ---------------------------------------------------------------

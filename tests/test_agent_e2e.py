@@ -15,6 +15,7 @@ import pytest
 import framing
 import hostframes
 import proto
+from conftest import I386, INTERPRETERS
 from devconn import DevConn, app_image, reset_and_wait  # noqa: F401  (re-exported)
 from framing import K_FRAME
 from hmac_sha256 import host_mac
@@ -32,7 +33,7 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         assert r["id"] == 1 and r["pong"] is True and r["uptime_ms"] >= 0
         st = c.ok("status", id="s")
         assert st["id"] == "s" and st["platform"] == "sim" and st["impl"] == "micropython"
-        assert st["agent"] == "0.2.0" and st["device"] == sim.device_id and st["running"] is None
+        assert st["agent"] == "0.3.0" and st["device"] == sim.device_id and st["running"] is None
         # a stranger learns only what discovery needs (docs/security.md)
         for k in ("app", "slots", "session", "boot_note", "mem_free", "active"):
             assert k not in st, k
@@ -347,18 +348,25 @@ def test_two_clients_busy_and_resume_after_drop(tmp_path):
         b.close()
 
 
-# The board's figure: a Pico W leaves the application about 96K of heap. The
-# unix port is 64-bit (pointers and objects about twice the RP2040's) and the
-# simulator's flash model lives in the same heap, so this is the harder case.
-# MPOTA_HEAP overrides it.
-HEAP = os.environ.get("MPOTA_HEAP", "96K")
+# The board's heap (160K with Wi-Fi up) on the 32-bit build, whose object and
+# bytecode sizes are the RP2040's; its 64-bit counterpart in .venv gets 256K
+# (objects there are 1.6-2x larger). MPOTA_HEAP overrides the 64-bit figure.
+HEAPS = {"i386": "160K", "venv": os.environ.get("MPOTA_HEAP", "256K")}
+IDLE_BUDGET = 24 * 1024  # issue 7: resident agent, idle, 32-bit
+PEAK_GUARD = 64 * 1024  # a regression guard, not the 40 KiB goal (docs/memory.md)
 
 
+def _label(mp):
+    return "i386" if mp == str(I386) else "venv"
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=_label)
 @pytest.mark.parametrize("auth", [False, True], ids=["no-auth", "auth"])
-def test_heap_peak_during_256k_update(tmp_path, auth, capsys):
+def test_heap_peak_during_256k_update(tmp_path, auth, mp, capsys):
     img = app_image(tmp_path, "big", APP1, "1.0.0+0", pad=256 * 1024 - 12 * 1024)
     assert 240 * 1024 <= len(img) <= 300 * 1024
-    flags = ["--heap", HEAP] + ([] if auth else ["--no-auth"])
+    heap = HEAPS[_label(mp)]
+    flags = ["--heap", heap, "--micropython", mp] + ([] if auth else ["--no-auth"])
     with Sim(state=tmp_path / "dev", flags=flags) as sim:
         key = sim.key if auth else None
         c = DevConn(sim.tcp_port, key)
@@ -366,10 +374,14 @@ def test_heap_peak_during_256k_update(tmp_path, auth, capsys):
         r = c.push(img, "1.0.0+0")
         assert r["state"] == "pending"
         st = c.ok("status")
+        base = st0["mem_base"]
+        idle, peak = st0["mem_idle"] - base, st["mem_peak"] - base
         with capsys.disabled():  # the figure the closing note quotes, shown in every run
-            print("\nheap %s, auth %s: image %d bytes, mem_peak %d, mem_alloc %d idle, mem_free %d after"
-                  % (HEAP, "on" if auth else "off", len(img), st["mem_peak"], st0["mem_alloc"], st["mem_free"]))
-        assert 0 < st["mem_peak"] <= int(HEAP[:-1]) * 1024
+            print("\n%s heap %s, auth %s: image %d bytes; agent idle %d B, peak %d B; mem_free %d after"
+                  % (_label(mp), heap, "on" if auth else "off", len(img), idle, peak, st["mem_free"]))
+        assert 0 < idle < peak
+        if mp == str(I386):  # budgets are for the board's word size, with margins of KiBs
+            assert idle <= IDLE_BUDGET and peak <= PEAK_GUARD, (idle, peak)
         # the new image boots as the app beside the agent, in the same heap
         c = reset_and_wait(sim, c, key)
         st = c.ok("status")
@@ -379,13 +391,18 @@ def test_heap_peak_during_256k_update(tmp_path, auth, capsys):
         c.close()
 
 
-def test_rare_ops_with_an_app_at_96k_answer_cleanly(tmp_path):
-    """Rare paths compile on first use; with an app holding most of a 96K heap
-    that may not fit. Whatever happens, each request gets its own answer (the
-    op's result, or a retryable no_memory in the asker's framing, with its id)
-    and the agent keeps serving."""
+# small heaps: the 32-bit build at 96K, its 64-bit counterpart at 128K
+SMALL = {"i386": "96K", "venv": "128K"}
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=_label)
+def test_rare_ops_in_a_small_heap_answer_cleanly(tmp_path, mp):
+    """Rare paths load on first use; with an app in a small heap that may not
+    fit. Whatever happens, each request gets its own answer (the op's result,
+    or a retryable no_memory in the asker's framing, with its id) and the
+    agent keeps serving."""
     img = app_image(tmp_path, "app", APP1, "1.0.0+0")
-    with Sim(state=tmp_path / "dev", flags=["--heap", "96K"]) as sim:
+    with Sim(state=tmp_path / "dev", flags=["--heap", SMALL[_label(mp)], "--micropython", mp]) as sim:
         c = DevConn(sim.tcp_port, sim.key)
         c.push(img, "1.0.0+0")
         c = reset_and_wait(sim, c, sim.key)

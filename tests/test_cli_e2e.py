@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import I386, INTERPRETERS, REPO, free_port
 from simproc import Sim
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -386,3 +386,30 @@ def test_push_mpy_app_runs(sim, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert ev(events(r), "done")["state"] == "confirmed"
     assert status(sim)["app"]["state"] == "running"
+
+
+# --- lean mode --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=lambda mp: "i386" if mp == str(I386) else "venv")
+def test_lean_mode_push_restarts_into_update_mode_without_extra_flags(tmp_path, mp):
+    """A lean device takes no image beside its app: `begin` restarts it into
+    update mode (no app, the heap for the transfer); push follows it there,
+    uploads, commits, and the new version boots on trial and is confirmed."""
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"mode": "lean"}))
+    img1 = build(HELLO, "1.0.0", tmp_path / "v1.img")
+    img2 = build(HELLO, "2.0.0", tmp_path / "v2.img")
+    s = Sim(state=tmp_path / "dev", flags=["--config", str(cfg), "--micropython", mp])
+    try:
+        for img, version in ((img1, "1.0.0+0"), (img2, "2.0.0+0")):
+            r = cli(*target(s), "--json", "push", img, key=s.key)
+            assert r.returncode == 0, r.stdout + r.stderr
+            evs = events(r)
+            ev(evs, "update_mode")
+            assert ev(evs, "done")["state"] == "confirmed" and ev(evs, "done")["version"] == version
+        st = status(s)
+        assert st["mode"] == "lean" and st["app"]["state"] == "running"
+        assert st["slots"][st["running"]]["version"] == "2.0.0+0"
+        assert "update mode (lean)" in s.output and "Traceback" not in s.output
+    finally:
+        s.stop()

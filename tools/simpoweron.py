@@ -44,10 +44,11 @@ def deploy(paths, key_file, root):
         name = src.rsplit("/", 1)[-1]
         # foo.py beside foo.mpy would win the import: keep only what is deployed
         stem, ext = name.rsplit(".", 1)
-        try:
-            os.remove(root + "/" + stem + (".py" if ext == "mpy" else ".mpy"))
-        except OSError:
-            pass
+        if ext in ("py", "mpy"):  # (not the config: mpota.json must not remove mpota.mpy)
+            try:
+                os.remove(root + "/" + stem + (".py" if ext == "mpy" else ".mpy"))
+            except OSError:
+                pass
         total += copy(src, root + "/" + name, buf)
     if key_file:
         with open(key_file) as f:

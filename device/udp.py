@@ -1,0 +1,61 @@
+# udp: the legacy datagram service (legacy_udp on): one reference frame per
+# datagram, handled by legacy.py. MicroPython asyncio has no datagram
+# endpoint, so a non-blocking socket is polled from a task. While it runs,
+# the connection modules stay loaded (agent.settle): legacy.py refers to them.
+import sys
+import asyncio
+
+import legacy
+import service
+from framing import check_frame
+from proto import E_BAD_FRAME, E_TOO_LARGE
+
+
+class UdpPeer:
+    """The legacy datagram service as a 'connection': replies go to the
+    sender of the current datagram; the legacy session belongs to the service."""
+
+    def __init__(self, dev, sock):
+        self.dev = dev
+        self.s = sock
+        self.addr = None
+        self.authed = not dev.auth_on  # datagrams cannot authenticate
+        self.nonce = None
+        self.ack_due = False
+        self.ack_val = 0
+
+    def out(self, b):
+        try:
+            self.s.sendto(b, self.addr)
+        except OSError:
+            pass  # the peer retries
+
+    def nerror(self, op, code, value=0, ref=0):
+        legacy.error(self.dev, self, code)
+
+
+async def serve(dev, sock):
+    dev.legacy_udp = True  # keeps the connection modules loaded (agent.settle)
+    service.attach(dev)
+    peer = UdpPeer(dev, sock)
+    while True:
+        try:
+            data, addr = sock.recvfrom(legacy.MAX_WRITE + 64)
+        except OSError:
+            # nothing queued: poll again soon (faster while a session runs)
+            s = dev.session
+            await asyncio.sleep_ms(2 if s is not None and s.owner is peer else 10)
+            continue
+        peer.addr = addr
+        try:
+            mv = memoryview(data)
+            if len(data) > legacy.MAX_WRITE + 10:
+                legacy.error(dev, peer, E_TOO_LARGE)
+            elif check_frame(mv) is not None:
+                legacy.error(dev, peer, E_BAD_FRAME)
+            else:
+                legacy.handle(dev, peer, mv)
+        except Exception as e:
+            sys.print_exception(e)
+        service.idle(dev)
+        await service.after_reply(dev)
