@@ -2,6 +2,8 @@
 `mpremote` on PATH answers the version query and logs every call; there is
 no serial port and no board."""
 import json
+import re
+import shlex
 import os
 import stat
 import subprocess
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mpota import deploy, provision, targets
+from mpota import cli as mpota_cli, deploy, provision, targets
 
 FLASH = str(REPO / "host" / "flash.py")
 PICO = "_machine='Raspberry Pi Pico W with RP2040'"
@@ -203,3 +205,28 @@ def test_keygen_and_pubkey_never_show_the_private_key(fake, tmp_path):
     assert "PUBLIC KEY" in (tmp_path / "pub.pem").read_text()
     r = cli(env, "--json", "pubkey", tmp_path / "pub.pem")  # the public half gives the same id
     assert events(r)[0]["key_id"] == made["key_id"]
+
+
+def _readme_commands():
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            for part in line.split("&&"):
+                part = part.strip()
+                if part.startswith("mpota "):
+                    yield part
+
+
+def test_every_mpota_command_of_the_readme_parses(capsys):
+    found = list(_readme_commands())
+    assert any(c.startswith("mpota provision") for c in found) and any("--sign-key" in c for c in found)
+    for line in found:
+        argv = shlex.split(line)[1:]
+        try:
+            args = mpota_cli.parse_args(argv)
+        except SystemExit as e:  # --version, --help
+            assert e.code == 0, line
+            continue
+        assert args.command in mpota_cli.BY_NAME, line
