@@ -9,7 +9,10 @@ The parts, top down:
     fleet.py      one command over several devices at once
     client.py     the asyncio client of the native protocol (resumable, pipelined upload)
     images.py     application images: build from a folder (imgtool), load and check
-    targets.py    where a device is and which key opens it
+    targets.py    where a device is, which key opens it, the id it must report
+    keys.py       image-signing keys (Ed25519, imgtool's format) and the trust store
+    provision.py  setting up a board over USB (mpremote): config, keys, agent, target
+    deploy.py     which device files a board gets, as .py or .mpy (provision, simulator)
     output.py     rich text, one JSON object per line, or quiet
     errors.py     one exception hierarchy, with the exit code of each
     bootloader_messenger.py  the reference's BootloaderMessenger (legacy UDP)

@@ -75,7 +75,8 @@ SHARED = {
              "devices (default: $MPOTA_TARGET, else pico)")),
     "targets": (("--targets",), dict(
         metavar="FILE", help="the targets file (default: $MPOTA_TARGETS, else "
-                             "~/.config/mpota/targets.toml)")),
+                             "$XDG_CONFIG_HOME/mpota/targets.toml, XDG_CONFIG_HOME being ~/.config "
+                             "unless set)")),
     "key_file": (("--key-file",), dict(
         metavar="FILE", help="file holding the device's key (64 hex characters); default: "
                              "$MPOTA_KEY, $MPOTA_KEY_FILE, or the target's key_file")),
@@ -102,7 +103,7 @@ LEGACY = ("target", "targets", "udp_port", "timeout") + OUTPUT
 
 
 def _add_shared(p: argparse.ArgumentParser, names, sub: bool) -> None:
-    g = p.add_argument_group("target and output" if "target" in names else "output")
+    g = p.add_argument_group("target and output" if {"target", "targets", "key_file"} & set(names) else "output")
     for name in names:
         flags, kw = SHARED[name]
         kw = dict(kw, dest=name)
@@ -133,9 +134,22 @@ def _mpy_opt(p: argparse.ArgumentParser) -> None:
                         "skips its compiler and its heap peak (every .py is compiled to check it anyway)")
 
 
+def _u32(text):
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if not 0 <= v < 1 << 32:
+        raise argparse.ArgumentTypeError("must be 0-4294967295, not %s" % text)
+    return v
+
+
 def _sign_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sign-key", metavar="PEM", help="sign the built image with this Ed25519 private key "
-                                                     "(imgtool keygen -t ed25519)")
+                                                     "(`mpota keygen` makes one)")
+    p.add_argument("--security-counter", type=_u32, metavar="N",
+                   help="put security counter N (0-4294967295) in the signed image: a device refuses "
+                        "images whose counter is below the highest it has confirmed, whatever the flags")
 
 
 def _slot_opt(p: argparse.ArgumentParser, what: str) -> None:
@@ -198,6 +212,47 @@ def _legacy_opts(p):
     p.add_argument("--no-reset", action="store_true", help="do not reset after the update")
 
 
+CONFIG_DIR_TEXT = "$XDG_CONFIG_HOME/mpota (~/.config/mpota)"
+
+
+def _keygen_opts(p):
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="where to write the private key (default: %s/signing-key.pem); never "
+                        "overwritten, mode 0600" % CONFIG_DIR_TEXT)
+
+
+def _pubkey_opts(p):
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="a signing key, private or public PEM (default: %s/signing-key.pem)" % CONFIG_DIR_TEXT)
+    p.add_argument("-o", "--output", metavar="FILE", help="also write the public half to FILE (PEM)")
+
+
+def _provision_opts(p):
+    p.add_argument("--port", dest="serial_port", required=True, metavar="SERIAL",
+                   help="the board's USB serial port (/dev/ttyACM0, /dev/cu.usbmodem101, COM3)")
+    p.add_argument("--name", required=True, metavar="NAME",
+                   help="the device's name: its target name and Wi-Fi hostname (reached as NAME.local)")
+    p.add_argument("--ssid", required=True, metavar="SSID", help="the Wi-Fi network to join")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="a file whose first line is the Wi-Fi password (default: asked for; "
+                        "empty for an open network); never taken from the command line")
+    p.add_argument("--country", metavar="CC", help="Wi-Fi country code (GB, US, DE, ...)")
+    p.add_argument("--trust", action="append", default=[], metavar="KEY.pem",
+                   help="trust this signing key's public half (repeatable): the device then boots only "
+                        "images signed by it")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--mpy", dest="mpy", action="store_true", default=True,
+                      help="install the agent as .mpy compiled for the board's .mpy version, or as .py "
+                           "where no matching mpy-cross is installed (the default)")
+    form.add_argument("--py", dest="mpy", action="store_false", help="install the agent as .py source")
+    p.add_argument("--dry-run", action="store_true",
+                   help="ask the board its version (read-only), then show every step and mpremote "
+                        "command without changing anything")
+    p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
+                   help="seconds to wait for the agent's ready line after the reset (default 60)")
+    p.add_argument("--device-dir", metavar="DIR", help="the agent's files (default: device/ of this clone)")
+
+
 # --- the command table -------------------------------------------------------------------
 
 @dataclass
@@ -244,8 +299,18 @@ COMMANDS = [
             examples=("-t pico erase --slot b",)),
     Command("legacy", commands.cmd_legacy, "push over the reference UDP protocol (stop-and-wait), "
             "read back and check", _legacy_opts, LEGACY, examples=("-t sim legacy app.img --chunk 512",)),
-    Command("targets", commands.cmd_targets, "list the known targets and groups (no keys shown)", None,
-            ("targets",) + OUTPUT, examples=("targets",)),
+    Command("targets", commands.cmd_targets, "list the known targets and groups, and the file they come "
+            "from (no keys shown)", None, ("targets",) + OUTPUT, examples=("targets",)),
+    Command("keygen", commands.cmd_keygen, "make an Ed25519 image-signing key (imgtool's format); "
+            "shows its key id, never the private key", _keygen_opts, OUTPUT,
+            examples=("keygen", "keygen release.pem")),
+    Command("pubkey", commands.cmd_pubkey, "show the public half and key id of a signing key", _pubkey_opts,
+            OUTPUT, examples=("pubkey", "pubkey release.pem -o release.pub.pem")),
+    Command("provision", commands.cmd_provision, "set up a board over USB: device config (Wi-Fi, name), "
+            "device key, trusted signing key, the agent; reset it, wait for it, record it as a target",
+            _provision_opts, ("targets", "key_file") + OUTPUT,
+            examples=("provision --port /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
+                      "provision --port /dev/ttyACM0 --ssid home --name picow-1 --dry-run")),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 

@@ -60,6 +60,10 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
         hint = "%s: `%s reset`, then run the command again" % (err.hint.split(";")[0], run)
     elif code == "internal":
         hint = "unexpected device error: `%s status`, then `%s reset`, may help" % (run, run)
+    elif name == "BoardError" and ctx.command == "provision" and "mpota: ready" in err.message:
+        hint = "%s: `%s -t %s ping`" % (err.hint, ctx.prog, ctx.args.name)
+    elif name == "UnknownTarget":
+        hint = "%s; `%s targets` lists them" % (err.hint, ctx.prog)
     if hint is not None:
         err.hint = hint
     return err
@@ -68,7 +72,7 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
 # --- push ----------------------------------------------------------------------------
 
 def load_image(args) -> images.Image:
-    return images.load(args.image, args.version, args.sign_key, args.mpy)
+    return images.load(args.image, args.version, args.sign_key, args.mpy, args.security_counter)
 
 
 def _target_line(t) -> str:
@@ -341,7 +345,7 @@ async def cmd_erase(ctx) -> int:
 
 def cmd_build(ctx) -> int:
     args, out = ctx.args, ctx.out
-    img = images.build_folder(Path(args.folder), args.version, args.sign_key, args.mpy)
+    img = images.build_folder(Path(args.folder), args.version, args.sign_key, args.mpy, args.security_counter)
     output = args.output or "%s-%s.img" % (Path(args.folder).resolve().name, img.version.split("+")[0])
     Path(output).write_bytes(img.data)
     out.event("built", "built %s\n  version %s, %s, sha256 %s…" % (output, img.version, fmt_size(img.size),
@@ -355,16 +359,95 @@ def cmd_targets(ctx) -> int:
     path = targets_mod.targets_path(args.targets)
     table, groups = targets_mod.load_file(path, required=bool(args.targets))
     names = list(dict.fromkeys(list(targets_mod.BUILTINS) + list(table)))
-    out.say("targets file: %s%s" % (path, "" if path.exists() else " (absent)"))
+    out.event("targets_file", "targets file: %s%s" % (path, "" if path.exists() else " (absent)"),
+              path=str(path), exists=path.exists())
     for n in names:
         entry = dict(targets_mod.BUILTINS.get(n, {}))
         entry.update(table.get(n, {}))
         src = "file" if n in table else "built-in"
+        extra = "".join("  %s %s" % (k, entry[k]) for k in ("device_id", "key_file") if entry.get(k))
         out.event("target", "  %-12s %s:%s udp %s%s  (%s)" % (
             n, entry.get("host"), entry.get("port", proto.TCP_PORT), entry.get("udp_port", proto.UDP_PORT),
-            "  key_file " + entry["key_file"] if entry.get("key_file") else "", src),
+            extra, src),
             name=n, host=entry.get("host"), port=entry.get("port", proto.TCP_PORT),
-            udp_port=entry.get("udp_port", proto.UDP_PORT), key_file=entry.get("key_file"), source=src)
+            udp_port=entry.get("udp_port", proto.UDP_PORT), key_file=entry.get("key_file"),
+            device_id=entry.get("device_id"), source=src)
     for g, members in groups.items():
         out.event("group", "  %-12s group: %s" % (g, ", ".join(members)), name=g, members=members)
+    return EXIT_OK
+
+
+# --- keys and provisioning -------------------------------------------------------------
+
+def signing_key_path(given) -> Path:
+    return Path(given).expanduser() if given else targets_mod.config_dir() / "signing-key.pem"
+
+
+def _key_event(out, name: str, verb: str, path: Path, key) -> None:
+    from . import keys
+
+    kid, pub = keys.key_id(key).hex(), keys.public_raw(key).hex()
+    out.event(name, "%s %s\n  key id %s\n  public %s" % (verb, path, kid, pub),
+              file=str(path), key_id=kid, public=pub)
+
+
+def cmd_keygen(ctx) -> int:
+    from . import keys
+
+    path = signing_key_path(ctx.args.file)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = keys.keygen(str(path))
+    _key_event(ctx.out, "keygen", "wrote the Ed25519 signing key (mode 0600, keep it secret)", path, key)
+    ctx.out.say("next: `%s provision ... --trust %s` makes a board trust it; `%s push FOLDER --sign-key %s` "
+                "signs" % (ctx.prog, path, ctx.prog, path))
+    return EXIT_OK
+
+
+def cmd_pubkey(ctx) -> int:
+    from . import keys
+
+    path = signing_key_path(ctx.args.file)
+    key = keys.load(str(path))
+    _key_event(ctx.out, "pubkey", "signing key", path, key)
+    pem = key.get_public_pem().decode() if hasattr(key, "get_public_pem") else None
+    if ctx.args.output:
+        Path(ctx.args.output).write_text(pem or "")
+        ctx.out.say("public half written to %s" % ctx.args.output)
+    elif pem and ctx.out.mode == "human":
+        ctx.out.say(pem.rstrip())
+    return EXIT_OK
+
+
+def _wifi_password(args):
+    """The password from --password-file (first line) or asked for; None in a dry run."""
+    if args.password_file:
+        try:
+            lines = Path(args.password_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise UsageError("cannot read %s: %s" % (args.password_file, e.strerror or e))
+        return lines[0] if lines else ""
+    if args.dry_run:
+        return None
+    import getpass
+    import sys
+
+    if not sys.stdin.isatty():
+        raise UsageError("no Wi-Fi password: give it with --password-file FILE (it is asked for on a terminal)")
+    return getpass.getpass("Wi-Fi password for %s (empty: open network): " % args.ssid)
+
+
+def cmd_provision(ctx) -> int:
+    from . import provision
+
+    a, out = ctx.args, ctx.out
+    o = provision.Options(port=a.serial_port, name=a.name, ssid=a.ssid, password=_wifi_password(a),
+                          country=a.country, trust=a.trust, mpy=a.mpy, dry_run=a.dry_run, wait=a.wait,
+                          key_file=a.key_file, targets_file=a.targets, device_dir=a.device_dir)
+    r = provision.provision(o, lambda line: out.event("step", line, text=line))
+    if a.dry_run:
+        out.event("done", "dry run: nothing was changed", ok=True, dry_run=True, files=r.files,
+                  commands=r.commands, target=r.target)
+    else:
+        out.event("done", "[green]done[/]: %s is provisioned (%s); `%s -t %s ping` reaches it over Wi-Fi" % (
+            a.name, r.ready, ctx.prog, a.name), ok=True, files=r.files, target=r.target, ready=r.ready)
     return EXIT_OK

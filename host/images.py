@@ -272,8 +272,9 @@ def folder_version(folder: Path) -> Optional[str]:
 
 
 def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] = None,
-                 mpy: bool = False) -> Image:
-    """Build an application image from a folder of .py/.mpy files."""
+                 mpy: bool = False, security_counter: Optional[int] = None) -> Image:
+    """Build an application image from a folder of .py/.mpy files (signed with
+    `sign_key`, with a SEC_CNT TLV when `security_counter` is given)."""
     if not folder.is_dir():
         raise UsageError("%s is not a folder" % folder)
     if not (folder / "main.py").is_file() and not (folder / "main.mpy").is_file():
@@ -281,7 +282,7 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
     version = version or folder_version(folder)
     if not version:
         raise UsageError("no version for %s" % folder, "give one (X.Y.Z) or put it in %s/VERSION" % folder)
-    kwargs = {"version": version, "mpy": mpy}
+    kwargs = {"version": version, "mpy": mpy, "security_counter": security_counter}
     if sign_key:
         kwargs["key"] = sign_key
     try:
@@ -292,11 +293,15 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
 
 
 def load(path: str, version: Optional[str] = None, sign_key: Optional[str] = None,
-         mpy: bool = False) -> Image:
-    """An image from a file, or built from a folder (`mpy`: its .py shipped compiled)."""
+         mpy: bool = False, security_counter: Optional[int] = None) -> Image:
+    """An image from a file, or built from a folder (`mpy`: its .py shipped compiled;
+    `sign_key`, `security_counter`: see build_folder)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        return build_folder(p, version, sign_key, mpy)
+        return build_folder(p, version, sign_key, mpy, security_counter)
+    if sign_key or security_counter is not None:
+        raise UsageError("%s is an image already: signing and the security counter apply when "
+                         "building from a folder" % p, "build it from its app folder with the key")
     try:
         data = p.read_bytes()
     except OSError as e:

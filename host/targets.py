@@ -1,15 +1,19 @@
 """Targets: where a device is and which key opens it.
 
-`--target NAME` is looked up in a TOML targets file (default
-~/.config/mpota/targets.toml, or --targets FILE / $MPOTA_TARGETS), then in the
-built-ins `pico` and `sim`; anything else is read as HOST[:PORT] (IPv6 in
-brackets: [fe80::1]:8472). Format (docs/cli.md):
+`--target NAME` is looked up in a TOML targets file (--targets FILE, else
+$MPOTA_TARGETS, else $XDG_CONFIG_HOME/mpota/targets.toml, XDG_CONFIG_HOME
+defaulting to ~/.config), then in the built-ins `pico` and `sim`. Only a spec
+that looks like a host (a dot or a colon in it, an IP literal, `localhost`)
+is read as HOST[:PORT] (IPv6 in brackets: [fe80::1]:8472); any other unknown
+name is a usage error listing the known names, never a DNS query. Format
+(docs/cli.md):
 
     [targets.kitchen]
     host = "192.168.1.50"     # name or address
     port = 8472               # TCP, native protocol
     udp_port = 8473           # legacy UDP service
     key_file = "~/.config/mpota/kitchen.key"   # 64 hex chars (or 32 raw bytes)
+    device_id = "e6614c311b6a7a2f"            # recorded by `mpota provision`
 
     [groups]
     greenhouse = ["kitchen", "pico2", "10.0.0.7:8472"]   # names, HOST[:PORT], groups
@@ -22,6 +26,9 @@ target's key_file. Never from a command-line value; never printed.
 """
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,6 +43,8 @@ except ImportError:  # Python < 3.11
 import proto
 from .errors import UsageError
 
+# Where the targets file was before XDG_CONFIG_HOME was honoured: still read when
+# the XDG location has none.
 DEFAULT_TARGETS = Path("~/.config/mpota/targets.toml")
 
 BUILTINS = {
@@ -54,6 +63,7 @@ class Target:
     key_file: Optional[str] = None
     key: Optional[bytes] = field(default=None, repr=False)  # never shown
     key_source: str = "none"                                # where the key came from (no value)
+    device_id: Optional[str] = None  # the id the device must report (hex), when recorded
 
     @property
     def address(self) -> str:
@@ -63,13 +73,61 @@ class Target:
     def describe(self) -> dict:
         """What may be shown: everything but the key itself."""
         return {"target": self.name, "host": self.host, "port": self.port,
-                "udp_port": self.udp_port, "key": self.key_source}
+                "udp_port": self.udp_port, "key": self.key_source, "device_id": self.device_id}
+
+
+def config_dir(env: Optional[dict] = None) -> Path:
+    """The user's mpota folder: $XDG_CONFIG_HOME/mpota, XDG_CONFIG_HOME defaulting
+    to ~/.config. It holds targets.toml, the device keys (keys/NAME.key) and the
+    signing key `mpota keygen` makes."""
+    env = os.environ if env is None else env
+    return Path(env.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / "mpota"
 
 
 def targets_path(override: Optional[str] = None, env: Optional[dict] = None) -> Path:
+    """--targets FILE, else $MPOTA_TARGETS, else config_dir()/targets.toml (or the
+    old ~/.config/mpota/targets.toml when only that one exists)."""
     env = os.environ if env is None else env
-    p = override or env.get("MPOTA_TARGETS") or str(DEFAULT_TARGETS)
-    return Path(p).expanduser()
+    p = override or env.get("MPOTA_TARGETS")
+    if p:
+        return Path(p).expanduser()
+    path = config_dir(env) / "targets.toml"
+    old = DEFAULT_TARGETS.expanduser()
+    return old if not path.exists() and old.exists() else path
+
+
+def looks_like_host(spec: str) -> bool:
+    """Only these are ever looked up as hosts: a name with a dot (picow-1.local), any
+    HOST:PORT or IPv6 form (a colon), an IP literal, or localhost."""
+    if "." in spec or ":" in spec or spec.startswith("[") or spec.split(":")[0] == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(spec)
+    except ValueError:
+        return False
+    return True
+
+
+def known_names(table: dict, groups: Optional[dict] = None) -> list:
+    """Built-ins first, then the file's targets and groups, each once."""
+    return list(dict.fromkeys(list(BUILTINS) + list(table) + list(groups or {})))
+
+
+class UnknownTarget(UsageError):
+    """A name that is neither a target, a group, a built-in nor host-like."""
+
+    def __init__(self, spec: str, known: list, path: Path):
+        close = difflib.get_close_matches(spec, known, n=1, cutoff=0.6)
+        self.spec, self.known, self.path = spec, known, path
+        self.suggestion = close[0] if close else None
+        super().__init__("no target named %r; known: %s" % (spec, ", ".join(known)),
+                         "%sthe targets file is %s%s; a host name needs a dot (%s.local), an address "
+                         "or HOST:PORT" % ("did you mean %s? " % close[0] if close else "", path,
+                                           "" if path.exists() else " (absent)", spec))
+
+
+def unknown_target(spec: str, table: dict, groups: Optional[dict], path: Path) -> UnknownTarget:
+    return UnknownTarget(spec, known_names(table, groups), path)
 
 
 def load_file(path: Path, required: bool = False) -> tuple:
@@ -110,7 +168,8 @@ def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = 
     """The single-device specs named by `spec`: a comma list of target names,
     HOST[:PORT] and group names; groups are expanded (they may name groups),
     duplicates dropped, order kept."""
-    groups = load_file(targets_path(targets_file, env), required=bool(targets_file))[1]
+    path = targets_path(targets_file, env)
+    table, groups = load_file(path, required=bool(targets_file))
     out: list = []
 
     def add(s: str, inside: tuple) -> None:
@@ -120,6 +179,8 @@ def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = 
             for m in groups[s]:
                 add(m.strip(), inside + (s,))
         elif s not in out:
+            if s not in table and s not in BUILTINS and not looks_like_host(s):
+                raise unknown_target(s, table, groups, path)
             out.append(s)
 
     for part in spec.split(","):
@@ -193,9 +254,11 @@ def resolve(spec: str, targets_file: Optional[str] = None, key_file: Optional[st
         t = _from_entry(spec, entry, path)
     elif spec in BUILTINS:
         t = _from_entry(spec, dict(BUILTINS[spec]), None)
-    else:
+    elif looks_like_host(spec):
         host, p = parse_hostport(spec)
         t = Target(name=spec, host=host, port=p)
+    else:
+        raise unknown_target(spec, table, load_file(path)[1], path)
     if port:
         t.port = port
     if udp_port:
@@ -235,4 +298,50 @@ def _from_entry(name: str, entry: dict, path: Optional[Path]) -> Target:
                          "put the key in a file and give its path as key_file")
     if kf and path is not None and not Path(kf).expanduser().is_absolute():
         kf = str(path.parent / kf)  # relative to the targets file
-    return Target(name=name, host=host, port=port, udp_port=udp, key_file=kf)
+    dev = entry.get("device_id")
+    if dev is not None and (not isinstance(dev, str) or not re.fullmatch(r"[0-9A-Fa-f]{2,64}", dev)):
+        raise UsageError("target %s: device_id must be the device's id in hex%s" % (name, where))
+    return Target(name=name, host=host, port=port, udp_port=udp, key_file=kf,
+                  device_id=dev.lower() if dev else None)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise TypeError("targets file values are strings or integers, not %r" % (v,))
+    return str(v) if isinstance(v, int) else json.dumps(v)  # a JSON string is a TOML basic string
+
+
+def record(path: Path, name: str, fields: dict) -> None:
+    """Write [targets.NAME] with `fields` into the targets file: the table is
+    replaced if there, appended otherwise; every other line (comments too) is
+    kept. The result is parsed back before it replaces the file."""
+    if not _NAME.match(name):
+        raise UsageError("%r cannot name a target: use letters, digits, - and _" % name)
+    if name in load_file(path)[1]:
+        raise UsageError("%s: %s is a group; a target cannot share its name" % (path, name))
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    table = ["[targets.%s]" % name] + ["%s = %s" % (k, _toml_value(v)) for k, v in fields.items() if v is not None]
+    head = re.compile(r"^\s*\[\s*targets\s*\.\s*(\"?)%s\1\s*\]\s*(#.*)?$" % re.escape(name))
+    start = next((i for i, ln in enumerate(lines) if head.match(ln)), None)
+    if start is None:
+        lines += ([""] if lines and lines[-1].strip() else []) + table
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].lstrip().startswith("[")), len(lines))
+        while end > start + 1 and not lines[end - 1].strip():
+            end -= 1  # keep the blank lines before the next table
+        lines[start:end] = table
+    text = "\n".join(lines) + "\n"
+    if tomllib is not None:
+        try:
+            got = tomllib.loads(text)["targets"][name]
+        except (tomllib.TOMLDecodeError, KeyError) as e:
+            raise UsageError("cannot update %s (%s): edit it by hand" % (path, e))
+        if any(got.get(k) != v for k, v in fields.items() if v is not None):
+            raise UsageError("cannot update %s: [targets.%s] is defined elsewhere in it" % (path, name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

