@@ -12,9 +12,10 @@ from conftest import REPO, run_micropython
 
 RUNNER = REPO / "tests" / "vectors" / "run_cbor_vectors.py"
 VECTORS = REPO / "tests" / "vectors" / "cbor.json"
-I386 = REPO.parent.parent / "shared" / "tools" / "micropython-1.27-i386"
-if not I386.exists():
-    I386 = REPO.parent / "shared" / "tools" / "micropython-1.27-i386"
+sys.path.insert(0, str(REPO / "tools"))
+import boardbuilds  # noqa: E402  (tools/)
+
+I386 = boardbuilds.i386()
 
 
 def _count():
@@ -34,7 +35,7 @@ def test_cbor_vectors_micropython(micropython):
     assert "micropython: %d cbor vectors passed, 0 failed" % _count() in r.stdout
 
 
-@pytest.mark.skipif(not I386.exists(), reason="no ../shared/tools/micropython-1.27-i386 (fresh clone)")
+@pytest.mark.skipif(I386 is None, reason="no ../shared/tools/micropython-1.27-i386 (fresh clone)")
 def test_cbor_vectors_micropython_i386():
     r = subprocess.run([str(I386), str(RUNNER)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
