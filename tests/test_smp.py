@@ -22,6 +22,7 @@ from devconn import DevConn, app_image
 from simproc import Sim, free_port
 
 IMG = 1  # image group
+HASH_NOT_FOUND = 8
 NO_FREE_SLOT, BUSY, INVALID_OFFSET, OVERRUN, BAD_MAGIC, INVALID_HASH, NOT_NEWER, CONFIRM_DENIED = \
     9, 16, 20, 31, 23, 24, 27, 32
 
@@ -277,3 +278,40 @@ def test_smp_heap_on_the_32bit_build(tmp_path, capsys):
     assert h["after_request2"] - h["after_request"] < 2048, h
     assert h["after_upload"] - h["after_request"] < 4096, h
     assert h["idle_on"] < h["peak_upload"] < 96 * 1024, h
+
+
+def test_smp_keeps_the_native_security_rules(tmp_path):
+    """With a trusted key only signed images become bootable over SMP too; after a
+    rollback nothing is uploaded (or tested) until the reset, as for native begin."""
+    from mpota import keys
+    mine = tmp_path / "mine.pem"
+    keys.keygen(mine)
+    unsigned = app_image(tmp_path, "u", APP % "u", "1.0.0+0")
+    app_image(tmp_path, "s", APP % "s", "1.0.0+0")  # the folder, signed below
+    from mpota.images import build_app_image
+    signed = build_app_image(tmp_path / "s", version="1.0.0+0", key=str(mine))
+    newer = build_app_image(tmp_path / "s", version="1.1.0+0", key=str(mine))
+    sim, smp, _ = smp_sim(tmp_path, ["--trust", str(mine)])
+    with sim:
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(unsigned)
+        assert e.value.args[0].err.rc == INVALID_HASH  # signature_invalid at the end of the upload
+        s = smp.images()[0]
+        assert s.bootable is False and s.hash is None  # stored, never bootable: nothing to test
+        smp.err(ImageStatesWrite(hash=mcuboot_hash(tmp_path, unsigned), confirm=False), HASH_NOT_FOUND)
+
+        smp.upload(signed)
+        assert smp.images()[0].bootable is True
+        smp.ok(ImageStatesWrite(hash=mcuboot_hash(tmp_path, signed), confirm=True))  # permanent
+        reset(sim, smp, "app: s up")
+        smp.upload(newer)
+        smp.ok(ImageStatesWrite(hash=mcuboot_hash(tmp_path, newer), confirm=False))
+        reset(sim, smp, "app: s up")
+        c = DevConn(sim.tcp_port, sim.key)
+        assert c.ok("status")["trial"] is True
+        c.ok("rollback")  # b is bad, a boots at the next reset
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(signed)
+        assert e.value.args[0].err.rc == NO_FREE_SLOT  # not until the reset
+        smp.err(ImageErase(slot=0), NO_FREE_SLOT)  # the rollback target
+        c.close()
