@@ -191,6 +191,7 @@ async def run(ag, ready=None):
     tcp = cfg["tcp_port"]
     srv = None
     udp = None
+    smp = None
     try:
         while srv is None:
             try:
@@ -211,6 +212,9 @@ async def run(ag, ready=None):
                 udp_note = "%s:%d" % (ip, cfg["udp_port"])
             except OSError as e:
                 print("mpota: legacy UDP unavailable: %s" % e)
+        if cfg["smp_udp"]:  # SMP (MCUmgr) over UDP: smpudp.py stays, smp.py loads per request
+            import smpudp
+            smp = smpudp.start(dev, host, cfg["smp_port"])
         ag.listening = True
         ag.settle()
         print("mpota: ready tcp=%s:%d udp=%s auth=%s mode=%s" % (
@@ -224,6 +228,8 @@ async def run(ag, ready=None):
             srv.close()  # never two listeners on one port
         if udp is not None:
             udp.close()
+        if smp is not None:
+            smp.cancel()  # the task closes its socket
 
 
 # -- the device's event loop (main.py calls main() after bootmgr.boot()) --------

@@ -13,6 +13,8 @@ _SPEC = {
     "tcp_port": (8472, int, 1, 65535),
     "udp_port": (8473, int, 1, 65535),
     "legacy_udp": (False, bool, None, None),
+    "smp_udp": (False, bool, None, None),  # SMP (MCUmgr) over UDP: no operator auth (docs/security.md)
+    "smp_port": (1337, int, 1, 65535),
     "auth": (True, bool, None, None),
     "max_trials": (3, int, 1, 100),
     # Two slots of 360 KiB leave 128 KiB of the Pico W's 848 KiB filesystem

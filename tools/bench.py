@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""`make bench`: native pipelined upload vs the legacy stop-and-wait UDP flow.
+"""`make bench`: native pipelined upload vs the legacy stop-and-wait UDP flow and SMP.
 
 One simulator run with `--flash-timing w25q` (typical W25Q erase/program
 times slept on every flash operation) serves both: a 256 KiB application
 image is pushed natively (TCP, pipelined DATA, cumulative ACKs) and then
 through the reference `BootloaderMessenger` (UDP, one WriteRequest per round
-trip). Loopback has no latency, so the pair is repeated through delay lines
+trip), then with smpclient over SMP (UDP, one chunk per round trip, as
+smpclient always does; tools/bench_smp.py). Loopback has no latency, so the
+flows are repeated through delay lines
 (tools/linkproxy.py) that add a Wi-Fi-like round trip (--rtt). Prints the
 throughputs, their ratio, and each against the physical write ceiling of
 about 80 KB/s through 4 KiB sectors (DESIGN.md). Figures only: nothing here
@@ -33,6 +35,8 @@ from mpota.bootloader_messenger import BootloaderMessenger  # noqa: E402
 from mpota.client import push_image  # noqa: E402
 from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
+import bench_smp  # noqa: E402
+import boardbuilds  # noqa: E402
 
 CEILING = 4096 / 0.051  # bytes/s: a 4 KiB sector erase (45 ms) + 16 page programs (~6 ms)
 IMAGE_SIZE = 256 * 1024
@@ -152,12 +156,12 @@ def main() -> int:
                     help="heap of the 32-bit device for the memory figures (default 160K, a Pico W with Wi-Fi up)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-bench-"))
-    tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    tcp, udp, smp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     sim = None
     try:
         body = make_body(work)
         sim = Sim(state=work / "device", tcp_port=tcp, udp_port=udp, ready=False,
-                  flags=["--legacy-udp", "--no-auth", "--flash-timing", a.timing])
+                  flags=["--legacy-udp", "--smp-port", str(smp), "--no-auth", "--flash-timing", a.timing])
         sim.wait_ready(90)
         size = len(appimage.build_app_image(body, version="1.0.0"))
         print("bench: %d-byte (256 KiB body) application image; simulator with --flash-timing %s;"
@@ -173,15 +177,27 @@ def main() -> int:
             n += 1
             data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))
             legacy_s = asyncio.run(legacy_via(udp, data, a.chunk, rtt))
+            n += 1
+            data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))
+            smp_rate = bench_smp.smp_rate(smp, data, rtt)
+            smp_s = len(data) / smp_rate
             native, legacy = len(data) / native_s, len(data) / legacy_s
             print("%-7s %-33s %7.2f %11s %7.0f%%" % ("%g ms" % rtt_ms, "native TCP, %d B window" % window,
                                                     native_s, kbs(native), 100 * native / CEILING))
             print("%-7s %-33s %7.2f %11s %7.0f%%" % ("", "legacy UDP, %d B stop-and-wait" % a.chunk,
                                                     legacy_s, kbs(legacy), 100 * legacy / CEILING))
-            print("%-7s %-33s %7s %10.1fx\n" % ("", "native / legacy", "", native / legacy))
+            print("%-7s %-33s %7.2f %11s %7.0f%%" % ("", "SMP UDP, smpclient", smp_s, kbs(smp_rate),
+                                                    100 * smp_rate / CEILING))
+            print("%-7s %-33s %7s %10.1fx" % ("", "native / legacy", "", native / legacy))
+            print("%-7s %-33s %7s %10.1fx\n" % ("", "native / SMP", "", native / smp_rate))
         sim.stop()
         sim = None
         memory_rows(work, body, a.heap)
+        smp_image = bytes(appimage.build_app_image(body, version="3.0.0"))
+        i386 = boardbuilds.i386()
+        for mp, heap in ((str(Path(sys.executable).parent / "micropython"), "256K"),) + (
+                ((i386, a.heap),) if i386 else ()):
+            print(bench_smp.heap_figures(smp_image, work / ("smp-" + heap), heap, mp)["line"])
         return 0
     except Exception as e:
         print("bench: FAILED: %s: %s" % (type(e).__name__, e), file=sys.stderr)

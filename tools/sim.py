@@ -2,7 +2,7 @@
 """Run a simulated Pico W: the unix-port MicroPython on a simulated NOR flash.
 
     python tools/sim.py --state .sim-state [--host 127.0.0.1] [--tcp-port 8472]
-        [--udp-port 8473] [--legacy-udp] [--no-auth] [--flash-timing none|w25q]
+        [--udp-port 8473] [--legacy-udp] [--smp-port N] [--no-auth] [--flash-timing none|w25q]
         [--heap 96K] [--power-cut-after N [--cut-from main|power-on]] [--redeploy] [--micropython PATH]
         [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...]
 
@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--tcp-port", type=int, default=8472)
     p.add_argument("--udp-port", type=int, default=8473)
     p.add_argument("--legacy-udp", action="store_true", help="serve the legacy UDP service")
+    p.add_argument("--smp-port", type=int, default=None, metavar="N",
+                   help="serve SMP (MCUmgr) over UDP on port N (config smp_udp/smp_port)")
     p.add_argument("--no-auth", action="store_true", help="run without the HMAC session key")
     p.add_argument("--flash-timing", choices=("none", "w25q"), default="none",
                    help="w25q: sleep typical W25Q erase/program times")
@@ -203,6 +205,7 @@ class Launcher:
             "tcp_port": a.tcp_port,
             "udp_port": a.udp_port,
             "legacy_udp": a.legacy_udp,
+            "smp_port": a.smp_port,
             "auth": not a.no_auth,
         }
         path = self.state / "boot.json"

@@ -32,7 +32,7 @@ def configure(cfg, flash):
     global _cfg, _flash
     _cfg = {}
     for k in ("reset_cause", "boot_count", "device_id", "host", "tcp_port", "udp_port",
-              "legacy_udp", "auth"):
+              "legacy_udp", "smp_port", "auth"):
         if k in cfg:
             _cfg[k] = cfg[k]
     _flash = flash
@@ -109,9 +109,13 @@ def power_save_state():
 
 def config_overrides():
     c = _cfg
-    return {"host": c.get("host", "127.0.0.1"), "tcp_port": c.get("tcp_port", 8472),
-            "udp_port": c.get("udp_port", 8473), "legacy_udp": bool(c.get("legacy_udp")),
-            "auth": bool(c.get("auth", True))}
+    o = {"host": c.get("host", "127.0.0.1"), "tcp_port": c.get("tcp_port", 8472),
+         "udp_port": c.get("udp_port", 8473), "legacy_udp": bool(c.get("legacy_udp")),
+         "auth": bool(c.get("auth", True))}
+    if c.get("smp_port"):  # --smp-port N: SMP on (else the config file decides)
+        o["smp_udp"] = True
+        o["smp_port"] = c["smp_port"]
+    return o
 
 
 def flash_info():

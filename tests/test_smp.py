@@ -1,0 +1,317 @@
+"""SMP (MCUmgr) over UDP, end to end: tools/sim.py --smp-port driven by the real
+smpclient from PyPI (UDP transport), as smpmgr drives a board; the native
+status op (DevConn) checks what the device did underneath."""
+import asyncio
+import hashlib
+import socket
+import subprocess
+import sys
+
+import cbor2
+import pytest
+from smpclient import SMPClient
+from smpclient.exceptions import SMPUploadError
+from smpclient.generics import error, success
+from smpclient.requests.image_management import ImageErase, ImageStatesRead, ImageStatesWrite, ImageUploadWrite
+from smpclient.requests.os_management import EchoWrite, MCUMgrParametersRead, ResetWrite
+
+import boardbuilds
+import mcuboot
+from bench_smp import SmpUdp, heap_figures
+from devconn import DevConn, app_image
+from simproc import Sim, free_port
+
+IMG = 1  # image group
+HASH_NOT_FOUND = 8
+NO_FREE_SLOT, BUSY, INVALID_OFFSET, OVERRUN, BAD_MAGIC, INVALID_HASH, NOT_NEWER, CONFIRM_DENIED = \
+    9, 16, 20, 31, 23, 24, 27, 32
+
+APP = """NAME = "smpdemo"
+def main():
+    print("app: %s up")
+"""
+BROKEN = "NAME = 'broken'\n"  # no main(): fails to start, rolled back at once
+
+
+class Smp:
+    """One smpclient session per call, run to completion (tests stay synchronous)."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def run(self, fn):
+        async def go():
+            async with SMPClient(SmpUdp(self.port), "127.0.0.1", timeout_s=10) as c:
+                return await fn(c)
+        return asyncio.run(go())
+
+    def req(self, r):
+        return self.run(lambda c: c.request(r))
+
+    def ok(self, r):
+        rsp = self.req(r)
+        assert success(rsp), rsp
+        return rsp
+
+    def err(self, r, rc, group=IMG):
+        rsp = self.req(r)
+        assert error(rsp) and rsp.err.group == group and rsp.err.rc == rc, rsp
+        return rsp
+
+    def upload(self, image, stop_after=None, upgrade=False, slot=0):
+        """smpclient.upload; the offsets it saw (stops early once past `stop_after`)."""
+        async def go(c):
+            seen = []
+            async for off in c.upload(image, slot, upgrade=upgrade):
+                seen.append(off)
+                if stop_after is not None and off > stop_after:
+                    break
+            return seen
+        return self.run(go)
+
+    def chunks(self, image, sha, size=1024):
+        """Upload by hand (any `sha`); the last response."""
+        off = 0
+        while True:
+            first = {"image": 0, "len": len(image), "sha": sha} if off == 0 else {}
+            rsp = self.req(ImageUploadWrite(off=off, data=image[off:off + size], **first))
+            if not success(rsp) or rsp.off >= len(image):
+                return rsp
+            off = rsp.off
+
+    def images(self):
+        return {s.slot: s for s in self.ok(ImageStatesRead()).images}
+
+
+def mcuboot_hash(tmp_path, img):
+    """The image's MCUboot hash as imgtool prints it, checked against shared/mcuboot.py."""
+    f = tmp_path / ("img-%s.bin" % hashlib.sha256(img).hexdigest()[:8])
+    f.write_bytes(img)
+    out = subprocess.run([sys.executable, "-m", "imgtool.main", "verify", str(f)], capture_output=True,
+                         text=True).stdout
+    digest = [ln.split(":")[1].strip() for ln in out.splitlines() if ln.startswith("Image digest")]
+    h = mcuboot.verify(str(f))["sha256"]
+    assert digest == [h.hex()], out
+    return h
+
+
+def smp_sim(tmp_path, flags=()):
+    port = free_port(socket.SOCK_DGRAM)
+    sim = Sim(state=tmp_path / "dev", flags=["--smp-port", str(port)] + list(flags))
+    return sim, Smp(port), port
+
+
+def reset(sim, smp, wait_for=None):
+    mark = sim.mark()
+    smp.ok(ResetWrite())  # answered first, then the device resets
+    if wait_for:
+        sim.wait_for_line(wait_for, timeout=60, since=mark)
+    sim.wait_for_line("mpota: ready", timeout=60, since=mark)
+
+
+def test_smp_update_test_reset_confirm_with_smpclient(tmp_path):
+    img1 = app_image(tmp_path, "v1", APP % "v1", "1.0.0+0", pad=40000)
+    img2 = app_image(tmp_path, "v2", APP % "v2", "2.0.0+0", pad=20000)
+    h1, h2 = mcuboot_hash(tmp_path, img1), mcuboot_hash(tmp_path, img2)
+    sim, smp, _ = smp_sim(tmp_path)  # auth on: SMP has no operator authentication
+    with sim:
+        key = sim.key
+        assert smp.ok(EchoWrite(d="hello mpota")).r == "hello mpota"
+        p = smp.ok(MCUMgrParametersRead())
+        assert p.buf_size >= 1472 and p.buf_count >= 1
+        assert smp.images() == {}
+
+        # an interrupted upload, resumed by the same sha: no byte sent twice
+        seen = smp.upload(img1, stop_after=len(img1) // 3)
+        held = seen[-1]
+        assert len(img1) // 3 < held < len(img1)
+        c = DevConn(sim.tcp_port, key)
+        st = c.ok("status")
+        assert st["session"] == {"slot": "a", "size": len(img1), "offset": held, "kind": "smp"}
+        # an SMP upload is an ordinary session: a native begin meanwhile is busy
+        c.err("begin", "busy", size=len(img2), sha256=hashlib.sha256(img2).hexdigest())
+        seen = smp.upload(img1)
+        assert seen[0] == held and seen[-1] == len(img1)
+
+        # state read: the MCUboot hash (imgtool's digest), not the file's SHA-256
+        s = smp.images()[0]
+        assert s.hash == h1 and s.hash != hashlib.sha256(img1).digest()
+        assert (s.version, s.bootable, s.pending, s.confirmed, s.active, s.permanent) == \
+            ("1.0.0", True, False, False, False, False)
+        assert c.ok("status")["slots"]["a"]["state"] == "complete"
+        c.close()
+
+        # test -> pending; reset -> runs on trial; confirm
+        rsp = smp.ok(ImageStatesWrite(hash=h1, confirm=False))
+        assert [(i.slot, i.pending) for i in rsp.images] == [(0, True)]
+        reset(sim, smp, "app: v1 up")
+        s = smp.images()[0]
+        assert (s.active, s.confirmed, s.pending, s.hash) == (True, False, False, h1)
+        c = DevConn(sim.tcp_port, key)
+        st = c.ok("status")
+        assert (st["running"], st["trial"], st["trial_count"]) == ("a", True, 1)
+        smp.err(ImageErase(slot=0), NO_FREE_SLOT)  # the running trial
+        rsp = smp.ok(ImageStatesWrite(confirm=True))
+        assert [(i.slot, i.active, i.confirmed) for i in rsp.images] == [(0, True, True)]
+        st = c.ok("status")
+        assert st["active"] == "a" and st["trial"] is False
+
+        # upgrade: true refuses a version that is not newer
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(img1, upgrade=True)
+        assert e.value.args[0].err.rc == NOT_NEWER
+        # a native session open: an SMP upload is busy, until it ends
+        c.ok("begin", size=len(img2), sha256=hashlib.sha256(img2).hexdigest())
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(img2)
+        assert e.value.args[0].err.rc == BUSY
+        c.ok("abort")
+        c.close()
+
+        # offsets past the image are answered with an error, never silence
+        smp.ok(ImageUploadWrite(off=0, data=img2[:600], image=0, len=len(img2),
+                                sha=hashlib.sha256(img2).digest()))
+        smp.err(ImageUploadWrite(off=len(img2) + 100, data=b"x" * 10), INVALID_OFFSET)
+        smp.err(ImageUploadWrite(off=len(img2) - 5, data=b"x" * 10), OVERRUN)
+        rsp = smp.ok(ImageUploadWrite(off=100, data=img2[100:200]))  # not where we are: "continue from 600"
+        assert rsp.off == 600
+        assert smp.upload(img2)[0] == 600  # smpclient restarts at 0: resumed
+        s = smp.images()[1]
+        assert (s.hash, s.version, s.bootable, s.active) == (h2, "2.0.0", True, False)
+
+        # erase: the inactive slot yes, the running one no
+        smp.err(ImageErase(slot=0), NO_FREE_SLOT)
+        smp.ok(ImageErase())  # default: the inactive slot
+        assert sorted(smp.images()) == [0]
+
+        # upload again (image 1, as `smpmgr upgrade --slot 1` asks: the same inactive
+        # slot); hash + confirm: permanent -> boots confirmed, no trial
+        smp.upload(img2, slot=1)
+        rsp = smp.ok(ImageStatesWrite(hash=h2, confirm=True))
+        s = {i.slot: i for i in rsp.images}[1]
+        assert (s.pending, s.permanent, s.active) == (True, True, False)
+        reset(sim, smp, "app: v2 up")
+        imgs = smp.images()
+        assert (imgs[1].active, imgs[1].confirmed, imgs[1].permanent) == (True, True, False)
+        st = DevConn(sim.tcp_port, key).ok("status")
+        assert (st["running"], st["active"], st["trial"]) == ("b", "b", False)
+
+
+def test_smp_refuses_corrupt_images_and_failed_trials(tmp_path):
+    img1 = app_image(tmp_path, "v1", APP % "v1", "1.0.0+0")
+    bad = app_image(tmp_path, "bad", BROKEN, "3.0.0+0")
+    h_bad = mcuboot_hash(tmp_path, bad)
+    sim, smp, _ = smp_sim(tmp_path, ["--no-auth"])
+    with sim:
+        smp.upload(img1)
+        smp.ok(ImageStatesWrite(hash=mcuboot_hash(tmp_path, img1), confirm=True))  # permanent
+        reset(sim, smp, "app: v1 up")
+
+        # not an MCUboot image: refused at the first chunk
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(b"\x00" * 5000)
+        assert e.value.args[0].err.rc == BAD_MAGIC
+        # corrupt body: the sha of the upload matches, the MCUboot hash does not
+        corrupt = bytearray(img1)
+        corrupt[len(corrupt) // 2] ^= 0xFF
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(bytes(corrupt))
+        rsp = e.value.args[0]
+        assert error(rsp) and rsp.err.rc == INVALID_HASH, rsp
+        s = smp.images()[1]
+        assert s.bootable is False and s.hash is None
+        st = DevConn(sim.tcp_port).ok("status")
+        assert st["pending"] is None and st["slots"]["b"]["state"] == "complete"
+        # a wrong sha: match false (the bytes are dropped)
+        rsp = smp.chunks(img1, bytes(32))
+        assert success(rsp) and rsp.match is False and rsp.off == len(img1), rsp
+
+        # an image that fails its trial is never confirmed afterwards (smpmgr#105)
+        smp.upload(bad)
+        smp.ok(ImageStatesWrite(hash=h_bad, confirm=False))
+        reset(sim, smp, "rolled back b -> a")
+        s = smp.images()[1]
+        assert (s.hash, s.bootable, s.active) == (h_bad, False, False)
+        smp.err(ImageStatesWrite(hash=h_bad, confirm=True), CONFIRM_DENIED)
+        smp.err(ImageStatesWrite(hash=h_bad, confirm=False), CONFIRM_DENIED)
+        smp.ok(ImageErase(slot=1))
+
+
+def _raw(port, hdr, body):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(10)
+        s.sendto(bytes(hdr[:2]) + len(body).to_bytes(2, "big") + bytes(hdr[2:]) + body, ("127.0.0.1", port))
+        r = s.recv(4096)
+    return r[:8], cbor2.loads(r[8:])
+
+
+def test_smp_raw_datagrams_v1_errors_and_big_echo(tmp_path):
+    sim, smp, port = smp_sim(tmp_path, ["--no-auth"])
+    with sim:
+        # v1 header (version bits 0): errors come as {"rc": MGMT_ERR}
+        h, m = _raw(port, [0x02, 0, 0, 1, 7, 1], cbor2.dumps({"off": 5, "data": b"x"}))
+        assert h[0] == 0x03 and h[6] == 7 and m == {"rc": 1}  # no upload (17): EUNKNOWN, as Zephyr translates
+        h, m = _raw(port, [0x0A, 0, 0, 1, 8, 1], cbor2.dumps({"off": 5, "data": b"x"}))
+        assert m == {"err": {"group": 1, "rc": 17}}  # v2: the image group's own code
+        _, m = _raw(port, [0x0A, 0, 0, 42, 9, 0], cbor2.dumps({}))
+        assert m == {"rc": 8}  # unknown group: ENOTSUP
+        _, m = _raw(port, [0x0A, 0, 0, 0, 10, 0], b"\xa1\x61")
+        assert m == {"rc": 3}  # bad CBOR: EINVAL
+        big = "e" * 1458
+        body = cbor2.dumps({"d": big})
+        assert 8 + len(body) == 1472  # a full datagram at MTU 1500
+        h, m = _raw(port, [0x0A, 0, 0, 0, 11, 0], body)
+        assert m == {"r": big} and h[6] == 11
+
+
+@pytest.mark.skipif(boardbuilds.i386() is None, reason="no ../shared/tools/micropython-1.27-i386 (fresh clone)")
+def test_smp_heap_on_the_32bit_build(tmp_path, capsys):
+    """docs/memory.md's SMP figures: idle with smp_udp off and on (only the poller),
+    after a request (the service released again), and the peak over an SMP upload."""
+    img = app_image(tmp_path, "big", APP % "big", "1.0.0+0", pad=120000)
+    h = heap_figures(img, tmp_path, "160K", boardbuilds.i386())
+    with capsys.disabled():
+        print("\n" + h["line"])
+    # generous margins: the poller is ~1.5 KB, smp.py + cbor.py ~11 KB loaded; what stays
+    # after a request is the qstr pool (names interned once, never freed), never the modules
+    assert h["idle_on"] - h["idle_off"] < 4096, h
+    assert h["after_request2"] - h["after_request"] < 2048, h
+    assert h["after_upload"] - h["after_request"] < 4096, h
+    assert h["idle_on"] < h["peak_upload"] < 96 * 1024, h
+
+
+def test_smp_keeps_the_native_security_rules(tmp_path):
+    """With a trusted key only signed images become bootable over SMP too; after a
+    rollback nothing is uploaded (or tested) until the reset, as for native begin."""
+    from mpota import keys
+    mine = tmp_path / "mine.pem"
+    keys.keygen(mine)
+    unsigned = app_image(tmp_path, "u", APP % "u", "1.0.0+0")
+    app_image(tmp_path, "s", APP % "s", "1.0.0+0")  # the folder, signed below
+    from mpota.images import build_app_image
+    signed = build_app_image(tmp_path / "s", version="1.0.0+0", key=str(mine))
+    newer = build_app_image(tmp_path / "s", version="1.1.0+0", key=str(mine))
+    sim, smp, _ = smp_sim(tmp_path, ["--trust", str(mine)])
+    with sim:
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(unsigned)
+        assert e.value.args[0].err.rc == INVALID_HASH  # signature_invalid at the end of the upload
+        s = smp.images()[0]
+        assert s.bootable is False and s.hash is None  # stored, never bootable: nothing to test
+        smp.err(ImageStatesWrite(hash=mcuboot_hash(tmp_path, unsigned), confirm=False), HASH_NOT_FOUND)
+
+        smp.upload(signed)
+        assert smp.images()[0].bootable is True
+        smp.ok(ImageStatesWrite(hash=mcuboot_hash(tmp_path, signed), confirm=True))  # permanent
+        reset(sim, smp, "app: s up")
+        smp.upload(newer)
+        smp.ok(ImageStatesWrite(hash=mcuboot_hash(tmp_path, newer), confirm=False))
+        reset(sim, smp, "app: s up")
+        c = DevConn(sim.tcp_port, sim.key)
+        assert c.ok("status")["trial"] is True
+        c.ok("rollback")  # b is bad, a boots at the next reset
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(signed)
+        assert e.value.args[0].err.rc == NO_FREE_SLOT  # not until the reset
+        smp.err(ImageErase(slot=0), NO_FREE_SLOT)  # the rollback target
+        c.close()
