@@ -24,7 +24,8 @@ DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 # the device is quiet again. One copy of each at a time: a module is never
 # released while an object made by it (a session, the slot record) is alive.
 _CONN = ("conn", "service", "ops", "framing", "proto", "checksums", "auth", "hmac_sha256",
-         "slots", "update", "upload", "mcuboot", "rareops", "trust", "ed25519", "legacy")
+         "slots", "update", "upload", "mcuboot", "rareops", "trust", "ed25519", "legacy",
+         "smp", "cbor")
 
 
 _UPDATE_MODE_MS = 120000  # lean mode's update boot waits this long for the peer

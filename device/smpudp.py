@@ -59,6 +59,9 @@ async def _serve(dev, sock):
                         continue
                     raise  # the socket is gone (closed under us): end the task
                 try:
+                    import service
+                    service.attach(dev)  # the slot record, as for a TCP connection
+                    service = None
                     import smp
                     smp.handle(dev, sock, data, addr)
                 except MemoryError:
@@ -74,12 +77,10 @@ async def _serve(dev, sock):
                     except (MemoryError, OSError):
                         pass  # the client times out
                 smp = data = addr = b = None  # nothing here may keep the service alive
-            s = dev.session
-            if s is None or s.kind != "smp":
-                # no SMP upload open: forget the service (and what a request loaded)
-                sys.modules.pop("smp", None)
-                sys.modules.pop("cbor", None)
-                dev.idle()
-            await dev.after_reply()  # a reset the request asked for, once answered
+            if dev.reset_ms >= 0:  # a reset the request asked for, once answered
+                import service
+                await service.after_reply(dev)
+            if dev.ag is not None:
+                dev.ag.settle()  # no upload or connection open: forget the service
     finally:
         sock.close()

@@ -85,10 +85,11 @@ def _status(port: int) -> dict:
 
 
 def _agent_heap(port: int) -> tuple:
-    # (live heap of the agent, its peak): status collects first; less mem_base,
-    # the heap in use before main.py (the firmware's and the simulator's share)
+    # (the agent's heap when last quiet, its peak), less mem_base, the heap in
+    # use before main.py (the firmware's and the simulator's share); mem_idle
+    # is sampled before this status connection loaded its own modules
     st = _status(port)
-    return st["mem_alloc"] - st["mem_base"], st["mem_peak"] - st["mem_base"]
+    return st["mem_idle"] - st["mem_base"], st["mem_peak"] - st["mem_base"]
 
 
 def _echo(port: int) -> None:
