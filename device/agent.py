@@ -23,7 +23,7 @@ DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 # Modules a connection (or an update session) loads; released together when
 # the device is quiet again. One copy of each at a time: a module is never
 # released while an object made by it (a session, the slot record) is alive.
-_CONN = ("conn", "service", "ops", "framing", "proto", "checksums", "auth", "hmac_sha256",
+_CONN = ("conn", "service", "ops", "framing", "proto", "checksums", "auth", "hmac_sha256", "session",
          "slots", "update", "upload", "mcuboot", "rareops", "trust", "ed25519", "legacy",
          "smp", "cbor")
 

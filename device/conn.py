@@ -42,6 +42,7 @@ class Conn:
         self.nerrb = None
         self.task = None  # the task serving it
         self.gone = False  # a write failed: the peer reset or closed
+        self.sess = None  # session.Session once authenticated: seals and opens every message
 
     def out(self, b):
         # A peer that is gone must not look like a handler's failure (which
@@ -49,7 +50,10 @@ class Conn:
         # connection loop closes after this batch.
         if not self.gone:
             try:
-                self.w.write(b)
+                if self.sess is None:
+                    self.w.write(b)
+                else:
+                    self.sess.out(self.w, b)
             except OSError:
                 self.gone = True
 
@@ -138,7 +142,7 @@ async def _loop(ag, c):
         except asyncio.TimeoutError:
             if not c.authed:
                 continue  # the auth deadline above closes it
-            w.write(error_line(None, E_TIMEOUT, "no data for %d s: closing" % (timeout // 1000)))
+            c.out(error_line(None, E_TIMEOUT, "no data for %d s: closing" % (timeout // 1000)))
             await w.drain()
             break
         if not n:

@@ -48,7 +48,10 @@ def op_auth(dev, c, req):
         c.authed = False
         raise ProtoError(E_AUTH_FAILED, "wrong MAC")
     c.authed = True
-    c.dec.grow(proto.MAX_FRAME, proto.MAX_LINE)  # full-size frames only after auth
+    # full-size frames only after auth, with room for the session's tag
+    c.dec.grow(proto.MAX_FRAME + 16, proto.MAX_LINE + 33)
+    import session  # from here on every message both ways carries a MAC (this reply first)
+    session.start(dev, c, nonce, hn)
     r = {"mac": binascii.hexlify(dm).decode()}
     r.update(limits(dev))
     return r

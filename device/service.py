@@ -92,13 +92,18 @@ def dispatch(dev, c):
         if ev is None:
             break
         k = ev[0]
+        v = ev[1]
+        if c.sess is not None:  # authenticated: every message must carry the session's tag
+            v = c.sess.open(k, v)
+            if v is None:
+                return c.sess.fail(c)
         try:
             if k == K_FRAME:
-                frame(dev, c, ev[1])
+                frame(dev, c, v)
             elif k == K_LINE:
-                line(dev, c, ev[1])
+                line(dev, c, v)
             else:
-                bad(dev, c, ev[1][0], ev[1][1])
+                bad(dev, c, v[0], v[1])
         except MemoryError:
             idle(dev)
             gc.collect()

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import proto
 
 from . import __version__, commands, targets
-from .client import Client
+from .client import Client, expected_device
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, MpotaError, UsageError
 from .fleet import run_fleet
 from .output import FleetOutput, Output
@@ -438,7 +438,8 @@ class Context:
         (AuthError, with the hint, when no key is at hand)."""
         if self._client is None:
             t, a = self.target, self.args
-            c = Client(t.host, t.port, key=t.key, connect_timeout=a.connect_timeout, timeout=a.timeout)
+            c = Client(t.host, t.port, key=t.key, connect_timeout=a.connect_timeout, timeout=a.timeout,
+                       expect_device=expected_device(t))
             self._client = c
             await c.connect()
         if auth and not self._client.authenticated:

@@ -28,6 +28,7 @@ import proto
 from checksums import crc32c
 from framing import K_ERROR, K_FRAME, K_LINE
 from hmac_sha256 import compare_digest, device_mac, host_mac
+from session import Session
 
 from .errors import (AuthError, BusyError, Restarting, ConnectionLost, DeviceTimeout, MpotaError,
                      Unreachable, device_error)
@@ -65,14 +66,23 @@ def _hexdump_head(b: bytes, n: int = 48) -> str:
 
 
 class Client:
-    """One connection to a device agent."""
+    """One connection to a device agent.
+
+    After `auth` every message both ways is sealed with the session's MAC
+    (protocol.md 2.6): a message that fails it ends the connection with
+    AuthError. `expect_device`: the device id the targets file records; a
+    peer that says another id is refused before we sign anything for it.
+    """
 
     def __init__(self, host: str, port: int = proto.TCP_PORT, *, key: Optional[bytes] = None,
                  connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
-                 window: Optional[int] = None):
+                 window: Optional[int] = None, expect_device: Optional[str] = None):
         self.host = host
         self.port = port
         self._key = key
+        self.expect_device = expect_device
+        self._sess: Optional[Session] = None      # sealing and opening, once authenticated
+        self._sess_next: Optional[Session] = None  # armed by auth(): opens the auth reply
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.user_window = window
@@ -199,6 +209,10 @@ class Client:
                 if not data:
                     break
                 for kind, value in dec.decode(data):
+                    if self._sess is not None or self._sess_next is not None:
+                        value = self._unseal(kind, value)
+                        if value is None:
+                            continue  # a plain error reply to the auth request
                     if kind == K_FRAME:
                         frame = bytes(value)
                         if log.isEnabledFor(logging.DEBUG):
@@ -210,11 +224,39 @@ class Client:
                         log.warning("undecodable bytes from device: %s", value[1])
         except (OSError, ConnectionError) as e:
             exc = ConnectionLost("connection to %s lost: %s" % (self.host, e))
+        except AuthError as e:
+            exc = e
+            if self._writer is not None:
+                self._writer.transport.abort()
         except asyncio.CancelledError:
             exc = ConnectionLost("connection closed")
             raise
         finally:
             self._fail_all(exc)
+
+    def _unseal(self, kind: int, value):
+        """The event's value with its session tag checked and removed; None for
+        a plain line that answers the auth request (its error); AuthError when
+        a message fails (the connection is then dropped)."""
+        sess = self._sess
+        if sess is None:  # auth is under way: its reply is sealed when it succeeded
+            sess = self._sess_next
+            if kind == K_LINE and len(value) and value[-1] == 0x7D:  # ends with "}": not sealed
+                self._sess_next = None
+                self._on_line(bytes(value))
+                return None
+        opened = sess.open(kind, value)
+        if opened is None:
+            what = value[1] if kind == K_ERROR else "a message"
+            raise AuthError("%s sent %s that the session does not authenticate: connection dropped"
+                            % (self.host, what),
+                            "someone may be injecting or replaying traffic between you and the device")
+        if sess is not self._sess:
+            self._sess, self._sess_next = sess, None  # the device sealed the auth reply: both ways from now
+        return opened
+
+    def _send(self, w: asyncio.StreamWriter, b) -> None:
+        w.write(self._sess.seal(b) if self._sess is not None else b)
 
     def _on_line(self, line: bytes) -> None:
         log.debug("RX %s", line.decode("utf-8", "replace"))
@@ -257,7 +299,7 @@ class Client:
         self._pending[rid] = fut
         line = hostframes.request_line(op, rid, fields)
         log.debug("TX %s", line.decode().rstrip())
-        w.write(line)
+        self._send(w, line)
         try:
             await self._drain()
             reply = await within(fut, timeout or self.timeout)
@@ -281,6 +323,10 @@ class Client:
         if self._key is None:
             raise AuthError("%s requires authentication and no key was given" % self.host)
         device = str(self.info.get("device", ""))
+        if self.expect_device is not None and device != self.expect_device:
+            raise AuthError("%s says it is device %r, the targets file expects %r: refused"
+                            % (self.host, device, self.expect_device),
+                            "another device answers at this address (or someone impersonates it)")
         try:
             dev_nonce = bytes.fromhex(self.info["nonce"])
         except (KeyError, TypeError, ValueError):
@@ -288,7 +334,12 @@ class Client:
                             "the agent is broken or not an mpota agent")
         host_nonce = os.urandom(16)
         mac = host_mac(self._key, device, dev_nonce, host_nonce)
+        # the device seals its reply under the new session: arm it before asking
+        self._sess_next = Session(self._key, device, dev_nonce, host_nonce, False)
         reply = await self.request("auth", nonce=host_nonce.hex(), mac=mac.hex())
+        if self._sess is None:
+            raise AuthError("%s accepted the auth but did not seal its reply" % self.host,
+                            "the agent is too old for this host tool, or not an mpota agent")
         want = device_mac(self._key, device, dev_nonce, host_nonce)
         try:
             got = bytes.fromhex(reply.get("mac", ""))
@@ -379,7 +430,7 @@ class Client:
                 frame = hostframes.encode_data(nxt, mv[nxt:nxt + n])
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("TX DATA offset=%d len=%d", nxt, n)
-                w.write(frame)
+                self._send(w, frame)
                 if nxt < high_sent:
                     self.bytes_resent += min(n, high_sent - nxt)
                 self.bytes_sent += n
@@ -435,7 +486,7 @@ class Client:
         while done < length:
             while nxt < end and inflight < window:
                 n = min(max_data, end - nxt)
-                w.write(hostframes.encode_read(slot, nxt, n))
+                self._send(w, hostframes.encode_read(slot, nxt, n))
                 outstanding[nxt] = n
                 inflight += n
                 nxt += n
@@ -453,7 +504,7 @@ class Client:
                     retries += 1
                     if retries > 8:
                         raise device_error("crc_mismatch", "read data keeps arriving corrupted", op="read")
-                    w.write(hostframes.encode_read(slot, off, want))  # reads are idempotent
+                    self._send(w, hostframes.encode_read(slot, off, want))  # reads are idempotent
                     outstanding[off] = want
                     inflight += want
                     continue
@@ -461,7 +512,7 @@ class Client:
                 done += len(data)
                 if len(data) < want:  # short read: ask for the rest
                     rest = off + len(data)
-                    w.write(hostframes.encode_read(slot, rest, want - len(data)))
+                    self._send(w, hostframes.encode_read(slot, rest, want - len(data)))
                     outstanding[rest] = want - len(data)
                     inflight += want - len(data)
                 if on_progress:
@@ -474,6 +525,12 @@ class Client:
             else:
                 log.warning("unexpected frame 0x%02X during read ignored", op)
         return bytes(out)
+
+
+def expected_device(target) -> Optional[str]:
+    """The device id a Target (host/targets.py) records for itself, if any: a
+    connection to it refuses a peer that says it is another device."""
+    return getattr(target, "device_id", None) or None
 
 
 # --- the resumable push -------------------------------------------------------
@@ -506,7 +563,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                      commit: bool = True, retries: int = 5, window: Optional[int] = None,
                      connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
                      busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
-                     on_event: Optional[EventCb] = None,
+                     on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
                      client_factory: Callable[..., Client] = Client) -> PushResult:
     """Upload `image` to the inactive slot and (unless commit=False) commit it.
 
@@ -523,7 +580,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     restarted = False
     while True:
         c = client_factory(host, port, key=key, connect_timeout=connect_timeout,
-                           timeout=timeout, window=window)
+                           timeout=timeout, window=window, expect_device=expect_device)
         try:
             await c.connect(authenticate=True)
             try:
@@ -601,12 +658,14 @@ async def _begin_patiently(c: Client, size: int, sha: str, version: Optional[str
 async def wait_for_device(host: str, port: int, *, key: Optional[bytes] = None,
                           deadline_s: float = 30.0, poll: float = 0.3,
                           connect_timeout: float = 2.0, timeout: float = IO_TIMEOUT,
-                          accept: Optional[Callable[[dict], bool]] = None) -> dict:
+                          accept: Optional[Callable[[dict], bool]] = None,
+                          expect_device: Optional[str] = None) -> dict:
     """Poll until the device answers `status` (and `accept(status)` holds); return it."""
     end = time.monotonic() + deadline_s
     last: Optional[BaseException] = None
     while True:
-        c = Client(host, port, key=key, connect_timeout=connect_timeout, timeout=timeout)
+        c = Client(host, port, key=key, connect_timeout=connect_timeout, timeout=timeout,
+                   expect_device=expect_device)
         try:
             await c.connect()  # with the key: a stranger's status says only who it is
             st = await c.status()

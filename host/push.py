@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import proto
 
-from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, EventCb, ProgressCb, PushResult,
+from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, EventCb, ProgressCb, PushResult, expected_device,
                      push_image, wait_for_device, within)
 from .errors import (CrcMismatch, DeviceError, DeviceTimeout, NotTaken, Unreachable,
                      VerifyFailed, device_error)
@@ -96,7 +96,8 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
     res = await push_image(target.host, target.port, image.data, key=target.key, version=image.version,
                            allow_downgrade=allow_downgrade, window=window, retries=retries,
                            connect_timeout=connect_timeout, timeout=timeout,
-                           on_progress=on_progress, on_event=on_event)
+                           on_progress=on_progress, on_event=on_event,
+                           expect_device=expected_device(target))
     _emit(on_event, "upload_stats", bytes=res.size - res.resumed_from, seconds=round(res.seconds, 3),
           rate=round(res.rate), resent=res.bytes_resent, reconnects=res.reconnects, rewinds=res.rewinds,
           resumed_from=res.resumed_from)
@@ -123,7 +124,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
         report.confirmed_by = "app"
     elif confirm:
         async with Client(target.host, target.port, key=target.key, connect_timeout=connect_timeout,
-                          timeout=timeout) as c:
+                          timeout=timeout, expect_device=expected_device(target)) as c:
             r = await c.confirm()
         report.state, report.confirmed_by = r.get("state", "confirmed"), "host"
     _emit(on_event, "done", state=report.state, confirmed_by=report.confirmed_by, **report.summary())
@@ -136,7 +137,8 @@ async def reset_and_wait(target, *, slot: Optional[str] = None, wait: float = 60
     """Reset, wait for the old connection to drop, then poll until the device has
     booted (the pending mark of `slot` consumed) and its app has settled; return
     its status. Events: reset, back."""
-    c = Client(target.host, target.port, key=target.key, connect_timeout=connect_timeout, timeout=timeout)
+    c = Client(target.host, target.port, key=target.key, connect_timeout=connect_timeout, timeout=timeout,
+               expect_device=expected_device(target))
     await c.connect(authenticate=True)
     try:
         await c.reset()
@@ -157,7 +159,8 @@ async def reset_and_wait(target, *, slot: Optional[str] = None, wait: float = 60
 
     t0 = time.monotonic()
     st = await wait_for_device(target.host, target.port, key=target.key, deadline_s=wait,
-                               connect_timeout=min(connect_timeout, 2.0), timeout=timeout, accept=settled)
+                               connect_timeout=min(connect_timeout, 2.0), timeout=timeout, accept=settled,
+                               expect_device=expected_device(target))
     _emit(on_event, "back", seconds=round(time.monotonic() - t0, 2), running=st.get("running"),
           boot_note=st.get("boot_note"))
     return st

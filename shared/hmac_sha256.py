@@ -33,18 +33,20 @@ def compare_digest(a, b):
     return r == 0
 
 
-def _challenge(role, key, device_id, dev_nonce, host_nonce):
+def derive(label, role, key, device_id, dev_nonce, host_nonce):
+    """HMAC-SHA256(key, label|role|device|dev_nonce host_nonce): the auth MACs
+    (label mpota-auth-v1) and the session keys (mpota-session-v1, session.py)."""
     if isinstance(device_id, str):
         device_id = device_id.encode()
-    return hmac_sha256(key, b"mpota-auth-v1|" + role + b"|" + bytes(device_id) + b"|"
+    return hmac_sha256(key, label + b"|" + role + b"|" + bytes(device_id) + b"|"
                        + bytes(dev_nonce) + bytes(host_nonce))
 
 
 def host_mac(key, device_id, dev_nonce, host_nonce):
     """What the host sends to prove it holds the device key."""
-    return _challenge(b"host", key, device_id, dev_nonce, host_nonce)
+    return derive(b"mpota-auth-v1", b"host", key, device_id, dev_nonce, host_nonce)
 
 
 def device_mac(key, device_id, dev_nonce, host_nonce):
     """What the device answers to prove it holds the same key (mutual auth)."""
-    return _challenge(b"device", key, device_id, dev_nonce, host_nonce)
+    return derive(b"mpota-auth-v1", b"device", key, device_id, dev_nonce, host_nonce)

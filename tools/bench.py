@@ -103,7 +103,7 @@ async def heap_during_push(port: int, key: bytes, data: bytes) -> tuple:
 # Where the memory figures come from: the board-faithful 32-bit v1.27 build at
 # the board's 160K when this machine has it (CI does; a fresh clone may not),
 # and the .venv 64-bit build at 256K, its counterpart (objects ~1.6x larger).
-I386 = Path(__file__).resolve().parent.parent.parent / "shared" / "tools" / "micropython-1.27-i386"
+I386 = Path(boardbuilds.i386() or "/nonexistent/micropython-1.27-i386")
 LIVE_IDLE, LIVE_PEAK, LEAN_IDLE = 24 * 1024, 40 * 1024, 8 * 1024  # issue 7 budgets, 32-bit
 
 
@@ -136,6 +136,37 @@ def memory_rows(work, body, heap):
     print("(agent = mem_alloc less mem_base, the heap in use before main.py; budgets are for 32-bit)")
 
 
+def mac_cost(work, body, runs=3):
+    """The session MACs' cost on the data path: the best of `runs` native pushes
+    to a simulator without flash timing (so the agent's CPU time shows), auth
+    off vs on, on every interpreter present."""
+    rows = [("unix 1.29 (64-bit)", str(Path(sys.executable).parent / "micropython"))]
+    if I386.exists():
+        rows.append(("v1.27 i386 (32-bit)", str(I386)))
+    print("\n%-20s %-10s %12s %12s %8s" % ("MAC cost (no flash", "timing)", "auth off", "auth on", "on/off"))
+    n = 0
+    for label, mp in rows:
+        rates = []
+        for flags in (["--no-auth"], []):
+            sim = Sim(state=work / ("mac%d" % n), ready=False,
+                      flags=flags + ["--flash-timing", "none", "--micropython", mp])
+            try:
+                sim.wait_ready(90)
+                best = 0.0
+                for _ in range(runs):
+                    n += 1
+                    data = bytes(appimage.build_app_image(body, version="3.0.%d" % n))
+                    t0 = time.monotonic()
+                    asyncio.run(push_image("127.0.0.1", sim.tcp_port, data, key=sim.key, commit=False,
+                                           timeout=60))
+                    best = max(best, len(data) / (time.monotonic() - t0))
+                rates.append(best)
+            finally:
+                sim.stop()
+        print("%-31s %12s %12s %7.0f%%" % (label, kbs(rates[0]), kbs(rates[1]), 100 * rates[1] / rates[0]))
+    print("(best of %d pushes of the 256 KiB image each; auth on = authenticated session)" % runs)
+
+
 async def legacy_via(port: int, data: bytes, chunk: int, rtt: float) -> float:
     relay = None
     if rtt:
@@ -162,6 +193,8 @@ def main() -> int:
                          "Wi-Fi with power saving off is a few ms, with it ~200)")
     ap.add_argument("--heap", default="160K",
                     help="heap of the 32-bit device for the memory figures (default 160K, a Pico W with Wi-Fi up)")
+    ap.add_argument("--no-mac", dest="mac", action="store_false",
+                    help="skip the auth off/on comparison of the data path")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-bench-"))
     tcp, udp, smp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
@@ -200,6 +233,8 @@ def main() -> int:
             print("%-7s %-33s %7s %10.1fx\n" % ("", "native / SMP", "", native / smp_rate))
         sim.stop()
         sim = None
+        if a.mac:
+            mac_cost(work, body)
         memory_rows(work, body, a.heap)
         smp_image = bytes(appimage.build_app_image(body, version="3.0.0"))
         i386 = boardbuilds.i386()

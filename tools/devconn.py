@@ -15,6 +15,7 @@ import hostframes
 import proto
 from framing import K_ERROR, K_FRAME, K_LINE
 from hmac_sha256 import compare_digest, device_mac, host_mac
+from session import Session
 
 
 # -- a small blocking client ----------------------------------------------------
@@ -24,6 +25,7 @@ class DevConn:
         self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.dec = hostframes.Decoder(proto.MAX_FRAME + 64, 8192)
         self.ev = collections.deque()
+        self.sess = None  # after auth: seals what send() sends, opens what event() returns
         if key is not None:
             self.auth(key)
 
@@ -31,6 +33,10 @@ class DevConn:
         self.s.close()
 
     def send(self, b):
+        """Send one message (sealed once authenticated); send_raw sends bytes as they are."""
+        self.s.sendall(self.sess.seal(b) if self.sess is not None else b)
+
+    def send_raw(self, b):
         self.s.sendall(b)
 
     def event(self):
@@ -39,6 +45,10 @@ class DevConn:
             if not data:
                 raise EOFError("device closed the connection")
             for kind, v in self.dec.decode(data):
+                if self.sess is not None:
+                    v = self.sess.open(kind, v)
+                    if v is None:
+                        raise AssertionError("a message from the device failed the session MAC")
                 self.ev.append((kind, v if kind == K_ERROR else bytes(v)))
         return self.ev.popleft()
 
@@ -70,7 +80,11 @@ class DevConn:
         h = self.ok("hello")
         hn = os.urandom(16)
         dn = bytes.fromhex(h["nonce"])
-        r = self.ok("auth", nonce=hn.hex(), mac=host_mac(key, h["device"], dn, hn).hex())
+        self.send(hostframes.request_line("auth", None, {"nonce": hn.hex(),
+                                                          "mac": host_mac(key, h["device"], dn, hn).hex()}))
+        self.sess = Session(key, h["device"], dn, hn, False)  # the reply is the first sealed message
+        r = self.line()
+        assert r["ok"] is True, r
         assert compare_digest(bytes.fromhex(r["mac"]), device_mac(key, h["device"], dn, hn))
 
     def upload(self, data, start=0, chunk=4096, window=16384, stop_at=None):

@@ -203,6 +203,34 @@ for role in ("host", "device"):
     add("auth_mac", role=role, key=h(key), device=dev, dev_nonce=h(dn), host_nonce=h(hn),
         mac=hmac.new(key, msg, hashlib.sha256).hexdigest())
 
+# --- session MACs (protocol.md 2.6): keys, then sealed messages in order --------------------
+def sess_key(role):
+    return hmac.new(key, b"mpota-session-v1|" + role + b"|" + dev.encode() + b"|" + dn + hn, hashlib.sha256).digest()
+
+
+def seal_frame(k, seq, plain):
+    n = len(plain)
+    ln = n - 5 + 16
+    hdr = bytes([0xE7, plain[1], ln >> 8, ln & 0xFF, (0xE7 + plain[1] + (ln & 0xFF) + (ln >> 8)) & 0xFF])
+    msg = hdr + plain[5:n - 1]
+    tag = hmac.new(k, struct.pack(">I", seq) + msg, hashlib.sha256).digest()[:16]
+    return msg + tag + bytes([sum(msg + tag) & 0xFF])
+
+
+def seal_line(k, seq, text):
+    return text + b" " + hmac.new(k, struct.pack(">I", seq) + text, hashlib.sha256).hexdigest()[:32].encode() + b"\n"
+
+
+k_host, k_dev = sess_key(b"host"), sess_key(b"device")
+# what the device sends after the auth request below and what the host sends next, in order
+sealed = [("device", 0, b'{"id": 2, "ok": true}\n', seal_line(k_dev, 0, b'{"id": 2, "ok": true}')),
+          ("host", 0, b'{"op":"status","id":3}\n', seal_line(k_host, 0, b'{"op":"status","id":3}')),
+          ("host", 1, f_data_plain := frame(0x21, struct.pack("!II", 0, crc32c_ref(b"hello")) + b"hello"),
+           seal_frame(k_host, 1, f_data_plain)),
+          ("device", 1, frame(0x22, struct.pack("!I", 5)), seal_frame(k_dev, 1, frame(0x22, struct.pack("!I", 5))))]
+add("session", key=h(key), device=dev, dev_nonce=h(dn), host_nonce=h(hn), k_host=h(k_host), k_device=h(k_dev),
+    messages=[{"from": who, "seq": seq, "plain": h(p), "sealed": h(x)} for who, seq, p, x in sealed])
+
 # --- decoder streams: bytes in arbitrary pieces -> frames, lines, errors ---------------------
 f_ver = frame(0x01)
 f_data = frame(0x21, struct.pack("!II", 0, crc32c_ref(b"hello")) + b"hello")

@@ -835,6 +835,23 @@ def _tracebacks(lines: list) -> list:
     return out
 
 
+def _sealed(sess, msgs: list) -> bytes:
+    """An authenticated batch: the session seals whole messages (protocol.md 2.6),
+    so the mutated bytes are cut into what the device's decoder makes of them and
+    each frame and line is sealed. Bytes that form neither cannot be sealed; on a
+    session they end the connection (tests/test_attacks.py covers that)."""
+    from framing import K_FRAME, K_LINE
+    dec = hostframes.Decoder(proto.MAX_FRAME, proto.MAX_LINE)
+    out = []
+    for m in msgs:
+        for kind, v in dec.decode(m):
+            if kind == K_FRAME:
+                out.append(bytes(sess.seal(bytes(v))))
+            elif kind == K_LINE:
+                out.append(bytes(sess.seal(bytes(v) + b"\n")))
+    return b"".join(out)
+
+
 def fuzz_batch(sim: Sim, msgs: list, key: Optional[bytes], timeout: float = 20.0) -> dict:
     """Send a batch on one connection (authenticated when `key`), then the flush
     and a ping; read every reply until the ping's. -> reply counts by kind/code."""
@@ -842,7 +859,11 @@ def fuzz_batch(sim: Sim, msgs: list, key: Optional[bytes], timeout: float = 20.0
     c = DevConn(sim.tcp_port, key, timeout=timeout)
     counts: dict = {}
     try:
-        blob = b"".join(msgs) + _FLUSH + b'{"op":"ping","id":"sync-7f3a"}\n'
+        sync = b'{"op":"ping","id":"sync-7f3a"}\n'
+        if c.sess is None:
+            blob = b"".join(msgs) + _FLUSH + sync
+        else:
+            blob = _sealed(c.sess, msgs) + bytes(c.sess.seal(sync))
         err: list = []
 
         def send():

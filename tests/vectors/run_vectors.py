@@ -17,6 +17,7 @@ import hostframes  # noqa: E402
 import framing  # noqa: E402
 import hmac_sha256  # noqa: E402
 import proto  # noqa: E402
+import session  # noqa: E402
 
 
 def crc32c_ref(data, crc=0):
@@ -202,6 +203,31 @@ def v_auth_mac(v):
     expect(not hmac_sha256.compare_digest(mac, bytes(32)), "compare_digest differs")
 
 
+def v_session(v):
+    args = (unhex(v["key"]), v["device"], unhex(v["dev_nonce"]), unhex(v["host_nonce"]))
+    kh, kd = session.keys(*args)
+    expect(hx(kh) == v["k_host"] and hx(kd) == v["k_device"], "session keys")
+    sides = {"host": session.Session(*(args + (False,))), "device": session.Session(*(args + (True,)))}
+    for m in v["messages"]:
+        tx = sides[m["from"]]
+        rx = sides["device" if m["from"] == "host" else "host"]
+        expect(tx.tseq == m["seq"], "sequence")
+        plain = unhex(m["plain"])
+        expect(hx(tx.seal(plain)) == m["sealed"], "seal %s %d" % (m["from"], m["seq"]))
+        sealed = bytearray(unhex(m["sealed"]))
+        kind = framing.K_FRAME if sealed[0] == framing.SYNC else framing.K_LINE
+        if kind == framing.K_LINE:
+            sealed = sealed[:-1]  # the decoder hands lines out without "\n"
+            plain = plain[:-1]
+        expect(framing.check_frame(sealed) is None if kind == framing.K_FRAME else True, "sealed frame valid")
+        wrong = bytearray(sealed)
+        wrong[len(wrong) // 2] ^= 1
+        expect(rx.open(kind, memoryview(wrong)) is None, "a changed byte fails")
+        got = rx.open(kind, memoryview(sealed))
+        expect(got is not None and bytes(got) == plain, "open %s %d" % (m["from"], m["seq"]))
+        expect(rx.open(kind, memoryview(bytearray(unhex(m["sealed"])))) is None, "a replay fails")
+
+
 def v_decoder(v):
     data = unhex(v["input"])
     for chunk in v["chunks"]:
@@ -242,6 +268,7 @@ RUNNERS = {
     "error_code": v_error_code, "json_reply": v_json_reply, "json_error": v_json_error,
     "json_request": v_json_request, "json_request_bad": v_json_request_bad, "version": v_version,
     "version_bad": v_version_bad, "hmac": v_hmac, "auth_mac": v_auth_mac, "decoder": v_decoder,
+    "session": v_session,
 }
 
 
