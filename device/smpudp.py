@@ -10,7 +10,7 @@
 import sys
 import socket
 import asyncio
-from asyncio import core
+from asyncio import core  # type: ignore[attr-defined]
 
 from micropython import const
 

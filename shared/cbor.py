@@ -20,8 +20,8 @@
 # writer as is); views=False returns bytes. Nesting is limited to MAX_DEPTH.
 try:
     from micropython import const
-except ImportError:  # CPython
-    def const(x):
+except ImportError:  # CPython: a stand-in with a looser signature than the stubs
+    def const(x):  # type: ignore[misc]
         return x
 
 MAX_DEPTH = const(8)
