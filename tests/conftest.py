@@ -23,6 +23,14 @@ for sub in ("shared", "tools", "tests/vectors"):
 
 from simproc import free_port  # noqa: E402,F401  (tools/simproc.py: one definition for tests and tools)
 
+# The host package `mpota` and PyPI's `smp` (smpclient's) before any test puts
+# device/ on sys.path, where device/mpota.py and device/smp.py have the same names.
+import mpota  # noqa: E402,F401
+try:
+    import smp  # noqa: E402,F401
+except ImportError:  # pragma: no cover (a dev extra)
+    pass
+
 
 def run_micropython(args, heap=None, cwd=None, timeout=120, env=None):
     """Run the unix-port micropython; returns CompletedProcess (text)."""

@@ -259,8 +259,11 @@ def test_other_key_types_are_refused(tmp_path):
 
 def test_trust_file_matches_the_device_loader(tmp_path, material):
     sys.path.insert(0, str(REPO / "device"))
-    import trust
-    import trustkeys
+    try:
+        import trust
+        import trustkeys
+    finally:
+        sys.path.remove(str(REPO / "device"))  # it would shadow PyPI's `smp` for later tests
 
     k1, k2, _ = material["keys"]
     path = tmp_path / "mpota_trust.json"
