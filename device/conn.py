@@ -56,6 +56,11 @@ class Conn:
                     self.sess.out(self.w, b)
             except OSError:
                 self.gone = True
+            except MemoryError:
+                # out of heap while sealing or queueing: the message may be
+                # half-written or its sequence number spent, so the stream
+                # cannot go on; close it (the peer reconnects and resumes)
+                self.gone = True
 
     def ack(self, acked):
         if self.ackb is None:

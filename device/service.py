@@ -120,6 +120,12 @@ def no_memory(dev, c, ev):
     # Out of heap (loading a handler while the app holds the heap): answer
     # in the asker's own framing, built without the modules that may be
     # what failed to load.
+    sess = getattr(c, "sess", None)
+    if sess is not None and sess.tseq == 0:
+        # the heap ran out between the session's start and the auth reply: the
+        # peer never saw a sealed message, so the auth did not happen
+        c.sess = None
+        c.authed = False
     if ev[0] != K_FRAME:
         return c.out(error_line(None, E_NO_MEMORY, "out of memory (%d bytes free): retry, or reset first"
                                 % gc.mem_free()))
