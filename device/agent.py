@@ -29,12 +29,16 @@ _CONN = ("conn", "service", "ops", "framing", "proto", "checksums", "auth", "hma
 
 
 _UPDATE_MODE_MS = 120000  # lean mode's update boot waits this long for the peer
+_TICK_MS = 200  # housekeeping's period
 
 
 class Device:
     """What the agent knows between connections. Resident, so small: the
     behaviour is in service.py and the handlers, loaded with a connection."""
     VERSION = "0.3.0"
+    # Loaded for one request or one update session, released when no longer
+    # needed (service.idle, and smp.py when a request ran out of heap).
+    TRANSIENT = ("update", "upload", "mcuboot", "rareops", "trust", "ed25519")
 
     def __init__(self, cfg, running=None, note="", key=None, mem_base=0):
         self.cfg = cfg
@@ -150,7 +154,7 @@ async def _housekeeping(ag):
         s = dev.session
         if dev.mode == "update" and s is None and not ag.conns:
             # update mode (lean) that nobody uses: back to the app
-            quiet += 200
+            quiet += _TICK_MS
             if quiet > _UPDATE_MODE_MS:
                 print("mpota: update mode unused for %d s: restarting" % (_UPDATE_MODE_MS // 1000))
                 hal.reset()
@@ -164,7 +168,7 @@ async def _housekeeping(ag):
             n += 1
             if n % 5 == 0:
                 dev.sample_mem()
-        await asyncio.sleep_ms(200)
+        await asyncio.sleep_ms(_TICK_MS)
 
 
 def _addr(host, port, kind):

@@ -29,8 +29,6 @@ _OPEN = ("hello", "auth", "ping", "status")  # served before authentication
 _ROUTE = {"begin": "update", "commit": "update", "abort": "update",
           "rollback": "rareops", "read": "rareops", "erase": "rareops"}
 _OPS = ("hello", "auth", "ping", "status", "confirm", "reset")
-# Loaded for one request or one session, released when no longer needed.
-_TRANSIENT = ("update", "upload", "mcuboot", "rareops", "trust", "ed25519")
 
 
 def attach(dev):
@@ -48,7 +46,7 @@ def idle(dev):
     # (the everyday ops are small and rare enough to load for each request)
     dev.release("ops", "auth", "hmac_sha256")
     if dev.session is None:
-        dev.release(*_TRANSIENT)
+        dev.release(*dev.TRANSIENT)
         if not dev.legacy_udp:
             dev.release("legacy")
             dev.buf = dev.mv = None
@@ -120,7 +118,7 @@ def no_memory(dev, c, ev):
     # Out of heap (loading a handler while the app holds the heap): answer
     # in the asker's own framing, built without the modules that may be
     # what failed to load.
-    sess = getattr(c, "sess", None)
+    sess = c.sess
     if sess is not None and sess.tseq == 0:
         # the heap ran out between the session's start and the auth reply: the
         # peer never saw a sealed message, so the auth did not happen

@@ -200,7 +200,7 @@ def handle(dev, sock, data, addr):
         _error(req, _FROM_NATIVE.get(e.code, _I_UNKNOWN), _G_IMG)
     except MemoryError:
         if dev.session is None:
-            dev.release("update", "upload", "mcuboot", "trust", "ed25519")
+            dev.release(*dev.TRANSIENT)
         _error(req, _ENOMEM, None)
     except Exception as e:  # a bug must not cost the client its answer
         sys.print_exception(e)

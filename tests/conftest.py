@@ -14,6 +14,11 @@ MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(VENV_BIN / "micropython
 I386 = REPO.parent / "shared" / "tools" / "micropython-1.27-i386"
 INTERPRETERS = [MICROPYTHON] + ([str(I386)] if I386.exists() else [])
 
+
+def interp_label(mp):
+    """A test id for an entry of INTERPRETERS: "i386" or "venv"."""
+    return "i386" if mp == str(I386) else "venv"
+
 # CPython tests import the codec flat, as the device does; the host tool is the
 # package `mpota` (host/, installed editable by `make setup`).
 for sub in ("shared", "tools", "tests/vectors"):

@@ -15,7 +15,7 @@ import pytest
 import framing
 import hostframes
 import proto
-from conftest import I386, INTERPRETERS
+from conftest import I386, INTERPRETERS, interp_label
 from devconn import DevConn, app_image, reset_and_wait  # noqa: F401  (re-exported)
 from framing import K_FRAME
 from hmac_sha256 import host_mac
@@ -356,16 +356,12 @@ IDLE_BUDGET = 24 * 1024  # issue 7: resident agent, idle, 32-bit
 PEAK_GUARD = 64 * 1024  # a regression guard, not the 40 KiB goal (docs/memory.md)
 
 
-def _label(mp):
-    return "i386" if mp == str(I386) else "venv"
-
-
-@pytest.mark.parametrize("mp", INTERPRETERS, ids=_label)
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 @pytest.mark.parametrize("auth", [False, True], ids=["no-auth", "auth"])
 def test_heap_peak_during_256k_update(tmp_path, auth, mp, capsys):
     img = app_image(tmp_path, "big", APP1, "1.0.0+0", pad=256 * 1024 - 12 * 1024)
     assert 240 * 1024 <= len(img) <= 300 * 1024
-    heap = HEAPS[_label(mp)]
+    heap = HEAPS[interp_label(mp)]
     flags = ["--heap", heap, "--micropython", mp] + ([] if auth else ["--no-auth"])
     with Sim(state=tmp_path / "dev", flags=flags) as sim:
         key = sim.key if auth else None
@@ -378,7 +374,7 @@ def test_heap_peak_during_256k_update(tmp_path, auth, mp, capsys):
         idle, peak = st0["mem_idle"] - base, st["mem_peak"] - base
         with capsys.disabled():  # the figure the closing note quotes, shown in every run
             print("\n%s heap %s, auth %s: image %d bytes; agent idle %d B, peak %d B; mem_free %d after"
-                  % (_label(mp), heap, "on" if auth else "off", len(img), idle, peak, st["mem_free"]))
+                  % (interp_label(mp), heap, "on" if auth else "off", len(img), idle, peak, st["mem_free"]))
         assert 0 < idle < peak
         if mp == str(I386):  # budgets are for the board's word size, with margins of KiBs
             assert idle <= IDLE_BUDGET and peak <= PEAK_GUARD, (idle, peak)
@@ -395,14 +391,14 @@ def test_heap_peak_during_256k_update(tmp_path, auth, mp, capsys):
 SMALL = {"i386": "96K", "venv": "128K"}
 
 
-@pytest.mark.parametrize("mp", INTERPRETERS, ids=_label)
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 def test_rare_ops_in_a_small_heap_answer_cleanly(tmp_path, mp):
     """Rare paths load on first use; with an app in a small heap that may not
     fit. Whatever happens, each request gets its own answer (the op's result,
     or a retryable no_memory in the asker's framing, with its id) and the
     agent keeps serving."""
     img = app_image(tmp_path, "app", APP1, "1.0.0+0")
-    with Sim(state=tmp_path / "dev", flags=["--heap", SMALL[_label(mp)], "--micropython", mp]) as sim:
+    with Sim(state=tmp_path / "dev", flags=["--heap", SMALL[interp_label(mp)], "--micropython", mp]) as sim:
         c = DevConn(sim.tcp_port, sim.key)
         c.push(img, "1.0.0+0")
         c = reset_and_wait(sim, c, sim.key)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import I386, INTERPRETERS, REPO, free_port
+from conftest import INTERPRETERS, REPO, free_port, interp_label
 from simproc import Sim
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -390,7 +390,7 @@ def test_push_mpy_app_runs(sim, tmp_path):
 
 # --- lean mode --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mp", INTERPRETERS, ids=lambda mp: "i386" if mp == str(I386) else "venv")
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 def test_lean_mode_push_restarts_into_update_mode_without_extra_flags(tmp_path, mp):
     """A lean device takes no image beside its app: `begin` restarts it into
     update mode (no app, the heap for the transfer); push follows it there,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import I386, INTERPRETERS
+from conftest import INTERPRETERS, interp_label
 from simproc import Sim
 from test_agent_e2e import APP1, DevConn, app_image
 
@@ -18,10 +18,6 @@ from test_agent_e2e import APP1, DevConn, app_image
 # the floods, but the connection modules, loaded per connection, then no
 # longer always find room to answer status: docs/memory.md)
 TINY = {"venv": "160K", "i386": "112K"}
-
-
-def _label(mp):
-    return "i386" if mp == str(I386) else "venv"
 
 
 def _flood(port, n):
@@ -43,53 +39,40 @@ def _flood(port, n):
     return socks
 
 
-def _push_with_retries(port, key, img, tries=5):
+def _with_retries(port, key, what, fn, tries=5):
+    """fn(an authenticated DevConn), retried on a fresh connection: busy and
+    no_memory are retryable answers while a flood drains (the CLI retries too)."""
     last = None
     for _ in range(tries):
         try:
             c = DevConn(port, key, timeout=10)
-            r = c.push(img, "1.0.0+0")
+            r = fn(c)
             c.close()
             return r
-        except (AssertionError, OSError, EOFError) as e:  # busy/no_memory while the flood drains
-            last = e
-            time.sleep(1)
-    raise AssertionError("no push after the flood: %s" % last)
-
-
-def _status_with_retries(port, key, tries=5):
-    # no_memory is a retryable answer: the operator retries, as the CLI does
-    last = None
-    for _ in range(tries):
-        try:
-            c = DevConn(port, key, timeout=10)
-            st = c.ok("status")
-            c.close()
-            return st
         except (AssertionError, OSError, EOFError) as e:
             last = e
             time.sleep(1)
-    raise AssertionError("no status after the push: %s" % last)
+    raise AssertionError("no %s: %s" % (what, last))
 
 
-@pytest.mark.parametrize("mp", INTERPRETERS, ids=_label)
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 def test_connection_floods_at_a_tiny_heap_leave_the_device_updatable(tmp_path, mp, capsys):
     img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=16 * 1024)
-    heap = TINY[_label(mp)]
+    heap = TINY[interp_label(mp)]
     with Sim(state=tmp_path / "dev", flags=["--heap", heap, "--micropython", mp]) as sim:
         for _ in range(3):
             socks = _flood(sim.tcp_port, 24)
             time.sleep(0.5)
             for s in socks:
                 s.close()
-        r = _push_with_retries(sim.tcp_port, sim.key, img)
+        r = _with_retries(sim.tcp_port, sim.key, "push after the flood", lambda c: c.push(img, "1.0.0+0"))
         assert r["state"] == "pending"
-        st = _status_with_retries(sim.tcp_port, sim.key)
+        st = _with_retries(sim.tcp_port, sim.key, "status after the push", lambda c: c.ok("status"))
         assert st["slots"]["a"]["state"] == "pending"
         assert "Traceback" not in sim.output, sim.output[-2000:]
         with capsys.disabled():
             print("\nflood at --heap %s (%s): 3 x 24 connections, then a push: ok, mem_free %d"
-                  % (heap, _label(mp), st["mem_free"]))
+                  % (heap, interp_label(mp), st["mem_free"]))
 
 
 def test_idle_dripping_and_silent_peers_cannot_keep_the_operator_out(tmp_path):

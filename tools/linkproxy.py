@@ -102,6 +102,15 @@ class LinkProxy:
         else:
             w.write(data)
 
+    async def _cut(self, uw, data, keep, kill) -> None:
+        # forward the first `keep` bytes of `data`, then drop the link
+        if keep > 0:
+            uw.write(data[:keep])
+            self.bytes_up += keep
+            await uw.drain()
+        self.cut_count += 1
+        kill()
+
     async def _up(self, cr, uw, done, kill, faulty) -> None:
         passed = 0
         while not done.is_set():
@@ -109,13 +118,7 @@ class LinkProxy:
             if not data:
                 break
             if faulty and self.cut_after is not None and passed + len(data) >= self.cut_after:
-                keep = self.cut_after - passed
-                if keep > 0:
-                    uw.write(data[:keep])
-                    self.bytes_up += keep
-                    await uw.drain()
-                self.cut_count += 1
-                kill()
+                await self._cut(uw, data, self.cut_after - passed, kill)
                 return
             if faulty and self.stall_after is not None and passed + len(data) >= self.stall_after:
                 await done.wait()  # swallow everything from now on
@@ -203,13 +206,7 @@ class HostileLink(LinkProxy):
             buf += data
             for u in self._mistreat(split_units(buf)):
                 if self.points and self.bytes_up + len(u) >= self.points[0]:
-                    keep = self.points.pop(0) - self.bytes_up
-                    if keep > 0:
-                        uw.write(u[:keep])
-                        self.bytes_up += keep
-                        await uw.drain()
-                    self.cut_count += 1
-                    kill()
+                    await self._cut(uw, u, self.points.pop(0) - self.bytes_up, kill)
                     return
                 await self._lossy(uw, u)
                 self.bytes_up += len(u)

@@ -1051,6 +1051,13 @@ def _settled(sim: Sim, key: bytes, known: dict) -> tuple:
     return st, bad
 
 
+def _fresh_sim(base: Path, d: Path) -> Sim:
+    """A simulator on a fresh copy of the device state in `base`."""
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(base, d)
+    return Sim(state=d, flags=["--flash-timing", "none"])
+
+
 def races(work: Path, rng: random.Random, a) -> bool:
     import threading
     t0 = time.monotonic()
@@ -1081,10 +1088,7 @@ def races(work: Path, rng: random.Random, a) -> bool:
     known[v3.sha] = v3
     # 2. a push racing a rollback (the push sometimes abandoned half way)
     for r in range(a.races):
-        d = work / "rb"
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.copytree(base, d)
-        with Sim(state=d, flags=["--flash-timing", "none"]) as sim:
+        with _fresh_sim(base, work / "rb") as sim:
             key = sim.key
             abandon = r % 2 == 1
             res: dict = {}
@@ -1115,10 +1119,7 @@ def races(work: Path, rng: random.Random, a) -> bool:
                 "ok" if br["ok"] else br["error"]["code"], x) for x in b]
     # 3. a reset racing a commit
     for r in range(a.races):
-        d = work / "rc"
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.copytree(base, d)
-        with Sim(state=d, flags=["--flash-timing", "none"]) as sim:
+        with _fresh_sim(base, work / "rc") as sim:
             key = sim.key
             c = DevConn(sim.tcp_port, key)
             br = c.ok("begin", size=len(v3.data), sha256=v3.sha, version=v3.version)
