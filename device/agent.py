@@ -168,6 +168,7 @@ async def _housekeeping(ag):
             n += 1
             if n % 5 == 0:
                 dev.sample_mem()
+        s = None  # holding the session over the sleep would keep it (and its modules) from settle()
         await asyncio.sleep_ms(_TICK_MS)
 
 
