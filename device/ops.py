@@ -47,11 +47,13 @@ def op_auth(dev, c, req):
     if dm is None:
         c.authed = False
         raise ProtoError(E_AUTH_FAILED, "wrong MAC")
-    c.authed = True
-    # full-size frames only after auth, with room for the session's tag
+    # full-size frames only after auth, with room for the session's tag; the
+    # connection is authenticated only once its session exists (out of heap
+    # before that: an unsealed no_memory, and the peer is still a stranger)
     c.dec.grow(proto.MAX_FRAME + 16, proto.MAX_LINE + 33)
     import session  # from here on every message both ways carries a MAC (this reply first)
     session.start(dev, c, nonce, hn)
+    c.authed = True
     r = {"mac": binascii.hexlify(dm).decode()}
     r.update(limits(dev))
     return r

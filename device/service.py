@@ -114,19 +114,23 @@ def dispatch(dev, c):
         c.ack(c.ack_val)
 
 
+def _no_memory_line(c, rid):
+    sess = c.sess
+    if sess is not None and sess.tseq == 0:
+        # the heap ran out between the session's start and the auth reply: the
+        # peer never saw a sealed message, so the auth did not happen (the
+        # reply goes unsealed; the host reads it as a failed auth)
+        c.sess = None
+        c.authed = False
+    c.out(error_line(rid, E_NO_MEMORY, "out of memory (%d bytes free): retry, or reset first" % gc.mem_free()))
+
+
 def no_memory(dev, c, ev):
     # Out of heap (loading a handler while the app holds the heap): answer
     # in the asker's own framing, built without the modules that may be
     # what failed to load.
-    sess = c.sess
-    if sess is not None and sess.tseq == 0:
-        # the heap ran out between the session's start and the auth reply: the
-        # peer never saw a sealed message, so the auth did not happen
-        c.sess = None
-        c.authed = False
     if ev[0] != K_FRAME:
-        return c.out(error_line(None, E_NO_MEMORY, "out of memory (%d bytes free): retry, or reset first"
-                                % gc.mem_free()))
+        return _no_memory_line(c, None)
     op = ev[1][1]
     if 0x20 <= op <= 0x2F:
         return c.nerror(op, E_NO_MEMORY)
@@ -154,8 +158,7 @@ def line(dev, c, ln):
     except MemoryError:
         idle(dev)
         gc.collect()
-        c.out(error_line(rid, E_NO_MEMORY, "out of memory (%d bytes free): retry, or reset first"
-                         % gc.mem_free()))
+        _no_memory_line(c, rid)
     idle(dev)
 
 

@@ -13,6 +13,7 @@ main.py always stays source: the firmware runs it by that name.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -56,16 +57,19 @@ def compile_files(paths, mpy_cross, arch: str, cache: Path) -> list:
     """`paths` with every file but main.py compiled by `mpy_cross` (a command list)
     for `arch`, so the device never compiles a module at run time (no compile
     peaks). Compiled files are kept in `cache` and reused while newer than their
-    source; a private name first, as compilers may run side by side."""
-    cache.mkdir(parents=True, exist_ok=True)
+    source's content (one folder per source digest: another checkout or a test's
+    own device folder never gets a stale copy); a private name first, as
+    compilers may run side by side."""
     done = []
     for p in map(Path, paths):
         if p.name in SOURCE_ONLY:
             done.append(p)
             continue
-        dest = cache / (p.stem + ".mpy")
-        if not dest.exists() or dest.stat().st_mtime < p.stat().st_mtime:
-            tmp = cache / ("%s.%d.tmp" % (p.stem, os.getpid()))
+        folder = cache / hashlib.sha256(p.read_bytes()).hexdigest()[:20]
+        dest = folder / (p.stem + ".mpy")
+        if not dest.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ("%s.%d.tmp" % (p.stem, os.getpid()))
             subprocess.run(list(mpy_cross) + ["-march=" + arch, "-o", str(tmp), "-s", p.name, str(p)],
                            check=True, capture_output=True, timeout=60)
             os.replace(tmp, dest)

@@ -44,14 +44,16 @@ def _with_retries(port, key, what, fn, tries=5):
     no_memory are retryable answers while a flood drains (the CLI retries too)."""
     last = None
     for _ in range(tries):
+        c = None
         try:
             c = DevConn(port, key, timeout=10)
-            r = fn(c)
-            c.close()
-            return r
+            return fn(c)
         except (AssertionError, OSError, EOFError) as e:
             last = e
             time.sleep(1)
+        finally:
+            if c is not None:
+                c.close()  # a failed attempt's connection would hold the device's heap until it times out
     raise AssertionError("no %s: %s" % (what, last))
 
 

@@ -45,7 +45,9 @@ class DevConn:
             if not data:
                 raise EOFError("device closed the connection")
             for kind, v in self.dec.decode(data):
-                if self.sess is not None:
+                if self.sess is not None and self.sess.rseq == 0 and kind == K_LINE and bytes(v[-1:]) == b"}":
+                    self.sess = None  # an unsealed answer to auth: it failed (as client.py reads it)
+                elif self.sess is not None:
                     v = self.sess.open(kind, v)
                     if v is None:
                         raise AssertionError("a message from the device failed the session MAC")

@@ -1,0 +1,63 @@
+# Run by tests/test_attacks.py under MicroPython with device/ on sys.path:
+# the heap runs out inside `auth` after the MAC was checked (growing the
+# decoder, starting the session). The peer must stay a stranger (no
+# session, not authenticated) and get an unsealed, retryable no_memory.
+import sys
+import json
+import time
+import binascii
+
+
+class Board:  # the few hal calls these paths make (hal.py takes them from "simhal")
+    reset_cause = staticmethod(lambda: "power_on")
+    unique_id = staticmethod(lambda: "e661-test")
+    ticks_ms = staticmethod(time.ticks_ms)
+    ticks_diff = staticmethod(time.ticks_diff)
+
+
+for _n in ("reset", "led", "wdt_start", "wdt_feed", "wlan_connect", "wlan_power_save",
+           "config_overrides", "mem_free", "mem_alloc", "flash_info"):
+    setattr(Board, _n, None)
+sys.modules["simhal"] = Board
+
+import agent  # noqa: E402
+import conn  # noqa: E402
+import service  # noqa: E402
+from hmac_sha256 import host_mac  # noqa: E402
+
+KEY = bytes(range(32))
+
+
+class Writer:
+    def __init__(self):
+        self.out = []
+
+    def write(self, b):
+        self.out.append(bytes(b))
+
+
+def attempt(where):
+    dev = agent.Device({"auth": True, "slot_size": 0, "max_trials": 3}, key=KEY)
+    w = Writer()
+    c = conn.Conn(dev, None, w)
+    c.nonce = b"\x01" * 16
+    hn = b"\x02" * 16
+    if where == "grow":
+        def grow(*a):
+            raise MemoryError
+        c.dec.grow = grow
+    else:  # the session's keys
+        import session
+
+        def start(*a):
+            raise MemoryError
+        session.start = start
+    req = {"op": "auth", "nonce": binascii.hexlify(hn).decode(),
+           "mac": binascii.hexlify(host_mac(KEY, dev.id, c.nonce, hn)).decode()}
+    service.line(dev, c, json.dumps(req).encode())
+    r = json.loads(w.out[-1])
+    print(where, c.authed, c.sess is None, len(w.out), r["error"]["code"], r["error"]["retry"])
+
+
+attempt("grow")
+attempt("session")
