@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""The largest application heap that still updates (docs/memory.md).
+
+An application that holds N KiB in 1 KiB objects is installed, then updated
+with a 256 KiB image, then asked for `status`, all through the same
+`mpota.push.push()` the CLI runs (auth on; lean mode follows the restart into
+update mode by itself). The largest N for which every step answers, with no
+`no_memory`, is found by bisection in 4 KiB steps.
+
+The simulator's own objects (its flash model, the boot handoff) sit in the
+same heap before main.py; they are not the board's, so the simulator runs
+with the given heap PLUS its own share (`mem_base`, measured first): the app
+and the agent together get the board's figure.
+
+    python tools/bench_headroom.py [--micropython PATH] [--heap 160K] [--mode live|lean]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for _p in ("shared", "tools"):
+    sys.path.insert(0, str(REPO / _p))
+
+from mpota.errors import MpotaError  # noqa: E402  (host/, installed editable by make setup)
+from mpota.images import Image  # noqa: E402
+from mpota.push import push  # noqa: E402
+from mpota.targets import Target  # noqa: E402
+from devconn import DevConn, app_image  # noqa: E402
+from simproc import Sim  # noqa: E402
+import boardbuilds  # noqa: E402
+
+# The app takes its heap in main() (a sync main that returns: the objects stay
+# in a module global), as an app that fills a buffer pool at start would.
+APP = """NAME = "hog"
+HOLD = []
+
+
+def main():
+    for _ in range(%d):
+        HOLD.append(bytearray(1024))
+"""
+IMAGE = 256 * 1024
+VERBOSE = False  # --verbose: the device's output after a failed attempt
+
+
+def _kib(s: str) -> int:
+    return int(s[:-1]) * 1024 if s.upper().endswith("K") else int(s)
+
+
+def sim_share(work: Path, mp: str, heap: str) -> int:
+    """mem_base of an idle simulator: the heap in use before main.py."""
+    with Sim(state=work / "base", flags=["--heap", heap, "--micropython", mp]) as sim:
+        c = DevConn(sim.tcp_port, sim.key)
+        try:
+            return c.ok("status")["mem_base"]
+        finally:
+            c.close()
+
+
+def attempt(work: Path, mp: str, heap: int, mode: str, kib: int) -> str | None:
+    """None when an app holding `kib` KiB installs, updates and answers status; else why not."""
+    d = work / ("%s-%d" % (mode, kib))
+    d.mkdir(parents=True)
+    cfg = d / "mpota.json"
+    cfg.write_text('{"mode": "%s"}' % mode)
+    images = []
+    for n in (1, 2):
+        img = app_image(d, "v%d" % n, APP % kib, "1.0.%d" % n, pad=IMAGE - 8 * 1024)
+        images.append(Image(data=bytes(img), version="1.0.%d" % n, source=str(d)))
+    flags = ["--heap", str(heap), "--micropython", mp, "--config", str(cfg)]
+    with Sim(state=d / "dev", flags=flags) as sim:
+        t = Target(name="sim", host="127.0.0.1", port=sim.tcp_port, key=sim.key)
+        try:
+            for img in images:
+                asyncio.run(push(t, img, wait=60))
+            c = DevConn(sim.tcp_port, sim.key)
+            try:
+                st = c.req("status")
+            finally:
+                c.close()
+        except (MpotaError, OSError, AssertionError, EOFError) as e:
+            if VERBOSE:
+                print(sim.output[-3000:], file=sys.stderr)
+            return "%s: %s" % (type(e).__name__, e)
+        if not st.get("ok"):
+            return "status: %s" % st.get("error")
+        if (st.get("app") or {}).get("state") not in ("running", "stopped"):  # main() returned: stopped
+            return "app %s" % st.get("app")
+        return None
+
+
+def largest(work: Path, mp: str, heap: int, mode: str, lo: int = 32, hi: int = 160) -> tuple:
+    """(largest KiB that worked or None, why the next step up failed)."""
+    good, why = None, "not tried"
+    r = attempt(work, mp, heap, mode, lo)
+    if r is not None:
+        return None, r
+    good = lo
+    while hi - good > 4:
+        mid = (good + hi) // 2 // 4 * 4
+        r = attempt(work, mp, heap, mode, mid)
+        if r is None:
+            good = mid
+        else:
+            hi, why = mid, r
+    return good, why
+
+
+def row(work: Path, mp: str, heap: str, mode: str) -> str:
+    share = sim_share(work / mode, mp, heap)
+    kib, why = largest(work / mode, mp, _kib(heap) + share, mode)
+    return ("largest app heap that still updates (%s, %s, %s + the simulator's %d B): %s KiB of %s "
+            "(budget 128 KiB)%s" % (Path(mp).name, mode, heap, share, kib, heap,
+                                   "" if kib is None or kib >= 128 else "; above it: " + why[:160]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--micropython", default=boardbuilds.i386() or str(Path(sys.executable).parent / "micropython"))
+    ap.add_argument("--heap", default="160K")
+    ap.add_argument("--mode", choices=("live", "lean"), nargs="+", default=["lean", "live"])
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mpota-headroom-"))
+    for mode in a.mode:
+        print(row(work, a.micropython, a.heap, mode), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
