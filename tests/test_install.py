@@ -187,6 +187,7 @@ def test_provision_from_the_installation_compiles_and_copies_the_agent(installed
     env, log = fake_board
     pw = tmp_path / "pw"
     pw.write_text("secret\n")
+    env = dict(env, MPOTA_TARGETS=str(tmp_path / "targets.toml"))  # it records the target
     r = _mpota(env_dir, *PROVISION, "--password-file", pw, "--wait", "1", env=env, cwd=tmp_path)
     assert r.returncode == 2 and "mpota: ready" in r.stderr, r.stdout + r.stderr
     (cp,) = [c for c in (json.loads(line) for line in log.read_text().splitlines()) if "cp" in c]
@@ -194,3 +195,4 @@ def test_provision_from_the_installation_compiles_and_copies_the_agent(installed
     wanted = {deploy.deployed_name(p, True) for p in deploy.device_files(REPO / "device")}
     assert copied == wanted | {"mpota.json", "mpota_key.bin"}
     assert (Path(env["XDG_CONFIG_HOME"]) / "mpota" / "keys" / "picow-1.key").is_file()
+    assert "[targets.picow-1]" in (tmp_path / "targets.toml").read_text()
