@@ -196,3 +196,17 @@ def test_provision_from_the_installation_compiles_and_copies_the_agent(installed
     assert copied == wanted | {"mpota.json", "mpota_key.bin"}
     assert (Path(env["XDG_CONFIG_HOME"]) / "mpota" / "keys" / "picow-1.key").is_file()
     assert "[targets.picow-1]" in (tmp_path / "targets.toml").read_text()
+
+
+def test_flash_py_without_the_dependencies_says_what_to_do(tmp_path):
+    """`python host/flash.py` with a Python that lacks rich & co (-S: no site-packages):
+    in a clone with .venv it runs again under .venv's Python; without one it says
+    how to get them instead of a traceback."""
+    r = subprocess.run([sys.executable, "-S", str(REPO / "host" / "flash.py"), "--version"],
+                       capture_output=True, text=True, timeout=60, env=_clean_env(), cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("mpota "), r.stdout + r.stderr
+    _copy_clone(tmp_path / "clone")  # no .venv there
+    r = subprocess.run([sys.executable, "-S", str(tmp_path / "clone" / "host" / "flash.py"), "--help"],
+                       capture_output=True, text=True, timeout=60, env=_clean_env(), cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "lacks the package 'rich'" in r.stderr and "make setup" in r.stderr
