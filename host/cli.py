@@ -250,7 +250,8 @@ def _provision_opts(p):
                         "command without changing anything")
     p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
                    help="seconds to wait for the agent's ready line after the reset (default 60)")
-    p.add_argument("--device-dir", metavar="DIR", help="the agent's files (default: device/ of this clone)")
+    p.add_argument("--device-dir", metavar="DIR",
+                   help="the agent's files (default: the ones installed with mpota, or device/ of a clone)")
 
 
 # --- the command table -------------------------------------------------------------------

@@ -2,8 +2,9 @@
 decides it, for `mpota provision` (a real board, over mpremote) and for the
 simulator (tools/sim.py).
 
-    device_dir() -> Path                          device/ of this clone (or None)
+    device_dir() -> Path                          mpota/device/ installed, or device/ of a clone
     device_files(folder) -> [Path]                every device/*.py, symlinks followed
+    agent_modules(folder) -> {names}              the module names an app must not ship
     mpy_target(mpy) -> (version, sub, arch)       decode sys.implementation._mpy
     compile_files(paths, mpy_cross, arch, cache)  .mpy for each file but main.py
 
@@ -28,10 +29,14 @@ ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em",
 
 
 def device_dir() -> Optional[Path]:
-    """The device/ folder beside this package in a clone; None in an installation
-    that does not carry it."""
-    d = Path(__file__).resolve().parent.parent / "device"
-    return d if (d / "main.py").is_file() else None
+    """The board's files: mpota/device/ of an installed package (pyproject.toml ships
+    device/ there, symlinks resolved), else device/ of the clone this package runs
+    from; None when neither is there."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "device", here.parent / "device"):
+        if (d / "main.py").is_file():
+            return d
+    return None
 
 
 def device_files(folder) -> list:
@@ -41,6 +46,17 @@ def device_files(folder) -> list:
     if not d.is_dir():
         raise FileNotFoundError("no device folder %s" % d)
     return [p.resolve() for p in sorted(d.glob("*.py")) if p.resolve().is_file()]
+
+
+def agent_modules(folder=None) -> frozenset:
+    """The module names the agent owns on the board: the stem of every device/*.py
+    (from `folder`, default device_dir()), main included. An app's top-level file
+    or folder of one of these names would replace the agent's module (the device
+    refuses to boot it: bootmgr.check_app); `mpota build` refuses it first."""
+    d = folder or device_dir()
+    if d is None:
+        raise FileNotFoundError("no device files: mpota/device/ (installed) or device/ (a clone)")
+    return frozenset(p.stem for p in Path(d).glob("*.py"))
 
 
 def deployed_name(path: Path, mpy: bool) -> str:

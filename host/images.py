@@ -29,6 +29,7 @@ from typing import Optional
 import mcuboot  # the codec's MCUboot parser (shared/), also run by the device
 import proto
 
+from . import deploy
 from .errors import BadImage, UsageError
 
 BLOCK_SIZE = 4096
@@ -41,7 +42,11 @@ LFS_MAGIC_OFFSET = 8  # "littlefs" in the superblock entry of block 0
 
 
 class AppImageError(ValueError):
-    """Bad input for building or inspecting an application image."""
+    """Bad input for building or inspecting an application image (`hint`: what to do)."""
+
+    def __init__(self, message: str, hint: Optional[str] = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 # -- littlefs -------------------------------------------------------------------
@@ -57,9 +62,42 @@ def _app_files(folder):
             if name.endswith(APP_SUFFIXES):
                 p = Path(dirpath) / name
                 files.append(p.relative_to(root).as_posix())
-    if "main.py" not in files and "main.mpy" not in files:
-        raise AppImageError("%s has no main.py (the application entry point, defining main())" % root)
+    check_app_names(files, root)
     return root, files
+
+
+def check_app_names(files, where) -> None:
+    """Refuse an app the device would refuse to boot (device/bootmgr.check_app): no
+    main.py, or a top-level file or folder named like one of the agent's own modules
+    (deploy.agent_modules(), the device files this mpota carries), which would
+    replace the agent's module of that name. `files`: the app's paths, '/'-separated."""
+    if "main.py" not in files and "main.mpy" not in files:
+        raise AppImageError("%s has no main.py (the application entry point, defining main())" % where,
+                            "add a main.py that defines main(); the device boots nothing else")
+    agent = deploy.agent_modules() - {"main"}
+    for rel in sorted(files):
+        top, sep, _ = rel.partition("/")
+        name = top if sep else top.rpartition(".")[0]
+        if name in agent:
+            raise AppImageError("%s/%s would replace the agent's own module %s, so the device would "
+                                "refuse to boot the image" % (where, top + sep, name),
+                                "rename it (and its imports); the agent's modules are %s"
+                                % ", ".join(sorted(agent)))
+
+
+def littlefs_files(body: bytes) -> list:
+    """The '/'-separated paths of every file in a littlefs image (as _app_files lists them)."""
+    from littlefs import LittleFS
+
+    fs = LittleFS(block_size=BLOCK_SIZE, block_count=len(body) // BLOCK_SIZE, prog_size=PROG_SIZE,
+                  read_size=PROG_SIZE, mount=False)
+    fs.context.buffer[:] = body
+    fs.mount()
+    out = []
+    for top, _dirs, names in fs.walk("/"):
+        base = top.strip("/")
+        out += [(base + "/" + n) if base else n for n in names]
+    return out
 
 
 # -- build checks: versions, and every .py compiled as the board would ----------------
@@ -255,11 +293,23 @@ class Image:
 
 def check_image(data: bytes, name: str = "image") -> str:
     """Validate MCUboot framing and the SHA-256 TLV with the codec's parser
-    (shared/mcuboot.py, the one the device runs); return the version string."""
+    (shared/mcuboot.py, the one the device runs) and, when the body is an app
+    (littlefs), its file names (check_app_names); return the version string."""
     try:
-        return mcuboot.verify(data)["version_str"]
+        info = mcuboot.verify(data)
     except mcuboot.ImageError as e:
         raise BadImage("%s: %s" % (name, e.message)) from None
+    if info["body_is_littlefs"]:
+        start = info["hdr_size"]
+        try:
+            files = littlefs_files(bytes(data[start:start + info["img_size"]]))
+        except Exception as e:  # littlefs-python raises its own errors for a broken body
+            raise BadImage("%s: the app's littlefs does not mount (%s)" % (name, e)) from None
+        try:
+            check_app_names(files, name)
+        except AppImageError as e:
+            raise BadImage(str(e), e.hint) from None
+    return info["version_str"]
 
 
 def folder_version(folder: Path) -> Optional[str]:
@@ -277,8 +327,10 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
     `sign_key`, with a SEC_CNT TLV when `security_counter` is given)."""
     if not folder.is_dir():
         raise UsageError("%s is not a folder" % folder)
-    if not (folder / "main.py").is_file() and not (folder / "main.mpy").is_file():
-        raise UsageError("%s has no main.py" % folder, "the app's main.py must define main()")
+    try:
+        _app_files(folder)  # no main.py, or a name of the agent's: refused before anything else
+    except AppImageError as e:
+        raise UsageError(str(e), e.hint) from None
     version = version or folder_version(folder)
     if not version:
         raise UsageError("no version for %s" % folder, "give one (X.Y.Z) or put it in %s/VERSION" % folder)
@@ -288,7 +340,7 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
     try:
         data = build_app_image(str(folder), **kwargs)
     except (ValueError, OSError) as e:
-        raise UsageError("cannot build %s: %s" % (folder, e))
+        raise UsageError("cannot build %s: %s" % (folder, e), getattr(e, "hint", None))
     return Image(data=bytes(data), version=check_image(data, str(folder)), source=str(folder), built=True)
 
 

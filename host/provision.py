@@ -68,7 +68,7 @@ class Options:
     wait: float = 60.0                 # seconds for the ready line
     key_file: Optional[str] = None     # the device key to install (default CONFIG/keys/NAME.key)
     targets_file: Optional[str] = None
-    device_dir: Optional[str] = None   # default: device/ of this clone
+    device_dir: Optional[str] = None   # default: deploy.device_dir() (installed, or a clone's)
 
 
 @dataclass
@@ -238,8 +238,8 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
     _check(o)
     ddir = Path(o.device_dir) if o.device_dir else deploy.device_dir()
     if ddir is None:
-        raise UsageError("this installation of mpota has no device files",
-                         "run it from a clone of the repository, or give the agent's folder with --device-dir")
+        raise UsageError("this installation of mpota has no device files (mpota/device/)",
+                         "reinstall mpota, or give the agent's folder (device/ of a clone) with --device-dir")
     sources = deploy.device_files(ddir)
     runner = Runner(o.port, say, o.dry_run)
     tpath = targets.targets_path(o.targets_file)
@@ -263,7 +263,7 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
         else:
             agent = [p if form == "py" or p.name in deploy.SOURCE_ONLY else stage / "mpy" / (p.stem + ".mpy")
                      for p in sources]
-        say("   agent: %d files as .%s (%s)" % (len(agent), form, ", ".join(p.name for p in agent)))
+        say("   agent: %d files from %s as .%s (%s)" % (len(agent), ddir, form, ", ".join(p.name for p in agent)))
         say("   %s: %s" % (CONFIG_NAME, shown_config(o)))
         if o.dry_run:
             say("   %s: the device key %s (%s)" % (KEY_NAME, key_path, "kept" if key_path.exists()

@@ -320,6 +320,9 @@ def record(path: Path, name: str, fields: dict) -> None:
     kept. The result is parsed back before it replaces the file."""
     if not _NAME.match(name):
         raise UsageError("%r cannot name a target: use letters, digits, - and _" % name)
+    if path.exists() and not path.is_file():  # /dev/null, a fifo: os.replace would put a file there
+        raise UsageError("cannot record target %s: the targets file %s is not a regular file" % (name, path),
+                         "point --targets (or MPOTA_TARGETS) at a file")
     if name in load_file(path)[1]:
         raise UsageError("%s: %s is a group; a target cannot share its name" % (path, name))
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []

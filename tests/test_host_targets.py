@@ -123,6 +123,15 @@ def test_record_replaces_one_table_and_keeps_the_rest(tmp_path):
     assert targets.load_targets(missing) == {"a": {"host": "a.local"}}
 
 
+def test_record_never_replaces_a_device_file(tmp_path):
+    """MPOTA_TARGETS=/dev/null (as tests set it) must not turn /dev/null into a file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file"):
+        targets.record(fifo, "a", {"host": "a.local"})
+    assert fifo.is_fifo()
+
+
 def test_push_and_build_take_the_security_counter(tmp_path):
     a = cli.parse_args(["push", "examples/hello", "--sign-key", "k.pem", "--security-counter", "7"])
     assert (a.sign_key, a.security_counter) == ("k.pem", 7)

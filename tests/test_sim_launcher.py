@@ -98,6 +98,8 @@ def test_first_start_formats_deploys_and_says_ready(tmp_path):
         key = sim.key
         assert key is not None and len(key) == 32
         assert stat.S_IMODE(os.stat(sim.state / "device.key").st_mode) == 0o600
+        # the flash holds /mpota_key.bin: the owner's alone (issue 8, smaller leaks)
+        assert stat.S_IMODE(os.stat(sim.state / "flash.bin").st_mode) == 0o600
         assert key.hex() not in sim.output
         # the device listens where the launcher said
         socket.create_connection(("127.0.0.1", sim.tcp_port), timeout=5).close()

@@ -14,6 +14,7 @@ import pytest
 
 from mpota import images as appimage
 import boardbuilds
+import tamper
 from mpota import keys
 from conftest import MICROPYTHON, REPO
 
@@ -30,16 +31,9 @@ def _folder(tmp, files):
 
 def _tamper(image):
     """Change one body byte and recompute the SHA-256 TLV: only the signature can tell."""
-    info = appimage.inspect_image(image)
-    data = bytearray(image)
-    data[info["hdr_size"] + 100] ^= 0xFF
-    prot_end = info["tlv_off"] + info["protect_tlv_size"]
-    old = bytes.fromhex(info["sha256"])
-    new = hashlib.sha256(bytes(data[:prot_end])).digest()
-    at = bytes(data).index(old, prot_end)
-    data[at:at + 32] = new
-    assert appimage.inspect_image(bytes(data))["sha256_ok"]
-    return bytes(data)
+    data = tamper.tamper(image)
+    assert appimage.inspect_image(data)["sha256_ok"]
+    return data
 
 
 @pytest.fixture(scope="module")

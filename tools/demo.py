@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""`make demo`: update a simulated Pico W from version 1 to version 2 of the example app.
+"""`make demo`: the safety net of mpota on a simulated Pico W, signing on.
 
-Starts tools/sim.py on free loopback ports with a throwaway state directory
-(a fresh device with its own key), then drives host/flash.py exactly as a
-user would: build v1, push and confirm it, show status, push v2 straight from
-the folder (progress bar), show status again, stop the simulator.
+Makes an Ed25519 signing key, starts tools/sim.py on free loopback ports with a
+throwaway state directory (a fresh device with its own key, trusting only that
+signing key, watchdog on), then drives the `mpota` command exactly as a user
+would:
+  1. build version 1.0.0 signed, push it, show status;
+  2. push version 2.0.0 straight from the folder (progress bar), show status;
+  3. a signed image edited after signing (SHA-256 recomputed, tools/tamper.py)
+     is refused by the device, and 2.0.0 keeps running;
+  4. a version that hangs before it confirms is reset by the watchdog on each
+     trial boot and rolled back by the device itself to 2.0.0.
 Bounded in time, cleans up after itself, exits non-zero on any failure.
 """
 from __future__ import annotations
@@ -16,105 +22,184 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
 from simproc import Sim, SimError, free_port  # noqa: E402
+from tamper import tamper  # noqa: E402
+
 PY = sys.executable
-FLASH = str(REPO / "host" / "flash.py")
+MPOTA = [PY, "-m", "mpota"]  # the installed `mpota` command (make demo installs the package)
 STEP_TIMEOUT = 180  # seconds for any one command
 READY_TIMEOUT = 90
+ROLLBACK_TIMEOUT = 90  # the hanging version's trial boots and the rollback
+WDT_MS = 1000  # the simulated device's watchdog (config `wdt`)
 
+# Version 3 starts, never confirms, and hangs the event loop: the watchdog resets
+# the board on every trial boot, and after max_trials the device rolls back.
+HANGING_APP = """# hello 3.0.0: starts, then hangs before it could confirm
+import asyncio
+import time
+
+NAME = "hello"
+
+
+async def main():
+    print("hello: version 3.0.0 started; it hangs before it confirms")
+    await asyncio.sleep(2)
+    time.sleep(%.1f)  # blocks the event loop: nothing feeds the watchdog
+""" % (WDT_MS * 2.5 / 1000)
 
 WORK = [None]  # the scratch folder, once made (for echoing commands short)
+SHOWN = ("hello:", "rolled back", "watchdog", "trial", "refused", "failed to start")
 
 
 def banner(text: str) -> None:
     print("\n\033[1m== %s\033[0m" % text if sys.stdout.isatty() else "\n== %s" % text, flush=True)
 
 
-def show_app_lines(sim: Sim, shown: list) -> None:
-    """Echo what the device's app printed since last time (shown[0]: lines already seen)."""
+def short(text) -> str:
+    return str(text).replace(str(WORK[0]), "$DEMO")
+
+
+def show_device_lines(sim: Sim, shown: list) -> None:
+    """Echo what the device printed since last time that tells the story
+    (shown[0]: lines already seen)."""
     new = sim.lines[shown[0]:]
     shown[0] += len(new)
     for ln in new:
-        if ln.startswith("hello:") or "rolled back" in ln:
-            print("   device | " + ln, flush=True)
+        if any(w in ln for w in SHOWN):
+            print("   device | " + ln[:66], flush=True)
 
 
-def flash(env: dict, *args, capture: bool = False) -> subprocess.CompletedProcess:
-    cmd = [PY, FLASH] + [str(a) for a in args]
-    # Echo the command with the scratch folder as $DEMO, so it fits 80 columns.
-    shown = " ".join(str(a).replace(str(WORK[0]), "$DEMO") for a in args)
-    print("$ python host/flash.py " + shown, flush=True)
-    r = subprocess.run(cmd, env=env, cwd=str(REPO), timeout=STEP_TIMEOUT,
-                       capture_output=capture, text=True)
-    if r.returncode != 0:
-        if capture:
-            sys.stderr.write(r.stdout + r.stderr)
-        raise RuntimeError("flash.py %s failed with exit code %d" % (args[-1], r.returncode))
+def echo(text: str, indent: str = "") -> None:
+    """Print `text` with the scratch folder as $DEMO, each line wrapped at 80 columns."""
+    for line in text.rstrip("\n").splitlines():
+        print("\n".join(textwrap.wrap(indent + short(line), 80, subsequent_indent=indent + "    ",
+                                       break_long_words=False, break_on_hyphens=False)) or "", flush=True)
+
+
+def mpota(env: dict, *args, fails: bool = False, live: bool = False) -> subprocess.CompletedProcess:
+    """Run `mpota ARGS` as a user would, echoed with the scratch folder as $DEMO so
+    that it fits 80 columns; `live`: on a terminal, its own output goes straight
+    there (the progress bar); `fails`: the command must fail (its error is shown)."""
+    echo("$ mpota " + " ".join(str(a) for a in args))
+    straight = live and sys.stdout.isatty()
+    r = subprocess.run(MPOTA + [str(a) for a in args], env=env, cwd=str(REPO), timeout=STEP_TIMEOUT,
+                       capture_output=not straight, text=True)
+    if not straight:
+        echo(r.stdout)
+        echo(r.stderr, "   " if fails else "")
+    if fails:
+        if r.returncode == 0:
+            raise RuntimeError("mpota %s was expected to fail, and succeeded" % args[-1])
+        print("   (exit code %d, as expected)" % r.returncode, flush=True)
+    elif r.returncode != 0:
+        raise RuntimeError("mpota %s failed with exit code %d" % (args[-1], r.returncode))
     return r
 
 
 def running(env: dict, target: str) -> dict:
-    r = subprocess.run([PY, FLASH, "-t", target, "--json", "status"], env=env, cwd=str(REPO),
+    r = subprocess.run(MPOTA + ["-t", target, "--json", "status"], env=env, cwd=str(REPO),
                        timeout=STEP_TIMEOUT, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError("status failed: %s" % r.stderr.strip())
     st = json.loads(r.stdout.splitlines()[-1])
     slot = st.get("running")
     s = (st.get("slots") or {}).get(slot) or {}
-    return {"slot": slot, "version": s.get("version"), "state": s.get("state"), "trial": st.get("trial")}
+    return {"slot": slot, "version": s.get("version"), "state": s.get("state"), "trial": st.get("trial"),
+            "note": st.get("boot_note")}
+
+
+def expect(now: dict, version: str, what: str) -> None:
+    if now["version"] != version or now["state"] != "confirmed" or now["trial"]:
+        raise RuntimeError("%s: expected %s running and confirmed, got %s" % (what, version, now))
 
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mpota-demo-"))
     state = work / "device"
     tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-    target = "127.0.0.1:%d" % tcp
+    target = "demo"  # in $DEMO/targets.toml, with the simulated device's own key
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
-    env["MPOTA_TARGETS"] = os.devnull
-    env["MPOTA_KEY_FILE"] = str(state / "device.key")  # the simulated device's own key
+    env["MPOTA_TARGETS"] = str(work / "targets.toml")
+    env["XDG_CONFIG_HOME"] = str(work / "config")  # nothing of the user's is read or written
     sim = None
     t0 = time.monotonic()
     try:
         WORK[0] = work
-        banner("start a simulated Pico W on %s" % target)
+        banner("make a signing key; start a Pico W that trusts only it")
         print("scratch folder: DEMO=%s" % work, flush=True)
-        sim = Sim(state=state, tcp_port=tcp, udp_port=udp, ready=False)
+        key = work / "k.pem"
+        mpota(env, "keygen", key)
+        config = work / "device.json"
+        config.write_text(json.dumps({"wdt": WDT_MS}) + "\n")
+        sim = Sim(state=state, tcp_port=tcp, udp_port=udp, ready=False,
+                  flags=["--trust", str(key), "--config", str(config)])
         sim.wait_ready(READY_TIMEOUT)
         shown = [0]
-        print("simulator ready (unix-port MicroPython, 848 KiB simulated flash);\n"
-              "its key is in $DEMO/device/device.key and is never printed", flush=True)
+        (work / "targets.toml").write_text('[targets.demo]\nhost = "127.0.0.1"\nport = %d\nudp_port = %d\n'
+                                           'key_file = "device/device.key"\n' % (tcp, udp))
+        print("simulator ready on 127.0.0.1:%d (unix-port MicroPython, 848 KiB of\n"
+              "simulated flash, watchdog %d ms); it boots only images signed by\n"
+              "$DEMO/k.pem. $DEMO/targets.toml names it `demo`, with its own key\n"
+              "($DEMO/device/device.key, never printed)." % (tcp, WDT_MS), flush=True)
 
         app = work / "hello"
         shutil.copytree(REPO / "examples" / "hello", app)
-        banner("build version 1.0.0 of examples/hello and push it")
+        banner("build version 1.0.0 of examples/hello, signed, and push it")
         img1 = work / "v1.img"
-        flash(env, "build", app, "--version", "1.0.0", "-o", img1)
-        flash(env, "-t", target, "push", img1)
-        show_app_lines(sim, shown)
-
-        banner("status with version 1.0.0")
-        flash(env, "-t", target, "status")
+        mpota(env, "build", app, "--version", "1.0.0", "--sign-key", key, "-o", img1)
+        mpota(env, "-t", target, "push", img1)
+        show_device_lines(sim, shown)
+        mpota(env, "-t", target, "status")
         before = running(env, target)
+        expect(before, "1.0.0+0", "after the first push")
 
         banner("push version 2.0.0 straight from the folder")
         (app / "VERSION").write_text("2.0.0\n")
-        flash(env, "-t", target, "push", app)
-        show_app_lines(sim, shown)
-
-        banner("status with version 2.0.0")
-        flash(env, "-t", target, "status")
+        mpota(env, "-t", target, "push", app, "--sign-key", key, live=True)
+        show_device_lines(sim, shown)
+        mpota(env, "-t", target, "status")
         after = running(env, target)
-        if after["version"] != "2.0.0+0" or after["state"] != "confirmed":
-            raise RuntimeError("expected 2.0.0 running and confirmed, got %s" % after)
+        expect(after, "2.0.0+0", "after the second push")
+
+        banner("an image edited after signing is refused")
+        img3 = work / "v3.img"
+        mpota(env, "build", app, "--version", "3.0.0", "--sign-key", key, "-o", img3)
+        bad = work / "v3-tampered.img"
+        bad.write_bytes(tamper(img3.read_bytes()))
+        print("$ python tools/tamper.py $DEMO/v3.img $DEMO/v3-tampered.img\n"
+              "   one byte of the app changed, its SHA-256 recomputed: only the\n"
+              "   signature can tell", flush=True)
+        mpota(env, "-t", target, "push", bad, fails=True)
+        show_device_lines(sim, shown)
+        expect(running(env, target), "2.0.0+0", "after the tampered image")
+        print("still running 2.0.0, confirmed", flush=True)
+
+        banner("a version that hangs before it confirms rolls back by itself")
+        hang = work / "hang"
+        hang.mkdir()
+        (hang / "main.py").write_text(HANGING_APP)
+        (hang / "VERSION").write_text("3.0.0\n")
+        mark = sim.mark()
+        mpota(env, "-t", target, "push", hang, "--sign-key", key, "--no-confirm")
+        print("(the watchdog resets each trial boot; after %s the device\n"
+              " boots 2.0.0 again, with nobody's help)" % "3 unconfirmed trials", flush=True)
+        sim.wait_for_line("rolled back", timeout=ROLLBACK_TIMEOUT, since=mark)
+        sim.wait_for_line("mpota: ready", timeout=READY_TIMEOUT, since=sim.mark() - 1)
+        show_device_lines(sim, shown)
+        mpota(env, "-t", target, "status")
+        last = running(env, target)
+        expect(last, "2.0.0+0", "after the rollback")
         sim.stop()
-        print("\ndemo: the simulated Pico W went from %s (slot %s) to %s (slot %s),\nrunning and "
-              "confirmed, in %.0f s." % (before["version"], before["slot"], after["version"], after["slot"],
-                                        time.monotonic() - t0), flush=True)
+        print("\ndemo: the simulated Pico W went from %s (slot %s) to %s (slot %s);\n"
+              "refused a tampered image and rolled a hanging %s back to %s,\n"
+              "in %.0f s." % (before["version"], before["slot"], after["version"], after["slot"], "3.0.0",
+                              last["version"], time.monotonic() - t0), flush=True)
         return 0
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)

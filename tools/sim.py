@@ -245,6 +245,8 @@ class Launcher:
     def run(self):
         a = self.a
         self.state.mkdir(parents=True, exist_ok=True)
+        if (self.state / "flash.bin").exists():  # made by an older launcher: world-readable
+            os.chmod(self.state / "flash.bin", 0o600)
         mp = a.micropython
         if not os.path.exists(mp):
             out("sim: no micropython at %s (run `make setup`)" % mp)
@@ -271,8 +273,9 @@ class Launcher:
             with self.lock:
                 if self.stopping:
                     break
+                # umask 077: flash.bin holds the device key (/mpota_key.bin): owner only
                 self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, cwd=str(REPO),
+                                             stdin=subprocess.DEVNULL, cwd=str(REPO), umask=0o077,
                                              start_new_session=True, preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
             t = threading.Thread(target=self.relay, args=(self.proc,), daemon=True)
             t.start()

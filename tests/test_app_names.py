@@ -1,0 +1,114 @@
+"""An app may not ship a top-level module named like one of the agent's, nor lack
+main.py (issue 8, isolation): `mpota build`/`push` refuse such a folder or image
+file, naming the file, with the list of names taken from the device files
+themselves; and the device, given one anyway (signed by a trusted key), refuses
+to boot it and keeps running the previous image."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from mpota import deploy, images, keys
+from mpota.errors import BadImage, UsageError
+
+MAIN = "def main():\n    print('app: up')\n"
+
+
+def _app(tmp_path, files):
+    d = tmp_path / "app"
+    for rel, text in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_text(text)
+    return d
+
+
+def _image_file(tmp_path, files, key=None, version="1.0.0"):
+    """An image whose app holds `files`, made without the build checks (as another tool could)."""
+    body = images._lfs_image({k: v.encode() for k, v in files.items()}, 8)
+    p = tmp_path / "app.img"
+    p.write_bytes(images.build_app_image(body, version=version, key=key))
+    return p
+
+
+def test_the_agent_modules_are_the_device_files():
+    names = deploy.agent_modules()
+    assert names == {p.stem for p in (REPO / "device").glob("*.py")}
+    assert {"auth", "agent", "hal", "slots", "main", "mpota"} <= names
+
+
+@pytest.mark.parametrize("rel", ["auth.py", "agent.mpy", "hal/__init__.py", "config.py"])
+def test_build_refuses_an_app_that_shadows_an_agent_module(tmp_path, rel):
+    d = _app(tmp_path, {"main.py": MAIN, rel: "x = 1\n"})
+    with pytest.raises(UsageError) as ei:
+        images.load(str(d), "1.0.0")
+    top = rel.partition("/")[0] + ("/" if "/" in rel else "")
+    assert "%s/%s would replace the agent's own module" % (d, top) in ei.value.message
+    assert "auth, bootmgr" in ei.value.hint
+
+
+def test_nested_or_unrelated_names_are_fine(tmp_path):
+    d = _app(tmp_path, {"main.py": MAIN, "lib/auth.py": "x = 1\n", "sensors.py": "y = 2\n"})
+    assert images.load(str(d), "1.0.0").version == "1.0.0+0"
+
+
+def test_build_refuses_an_app_without_main_before_asking_for_a_version(tmp_path):
+    d = _app(tmp_path, {"app.py": MAIN})
+    with pytest.raises(UsageError, match="has no main.py") as ei:
+        images.load(str(d))
+    assert "main()" in ei.value.hint
+
+
+@pytest.mark.parametrize("files,words", [
+    ({"main.py": MAIN, "auth.py": "ok = True\n"}, "app.img/auth.py would replace the agent's own module auth"),
+    ({"app.py": MAIN}, "has no main.py"),
+])
+def test_an_image_file_is_checked_the_same_way(tmp_path, files, words):
+    p = _image_file(tmp_path, files)
+    with pytest.raises(BadImage, match=words):
+        images.load(str(p))
+
+
+def test_cli_build_and_push_refuse_before_connecting(tmp_path):
+    d = _app(tmp_path, {"main.py": MAIN, "trust.py": "x = 1\n"})
+    flash = [sys.executable, str(REPO / "host" / "flash.py")]
+    for args in (["build", d, "--version", "1.0.0", "-o", tmp_path / "x.img"],
+                 ["-t", "127.0.0.1:9", "push", d, "--version", "1.0.0"]):  # port 9: nobody there
+        r = subprocess.run(flash + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "trust.py would replace the agent's own module trust" in r.stderr and "hint:" in r.stderr
+    assert not (tmp_path / "x.img").exists()
+
+
+@pytest.mark.slow
+def test_the_device_refuses_to_boot_a_signed_shadowing_or_mainless_image(tmp_path):
+    """Signed by the trusted key, so only the name rules stop them: each is stored and
+    committed (the device checks names when it mounts the app), then refused at boot,
+    and the confirmed image keeps running."""
+    from simproc import Sim
+    from test_agent_e2e import APP1, DevConn, reset_and_wait
+
+    key = tmp_path / "k.pem"
+    keys.keygen(key)
+    good = images.build_app_image(_app(tmp_path, {"main.py": APP1}), version="1.0.0", key=str(key))
+    bad = {"shadow": {"main.py": MAIN, "auth.py": "def check(*a):\n    return True\n"},
+           "mainless": {"app.py": MAIN}}
+    with Sim(state=tmp_path / "dev", flags=["--trust", str(key)]) as sim:
+        c = DevConn(sim.tcp_port, sim.key)
+        c.push(good, "1.0.0+0")
+        c = reset_and_wait(sim, c, sim.key)
+        c.ok("confirm")
+        for n, (name, files) in enumerate(bad.items(), start=2):
+            version = "%d.0.0+0" % n
+            (tmp_path / name).mkdir()
+            img = _image_file(tmp_path / name, files, key=str(key), version=version)
+            c.push(img.read_bytes(), version)
+            mark = sim.mark()
+            c = reset_and_wait(sim, c, sim.key)
+            sim.wait_for_line("app: v1 up", since=mark)
+            st = c.ok("status")
+            assert st["running"] == st["active"] and st["app"]["state"] == "running", (name, st)
+            assert "failed to start" in st["boot_note"], (name, st["boot_note"])
+            word = "auth" if name == "shadow" else "no main.py"
+            assert word in st["boot_note"], (name, st["boot_note"])
+        c.close()
