@@ -62,6 +62,7 @@ class Device:
         self.buf = None
         self.mv = None
         self.legacy_udp = False  # the legacy UDP service keeps the modules loaded
+        self.trial = False  # this boot runs an unconfirmed image (bootmgr): the watchdog is on
         self.ag = None  # the Agent serving it (agent._main)
 
     def uptime(self):
@@ -271,8 +272,11 @@ async def _main(dev, mod):
     ready = asyncio.Event()
     asyncio.create_task(_housekeeping(ag))
     t = asyncio.create_task(_agent(ag, ready))
-    if dev.cfg["wdt"]:
-        hal.wdt_start(dev.cfg["wdt"])
+    # a trial always has a watchdog (it cannot be stopped once started: after
+    # a confirm, housekeeping keeps feeding it)
+    wdt = dev.cfg["wdt"] or (dev.cfg["trial_wdt"] if dev.trial else 0)
+    if wdt:
+        hal.wdt_start(wdt)
     if mod is not None:
         # Let the agent listen first (a sync main() blocks the loop), but do
         # not hold the app back for long if Wi-Fi is slow.

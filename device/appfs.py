@@ -4,6 +4,7 @@
 # (block size 4096) stored at `offset` of the slot file. A read-only block
 # device over that region lets VfsLfs2 mount it in place -- nothing is
 # copied or unpacked, and reads go straight to the slot file with readinto.
+import os
 import vfs
 
 BLOCK = 4096
@@ -75,3 +76,30 @@ def umount(mountpoint="/app"):
 
 def mounted(mountpoint="/app"):
     return mountpoint in _mounts
+
+
+def _stems(path):
+    # module names a folder provides: foo.py, foo.mpy and package folders
+    out = []
+    for e in os.ilistdir(path):
+        n = e[0]
+        if e[1] == 0x4000:
+            out.append(n)
+        elif n.endswith(".py"):
+            out.append(n[:-3])
+        elif n.endswith(".mpy"):
+            out.append(n[:-4])
+    return out
+
+
+def check_app(root="/app"):
+    """Refuse (ValueError, naming the file) an app mounted at `root` that would
+    shadow one of the agent's modules (/*.py, /*.mpy) or that has no main.py:
+    at commit (update.validate) and again at boot (bootmgr)."""
+    mine = _stems("/")
+    names = _stems(root)
+    if "main" not in names:
+        raise ValueError("the image has no main.py")
+    for n in names:
+        if n != "main" and n in mine:
+            raise ValueError("the image's %s would replace the agent's module of that name" % n)

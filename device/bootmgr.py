@@ -17,7 +17,6 @@
 # collection first and dropped after use: compiling a .py needs several
 # times its size in transient heap, and what stays resident should be packed
 # low in the heap, not interleaved with dead boot code.
-import os
 import gc
 import sys
 
@@ -41,31 +40,6 @@ def _err(e):
     return "%s: %s" % (type(e).__name__, e)
 
 
-def _stems(path):
-    # module names a folder provides: foo.py, foo.mpy and package folders
-    out = []
-    for e in os.ilistdir(path):
-        n = e[0]
-        if e[1] == 0x4000:
-            out.append(n)
-        elif n.endswith(".py"):
-            out.append(n[:-3])
-        elif n.endswith(".mpy"):
-            out.append(n[:-4])
-    return out
-
-
-def check_app(root=APP_MOUNT):
-    """Refuse an app that would shadow the agent or that has no main."""
-    mine = _stems("/")
-    names = _stems(root)
-    if "main" not in names:
-        raise ValueError("the image has no main.py")
-    for n in names:
-        if n != "main" and n in mine:
-            raise ValueError("the image's %s would replace the agent's module of that name" % n)
-
-
 def _load_app(sl, i):
     """Verify and mount slot i, import its main.py; returns the module."""
     path = sl.path(i)
@@ -80,9 +54,10 @@ def _load_app(sl, i):
         tr.check_boot(tr.load(), s.get("signer"), s.get("image_hash"), info)
         _drop("trust")
         _drop("ed25519")
-    _use("appfs").mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
+    fs = _use("appfs")
+    fs.mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
     del info
-    check_app()
+    fs.check_app(APP_MOUNT)
     gc.collect()
     # main.py is itself sys.modules["main"] (the board and the sim import
     # it): step aside while /app/main.py imports under that name.
@@ -164,6 +139,7 @@ def boot(mem_base=0):
     import agent
     dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base)
     agent.DEVICE = dev
+    dev.trial = sl.on_trial()
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
     return dev, mod

@@ -21,6 +21,9 @@ _SPEC = {
     # for the agent's files, the state record and littlefs' spare blocks.
     "slot_size": (368640, int, 4096, 0x7FFFFFFF),
     "wdt": (0, int, 0, 8388),  # watchdog timeout in ms, 0 = off
+    # the watchdog while an unconfirmed (trial) image runs, whatever "wdt" says: an
+    # app that hangs the event loop resets the board, which counts as a failed trial
+    "trial_wdt": (8000, int, 2000, 8388),
     "timeout": (30, int, 1, 3600),  # seconds a peer (or an update session) may stay silent
     "max_conn": (4, int, 1, 16),  # authenticated connections
     "max_unauth": (2, int, 1, 8),  # connections still authenticating (oldest is dropped)

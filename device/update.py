@@ -1,6 +1,7 @@
 # update: the update session ops (begin, commit, abort) and the checks that
 # the legacy service shares (one session at a time, image validation).
 # Loaded with a session and released when it ends (service.py).
+import sys
 import binascii
 
 import proto
@@ -9,6 +10,8 @@ import upload
 from slots import name
 from proto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
                    E_BAD_IMAGE, E_VERSION_REFUSED, E_RESTARTING, field)
+
+_CHECK_MOUNT = "/mpota_check"  # where commit mounts a new app to look at its names
 
 
 def may_update(dev, owner):
@@ -77,7 +80,28 @@ def validate(dev, i, size, allow_down):
     proof = {"signer": binascii.hexlify(signer).decode() if signer else None,
              "image_hash": binascii.hexlify(info["sha256"]).decode(), "sec_cnt": cnt}
     # an application body is a littlefs (mounted at /app); others are stored only
-    return ver, bool(info.get("body_is_littlefs")), proof
+    is_app = bool(info.get("body_is_littlefs"))
+    if is_app:
+        _check_app(dev.sl.path(i), info, name(i))
+    return ver, is_app, proof
+
+
+def _check_app(path, info, slot):
+    # what boot would refuse (an agent module's name, no main.py) is refused
+    # now, naming the file, before the image can become pending
+    loaded = "appfs" in sys.modules  # the running app's mount lives there: keep it
+    import appfs
+    try:
+        appfs.mount(path, info["hdr_size"], info["img_size"], _CHECK_MOUNT)
+        try:
+            appfs.check_app(_CHECK_MOUNT)
+        finally:
+            appfs.umount(_CHECK_MOUNT)
+    except (OSError, ValueError) as e:
+        raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (slot, e))
+    finally:
+        if not loaded:
+            sys.modules.pop("appfs", None)
 
 
 def digest_hex(dev, i, size):

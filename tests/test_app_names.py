@@ -3,6 +3,7 @@ main.py (issue 8, isolation): `mpota build`/`push` refuse such a folder or image
 file, naming the file, with the list of names taken from the device files
 themselves; and the device, given one anyway (signed by a trusted key), refuses
 to boot it and keeps running the previous image."""
+import hashlib
 import subprocess
 import sys
 
@@ -81,9 +82,9 @@ def test_cli_build_and_push_refuse_before_connecting(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_device_refuses_to_boot_a_signed_shadowing_or_mainless_image(tmp_path):
-    """Signed by the trusted key, so only the name rules stop them: each is stored and
-    committed (the device checks names when it mounts the app), then refused at boot,
+def test_the_device_refuses_to_commit_a_signed_shadowing_or_mainless_image(tmp_path):
+    """Signed by the trusted key, so only the name rules stop them: the device mounts
+    each at commit and refuses it there, naming the file (boot checks the same again),
     and the confirmed image keeps running."""
     from simproc import Sim
     from test_agent_e2e import APP1, DevConn, reset_and_wait
@@ -101,14 +102,14 @@ def test_the_device_refuses_to_boot_a_signed_shadowing_or_mainless_image(tmp_pat
         for n, (name, files) in enumerate(bad.items(), start=2):
             version = "%d.0.0+0" % n
             (tmp_path / name).mkdir()
-            img = _image_file(tmp_path / name, files, key=str(key), version=version)
-            c.push(img.read_bytes(), version)
-            mark = sim.mark()
-            c = reset_and_wait(sim, c, sim.key)
-            sim.wait_for_line("app: v1 up", since=mark)
-            st = c.ok("status")
-            assert st["running"] == st["active"] and st["app"]["state"] == "running", (name, st)
-            assert "failed to start" in st["boot_note"], (name, st["boot_note"])
+            img = _image_file(tmp_path / name, files, key=str(key), version=version).read_bytes()
+            c.ok("begin", size=len(img), sha256=hashlib.sha256(img).hexdigest(), version=version)
+            c.upload(img)
+            e = c.err("commit", "bad_image")["error"]["message"]
             word = "auth" if name == "shadow" else "no main.py"
-            assert word in st["boot_note"], (name, st["boot_note"])
+            assert word in e, (name, e)
+            c = reset_and_wait(sim, c, sim.key)
+            st = c.ok("status")
+            assert st["running"] == st["active"] and st["slots"][st["running"]]["version"] == "1.0.0+0", (name, st)
+            assert st["pending"] is None, (name, st)
         c.close()

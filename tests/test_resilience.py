@@ -107,3 +107,39 @@ def test_idle_dripping_and_silent_peers_cannot_keep_the_operator_out(tmp_path):
             s.close()
         silent.close()
         c.close()
+
+
+HANG = """NAME = "hang"
+import time
+def main():
+    print("app: hang")
+    time.sleep_ms(3000)  # blocks the event loop past trial_wdt
+"""
+
+
+def test_a_trial_that_hangs_the_loop_is_reset_by_the_watchdog_and_rolled_back(tmp_path):
+    """No "wdt" configured: the trial's watchdog (trial_wdt, at its 2 s floor here)
+    resets the board each time the trial app blocks the loop; after max_trials
+    the confirmed image boots again."""
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"trial_wdt": 2000}))
+    with Sim(state=tmp_path / "dev", flags=["--config", str(cfg)]) as sim:
+        c = DevConn(sim.tcp_port, sim.key)
+        c.push(app_image(tmp_path, "v1", APP1, "1.0.0+0"), "1.0.0+0")
+        mark = sim.mark()
+        c.ok("reset", delay_ms=10)
+        c.close()
+        sim.wait_for_line("app: v1 up", timeout=60, since=mark)
+        c = DevConn(sim.tcp_port, sim.key)
+        c.ok("confirm")
+        c.push(app_image(tmp_path, "v2", HANG, "2.0.0+0"), "2.0.0+0")
+        mark = sim.mark()
+        c.ok("reset", delay_ms=10)
+        c.close()
+        sim.wait_for_line("app: v1 up", timeout=90, since=mark)  # three bites, then the rollback
+        out = sim.output[sim.output.index("app: hang"):] if "app: hang" in sim.output else ""
+        assert out.count("sim: watchdog reset") == 3, sim.output[-3000:]
+        c = DevConn(sim.tcp_port, sim.key)
+        st = c.ok("status")
+        c.close()
+        assert st["boot_reason"] == "watchdog" and st["slots"][st["running"]]["version"] == "1.0.0+0", st
