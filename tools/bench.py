@@ -36,6 +36,7 @@ from mpota.client import push_image  # noqa: E402
 from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 import bench_smp  # noqa: E402
+import bench_headroom  # noqa: E402
 import boardbuilds  # noqa: E402
 
 CEILING = 4096 / 0.051  # bytes/s: a 4 KiB sector erase (45 ms) + 16 page programs (~6 ms)
@@ -236,6 +237,11 @@ def main() -> int:
         if a.mac:
             mac_cost(work, body)
         memory_rows(work, body, a.heap)
+        if I386.exists():
+            for mode in ("live", "lean"):
+                print(bench_headroom.row(work / "headroom", str(I386), a.heap, mode), flush=True)
+        else:
+            print("headroom: no 32-bit build here: the largest app heap is measured only there")
         smp_image = bytes(appimage.build_app_image(body, version="3.0.0"))
         i386 = boardbuilds.i386()
         for mp, heap in ((str(Path(sys.executable).parent / "micropython"), "256K"),) + (
