@@ -183,16 +183,13 @@ async def run(ag, ready=None):
     dev = ag.dev
     cfg = dev.cfg
     host = cfg["host"]
-    if hal.PLATFORM == "rp2":
-        while True:
-            try:
-                ip = hal.wlan_connect(cfg.get("wifi") or {})
-                print("mpota: wifi up, ip %s" % ip)
-                break
-            except Exception as e:
-                print("mpota: wifi: %s (retrying in 10 s)" % e)
-                await asyncio.sleep(10)
-        hal.wlan_power_save(True)
+    link = None
+    if hal.PLATFORM == "rp2" or hal.wlan_state() is not None:
+        import wifi  # resident from here: the link task (device/wifi.py)
+        link = wifi.start(cfg.get("wifi") or {})
+        await link.up.wait()  # the app runs meanwhile; wifi.py feeds the watchdog
+        ip = link.ip
+        hal.wlan_power_save(dev.session is None)
     else:
         ip = host
     tcp = cfg["tcp_port"]
@@ -228,8 +225,14 @@ async def run(ag, ready=None):
             ip, tcp, udp_note, "on" if dev.auth_on else "off", dev.mode))
         if ready is not None:
             ready.set()
+        if link is not None:
+            link.on_down = srv.close  # a lost link ends this run(); _agent() waits for the next
+            if not link.up.is_set():  # lost while the listener started
+                srv.close()
         await srv.wait_closed()
     finally:
+        if link is not None:
+            link.on_down = None
         ag.listening = False
         if srv is not None:
             srv.close()  # never two listeners on one port

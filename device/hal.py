@@ -80,51 +80,62 @@ def wdt_feed():
         _wdt.feed()
 
 
-def wlan_connect(cfg):
-    # Station connect from a config dict: ssid, password, hostname, country
-    # (optional), retries (default 5), timeout_ms per attempt (default 15000).
-    # Backs off 1, 2, 4, 8... s (max 30) between attempts; returns the IP.
+def wlan_join(cfg):
+    # Start joining the access point of a config dict (ssid, password,
+    # hostname, country) and return at once: device/wifi.py polls
+    # wlan_state() from an asyncio task, so the event loop never waits here.
     global _wlan
     import network
 
     ssid = cfg.get("ssid")
     if not ssid:
         raise ValueError("wlan: no 'ssid' in the config")
-    if cfg.get("country"):
-        network.country(cfg["country"])
-    if cfg.get("hostname"):
-        network.hostname(cfg["hostname"])
-    wlan = network.WLAN(network.STA_IF)
-    _wlan = wlan
-    wlan.active(True)
-    retries = int(cfg.get("retries", 5))
-    timeout = int(cfg.get("timeout_ms", 15000))
-    backoff = 1000
-    status = 0
-    for attempt in range(retries):
-        if wlan.isconnected():
-            return wlan.ifconfig()[0]
-        wlan.connect(ssid, cfg.get("password") or "")
-        t0 = time.ticks_ms()
-        while time.ticks_diff(time.ticks_ms(), t0) < timeout:
-            status = wlan.status()
-            if status == network.STAT_GOT_IP:
-                return wlan.ifconfig()[0]
-            if status == network.STAT_WRONG_PASSWORD:
-                wlan.disconnect()
-                raise OSError("wlan: wrong password for %r" % ssid)
-            if status in (network.STAT_NO_AP_FOUND, network.STAT_CONNECT_FAIL):
-                break
-            wdt_feed()
-            time.sleep_ms(100)
-        wlan.disconnect()
-        if attempt + 1 < retries:
-            t0 = time.ticks_ms()
-            while time.ticks_diff(time.ticks_ms(), t0) < backoff:
-                wdt_feed()
-                time.sleep_ms(100)
-            backoff = min(backoff * 2, 30000)
-    raise OSError("wlan: could not join %r after %d attempts (status %d)" % (ssid, retries, status))
+    wlan = _wlan
+    if wlan is None:
+        if cfg.get("country"):
+            network.country(cfg["country"])
+        if cfg.get("hostname"):
+            network.hostname(cfg["hostname"])
+        wlan = network.WLAN(network.STA_IF)
+        wdt_feed()
+        wlan.active(True)  # loads the CYW43 firmware: one blocking call, fed before and after
+        wdt_feed()
+        _wlan = wlan
+    wlan.connect(ssid, cfg.get("password") or "")
+
+
+def wlan_state():
+    # The link as one of "up", "joining", "down", "no_ap", "fail", "bad_auth"
+    # (constant strings: polling allocates nothing). Never None on a board;
+    # None where there is no station interface to manage (the simulator
+    # without --wifi).
+    wlan = _wlan
+    if wlan is None:
+        return "down"
+    import network
+
+    st = wlan.status()
+    if st == network.STAT_GOT_IP:
+        return "up" if wlan.isconnected() else "joining"
+    if st == network.STAT_CONNECTING or st == 2:  # 2: CYW43_LINK_NOIP (joined, DHCP running)
+        return "joining"
+    if st == network.STAT_WRONG_PASSWORD:
+        return "bad_auth"
+    if st == network.STAT_NO_AP_FOUND:
+        return "no_ap"
+    if st == network.STAT_CONNECT_FAIL:
+        return "fail"
+    return "down"  # STAT_IDLE (CYW43_LINK_DOWN): never joined, or the link was lost
+
+
+def wlan_ip():
+    return _wlan.ifconfig()[0] if _wlan is not None else None
+
+
+def wlan_leave():
+    # Drop a join that failed or a link that went, before the next join.
+    if _wlan is not None:
+        _wlan.disconnect()
 
 
 def wlan_power_save(enabled):
@@ -151,7 +162,7 @@ def flash_info():
 
 
 _API = ("reset", "reset_cause", "unique_id", "ticks_ms", "ticks_diff", "led",
-        "wdt_start", "wdt_feed", "wlan_connect", "wlan_power_save",
+        "wdt_start", "wdt_feed", "wlan_join", "wlan_state", "wlan_ip", "wlan_leave", "wlan_power_save",
         "config_overrides", "mem_free", "mem_alloc", "flash_info")
 
 _sim = sys.modules.get("simhal")

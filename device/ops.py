@@ -27,7 +27,7 @@ def op_hello(dev, c, req):
 def limits(dev):
     return {"max_frame": proto.MAX_FRAME, "max_data": proto.MAX_DATA,
             "max_line": proto.MAX_LINE, "window": proto.WINDOW,
-            "slot_size": dev.sl.slot_size, "mode": dev.mode,
+            "slot_size": dev.sl.slot_size, "max_image": max_image(dev), "mode": dev.mode,
             "features": ["native", "legacy", "json", "resume", "read"] + (["auth"] if dev.auth_on else [])}
 
 
@@ -92,6 +92,9 @@ def status(dev, full=True):
               "mem_base": dev.mem_base, "mem_idle": dev.mem_idle,
               "uptime_ms": dev.uptime(), "boot_reason": dev.boot_reason,
               "boot_note": dev.note})
+    w = sys.modules.get("wifi")
+    if w is not None and w.LINK is not None:  # the station link (device/wifi.py)
+        r.update(w.LINK.status())
     sim = sys.modules.get("simhal")
     if sim is not None:  # the simulator's flash operation counters
         r["sim_flash"] = sim.flash().stats()

@@ -27,7 +27,7 @@ boot = simhal.boot_count()
 action = PLAN[boot - 1] if boot <= len(PLAN) else "stay"
 print("app: boot=%d cause=%s platform=%s auth=%s legacy=%s tcp=%d udp=%d ip=%s id=%s flash=%s files=%s"
       % (boot, hal.reset_cause(), hal.PLATFORM, ov["auth"], ov["legacy_udp"], ov["tcp_port"],
-         ov["udp_port"], hal.wlan_connect({}), hal.unique_id(), hal.flash_info()["block_count"],
+         ov["udp_port"], ov["host"], hal.unique_id(), hal.flash_info()["block_count"],
          ",".join(sorted(os.listdir("/")))))
 print("mpota: ready")
 print("app: action=" + action)
@@ -198,7 +198,8 @@ def test_signals_stop_cleanly(tmp_path, sig):
 
 
 HAL_API = ["PLATFORM", "reset", "reset_cause", "unique_id", "ticks_ms", "ticks_diff", "led",
-           "wdt_start", "wdt_feed", "wlan_connect", "wlan_power_save", "config_overrides",
+           "wdt_start", "wdt_feed", "wlan_join", "wlan_state", "wlan_ip", "wlan_leave", "wlan_power_save",
+           "config_overrides",
            "mem_free", "mem_alloc", "flash_info"]
 
 
@@ -218,14 +219,14 @@ names = %r
 missing = [n for n in names if not hasattr(hal, n) or not hasattr(simhal, n)]
 wrong = [n for n in names[1:] if getattr(hal, n) is not getattr(simhal, n)]
 print(hal.PLATFORM, missing, wrong, sorted(hal._API) == sorted(names[1:]))
-print(hal.reset_cause(), hal.unique_id(), hal.wlan_connect({"ssid": "x"}), hal.config_overrides()["tcp_port"])
+print(hal.reset_cause(), hal.unique_id(), hal.wlan_state(), hal.config_overrides()["tcp_port"])
 print("import cost", cost)
 """ % (str(REPO / "device"), str(REPO / "tools"), HAL_API)
     r = run_micropython(["-c", code], heap="96K")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.split("\n")
     assert lines[0] == "sim [] [] True"
-    assert lines[1] == "reset 51abc 10.0.0.2 9"
+    assert lines[1] == "reset 51abc None 9"  # None: no link to manage (no --wifi)
     print("\nhal: " + lines[2] + " bytes")
 
 

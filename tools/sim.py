@@ -4,7 +4,7 @@
     python tools/sim.py --state .sim-state [--host 127.0.0.1] [--tcp-port 8472]
         [--udp-port 8473] [--legacy-udp] [--smp-port N] [--no-auth] [--flash-timing none|w25q]
         [--heap 96K] [--power-cut-after N [--cut-from main|power-on]] [--redeploy] [--micropython PATH]
-        [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...]
+        [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...] [--wifi]
 
 The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
 filesystem), device.id, device.key (32-byte HMAC key, hex, mode 0600, made on
@@ -34,6 +34,15 @@ of each imgtool Ed25519 key (private or public PEM) becomes the device's
 trust store /mpota_trust.json (docs/security.md), replacing any store there
 (a rotated one included): the device then accepts only images signed by
 these keys. The trust file is also kept as STATE/trust.json.
+
+--wifi simulates the Pico W's station link: the agent runs device/wifi.py
+as on a board (join, watch, rejoin with backoff; status reports `link`).
+The access point is "off" while the file STATE/wifi reads "down": write
+"down" into it to drop the link (the agent stops listening, the app keeps
+running), "up" to restore it (the agent rejoins and listens again). Rewrite
+it in place (`echo down > STATE/wifi`): the device holds it open. The
+launcher makes it ("up") when absent. Without --wifi the agent listens at
+once, with no link to manage.
 
 --device-dir DIR deploys DIR/*.py instead of the repository's device/ (the
 tests use it to boot a throwaway main.py; it changes nothing else).
@@ -91,6 +100,8 @@ def parse_args(argv=None):
                    help="trust this imgtool Ed25519 key's public half for signed images (repeatable)")
     p.add_argument("--device-dir", default=str(REPO / "device"),
                    help="folder whose *.py are deployed (default: device/; tests use a throwaway one)")
+    p.add_argument("--wifi", action="store_true",
+                   help="simulate the Wi-Fi link (device/wifi.py); 'down' in the file STATE/wifi drops it")
     a = p.parse_args(argv)
     if a.power_cut_after is not None and a.power_cut_after < 0:
         p.error("--power-cut-after must be >= 0")
@@ -207,6 +218,7 @@ class Launcher:
             "legacy_udp": a.legacy_udp,
             "smp_port": a.smp_port,
             "auth": not a.no_auth,
+            "wifi_file": self.wifi_file() if a.wifi else None,
         }
         path = self.state / "boot.json"
         tmp = path.with_suffix(".tmp")
@@ -215,6 +227,13 @@ class Launcher:
             json.dump(cfg, f, indent=1)
         os.replace(tmp, path)
         return path
+
+    def wifi_file(self):
+        # --wifi: the access point is off while STATE/wifi reads "down"
+        path = self.state / "wifi"
+        if not path.exists():
+            path.write_text("up\n")
+        return str(path)
 
     def deploy(self):
         paths = deploy_list(self.a.device_dir)

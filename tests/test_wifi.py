@@ -1,0 +1,187 @@
+"""Wi-Fi as an asyncio task (device/wifi.py, issue 11 item 1): the link drops
+and returns in the simulator (tools/sim.py --wifi, the control file
+STATE/wifi), the app keeps running meanwhile, status reports the link,
+and the device is updatable once it is back. The Link's loop also runs under
+MicroPython against a scripted hal: it never blocks the event loop, backs
+off, and feeds the watchdog only for a bounded time while the link is down."""
+import json
+import socket
+import time
+
+import pytest
+
+from conftest import INTERPRETERS, REPO, interp_label
+from devconn import DevConn, app_image, reset_and_wait
+from simproc import Sim
+
+TICKER = """NAME = "ticker"
+import asyncio
+async def main():
+    n = 0
+    while True:
+        n += 1
+        print("app: tick %d" % n)
+        await asyncio.sleep_ms(200)
+"""
+V2 = """NAME = "v2"
+def main():
+    print("app: v2 up")
+"""
+
+
+def _refused(port, tries=20):
+    """True once a connection is refused (the agent stopped listening)."""
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def _ticks_after(sim, mark):
+    return [ln for ln in sim.lines[mark:] if ln.startswith("app: tick")]
+
+
+def test_link_loss_keeps_the_app_running_and_the_device_updatable_after(tmp_path):
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"wdt": 2000, "wifi": {"ssid": "sim", "password": "x"}}))
+    img1 = app_image(tmp_path, "v1", TICKER, "1.0.0+0")
+    img2 = app_image(tmp_path, "v2", V2, "2.0.0+0")
+    ap = tmp_path / "dev" / "wifi"
+    with Sim(state=tmp_path / "dev", flags=["--wifi", "--config", str(cfg)]) as sim:
+        sim.wait_for_line("mpota: wifi up, ip 127.0.0.1")
+        c = DevConn(sim.tcp_port, sim.key)
+        st = c.ok("status")
+        assert (st["link"], st["ip"], st["link_drops"], st["link_error"]) == ("up", "127.0.0.1", 0, None)
+        assert c.ok("hello")["max_image"] == st["max_image"] > 0
+        c.push(img1, "1.0.0+0")
+        c = reset_and_wait(sim, c, sim.key)
+        sim.wait_for_line("app: tick 3")
+        c.close()
+
+        # the access point goes away
+        mark = sim.mark()
+        ap.write_text("down\n")
+        sim.wait_for_line("mpota: wifi down (link lost 1 times)", since=mark)
+        assert _refused(sim.tcp_port), "the agent still listens with the link down"
+        sim.wait_for_line("mpota: wifi: join failed (no_ap)", since=mark)
+        during = sim.mark()
+        sim.wait_for_line("mpota: wifi: join failed (no_ap), retrying in 2 s", since=mark, timeout=30)
+        assert len(_ticks_after(sim, during)) >= 3, "the app stalled during the outage:\n" + sim.tail(40)
+
+        # it comes back: the agent rejoins, listens again, and takes an update
+        mark = sim.mark()
+        ap.write_text("up\n")
+        sim.wait_for_line("mpota: ready", since=mark, timeout=60)
+        c = DevConn(sim.tcp_port, sim.key)
+        st = c.ok("status")
+        assert (st["link"], st["ip"], st["link_drops"], st["link_error"]) == ("up", "127.0.0.1", 1, None)
+        assert st["link_joins"] >= 3 and st["app"]["state"] == "running"
+        assert st["boot_reason"] == "reset", "the watchdog bit during the outage"
+        c.ok("confirm")
+        assert c.push(img2, "2.0.0+0")["state"] == "pending"
+        mark = sim.mark()
+        c = reset_and_wait(sim, c, sim.key)
+        sim.wait_for_line("app: v2 up", since=mark)
+        c.close()
+        assert "watchdog" not in sim.output and "Traceback" not in sim.output, sim.output[-3000:]
+
+
+# -- the Link's loop against a scripted hal, under MicroPython -------------------
+
+SCRIPT = r"""
+import sys
+sys.path.insert(0, "%(dev)s")
+import time, asyncio
+
+class Hal:
+    # the link: up after one join, lost at tick 8, the access point absent
+    # until tick 40 (each hal.wlan_state() call is a tick)
+    def __init__(self):
+        self.ticks = 0
+        self.feeds = 0
+        self.joined = False
+        self.fake_ms = 0
+    def ticks_ms(self):
+        return self.fake_ms
+    def ticks_diff(self, a, b):
+        return a - b
+    def wdt_feed(self):
+        self.feeds += 1
+    def wlan_join(self, cfg):
+        self.joined = not (8 <= self.ticks < 40)
+    def wlan_state(self):
+        self.ticks += 1
+        if not self.joined:
+            return "no_ap"
+        if self.ticks == 8:
+            self.joined = False
+            return "down"
+        return "up"
+    def wlan_ip(self):
+        return "10.0.0.7"
+    def wlan_leave(self):
+        self.joined = False
+
+hal = Hal()
+sys.modules["hal"] = hal
+import wifi
+
+_sleep = asyncio.sleep_ms
+async def sleep_ms(ms):  # fake time: every sleep advances the clock
+    hal.fake_ms += ms
+    await _sleep(0)
+asyncio.sleep_ms = sleep_ms
+
+spins = 0
+async def other():  # another task: must keep running while the link is away
+    global spins
+    while True:
+        spins += 1
+        await _sleep(0)
+
+async def main():
+    asyncio.create_task(other())
+    link = wifi.start({"ssid": "x", "down_reset_s": %(bound)d})
+    closed = []
+    link.on_down = lambda: closed.append(1)
+    await link.up.wait()
+    print("UP1", link.ip, link.drops)
+    while link.drops == 0:
+        await _sleep(0)
+    print("DOWN", link.state, len(closed), link.ip)
+    feeds0 = hal.feeds
+    spins0 = spins
+    await link.up.wait()
+    print("UP2", link.ip, link.drops, link.joins, link.error)
+    print("FEEDS", hal.feeds - feeds0, "SPINS", spins - spins0, "DOWN_MS", hal.fake_ms)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+@pytest.mark.parametrize("bound", [0, 3])
+def test_link_task_rejoins_with_backoff_and_bounds_its_watchdog_feeds(tmp_path, mp, bound):
+    import subprocess
+
+    script = tmp_path / "link.py"
+    script.write_text(SCRIPT % {"dev": REPO / "device", "bound": bound})
+    r = subprocess.run([mp, str(script)], capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = dict((ln.split()[0], ln.split()[1:]) for ln in r.stdout.splitlines() if ln[:1].isupper())
+    assert out["UP1"] == ["10.0.0.7", "0"]
+    assert out["DOWN"][0] in ("down", "connecting") and out["DOWN"][1:3] == ["1", "None"]
+    ip, drops, joins, err = out["UP2"]
+    assert (ip, drops, err) == ("10.0.0.7", "1", "None")
+    assert int(joins) >= 4  # failed joins, with backoff between them
+    feeds = int(out["FEEDS"][0])
+    down_ms = int(out["FEEDS"][4])
+    assert int(out["FEEDS"][2]) > 10, "the loop was blocked"
+    assert down_ms > 1000 + 2000 + 4000, "no backoff between joins"
+    if bound == 0:
+        assert feeds > down_ms // 1000  # fed all along (down_reset_s 0: always)
+    else:
+        assert feeds <= 3000 // 250 + 1  # fed only for the first 3 s of the outage
