@@ -25,6 +25,21 @@ import slots
 
 APP_MOUNT = "/app"
 KEY_PATH = "/mpota_key.bin"
+# The oldest MicroPython the agent runs on: apps mount with the `vfs` module,
+# new in 1.23 (1.22 has only os.mount). host/provision.py and tools/mpy_check.py
+# hold the same floor (README, "Supported MicroPython").
+MIN_VERSION = (1, 23, 0)
+
+
+def unsupported(v=None):
+    """None on a MicroPython the agent supports, else why not (one line).
+    Here, not in a resident module: the message is dropped with bootmgr."""
+    v = v or sys.implementation.version
+    if tuple(v[:3]) >= MIN_VERSION:
+        return None
+    return ("MicroPython %d.%d.%d is not supported: mpota needs %d.%d or newer (the app filesystem "
+            "needs the vfs module); flash a newer RPI_PICO_W firmware. The agent does not start."
+            % (v[0], v[1], v[2], MIN_VERSION[0], MIN_VERSION[1]))
 
 
 def _use(name):
@@ -43,7 +58,7 @@ def _err(e):
 def _load_app(sl, i):
     """Verify and mount slot i, import its main.py; returns the module."""
     path = sl.path(i)
-    info = _use("mcuboot").verify(path)  # header, TLVs and SHA-256 (ImageError)
+    info = _use("mcuboot").verify(path, feed=hal.wdt_feed)  # header, TLVs and SHA-256 (ImageError)
     if not info["body_is_littlefs"]:
         raise ValueError("the image body is not a littlefs")
     # the signature was verified at commit: check that result still holds

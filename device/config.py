@@ -20,7 +20,7 @@ _SPEC = {
     # Two slots of 360 KiB leave 128 KiB of the Pico W's 848 KiB filesystem
     # for the agent's files, the state record and littlefs' spare blocks.
     "slot_size": (368640, int, 4096, 0x7FFFFFFF),
-    "wdt": (0, int, 0, 8388),  # watchdog timeout in ms, 0 = off
+    "wdt": (0, int, 0, 8388),  # watchdog timeout in ms, 0 = off, else >= WDT_MIN_MS
     # the watchdog while an unconfirmed (trial) image runs, whatever "wdt" says: an
     # app that hangs the event loop resets the board, which counts as a failed trial
     "trial_wdt": (8000, int, 2000, 8388),
@@ -31,6 +31,7 @@ _SPEC = {
     "mode": ("live", str, None, None),  # live (update beside the app) or lean
 }
 _MODES = ("live", "lean")
+WDT_MIN_MS = 2000  # below this a flash erase (up to 400 ms) plus a slow reply bites: a reset loop
 _WIFI = ("ssid", "password", "hostname", "country")
 
 
@@ -70,6 +71,10 @@ def _check(cfg, src, errors):
             continue
         if typ is int and not (spec[2] <= v <= spec[3]):
             errors.append("'%s' must be in %d..%d, got %d" % (k, spec[2], spec[3], v))
+            continue
+        if k == "wdt" and 0 < v < WDT_MIN_MS:
+            errors.append("'wdt' must be 0 (off) or %d..%d ms (shorter resets the board in a loop), got %d: "
+                          "watchdog off" % (WDT_MIN_MS, spec[3], v))
             continue
         if k == "mode" and v not in _MODES:
             errors.append("'mode' must be one of %s, got %r" % (", ".join(_MODES), v))

@@ -16,8 +16,12 @@ _base = gc.mem_alloc()  # the firmware's and the filesystem's share, not ours
 import agent  # noqa: E402
 import bootmgr  # noqa: E402
 
-_dev, _app = bootmgr.boot(_base)
-del bootmgr
-sys.modules.pop("bootmgr", None)
-gc.collect()
-agent.main(_dev, _app)
+_why = bootmgr.unsupported()  # below bootmgr.MIN_VERSION: a clear refusal, then the REPL
+if _why:
+    print("mpota: " + _why)
+else:
+    _dev, _app = bootmgr.boot(_base)
+    del bootmgr
+    sys.modules.pop("bootmgr", None)
+    gc.collect()
+    agent.main(_dev, _app)

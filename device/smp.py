@@ -340,7 +340,7 @@ def _image(dev, i):
     if h is None:
         import mcuboot
         try:
-            h = mcuboot.verify(dev.sl.path(i))["sha256"]
+            h = mcuboot.verify(dev.sl.path(i), feed=hal.wdt_feed)["sha256"]
         except (mcuboot.ImageError, OSError, ValueError):
             return None, None, False
     else:

@@ -4,6 +4,7 @@
 import sys
 import binascii
 
+import hal
 import proto
 import slots
 import upload
@@ -60,7 +61,7 @@ def validate(dev, i, size, allow_down):
     """Check the stored image: -> (version str, is an app image)."""
     import mcuboot
     try:
-        info = mcuboot.verify(dev.sl.path(i), 0, size)
+        info = mcuboot.verify(dev.sl.path(i), 0, size, hal.wdt_feed)
     except mcuboot.ImageError as e:
         raise ProtoError(getattr(e, "code", E_BAD_IMAGE), "slot %s: %s" % (name(i), e))
     except (OSError, ValueError) as e:

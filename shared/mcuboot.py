@@ -57,7 +57,7 @@ def parse_header(data):
             "version_str": "%d.%d.%d+%d" % (maj, mnr, rev, build)}
 
 
-def verify(src, offset=0, size=None):
+def verify(src, offset=0, size=None, feed=None):
     """Check the image at `offset` of `src` (a path, an open binary file, or
     the image's bytes):
     header, TLV layout and SHA-256. `size`: bytes available from `offset`
@@ -65,13 +65,15 @@ def verify(src, offset=0, size=None):
     sha256 (bytes, from the TLV), has_signature, sig_type, signature, keyhash
     (sha256 of the signing key as imgtool embeds it: KEYHASH, or hashed from
     PUBKEY), security_counter (int from the protected SEC_CNT TLV, or None),
-    body_is_littlefs. Raises ImageError (.code = 0x0D bad_image)."""
+    body_is_littlefs. Raises ImageError (.code = 0x0D bad_image).
+    `feed`: called every 16 KiB hashed (the device's hal.wdt_feed: a full
+    slot hashes for 0.5-0.8 s on the RP2040)."""
     if isinstance(src, str):
         with open(src, "rb") as f:
             if size is None:
                 f.seek(0, 2)
                 size = f.tell() - offset
-            return verify(f, offset, size)
+            return verify(f, offset, size, feed)
     if isinstance(src, (bytes, bytearray, memoryview)):  # host side: an image in memory
         src = io.BytesIO(src)
     f = src
@@ -145,11 +147,15 @@ def verify(src, offset=0, size=None):
     f.seek(offset)
     left = prot_end
     n = len(buf)
+    k = 0
     while left >= n:
         if f.readinto(buf) != n:
             raise ImageError("truncated image while hashing")
         h.update(buf)
         left -= n
+        k += 1
+        if feed is not None and not k & 15:
+            feed()
     if left:
         mv = _read(f, offset + prot_end - left, left, buf)
         h.update(mv[:left])

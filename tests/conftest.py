@@ -9,10 +9,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 MICROPYTHON = os.environ.get("MPOTA_MICROPYTHON") or str(VENV_BIN / "micropython")
-# The board-faithful 32-bit v1.27 build, beside the project when this machine has it
-# (a fresh clone does not: whatever uses it also runs, and says so, without it).
-I386 = REPO.parent / "shared" / "tools" / "micropython-1.27-i386"
-INTERPRETERS = [MICROPYTHON] + ([str(I386)] if I386.exists() else [])
 
 
 def interp_label(mp):
@@ -27,6 +23,13 @@ for sub in ("shared", "tools", "tests/vectors"):
         sys.path.insert(0, p)
 
 from simproc import free_port  # noqa: E402,F401  (tools/simproc.py: one definition for tests and tools)
+import boardbuilds  # noqa: E402  (tools/)
+
+# The board-faithful 32-bit v1.27 build, where this machine has it (../shared/tools,
+# ../../shared/tools or MPOTA_BOARD_TOOLS; a fresh clone has none: whatever uses it
+# also runs, and says so, without it). The device tests run on every entry.
+I386 = Path(boardbuilds.i386() or REPO.parent / "shared" / "tools" / boardbuilds.I386)
+INTERPRETERS = [MICROPYTHON] + ([str(I386)] if I386.exists() else [])
 
 # The host package `mpota` and PyPI's `smp` (smpclient's) before any test puts
 # device/ on sys.path, where device/mpota.py and device/smp.py have the same names.
@@ -37,14 +40,22 @@ except ImportError:  # pragma: no cover (a dev extra)
     pass
 
 
-def run_micropython(args, heap=None, cwd=None, timeout=120, env=None):
-    """Run the unix-port micropython; returns CompletedProcess (text)."""
-    cmd = [MICROPYTHON]
+def run_micropython(args, heap=None, cwd=None, timeout=120, env=None, mp=None):
+    """Run the unix-port micropython (`mp`: another entry of INTERPRETERS);
+    returns CompletedProcess (text)."""
+    cmd = [mp or MICROPYTHON]
     if heap:
         cmd += ["-X", "heapsize=%s" % heap]
     cmd += list(args)
     return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+@pytest.fixture(params=INTERPRETERS, ids=interp_label)
+def mp_build(request):
+    """Each MicroPython the device tests run on: the .venv build, and the 32-bit
+    v1.27 release where this machine has it."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

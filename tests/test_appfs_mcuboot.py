@@ -24,8 +24,8 @@ def show(info):
 """ % str(REPO / "device")
 
 
-def device(code, heap="96K"):
-    r = run_micropython(["-c", DEVICE_PRELUDE + textwrap.dedent(code)], heap=heap)
+def device(code, build, heap="96K"):
+    r = run_micropython(["-c", DEVICE_PRELUDE + textwrap.dedent(code)], heap=heap, mp=build)
     assert r.returncode == 0, "micropython failed:\n%s\n%s" % (r.stdout, r.stderr)
     return r.stdout
 
@@ -92,7 +92,7 @@ def test_image_layout_matches_imgtool(tmp_path, app):
     assert r.returncode == 0 and info["sha256"] in r.stdout
 
 
-def test_device_verifies_mounts_and_imports(tmp_path, app):
+def test_device_verifies_mounts_and_imports(tmp_path, app, mp_build):
     img = build_app_image(app, version="2.0.1+7")
     host = inspect_image(img)
     slot = tmp_path / "slot_a.bin"
@@ -114,7 +114,7 @@ def test_device_verifies_mounts_and_imports(tmp_path, app):
             print('read-only', e.errno)
         appfs.umount()
         print(appfs.mounted(), '/app' in [m for m in os.listdir('/')])
-    """ % (str(slot), str(slot)))
+    """ % (str(slot), str(slot)), mp_build)
     lines = out.strip().split("\n")
     dev = json.loads(lines[0])
     assert dev["sha256"] == host["sha256"]
@@ -135,7 +135,7 @@ def test_device_verifies_mounts_and_imports(tmp_path, app):
     ("sha_tlv", "SHA-256 mismatch"),
     ("truncate", "truncated image"),
 ])
-def test_device_rejects_corrupt_images(tmp_path, app, where, expect):
+def test_device_rejects_corrupt_images(tmp_path, app, mp_build, where, expect):
     img = bytearray(build_app_image(app))
     info = inspect_image(img)
     if where == "body":
@@ -158,13 +158,13 @@ def test_device_rejects_corrupt_images(tmp_path, app, where, expect):
             print('ACCEPTED')
         except mcuboot.ImageError as e:
             print(e.code, e.message)
-    """ % str(p))
+    """ % str(p), mp_build)
     code, msg = out.strip().split(" ", 1)
     assert int(code) == 0x0D, out
     assert expect in msg, msg
 
 
-def test_signed_image_with_protected_tlvs(tmp_path, app):
+def test_signed_image_with_protected_tlvs(tmp_path, app, mp_build):
     key = tmp_path / "ed.pem"
     subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "imgtool.main", "keygen",
                     "-k", str(key), "-t", "ed25519"], check=True, capture_output=True)
@@ -178,7 +178,7 @@ def test_signed_image_with_protected_tlvs(tmp_path, app):
     host = inspect_image(img, key=key)
     assert host["signature_ok"] and host["has_signature"] and host["signature"] == "ED25519"
     assert host["protect_tlv_size"] > 0 and host["sha256_ok"]
-    out = device("print(show(mcuboot.verify(%r)))" % str(out_img))
+    out = device("print(show(mcuboot.verify(%r)))" % str(out_img), mp_build)
     dev = json.loads(out)
     assert dev["protect_tlv_size"] == host["protect_tlv_size"]
     assert dev["sha256"] == host["sha256"] and dev["keyhash"] == host["keyhash"]

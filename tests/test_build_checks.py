@@ -49,3 +49,16 @@ def test_mpy_check_passes_on_the_tree():
     r = subprocess.run([sys.executable, str(REPO / "tools" / "mpy_check.py")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 problems" in r.stdout
+
+
+def test_mpy_check_is_version_aware():
+    # vfs (the app filesystem) is new in 1.23: the floor the device, the check and provision share
+    assert mpy_check.min_version() == (1, 23)
+    from mpota import provision
+    assert provision.MIN_VERSION == mpy_check.min_version()
+    assert mpy_check.available("vfs", (1, 23)) and not mpy_check.available("vfs", (1, 22))
+    assert mpy_check.available("os", (1, 20)) and not mpy_check.available("threading", (1, 27))
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "mpy_check.py"), "--min-version", "1.22"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "device/appfs.py:" in r.stdout and "'vfs', which the rp2 build has only from 1.23" in r.stdout

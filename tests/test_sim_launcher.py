@@ -203,7 +203,7 @@ HAL_API = ["PLATFORM", "reset", "reset_cause", "unique_id", "ticks_ms", "ticks_d
            "mem_free", "mem_alloc", "flash_info"]
 
 
-def test_hal_delegates_every_function_to_simhal():
+def test_hal_delegates_every_function_to_simhal(mp_build):
     from conftest import run_micropython
 
     code = """
@@ -222,7 +222,7 @@ print(hal.PLATFORM, missing, wrong, sorted(hal._API) == sorted(names[1:]))
 print(hal.reset_cause(), hal.unique_id(), hal.wlan_state(), hal.config_overrides()["tcp_port"])
 print("import cost", cost)
 """ % (str(REPO / "device"), str(REPO / "tools"), HAL_API)
-    r = run_micropython(["-c", code], heap="96K")
+    r = run_micropython(["-c", code], heap="96K", mp=mp_build)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.split("\n")
     assert lines[0] == "sim [] [] True"
@@ -230,7 +230,7 @@ print("import cost", cost)
     print("\nhal: " + lines[2] + " bytes")
 
 
-def test_hal_without_simhal_is_the_rp2_seam():
+def test_hal_without_simhal_is_the_rp2_seam(mp_build):
     from conftest import run_micropython
 
     # only what the unix port can run of the rp2 paths (no network, no real registers)
@@ -243,7 +243,7 @@ print(hal.PLATFORM, hal.config_overrides(), hal.ticks_diff(hal.ticks_ms(), t) >=
       hal.mem_free() > 0, sorted(hal.flash_info()))
 hal.wdt_feed()  # no watchdog started: nothing to feed
 """ % str(REPO / "device")
-    r = run_micropython(["-c", code])
+    r = run_micropython(["-c", code], mp=mp_build)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip() == "rp2 {} True True ['block_count', 'block_size']"
 

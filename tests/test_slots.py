@@ -36,16 +36,16 @@ def reboot(root, max_trials=3):
 """ % DEVICE
 
 
-def mp(tmp_path, body, heap=None):
+def mp(tmp_path, build, body, heap=None):
     script = tmp_path / "t.py"
     script.write_text(PRELUDE + body)
-    r = run_micropython([str(script)], heap=heap, cwd=str(tmp_path), timeout=120)
+    r = run_micropython([str(script)], heap=heap, cwd=str(tmp_path), timeout=120, mp=build)
     assert r.returncode == 0, "micropython failed:\n%s\n%s" % (r.stdout, r.stderr)
     return r.stdout
 
 
-def test_state_machine_trial_confirm_and_rollback(tmp_path):
-    out = mp(tmp_path, """
+def test_state_machine_trial_confirm_and_rollback(tmp_path, mp_build):
+    out = mp(tmp_path, mp_build, """
 root = %r
 sl, run = reboot(root)
 assert run is None and sl.note == "no application installed", sl.note
@@ -95,8 +95,8 @@ print("DONE")
     assert notes[3][1] == "rolled back b -> a after 3 unconfirmed trials"
 
 
-def test_rollback_op_failed_start_and_resume(tmp_path):
-    out = mp(tmp_path, """
+def test_rollback_op_failed_start_and_resume(tmp_path, mp_build):
+    out = mp(tmp_path, mp_build, """
 root = %r
 sl, run = reboot(root)
 upload(sl, 0, b"A" * 3000)
@@ -139,9 +139,9 @@ print("DONE")
     assert out.strip().splitlines()[-1] == "DONE"
 
 
-def test_record_recovery_on_posix(tmp_path):
+def test_record_recovery_on_posix(tmp_path, mp_build):
     # stale, torn and corrupt journal files, as a crash could leave them
-    out = mp(tmp_path, """
+    out = mp(tmp_path, mp_build, """
 root = %r
 sl, run = reboot(root)
 upload(sl, 0, b"A" * 100)
@@ -247,11 +247,11 @@ def umount():
 """
 
 
-def test_journal_atomic_under_power_cuts(tmp_path):
+def test_journal_atomic_under_power_cuts(tmp_path, mp_build):
     """Cut the power at every flash operation of a state commit (pending ->
     trial at boot, and finish() after an upload): afterwards the record is
     always exactly the old or the new one, never anything else."""
-    out = mp(tmp_path, LFS + """
+    out = mp(tmp_path, mp_build, LFS + """
 import json
 data = bytearray(b"\\xff" * (24 * BLOCK))
 vfs.VfsLfs2.mkfs(NOR(data), progsize=256)
@@ -313,7 +313,7 @@ for step in ("finish", "boot"):
             raise SystemExit("cut %d of %s: neither old nor new: %r" % (cut, step, rec))
     results[step] = [total, counts["old"], counts["new"]]
 print(json.dumps(results))
-""")
+""", heap="4M")  # a RAM flash copied per cut: more than the 32-bit build's default heap
     res = json.loads(out.strip().splitlines()[-1])
     print("journal power cuts (ops, old, new):", res)
     for step, (total, old, new) in res.items():

