@@ -3,7 +3,7 @@
 # never waits on the radio.
 #
 # Loaded by agent.run() on a board (and in the simulator with --wifi), then
-# resident: the task and one Link (~1 KB on the 32-bit build). It polls
+# resident: the task and one Link (2.9 KB as .mpy on the 32-bit v1.27 build). It polls
 # hal.wlan_state() with asyncio.sleep_ms; hal holds the only network.WLAN
 # calls. The agent listens while the link is up; when it goes, the Link
 # closes the listener (on_down) and the agent waits for the next join.

@@ -44,13 +44,13 @@ def _ticks_after(sim, mark):
     return [ln for ln in sim.lines[mark:] if ln.startswith("app: tick")]
 
 
-def test_link_loss_keeps_the_app_running_and_the_device_updatable_after(tmp_path):
+def test_link_loss_keeps_the_app_running_and_the_device_updatable_after(tmp_path, mp_build):
     cfg = tmp_path / "mpota.json"
     cfg.write_text(json.dumps({"wdt": 2000, "wifi": {"ssid": "sim", "password": "x"}}))
     img1 = app_image(tmp_path, "v1", TICKER, "1.0.0+0")
     img2 = app_image(tmp_path, "v2", V2, "2.0.0+0")
     ap = tmp_path / "dev" / "wifi"
-    with Sim(state=tmp_path / "dev", flags=["--wifi", "--config", str(cfg)]) as sim:
+    with Sim(state=tmp_path / "dev", flags=["--wifi", "--config", str(cfg), "--micropython", mp_build]) as sim:
         sim.wait_for_line("mpota: wifi up, ip 127.0.0.1")
         c = DevConn(sim.tcp_port, sim.key)
         st = c.ok("status")
