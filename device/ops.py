@@ -21,13 +21,14 @@ def op_hello(dev, c, req):
          "nonce": binascii.hexlify(c.nonce).decode() if c.nonce else None}
     if c.authed:  # the rest only to an authenticated peer (discovery needs the above)
         r.update(limits(dev))
+        r["max_image"] = max_image(dev)  # not in the auth reply: upload.py would load in auth's heap peak
     return r
 
 
 def limits(dev):
     return {"max_frame": proto.MAX_FRAME, "max_data": proto.MAX_DATA,
             "max_line": proto.MAX_LINE, "window": proto.WINDOW,
-            "slot_size": dev.sl.slot_size, "max_image": max_image(dev), "mode": dev.mode,
+            "slot_size": dev.sl.slot_size, "mode": dev.mode,
             "features": ["native", "legacy", "json", "resume", "read"] + (["auth"] if dev.auth_on else [])}
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 
 import hostframes
 import proto
@@ -86,7 +87,7 @@ class DevConn:
                                                           "mac": host_mac(key, h["device"], dn, hn).hex()}))
         self.sess = Session(key, h["device"], dn, hn, False)  # the reply is the first sealed message
         r = self.line()
-        assert r["ok"] is True, r
+        assert r["ok"] is True, r  # (e.g. a retryable no_memory: reset_and_wait retries it)
         assert compare_digest(bytes.fromhex(r["mac"]), device_mac(key, h["device"], dn, hn))
 
     def upload(self, data, start=0, chunk=4096, window=16384, stop_at=None):
@@ -125,9 +126,18 @@ def app_image(tmp_path, name, main_src, version, pad=0, rng=None):
     return build_app_image(d, version=version)
 
 
-def reset_and_wait(sim, conn, key=None):
+def reset_and_wait(sim, conn, key=None, tries=5):
+    """Reset, wait for the ready line, connect again; a retryable answer to
+    the auth (no_memory while the app settles in a small heap) is retried,
+    as the host tool does."""
     mark = sim.mark()
     conn.ok("reset", delay_ms=10)
     conn.close()
     sim.wait_for_line("mpota: ready", timeout=60, since=mark)
-    return DevConn(sim.tcp_port, key)
+    for n in range(tries):
+        try:
+            return DevConn(sim.tcp_port, key)
+        except AssertionError as e:
+            if "'retry': True" not in str(e) or n + 1 == tries:
+                raise
+            time.sleep(0.5)

@@ -36,10 +36,13 @@ def configure(cfg, flash):
         if k in cfg:
             _cfg[k] = cfg[k]
     _flash = flash
-    if cfg.get("wifi_file"):
-        # opened now, while the host's files are mounted: from here on the
-        # device sees only its flash, and this descriptor is the way out
-        _wifi[0] = open(cfg["wifi_file"], "rb")  # noqa: SIM115 (open for the device's life)
+    if cfg.get("wifi_file"):  # --wifi: the simulated link (tools/simwifi.py)
+        import simwifi
+
+        simwifi.configure(cfg["wifi_file"], cfg.get("host", "127.0.0.1"))
+        g = globals()
+        for n in ("wlan_join", "wlan_state", "wlan_ip", "wlan_leave"):
+            g[n] = getattr(simwifi, n)
 
 
 def _exit(status):
@@ -98,40 +101,13 @@ def wdt_feed():
     _wdt_last = now
 
 
-# The station link (--wifi): the access point is "off" while the control file
-# STATE/wifi starts with "down" (tests rewrite it in place: "down", "up");
-# without --wifi there is no link to manage and wlan_state() is None.
-_wifi = [None, bytearray(1)]  # the control file, a 1-byte read buffer
-_link = "down"
+def _no_link(*args):
+    # without --wifi there is no station link to manage: wlan_state() is None
+    # and the agent listens at once (--wifi: configure() binds simwifi's)
+    return None
 
 
-def _ap_on():
-    f, b = _wifi
-    f.seek(0)
-    return f.readinto(b) != 1 or b[0] != 0x64  # "d"own
-
-
-def wlan_join(cfg):
-    global _link
-    _link = "up" if _ap_on() else "no_ap"
-
-
-def wlan_state():
-    global _link
-    if _wifi[0] is None:
-        return None
-    if _link == "up" and not _ap_on():
-        _link = "down"  # the access point went: the board sees the link drop
-    return _link
-
-
-def wlan_ip():
-    return _cfg.get("host", "127.0.0.1") if _link == "up" else None
-
-
-def wlan_leave():
-    global _link
-    _link = "down"
+wlan_join = wlan_state = wlan_ip = wlan_leave = _no_link
 
 
 def wlan_power_save(enabled):
