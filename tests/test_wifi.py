@@ -185,3 +185,87 @@ def test_link_task_rejoins_with_backoff_and_bounds_its_watchdog_feeds(tmp_path, 
         assert feeds > down_ms // 1000  # fed all along (down_reset_s 0: always)
     else:
         assert feeds <= 3000 // 250 + 1  # fed only for the first 3 s of the outage
+
+
+# -- hal's real network.WLAN calls, against a stand-in network module ----------
+
+RP2_SEAM = r"""
+import sys
+sys.path.insert(0, "%(dev)s")
+calls = []
+class WLAN:
+    IF_STA = 0
+    PM_NONE = 0x10
+    PM_PERFORMANCE = 0xa11140
+    def __init__(self, i):
+        calls.append("WLAN")
+        self.st = 0
+        self.up = False
+    def active(self, on):
+        calls.append("active")
+    def connect(self, ssid, pw):
+        calls.append("connect %%s %%s" %% (ssid, pw))
+        self.st = 1
+    def status(self):
+        return self.st
+    def isconnected(self):
+        return self.st == 3
+    def ifconfig(self):
+        return ("10.1.2.3", "255.255.255.0", "10.1.2.1", "10.1.2.1")
+    def disconnect(self):
+        calls.append("disconnect")
+        self.st = 0
+    def config(self, **kw):
+        calls.append("config pm=%%x" %% kw["pm"])
+class network:
+    STA_IF = 0
+    STAT_IDLE = 0
+    STAT_CONNECTING = 1
+    STAT_GOT_IP = 3
+    STAT_CONNECT_FAIL = -1
+    STAT_NO_AP_FOUND = -2
+    STAT_WRONG_PASSWORD = -3
+    WLAN = WLAN
+    def country(c):
+        calls.append("country " + c)
+    def hostname(h):
+        calls.append("hostname " + h)
+sys.modules["network"] = network
+import hal
+print(hal.wlan_state(), hal.wlan_ip())
+try:
+    hal.wlan_join({})
+except ValueError as e:
+    print("ValueError", e)
+cfg = {"ssid": "home", "password": "pw", "country": "GB", "hostname": "picow-1"}
+hal.wlan_join(cfg)
+w = hal._wlan
+seen = [hal.wlan_state()]
+for st in (2, 3, -1, -2, -3, 0):
+    w.st = st
+    seen.append(hal.wlan_state())
+print(" ".join(seen))
+w.st = 3
+print(hal.wlan_ip())
+hal.wlan_power_save(False)
+hal.wlan_leave()
+hal.wlan_join(cfg)  # a rejoin: the interface is up already
+print(" | ".join(calls))
+"""
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+def test_hal_maps_the_rp2_wlan_to_link_states(tmp_path, mp):
+    import subprocess
+
+    script = tmp_path / "seam.py"
+    script.write_text(RP2_SEAM % {"dev": REPO / "device"})
+    r = subprocess.run([mp, str(script)], capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "down None"  # nothing joined yet
+    assert lines[1] == "ValueError wlan: no 'ssid' in the config"
+    assert lines[2] == "joining joining up fail no_ap bad_auth down"
+    assert lines[3] == "10.1.2.3"
+    assert lines[4] == ("country GB | hostname picow-1 | WLAN | active | connect home pw | config pm=10 | "
+                        "disconnect | connect home pw")
