@@ -121,3 +121,32 @@ def test_messenger_resolves_names_and_logs_packets(tmp_path, caplog):
     assert len(api) == 2 and len(bl) == 3
     assert any(r.message.startswith("TX ") for r in caplog.records)
     assert any(r.message.startswith("RX ") for r in caplog.records)
+
+
+def test_a_new_update_start_takes_over_an_abandoned_legacy_session_never_a_native_one(tmp_path):
+    """A reference client that dies mid-update leaves its session open; another one
+    (a restarted client: another UDP port) starts afresh at once, as the reference
+    device does (legacy frames are served with auth off: a datagram cannot
+    authenticate). A native session is never taken over."""
+    import binascii
+    import hashlib
+
+    from mpota.bootloader_messenger import BootloaderMessenger, LegacyError
+    from test_agent_e2e import APP1, DevConn, app_image
+
+    img = bytes(app_image(tmp_path, "app", APP1, "1.0.0+0"))
+    with Sim(state=tmp_path / "dev", flags=["--legacy-udp", "--no-auth"]) as sim:
+        with BootloaderMessenger(("127.0.0.1", sim.udp_port)) as dead:
+            assert dead.start_update(len(img)) and dead.write(img[:1024])
+        with BootloaderMessenger(("127.0.0.1", sim.udp_port)) as m:
+            assert m.start_update(len(img)), "the abandoned legacy session kept the device busy"
+            for off in range(0, len(img), 1024):
+                assert m.write(img[off:off + 1024])
+            assert m.stop_update(binascii.crc32(img))
+        c = DevConn(sim.tcp_port)
+        c.ok("begin", size=len(img), sha256=hashlib.sha256(img).hexdigest(), version="1.0.0+0")
+        with BootloaderMessenger(("127.0.0.1", sim.udp_port)) as m, pytest.raises(LegacyError, match="busy"):
+            m.start_update(len(img))  # a legacy UpdateStart never takes over a native session
+        st = c.ok("status")
+        assert st["session"] is not None and st["session"]["kind"] == "native", st
+        c.close()
