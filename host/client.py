@@ -309,6 +309,12 @@ class Client:
             self._pending.pop(rid, None)  # answered, or given up on: nobody waits for it now
         if not reply.get("ok"):
             err = reply.get("error") or {}
+            if err.get("code") == "auth_failed" and self._sess is not None and op != "auth":
+                # sealed by the device, so genuinely its answer: one of OUR messages failed its
+                # session MAC (mangled or duplicated on the way) and it closes; the link, not the
+                # key, is at fault, and a new connection resumes
+                raise ConnectionLost("%s could not authenticate a message of this session (the link "
+                                     "mangled it) and closed the connection" % self.host)
             raise device_error(err.get("code"), err.get("message", "refused"), num=err.get("num"),
                                retry=bool(err.get("retry")), fatal=bool(err.get("fatal")), op=op)
         return reply

@@ -392,3 +392,24 @@ def test_out_of_heap_inside_auth_leaves_the_peer_a_stranger(mp):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split("\n")[:2] == ["grow False True 1 no_memory True",
                                         "session False True 1 no_memory True"], r.stdout
+
+
+def test_a_message_the_link_mangled_after_auth_is_a_lost_connection_not_a_wrong_key(tmp_path):
+    """The device answers a message that fails its session MAC with a sealed
+    auth_failed and closes: the host reads that as a lost link (resumable), not as a
+    wrong key (which would stop a push that a reconnect would finish)."""
+    from mpota.client import Client
+    from mpota.errors import ConnectionLost
+
+    async def go(port, key):
+        c = Client("127.0.0.1", port, key=key)
+        await c.connect(authenticate=True)
+        try:
+            c._sess.tseq += 1  # as if a message of ours was lost or duplicated on the way
+            with pytest.raises(ConnectionLost, match="could not authenticate a message"):
+                await c.status()
+        finally:
+            await c.close()
+
+    with Sim(state=tmp_path / "dev") as sim:
+        asyncio.run(go(sim.tcp_port, sim.key))
