@@ -36,7 +36,7 @@ MPOTA = [PY, "-m", "mpota"]  # the installed `mpota` command (make demo installs
 STEP_TIMEOUT = 180  # seconds for any one command
 READY_TIMEOUT = 90
 ROLLBACK_TIMEOUT = 90  # the hanging version's trial boots and the rollback
-WDT_MS = 1000  # the simulated device's watchdog (config `wdt`)
+WDT_MS = 2000  # the watchdog while a trial runs (config `trial_wdt`, at its floor)
 
 # Version 3 starts, never confirms, and hangs the event loop: the watchdog resets
 # the board on every trial boot, and after max_trials the device rolls back.
@@ -136,7 +136,7 @@ def main() -> int:
         key = work / "k.pem"
         mpota(env, "keygen", key)
         config = work / "device.json"
-        config.write_text(json.dumps({"wdt": WDT_MS}) + "\n")
+        config.write_text(json.dumps({"trial_wdt": WDT_MS}) + "\n")
         sim = Sim(state=state, tcp_port=tcp, udp_port=udp, ready=False,
                   flags=["--trust", str(key), "--config", str(config)])
         sim.wait_ready(READY_TIMEOUT)
@@ -144,7 +144,7 @@ def main() -> int:
         (work / "targets.toml").write_text('[targets.demo]\nhost = "127.0.0.1"\nport = %d\nudp_port = %d\n'
                                            'key_file = "device/device.key"\n' % (tcp, udp))
         print("simulator ready on 127.0.0.1:%d (unix-port MicroPython, 848 KiB of\n"
-              "simulated flash, watchdog %d ms); it boots only images signed by\n"
+              "simulated flash, %d ms watchdog on trials); it boots only images signed by\n"
               "$DEMO/k.pem. $DEMO/targets.toml names it `demo`, with its own key\n"
               "($DEMO/device/device.key, never printed)." % (tcp, WDT_MS), flush=True)
 
