@@ -69,10 +69,10 @@ def _load_app(sl, i):
         tr.check_boot(tr.load(), s.get("signer"), s.get("image_hash"), info)
         _drop("trust")
         _drop("ed25519")
-    fs = _use("appfs")
-    fs.mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
+    appfs = _use("appfs")
+    appfs.mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
     del info
-    fs.check_app(APP_MOUNT)
+    appfs.check_app(APP_MOUNT)  # commit checked it too; a slot may predate that
     gc.collect()
     # main.py is itself sys.modules["main"] (the board and the sim import
     # it): step aside while /app/main.py imports under that name.

@@ -43,7 +43,7 @@ def op_auth(dev, c, req):
         raise ProtoError(E_AUTH_FAILED, "send hello first (each hello allows one auth attempt)")
     if dev.key is None:
         raise ProtoError(E_AUTH_FAILED, "this device has no key (/mpota_key.bin)")
-    import auth  # resident from boot (bootmgr): every connection authenticates
+    import auth  # released after the request (service.idle), as hmac_sha256
     dm = auth.check(dev.key, dev.id, nonce, hn, mac)
     if dm is None:
         c.authed = False

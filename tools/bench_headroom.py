@@ -96,11 +96,10 @@ def attempt(work: Path, mp: str, heap: int, mode: str, kib: int) -> str | None:
 
 def largest(work: Path, mp: str, heap: int, mode: str, lo: int = 32, hi: int = 160) -> tuple:
     """(largest KiB that worked or None, why the next step up failed)."""
-    good, why = None, "not tried"
     r = attempt(work, mp, heap, mode, lo)
     if r is not None:
         return None, r
-    good = lo
+    good, why = lo, "not tried"
     while hi - good > 4:
         mid = (good + hi) // 2 // 4 * 4
         r = attempt(work, mp, heap, mode, mid)
@@ -111,9 +110,9 @@ def largest(work: Path, mp: str, heap: int, mode: str, lo: int = 32, hi: int = 1
     return good, why
 
 
-def row(work: Path, mp: str, heap: str, mode: str) -> str:
-    share = sim_share(work / mode, mp, heap)
-    kib, why = largest(work / mode, mp, _kib(heap) + share, mode)
+def row(work: Path, mp: str, heap: str, mode: str, share: int) -> str:
+    """The bench line for one mode; `share` is sim_share() of this interpreter and heap."""
+    kib, why = largest(work, mp, _kib(heap) + share, mode)
     return ("largest app heap that still updates (%s, %s, %s + the simulator's %d B): %s KiB of %s "
             "(budget 128 KiB)%s" % (Path(mp).name, mode, heap, share, kib, heap,
                                    "" if kib is None or kib >= 128 else "; above it: " + why[:160]))
@@ -126,8 +125,9 @@ def main() -> int:
     ap.add_argument("--mode", choices=("live", "lean"), nargs="+", default=["lean", "live"])
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-headroom-"))
+    share = sim_share(work, a.micropython, a.heap)
     for mode in a.mode:
-        print(row(work, a.micropython, a.heap, mode), flush=True)
+        print(row(work / mode, a.micropython, a.heap, mode, share), flush=True)
     return 0
 
 
