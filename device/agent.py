@@ -23,9 +23,9 @@ DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 # Modules a connection (or an update session) loads; released together when
 # the device is quiet again. One copy of each at a time: a module is never
 # released while an object made by it (a session, the slot record) is alive.
-_CONN = ("conn", "service", "ops", "framing", "proto", "checksums", "auth", "hmac_sha256", "session",
+_CONN = ("leanconn", "conn", "service", "ops", "framing", "proto", "checksums", "auth", "hmac_sha256", "session",
          "slots", "update", "upload", "mcuboot", "rareops", "trust", "ed25519", "legacy",
-         "smp", "cbor")
+         "smp", "cbor", "lineproto", "linemac")
 
 
 _UPDATE_MODE_MS = 120000  # lean mode's update boot waits this long for the peer
@@ -81,7 +81,7 @@ class Device:
     def scratch(self):
         if self.buf is None:
             gc.collect()  # 4 KB in one piece: make the room first
-            self.buf = bytearray(4110)  # proto.MAX_FRAME
+            self.buf = bytearray(4110)  # lineproto.MAX_FRAME
             self.mv = memoryview(self.buf)
         return self.mv
 
@@ -112,16 +112,67 @@ class Agent:
         self.conns = []  # every open conn.Conn, oldest first
         self.listening = False  # housekeeping stops feeding the watchdog without it
 
+    async def admit(self, c):
+        """Let connection c (conn.py, leanconn.py) join self.conns, served by
+        the current task; False when it may not (it was told why). A stranger
+        (not authenticated) beyond the max_unauth quota evicts the OLDEST
+        stranger; authenticated connections count against max_conn."""
+        cfg = self.dev.cfg
+        c.task = asyncio.current_task()
+        unauth = [x for x in self.conns if not x.authed]
+        if not c.authed and len(unauth) >= cfg["max_unauth"]:
+            # Its own task is cancelled, so it leaves the poller and closes its
+            # socket itself: closing a socket that another task still waits on
+            # would leave a stale poll entry whose file descriptor the next
+            # connection may get.
+            unauth[0].task.cancel()
+            self.conns.remove(unauth[0])
+        if len(self.conns) - len(unauth) < cfg["max_conn"]:
+            self.conns.append(c)
+            return True
+        from lineproto import error_line, E_BUSY
+        c.w.write(error_line(None, E_BUSY, "too many connections"))
+        await c.w.drain()
+        return False
+
+    async def receive(self, c, mv):
+        """Read into memoryview mv for connection c (conn.py, leanconn.py)
+        within its deadline: a stranger's auth_timeout since it connected, an
+        authenticated peer's `timeout` of silence. -> the bytes read, or 0
+        when c is to close (the peer closed, or a deadline passed: it is told)."""
+        cfg = self.dev.cfg
+        if c.authed:
+            left = cfg["timeout"] * 1000
+        else:
+            left = cfg["auth_timeout"] * 1000 - hal.ticks_diff(hal.ticks_ms(), c.t0)
+        try:
+            if left > 0:
+                return await asyncio.wait_for_ms(c.r.readinto(mv), left)
+        except asyncio.TimeoutError:
+            pass
+        from lineproto import error_line, E_TIMEOUT
+        if c.authed:
+            why = "no data for %d s: closing" % cfg["timeout"]
+        else:
+            why = "not authenticated within %d s: closing" % cfg["auth_timeout"]
+        c.out(error_line(None, E_TIMEOUT, why))
+        await c.w.drain()
+        return 0
+
     async def serve(self, r, w):
         try:
             await _serve(self, r, w)
+        except (OSError, asyncio.CancelledError):
+            pass  # reset by peer, broken pipe; or evicted to make room (admit)
         except MemoryError:
-            # not even the connection modules fit: close, the peer may retry
-            gc.collect()
-            try:
-                w.close()
-            except Exception:
-                pass
+            gc.collect()  # its slot is freed (conn.py, leanconn.py): the peer may retry
+        except Exception as e:  # a bug must not take the listener with it
+            sys.print_exception(e)
+        try:
+            w.close()
+            await w.wait_closed()
+        except Exception:
+            pass
         self.settle()
 
     def settle(self):
@@ -137,9 +188,14 @@ class Agent:
 
 
 async def _serve(ag, r, w):
-    # its own frame, so nothing refers to the conn module once it returns
-    import conn
-    await conn.serve(ag, r, w)
+    # its own frame, so nothing refers to the connection's module once it
+    # returns. Lean mode serves the everyday JSON ops with leanconn.py, a
+    # fraction of the full stack (conn.py), which it hands over to for the rest.
+    if ag.dev.mode == "lean":
+        import leanconn as m
+    else:
+        import conn as m
+    await m.serve(ag, r, w)
 
 
 async def _housekeeping(ag):

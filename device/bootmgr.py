@@ -102,6 +102,32 @@ def _unload_app():
         pass
 
 
+# The modules a connection loads in each mode (the handlers of the everyday
+# requests, and of `begin`). _intern() imports them once at boot and drops
+# them: that interns their names (qstrs, which MicroPython keeps for good)
+# while the heap is still empty. The qstr pool grows by doubling, in ONE
+# block of several KB; beside an app that holds most of the heap, such a
+# block may not exist even when far more than that is free in pieces, and the
+# first connection would fail on the pool, not on its own size.
+_CONN_MODULES = {
+    "lean": ("lineproto", "leanconn", "linemac", "ops", "auth", "hmac_sha256", "slots", "update", "upload"),
+    "live": ("lineproto", "framing", "proto", "checksums", "service", "conn", "linemac", "session", "ops",
+             "auth", "hmac_sha256", "slots", "update", "upload"),
+}
+
+
+def _intern(mode):
+    for n in _CONN_MODULES.get(mode, ()):
+        had = n in sys.modules
+        try:
+            __import__(n)
+        except ImportError:
+            pass  # a module the deploy left out fails where it is used, with its name
+        if not had:
+            _drop(n)
+    gc.collect()
+
+
 def _load_key():
     # The 32-byte session key, or None when absent or malformed; read here so
     # that auth.py is compiled only when a peer authenticates.
@@ -157,4 +183,6 @@ def boot(mem_base=0):
     dev.trial = sl.on_trial()
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
+    if mod is not None:
+        _intern(cfg["mode"])
     return dev, mod

@@ -11,15 +11,12 @@
 # quota of its own (max_unauth); when that quota is full, the OLDEST such
 # connection is closed to make room, so idle or dripping sockets can never
 # keep an operator out. Authenticated connections count against max_conn.
-import gc
-import sys
-import asyncio
-
 import hal
+import lineproto
 import proto
 import framing
+import slots
 import service
-from proto import error_line, E_BUSY, E_TIMEOUT
 
 _ACK_LEN = framing.HEADER_SIZE + 5  # ACK frame: acked u32
 _NERR_LEN = framing.HEADER_SIZE + 12  # NERROR frame: 11-byte body
@@ -31,9 +28,9 @@ class Conn:
         self.w = w
         self.authed = not dev.auth_on
         if self.authed:
-            self.dec = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
+            self.dec = framing.StreamDecoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)
         else:
-            self.dec = framing.StreamDecoder(proto.MAX_LINE_PRE_AUTH, proto.MAX_LINE_PRE_AUTH)
+            self.dec = framing.StreamDecoder(lineproto.MAX_LINE_PRE_AUTH, lineproto.MAX_LINE_PRE_AUTH)
         self.nonce = None
         self.ack_due = False
         self.ack_val = 0
@@ -62,6 +59,13 @@ class Conn:
                 # cannot go on; close it (the peer reconnects and resumes)
                 self.gone = True
 
+    def secure(self, dev, nonce, host_nonce_hex):
+        # after a successful auth (ops.op_auth): full-size frames, with room
+        # for the session's tag, and the session that seals every message
+        self.dec.grow(lineproto.MAX_FRAME + 16, lineproto.MAX_LINE + 33)
+        import session
+        session.start(dev, self, nonce, host_nonce_hex)
+
     def ack(self, acked):
         if self.ackb is None:
             self.ackb = bytearray(_ACK_LEN)
@@ -75,86 +79,67 @@ class Conn:
         self.out(self.nerrb)
 
 
-def _admit(ag, c):
-    # -> None when c may stay, else why not
-    cfg = ag.dev.cfg
-    unauth = [x for x in ag.conns if not x.authed]
-    if not c.authed and len(unauth) >= cfg["max_unauth"]:
-        # The oldest stranger makes room. Its own task is cancelled, so it
-        # leaves the poller and closes its socket itself: closing a socket
-        # that another task still waits on would leave a stale poll entry
-        # whose file descriptor the next connection may get.
-        unauth[0].task.cancel()
-        ag.conns.remove(unauth[0])
-    if len(ag.conns) - len(unauth) >= cfg["max_conn"]:
-        return "too many connections"
-    ag.conns.append(c)
-    return None
-
-
 async def serve(ag, r, w):
+    # (agent.Agent.serve closes the socket and handles what is raised here)
+    c = Conn(ag.dev, r, w)
+    if not await ag.admit(c):
+        return
+    await run(ag, c, False)
+
+
+def adopt(ag, lc, pending):
+    """The Conn that goes on with a lean connection (leanconn.py) which met a
+    message it does not serve: the same socket, its authentication and
+    session, its place in ag.conns; `pending` holds the bytes it has not
+    handled, that message first. Serve it with run(ag, c, True)."""
+    c = Conn(ag.dev, lc.r, lc.w)
+    c.t0 = lc.t0
+    c.task = lc.task
+    c.nonce = lc.nonce
+    if lc.authed and not c.authed:  # auth on: the peer authenticated on the lean connection
+        c.dec.grow(lineproto.MAX_FRAME + 16, lineproto.MAX_LINE + 33)
+        import session
+        c.sess = session.adopt(lc.sess)
+        c.authed = True
+    n = len(pending)
+    c.dec.space()[:n] = pending
+    c.dec.advance(n)
+    ag.conns[ag.conns.index(lc)] = c
+    return c
+
+
+async def run(ag, c, pending):
+    """Serve admitted connection c until it closes; `pending`: its decoder
+    already holds messages (adopt)."""
     dev = ag.dev
-    c = None
     try:
-        c = Conn(dev, r, w)
-        c.task = asyncio.current_task()
-        why = _admit(ag, c)
-        if why:
-            c = None
-            w.write(error_line(None, E_BUSY, why))
-            await w.drain()
-            return
-        service.attach(dev)
-        await _loop(ag, c)
-    except OSError:
-        pass  # reset by peer, broken pipe: just close
-    except asyncio.CancelledError:
-        pass  # evicted to make room (_admit): end quietly
-    except MemoryError:
-        gc.collect()  # the slot is freed below; the peer may retry
-    except Exception as e:
-        sys.print_exception(e)
+        slots.attach(dev)
+        if pending:
+            await _handle(dev, c)
+        if not c.gone:
+            await _loop(ag, c)
     finally:
-        if c is not None:
-            if c in ag.conns:
-                ag.conns.remove(c)
-            service.drop(dev, c)
-        try:
-            w.close()
-            await w.wait_closed()
-        except Exception:
-            pass
+        if c in ag.conns:
+            ag.conns.remove(c)
+        service.drop(dev, c)
+
+
+async def _handle(dev, c):
+    # every complete message in c's decoder: handled, answered, flushed
+    service.dispatch(dev, c)
+    if not c.gone:
+        await c.w.drain()
+        await service.after_reply(dev)
 
 
 async def _loop(ag, c):
     dev = ag.dev
-    r = c.r
-    w = c.w
     dec = c.dec
-    timeout = dev.cfg["timeout"] * 1000
-    auth_ms = dev.cfg["auth_timeout"] * 1000
     while c in ag.conns:
-        if c.authed:
-            left = timeout
-        else:
-            left = auth_ms - hal.ticks_diff(hal.ticks_ms(), c.t0)
-            if left <= 0:
-                w.write(error_line(None, E_TIMEOUT, "not authenticated within %d s: closing" % (auth_ms // 1000)))
-                await w.drain()
-                break
-        try:
-            n = await asyncio.wait_for_ms(r.readinto(dec.space()), left)
-        except asyncio.TimeoutError:
-            if not c.authed:
-                continue  # the auth deadline above closes it
-            c.out(error_line(None, E_TIMEOUT, "no data for %d s: closing" % (timeout // 1000)))
-            await w.drain()
-            break
+        n = await ag.receive(c, dec.space())
         if not n:
             break
         dec.advance(n)
-        service.dispatch(dev, c)
+        await _handle(dev, c)
         if c.gone:
             break
-        await w.drain()
-        await service.after_reply(dev)

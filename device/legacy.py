@@ -8,8 +8,9 @@ import binascii
 
 import hal
 import proto
-from proto import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME,
-                   E_CRC_MISMATCH, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE, REF_REQUESTS)
+from proto import REF_REQUESTS
+from lineproto import (ProtoError, E_UNSUPPORTED, E_INCORRECT_STATE, E_BAD_FRAME, E_CRC_MISMATCH,
+                       E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_TOO_LARGE)
 from framing import frame_into
 
 import upload

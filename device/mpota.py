@@ -19,8 +19,8 @@ def _dev():
 
 def _with_slots(fn):
     d = _dev()
-    import service
-    service.attach(d)
+    import slots
+    slots.attach(d)
     try:
         return fn(d)
     finally:

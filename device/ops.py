@@ -8,15 +8,14 @@ import gc
 import binascii
 
 import hal
-import proto
-import slots
-from slots import name
-from proto import ProtoError, E_AUTH_FAILED
+import lineproto
+from lineproto import slot_name
+from lineproto import ProtoError, E_AUTH_FAILED
 
 
 def op_hello(dev, c, req):
     c.nonce = os.urandom(16) if dev.auth_on else None
-    r = {"proto": proto.PROTO, "agent": dev.VERSION, "device": dev.id,
+    r = {"proto": lineproto.PROTO, "agent": dev.VERSION, "device": dev.id,
          "auth": "hmac-sha256" if dev.auth_on else "none",
          "nonce": binascii.hexlify(c.nonce).decode() if c.nonce else None}
     if c.authed:  # the rest only to an authenticated peer (discovery needs the above)
@@ -26,17 +25,17 @@ def op_hello(dev, c, req):
 
 
 def limits(dev):
-    return {"max_frame": proto.MAX_FRAME, "max_data": proto.MAX_DATA,
-            "max_line": proto.MAX_LINE, "window": proto.WINDOW,
-            "slot_size": dev.sl.slot_size, "mode": dev.mode,
+    return {"max_frame": lineproto.MAX_FRAME, "max_data": lineproto.MAX_DATA,
+            "max_line": lineproto.MAX_LINE, "window": lineproto.WINDOW,
+            "slot_size": dev.cfg["slot_size"], "mode": dev.mode,
             "features": ["native", "legacy", "json", "resume", "read"] + (["auth"] if dev.auth_on else [])}
 
 
 def op_auth(dev, c, req):
     if not dev.auth_on:
         return {"auth": "none"}
-    hn = proto.field(req, "nonce", str, required=True)
-    mac = proto.field(req, "mac", str, required=True)
+    hn = lineproto.field(req, "nonce", str, required=True)
+    mac = lineproto.field(req, "mac", str, required=True)
     nonce = c.nonce
     c.nonce = None  # one attempt per hello
     if nonce is None:
@@ -48,12 +47,11 @@ def op_auth(dev, c, req):
     if dm is None:
         c.authed = False
         raise ProtoError(E_AUTH_FAILED, "wrong MAC")
-    # full-size frames only after auth, with room for the session's tag; the
-    # connection is authenticated only once its session exists (out of heap
-    # before that: an unsealed no_memory, and the peer is still a stranger)
-    c.dec.grow(proto.MAX_FRAME + 16, proto.MAX_LINE + 33)
-    import session  # from here on every message both ways carries a MAC (this reply first)
-    session.start(dev, c, nonce, hn)
+    # The connection grows its buffer for an authenticated peer and starts
+    # the session: from here on every message both ways carries a MAC (this
+    # reply first). It is authenticated only once its session exists (out of
+    # heap before that: an unsealed no_memory, and the peer is still a stranger).
+    c.secure(dev, nonce, hn)
     c.authed = True
     r = {"mac": binascii.hexlify(dm).decode()}
     r.update(limits(dev))
@@ -71,23 +69,23 @@ def op_status(dev, c, req):
 def status(dev, full=True):
     """The status reply; without `full` (an unauthenticated peer) only what
     discovery needs."""
-    sl = dev.sl
-    rec = sl.rec
     v = sys.implementation.version
     r = {"platform": hal.PLATFORM, "impl": sys.implementation.name,
          "mp_version": "%d.%d.%d" % (v[0], v[1], v[2]), "agent": dev.VERSION,
-         "proto": proto.PROTO, "device": dev.id, "running": name(sl.running),
+         "proto": lineproto.PROTO, "device": dev.id, "running": slot_name(dev.running),
          "auth": "hmac-sha256" if dev.auth_on else "none", "mode": dev.mode}
     if not full:
         return r
     s = dev.session
+    sl = dev.sl
+    rec = sl.rec
     dev.sample_mem()  # collects first, so mem_free below is the live figure
-    r.update({"active": name(rec["active"]), "pending": name(rec["pending"]),
+    r.update({"active": slot_name(rec["active"]), "pending": slot_name(rec["pending"]),
               "trial": sl.on_trial(), "trial_count": rec["trials"], "max_trials": sl.max_trials,
               "slots": {"a": sl.info(0), "b": sl.info(1)},
               "slot_size": sl.slot_size, "max_image": max_image(dev),
               "app": dev.app,
-              "session": None if s is None else {"slot": name(s.slot), "size": s.size,
+              "session": None if s is None else {"slot": slot_name(s.slot), "size": s.size,
                                                  "offset": s.w.pos, "kind": s.kind},
               "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(), "mem_peak": dev.mem_peak,
               "mem_base": dev.mem_base, "mem_idle": dev.mem_idle,
@@ -103,18 +101,14 @@ def status(dev, full=True):
 
 
 def max_image(dev):
-    import upload
-    try:
-        return upload.space(dev.sl, dev.sl.inactive())
-    finally:
-        if dev.session is None:
-            dev.release("upload")
+    return dev.sl.space(dev.sl.inactive())
 
 
 def op_confirm(dev, c, req):
-    return {"slot": name(dev.sl.confirm()), "state": slots.CONFIRMED}
+    import slots
+    return {"slot": slot_name(dev.sl.confirm()), "state": slots.CONFIRMED}
 
 
 def op_reset(dev, c, req):
-    dev.reset_ms = proto.int_range(req, "delay_ms", 0, 10000, 100)
+    dev.reset_ms = lineproto.int_range(req, "delay_ms", 0, 10000, 100)
     return {}

@@ -4,11 +4,12 @@
 # after the request, so a device that only takes updates never holds it.
 import binascii
 
-import proto
+import lineproto
 import slots
 from slots import name
-from proto import (ProtoError, E_BUSY, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_BAD_FRAME, OP_READ,
-                   OP_READ_DATA, int_range, field, slot_index)
+from proto import OP_READ, OP_READ_DATA
+from lineproto import (ProtoError, E_BUSY, E_OUT_OF_RANGE, E_AUTH_REQUIRED, E_BAD_FRAME, int_range, field,
+                       slot_index)
 from framing import HEADER_SIZE, frame_into
 from checksums import crc32c
 
@@ -41,7 +42,7 @@ def read_frame(dev, c, f):
     slot = f[5]
     off = (f[6] << 24) | (f[7] << 16) | (f[8] << 8) | f[9]
     ln = (f[10] << 8) | f[11]
-    if slot > 1 or ln < 1 or ln > proto.MAX_DATA:
+    if slot > 1 or ln < 1 or ln > lineproto.MAX_DATA:
         return c.nerror(OP_READ, E_OUT_OF_RANGE, 0, off)
     mv = dev.scratch()
     try:
@@ -65,7 +66,7 @@ def op_rollback(dev, c, req):
 def op_read(dev, c, req):
     i = _slot(req)
     off = int_range(req, "offset", 0, 0x7FFFFFFF)
-    ln = int_range(req, "length", 1, proto.READ_JSON_MAX)
+    ln = int_range(req, "length", 1, lineproto.READ_JSON_MAX)
     mv = dev.scratch()[:ln]
     read_into(dev, i, off, mv)
     return {"slot": name(i), "offset": off, "length": ln,

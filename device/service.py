@@ -17,10 +17,11 @@ import sys
 import gc
 
 import hal
+import lineproto
 import proto
-from proto import (ProtoError, error_line, reply_line, E_UNSUPPORTED, E_AUTH_REQUIRED,
-                   E_INCORRECT_STATE, E_CRC_MISMATCH, E_OUT_OF_RANGE, E_OUT_OF_ORDER,
-                   E_BAD_FRAME, E_INTERNAL, E_NO_MEMORY, OP_DATA, OP_READ)
+from proto import OP_DATA, OP_READ
+from lineproto import (ProtoError, error_line, E_UNSUPPORTED, E_AUTH_REQUIRED, E_INCORRECT_STATE,
+                       E_CRC_MISMATCH, E_OUT_OF_RANGE, E_OUT_OF_ORDER, E_BAD_FRAME, E_INTERNAL, E_NO_MEMORY)
 from framing import K_FRAME, K_LINE, HEADER_SIZE, frame_into
 from checksums import crc32c
 
@@ -29,16 +30,6 @@ _OPEN = ("hello", "auth", "ping", "status")  # served before authentication
 _ROUTE = {"begin": "update", "commit": "update", "abort": "update",
           "rollback": "rareops", "read": "rareops", "erase": "rareops"}
 _OPS = ("hello", "auth", "ping", "status", "confirm", "reset")
-
-
-def attach(dev):
-    """Load the slot record for the connections about to be served (agent.settle
-    drops it again): status and every update need it, an idle device does not."""
-    if dev.sl is None:
-        import slots
-        cfg = dev.cfg
-        dev.sl = slots.Slots.load(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"],
-                                  running=dev.running)
 
 
 def idle(dev):
@@ -114,52 +105,31 @@ def dispatch(dev, c):
         c.ack(c.ack_val)
 
 
-def _no_memory_line(c, rid):
-    sess = c.sess
-    if sess is not None and sess.tseq == 0:
-        # the heap ran out between the session's start and the auth reply: the
-        # peer never saw a sealed message, so the auth did not happen (the
-        # reply goes unsealed; the host reads it as a failed auth)
-        c.sess = None
-        c.authed = False
-    c.out(error_line(rid, E_NO_MEMORY, "out of memory (%d bytes free): retry, or reset first" % gc.mem_free()))
-
-
 def no_memory(dev, c, ev):
     # Out of heap (loading a handler while the app holds the heap): answer
     # in the asker's own framing, built without the modules that may be
     # what failed to load.
     if ev[0] != K_FRAME:
-        return _no_memory_line(c, None)
+        return lineproto.no_memory(c, None)
     op = ev[1][1]
     if 0x20 <= op <= 0x2F:
         return c.nerror(op, E_NO_MEMORY)
     ref_error(c, E_NO_MEMORY)
 
 
+def route(dev, c, op):
+    # the module serving a JSON op (lineproto.serve_line); strangers get only _OPEN
+    mod = _ROUTE.get(op)
+    if mod is None and op not in _OPS:
+        raise ProtoError(E_UNSUPPORTED, "unknown op \"%s\"" % op)
+    # Authenticate before loading anything on a peer's behalf.
+    if not c.authed and op not in _OPEN:
+        raise ProtoError(E_AUTH_REQUIRED, "authenticate first (hello, auth)")
+    return mod or "ops"
+
+
 def line(dev, c, ln):
-    rid = None
-    try:
-        req = proto.parse_request(ln)
-        rid = req.get("id")
-        op = req["op"]
-        mod = _ROUTE.get(op)
-        if mod is None and op not in _OPS:
-            raise ProtoError(E_UNSUPPORTED, "unknown op \"%s\"" % op)
-        # Authenticate before loading anything on a peer's behalf.
-        if not c.authed and op not in _OPEN:
-            raise ProtoError(E_AUTH_REQUIRED, "authenticate first (hello, auth)")
-        m = __import__(mod or "ops")
-        r = getattr(m, "op_" + op)(dev, c, req)
-        del m
-        c.out(reply_line(rid, r))
-    except ProtoError as e:
-        c.out(error_line(rid, e.code, e.message))
-    except MemoryError:
-        idle(dev)
-        gc.collect()
-        _no_memory_line(c, rid)
-    idle(dev)
+    lineproto.serve_line(dev, c, ln, route, idle)
 
 
 def bad(dev, c, code, msg):

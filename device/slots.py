@@ -34,9 +34,8 @@ import os
 import json
 import binascii
 
-from proto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED
-
-NAMES = ("a", "b")
+from lineproto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED, SLOT_NAMES as NAMES
+from lineproto import slot_name as name  # noqa: F401 (slots.name: the handlers' name for it)
 EMPTY = "empty"
 WRITING = "writing"
 COMPLETE = "complete"
@@ -48,6 +47,7 @@ BAD = "bad"
 # Not "/slots": "/" is on sys.path and MicroPython imports a directory as a
 # namespace package, so `import slots` would find the directory, not slots.py.
 ROOT = "/mpota-slots"
+RESERVE = 2  # blocks an upload leaves free for littlefs' copy-on-write metadata
 
 
 TRUST_PATH = "/mpota_trust.json"  # the trusted signing keys (trust.py reads them)
@@ -79,10 +79,6 @@ def raised_floor(floor, cnt):
     """The floor after an image with counter `cnt` is CONFIRMED (never at commit:
     the fallback must stay bootable until the new image has proved itself)."""
     return max(floor, cnt or 0)
-
-
-def name(i):
-    return None if i is None else NAMES[i]
 
 
 def blank():
@@ -143,6 +139,16 @@ def remove(path):
         os.remove(path)
     except OSError:
         pass
+
+
+def attach(dev):
+    """Load the slot record for the connections about to be served
+    (agent.settle drops it again): status and every update need it, an
+    idle device does not."""
+    if dev.sl is None:
+        cfg = dev.cfg
+        dev.sl = Slots.load(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"],
+                            running=dev.running)
 
 
 class Slots:
@@ -220,6 +226,21 @@ class Slots:
         if r is None:
             r = self.rec["active"]
         return 0 if r is None else 1 - r
+
+    def space(self, i):
+        """Bytes an image in slot i may take (max_image): what the filesystem
+        has free plus what slot i's own file holds now (it is replaced), less
+        littlefs' reserve; never more than the configured slot size."""
+        try:
+            st = os.statvfs(self.root)
+            bs = st[0]
+            free = st[3]
+        except (OSError, AttributeError):
+            return self.slot_size
+        have = self.file_size(i)
+        if have > 0:
+            free += (have + bs - 1) // bs
+        return max(0, min((free - RESERVE) * bs, self.slot_size))
 
     def info(self, i):
         s = self.rec["slots"][i]

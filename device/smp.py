@@ -31,11 +31,11 @@ from micropython import const
 
 import cbor
 import hal
-import proto
+import lineproto
 import slots
 from slots import COMPLETE, PENDING, TRIAL, CONFIRMED, BAD
-from proto import (ProtoError, E_BUSY, E_INCORRECT_STATE, E_NO_SPACE, E_WRITE_FAILED,
-                   E_BAD_IMAGE, E_VERSION_REFUSED, E_SIGNATURE_INVALID, E_OUT_OF_RANGE)
+from lineproto import (ProtoError, E_BUSY, E_INCORRECT_STATE, E_NO_SPACE, E_WRITE_FAILED, E_BAD_IMAGE,
+                       E_VERSION_REFUSED, E_SIGNATURE_INVALID, E_OUT_OF_RANGE)
 
 KIND = "smp"  # the session kind (status shows it), also its owner: one SMP service per device
 
@@ -282,10 +282,10 @@ def _upload_first(dev, req, m, data):
     if len(data) >= 32:
         import mcuboot
         v = mcuboot.parse_header(data)["version"]
-        ver = proto.format_version(v)
+        ver = lineproto.format_version(v)
         r = sl.running
         cur = None if r is None else sl.slot(r)["version"]
-        if m.get("upgrade") is True and cur is not None and v <= proto.parse_version(cur):
+        if m.get("upgrade") is True and cur is not None and v <= lineproto.parse_version(cur):
             raise SmpError(_I_NOT_NEWER)
         if update._older(dev, i, v):  # the native rule: never older than the active version
             raise SmpError(_I_NOT_NEWER)
@@ -348,7 +348,7 @@ def _image(dev, i):
     # native commits make an app pending at once (a complete one is no app);
     # SMP uploads stay complete until "test" and say whether they are an app
     ok = st in (PENDING, TRIAL, CONFIRMED) or (st == COMPLETE and s.get("app") is True)
-    return h, proto.parse_version(ver), ok
+    return h, lineproto.parse_version(ver), ok
 
 
 def _version(v):

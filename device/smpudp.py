@@ -59,13 +59,13 @@ async def _serve(dev, sock):
                         continue
                     raise  # the socket is gone (closed under us): end the task
                 try:
-                    import service
-                    service.attach(dev)  # the slot record, as for a TCP connection
-                    service = None
+                    import slots
+                    slots.attach(dev)  # the slot record, as for a TCP connection
+                    slots = None
                     import smp
                     smp.handle(dev, sock, data, addr)
                 except MemoryError:
-                    # not even the service loads (the app holds the heap): answer
+                    # not even smp.py loads (the app holds the heap): answer
                     # {"rc": 2} (MGMT_ERR_ENOMEM) as the response to its read/write
                     try:
                         b = bytearray(data[:8] + b"\xa1\x62rc\x02")

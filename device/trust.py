@@ -21,7 +21,7 @@ import hashlib
 import json
 import sys
 
-from proto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST
+from lineproto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST
 
 # The anti-rollback rules live with the record's floor in slots.py (resident:
 # commit and boot check them without loading this module); named here too.

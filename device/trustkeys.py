@@ -10,7 +10,7 @@ import json
 import os
 import struct
 
-from proto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST, E_INCORRECT_STATE
+from lineproto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST, E_INCORRECT_STATE
 from trust import TRUST_PATH, key_id, find_key, verify_signature, hexstr, unhex
 
 MAX_KEYS = 4

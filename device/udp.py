@@ -6,9 +6,10 @@ import sys
 import asyncio
 
 import legacy
+import slots
 import service
 from framing import check_frame
-from proto import E_BAD_FRAME, E_TOO_LARGE
+from lineproto import E_BAD_FRAME, E_TOO_LARGE
 
 
 class UdpPeer:
@@ -36,7 +37,7 @@ class UdpPeer:
 
 async def serve(dev, sock):
     dev.legacy_udp = True  # keeps the connection modules loaded (agent.settle)
-    service.attach(dev)
+    slots.attach(dev)
     peer = UdpPeer(dev, sock)
     while True:
         try:

@@ -5,11 +5,11 @@ import sys
 import binascii
 
 import hal
-import proto
+import lineproto
 import slots
 import upload
 from slots import name
-from proto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
+from lineproto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
                    E_BAD_IMAGE, E_VERSION_REFUSED, E_RESTARTING, field)
 
 _CHECK_MOUNT = "/mpota_check"  # where commit mounts a new app to look at its names
@@ -52,7 +52,7 @@ def _older(dev, i, v):
     if v is None or a is None or a == i:
         return None
     cur = dev.sl.slot(a)["version"]
-    if cur is not None and tuple(v) < proto.parse_version(cur):
+    if cur is not None and tuple(v) < lineproto.parse_version(cur):
         return cur
     return None
 
@@ -122,11 +122,11 @@ def op_begin(dev, c, req):
     want = field(req, "slot", str, "inactive")
     ver = field(req, "version", str)
     down = field(req, "allow_downgrade", bool, False)
-    v = None if ver is None else proto.parse_version(ver)  # bad_request when malformed
+    v = None if ver is None else lineproto.parse_version(ver)  # bad_request when malformed
     may_update(dev, c)
     sl = dev.sl
     i = sl.inactive()
-    if want != "inactive" and proto.slot_index(want) != i:
+    if want != "inactive" and lineproto.slot_index(want) != i:
         raise ProtoError(E_INCORRECT_STATE, "slot %s is in use; the inactive slot is %s" % (want, name(i)))
     cur = None if down else _older(dev, i, v)
     if cur:
@@ -134,7 +134,7 @@ def op_begin(dev, c, req):
     restart_if_lean(dev, i, size)
     off = upload.prepare(sl, i, size, sha, ver)
     dev.open_session(upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down))
-    return {"slot": name(i), "offset": off, "max_data": proto.MAX_DATA, "window": proto.WINDOW}
+    return {"slot": name(i), "offset": off, "max_data": lineproto.MAX_DATA, "window": lineproto.WINDOW}
 
 
 def _own(dev, c):

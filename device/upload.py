@@ -5,42 +5,19 @@
 # The ordering rules of slots.py hold: bytes are removed before the record
 # stops claiming them, and a record claims an image only after its bytes
 # are synced and verified.
-import os
 import hashlib
 
 import hal
 import slots
-from proto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED
+from lineproto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED
 
 SYNC_EVERY = 65536  # sync the slot file this often: the resume point after a power cut
-RESERVE = 2  # blocks kept free for littlefs' copy-on-write metadata
 NATIVE = "native"  # session kinds
 LEGACY = "legacy"
 
 
-def _blocks(n, bs):
-    return (n + bs - 1) // bs
-
-
-def space(sl, i):
-    """Bytes an image in slot i may take: what the filesystem has free plus
-    what slot i's own file holds now (it is replaced), less littlefs' reserve;
-    never more than the configured slot size."""
-    try:
-        st = os.statvfs(sl.root)
-        bs = st[0]
-        free = st[3]
-    except (OSError, AttributeError):
-        return sl.slot_size
-    have = sl.file_size(i)
-    if have > 0:
-        free += _blocks(have, bs)
-    n = (free - RESERVE) * bs
-    return max(0, min(n, sl.slot_size))
-
-
 def check_fits(sl, i, size):
-    room = space(sl, i)
+    room = sl.space(i)
     if size < 1 or size > room:
         raise ProtoError(E_NO_SPACE, "%d bytes do not fit: slot %s can take %d bytes (max_image)"
                          % (size, slots.NAMES[i], room))

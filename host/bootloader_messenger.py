@@ -36,7 +36,7 @@ from bootloader_messages import (
     WriteRequest,
     WriteResponse,
 )
-from proto import error_name  # the codec's error table, shared with the native protocol
+from lineproto import error_name  # the codec's error table, shared with the native protocol
 
 logger = logging.getLogger("bootloader_messenger")
 

@@ -19,7 +19,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import proto
+import lineproto
 
 from . import __version__, commands, targets
 from .client import Client, expected_device
@@ -153,7 +153,7 @@ def _sign_opt(p: argparse.ArgumentParser) -> None:
 
 
 def _slot_opt(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--slot", required=True, choices=proto.SLOT_NAMES, help="the slot to %s: a or b" % what)
+    p.add_argument("--slot", required=True, choices=lineproto.SLOT_NAMES, help="the slot to %s: a or b" % what)
 
 
 def _push_opts(p):
@@ -344,7 +344,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def version_text() -> str:
-    return "mpota %s (protocol %d)" % (__version__, proto.PROTO)
+    return "mpota %s (protocol %d)" % (__version__, lineproto.PROTO)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import hostframes  # the codec (shared/), flat as on the device: see __init__.py
+import lineproto
 import proto
 from checksums import crc32c
 from framing import K_ERROR, K_FRAME, K_LINE
@@ -42,8 +43,8 @@ COMMIT_TIMEOUT = 120.0  # the device hashes and validates the whole slot
 MAX_REWINDS = 64
 
 # Codes after which the host re-sends from the device's watermark (§1.2).
-_REWIND_CODES = (proto.E_CRC_MISMATCH, proto.E_OUT_OF_ORDER, proto.E_BAD_FRAME,
-                 proto.E_WRITE_FAILED)
+_REWIND_CODES = (lineproto.E_CRC_MISMATCH, lineproto.E_OUT_OF_ORDER, lineproto.E_BAD_FRAME,
+                 lineproto.E_WRITE_FAILED)
 
 ProgressCb = Callable[[int, int], None]
 EventCb = Callable[..., None]
@@ -74,7 +75,7 @@ class Client:
     peer that says another id is refused before we sign anything for it.
     """
 
-    def __init__(self, host: str, port: int = proto.TCP_PORT, *, key: Optional[bytes] = None,
+    def __init__(self, host: str, port: int = lineproto.TCP_PORT, *, key: Optional[bytes] = None,
                  connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
                  window: Optional[int] = None, expect_device: Optional[str] = None):
         self.host = host
@@ -199,7 +200,7 @@ class Client:
         self._frames.put_nowait(None)  # wakes a waiting upload/read
 
     async def _rx_loop(self) -> None:
-        dec = hostframes.Decoder(max_frame=proto.MAX_FRAME + 64, max_line=64 * 1024)
+        dec = hostframes.Decoder(max_frame=lineproto.MAX_FRAME + 64, max_line=64 * 1024)
         reader = self._reader
         assert reader is not None
         exc: BaseException = ConnectionLost("the device closed the connection")
@@ -404,8 +405,8 @@ class Client:
         return frame
 
     def _window(self, reply: Optional[dict] = None) -> tuple:
-        max_data = int((reply or {}).get("max_data") or self.info.get("max_data") or proto.MAX_DATA)
-        window = int((reply or {}).get("window") or self.info.get("window") or proto.WINDOW)
+        max_data = int((reply or {}).get("max_data") or self.info.get("max_data") or lineproto.MAX_DATA)
+        window = int((reply or {}).get("window") or self.info.get("window") or lineproto.WINDOW)
         if self.user_window:
             window = min(window, self.user_window)
         max_data = max(1, min(max_data, window))
@@ -454,11 +455,11 @@ class Client:
                         on_progress(acked, size)
             elif op == proto.OP_NERROR:
                 req_op, code, flags, value, ref = hostframes.parse_nerror(frame)
-                name = proto.error_name(code)
+                name = lineproto.error_name(code)
                 if code not in _REWIND_CODES:
                     raise device_error(name, "device refused data at offset %d (watermark %d)" % (ref, value),
-                                       num=code, retry=not flags & proto.F_NO_RETRY,
-                                       fatal=bool(flags & proto.F_FATAL), op="write")
+                                       num=code, retry=not flags & lineproto.F_NO_RETRY,
+                                       fatal=bool(flags & lineproto.F_FATAL), op="write")
                 if last_rewind is not None and value == last_rewind and ref != value:
                     continue  # answer to a frame sent before the rewind
                 rewinds += 1
@@ -525,9 +526,9 @@ class Client:
                     on_progress(done, length)
             elif op == proto.OP_NERROR:
                 req_op, code, flags, value, ref = hostframes.parse_nerror(frame)
-                raise device_error(proto.error_name(code), "read of slot %s at %d refused" % (slot, ref),
-                                   num=code, retry=not flags & proto.F_NO_RETRY,
-                                   fatal=bool(flags & proto.F_FATAL), op="read")
+                raise device_error(lineproto.error_name(code), "read of slot %s at %d refused" % (slot, ref),
+                                   num=code, retry=not flags & lineproto.F_NO_RETRY,
+                                   fatal=bool(flags & lineproto.F_FATAL), op="read")
             else:
                 log.warning("unexpected frame 0x%02X during read ignored", op)
         return bytes(out)

@@ -12,7 +12,7 @@ import hashlib
 import time
 from pathlib import Path
 
-import proto
+import lineproto
 
 from . import images, push as flows, targets as targets_mod
 from .errors import EXIT_OK, MpotaError, UsageError, VerifyFailed
@@ -367,10 +367,10 @@ def cmd_targets(ctx) -> int:
         src = "file" if n in table else "built-in"
         extra = "".join("  %s %s" % (k, entry[k]) for k in ("device_id", "key_file") if entry.get(k))
         out.event("target", "  %-12s %s:%s udp %s%s  (%s)" % (
-            n, entry.get("host"), entry.get("port", proto.TCP_PORT), entry.get("udp_port", proto.UDP_PORT),
+            n, entry.get("host"), entry.get("port", lineproto.TCP_PORT), entry.get("udp_port", lineproto.UDP_PORT),
             extra, src),
-            name=n, host=entry.get("host"), port=entry.get("port", proto.TCP_PORT),
-            udp_port=entry.get("udp_port", proto.UDP_PORT), key_file=entry.get("key_file"),
+            name=n, host=entry.get("host"), port=entry.get("port", lineproto.TCP_PORT),
+            udp_port=entry.get("udp_port", lineproto.UDP_PORT), key_file=entry.get("key_file"),
             device_id=entry.get("device_id"), source=src)
     for g, members in groups.items():
         out.event("group", "  %-12s group: %s" % (g, ", ".join(members)), name=g, members=members)

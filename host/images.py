@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 import mcuboot  # the codec's MCUboot parser (shared/), also run by the device
-import proto
+import lineproto
 
 from . import deploy
 from .errors import BadImage, UsageError
@@ -109,8 +109,8 @@ VERSION_RULE = ("MAJOR.MINOR.REVISION[+BUILD], major and minor 0-255, revision 0
 def mcuboot_version(text) -> str:
     """`text` as an MCUboot version "X.Y.Z+B", or AppImageError saying what is allowed."""
     try:
-        return proto.format_version(proto.parse_version(str(text).strip()))
-    except proto.ProtoError:
+        return lineproto.format_version(lineproto.parse_version(str(text).strip()))
+    except lineproto.ProtoError:
         raise AppImageError("bad version %r: an image version is %s" % (str(text), VERSION_RULE)) from None
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import proto
+import lineproto
 
 from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, EventCb, ProgressCb, PushResult, expected_device,
                      push_image, wait_for_device, within)
@@ -75,8 +75,8 @@ def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
 
 def same_version(a, b) -> bool:
     try:
-        return proto.parse_version(a) == proto.parse_version(b)
-    except (proto.ProtoError, TypeError):
+        return lineproto.parse_version(a) == lineproto.parse_version(b)
+    except (lineproto.ProtoError, TypeError):
         return a == b
 
 

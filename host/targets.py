@@ -40,7 +40,7 @@ try:
 except ImportError:  # Python < 3.11
     tomllib = None  # type: ignore[assignment]
 
-import proto
+import lineproto
 from .errors import UsageError
 
 # Where the targets file was before XDG_CONFIG_HOME was honoured: still read when
@@ -48,8 +48,8 @@ from .errors import UsageError
 DEFAULT_TARGETS = Path("~/.config/mpota/targets.toml")
 
 BUILTINS = {
-    "pico": {"host": "PicoW.local", "port": proto.TCP_PORT, "udp_port": proto.UDP_PORT},
-    "sim": {"host": "127.0.0.1", "port": proto.TCP_PORT, "udp_port": proto.UDP_PORT,
+    "pico": {"host": "PicoW.local", "port": lineproto.TCP_PORT, "udp_port": lineproto.UDP_PORT},
+    "sim": {"host": "127.0.0.1", "port": lineproto.TCP_PORT, "udp_port": lineproto.UDP_PORT,
             "key_file": ".sim-state/device.key"},
 }
 
@@ -58,8 +58,8 @@ BUILTINS = {
 class Target:
     name: str
     host: str
-    port: int = proto.TCP_PORT
-    udp_port: int = proto.UDP_PORT
+    port: int = lineproto.TCP_PORT
+    udp_port: int = lineproto.UDP_PORT
     key_file: Optional[str] = None
     key: Optional[bytes] = field(default=None, repr=False)  # never shown
     key_source: str = "none"                                # where the key came from (no value)
@@ -194,7 +194,7 @@ def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
 
 
-def parse_hostport(spec: str, default_port: int = proto.TCP_PORT) -> tuple:
+def parse_hostport(spec: str, default_port: int = lineproto.TCP_PORT) -> tuple:
     """'host', 'host:port', '[v6]', '[v6]:port' or a bare IPv6 address -> (host, port)."""
     if spec.count(":") > 1 and not spec.startswith("["):
         return spec, default_port  # bare IPv6 address, no port
@@ -286,8 +286,8 @@ def _from_entry(name: str, entry: dict, path: Optional[Path]) -> Target:
     if not isinstance(host, str) or not host:
         raise UsageError("target %s has no host%s" % (name, where))
     try:
-        port = int(entry.get("port", proto.TCP_PORT))
-        udp = int(entry.get("udp_port", proto.UDP_PORT))
+        port = int(entry.get("port", lineproto.TCP_PORT))
+        udp = int(entry.get("udp_port", lineproto.UDP_PORT))
     except (TypeError, ValueError):
         raise UsageError("target %s: port and udp_port must be numbers%s" % (name, where))
     kf = entry.get("key_file")

@@ -8,8 +8,8 @@ import struct
 
 from checksums import crc32c
 from framing import HEADER_SIZE, StreamDecoder, frame_into
-from proto import (OP_ACK, OP_DATA, OP_NERROR, OP_READ, OP_READ_DATA, E_BAD_FRAME, ProtoError,
-                    ack_into, nerror_into, slot_index)
+from proto import OP_ACK, OP_DATA, OP_NERROR, OP_READ, OP_READ_DATA, ack_into, nerror_into
+from lineproto import E_BAD_FRAME, ProtoError, slot_index
 
 
 class Decoder(StreamDecoder):

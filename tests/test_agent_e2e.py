@@ -14,6 +14,7 @@ import pytest
 
 import framing
 import hostframes
+import lineproto
 import proto
 from conftest import I386, INTERPRETERS, interp_label
 from devconn import DevConn, app_image, reset_and_wait  # noqa: F401  (re-exported)
@@ -52,9 +53,9 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         c.err("begin", "auth_required", size=10, sha256="0" * 64)
         c.err("erase", "auth_required", slot="a")
         c.send(hostframes.encode_data(0, b"x"))
-        assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_DATA, proto.E_AUTH_REQUIRED)
+        assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_DATA, lineproto.E_AUTH_REQUIRED)
         c.send(bm.UpdateStartRequest.make(100))
-        assert bm.ErrorResponse.extract(c.frame()).error == proto.E_AUTH_REQUIRED
+        assert bm.ErrorResponse.extract(c.frame()).error == lineproto.E_AUTH_REQUIRED
         c.send(bm.VersionRequest.make())  # open to all
         v = bm.VersionResponse.extract(c.frame())
         assert (v.api_major, v.api_minor) == (1, 0)
@@ -72,14 +73,14 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         bad = bytearray(bm.VersionRequest.make())
         bad[-1] ^= 0xFF
         c.send(bytes(bad))
-        assert bm.ErrorResponse.extract(c.frame()).error == proto.E_BAD_FRAME
+        assert bm.ErrorResponse.extract(c.frame()).error == lineproto.E_BAD_FRAME
         # a header announcing 60000 bytes must not make the device wait for them
         c.send(bytes([0xE7, 0x21, 0xEA, 0x60, framing.header_checksum(0x21, 0xEA60)]))
         kind, v = c.event()
-        assert kind == K_FRAME and v[1] == 0xFF and v[5] == proto.E_TOO_LARGE
+        assert kind == K_FRAME and v[1] == 0xFF and v[5] == lineproto.E_TOO_LARGE
         assert c.line()["error"]["code"] == "bad_frame"  # the rest of that header, skipped
         c.send(bytes(hostframes.make_frame(0x42, b"")))  # an opcode nobody defined
-        assert bm.ErrorResponse.extract(c.frame()).error == proto.E_UNSUPPORTED
+        assert bm.ErrorResponse.extract(c.frame()).error == lineproto.E_UNSUPPORTED
         # wrong MAC, then a replayed nonce: both refused
         key = sim.key
         h = c.ok("hello")
@@ -98,7 +99,7 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         c.err("begin", "bad_request", size=10, sha256="xyz")
         c.err("begin", "no_space", size=10 ** 7, sha256="0" * 64)
         c.send(hostframes.encode_data(0, b"x"))
-        assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_DATA, proto.E_INCORRECT_STATE)
+        assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_DATA, lineproto.E_INCORRECT_STATE)
         # still one healthy connection after all that
         assert c.ok("ping")["pong"] is True
         # the key never shows up in what the device says
@@ -298,18 +299,18 @@ def test_data_frame_rules(tmp_path):
         c.send(hostframes.encode_data(0, data[:1000]))
         assert hostframes.parse_ack(c.frame()) == 1000
         c.send(hostframes.encode_data(2000, data[2000:3000]))  # a gap
-        assert hostframes.parse_nerror(c.frame()) == (proto.OP_DATA, proto.E_OUT_OF_ORDER, 0, 1000, 2000)
+        assert hostframes.parse_nerror(c.frame()) == (proto.OP_DATA, lineproto.E_OUT_OF_ORDER, 0, 1000, 2000)
         f = hostframes.encode_data(1000, data[1000:2000])
         f[20] ^= 0xFF
         f[-1] = sum(f[:-1]) & 0xFF  # frame intact, chunk CRC wrong
         c.send(bytes(f))
-        assert hostframes.parse_nerror(c.frame())[1:] == (proto.E_CRC_MISMATCH, 0, 1000, 1000)
+        assert hostframes.parse_nerror(c.frame())[1:] == (lineproto.E_CRC_MISMATCH, 0, 1000, 1000)
         c.send(hostframes.encode_data(500, data[500:1500]))  # overlaps: only the new part is written
         assert hostframes.parse_ack(c.frame()) == 1500
         c.send(hostframes.encode_data(0, data[:100]))  # duplicate
         assert hostframes.parse_ack(c.frame()) == 1500
         c.send(hostframes.encode_data(9990, b"y" * 20))  # past the announced size
-        assert hostframes.parse_nerror(c.frame())[1] == proto.E_OUT_OF_RANGE
+        assert hostframes.parse_nerror(c.frame())[1] == lineproto.E_OUT_OF_RANGE
         c.upload(data, 1500, chunk=3000)
         c.err("commit", "bad_image")  # digest fine, not an image
         c.close()
@@ -327,7 +328,7 @@ def test_two_clients_busy_and_resume_after_drop(tmp_path):
         r = b.err("begin", "busy", size=len(img), sha256=sha)
         assert r["error"]["retry"] is True
         b.send(bm.UpdateStartRequest.make(100))  # legacy sessions are one session too
-        assert bm.ErrorResponse.extract(b.frame()).error == proto.E_BUSY
+        assert bm.ErrorResponse.extract(b.frame()).error == lineproto.E_BUSY
         assert b.ok("status")["session"] == {"slot": "a", "size": len(img), "offset": 32768, "kind": "native"}
         # the owner drops without a word: the session closes, the bytes stay
         a.s.shutdown(socket.SHUT_RDWR)
@@ -418,7 +419,7 @@ def test_rare_ops_in_a_small_heap_answer_cleanly(tmp_path, mp):
         c.send(bytes(bm.VersionRequest.make()))
         f = c.frame()
         if f[1] == bm.ErrorResponse.OpCode:
-            assert bm.ErrorResponse.extract(f).error == proto.E_NO_MEMORY
+            assert bm.ErrorResponse.extract(f).error == lineproto.E_NO_MEMORY
         else:
             assert bm.VersionResponse.extract(f).api_major == 1
         assert c.ok("status")["app"]["state"] == "running"

@@ -20,6 +20,7 @@ import pytest
 
 import bootloader_messages as bm
 import hostframes
+import lineproto
 import proto
 import session
 from devconn import DevConn
@@ -40,7 +41,7 @@ BIN_OPS = [("DATA", lambda: hostframes.encode_data(0, b"x" * 16)),
            ("Reset", lambda: bm.ResetRequest.make()),
            ("ReadAddress", lambda: bm.ReadAddressRequest.make(0, 16))]
 REFUSED = ("auth_required", "auth_failed")
-_REF_REFUSED = (proto.E_AUTH_REQUIRED, proto.E_AUTH_FAILED)
+_REF_REFUSED = (lineproto.E_AUTH_REQUIRED, lineproto.E_AUTH_FAILED)
 
 
 def messages():
@@ -111,7 +112,7 @@ def raw_reply(s, dec, timeout=5.0):
 
 
 def decoder():
-    d = hostframes.Decoder(proto.MAX_FRAME + 64, 8192)
+    d = hostframes.Decoder(lineproto.MAX_FRAME + 64, 8192)
     d.pending_events = []
     return d
 

@@ -14,6 +14,7 @@ import json
 import pytest
 
 import hostframes
+import lineproto
 import proto
 from mpota.client import Client, push_image
 from mpota.errors import DeviceError, NoSpace
@@ -55,7 +56,7 @@ class FakeDevice:
         await self.server.wait_closed()
 
     async def _conn(self, r, w):
-        dec = hostframes.Decoder(max_frame=proto.MAX_FRAME)
+        dec = hostframes.Decoder(max_frame=lineproto.MAX_FRAME)
         last_ack_sent = self.acked
         pending_acks = 0
         received_end = self.acked
@@ -77,12 +78,12 @@ class FakeDevice:
                         if off in self.corrupt:
                             self.corrupt.discard(off)
                             self.nerrors += 1
-                            w.write(hostframes.encode_nerror(proto.OP_DATA, proto.E_CRC_MISMATCH, self.acked, off))
+                            w.write(hostframes.encode_nerror(proto.OP_DATA, lineproto.E_CRC_MISMATCH, self.acked, off))
                             received_end = self.acked
                             continue
                         if off > self.acked:
                             self.nerrors += 1
-                            w.write(hostframes.encode_nerror(proto.OP_DATA, proto.E_OUT_OF_ORDER, self.acked, off))
+                            w.write(hostframes.encode_nerror(proto.OP_DATA, lineproto.E_OUT_OF_ORDER, self.acked, off))
                             continue
                         end = off + len(body)
                         if end > self.acked:
@@ -107,23 +108,23 @@ class FakeDevice:
     def _json(self, req):
         op, rid = req["op"], req.get("id")
         if op == "hello":
-            return proto.reply_line(rid, {"proto": 1, "device": "fake", "auth": "none",
+            return lineproto.reply_line(rid, {"proto": 1, "device": "fake", "auth": "none",
                                            "max_data": self.max_data, "window": self.window,
                                            "nonce": "00" * 16})
         if op == "begin":
             if req["size"] > self.slot_size:
-                return proto.error_line(rid, proto.E_NO_SPACE, "image larger than a slot")
+                return lineproto.error_line(rid, lineproto.E_NO_SPACE, "image larger than a slot")
             if (req["size"], req["sha256"]) != (self.size, self.sha):
                 self.size, self.sha, self.acked, self.store = req["size"], req["sha256"], 0, bytearray()
-            return proto.reply_line(rid, {"slot": "b", "offset": self.acked, "max_data": self.max_data,
+            return lineproto.reply_line(rid, {"slot": "b", "offset": self.acked, "max_data": self.max_data,
                                            "window": self.window})
         if op == "commit":
             ok = self.acked == self.size and hashlib.sha256(self.store).hexdigest() == self.sha
             if not ok:
-                return proto.error_line(rid, proto.E_VERIFY_FAILED, "sha256 differs")
+                return lineproto.error_line(rid, lineproto.E_VERIFY_FAILED, "sha256 differs")
             self.committed = True
-            return proto.reply_line(rid, {"slot": "b", "sha256": self.sha, "state": "pending"})
-        return proto.error_line(rid, proto.E_UNSUPPORTED, "unknown op")
+            return lineproto.reply_line(rid, {"slot": "b", "sha256": self.sha, "state": "pending"})
+        return lineproto.error_line(rid, lineproto.E_UNSUPPORTED, "unknown op")
 
 
 def _image(n):

@@ -180,7 +180,7 @@ def test_messenger_names_every_codec_error():
     import socket
     import threading
 
-    import proto
+    import lineproto
     from bootloader_messages import ErrorResponse
     from mpota.bootloader_messenger import BootloaderMessenger, LegacyError
 
@@ -189,7 +189,7 @@ def test_messenger_names_every_codec_error():
     srv.settimeout(5)
 
     def answer():
-        for num in (proto.E_NO_MEMORY, proto.E_BUSY):
+        for num in (lineproto.E_NO_MEMORY, lineproto.E_BUSY):
             _, addr = srv.recvfrom(2048)
             srv.sendto(ErrorResponse.make(num), addr)
 

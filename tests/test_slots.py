@@ -14,7 +14,7 @@ sys.path.insert(0, %r)
 import slots as S
 import bootslots as B
 import upload as IO
-from proto import ProtoError
+from lineproto import ProtoError
 def sha(data):
     import hashlib, binascii
     return binascii.hexlify(hashlib.sha256(data).digest()).decode()

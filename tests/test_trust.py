@@ -76,7 +76,7 @@ SCRIPT = r"""
 import sys, json, os
 sys.path.insert(0, %(device)r)
 import mcuboot, trust, trustkeys
-from proto import ProtoError
+from lineproto import ProtoError
 D = %(dir)r
 M = json.load(open(D + "/material.json"))
 STORE = D + "/store-%(tag)s.json"

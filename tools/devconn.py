@@ -13,6 +13,7 @@ import socket
 import time
 
 import hostframes
+import lineproto
 import proto
 from framing import K_ERROR, K_FRAME, K_LINE
 from hmac_sha256 import compare_digest, device_mac, host_mac
@@ -24,7 +25,7 @@ from session import Session
 class DevConn:
     def __init__(self, port, key=None, timeout=20):
         self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.dec = hostframes.Decoder(proto.MAX_FRAME + 64, 8192)
+        self.dec = hostframes.Decoder(lineproto.MAX_FRAME + 64, 8192)
         self.ev = collections.deque()
         self.sess = None  # after auth: seals what send() sends, opens what event() returns
         if key is not None:

@@ -23,13 +23,13 @@ for _m in ("checksums", "framing", "proto", "hostframes"):
 gc.collect()
 import checksums  # noqa: E402
 import framing  # noqa: E402
-import proto  # noqa: E402
+import lineproto  # noqa: E402
 import hostframes  # noqa: E402
 
 # Preallocated right after the imports, as the agent does: one contiguous
 # buffer while the heap is still unfragmented.
 gc.collect()
-DEC = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
+DEC = framing.StreamDecoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)
 
 
 def rand_bytes(n):
@@ -120,7 +120,7 @@ def main(count=100000, seed=1):
                         print("VIOLATION: invalid frame emitted: %s" % framing.check_frame(v))
                         return 1
                 elif t == framing.K_LINE:
-                    if len(v) > proto.MAX_LINE or v[0] != 0x7B:
+                    if len(v) > lineproto.MAX_LINE or v[0] != 0x7B:
                         print("VIOLATION: bad line emitted")
                         return 1
                 elif not (isinstance(v[0], int) and isinstance(v[1], str)):

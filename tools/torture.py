@@ -55,6 +55,7 @@ for _sub in ("tools", "shared"):  # the host tool is the package `mpota` (make s
 
 import bootloader_messages as bm  # noqa: E402
 import hostframes  # noqa: E402
+import lineproto  # noqa: E402
 import proto  # noqa: E402
 from devconn import DevConn, app_image  # noqa: E402
 from simproc import Sim, SimError  # noqa: E402
@@ -94,7 +95,7 @@ def read_slot(c: DevConn, slot: str, size: int) -> bytes:
     """The first `size` bytes of a slot, read back with binary READ frames."""
     out = bytearray()
     while len(out) < size:
-        n = min(proto.MAX_DATA, size - len(out))
+        n = min(lineproto.MAX_DATA, size - len(out))
         c.send(hostframes.encode_read(slot, len(out), n))
         f = c.frame()
         if f[1] != proto.OP_READ_DATA:
@@ -794,7 +795,7 @@ def fuzz_messages(rng: random.Random, n: int, authed: bool) -> list:
     return out
 
 
-_FLUSH = b"\n" * (proto.MAX_FRAME + 100)  # completes any half frame or line the batch left open
+_FLUSH = b"\n" * (lineproto.MAX_FRAME + 100)  # completes any half frame or line the batch left open
 
 
 def _state(st: dict) -> dict:
@@ -841,7 +842,7 @@ def _sealed(sess, msgs: list) -> bytes:
     each frame and line is sealed. Bytes that form neither cannot be sealed; on a
     session they end the connection (tests/test_attacks.py covers that)."""
     from framing import K_FRAME, K_LINE
-    dec = hostframes.Decoder(proto.MAX_FRAME, proto.MAX_LINE)
+    dec = hostframes.Decoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)
     out = []
     for m in msgs:
         for kind, v in dec.decode(m):
@@ -888,9 +889,9 @@ def fuzz_batch(sim: Sim, msgs: list, key: Optional[bytes], timeout: float = 20.0
             elif kind == K_FRAME:
                 code = "frame 0x%02x" % v[1]
                 if v[1] == 0xFF and len(v) > 5:
-                    code += " " + proto.error_name(v[5])
+                    code += " " + lineproto.error_name(v[5])
                 elif v[1] == proto.OP_NERROR:
-                    code += " " + proto.error_name(v[6])
+                    code += " " + lineproto.error_name(v[6])
             else:
                 code = "undecodable"
             counts[code] = counts.get(code, 0) + 1

@@ -9,7 +9,7 @@ import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 sys.path.insert(0, _here + "/../../shared")
-for _m in ("checksums", "framing", "proto", "hmac_sha256", "bootloader_messages", "hostframes"):
+for _m in ("checksums", "framing", "lineproto", "proto", "hmac_sha256", "bootloader_messages", "hostframes"):
     gc.collect()
     __import__(_m)
 gc.collect()
@@ -19,10 +19,11 @@ import checksums  # noqa: E402
 import hostframes  # noqa: E402
 import framing  # noqa: E402
 import hmac_sha256  # noqa: E402
+import lineproto  # noqa: E402
 import proto  # noqa: E402
 
 # Preallocate the receive buffer first, as the agent does at start-up.
-dec = framing.StreamDecoder(proto.MAX_FRAME, proto.MAX_LINE)
+dec = framing.StreamDecoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)
 checks = 0
 
 
@@ -66,8 +67,8 @@ for i in range(0, len(stream), 97):  # arbitrary pieces, through the zero-copy p
             break
         kinds.append(ev[0])
 ok(kinds == [framing.K_ERROR] + [framing.K_FRAME] * len(made) + [framing.K_LINE, framing.K_FRAME], "decoder events")
-ok(proto.parse_request(b'{"op":"ping","id":1}')["op"] == "ping", "json request")
-ok(b'"busy"' in proto.error_line(1, proto.E_BUSY, "x"), "json error")
+ok(lineproto.parse_request(b'{"op":"ping","id":1}')["op"] == "ping", "json request")
+ok(b'"busy"' in lineproto.error_line(1, lineproto.E_BUSY, "x"), "json error")
 buf = bytearray(32)
 ok(hostframes.parse_ack(buf[:proto.ack_into(buf, 4096)]) == 4096, "ack_into")
 gc.collect()

@@ -2,14 +2,14 @@
 import bootloader_messages as bm
 import framing
 import hostframes
-import proto
+import lineproto
 from run_vectors import crc32c_ref
 from checksums import crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 u32 = st.integers(0, 0xFFFFFFFF)
-chunk = st.binary(min_size=1, max_size=proto.MAX_DATA)
+chunk = st.binary(min_size=1, max_size=lineproto.MAX_DATA)
 
 
 @given(st.binary(max_size=2000), st.integers(0, 2000))
@@ -36,7 +36,7 @@ def test_read_round_trip(slot, offset, length):
 @given(st.integers(0, 0xFF), st.integers(0, 0x13), u32, u32)
 def test_nerror_round_trip(op, code, value, ref):
     got = hostframes.parse_nerror(hostframes.encode_nerror(op, code, value, ref))
-    assert tuple(got) == (op, code, proto.error_flags(code), value, ref)
+    assert tuple(got) == (op, code, lineproto.error_flags(code), value, ref)
 
 
 @given(st.binary(min_size=1, max_size=bm.MAX_WRITE_PAYLOAD_SIZE))
@@ -89,7 +89,7 @@ def test_decoder_survives_garbage_and_recovers(garbage, msgs):
     for kind, v in d.decode(garbage):
         assert kind in (framing.K_FRAME, framing.K_LINE, framing.K_ERROR)
         if kind == framing.K_ERROR:
-            assert v[0] in (proto.E_BAD_FRAME, proto.E_TOO_LARGE) and v[1]
+            assert v[0] in (lineproto.E_BAD_FRAME, lineproto.E_TOO_LARGE) and v[1]
     assert len(d.buf) == max(d.max_frame, d.max_line + 2)
     # Recovery without a reset: after enough filler that any lying header or
     # half line in the garbage has run out, every valid message comes through.
@@ -103,7 +103,7 @@ def test_decoder_survives_garbage_and_recovers(garbage, msgs):
 @given(st.text(max_size=20), st.integers(0, 10**9))
 def test_json_reply_and_error_lines_parse(msg, rid):
     import json
-    r = json.loads(proto.reply_line(rid, {"x": msg}))
+    r = json.loads(lineproto.reply_line(rid, {"x": msg}))
     assert r == {"id": rid, "ok": True, "x": msg}
-    e = json.loads(proto.error_line(rid, proto.E_BUSY, msg))
+    e = json.loads(lineproto.error_line(rid, lineproto.E_BUSY, msg))
     assert e["ok"] is False and e["error"]["code"] == "busy" and e["error"]["message"] == msg

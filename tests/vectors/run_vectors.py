@@ -16,6 +16,7 @@ import checksums  # noqa: E402
 import hostframes  # noqa: E402
 import framing  # noqa: E402
 import hmac_sha256  # noqa: E402
+import lineproto  # noqa: E402
 import proto  # noqa: E402
 import session  # noqa: E402
 
@@ -136,7 +137,7 @@ def v_native(v):
 def v_native_bad(v):
     try:
         getattr(hostframes, "parse_" + v["fn"])(unhex(v["frame"]))
-    except proto.ProtoError as e:
+    except lineproto.ProtoError as e:
         expect(e.code == v["error"], "code %d" % e.code)
         return
     raise AssertionError("no ProtoError")
@@ -144,49 +145,49 @@ def v_native_bad(v):
 
 def v_error_code(v):
     n = v["num"]
-    expect(proto.error_name(n) == v["name"], "name")
-    expect(proto.error_num(v["name"]) == n, "num")
-    expect(proto.error_flags(n) == v["flags"], "flags")
-    expect(proto.error_retry(n) == v["retry"], "retry")
-    expect(proto.error_fatal(n) == v["fatal"], "fatal")
+    expect(lineproto.error_name(n) == v["name"], "name")
+    expect(lineproto.error_num(v["name"]) == n, "num")
+    expect(lineproto.error_flags(n) == v["flags"], "flags")
+    expect(lineproto.error_retry(n) == v["retry"], "retry")
+    expect(lineproto.error_fatal(n) == v["fatal"], "fatal")
 
 
 def v_json_reply(v):
-    line = proto.reply_line(v["id"], v["fields"])
+    line = lineproto.reply_line(v["id"], v["fields"])
     expect(line.endswith(b"\n") and line.count(b"\n") == 1, "one line")
     expect(json.loads(line) == v["expect"], "reply %r" % line)
 
 
 def v_json_error(v):
-    line = proto.error_line(v["id"], v["code"], v["message"])
+    line = lineproto.error_line(v["id"], v["code"], v["message"])
     expect(line.endswith(b"\n") and line.count(b"\n") == 1, "one line")
     expect(json.loads(line) == v["expect"], "error %r" % line)
 
 
 def v_json_request(v):
-    expect(proto.parse_request(unhex(v["line"])) == v["expect"], "request")
-    expect(proto.parse_request(memoryview(unhex(v["line"]))) == v["expect"], "request from memoryview")
+    expect(lineproto.parse_request(unhex(v["line"])) == v["expect"], "request")
+    expect(lineproto.parse_request(memoryview(unhex(v["line"]))) == v["expect"], "request from memoryview")
 
 
 def v_json_request_bad(v):
     try:
-        proto.parse_request(unhex(v["line"]))
-    except proto.ProtoError as e:
+        lineproto.parse_request(unhex(v["line"]))
+    except lineproto.ProtoError as e:
         expect(e.code == v["error"], "code %d, want %d" % (e.code, v["error"]))
         return
     raise AssertionError("no ProtoError")
 
 
 def v_version(v):
-    expect(list(proto.parse_version(v["text"])) == v["tuple"], "parse")
-    expect(proto.parse_version(proto.format_version(v["tuple"])) == tuple(v["tuple"]), "format")
+    expect(list(lineproto.parse_version(v["text"])) == v["tuple"], "parse")
+    expect(lineproto.parse_version(lineproto.format_version(v["tuple"])) == tuple(v["tuple"]), "format")
 
 
 def v_version_bad(v):
     try:
-        proto.parse_version(v["text"])
-    except proto.ProtoError as e:
-        expect(e.code == proto.E_BAD_REQUEST, "code")
+        lineproto.parse_version(v["text"])
+    except lineproto.ProtoError as e:
+        expect(e.code == lineproto.E_BAD_REQUEST, "code")
         return
     raise AssertionError("no ProtoError for %r" % v["text"])
 

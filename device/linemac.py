@@ -1,0 +1,1 @@
+../shared/linemac.py

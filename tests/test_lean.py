@@ -1,0 +1,75 @@
+"""Lean mode's connection (device/leanconn.py): the everyday JSON ops served
+beside the app with a fraction of the full stack, everything else handed over
+to conn.py on the same connection, and an app holding most of a 160 KiB heap
+still installed, updated and queried (docs/memory.md)."""
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import hostframes
+import lineproto
+import proto
+from conftest import I386, INTERPRETERS, interp_label
+from devconn import DevConn
+from simproc import Sim
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import bench_headroom  # noqa: E402
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+def test_lean_connection_hands_over_what_it_does_not_serve(tmp_path, mp):
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text('{"mode": "lean"}')
+    with Sim(state=tmp_path / "dev", flags=["--config", str(cfg), "--micropython", mp]) as sim:
+        # a stranger: discovery only, and nothing loaded on its behalf
+        c = DevConn(sim.tcp_port)
+        try:
+            assert c.ok("hello")["auth"] == "hmac-sha256"
+            assert c.ok("status")["mode"] == "lean"
+            c.err("begin", "auth_required", size=10, sha256="00" * 32)
+            c.err("read", "auth_required", slot="a", offset=0, length=4)
+            # a binary frame goes to the full stack, which answers the version request
+            c.send(bytes(hostframes.make_frame(0x01, b"")))
+            assert c.frame()[1] == 0x02
+            assert c.ok("ping")["pong"] is True  # the same connection, now on conn.py
+        finally:
+            c.close()
+        # authenticated: lean ops, then one it does not serve, then more on the same session
+        c = DevConn(sim.tcp_port, sim.key)
+        try:
+            st = c.ok("status")
+            assert st["mode"] == "lean" and st["max_image"] > 0 and st["running"] is None
+            assert c.ok("hello")["mode"] == "lean"
+            c.ok("erase", slot="b")  # rareops.py, on the full stack: the session MACs go on
+            c.send(hostframes.encode_read("a", 0, 16))  # slot a holds nothing
+            assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_READ, lineproto.E_OUT_OF_RANGE)
+            assert c.ok("status")["mode"] == "lean"
+            c.err("confirm", "incorrect_state")  # no slot on trial
+        finally:
+            c.close()
+        c = DevConn(sim.tcp_port, sim.key)  # and a new connection is lean again
+        try:
+            assert c.ok("ping")["pong"] is True
+        finally:
+            c.close()
+        assert "Traceback" not in sim.output
+
+
+# The issue's budget is 128 KiB; the bench prints the figure reached
+# (`make bench`: bench_headroom). This test holds the ground won with a wide
+# margin below it (the figure moves by a few KiB with the heap's layout).
+LEAN_APP_KIB = 88
+
+
+@pytest.mark.skipif(not I386.exists(), reason="the 32-bit v1.27 build (../shared/tools) is absent")
+def test_an_app_holding_most_of_the_heap_updates_in_lean_mode(capsys):
+    work = Path(tempfile.mkdtemp(prefix="mpota-lean-"))
+    share = bench_headroom.sim_share(work, str(I386), "160K")
+    why = bench_headroom.attempt(work, str(I386), 160 * 1024 + share, "lean", LEAN_APP_KIB)
+    with capsys.disabled():
+        print("\nlean mode, i386, 160K: an app holding %d KiB installs, updates with 256 KiB and answers "
+              "status: %s" % (LEAN_APP_KIB, why or "ok"))
+    assert why is None, why
