@@ -154,7 +154,7 @@ def config_overrides():
 
 
 def flash_info():
-    # The filesystem is the flash region mpota can use (DESIGN.md).
+    # The filesystem is the flash region mpota can use (docs/board.md).
     import os
 
     st = os.statvfs("/")

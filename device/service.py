@@ -10,9 +10,9 @@
 # after it (idle()).
 #
 # Handlers are synchronous: they queue replies on the connection
-# (c.out/ack/nerror) and agent.py flushes them. A "connection" is anything
+# (c.out/ack/nerror) and the transport (conn.py, udp.py) flushes them. A "connection" is anything
 # with .authed, .nonce, .out(buf), .nerror(...), .ack_due/.ack_val
-# (conn.Conn for TCP, legacy.UdpPeer for datagrams).
+# (conn.Conn for TCP, udp.UdpPeer for datagrams).
 import sys
 import gc
 

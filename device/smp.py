@@ -287,7 +287,7 @@ def _upload_first(dev, req, m, data):
         cur = None if r is None else sl.slot(r)["version"]
         if m.get("upgrade") is True and cur is not None and v <= lineproto.parse_version(cur):
             raise SmpError(_I_NOT_NEWER)
-        if update._older(dev, i, v):  # the native rule: never older than the active version
+        if update.older(dev, i, v):  # the native rule: never older than the active version
             raise SmpError(_I_NOT_NEWER)
     off = upload.prepare(sl, i, size, sha_hex, ver)
     s = upload.open_session(sl, KIND, KIND, i, size, sha_hex, off)
@@ -419,7 +419,7 @@ def _state_write(dev, m):
     # the rules of the commit again, from the record (the floor or the active
     # version may have moved since the upload)
     slots.check_counter(s.get("sec_cnt"), sl.floor())
-    if update._older(dev, i, v):
+    if update.older(dev, i, v):
         raise SmpError(_I_NOT_NEWER)
     if confirm:
         _make_permanent(sl, i)

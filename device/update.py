@@ -46,7 +46,7 @@ def restart_if_lean(dev, i, size):
                      "reconnect in a few seconds and begin again")
 
 
-def _older(dev, i, v):
+def older(dev, i, v):
     # v older than the active confirmed version (another slot than i)?
     a = dev.sl.active()
     if v is None or a is None or a == i:
@@ -67,7 +67,7 @@ def validate(dev, i, size, allow_down):
     except (OSError, ValueError) as e:
         raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (name(i), e))
     ver = info["version_str"]
-    cur = None if allow_down else _older(dev, i, info["version"])
+    cur = None if allow_down else older(dev, i, info["version"])
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s" % (ver, cur))
     # Only signed images become bootable once a key is trusted (docs/security.md);
@@ -128,7 +128,7 @@ def op_begin(dev, c, req):
     i = sl.inactive()
     if want != "inactive" and lineproto.slot_index(want) != i:
         raise ProtoError(E_INCORRECT_STATE, "slot %s is in use; the inactive slot is %s" % (want, name(i)))
-    cur = None if down else _older(dev, i, v)
+    cur = None if down else older(dev, i, v)
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
     restart_if_lean(dev, i, size)

@@ -1,6 +1,6 @@
 # The reference bootloader messages (bootloader-protocol-api-reference.md),
 # byte for byte, for MicroPython and CPython alike. Where the reference
-# contradicts itself, DESIGN.md rules:
+# contradicts itself, docs/protocol.md rules (section 1):
 #   header checksum  = (0xE7 + opcode + length_low + length_high) & 0xFF
 #   length           = bytes after the header, final checksum included
 #   message checksum = sum of every preceding byte & 0xFF

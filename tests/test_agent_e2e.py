@@ -389,7 +389,7 @@ def test_heap_peak_during_256k_update(tmp_path, auth, mp, capsys):
 
 
 # small heaps: the 32-bit build (the board's sizes) at 96K, its 64-bit counterpart at
-# 160K (the 1.6-2x of DESIGN.md). At 120-144K the 64-bit simulator's heap is so
+# 160K (the 1.6-2x of docs/board.md). At 120-144K the 64-bit simulator's heap is so
 # fragmented after boot that auth or begin finds no 2 KB in one piece with 35-60 KB
 # free, and whether it does flips with any change to the resident modules (three empty
 # functions added to hal.py and simhal.py turned 128K from pass to fail; main itself

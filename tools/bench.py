@@ -10,7 +10,7 @@ smpclient always does; tools/bench_smp.py). Loopback has no latency, so the
 flows are repeated through delay lines
 (tools/linkproxy.py) that add a Wi-Fi-like round trip (--rtt). Prints the
 throughputs, their ratio, and each against the physical write ceiling of
-about 80 KB/s through 4 KiB sectors (DESIGN.md). Figures only: nothing here
+about 80 KB/s through 4 KiB sectors (docs/board.md). Figures only: nothing here
 asserts on time.
 """
 from __future__ import annotations

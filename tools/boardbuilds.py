@@ -1,5 +1,5 @@
 """The board-faithful MicroPython builds that live outside the project (../shared/tools,
-see DESIGN.md), for benchmarks and the tests that can use them.
+see its README.md and docs/board.md), for benchmarks and the tests that can use them.
 
     i386() -> path or None          the 32-bit unix port (heap and word size of the RP2040)
     cortex_m0() -> path or None     the qemu microbit build (ARMv6-M, like the Cortex-M0+)

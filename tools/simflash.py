@@ -24,7 +24,7 @@ BLOCK = const(4096)
 PAGE = const(256)
 PICO_W_BLOCKS = const(212)  # 848 KiB filesystem of RPI_PICO_W
 
-# W25QxxJV typical figures (DESIGN.md): 4 KiB erase 45 ms, page program 0.6 ms.
+# W25QxxJV typical figures (docs/board.md): 4 KiB erase 45 ms, page program 0.6 ms.
 TIMINGS = {"none": (0, 0), "w25q": (45, 600)}  # (erase ms, page program us)
 
 

@@ -29,7 +29,7 @@ def test_fuzz_decoder_micropython(micropython, capsys):
 
 
 def test_codec_from_source_at_96k_heap(micropython, capsys):
-    """The board budget DESIGN.md gives: the codec compiles from source and runs."""
+    """The board budget docs/board.md gives: the codec compiles from source and runs."""
     r = run_micropython([str(FUZZ), "20000", "3"], heap="96K")
     _report(capsys, r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
