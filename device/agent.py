@@ -96,6 +96,14 @@ class Device:
             s.w.close()
             hal.wlan_power_save(True)
 
+    async def after_reply(self):
+        # a reset asked for by the request just answered (op reset, lean
+        # begin), once the reply is flushed; every transport calls this
+        if self.reset_ms >= 0:
+            await asyncio.sleep_ms(self.reset_ms)
+            self.close_session()
+            hal.reset()
+
     def release(self, *names):
         """Forget modules loaded for a request: their code is collected once
         nothing refers to it (a reimport loads them again)."""

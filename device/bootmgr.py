@@ -183,6 +183,5 @@ def boot(mem_base=0):
     dev.trial = sl.on_trial()
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
-    if mod is not None:
         _intern(cfg["mode"])
     return dev, mod

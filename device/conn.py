@@ -59,10 +59,14 @@ class Conn:
                 # cannot go on; close it (the peer reconnects and resumes)
                 self.gone = True
 
-    def secure(self, dev, nonce, host_nonce_hex):
-        # after a successful auth (ops.op_auth): full-size frames, with room
-        # for the session's tag, and the session that seals every message
+    def grow(self):
+        # an authenticated peer: full-size frames, with room for the session's
+        # tag (16 bytes in a frame, 33 at the end of a line: linemac.py)
         self.dec.grow(lineproto.MAX_FRAME + 16, lineproto.MAX_LINE + 33)
+
+    def secure(self, dev, nonce, host_nonce_hex):
+        # after a successful auth (ops.op_auth): the session seals every message
+        self.grow()
         import session
         session.start(dev, self, nonce, host_nonce_hex)
 
@@ -97,7 +101,7 @@ def adopt(ag, lc, pending):
     c.task = lc.task
     c.nonce = lc.nonce
     if lc.authed and not c.authed:  # auth on: the peer authenticated on the lean connection
-        c.dec.grow(lineproto.MAX_FRAME + 16, lineproto.MAX_LINE + 33)
+        c.grow()
         import session
         c.sess = session.adopt(lc.sess)
         c.authed = True
@@ -129,7 +133,7 @@ async def _handle(dev, c):
     service.dispatch(dev, c)
     if not c.gone:
         await c.w.drain()
-        await service.after_reply(dev)
+        await dev.after_reply()
 
 
 async def _loop(ag, c):

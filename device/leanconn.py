@@ -14,7 +14,6 @@
 # The connection policy is conn.py's: a stranger gets a 512-byte buffer and
 # auth_timeout seconds to authenticate, within its own quota (agent.admit).
 import sys
-import asyncio
 
 import hal
 import lineproto
@@ -26,24 +25,25 @@ _WS = b" \t\r\n"
 _RECORD = ("hello", "status", "confirm", "begin")  # need the slot record (authenticated)
 
 
+def _size(authed):
+    # a line and its "\r\n"; authenticated, with its tag (33 bytes: linemac.LINE_TAG)
+    if authed:
+        return lineproto.MAX_LINE + 33 + 2
+    return lineproto.MAX_LINE_PRE_AUTH + 2
+
+
 class Lean:
     def __init__(self, dev, r, w):
         self.r = r
         self.w = w
         self.authed = not dev.auth_on
-        self.buf = bytearray(self._size())
+        self.buf = bytearray(_size(self.authed))
         self.n = 0  # bytes held in buf
         self.nonce = None
         self.sess = None  # linemac.Lines once authenticated
         self.t0 = hal.ticks_ms()
         self.task = None
         self.gone = False
-
-    def _size(self):
-        # a line and its "\r\n" (and, authenticated, its tag)
-        if self.authed:
-            return lineproto.MAX_LINE + 33 + 2
-        return lineproto.MAX_LINE_PRE_AUTH + 2
 
     def out(self, b):
         if not self.gone:
@@ -55,7 +55,7 @@ class Lean:
     def secure(self, dev, nonce, host_nonce_hex):
         # after a successful auth (ops.op_auth): the authenticated line size,
         # the bytes held kept in place, and the session that seals every line
-        buf = bytearray(lineproto.MAX_LINE + 33 + 2)
+        buf = bytearray(_size(True))
         buf[:self.n] = self.buf[:self.n]
         self.buf = buf
         import binascii
@@ -101,10 +101,7 @@ async def _loop(ag, c):
         if c.gone:
             return None
         await c.w.drain()
-        if dev.reset_ms >= 0:  # a reset the request asked for, once flushed
-            await asyncio.sleep_ms(dev.reset_ms)
-            dev.close_session()
-            hal.reset()
+        await dev.after_reply()
     return None
 
 

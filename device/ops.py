@@ -20,7 +20,7 @@ def op_hello(dev, c, req):
          "nonce": binascii.hexlify(c.nonce).decode() if c.nonce else None}
     if c.authed:  # the rest only to an authenticated peer (discovery needs the above)
         r.update(limits(dev))
-        r["max_image"] = max_image(dev)  # not in the auth reply: upload.py would load in auth's heap peak
+        r["max_image"] = max_image(dev)  # not in the auth reply: it needs the slot record (a lean auth has none)
     return r
 
 

@@ -51,19 +51,6 @@ def drop(dev, owner):
     idle(dev)
 
 
-def reset_now(dev):
-    dev.close_session()
-    hal.reset()
-
-
-async def after_reply(dev):
-    # a reset asked for by the request just answered, once it is flushed
-    if dev.reset_ms >= 0:
-        import asyncio
-        await asyncio.sleep_ms(dev.reset_ms)
-        reset_now(dev)
-
-
 def ref_error(c, code):
     """A reference ErrorResponse in 7 bytes of its own: no legacy.py needed."""
     b = bytearray(HEADER_SIZE + 2)

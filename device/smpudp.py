@@ -77,9 +77,7 @@ async def _serve(dev, sock):
                     except (MemoryError, OSError):
                         pass  # the client times out
                 smp = data = addr = b = None  # nothing here may keep the service alive
-            if dev.reset_ms >= 0:  # a reset the request asked for, once answered
-                import service
-                await service.after_reply(dev)
+            await dev.after_reply()  # a reset the request asked for, once answered
             if dev.ag is not None:
                 dev.ag.settle()  # no upload or connection open: forget the service
     finally:

@@ -59,4 +59,4 @@ async def serve(dev, sock):
         except Exception as e:
             sys.print_exception(e)
         service.idle(dev)
-        await service.after_reply(dev)
+        await dev.after_reply()
