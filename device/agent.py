@@ -13,7 +13,6 @@
 # main() is the device's event loop: the agent and the app's main() beside it.
 import gc
 import sys
-import socket
 import asyncio
 
 import hal
@@ -23,8 +22,8 @@ DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 # Modules a connection (or an update session) loads; released together when
 # the device is quiet again. One copy of each at a time: a module is never
 # released while an object made by it (a session, the slot record) is alive.
-_CONN = ("leanconn", "conn", "service", "ops", "framing", "proto", "checksums", "auth", "hmac_sha256", "session",
-         "slots", "update", "upload", "mcuboot", "rareops", "trust", "ed25519", "legacy",
+_CONN = ("leanconn", "conn", "connpolicy", "service", "ops", "framing", "proto", "checksums", "auth",
+         "hmac_sha256", "session", "slots", "update", "upload", "mcuboot", "rareops", "trust", "ed25519", "legacy",
          "smp", "cbor", "lineproto", "linemac")
 
 
@@ -40,13 +39,13 @@ class Device:
     # needed (service.idle, and smp.py when a request ran out of heap).
     TRANSIENT = ("update", "upload", "mcuboot", "rareops", "trust", "ed25519")
 
-    def __init__(self, cfg, running=None, note="", key=None, mem_base=0):
+    def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown"):
         self.cfg = cfg
         self.running = running  # slot index whose app runs (bootmgr), None: no app
         self.note = note  # boot facts (slot choice, config errors) for status
         self.key = key  # 32 bytes (/mpota_key.bin), None: no key installed
         self.mem_base = mem_base  # heap in use before the agent (firmware, VFS)
-        self.id = hal.unique_id()
+        self.id = id  # the board's unique id, hex (halboot)
         self.auth_on = bool(cfg.get("auth", True))
         self.mode = cfg.get("mode", "live")  # live | lean | update (bootmgr)
         self.sl = None  # slots.Slots while connections are served (service.attach)
@@ -56,7 +55,7 @@ class Device:
         self.mem_peak = 0
         self.mem_idle = 0  # mem_alloc when last quiet (settle), for status
         self.reset_ms = -1  # >= 0: reset after the reply is flushed and this delay
-        self.boot_reason = hal.reset_cause()
+        self.boot_reason = boot_reason  # halboot.reset_cause()
         # The scratch buffer for READ_DATA / legacy replies (scratch()),
         # dropped with the connection modules.
         self.buf = None
@@ -120,58 +119,11 @@ class Agent:
         self.conns = []  # every open conn.Conn, oldest first
         self.listening = False  # housekeeping stops feeding the watchdog without it
 
-    async def admit(self, c):
-        """Let connection c (conn.py, leanconn.py) join self.conns, served by
-        the current task; False when it may not (it was told why). A stranger
-        (not authenticated) beyond the max_unauth quota evicts the OLDEST
-        stranger; authenticated connections count against max_conn."""
-        cfg = self.dev.cfg
-        c.task = asyncio.current_task()
-        unauth = [x for x in self.conns if not x.authed]
-        if not c.authed and len(unauth) >= cfg["max_unauth"]:
-            # Its own task is cancelled, so it leaves the poller and closes its
-            # socket itself: closing a socket that another task still waits on
-            # would leave a stale poll entry whose file descriptor the next
-            # connection may get.
-            unauth[0].task.cancel()
-            self.conns.remove(unauth[0])
-        if len(self.conns) - len(unauth) < cfg["max_conn"]:
-            self.conns.append(c)
-            return True
-        from lineproto import error_line, E_BUSY
-        c.w.write(error_line(None, E_BUSY, "too many connections"))
-        await c.w.drain()
-        return False
-
-    async def receive(self, c, mv):
-        """Read into memoryview mv for connection c (conn.py, leanconn.py)
-        within its deadline: a stranger's auth_timeout since it connected, an
-        authenticated peer's `timeout` of silence. -> the bytes read, or 0
-        when c is to close (the peer closed, or a deadline passed: it is told)."""
-        cfg = self.dev.cfg
-        if c.authed:
-            left = cfg["timeout"] * 1000
-        else:
-            left = cfg["auth_timeout"] * 1000 - hal.ticks_diff(hal.ticks_ms(), c.t0)
-        try:
-            if left > 0:
-                return await asyncio.wait_for_ms(c.r.readinto(mv), left)
-        except asyncio.TimeoutError:
-            pass
-        from lineproto import error_line, E_TIMEOUT
-        if c.authed:
-            why = "no data for %d s: closing" % cfg["timeout"]
-        else:
-            why = "not authenticated within %d s: closing" % cfg["auth_timeout"]
-        c.out(error_line(None, E_TIMEOUT, why))
-        await c.w.drain()
-        return 0
-
     async def serve(self, r, w):
         try:
             await _serve(self, r, w)
         except (OSError, asyncio.CancelledError):
-            pass  # reset by peer, broken pipe; or evicted to make room (admit)
+            pass  # reset by peer, broken pipe; or evicted to make room (connpolicy.admit)
         except MemoryError:
             gc.collect()  # its slot is freed (conn.py, leanconn.py): the peer may retry
         except Exception as e:  # a bug must not take the listener with it
@@ -237,10 +189,6 @@ async def _housekeeping(ag):
         await asyncio.sleep_ms(_TICK_MS)
 
 
-def _addr(host, port, kind):
-    return socket.getaddrinfo(host, port, 0, kind)[0][-1]
-
-
 async def run(ag, ready=None):
     """Connect Wi-Fi (board), listen, print the ready line, serve until the
     listener fails (the caller starts again)."""
@@ -268,15 +216,10 @@ async def run(ag, ready=None):
                 print("mpota: cannot listen on %s:%d (%s): retrying" % (host, tcp, e))
                 await asyncio.sleep(2)
         udp_note = "off"
-        if cfg["legacy_udp"]:
+        if cfg["legacy_udp"]:  # keeps the connection modules loaded (udp.py)
+            import udp as legacy_udp
             try:
-                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                udp.bind(_addr(host, cfg["udp_port"], socket.SOCK_DGRAM))
-                udp.setblocking(False)
-                dev.legacy_udp = True  # before any settle(): keeps its modules loaded
-                import udp as legacy_udp
-                asyncio.create_task(legacy_udp.serve(dev, udp))
+                udp = legacy_udp.start(dev, host, cfg["udp_port"])
                 udp_note = "%s:%d" % (ip, cfg["udp_port"])
             except OSError as e:
                 print("mpota: legacy UDP unavailable: %s" % e)

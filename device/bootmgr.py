@@ -110,8 +110,9 @@ def _unload_app():
 # block may not exist even when far more than that is free in pieces, and the
 # first connection would fail on the pool, not on its own size.
 _CONN_MODULES = {
-    "lean": ("lineproto", "leanconn", "linemac", "ops", "auth", "hmac_sha256", "slots", "update", "upload"),
-    "live": ("lineproto", "framing", "proto", "checksums", "service", "conn", "linemac", "session", "ops",
+    "lean": ("lineproto", "connpolicy", "leanconn", "linemac", "ops", "auth", "hmac_sha256", "slots", "update",
+             "upload"),
+    "live": ("lineproto", "connpolicy", "framing", "proto", "checksums", "service", "conn", "linemac", "session", "ops",
              "auth", "hmac_sha256", "slots", "update", "upload"),
 }
 
@@ -142,7 +143,14 @@ def _load_key():
 def boot(mem_base=0):
     """-> (service.Device, the app's main module or None). `mem_base`: the
     heap in use before the agent started (reported in status)."""
-    cfg, errors = _use("config").load(overrides=hal.config_overrides())
+    hb = _use("halboot")
+    why = hb.reset_cause()  # first: it reads and clears the reset mark
+    uid = hb.unique_id()
+    ov = hb.config_overrides()
+    del hb
+    _drop("halboot")
+    cfg, errors = _use("config").load(overrides=ov)
+    del ov
     _drop("config")
     note = ""
     for e in errors:
@@ -178,7 +186,8 @@ def boot(mem_base=0):
     del sb
     print("mpota: " + sl.note)
     import agent
-    dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base)
+    dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base,
+                       uid, why)
     agent.DEVICE = dev
     dev.trial = sl.on_trial()
     if mod is not None:

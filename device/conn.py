@@ -12,6 +12,7 @@
 # connection is closed to make room, so idle or dripping sockets can never
 # keep an operator out. Authenticated connections count against max_conn.
 import hal
+import connpolicy
 import lineproto
 import proto
 import framing
@@ -86,7 +87,7 @@ class Conn:
 async def serve(ag, r, w):
     # (agent.Agent.serve closes the socket and handles what is raised here)
     c = Conn(ag.dev, r, w)
-    if not await ag.admit(c):
+    if not await connpolicy.admit(ag, c):
         return
     await run(ag, c, False)
 
@@ -140,7 +141,7 @@ async def _loop(ag, c):
     dev = ag.dev
     dec = c.dec
     while c in ag.conns:
-        n = await ag.receive(c, dec.space())
+        n = await connpolicy.receive(ag, c, dec.space())
         if not n:
             break
         dec.advance(n)

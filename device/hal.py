@@ -1,4 +1,5 @@
-# hal: the one seam between mpota and the hardware.
+# hal: the seam between mpota and the hardware, its resident half (what the
+# agent and Wi-Fi use while running; halboot.py holds what only boot reads).
 #
 # On a Pico W these functions drive the real rp2 peripherals. Under the
 # simulator (tools/sim_boot.py) a module 'simhal' is already in sys.modules
@@ -18,39 +19,16 @@ WDT_MAX_MS = 8388  # RP2040 watchdog limit (24-bit counter at 2 ticks/us)
 # To tell them apart, reset() leaves a mark in WATCHDOG SCRATCH0, which
 # survives a watchdog reboot (pico-sdk keeps scratch0-3 for the user) and is
 # cleared by power-on.
-_SCRATCH0 = 0x40058000 + 0x0C
-_RESET_MARK = 0x6D706F74  # "mpot"
+SCRATCH0 = 0x40058000 + 0x0C
+RESET_MARK = 0x6D706F74  # "mpot"
 
-_cause = None
 _wdt = None
-_led = None
 _wlan = None
 
 
 def reset():
-    machine.mem32[_SCRATCH0] = _RESET_MARK
+    machine.mem32[SCRATCH0] = RESET_MARK
     machine.reset()
-
-
-def reset_cause():
-    # Cached: the first call reads and clears the reset mark.
-    global _cause
-    if _cause is None:
-        c = machine.reset_cause()
-        mark = machine.mem32[_SCRATCH0] == _RESET_MARK
-        machine.mem32[_SCRATCH0] = 0
-        if c == machine.PWRON_RESET:
-            _cause = "power_on"
-        elif c == machine.WDT_RESET:
-            _cause = "reset" if mark else "watchdog"
-        else:
-            _cause = "unknown"
-    return _cause
-
-
-def unique_id():
-    b = machine.unique_id()
-    return "".join("%02x" % x for x in b)
 
 
 # Plain builtins where they do the job: no Python function to keep in the heap.
@@ -58,13 +36,6 @@ ticks_ms = time.ticks_ms
 ticks_diff = time.ticks_diff
 mem_free = gc.mem_free
 mem_alloc = gc.mem_alloc
-
-
-def led(on):
-    global _led
-    if _led is None:
-        _led = machine.Pin("LED", machine.Pin.OUT)
-    _led.value(1 if on else 0)
 
 
 def wdt_start(timeout_ms):
@@ -148,22 +119,8 @@ def wlan_power_save(enabled):
         _wlan.config(pm=pm)
 
 
-def config_overrides():
-    # The simulator passes its launcher flags here; a board has none.
-    return {}
-
-
-def flash_info():
-    # The filesystem is the flash region mpota can use (docs/board.md).
-    import os
-
-    st = os.statvfs("/")
-    return {"block_size": st[0], "block_count": st[2]}
-
-
-_API = ("reset", "reset_cause", "unique_id", "ticks_ms", "ticks_diff", "led",
-        "wdt_start", "wdt_feed", "wlan_join", "wlan_state", "wlan_ip", "wlan_leave", "wlan_power_save",
-        "config_overrides", "mem_free", "mem_alloc", "flash_info")
+_API = ("reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
+        "wlan_ip", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc")
 
 _sim = sys.modules.get("simhal")
 if _sim is not None:
@@ -172,5 +129,3 @@ if _sim is not None:
         _g[_n] = getattr(_sim, _n)
     _g["PLATFORM"] = "sim"
     del _g, _n
-elif sys.platform == "rp2":
-    reset_cause()  # read and clear the reset mark now, so a later real bite is not taken for a reset

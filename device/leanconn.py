@@ -12,10 +12,11 @@
 # authentication and session (conn.adopt). docs/memory.md, "Lean mode".
 #
 # The connection policy is conn.py's: a stranger gets a 512-byte buffer and
-# auth_timeout seconds to authenticate, within its own quota (agent.admit).
+# auth_timeout seconds to authenticate, within its own quota (connpolicy.admit).
 import sys
 
 import hal
+import connpolicy
 import lineproto
 from lineproto import ProtoError, error_line, E_AUTH_REQUIRED
 
@@ -67,7 +68,7 @@ async def serve(ag, r, w):
     # (agent.Agent.serve closes the socket and handles what is raised here)
     dev = ag.dev
     c = Lean(dev, r, w)
-    if not await ag.admit(c):
+    if not await connpolicy.admit(ag, c):
         return
     full = None
     try:
@@ -91,7 +92,7 @@ async def _loop(ag, c):
     while c in ag.conns:
         if c.n == len(c.buf):  # full, and no line ended in it: conn.py answers it
             return memoryview(c.buf)[:c.n]
-        k = await ag.receive(c, memoryview(c.buf)[c.n:])
+        k = await connpolicy.receive(ag, c, memoryview(c.buf)[c.n:])
         if not k:
             return None
         c.n += k

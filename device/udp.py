@@ -3,6 +3,7 @@
 # endpoint, so a non-blocking socket is polled from a task. While it runs,
 # the connection modules stay loaded (agent.settle): legacy.py refers to them.
 import sys
+import socket
 import asyncio
 
 import legacy
@@ -33,6 +34,22 @@ class UdpPeer:
 
     def nerror(self, op, code, value=0, ref=0):
         legacy.error(self.dev, self, code)
+
+
+def start(dev, host, port):
+    """Bind the legacy service's socket and start serving it -> the socket
+    (the caller closes it when the listener stops); OSError when it cannot."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1])
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    dev.legacy_udp = True  # before any settle(): keeps the connection modules loaded
+    asyncio.create_task(serve(dev, s))
+    return s
 
 
 async def serve(dev, sock):

@@ -15,10 +15,11 @@ from simproc import Sim
 MAIN = r'''
 import sys, os, time, socket
 import hal
+import halboot
 import simhal  # test device only: the real code never imports simhal
 from plan import PLAN
 
-ov = hal.config_overrides()
+ov = halboot.config_overrides()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(socket.getaddrinfo(ov["host"], ov["tcp_port"])[0][-1])
@@ -26,8 +27,8 @@ s.listen(1)
 boot = simhal.boot_count()
 action = PLAN[boot - 1] if boot <= len(PLAN) else "stay"
 print("app: boot=%d cause=%s platform=%s auth=%s legacy=%s tcp=%d udp=%d ip=%s id=%s flash=%s files=%s"
-      % (boot, hal.reset_cause(), hal.PLATFORM, ov["auth"], ov["legacy_udp"], ov["tcp_port"],
-         ov["udp_port"], ov["host"], hal.unique_id(), hal.flash_info()["block_count"],
+      % (boot, halboot.reset_cause(), hal.PLATFORM, ov["auth"], ov["legacy_udp"], ov["tcp_port"],
+         ov["udp_port"], ov["host"], halboot.unique_id(), halboot.flash_info()["block_count"],
          ",".join(sorted(os.listdir("/")))))
 print("mpota: ready")
 print("app: action=" + action)
@@ -56,9 +57,10 @@ def make_device(folder, plan, main=MAIN):
     (folder / "main.py").write_text(main)
     (folder / "plan.py").write_text("PLAN = %r\n" % (plan,))
     # a symlink, as the codec files are in device/: the deploy copies its target
-    link = folder / "hal.py"
-    if not link.exists():
-        link.symlink_to(REPO / "device" / "hal.py")
+    for name in ("hal.py", "halboot.py"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(REPO / "device" / name)
     return folder
 
 
@@ -91,7 +93,7 @@ def test_first_start_formats_deploys_and_says_ready(tmp_path):
         assert "boot=1 cause=power_on platform=sim auth=True legacy=False" in line
         assert "tcp=%d udp=%d ip=127.0.0.1" % (sim.tcp_port, sim.udp_port) in line
         assert "flash=212" in line
-        assert "files=hal.py,main.py,mpota_key.bin,plan.py" in line
+        assert "files=hal.py,halboot.py,main.py,mpota_key.bin,plan.py" in line
         assert "formatting littlefs2" in sim.output
         ready = [ln for ln in sim.lines if "ready" in ln and ln.startswith("sim:")]
         assert ready == ["sim: ready tcp=127.0.0.1:%d udp=127.0.0.1:%d" % (sim.tcp_port, sim.udp_port)]
@@ -197,10 +199,10 @@ def test_signals_stop_cleanly(tmp_path, sig):
     assert_port_free(sim.tcp_port)
 
 
-HAL_API = ["PLATFORM", "reset", "reset_cause", "unique_id", "ticks_ms", "ticks_diff", "led",
-           "wdt_start", "wdt_feed", "wlan_join", "wlan_state", "wlan_ip", "wlan_leave", "wlan_power_save",
-           "config_overrides",
-           "mem_free", "mem_alloc", "flash_info"]
+# the seam: hal.py (resident) and halboot.py (read once at boot, then dropped)
+HAL_API = {"hal": ["reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
+                   "wlan_ip", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc"],
+           "halboot": ["reset_cause", "unique_id", "config_overrides", "flash_info"]}
 
 
 def test_hal_delegates_every_function_to_simhal(mp_build):
@@ -215,19 +217,23 @@ simhal.configure({"reset_cause": "reset", "device_id": "51abc", "tcp_port": 9, "
 gc.collect(); a = gc.mem_alloc()
 import hal
 gc.collect(); cost = gc.mem_alloc() - a
-names = %r
-missing = [n for n in names if not hasattr(hal, n) or not hasattr(simhal, n)]
-wrong = [n for n in names[1:] if getattr(hal, n) is not getattr(simhal, n)]
-print(hal.PLATFORM, missing, wrong, sorted(hal._API) == sorted(names[1:]))
-print(hal.reset_cause(), hal.unique_id(), hal.wlan_state(), hal.config_overrides()["tcp_port"])
+import halboot
+for m, names in sorted(%r.items()):
+    mod = sys.modules[m]
+    missing = [n for n in names if not hasattr(mod, n) or not hasattr(simhal, n)]
+    wrong = [n for n in names if getattr(mod, n) is not getattr(simhal, n)]
+    print(m, missing, wrong, sorted(mod._API) == sorted(names))
+print(hal.PLATFORM, halboot.reset_cause(), halboot.unique_id(), hal.wlan_state(),
+      halboot.config_overrides()["tcp_port"])
 print("import cost", cost)
 """ % (str(REPO / "device"), str(REPO / "tools"), HAL_API)
     r = run_micropython(["-c", code], heap="96K", mp=mp_build)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.split("\n")
-    assert lines[0] == "sim [] [] True"
-    assert lines[1] == "reset 51abc None 9"  # None: no link to manage (no --wifi)
-    print("\nhal: " + lines[2] + " bytes")
+    assert lines[0] == "hal [] [] True"
+    assert lines[1] == "halboot [] [] True"
+    assert lines[2] == "sim reset 51abc None 9"  # None: no link to manage (no --wifi)
+    print("\nhal: " + lines[3] + " bytes")
 
 
 def test_hal_without_simhal_is_the_rp2_seam(mp_build):
@@ -237,10 +243,10 @@ def test_hal_without_simhal_is_the_rp2_seam(mp_build):
     code = """
 import sys
 sys.path.insert(0, %r)
-import hal
+import hal, halboot
 t = hal.ticks_ms()
-print(hal.PLATFORM, hal.config_overrides(), hal.ticks_diff(hal.ticks_ms(), t) >= 0,
-      hal.mem_free() > 0, sorted(hal.flash_info()))
+print(hal.PLATFORM, halboot.config_overrides(), hal.ticks_diff(hal.ticks_ms(), t) >= 0,
+      hal.mem_free() > 0, sorted(halboot.flash_info()))
 hal.wdt_feed()  # no watchdog started: nothing to feed
 """ % str(REPO / "device")
     r = run_micropython(["-c", code], mp=mp_build)

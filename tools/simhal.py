@@ -21,7 +21,6 @@ mem_alloc = gc.mem_alloc
 
 _cfg = {}  # only the handoff fields asked for later (not its deploy list)
 _flash = None
-_led = False
 _power_save = True
 _wdt_timeout = None
 _wdt_last = 0
@@ -68,15 +67,6 @@ def boot_count():
 
 def unique_id():
     return _cfg.get("device_id", "51a0000000000000")
-
-
-def led(on):
-    global _led
-    _led = bool(on)
-
-
-def led_state():
-    return _led
 
 
 def wdt_start(timeout_ms):
