@@ -48,7 +48,15 @@ def _use(name):
 
 
 def _drop(name):
-    sys.modules.pop(name, None)
+    # Forget a boot-only module, and empty its globals: MicroPython's GC is
+    # conservative, so one stale word on the C stack pointing at the module
+    # or at one of its functions would keep all of its code alive for good
+    # (measured: 9 KB held through an update-mode boot). Only for modules
+    # nothing made by them outlives the boot (not the connection modules
+    # _intern() loads: slots.name is lineproto's function).
+    m = sys.modules.pop(name, None)
+    if m is not None:
+        m.__dict__.clear()
 
 
 def _err(e):
@@ -125,7 +133,7 @@ def _intern(mode):
         except ImportError:
             pass  # a module the deploy left out fails where it is used, with its name
         if not had:
-            _drop(n)
+            sys.modules.pop(n, None)
     gc.collect()
 
 

@@ -21,6 +21,7 @@ if _why:
     print("mpota: " + _why)
 else:
     _dev, _app = bootmgr.boot(_base)
+    bootmgr.__dict__.clear()  # its code goes even if a stale word still points at it (bootmgr._drop)
     del bootmgr
     sys.modules.pop("bootmgr", None)
     gc.collect()
