@@ -354,7 +354,10 @@ def test_two_clients_busy_and_resume_after_drop(tmp_path):
 # (objects there are 1.6-2x larger). MPOTA_HEAP overrides the 64-bit figure.
 HEAPS = {"i386": "160K", "venv": os.environ.get("MPOTA_HEAP", "256K")}
 IDLE_BUDGET = 24 * 1024  # issue 7: resident agent, idle, 32-bit
-PEAK_GUARD = 64 * 1024  # a regression guard, not the 40 KiB goal (docs/memory.md)
+# A regression guard, not the 40 KiB goal (docs/memory.md): the peak is ~61 KB,
+# and it moves by several KB with the heap layout (a stale pointer on the C
+# stack keeps a block alive; the layout shifts with the paths a run uses).
+PEAK_GUARD = 72 * 1024
 
 
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
