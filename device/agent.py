@@ -48,7 +48,7 @@ class Device:
         self.id = id  # the board's unique id, hex (halboot)
         self.auth_on = bool(cfg.get("auth", True))
         self.mode = cfg.get("mode", "live")  # live | lean | update (bootmgr)
-        self.sl = None  # slots.Slots while connections are served (service.attach)
+        self.sl = None  # slots.Slots while connections are served (slots.attach)
         self.session = None  # the one update session (upload.Session)
         self.app = {"state": "none", "name": None, "error": None}
         self.t0 = hal.ticks_ms()

@@ -7,7 +7,7 @@
 #     or power cut during the trial still counts);
 #  2. verify the chosen image and mount its littlefs body read-only at /app;
 #     a slot that cannot start is marked bad and the confirmed one is tried;
-#  3. import /app/main.py and build the service.Device the agent serves.
+#  3. import /app/main.py and build the agent.Device the agent serves.
 #
 # The app cannot replace the agent: an image with a module named like one of
 # the agent's files (/*.py, /*.mpy) or without a main.py does not start, and
@@ -149,7 +149,7 @@ def _load_key():
 
 
 def boot(mem_base=0):
-    """-> (service.Device, the app's main module or None). `mem_base`: the
+    """-> (agent.Device, the app's main module or None). `mem_base`: the
     heap in use before the agent started (reported in status)."""
     hb = _use("halboot")
     why = hb.reset_cause()  # first: it reads and clears the reset mark

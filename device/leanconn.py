@@ -18,7 +18,7 @@ import sys
 import hal
 import connpolicy
 import lineproto
-from lineproto import ProtoError, error_line, E_AUTH_REQUIRED
+from lineproto import ProtoError, E_AUTH_REQUIRED
 
 _SERVED = ("hello", "auth", "ping", "status", "confirm", "reset", "begin")  # begin: update.py
 _OPEN = ("hello", "auth", "ping", "status")  # before authentication
@@ -161,8 +161,7 @@ def _line(dev, c, ln):
     if sess is not None:
         ln = sess.open_line(ln)
         if ln is None:
-            c.out(error_line(None, lineproto.E_AUTH_FAILED, "message not authenticated by the session: closing"))
-            c.gone = True
+            sess.fail(c)
             return True
     if lineproto.serve_line(dev, c, ln, _route, _done):
         return True

@@ -53,7 +53,7 @@ def start(dev, host, port):
 
 
 async def serve(dev, sock):
-    dev.legacy_udp = True  # keeps the connection modules loaded (agent.settle)
+    # (started by start(), which has set dev.legacy_udp)
     slots.attach(dev)
     peer = UdpPeer(dev, sock)
     while True:

@@ -18,6 +18,7 @@ import struct
 import binascii
 
 from hmac_sha256 import derive
+from lineproto import error_line, E_AUTH_FAILED
 
 TAG = 16  # bytes of HMAC-SHA256 kept
 LINE_TAG = 1 + 2 * TAG  # " " + hex digits at the end of a line
@@ -85,6 +86,12 @@ class Lines:
             return None
         self.rseq += 1
         return v[:t]
+
+    def fail(self, c):
+        """A message failed: one error (sealed: it is still this session's
+        reply), then connection c closes (c.gone ends its loop)."""
+        c.out(error_line(None, E_AUTH_FAILED, "message not authenticated by the session: closing"))
+        c.gone = True
 
     def seal_line(self, b):
         """The sealed copy of one line ending in "\\n"."""

@@ -16,7 +16,6 @@ import binascii
 from checksums import sum8
 from framing import SYNC, HEADER_SIZE, K_FRAME, K_LINE, header_checksum
 from linemac import Lines, keys, TAG, LINE_TAG  # noqa: F401 (keys, LINE_TAG: the session's API)
-from lineproto import error_line, E_AUTH_FAILED
 
 _SMALL = 160  # device replies up to this size are sealed in one buffer, one write
 
@@ -56,12 +55,6 @@ class Session(Lines):
         v[4] = header_checksum(v[1], ln)
         v[t] = (s + v[2] + v[3] + v[4]) & 0xFF
         return v[:t + 1]
-
-    def fail(self, c):
-        """A message failed: one error (sealed: it is still this session's
-        reply), then the connection closes (c.gone ends agent.Agent._loop)."""
-        c.out(error_line(None, E_AUTH_FAILED, "message not authenticated by the session: closing"))
-        c.gone = True
 
     # -- sending -------------------------------------------------------------
     def seal(self, b):
@@ -131,7 +124,7 @@ class Session(Lines):
 def start(dev, c, dev_nonce, host_nonce_hex):
     """Device, after a successful auth (ops.op_auth): seal and open every
     later message of connection c, the auth reply first. (Its decoder has
-    grown by TAG and LINE_TAG already: ops.op_auth.)"""
+    grown by TAG and LINE_TAG already: conn.Conn.secure.)"""
     c.sess = Session(dev.key, dev.id, dev_nonce, binascii.unhexlify(host_nonce_hex), True)
 
 

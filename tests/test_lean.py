@@ -53,6 +53,14 @@ def test_lean_connection_hands_over_what_it_does_not_serve(tmp_path, mp):
         c = DevConn(sim.tcp_port, sim.key)  # and a new connection is lean again
         try:
             assert c.ok("ping")["pong"] is True
+            # a line whose tag is wrong: one sealed error, then the device closes
+            sealed = c.sess.seal(hostframes.request_line("ping", None, {}))
+            c.send_raw(sealed[:-3] + (b"0" if sealed[-3:-2] != b"0" else b"1") + sealed[-2:])
+            r = c.line()
+            assert r["ok"] is False and r["error"]["code"] == "auth_failed", r
+            assert "not authenticated by the session" in r["error"]["message"]
+            with pytest.raises((EOFError, ConnectionResetError)):
+                c.event()
         finally:
             c.close()
         assert "Traceback" not in sim.output
