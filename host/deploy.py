@@ -52,7 +52,7 @@ def agent_modules(folder=None) -> frozenset:
     """The module names the agent owns on the board: the stem of every device/*.py
     (from `folder`, default device_dir()), main included. An app's top-level file
     or folder of one of these names would replace the agent's module (the device
-    refuses to boot it: bootmgr.check_app); `mpota build` refuses it first."""
+    refuses to boot it: appfs.check_app); `mpota build` refuses it first."""
     d = folder or device_dir()
     if d is None:
         raise FileNotFoundError("no device files: mpota/device/ (installed) or device/ (a clone)")

@@ -67,7 +67,7 @@ def _app_files(folder):
 
 
 def check_app_names(files, where) -> None:
-    """Refuse an app the device would refuse to boot (device/bootmgr.check_app): no
+    """Refuse an app the device would refuse to boot (device/appfs.check_app): no
     main.py, or a top-level file or folder named like one of the agent's own modules
     (deploy.agent_modules(), the device files this mpota carries), which would
     replace the agent's module of that name. `files`: the app's paths, '/'-separated."""
