@@ -13,8 +13,8 @@ import sys
 
 gc.collect()
 _base = gc.mem_alloc()  # the firmware's and the filesystem's share, not ours
-import agent  # noqa: E402
-import bootmgr  # noqa: E402
+import mpota_agent as agent  # noqa: E402
+import mpota_bootmgr as bootmgr  # noqa: E402
 
 _why = bootmgr.unsupported()  # below bootmgr.MIN_VERSION: a clear refusal, then the REPL
 if _why:
@@ -23,6 +23,6 @@ else:
     _dev, _app = bootmgr.boot(_base)
     bootmgr.__dict__.clear()  # its code goes even if a stale word still points at it (bootmgr._drop)
     del bootmgr
-    sys.modules.pop("bootmgr", None)
+    sys.modules.pop("mpota_bootmgr", None)
     gc.collect()
     agent.main(_dev, _app)

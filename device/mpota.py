@@ -7,7 +7,7 @@
 # Both work only under the mpota boot manager (device/main.py). They load
 # the slot record for the call (an idle agent holds none) and let the
 # agent release it again.
-import agent
+import mpota_agent as agent
 
 
 def _dev():
@@ -19,7 +19,7 @@ def _dev():
 
 def _with_slots(fn):
     d = _dev()
-    import slots
+    import mpota_slots as slots
     slots.attach(d)
     try:
         return fn(d)
@@ -40,6 +40,6 @@ def confirm():
 
 def status():
     def st(d):
-        import ops
+        import mpota_ops as ops
         return ops.status(d)
     return _with_slots(st)

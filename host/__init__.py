@@ -22,27 +22,10 @@ A script runs the same flow as the CLI (examples/push_script.py):
     from mpota import images, push, targets
     report = asyncio.run(push.push(targets.resolve("sim"), images.load("examples/hello")))
 """
-import os
-import sys
-
 __version__ = "0.3.0"  # the one place; pyproject.toml reads it from here
 
-
-def _codec_dir() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for d in (os.path.join(here, "codec"),                       # installed: mpota/codec
-              os.path.join(os.path.dirname(here), "shared")):    # a clone: ../shared
-        if os.path.isfile(os.path.join(d, "proto.py")):
-            return d
-    raise ImportError("mpota: the protocol codec (proto.py, framing.py, ...) is missing")
-
-
-# The protocol codec is one source that also runs on MicroPython, where its files sit
-# flat on the board and import each other flat (`from framing import ...`); relative
-# imports would break it there. So it is not a package: pyproject.toml installs its
-# files as mpota/codec/ (the clone keeps them in shared/), and its folder goes on
-# sys.path, first, so that a same-named module of another distribution (there is a
-# `proto` on PyPI) cannot stand in for ours.
-CODEC_DIR = _codec_dir()
-if CODEC_DIR not in sys.path:
-    sys.path.insert(0, CODEC_DIR)
+# The protocol codec (shared/, flat modules that also run on MicroPython) is the
+# subpackage mpota.codec: pyproject.toml installs shared/ there, and in a clone
+# host/codec is a link to ../shared. Its modules import each other relatively here
+# and flat on the board, and all are named mpota_*, so the host never puts the codec
+# on sys.path and no other distribution's module can stand in for one of them.

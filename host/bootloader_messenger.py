@@ -19,24 +19,18 @@ import logging
 import socket
 from typing import Optional, Tuple
 
-from bootloader_messages import (
-    MAX_PACKET_SIZE,
-    ErrorResponse,
-    Header,
-    ReadAddressRequest,
-    ReadAddressResponse,
-    ResetRequest,
-    ResetResponse,
-    UpdateStartRequest,
-    UpdateStartResponse,
-    UpdateStopRequest,
-    UpdateStopResponse,
-    VersionRequest,
-    VersionResponse,
-    WriteRequest,
-    WriteResponse,
-)
-from lineproto import error_name  # the codec's error table, shared with the native protocol
+_NAMES = ("MAX_PACKET_SIZE ErrorResponse Header ReadAddressRequest ReadAddressResponse ResetRequest "
+          "ResetResponse UpdateStartRequest UpdateStartResponse UpdateStopRequest UpdateStopResponse "
+          "VersionRequest VersionResponse WriteRequest WriteResponse")
+if __package__:  # the package mpota (mpota.bootloader_messenger): its codec is mpota.codec
+    from .codec import bootloader_messages as _bm
+    from .codec.mpota_lineproto import error_name
+else:  # the reference's way: a script with host/ and shared/ on sys.path
+    import bootloader_messages as _bm  # type: ignore[no-redef]
+    from mpota_lineproto import error_name  # type: ignore[no-redef]  # the codec's error table
+(MAX_PACKET_SIZE, ErrorResponse, Header, ReadAddressRequest, ReadAddressResponse, ResetRequest,
+ ResetResponse, UpdateStartRequest, UpdateStartResponse, UpdateStopRequest, UpdateStopResponse,
+ VersionRequest, VersionResponse, WriteRequest, WriteResponse) = [getattr(_bm, n) for n in _NAMES.split()]
 
 logger = logging.getLogger("bootloader_messenger")
 

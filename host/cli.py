@@ -19,9 +19,9 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import lineproto
 
 from . import __version__, commands, targets
+from .codec import mpota_lineproto as lineproto
 from .client import Client, expected_device
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, MpotaError, UsageError
 from .fleet import run_fleet

@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import hostframes  # the codec (shared/), flat as on the device: see __init__.py
-import lineproto
-import proto
-from checksums import crc32c
-from framing import K_ERROR, K_FRAME, K_LINE
-from hmac_sha256 import compare_digest, device_mac, host_mac
-from session import Session
+from .codec import mpota_hostframes as hostframes  # the codec (shared/): see __init__.py
+from .codec import mpota_lineproto as lineproto
+from .codec import mpota_proto as proto
+from .codec.mpota_checksums import crc32c
+from .codec.mpota_framing import K_ERROR, K_FRAME, K_LINE
+from .codec.mpota_hmac_sha256 import compare_digest, device_mac, host_mac
+from .codec.mpota_session import Session
 
 from .errors import (AuthError, BusyError, Restarting, ConnectionLost, DeviceTimeout, MpotaError,
                      Unreachable, device_error)

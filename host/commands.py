@@ -12,8 +12,8 @@ import hashlib
 import time
 from pathlib import Path
 
-import lineproto
 
+from .codec import mpota_lineproto as lineproto
 from . import images, push as flows, targets as targets_mod
 from .errors import EXIT_OK, MpotaError, UsageError, VerifyFailed
 from .output import fmt_rate, fmt_size

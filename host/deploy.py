@@ -4,7 +4,8 @@ simulator (tools/sim.py).
 
     device_dir() -> Path                          mpota/device/ installed, or device/ of a clone
     device_files(folder) -> [Path]                every device/*.py, symlinks followed
-    agent_modules(folder) -> {names}              the module names an app must not ship
+    agent_modules(folder) -> {names}              the module names of the device files
+    agent_name(name) -> bool                      mpota and mpota_*: names an app must not ship
     mpy_target(mpy) -> (version, sub, arch)       decode sys.implementation._mpy
     compile_files(paths, mpy_cross, arch, cache)  .mpy for each file but main.py
 
@@ -57,6 +58,11 @@ def agent_modules(folder=None) -> frozenset:
     if d is None:
         raise FileNotFoundError("no device files: mpota/device/ (installed) or device/ (a clone)")
     return frozenset(p.stem for p in Path(d).glob("*.py"))
+
+
+def agent_name(name: str) -> bool:
+    """Is `name` (a module's) in the agent's namespace on the board: mpota, mpota_*?"""
+    return name == "mpota" or name.startswith("mpota_")
 
 
 def deployed_name(path: Path, mpy: bool) -> str:

@@ -8,10 +8,10 @@
     inspect_image(data, key=None) -> dict
 
 The body of an application image is a littlefs image (block size 4096, prog
-size 256) that the device mounts read-only at /app (device/appfs.py); the
+size 256) that the device mounts read-only at /app (device/mpota_appfs.py); the
 image around it is made by MCUboot's own `imgtool create` so that imgtool,
 mcumgr and MCUboot tooling all read it. Images are read back with the
-codec's parser (shared/mcuboot.py), the one the device runs, so a truncated
+codec's parser (shared/mpota_mcuboot.py), the one the device runs, so a truncated
 or corrupted file fails here, before anything is sent.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import mcuboot  # the codec's MCUboot parser (shared/), also run by the device
-import lineproto
 
+from .codec import mpota_lineproto as lineproto
+from .codec import mpota_mcuboot as mcuboot  # the codec's MCUboot parser, also run by the device
 from . import deploy
 from .errors import BadImage, UsageError
 
@@ -67,10 +67,12 @@ def _app_files(folder):
 
 
 def check_app_names(files, where) -> None:
-    """Refuse an app the device would refuse to boot (device/appfs.check_app): no
-    main.py, or a top-level file or folder named like one of the agent's own modules
-    (deploy.agent_modules(), the device files this mpota carries), which would
-    replace the agent's module of that name. `files`: the app's paths, '/'-separated."""
+    """Refuse an app the device would refuse to boot (device/mpota_appfs.check_app): no
+    main.py, or a top-level file or folder in the agent's namespace: `mpota`, `mpota_*`
+    (deploy.agent_modules(): every device file is named so). Any other name is the
+    app's, built-ins included: the agent reaches the firmware's modules by their u-names
+    (docs/security.md), so an app's hashlib.py changes only what the app imports.
+    `files`: the app's paths, '/'-separated."""
     if "main.py" not in files and "main.mpy" not in files:
         raise AppImageError("%s has no main.py (the application entry point, defining main())" % where,
                             "add a main.py that defines main(); the device boots nothing else")
@@ -78,11 +80,11 @@ def check_app_names(files, where) -> None:
     for rel in sorted(files):
         top, sep, _ = rel.partition("/")
         name = top if sep else top.rpartition(".")[0]
-        if name in agent:
-            raise AppImageError("%s/%s would replace the agent's own module %s, so the device would "
+        if deploy.agent_name(name) or name in agent:
+            raise AppImageError("%s/%s is in the agent's namespace (module %s), so the device would "
                                 "refuse to boot the image" % (where, top + sep, name),
-                                "rename it (and its imports); the agent's modules are %s"
-                                % ", ".join(sorted(agent)))
+                                "rename it (and its imports): main, mpota and mpota_* are the agent's names; "
+                                "every other module name is the app's")
 
 
 def littlefs_files(body: bytes) -> list:
@@ -245,7 +247,7 @@ def build_app_image(source, version="0.0.0+0", header_size=32, key=None, mpy=Fal
 
 
 def inspect_image(data, key=None):
-    """Parse and check an MCUboot image with the codec's parser (shared/mcuboot.py,
+    """Parse and check an MCUboot image with the codec's parser (shared/mpota_mcuboot.py,
     the one the device runs). Returns its dict with sha256 and keyhash as hex,
     plus sha256_ok, signature (name or None), lfs_block_count and, with `key`
     (a key file), signature_ok from imgtool's verify. AppImageError when bad."""
@@ -293,7 +295,7 @@ class Image:
 
 def check_image(data: bytes, name: str = "image") -> str:
     """Validate MCUboot framing and the SHA-256 TLV with the codec's parser
-    (shared/mcuboot.py, the one the device runs) and, when the body is an app
+    (shared/mpota_mcuboot.py, the one the device runs) and, when the body is an app
     (littlefs), its file names (check_app_names); return the version string."""
     try:
         info = mcuboot.verify(data)

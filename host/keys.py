@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .errors import UsageError
 
-# The device's constants (device/trust.py): the same bytes on both sides.
+# The device's constants (device/mpota_trust.py): the same bytes on both sides.
 SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 STATEMENT_MAGIC = b"mpota-trust-v1\x00"
 OPS = {"add": "+", "drop": "-"}

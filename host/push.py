@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import lineproto
 
+from .codec import mpota_lineproto as lineproto
 from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, EventCb, ProgressCb, PushResult, expected_device,
                      push_image, wait_for_device, within)
 from .errors import (CrcMismatch, DeviceError, DeviceTimeout, NotTaken, Unreachable,

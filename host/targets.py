@@ -40,7 +40,7 @@ try:
 except ImportError:  # Python < 3.11
     tomllib = None  # type: ignore[assignment]
 
-import lineproto
+from .codec import mpota_lineproto as lineproto
 from .errors import UsageError
 
 # Where the targets file was before XDG_CONFIG_HOME was honoured: still read when

@@ -6,15 +6,22 @@
 #   message checksum = sum of every preceding byte & 0xFF
 # extract() checks sync, opcode, length and both checksums and raises
 # AssertionError (what the reference documents) saying what was wrong.
-import struct
+try:  # MicroPython: u-names reach the firmware's module whatever an app ships (docs/security.md)
+    import ustruct as struct
+except ImportError:  # CPython
+    import struct
 
 try:
     from collections import namedtuple
 except ImportError:  # pragma: no cover - very small ports
     from ucollections import namedtuple
 
-from checksums import crc32, sum8
-from framing import check_frame, header_checksum  # one definition of the frame rules
+if "." in __name__:  # CPython: the package mpota.codec (the host never puts this folder on sys.path)
+    from .mpota_checksums import crc32, sum8
+    from .mpota_framing import check_frame, header_checksum  # one definition of the frame rules
+else:  # flat: on the board, and where shared/ is on sys.path (tests, tools)
+    from mpota_checksums import crc32, sum8
+    from mpota_framing import check_frame, header_checksum  # one definition of the frame rules
 
 MAX_WRITE_PAYLOAD_SIZE = 1024
 HEADER_SIZE = 5

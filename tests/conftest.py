@@ -31,11 +31,11 @@ import boardbuilds  # noqa: E402  (tools/)
 I386 = Path(boardbuilds.i386() or REPO.parent / "shared" / "tools" / boardbuilds.I386)
 INTERPRETERS = [MICROPYTHON] + ([str(I386)] if I386.exists() else [])
 
-# The host package `mpota` and PyPI's `smp` (smpclient's) before any test puts
-# device/ on sys.path, where device/mpota.py and device/smp.py have the same names.
+# The host package `mpota` before any test puts device/ on sys.path, where the
+# board's API module device/mpota.py has the same name.
 import mpota  # noqa: E402,F401
 try:
-    import smp  # noqa: E402,F401
+    import smp  # noqa: E402,F401  (PyPI's, smpclient's)
 except ImportError:  # pragma: no cover (a dev extra)
     pass
 

@@ -12,17 +12,17 @@ import socket
 
 import pytest
 
-import framing
-import hostframes
-import lineproto
-import proto
+from mpota.codec import mpota_framing as framing
+from mpota.codec import mpota_hostframes as hostframes
+from mpota.codec import mpota_lineproto as lineproto
+from mpota.codec import mpota_proto as proto
 from conftest import I386, INTERPRETERS, interp_label
 from devconn import DevConn, app_image, reset_and_wait  # noqa: F401  (re-exported)
-from framing import K_FRAME
-from hmac_sha256 import host_mac
+from mpota.codec.mpota_framing import K_FRAME
+from mpota.codec.mpota_hmac_sha256 import host_mac
 from simproc import Sim
 
-import bootloader_messages as bm
+from mpota.codec import bootloader_messages as bm
 
 
 # -- JSON, auth, malformed input --------------------------------------------------
@@ -395,7 +395,7 @@ def test_heap_peak_during_256k_update(tmp_path, auth, mp, capsys):
 # 160K (the 1.6-2x of docs/board.md). At 120-144K the 64-bit simulator's heap is so
 # fragmented after boot that auth or begin finds no 2 KB in one piece with 35-60 KB
 # free, and whether it does flips with any change to the resident modules (three empty
-# functions added to hal.py and simhal.py turned 128K from pass to fail; main itself
+# functions added to mpota_hal.py and simhal.py turned 128K from pass to fail; main itself
 # fails at 144K): a layout lottery, not a measure of the agent.
 SMALL = {"i386": "96K", "venv": "160K"}
 

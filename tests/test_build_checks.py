@@ -61,4 +61,4 @@ def test_mpy_check_is_version_aware():
     r = subprocess.run([sys.executable, str(REPO / "tools" / "mpy_check.py"), "--min-version", "1.22"],
                        capture_output=True, text=True)
     assert r.returncode == 1
-    assert "device/appfs.py:" in r.stdout and "'vfs', which the rp2 build has only from 1.23" in r.stdout
+    assert "device/mpota_appfs.py:" in r.stdout and "'vfs', which the rp2 build has only from 1.23" in r.stdout

@@ -24,8 +24,8 @@ def test_device_files_alone_make_a_working_device(tmp_path):
     assert not any(p.is_symlink() for p in dest.iterdir())
     names = sorted(p.name for p in dest.iterdir())
     assert names == sorted(p.name for p in src)
-    for must in ("main.py", "framing.py", "proto.py", "checksums.py", "hmac_sha256.py",
-                 "slots.py", "agent.py", "mpota.py", "hal.py", "appfs.py", "mcuboot.py"):
+    for must in ("main.py", "mpota_framing.py", "mpota_proto.py", "mpota_checksums.py", "mpota_hmac_sha256.py",
+                 "mpota_slots.py", "mpota_agent.py", "mpota.py", "mpota_hal.py", "mpota_appfs.py", "mpota_mcuboot.py"):
         assert must in names
     img = app_image(tmp_path, "app", APP, "1.0.0+0")
     with Sim(state=tmp_path / "dev", device_dir=dest) as sim:

@@ -42,7 +42,7 @@ def test_import_graph_has_no_cycle():
 
     for m in MODULES:
         visit(m)
-    assert "agent" not in graph["legacy"] and "service" not in graph["update"]
+    assert "mpota_agent" not in graph["mpota_legacy"] and "mpota_service" not in graph["mpota_update"]
 
 
 def _run(mp, order):

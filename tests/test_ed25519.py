@@ -1,4 +1,4 @@
-"""device/ed25519.py: Ed25519 verification against RFC 8032's vectors and the
+"""device/mpota_ed25519.py: Ed25519 verification against RFC 8032's vectors and the
 `cryptography` package, on CPython (hashlib's SHA-512 and the module's own),
 the unix-port MicroPython and, when present, the 32-bit build; and what it
 must refuse: wrong signatures, S >= L, bad public-key encodings."""
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from conftest import REPO, run_micropython
 
 sys.path.insert(0, str(REPO / "device"))
-import ed25519  # noqa: E402  (device/ed25519.py)
+import mpota_ed25519 as ed25519  # noqa: E402  (device/mpota_ed25519.py)
 import boardbuilds  # noqa: E402  (tools/)
 
 P = 2**255 - 19
@@ -162,7 +162,7 @@ sys.path.insert(0, %r)
 from binascii import unhexlify as u
 import hashlib
 assert not hasattr(hashlib, "sha512")  # the module's own SHA-512 is what runs
-import ed25519
+import mpota_ed25519 as ed25519
 for pub, msg, sig, expected, what in json.load(open(%r)):
     got = ed25519.verify(u(pub), u(msg), u(sig))
     print("%%s %%s" %% ("ok" if got is expected else "WRONG", what))
@@ -203,5 +203,5 @@ def test_bench_prints_its_figures(capsys):
     assert bench_ed25519.main(["--runs", "1"]) == 0
     out = capsys.readouterr().out
     assert "unix MicroPython (64-bit):" in out
-    assert ("i386 heap: import ed25519" in out) == (boardbuilds.i386() is not None)
+    assert ("i386 heap: import mpota_ed25519 as ed25519" in out) == (boardbuilds.i386() is not None)
     assert ("RP2040 at 125 MHz" in out) == (boardbuilds.cortex_m0() is not None)

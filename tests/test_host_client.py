@@ -13,12 +13,12 @@ import json
 
 import pytest
 
-import hostframes
-import lineproto
-import proto
+from mpota.codec import mpota_hostframes as hostframes
+from mpota.codec import mpota_lineproto as lineproto
+from mpota.codec import mpota_proto as proto
 from mpota.client import Client, push_image
 from mpota.errors import DeviceError, NoSpace
-from framing import K_FRAME, K_LINE
+from mpota.codec.mpota_framing import K_FRAME, K_LINE
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -133,7 +133,7 @@ def test_version_names_the_tool_and_the_protocol(capsys):
     assert ei.value.code == 0
     out = capsys.readouterr().out
     import mpota
-    import lineproto
+    from mpota.codec import mpota_lineproto as lineproto
     assert out.strip() == "mpota %s (protocol %d)" % (mpota.__version__, lineproto.PROTO)
     # `--version` after an image or folder is still the image version
     assert cli.parse_args(["app", "--version", "1.2.3"]).version == "1.2.3"

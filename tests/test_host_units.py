@@ -180,8 +180,8 @@ def test_messenger_names_every_codec_error():
     import socket
     import threading
 
-    import lineproto
-    from bootloader_messages import ErrorResponse
+    from mpota.codec import mpota_lineproto as lineproto
+    from mpota.codec.bootloader_messages import ErrorResponse
     from mpota.bootloader_messenger import BootloaderMessenger, LegacyError
 
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

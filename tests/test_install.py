@@ -117,7 +117,7 @@ def test_the_wheel_carries_every_device_file_as_a_plain_file(wheel):
             info = infos["mpota/device/" + p.name]
             assert not stat.S_ISLNK(info.external_attr >> 16), p.name
             assert z.read(info) == p.read_bytes(), p.name
-        assert "mpota/codec/proto.py" in infos and "mpota/cli.py" in infos
+        assert "mpota/codec/mpota_proto.py" in infos and "mpota/cli.py" in infos
 
 
 def test_runtime_dependencies_only(installed):

@@ -1,6 +1,6 @@
-"""Lean mode's connection (device/leanconn.py): the everyday JSON ops served
+"""Lean mode's connection (device/mpota_leanconn.py): the everyday JSON ops served
 beside the app with a fraction of the full stack, everything else handed over
-to conn.py on the same connection, and an app holding most of a 160 KiB heap
+to mpota_conn.py on the same connection, and an app holding most of a 160 KiB heap
 still installed, updated and queried (docs/memory.md)."""
 import sys
 import tempfile
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import hostframes
-import lineproto
-import proto
+from mpota.codec import mpota_hostframes as hostframes
+from mpota.codec import mpota_lineproto as lineproto
+from mpota.codec import mpota_proto as proto
 from conftest import I386, INTERPRETERS, interp_label
 from devconn import DevConn
 from simproc import Sim
@@ -34,7 +34,7 @@ def test_lean_connection_hands_over_what_it_does_not_serve(tmp_path, mp):
             # a binary frame goes to the full stack, which answers the version request
             c.send(bytes(hostframes.make_frame(0x01, b"")))
             assert c.frame()[1] == 0x02
-            assert c.ok("ping")["pong"] is True  # the same connection, now on conn.py
+            assert c.ok("ping")["pong"] is True  # the same connection, now on mpota_conn.py
         finally:
             c.close()
         # authenticated: lean ops, then one it does not serve, then more on the same session
@@ -43,7 +43,7 @@ def test_lean_connection_hands_over_what_it_does_not_serve(tmp_path, mp):
             st = c.ok("status")
             assert st["mode"] == "lean" and st["max_image"] > 0 and st["running"] is None
             assert c.ok("hello")["mode"] == "lean"
-            c.ok("erase", slot="b")  # rareops.py, on the full stack: the session MACs go on
+            c.ok("erase", slot="b")  # mpota_rareops.py, on the full stack: the session MACs go on
             c.send(hostframes.encode_read("a", 0, 16))  # slot a holds nothing
             assert hostframes.parse_nerror(c.frame())[:2] == (proto.OP_READ, lineproto.E_OUT_OF_RANGE)
             assert c.ok("status")["mode"] == "lean"

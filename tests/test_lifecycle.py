@@ -19,7 +19,7 @@ def _mp(code, build, heap=None):
 
 def test_wdt_has_a_floor_of_2_s(tmp_path, mp_build):
     out = _mp("""
-import config, json
+import mpota_config as config, json
 for v in (1, 1999, 0, 2000, 8388, 9000):
     cfg, errors = config.load(path="/nonexistent", overrides={"wdt": v})
     print(json.dumps([v, cfg["wdt"], errors]))
@@ -39,7 +39,7 @@ def test_image_verify_feeds_the_watchdog_while_it_hashes(tmp_path, mp_build):
     p = tmp_path / "img.bin"
     p.write_bytes(img)
     out = _mp("""
-import mcuboot
+import mpota_mcuboot as mcuboot
 n = [0]
 def feed():
     n[0] += 1
@@ -53,7 +53,7 @@ mcuboot.verify(%r)  # no feed: the host's and the old callers' way
 
 def test_version_floor_refuses_1_22_with_a_clear_message(mp_build):
     out = _mp("""
-import bootmgr
+import mpota_bootmgr as bootmgr
 print(bootmgr.MIN_VERSION, bootmgr.unsupported((1, 23, 0)), bootmgr.unsupported((1, 27, 0)))
 print(bootmgr.unsupported())
 print(bootmgr.unsupported((1, 22, 2)))
@@ -69,7 +69,7 @@ def test_a_board_below_the_floor_refuses_at_boot(tmp_path):
     # the real device files, with a floor above any release: the boot path a v1.22 board takes
     dev = tmp_path / "device"
     shutil.copytree(REPO / "device", dev, symlinks=False)
-    bm = dev / "bootmgr.py"
+    bm = dev / "mpota_bootmgr.py"
     bm.write_text(bm.read_text().replace("MIN_VERSION = (1, 23, 0)", "MIN_VERSION = (99, 0, 0)"))
     sim = Sim(state=tmp_path / "dev", device_dir=dev, ready=False)
     try:

@@ -90,7 +90,7 @@ def test_dry_run_shows_every_step_and_changes_nothing(fake, board):
     names = done["files"]
     wanted = {deploy.deployed_name(p, True) for p in deploy.device_files(REPO / "device")}
     assert set(names) == wanted | {"mpota.json", "mpota_key.bin"} and len(names) == len(set(names))
-    assert "main.py" in names and "agent.mpy" in names and "mpota_trust.json" not in names
+    assert "main.py" in names and "mpota_agent.mpy" in names and "mpota_trust.json" not in names
     assert cmds[2][-1] == ":" and len(cmds[2]) == 4 + len(names) + 1
     assert done["target"] == {"host": "picow-1.local", "key_file": "keys/picow-1.key", "device_id": DEVICE_ID}
     text = " ".join(e.get("text", "") for e in events(r))
@@ -127,10 +127,10 @@ def test_py_form_and_trust_store(fake, tmp_path):
     r = dry_run(env, "--py", "--trust", key)
     assert r.returncode == 0, r.stderr
     done = events(r)[-1]
-    assert "mpota_trust.json" in done["files"] and "agent.py" in done["files"]
+    assert "mpota_trust.json" in done["files"] and "mpota_agent.py" in done["files"]
     assert not any(n.endswith(".mpy") for n in done["files"])
     # .py deploy removes stale .mpy twins
-    assert "agent.mpy" in done["commands"][1][-1]
+    assert "mpota_agent.mpy" in done["commands"][1][-1]
 
 
 def test_unmatched_mpy_version_falls_back_to_py(fake):
@@ -140,7 +140,7 @@ def test_unmatched_mpy_version_falls_back_to_py(fake):
                         "--name", "p1", "--dry-run"], capture_output=True, text=True, timeout=120,
                        env=dict(env, FAKE_BOARD=old.replace("(1, 23, 0", "(1, 24, 0")), cwd=str(REPO))
     assert r.returncode == 0, r.stderr
-    assert "agent.py" in events(r)[-1]["files"] and "installing the agent as .py" in r.stdout
+    assert "mpota_agent.py" in events(r)[-1]["files"] and "installing the agent as .py" in r.stdout
 
 
 def test_bad_name_is_refused(fake):
@@ -182,7 +182,7 @@ def test_provision_writes_stages_and_records(fake, tmp_path):
     cfg = json.loads(seen["mpota.json"])
     assert cfg["wifi"] == {"ssid": "home", "password": "s3cret", "hostname": "picow-1", "country": "GB"}
     assert cfg["auth"] is True
-    assert seen["agent.mpy"][:1] == b"M" and seen["main.py"] == (REPO / "device" / "main.py").read_bytes()
+    assert seen["mpota_agent.mpy"][:1] == b"M" and seen["main.py"] == (REPO / "device" / "main.py").read_bytes()
     assert [c[2] for c in calls(log)] == ["exec", "exec", "cp", "reset"] * 2
     assert r.ready.startswith("mpota: ready") and r.target == r2.target
     t = targets.resolve("picow-1")

@@ -14,8 +14,8 @@ from simproc import Sim
 
 MAIN = r'''
 import sys, os, time, socket
-import hal
-import halboot
+import mpota_hal as hal
+import mpota_halboot as halboot
 import simhal  # test device only: the real code never imports simhal
 from plan import PLAN
 
@@ -57,7 +57,7 @@ def make_device(folder, plan, main=MAIN):
     (folder / "main.py").write_text(main)
     (folder / "plan.py").write_text("PLAN = %r\n" % (plan,))
     # a symlink, as the codec files are in device/: the deploy copies its target
-    for name in ("hal.py", "halboot.py"):
+    for name in ("mpota_hal.py", "mpota_halboot.py"):
         link = folder / name
         if not link.exists():
             link.symlink_to(REPO / "device" / name)
@@ -93,7 +93,7 @@ def test_first_start_formats_deploys_and_says_ready(tmp_path):
         assert "boot=1 cause=power_on platform=sim auth=True legacy=False" in line
         assert "tcp=%d udp=%d ip=127.0.0.1" % (sim.tcp_port, sim.udp_port) in line
         assert "flash=212" in line
-        assert "files=hal.py,halboot.py,main.py,mpota_key.bin,plan.py" in line
+        assert "files=main.py,mpota_hal.py,mpota_halboot.py,mpota_key.bin,plan.py" in line
         assert "formatting littlefs2" in sim.output
         ready = [ln for ln in sim.lines if "ready" in ln and ln.startswith("sim:")]
         assert ready == ["sim: ready tcp=127.0.0.1:%d udp=127.0.0.1:%d" % (sim.tcp_port, sim.udp_port)]
@@ -110,7 +110,7 @@ def test_first_start_formats_deploys_and_says_ready(tmp_path):
     # the device went down with the launcher: its port is free again
     assert_port_free(sim.tcp_port)
     assert read_flash_file(sim.state, "mpota_key.bin") == key
-    assert read_flash_file(sim.state, "hal.py") == (REPO / "device" / "hal.py").read_bytes()
+    assert read_flash_file(sim.state, "mpota_hal.py") == (REPO / "device" / "mpota_hal.py").read_bytes()
 
 
 def test_reset_restarts_with_flash_intact(tmp_path):
@@ -199,10 +199,10 @@ def test_signals_stop_cleanly(tmp_path, sig):
     assert_port_free(sim.tcp_port)
 
 
-# the seam: hal.py (resident) and halboot.py (read once at boot, then dropped)
-HAL_API = {"hal": ["reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
+# the seam: mpota_hal.py (resident) and mpota_halboot.py (read once at boot, then dropped)
+HAL_API = {"mpota_hal": ["reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
                    "wlan_ip", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc"],
-           "halboot": ["reset_cause", "unique_id", "config_overrides", "flash_info"]}
+           "mpota_halboot": ["reset_cause", "unique_id", "config_overrides", "flash_info"]}
 
 
 def test_hal_delegates_every_function_to_simhal(mp_build):
@@ -215,9 +215,9 @@ sys.path.insert(0, %r)
 import simhal
 simhal.configure({"reset_cause": "reset", "device_id": "51abc", "tcp_port": 9, "host": "10.0.0.2"}, None)
 gc.collect(); a = gc.mem_alloc()
-import hal
+import mpota_hal as hal
 gc.collect(); cost = gc.mem_alloc() - a
-import halboot
+import mpota_halboot as halboot
 for m, names in sorted(%r.items()):
     mod = sys.modules[m]
     missing = [n for n in names if not hasattr(mod, n) or not hasattr(simhal, n)]
@@ -230,8 +230,8 @@ print("import cost", cost)
     r = run_micropython(["-c", code], heap="96K", mp=mp_build)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.split("\n")
-    assert lines[0] == "hal [] [] True"
-    assert lines[1] == "halboot [] [] True"
+    assert lines[0] == "mpota_hal [] [] True"
+    assert lines[1] == "mpota_halboot [] [] True"
     assert lines[2] == "sim reset 51abc None 9"  # None: no link to manage (no --wifi)
     print("\nhal: " + lines[3] + " bytes")
 
@@ -243,7 +243,7 @@ def test_hal_without_simhal_is_the_rp2_seam(mp_build):
     code = """
 import sys
 sys.path.insert(0, %r)
-import hal, halboot
+import mpota_hal as hal, mpota_halboot as halboot
 t = hal.ticks_ms()
 print(hal.PLATFORM, halboot.config_overrides(), hal.ticks_diff(hal.ticks_ms(), t) >= 0,
       hal.mem_free() > 0, sorted(halboot.flash_info()))

@@ -1,4 +1,4 @@
-"""device/slots.py and bootslots.py under the unix-port MicroPython: the A/B state machine,
+"""device/mpota_slots.py and mpota_bootslots.py under the unix-port MicroPython: the A/B state machine,
 trial counting and rollback, resume, and the journal's atomicity under power
 cuts at every flash operation of a state commit (littlefs on a RAM NOR flash).
 """
@@ -11,10 +11,10 @@ DEVICE = str(REPO / "device")
 PRELUDE = """
 import sys, os
 sys.path.insert(0, %r)
-import slots as S
-import bootslots as B
-import upload as IO
-from lineproto import ProtoError
+import mpota_slots as S
+import mpota_bootslots as B
+import mpota_upload as IO
+from mpota_lineproto import ProtoError
 def sha(data):
     import hashlib, binascii
     return binascii.hexlify(hashlib.sha256(data).digest()).decode()

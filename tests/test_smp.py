@@ -16,7 +16,7 @@ from smpclient.requests.image_management import ImageErase, ImageStatesRead, Ima
 from smpclient.requests.os_management import EchoWrite, MCUMgrParametersRead, ResetWrite
 
 import boardbuilds
-import mcuboot
+from mpota.codec import mpota_mcuboot as mcuboot
 from bench_smp import SmpUdp, heap_figures
 from devconn import DevConn, app_image
 from simproc import Sim, free_port
@@ -84,7 +84,7 @@ class Smp:
 
 
 def mcuboot_hash(tmp_path, img):
-    """The image's MCUboot hash as imgtool prints it, checked against shared/mcuboot.py."""
+    """The image's MCUboot hash as imgtool prints it, checked against shared/mpota_mcuboot.py."""
     f = tmp_path / ("img-%s.bin" % hashlib.sha256(img).hexdigest()[:8])
     f.write_bytes(img)
     out = subprocess.run([sys.executable, "-m", "imgtool.main", "verify", str(f)], capture_output=True,
@@ -272,7 +272,7 @@ def test_smp_heap_on_the_32bit_build(tmp_path, capsys):
     h = heap_figures(img, tmp_path, "160K", boardbuilds.i386())
     with capsys.disabled():
         print("\n" + h["line"])
-    # generous margins: the poller is ~1.5 KB, smp.py + cbor.py ~11 KB loaded; what stays
+    # generous margins: the poller is ~1.5 KB, mpota_smp.py + mpota_cbor.py ~11 KB loaded; what stays
     # after a request is the qstr pool (names interned once, never freed), never the modules
     assert h["idle_on"] - h["idle_off"] < 4096, h
     assert h["after_request2"] - h["after_request"] < 2048, h

@@ -1,6 +1,6 @@
 """Signed images end to end, short of the agent: keys made by host/keys.py, images
-signed by imgtool (host/images.py), checked by device/trust.py and trustkeys.py (with
-device/ed25519.py and shared/mcuboot.py's SEC_CNT) on CPython, the unix-port
+signed by imgtool (host/images.py), checked by device/mpota_trust.py and mpota_trustkeys.py (with
+device/mpota_ed25519.py and shared/mpota_mcuboot.py's SEC_CNT) on CPython, the unix-port
 MicroPython and, when present, the 32-bit build. Also key rotation statements
 and the anti-rollback helpers."""
 import hashlib
@@ -75,8 +75,8 @@ def material(tmp_path_factory):
 SCRIPT = r"""
 import sys, json, os
 sys.path.insert(0, %(device)r)
-import mcuboot, trust, trustkeys
-from lineproto import ProtoError
+import mpota_mcuboot as mcuboot, mpota_trust as trust, mpota_trustkeys as trustkeys
+from mpota_lineproto import ProtoError
 D = %(dir)r
 M = json.load(open(D + "/material.json"))
 STORE = D + "/store-%(tag)s.json"
@@ -254,8 +254,8 @@ def test_other_key_types_are_refused(tmp_path):
 def test_trust_file_matches_the_device_loader(tmp_path, material):
     sys.path.insert(0, str(REPO / "device"))
     try:
-        import trust
-        import trustkeys
+        import mpota_trust as trust
+        import mpota_trustkeys as trustkeys
     finally:
         sys.path.remove(str(REPO / "device"))  # it would shadow PyPI's `smp` for later tests
 

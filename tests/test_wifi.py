@@ -1,4 +1,4 @@
-"""Wi-Fi as an asyncio task (device/wifi.py, issue 11 item 1): the link drops
+"""Wi-Fi as an asyncio task (device/mpota_wifi.py, issue 11 item 1): the link drops
 and returns in the simulator (tools/sim.py --wifi, the control file
 STATE/wifi), the app keeps running meanwhile, status reports the link,
 and the device is updatable once it is back. The Link's loop also runs under
@@ -126,8 +126,8 @@ class Hal:
         self.joined = False
 
 hal = Hal()
-sys.modules["hal"] = hal
-import wifi
+sys.modules["mpota_hal"] = hal
+import mpota_wifi as wifi
 
 _sleep = asyncio.sleep_ms
 async def sleep_ms(ms):  # fake time: every sleep advances the clock
@@ -231,7 +231,7 @@ class network:
     def hostname(h):
         calls.append("hostname " + h)
 sys.modules["network"] = network
-import hal
+import mpota_hal as hal
 print(hal.wlan_state(), hal.wlan_ip())
 try:
     hal.wlan_join({})

@@ -54,11 +54,11 @@ print("VERIFY_US", best)
 HEAP = """
 import sys, gc
 sys.path.insert(0, %r)
-import proto, mcuboot  # resident in the agent already
+import mpota_proto as proto, mpota_mcuboot as mcuboot  # resident in the agent already
 gc.collect(); a0 = gc.mem_alloc()
-import ed25519
+import mpota_ed25519 as ed25519
 gc.collect(); a1 = gc.mem_alloc()
-import trust
+import mpota_trust as trust
 gc.collect(); a2 = gc.mem_alloc()
 from binascii import unhexlify
 pub = unhexlify("%s"); msg = unhexlify("%s"); sig = unhexlify("%s")
@@ -73,7 +73,7 @@ print("VERIFY_ALLOCATED", b1 - b0)
 PEAK = """
 import sys
 sys.path.insert(0, %r)
-import ed25519
+import mpota_ed25519 as ed25519
 from binascii import unhexlify
 assert ed25519.verify(unhexlify("%s"), unhexlify("%s"), unhexlify("%s"))
 print("OK")
@@ -100,7 +100,7 @@ def _value(out, name):
 
 
 def time_unix(mp, runs):
-    path = _script("import sys\nsys.path.insert(0, %r)\nfrom ed25519 import verify\n" % DEVICE
+    path = _script("import sys\nsys.path.insert(0, %r)\nfrom mpota_ed25519 import verify\n" % DEVICE
                    + TIMING % (PUB, MSG, SIG, runs))
     try:
         r = _run(mp, path, "160K")
@@ -140,7 +140,7 @@ def heap_i386(mp):
 
 
 def time_m0(runs):
-    code = (REPO / "device" / "ed25519.py").read_text() + TIMING % (PUB, MSG, SIG, runs)
+    code = (REPO / "device" / "mpota_ed25519.py").read_text() + TIMING % (PUB, MSG, SIG, runs)
     return _value(boardbuilds.run_m0(code), "VERIFY_US")
 
 
@@ -148,7 +148,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="verifies per interpreter (the best is shown)")
     a = p.parse_args(argv)
-    print("Ed25519 verify (device/ed25519.py), RFC 8032 test 2, best of %d" % a.runs)
+    print("Ed25519 verify (device/mpota_ed25519.py), RFC 8032 test 2, best of %d" % a.runs)
     if os.path.exists(UNIX_MP):
         print("  unix MicroPython (64-bit):  %7.1f ms" % (time_unix(UNIX_MP, a.runs) / 1000))
     else:
@@ -157,7 +157,7 @@ def main(argv=None):
     if i386:
         print("  i386 MicroPython (32-bit):  %7.1f ms" % (time_unix(i386, a.runs) / 1000))
         h = heap_i386(i386)
-        print("  i386 heap: import ed25519 %d B, import trust %d B, one verify allocates %d B (garbage),"
+        print("  i386 heap: import mpota_ed25519 %d B, import mpota_trust %d B, one verify allocates %d B (garbage),"
               " peak: runs in a %s KB heap" % (h["IMPORT_ED25519"], h["IMPORT_TRUST"], h["VERIFY_ALLOCATED"],
                                                h["PEAK_HEAP_KB"]))
     else:

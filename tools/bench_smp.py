@@ -101,7 +101,7 @@ def _echo(port: int) -> None:
 
 def heap_figures(image: bytes, work: Path, heap: str = "160K", micropython: str | None = None) -> dict:
     """The agent's heap (mem_alloc less mem_base, no app, --no-auth) with smp_udp off and on:
-    idle, after one request (smp.py and cbor.py released again), the peak over an SMP
+    idle, after one request (mpota_smp.py and mpota_cbor.py released again), the peak over an SMP
     upload of `image` and after it; "line" says it in one sentence."""
     from simproc import Sim, free_port
     mp = ["--micropython", micropython] if micropython else []

@@ -12,12 +12,12 @@ import os
 import socket
 import time
 
-import hostframes
-import lineproto
-import proto
-from framing import K_ERROR, K_FRAME, K_LINE
-from hmac_sha256 import compare_digest, device_mac, host_mac
-from session import Session
+from mpota.codec import mpota_hostframes as hostframes
+from mpota.codec import mpota_lineproto as lineproto
+from mpota.codec import mpota_proto as proto
+from mpota.codec.mpota_framing import K_ERROR, K_FRAME, K_LINE
+from mpota.codec.mpota_hmac_sha256 import compare_digest, device_mac, host_mac
+from mpota.codec.mpota_session import Session
 
 
 # -- a small blocking client ----------------------------------------------------

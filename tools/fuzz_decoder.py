@@ -17,14 +17,14 @@ sys.path.insert(0, _here + "/../shared")
 # One module at a time with a collection in between, as the device imports:
 # compiling from source needs transient heap, and at -X heapsize=64K the
 # leftovers of one compile must not crowd out the next.
-for _m in ("checksums", "framing", "proto", "hostframes"):
+for _m in ("mpota_checksums", "mpota_framing", "mpota_proto", "mpota_hostframes"):
     gc.collect()
     __import__(_m)
 gc.collect()
-import checksums  # noqa: E402
-import framing  # noqa: E402
-import lineproto  # noqa: E402
-import hostframes  # noqa: E402
+import mpota_checksums as checksums  # noqa: E402
+import mpota_framing as framing  # noqa: E402
+import mpota_lineproto as lineproto  # noqa: E402
+import mpota_hostframes as hostframes  # noqa: E402
 
 # Preallocated right after the imports, as the agent does: one contiguous
 # buffer while the heap is still unfragmented.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write tests/vectors/cbor.json: the CBOR vectors both interpreters run
-against shared/cbor.py (tests/vectors/run_cbor_vectors.py).
+against shared/mpota_cbor.py (tests/vectors/run_cbor_vectors.py).
 
 Expected bytes come from cbor2 (canonical=True), an independent CBOR
 implementation, from RFC 8949 Appendix A, and from the `smp` package's own

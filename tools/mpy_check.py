@@ -5,9 +5,14 @@
    the RP2040 (-march=armv6m, so viper code is compiled too).
 2. Every module a device file imports is either another device module or one
    the rp2 MicroPython build provides in EVERY supported release (from
-   device/bootmgr.py's MIN_VERSION on: `vfs` exists only from 1.23, so a
+   device/mpota_bootmgr.py's MIN_VERSION on: `vfs` exists only from 1.23, so a
    module that is newer than the floor fails the check); imports inside
    `try: ... except ImportError` are optional (CPython fast paths) and allowed.
+3. No device file imports an extensible built-in (EXTENSIBLE: hashlib, json,
+   os, ...) by its plain name, where MicroPython searches the filesystem first
+   and an app's hashlib.py would stand in for it; the u-name (`import uhashlib
+   as hashlib`) always reaches the firmware's module. The plain name is allowed
+   only in the CPython branch of `try: import uX ... except ImportError:`.
    --min-version X.Y checks against another floor (e.g. 1.22, to see what it lacks).
 Prints what it checked; exits 1 on the first kind of failure it finds.
 """
@@ -26,7 +31,15 @@ RP2_MODULES = {
     "array", "asyncio", "binascii", "builtins", "cmath", "collections", "cryptolib", "deflate", "errno",
     "framebuf", "gc", "hashlib", "heapq", "io", "json", "machine", "math", "micropython", "network", "os",
     "platform", "random", "re", "rp2", "select", "socket", "ssl", "struct", "sys", "time", "tls",
-    "uctypes", "vfs", "ntptime", "requests", "mip", "_thread", "uasyncio", "ucollections", "utime",
+    "uctypes", "vfs", "ntptime", "requests", "mip", "_thread",
+}
+# The built-ins MicroPython v1.27 registers as extensible on rp2
+# (MP_REGISTER_EXTENSIBLE_MODULE in py/ and extmod/): the filesystem is searched
+# before them, and `uNAME` always gives the built-in. tests/test_app_names.py
+# checks this table against the unix-port MicroPython itself.
+EXTENSIBLE = {
+    "array", "binascii", "collections", "cryptolib", "errno", "hashlib", "heapq", "io", "json", "machine",
+    "os", "platform", "random", "re", "select", "socket", "struct", "time",
 }
 # The release each of them first appeared in, where that is after 1.20 (the
 # first with rp2.Flash(start=, len=)); the rest are older.
@@ -34,12 +47,12 @@ SINCE = {"vfs": (1, 23), "deflate": (1, 21), "asyncio": (1, 21)}
 
 
 def min_version():
-    """The device's floor, read from device/bootmgr.py (MIN_VERSION = (1, 23, 0))."""
-    tree = ast.parse((REPO / "device" / "bootmgr.py").read_text())
+    """The device's floor, read from device/mpota_bootmgr.py (MIN_VERSION = (1, 23, 0))."""
+    tree = ast.parse((REPO / "device" / "mpota_bootmgr.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "MIN_VERSION":
             return tuple(ast.literal_eval(node.value))[:2]
-    raise SystemExit("mpy-check: no MIN_VERSION in device/bootmgr.py")
+    raise SystemExit("mpy-check: no MIN_VERSION in device/mpota_bootmgr.py")
 
 
 def available(mod, version):
@@ -48,7 +61,8 @@ def available(mod, version):
 
 
 def optional_imports(tree):
-    """Line numbers of imports guarded by `except ImportError` (optional on the board)."""
+    """Line numbers of imports guarded by `except ImportError` (optional on the board),
+    and of those in such a handler (the CPython branch)."""
     lines = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Try):
@@ -59,7 +73,7 @@ def optional_imports(tree):
                     if isinstance(n, ast.Name):
                         catches.add(n.id)
             if "ImportError" in catches:
-                for sub in node.body:
+                for sub in node.body + [s for h in node.handlers for s in h.body]:
                     for n in ast.walk(sub):
                         if isinstance(n, (ast.Import, ast.ImportFrom)):
                             lines.add(n.lineno)
@@ -94,6 +108,12 @@ def main(argv=None):
                 bad.append("%s: mpy-cross failed:\n%s" % (f.relative_to(REPO), r.stderr.strip()))
     for f in sorted((REPO / "device").glob("*.py")):
         for line, mod, optional in imports_of(f.resolve()):
+            if mod in EXTENSIBLE and not optional:
+                bad.append("%s:%d: imports %r by its plain name, where an app's %s.py would stand in for it:"
+                           " import u%s as %s" % (f.relative_to(REPO), line, mod, mod, mod, mod))
+                continue
+            if mod[:1] == "u" and mod[1:] in EXTENSIBLE:
+                mod = mod[1:]
             if mod in device_modules or available(mod, floor) or optional:
                 continue
             if mod in RP2_MODULES:

@@ -35,7 +35,7 @@ trust store /mpota_trust.json (docs/security.md), replacing any store there
 (a rotated one included): the device then accepts only images signed by
 these keys. The trust file is also kept as STATE/trust.json.
 
---wifi simulates the Pico W's station link: the agent runs device/wifi.py
+--wifi simulates the Pico W's station link: the agent runs device/mpota_wifi.py
 as on a board (join, watch, rejoin with backoff; status reports `link`).
 The access point is "off" while the file STATE/wifi reads "down": write
 "down" into it to drop the link (the agent stops listening, the app keeps
@@ -101,7 +101,7 @@ def parse_args(argv=None):
     p.add_argument("--device-dir", default=str(REPO / "device"),
                    help="folder whose *.py are deployed (default: device/; tests use a throwaway one)")
     p.add_argument("--wifi", action="store_true",
-                   help="simulate the Wi-Fi link (device/wifi.py); 'down' in the file STATE/wifi drops it")
+                   help="simulate the Wi-Fi link (device/mpota_wifi.py); 'down' in the file STATE/wifi drops it")
     a = p.parse_args(argv)
     if a.power_cut_after is not None and a.power_cut_after < 0:
         p.error("--power-cut-after must be >= 0")

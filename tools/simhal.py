@@ -1,7 +1,7 @@
-# simhal: the simulator's stand-in for device/hal.py (same public names).
+# simhal: the simulator's stand-in for device/mpota_hal.py (same public names).
 #
 # tools/simpoweron.py imports this before it mounts the simulated flash,
-# calls configure(), and leaves it in sys.modules['simhal']; device/hal.py
+# calls configure(), and leaves it in sys.modules['simhal']; device/mpota_hal.py
 # then rebinds its functions to these. Nothing here touches real hardware.
 # On a board this seam is C, so it is kept small: it stays in the heap.
 import gc

@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "shared") not in sys.path:
     sys.path.insert(0, str(REPO / "shared"))
-import mcuboot  # noqa: E402  (the codec's parser, the one the device runs)
+from mpota.codec import mpota_mcuboot as mcuboot  # noqa: E402  (the codec's parser, the one the device runs)
 
 
 def tamper(image: bytes, offset: int = 100) -> bytes:

@@ -53,10 +53,10 @@ for _sub in ("tools", "shared"):  # the host tool is the package `mpota` (make s
     if str(REPO / _sub) not in sys.path:
         sys.path.insert(0, str(REPO / _sub))
 
-import bootloader_messages as bm  # noqa: E402
-import hostframes  # noqa: E402
-import lineproto  # noqa: E402
-import proto  # noqa: E402
+from mpota.codec import bootloader_messages as bm  # noqa: E402
+from mpota.codec import mpota_hostframes as hostframes  # noqa: E402
+from mpota.codec import mpota_lineproto as lineproto  # noqa: E402
+from mpota.codec import mpota_proto as proto  # noqa: E402
 from devconn import DevConn, app_image  # noqa: E402
 from simproc import Sim, SimError  # noqa: E402
 
@@ -468,7 +468,7 @@ class PowerCuts:
                 return "no power cut happened (the action took fewer than %d flash ops)" % (n + 1)
             # A cut during the deploy itself is what `mpremote cp` reports as a
             # failed copy: the operator provisions again (the half-copied files
-            # may even import: an empty update.py does).
+            # may even import: an empty mpota_update.py does).
             reprovisioned = sc.from_power_on and n < sc.deployed_at
             if not reprovisioned:
                 try:
@@ -841,7 +841,7 @@ def _sealed(sess, msgs: list) -> bytes:
     so the mutated bytes are cut into what the device's decoder makes of them and
     each frame and line is sealed. Bytes that form neither cannot be sealed; on a
     session they end the connection (tests/test_attacks.py covers that)."""
-    from framing import K_FRAME, K_LINE
+    from mpota.codec.mpota_framing import K_FRAME, K_LINE
     dec = hostframes.Decoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)
     out = []
     for m in msgs:
@@ -874,7 +874,7 @@ def fuzz_batch(sim: Sim, msgs: list, key: Optional[bytes], timeout: float = 20.0
                 err.append(e)
         t = threading.Thread(target=send, daemon=True)
         t.start()
-        from framing import K_FRAME, K_LINE
+        from mpota.codec.mpota_framing import K_FRAME, K_LINE
         while True:
             kind, v = c.event()
             if kind == K_LINE:

@@ -9,18 +9,19 @@ import sys
 
 _here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 sys.path.insert(0, _here + "/../../shared")
-for _m in ("checksums", "framing", "lineproto", "proto", "hmac_sha256", "bootloader_messages", "hostframes"):
+for _m in ("mpota_checksums", "mpota_framing", "mpota_lineproto", "mpota_proto", "mpota_hmac_sha256",
+           "mpota_hostframes", "bootloader_messages"):
     gc.collect()
     __import__(_m)
 gc.collect()
 
 import bootloader_messages as bm  # noqa: E402
-import checksums  # noqa: E402
-import hostframes  # noqa: E402
-import framing  # noqa: E402
-import hmac_sha256  # noqa: E402
-import lineproto  # noqa: E402
-import proto  # noqa: E402
+import mpota_checksums as checksums  # noqa: E402
+import mpota_hostframes as hostframes  # noqa: E402
+import mpota_framing as framing  # noqa: E402
+import mpota_hmac_sha256 as hmac_sha256  # noqa: E402
+import mpota_lineproto as lineproto  # noqa: E402
+import mpota_proto as proto  # noqa: E402
 
 # Preallocate the receive buffer first, as the agent does at start-up.
 dec = framing.StreamDecoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)

@@ -1,4 +1,4 @@
-"""shared/cbor.py: the same vectors (tests/vectors/cbor.json, from cbor2 and the
+"""shared/mpota_cbor.py: the same vectors (tests/vectors/cbor.json, from cbor2 and the
 smp package) under CPython, the unix-port MicroPython and, where it exists, the
 32-bit v1.27 build; plus its allocation profile on the 32-bit build."""
 import json
@@ -52,7 +52,7 @@ def test_cbor_vectors_file_is_current(tmp_path):
 ALLOC = r"""
 import gc, sys
 sys.path.insert(0, "shared")
-import cbor
+import mpota_cbor as cbor
 buf = bytearray(64)
 req = bytes.fromhex("%s")
 

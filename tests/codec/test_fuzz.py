@@ -35,9 +35,13 @@ def test_codec_from_source_at_96k_heap(micropython, capsys):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_codec_from_source_at_64k_heap(micropython, capsys):
-    """Every shared/ module compiled from source at -X heapsize=64K, then exercised."""
-    r = run_micropython([str(REPO / "tests" / "codec" / "heap_smoke.py")], heap="64K")
+def test_codec_from_source_at_72k_heap(micropython, capsys):
+    """Every shared/ module compiled from source at -X heapsize=72K (64-bit), then exercised.
+    It was 64K until the codec learned two import paths (u-named built-ins, then CPython's;
+    siblings relative, then flat): compiling both branches peaks about 6 KB higher on
+    this 64-bit build (passes at 70K, fails at 68K); what the modules keep is unchanged
+    (within 150 B), and a board given .mpy files (mpota provision) compiles nothing."""
+    r = run_micropython([str(REPO / "tests" / "codec" / "heap_smoke.py")], heap="72K")
     _report(capsys, r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "checks passed" in r.stdout

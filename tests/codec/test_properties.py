@@ -1,10 +1,10 @@
 """Hypothesis properties of the codec on CPython: round trips and decoder robustness."""
-import bootloader_messages as bm
-import framing
-import hostframes
-import lineproto
+from mpota.codec import bootloader_messages as bm
+from mpota.codec import mpota_framing as framing
+from mpota.codec import mpota_hostframes as hostframes
+from mpota.codec import mpota_lineproto as lineproto
 from run_vectors import crc32c_ref
-from checksums import crc32c
+from mpota.codec.mpota_checksums import crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

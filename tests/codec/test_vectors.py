@@ -38,7 +38,7 @@ def test_vectors_file_is_current(tmp_path):
 
 
 def test_every_reference_message_has_vectors():
-    import bootloader_messages as bm
+    from mpota.codec import bootloader_messages as bm
     vs = json.loads(VECTORS.read_text())["vectors"]
     covered = {v["cls"] for v in vs if v["kind"] == "message"}
     assert covered == {c.__name__ for c in bm.MESSAGES.values()}

@@ -22,10 +22,10 @@ class Board:
 
 sys.modules["simhal"] = Board()
 
-import agent  # noqa: E402
-import conn  # noqa: E402
-import service  # noqa: E402
-from hmac_sha256 import host_mac  # noqa: E402
+import mpota_agent as agent  # noqa: E402
+import mpota_conn as conn  # noqa: E402
+import mpota_service as service  # noqa: E402
+from mpota_hmac_sha256 import host_mac  # noqa: E402
 
 KEY = bytes(range(32))
 
@@ -49,7 +49,7 @@ def attempt(where):
             raise MemoryError
         c.dec.grow = grow
     else:  # the session's keys
-        import session
+        import mpota_session as session
 
         def start(*a):
             raise MemoryError

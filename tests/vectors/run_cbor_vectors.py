@@ -1,4 +1,4 @@
-# Runs tests/vectors/cbor.json against shared/cbor.py, under CPython and under
+# Runs tests/vectors/cbor.json against shared/mpota_cbor.py, under CPython and under
 # the unix-port MicroPython alike:
 #   python tests/vectors/run_cbor_vectors.py      micropython tests/vectors/run_cbor_vectors.py
 # Prints "<impl>: N cbor vectors passed, M failed" and exits 1 on any failure.
@@ -10,7 +10,7 @@ sys.path.insert(0, _here + "/../../shared")
 
 import binascii  # noqa: E402
 
-import cbor  # noqa: E402
+import mpota_cbor as cbor  # noqa: E402
 
 
 def value(j):

@@ -12,13 +12,13 @@ sys.path.insert(0, _root + "/shared")
 import binascii  # noqa: E402
 
 import bootloader_messages as bm  # noqa: E402
-import checksums  # noqa: E402
-import hostframes  # noqa: E402
-import framing  # noqa: E402
-import hmac_sha256  # noqa: E402
-import lineproto  # noqa: E402
-import proto  # noqa: E402
-import session  # noqa: E402
+import mpota_checksums as checksums  # noqa: E402
+import mpota_hostframes as hostframes  # noqa: E402
+import mpota_framing as framing  # noqa: E402
+import mpota_hmac_sha256 as hmac_sha256  # noqa: E402
+import mpota_lineproto as lineproto  # noqa: E402
+import mpota_proto as proto  # noqa: E402
+import mpota_session as session  # noqa: E402
 
 
 def crc32c_ref(data, crc=0):

@@ -1,1 +1,0 @@
-../shared/hmac_sha256.py

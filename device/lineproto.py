@@ -1,1 +1,0 @@
-../shared/lineproto.py

@@ -1,0 +1,334 @@
+# agent: the resident part of mpota, run as asyncio tasks beside the app.
+#
+# Only what must stay in RAM between connections lives here (docs/memory.md):
+# the Device's state, the TCP listener, housekeeping (watchdog, silent
+# sessions, memory samples) and the app runner. Everything that serves a
+# connection -- conn.py (the per-connection loop), service.py (routing),
+# framing, proto, the handlers and the slot record -- is imported when a
+# peer connects and released (settle()) when the last one has gone and no
+# update session is open, so an idle device holds only this module.
+#
+# UDP (udp.py, only when the legacy service is on): a polled datagram
+# socket; with it on, the connection modules stay loaded.
+# main() is the device's event loop: the agent and the app's main() beside it.
+import gc
+import sys
+import asyncio
+
+import mpota_hal as hal
+
+# asyncio loads its parts on first use (its __getattr__); load the agent's now,
+# before the app's files are on sys.path: asyncio/event.py imports `io` by its
+# plain name, where an app's io.py would stand in (docs/security.md). They
+# would stay loaded after their first use anyway.
+asyncio.Event, asyncio.wait_for_ms, asyncio.start_server  # noqa: B018
+
+DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
+
+# Modules a connection (or an update session) loads; released together when
+# the device is quiet again. One copy of each at a time: a module is never
+# released while an object made by it (a session, the slot record) is alive.
+_CONN = ("mpota_leanconn", "mpota_conn", "mpota_connpolicy", "mpota_service", "mpota_ops", "mpota_framing",
+         "mpota_proto", "mpota_checksums", "mpota_auth", "mpota_hmac_sha256", "mpota_session", "mpota_slots",
+         "mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_rareops", "mpota_trust", "mpota_ed25519",
+         "mpota_legacy", "mpota_smp", "mpota_cbor", "mpota_lineproto", "mpota_linemac")
+
+
+async def _listen(ag, host, port):
+    # asyncio.start_server imports `socket` by its plain name when called, and
+    # the app's files are on sys.path by then: an app's socket.py would stand
+    # in for the firmware's. The import finds sys.modules first, so the
+    # built-in (usocket, which no file can shadow) sits there for the call.
+    import usocket
+    m = sys.modules
+    had = m.get("socket")
+    m["socket"] = usocket
+    try:
+        return await asyncio.start_server(ag.serve, host, port, backlog=2)
+    finally:
+        if had is None:
+            m.pop("socket", None)
+        else:
+            m["socket"] = had
+
+
+_UPDATE_MODE_MS = 120000  # lean mode's update boot waits this long for the peer
+_TICK_MS = 200  # housekeeping's period
+
+
+class Device:
+    """What the agent knows between connections. Resident, so small: the
+    behaviour is in service.py and the handlers, loaded with a connection."""
+    VERSION = "0.3.0"
+    # Loaded for one request or one update session, released when no longer
+    # needed (service.idle, and smp.py when a request ran out of heap).
+    TRANSIENT = ("mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_rareops", "mpota_trust", "mpota_ed25519")
+
+    def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown"):
+        self.cfg = cfg
+        self.running = running  # slot index whose app runs (bootmgr), None: no app
+        self.note = note  # boot facts (slot choice, config errors) for status
+        self.key = key  # 32 bytes (/mpota_key.bin), None: no key installed
+        self.mem_base = mem_base  # heap in use before the agent (firmware, VFS)
+        self.id = id  # the board's unique id, hex (halboot)
+        self.auth_on = bool(cfg.get("auth", True))
+        self.mode = cfg.get("mode", "live")  # live | lean | update (bootmgr)
+        self.sl = None  # slots.Slots while connections are served (slots.attach)
+        self.session = None  # the one update session (upload.Session)
+        self.app = {"state": "none", "name": None, "error": None}
+        self.t0 = hal.ticks_ms()
+        self.mem_peak = 0
+        self.mem_idle = 0  # mem_alloc when last quiet (settle), for status
+        self.reset_ms = -1  # >= 0: reset after the reply is flushed and this delay
+        self.boot_reason = boot_reason  # halboot.reset_cause()
+        # The scratch buffer for READ_DATA / legacy replies (scratch()),
+        # dropped with the connection modules.
+        self.buf = None
+        self.mv = None
+        self.legacy_udp = False  # the legacy UDP service keeps the modules loaded
+        self.trial = False  # this boot runs an unconfirmed image (bootmgr): the watchdog is on
+        self.ag = None  # the Agent serving it (agent._main)
+
+    def uptime(self):
+        return hal.ticks_diff(hal.ticks_ms(), self.t0)
+
+    def sample_mem(self):
+        # mem_peak: the highest LIVE heap seen. MicroPython collects only when
+        # the heap is full, so a raw mem_alloc() high-water would be the heap
+        # size: collect first. From housekeeping while a session runs and at
+        # the end of a commit, never per read.
+        gc.collect()
+        a = gc.mem_alloc()
+        if a > self.mem_peak:
+            self.mem_peak = a
+
+    def scratch(self):
+        if self.buf is None:
+            gc.collect()  # 4 KB in one piece: make the room first
+            self.buf = bytearray(4110)  # lineproto.MAX_FRAME
+            self.mv = memoryview(self.buf)
+        return self.mv
+
+    def open_session(self, s):
+        self.session = s
+        hal.wlan_power_save(False)  # power saving: ~200 ms RTT (docs/board.md)
+
+    def close_session(self):
+        s = self.session
+        if s is not None:
+            self.session = None
+            s.w.close()
+            hal.wlan_power_save(True)
+
+    async def after_reply(self):
+        # a reset asked for by the request just answered (op reset, lean
+        # begin), once the reply is flushed; every transport calls this
+        if self.reset_ms >= 0:
+            await asyncio.sleep_ms(self.reset_ms)
+            self.close_session()
+            hal.reset()
+
+    def release(self, *names):
+        """Forget modules loaded for a request: their code is collected once
+        nothing refers to it (a reimport loads them again)."""
+        for n in names:
+            sys.modules.pop(n, None)
+
+
+class Agent:
+    """The connections of one device (conn.py serves each one)."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        dev.ag = self
+        self.conns = []  # every open conn.Conn, oldest first
+        self.listening = False  # housekeeping stops feeding the watchdog without it
+
+    async def serve(self, r, w):
+        try:
+            await _serve(self, r, w)
+        except (OSError, asyncio.CancelledError):
+            pass  # reset by peer, broken pipe; or evicted to make room (connpolicy.admit)
+        except MemoryError:
+            gc.collect()  # its slot is freed (conn.py, leanconn.py): the peer may retry
+        except Exception as e:  # a bug must not take the listener with it
+            sys.print_exception(e)
+        try:
+            w.close()
+            await w.wait_closed()
+        except Exception:
+            pass
+        self.settle()
+
+    def settle(self):
+        """Release every connection module once the device is quiet."""
+        dev = self.dev
+        if self.conns or dev.session is not None or dev.legacy_udp:
+            return
+        dev.sl = None
+        dev.buf = dev.mv = None
+        dev.release(*_CONN)
+        gc.collect()
+        dev.mem_idle = gc.mem_alloc()
+
+
+async def _serve(ag, r, w):
+    # its own frame, so nothing refers to the connection's module once it
+    # returns. Lean mode serves the everyday JSON ops with leanconn.py, a
+    # fraction of the full stack (conn.py), which it hands over to for the rest.
+    if ag.dev.mode == "lean":
+        import mpota_leanconn as m
+    else:
+        import mpota_conn as m
+    await m.serve(ag, r, w)
+
+
+async def _housekeeping(ag):
+    # Feed the watchdog while the listener is up; close an update session
+    # that went silent (it stays resumable); track memory during sessions.
+    dev = ag.dev
+    idle_ms = dev.cfg["timeout"] * 1000
+    n = 0
+    quiet = 0
+    while True:
+        if ag.listening:
+            hal.wdt_feed()
+        s = dev.session
+        if dev.mode == "update" and s is None and not ag.conns:
+            # update mode (lean) that nobody uses: back to the app
+            quiet += _TICK_MS
+            if quiet > _UPDATE_MODE_MS:
+                print("mpota: update mode unused for %d s: restarting" % (_UPDATE_MODE_MS // 1000))
+                hal.reset()
+        else:
+            quiet = 0
+        if s is not None:
+            if hal.ticks_diff(hal.ticks_ms(), s.t) > idle_ms:
+                print("mpota: update session silent for %d s: closed (resumable)" % (idle_ms // 1000))
+                dev.close_session()
+                ag.settle()
+            n += 1
+            if n % 5 == 0:
+                dev.sample_mem()
+        s = None  # holding the session over the sleep would keep it (and its modules) from settle()
+        await asyncio.sleep_ms(_TICK_MS)
+
+
+async def run(ag, ready=None):
+    """Connect Wi-Fi (board), listen, print the ready line, serve until the
+    listener fails (the caller starts again)."""
+    dev = ag.dev
+    cfg = dev.cfg
+    host = cfg["host"]
+    link = None
+    if hal.PLATFORM == "rp2" or hal.wlan_state() is not None:
+        import mpota_wifi as wifi  # resident from here: the link task (device/mpota_wifi.py)
+        link = wifi.start(cfg.get("wifi") or {})
+        await link.up.wait()  # the app runs meanwhile; wifi.py feeds the watchdog
+        ip = link.ip
+        hal.wlan_power_save(dev.session is None)
+    else:
+        ip = host
+    tcp = cfg["tcp_port"]
+    srv = None
+    udp = None
+    smp = None
+    try:
+        while srv is None:
+            try:
+                srv = await _listen(ag, host, tcp)
+            except OSError as e:
+                print("mpota: cannot listen on %s:%d (%s): retrying" % (host, tcp, e))
+                await asyncio.sleep(2)
+        udp_note = "off"
+        if cfg["legacy_udp"]:  # keeps the connection modules loaded (udp.py)
+            import mpota_udp as legacy_udp
+            try:
+                udp = legacy_udp.start(dev, host, cfg["udp_port"])
+                udp_note = "%s:%d" % (ip, cfg["udp_port"])
+            except OSError as e:
+                print("mpota: legacy UDP unavailable: %s" % e)
+        if cfg["smp_udp"]:  # SMP (MCUmgr) over UDP: smpudp.py stays, smp.py loads per request
+            import mpota_smpudp as smpudp
+            smp = smpudp.start(dev, host, cfg["smp_port"])
+        ag.listening = True
+        ag.settle()
+        print("mpota: ready tcp=%s:%d udp=%s auth=%s mode=%s" % (
+            ip, tcp, udp_note, "on" if dev.auth_on else "off", dev.mode))
+        if ready is not None:
+            ready.set()
+        if link is not None:
+            link.on_down = srv.close  # a lost link ends this run(); _agent() waits for the next
+            if not link.up.is_set():  # lost while the listener started
+                srv.close()
+        await srv.wait_closed()
+    finally:
+        if link is not None:
+            link.on_down = None
+        ag.listening = False
+        if srv is not None:
+            srv.close()  # never two listeners on one port
+        if udp is not None:
+            udp.close()
+        if smp is not None:
+            smp.cancel()  # the task closes its socket
+
+
+# -- the device's event loop (main.py calls main() after bootmgr.boot()) --------
+
+async def _run_app(dev, mod):
+    app = dev.app
+    app["state"] = "running"
+    try:
+        r = mod.main()
+        if hasattr(r, "send"):  # async def main(): a coroutine to await
+            await r
+        app["state"] = "stopped"
+    except Exception as e:
+        app["state"] = "crashed"
+        app["error"] = "%s: %s" % (type(e).__name__, e)
+        print("mpota: app crashed:")
+        sys.print_exception(e)
+    gc.collect()
+
+
+async def _agent(ag, ready):
+    while True:
+        try:
+            await run(ag, ready)
+        except Exception as e:  # keep the device updatable whatever happened
+            print("mpota: agent failed, restarting:")
+            sys.print_exception(e)
+        await asyncio.sleep(1)
+
+
+async def _main(dev, mod):
+    ag = Agent(dev)
+    ready = asyncio.Event()
+    asyncio.create_task(_housekeeping(ag))
+    t = asyncio.create_task(_agent(ag, ready))
+    # a trial always has a watchdog (it cannot be stopped once started: after
+    # a confirm, housekeeping keeps feeding it)
+    wdt = dev.cfg["wdt"] or (dev.cfg["trial_wdt"] if dev.trial else 0)
+    if wdt:
+        hal.wdt_start(wdt)
+    if mod is not None:
+        # Let the agent listen first (a sync main() blocks the loop), but do
+        # not hold the app back for long if Wi-Fi is slow.
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+        except asyncio.TimeoutError:
+            pass
+        await _run_app(dev, mod)
+    elif dev.mode == "update":
+        print("mpota: update mode: the app does not start, the heap serves the transfer")
+    else:
+        print("mpota: no application: agent only")
+    await t
+
+
+def main(dev, mod):
+    """Serve forever; `mod` is the app's main module (None: agent only).
+    A sync main() runs inside the event loop: it must return (set up timers,
+    IRQs) or the agent starves; a long-running app is `async def main()`."""
+    asyncio.run(_main(dev, mod))

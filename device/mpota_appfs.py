@@ -1,0 +1,106 @@
+# appfs: mount the littlefs inside an image slot (a file) read-only at /app.
+#
+# The application's files are the body of its MCUboot image: a littlefs
+# (block size 4096) stored at `offset` of the slot file. A read-only block
+# device over that region lets VfsLfs2 mount it in place -- nothing is
+# copied or unpacked, and reads go straight to the slot file with readinto.
+import uos as os
+import vfs
+
+BLOCK = 4096
+_EROFS = 30
+
+_mounts = {}  # type: dict  # mountpoint -> open slot file
+
+
+class RegionBdev:
+    """Read-only block device over `length` bytes at `offset` of an open file."""
+
+    def __init__(self, f, offset, length, block_size=BLOCK):
+        if length <= 0 or length % block_size:
+            raise ValueError("appfs: region length %d is not a multiple of %d" % (length, block_size))
+        self.f = f
+        self.offset = offset
+        self.length = length
+        self.bs = block_size
+
+    def readblocks(self, n, buf, off=0):
+        pos = n * self.bs + off
+        if pos < 0 or pos + len(buf) > self.length:
+            raise OSError(5)  # EIO: outside the region
+        self.f.seek(self.offset + pos)
+        self.f.readinto(buf)
+
+    def writeblocks(self, n, buf, off=None):
+        raise OSError(_EROFS)
+
+    def ioctl(self, op, arg):
+        if op == 4:  # block count
+            return self.length // self.bs
+        if op == 5:  # block size
+            return self.bs
+        if op == 6:  # erase
+            return -_EROFS
+        return 0  # init, deinit, sync
+
+
+def mount(path, offset, length, mountpoint="/app"):
+    """Mount the littlefs at `offset` (`length` bytes) of the file `path` read-only
+    at `mountpoint`. Returns the VfsLfs2. Raises OSError with a clear message."""
+    if mountpoint in _mounts:
+        umount(mountpoint)
+    f = open(path, "rb")  # noqa: SIM115 (stays open while mounted)
+    try:
+        fs = vfs.VfsLfs2(RegionBdev(f, offset, length), progsize=256)
+        vfs.mount(fs, mountpoint, readonly=True)
+    except OSError as e:
+        f.close()
+        raise OSError("appfs: no mountable littlefs in %s at %d (+%d bytes): %r"
+                      % (path, offset, length, e))
+    except Exception:
+        f.close()
+        raise
+    _mounts[mountpoint] = f
+    return fs
+
+
+def umount(mountpoint="/app"):
+    f = _mounts.pop(mountpoint, None)
+    try:
+        vfs.umount(mountpoint)
+    except OSError:
+        pass  # not mounted
+    if f is not None:
+        f.close()
+
+
+def mounted(mountpoint="/app"):
+    return mountpoint in _mounts
+
+
+def _stems(path):
+    # module names a folder provides: foo.py, foo.mpy and package folders
+    out = []
+    for e in os.ilistdir(path):
+        n = e[0]
+        if e[1] == 0x4000:
+            out.append(n)
+        elif n.endswith(".py"):
+            out.append(n[:-3])
+        elif n.endswith(".mpy"):
+            out.append(n[:-4])
+    return out
+
+
+def check_app(root="/app"):
+    """Refuse (ValueError, naming the file) an app mounted at `root` that has no
+    main.py, or a top-level module in the agent's namespace (mpota, mpota_*) or
+    named like a file in / (which comes first on sys.path and would stand in
+    for the app's): at commit (update.validate) and again at boot (bootmgr)."""
+    mine = _stems("/")
+    names = _stems(root)
+    if "main" not in names:
+        raise ValueError("the image has no main.py")
+    for n in names:
+        if n != "main" and (n in mine or n == "mpota" or n.startswith("mpota_")):
+            raise ValueError("the image's %s is in the agent's namespace (main, mpota, mpota_*)" % n)

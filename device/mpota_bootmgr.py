@@ -1,0 +1,205 @@
+# bootmgr: the boot manager's work before the agent starts (main.py runs it
+# once, then drops it from sys.modules so none of this code stays in the heap).
+#
+#  1. load the config and the slot record; decide which slot runs, counting
+#     trial boots and rolling back after max_trials unconfirmed ones (the
+#     record is committed BEFORE the app runs, so a hang, crash, watchdog bite
+#     or power cut during the trial still counts);
+#  2. verify the chosen image and mount its littlefs body read-only at /app;
+#     a slot that cannot start is marked bad and the confirmed one is tried;
+#  3. import /app/main.py and build the agent.Device the agent serves.
+#
+# The app cannot replace the agent: an image with a module named like one of
+# the agent's files (/*.py, /*.mpy) or without a main.py does not start, and
+# /app goes on sys.path only for the import of its main, then at the end.
+#
+# Every boot-only module (config, bootslots) is imported with a
+# collection first and dropped after use: compiling a .py needs several
+# times its size in transient heap, and what stays resident should be packed
+# low in the heap, not interleaved with dead boot code.
+import gc
+import sys
+
+import mpota_hal as hal
+import mpota_slots as slots
+
+APP_MOUNT = "/app"
+KEY_PATH = "/mpota_key.bin"
+# The oldest MicroPython the agent runs on: apps mount with the `vfs` module,
+# new in 1.23 (1.22 has only os.mount). host/provision.py and tools/mpy_check.py
+# hold the same floor (README, "Supported MicroPython").
+MIN_VERSION = (1, 23, 0)
+
+
+def unsupported(v=None):
+    """None on a MicroPython the agent supports, else why not (one line).
+    Here, not in a resident module: the message is dropped with bootmgr."""
+    v = v or sys.implementation.version
+    if tuple(v[:3]) >= MIN_VERSION:
+        return None
+    return ("MicroPython %d.%d.%d is not supported: mpota needs %d.%d or newer (the app filesystem "
+            "needs the vfs module); flash a newer RPI_PICO_W firmware. The agent does not start."
+            % (v[0], v[1], v[2], MIN_VERSION[0], MIN_VERSION[1]))
+
+
+def _use(name):
+    gc.collect()
+    return __import__(name)
+
+
+def _drop(name):
+    # Forget a boot-only module, and empty its globals: MicroPython's GC is
+    # conservative, so one stale word on the C stack pointing at the module
+    # or at one of its functions would keep all of its code alive for good
+    # (measured: 9 KB held through an update-mode boot). Only for modules
+    # nothing made by them outlives the boot (not the connection modules
+    # _intern() loads: slots.name is lineproto's function).
+    m = sys.modules.pop(name, None)
+    if m is not None:
+        m.__dict__.clear()
+
+
+def _err(e):
+    return "%s: %s" % (type(e).__name__, e)
+
+
+def _load_app(sl, i):
+    """Verify and mount slot i, import its main.py; returns the module."""
+    path = sl.path(i)
+    info = _use("mpota_mcuboot").verify(path, feed=hal.wdt_feed)  # header, TLVs and SHA-256 (ImageError)
+    if not info["body_is_littlefs"]:
+        raise ValueError("the image body is not a littlefs")
+    # the signature was verified at commit: check that result still holds
+    s = sl.slot(i)
+    slots.check_counter(slots.counter(info), sl.floor())
+    if slots.trusting():
+        tr = _use("mpota_trust")
+        tr.check_boot(tr.load(), s.get("signer"), s.get("image_hash"), info)
+        _drop("mpota_trust")
+        _drop("mpota_ed25519")
+    appfs = _use("mpota_appfs")
+    appfs.mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
+    del info
+    appfs.check_app(APP_MOUNT)  # commit checked it too; a slot may predate that
+    gc.collect()
+    # main.py is itself sys.modules["main"] (the board and the sim import
+    # it): step aside while /app/main.py imports under that name.
+    mine = sys.modules.pop("main", None)
+    sys.path.insert(0, APP_MOUNT)
+    try:
+        mod = __import__("main")
+    finally:
+        sys.path.remove(APP_MOUNT)
+        sys.path.append(APP_MOUNT)  # after the agent's "/" from now on
+        sys.modules.pop("main", None)
+        if mine is not None:
+            sys.modules["main"] = mine
+    if not hasattr(mod, "main"):
+        raise ValueError("/app/main.py defines no main()")
+    return mod
+
+
+def _unload_app():
+    try:
+        sys.path.remove(APP_MOUNT)
+    except ValueError:
+        pass
+    try:
+        _use("mpota_appfs").umount(APP_MOUNT)
+    except Exception:
+        pass
+
+
+# The modules a connection loads in each mode (the handlers of the everyday
+# requests, and of `begin`). _intern() imports them once at boot and drops
+# them: that interns their names (qstrs, which MicroPython keeps for good)
+# while the heap is still empty. The qstr pool grows by doubling, in ONE
+# block of several KB; beside an app that holds most of the heap, such a
+# block may not exist even when far more than that is free in pieces, and the
+# first connection would fail on the pool, not on its own size.
+_CONN_MODULES = {
+    "lean": ("mpota_lineproto", "mpota_connpolicy", "mpota_leanconn", "mpota_linemac", "mpota_ops", "mpota_auth",
+             "mpota_hmac_sha256", "mpota_slots", "mpota_update", "mpota_upload"),
+    "live": ("mpota_lineproto", "mpota_connpolicy", "mpota_framing", "mpota_proto", "mpota_checksums",
+             "mpota_service", "mpota_conn", "mpota_linemac", "mpota_session", "mpota_ops", "mpota_auth",
+             "mpota_hmac_sha256", "mpota_slots", "mpota_update", "mpota_upload"),
+}
+
+
+def _intern(mode):
+    for n in _CONN_MODULES.get(mode, ()):
+        had = n in sys.modules
+        try:
+            __import__(n)
+        except ImportError:
+            pass  # a module the deploy left out fails where it is used, with its name
+        if not had:
+            sys.modules.pop(n, None)
+    gc.collect()
+
+
+def _load_key():
+    # The 32-byte session key, or None when absent or malformed; read here so
+    # that auth.py is compiled only when a peer authenticates.
+    try:
+        with open(KEY_PATH, "rb") as f:
+            k = f.read(64)
+    except OSError:
+        return None
+    return k if len(k) == 32 else None
+
+
+def boot(mem_base=0):
+    """-> (agent.Device, the app's main module or None). `mem_base`: the
+    heap in use before the agent started (reported in status)."""
+    hb = _use("mpota_halboot")
+    why = hb.reset_cause()  # first: it reads and clears the reset mark
+    uid = hb.unique_id()
+    ov = hb.config_overrides()
+    del hb
+    _drop("mpota_halboot")
+    cfg, errors = _use("mpota_config").load(overrides=ov)
+    del ov
+    _drop("mpota_config")
+    note = ""
+    for e in errors:
+        print("mpota: config: " + e)
+    if errors:
+        note = "; config: " + "; ".join(errors)
+    del errors
+    sb = _use("mpota_bootslots")
+    sl = sb.open_slots(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"])
+    if cfg["mode"] == "lean" and slots.file_size(slots.UPDATE_FLAG) >= 0:
+        # Lean mode asked for an update (ops.op_begin): this boot serves the
+        # transfer with the whole heap; the app does not start and no trial
+        # is counted. The flag goes first, so the next reset boots as usual.
+        slots.remove(slots.UPDATE_FLAG)
+        cfg["mode"] = "update"
+        i = None
+        sl.note = "update mode (lean): the app does not start"
+    else:
+        i = sb.boot(sl)
+    mod = None
+    while i is not None:
+        try:
+            mod = _load_app(sl, i)
+            break
+        except Exception as e:  # corrupt image, mount, import: try the fallback
+            _unload_app()
+            print("mpota: slot %s: %s" % (sb.NAMES[i], _err(e)))
+            i = sb.failed(sl, i, _err(e))
+    _drop("mpota_bootslots")
+    _drop("mpota_mcuboot")
+    if mod is None:
+        _drop("mpota_appfs")  # (a mounted app keeps it: its block device lives there)
+    del sb
+    print("mpota: " + sl.note)
+    import mpota_agent as agent
+    dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base,
+                       uid, why)
+    agent.DEVICE = dev
+    dev.trial = sl.on_trial()
+    if mod is not None:
+        dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
+        _intern(cfg["mode"])
+    return dev, mod

@@ -1,0 +1,1 @@
+../shared/mpota_hmac_sha256.py

@@ -1,0 +1,188 @@
+# service: the routing of every message, apart from any socket, for the
+# state in agent.Device (config, the slot record, the one update session,
+# app and boot facts). Loaded with a connection (agent.py releases it when
+# the device is quiet). The hot path (DATA frames) is here; the other
+# handlers are modules this one imports on use: ops.py (everyday JSON ops),
+# update.py and upload.py (while an update session is open), rareops.py
+# (read, erase, rollback) and legacy.py (reference frames). The handlers
+# import nothing above them (they get the Device), so any of them can be
+# imported alone. What a request loaded and no longer needs is released
+# after it (idle()).
+#
+# Handlers are synchronous: they queue replies on the connection
+# (c.out/ack/nerror) and the transport (conn.py, udp.py) flushes them. A "connection" is anything
+# with .authed, .nonce, .out(buf), .nerror(...), .ack_due/.ack_val
+# (conn.Conn for TCP, udp.UdpPeer for datagrams).
+import sys
+import gc
+
+import mpota_hal as hal
+import mpota_lineproto as lineproto
+import mpota_proto as proto
+from mpota_proto import OP_DATA, OP_READ
+from mpota_lineproto import (ProtoError, error_line, E_UNSUPPORTED, E_AUTH_REQUIRED, E_INCORRECT_STATE,
+                       E_CRC_MISMATCH, E_OUT_OF_RANGE, E_OUT_OF_ORDER, E_BAD_FRAME, E_INTERNAL, E_NO_MEMORY)
+from mpota_framing import K_FRAME, K_LINE, HEADER_SIZE, frame_into
+from mpota_checksums import crc32c
+
+_OPEN = ("hello", "auth", "ping", "status")  # served before authentication
+# op -> the module that serves it (ops.py serves every other known op)
+_ROUTE = {"begin": "mpota_update", "commit": "mpota_update", "abort": "mpota_update",
+          "rollback": "mpota_rareops", "read": "mpota_rareops", "erase": "mpota_rareops"}
+_OPS = ("hello", "auth", "ping", "status", "confirm", "reset")
+
+
+def idle(dev):
+    # after each request: release what only a session or a request needed
+    # (the everyday ops are small and rare enough to load for each request)
+    dev.release("mpota_ops", "mpota_auth", "mpota_hmac_sha256")
+    if dev.session is None:
+        dev.release(*dev.TRANSIENT)
+        if not dev.legacy_udp:
+            dev.release("mpota_legacy")
+            dev.buf = dev.mv = None
+
+
+def drop(dev, owner):
+    # the owner went away: close its session, keep the bytes for resume
+    s = dev.session
+    if s is not None and s.owner is owner:
+        dev.close_session()
+    idle(dev)
+
+
+def ref_error(c, code):
+    """A reference ErrorResponse in 7 bytes of its own: no legacy.py needed."""
+    b = bytearray(HEADER_SIZE + 2)
+    b[HEADER_SIZE] = code
+    frame_into(b, 0xFF, 1)
+    c.out(b)
+
+
+# -- dispatch ----------------------------------------------------------------
+def dispatch(dev, c):
+    """Handle every complete message in c.dec; replies are queued on c."""
+    dec = c.dec
+    while True:
+        ev = dec.next()
+        if ev is None:
+            break
+        k = ev[0]
+        v = ev[1]
+        if c.sess is not None:  # authenticated: every message must carry the session's tag
+            v = c.sess.open(k, v)
+            if v is None:
+                return c.sess.fail(c)
+        try:
+            if k == K_FRAME:
+                frame(dev, c, v)
+            elif k == K_LINE:
+                line(dev, c, v)
+            else:
+                bad(dev, c, v[0], v[1])
+        except MemoryError:
+            idle(dev)
+            gc.collect()
+            no_memory(dev, c, ev)
+        except Exception as e:  # a bug must not end the connection
+            sys.print_exception(e)
+            c.out(error_line(None, E_INTERNAL, "internal error: %r" % e))
+    if c.ack_due:
+        c.ack_due = False
+        c.ack(c.ack_val)
+
+
+def no_memory(dev, c, ev):
+    # Out of heap (loading a handler while the app holds the heap): answer
+    # in the asker's own framing, built without the modules that may be
+    # what failed to load.
+    if ev[0] != K_FRAME:
+        return lineproto.no_memory(c, None)
+    op = ev[1][1]
+    if 0x20 <= op <= 0x2F:
+        return c.nerror(op, E_NO_MEMORY)
+    ref_error(c, E_NO_MEMORY)
+
+
+def route(dev, c, op):
+    # the module serving a JSON op (lineproto.serve_line); strangers get only _OPEN
+    mod = _ROUTE.get(op)
+    if mod is None and op not in _OPS:
+        raise ProtoError(E_UNSUPPORTED, "unknown op \"%s\"" % op)
+    # Authenticate before loading anything on a peer's behalf.
+    if not c.authed and op not in _OPEN:
+        raise ProtoError(E_AUTH_REQUIRED, "authenticate first (hello, auth)")
+    return mod or "mpota_ops"
+
+
+def line(dev, c, ln):
+    lineproto.serve_line(dev, c, ln, route, idle)
+
+
+def bad(dev, c, code, msg):
+    s = dev.session
+    if msg.startswith("line") or msg.startswith("skipped"):
+        c.out(error_line(None, code, msg))
+    elif s is not None and s.owner is c and s.kind == "native":
+        # probably a mangled DATA frame: tell the host where to resume
+        c.nerror(0, code, s.w.pos, 0)
+    elif not c.authed:
+        ref_error(c, code)  # strangers do not get legacy.py loaded for them
+    else:
+        import mpota_legacy as legacy
+        legacy.error(dev, c, code)
+        idle(dev)
+
+
+def frame(dev, c, f):
+    op = f[1]
+    if op == OP_DATA:
+        data(dev, c, f)
+    elif op == OP_READ:
+        import mpota_rareops as rareops
+        rareops.read_frame(dev, c, f)
+        idle(dev)
+    elif 0x20 <= op <= 0x2F:
+        c.nerror(op, E_UNSUPPORTED)
+    elif op == 0x01:  # VersionRequest: open to all
+        if len(f) == 6:
+            c.out(proto.version_frame(dev.VERSION))
+        else:
+            ref_error(c, E_BAD_FRAME)
+    elif op not in proto.REF_REQUESTS:
+        ref_error(c, E_UNSUPPORTED)  # reference responses and unknown opcodes
+    elif not (c.authed or dev.legacy_udp):
+        ref_error(c, E_AUTH_REQUIRED)  # strangers do not get legacy.py loaded for them
+    else:
+        import mpota_legacy as legacy  # 0x01-0x0C, 0xFF and unknown opcodes
+        legacy.handle(dev, c, f)
+        idle(dev)
+
+# -- native frames (the hot path: no allocation beyond a view or two) ---------
+def data(dev, c, f):
+    if not c.authed:
+        return c.nerror(OP_DATA, E_AUTH_REQUIRED)
+    s = dev.session
+    if s is None or s.owner is not c or s.kind != "native":
+        return c.nerror(OP_DATA, E_INCORRECT_STATE)
+    n = len(f)
+    w = s.w
+    acked = w.pos
+    if n < HEADER_SIZE + 10:
+        return c.nerror(OP_DATA, E_BAD_FRAME, acked)
+    off = (f[5] << 24) | (f[6] << 16) | (f[7] << 8) | f[8]
+    ln = n - 14
+    if crc32c(f[13:n - 1]) != ((f[9] << 24) | (f[10] << 16) | (f[11] << 8) | f[12]):
+        return c.nerror(OP_DATA, E_CRC_MISMATCH, acked, off)
+    if off + ln > s.size:
+        return c.nerror(OP_DATA, E_OUT_OF_RANGE, acked, off)
+    if off > acked:
+        return c.nerror(OP_DATA, E_OUT_OF_ORDER, acked, off)
+    if off + ln > acked:
+        try:
+            w.write(f[13 + acked - off:n - 1])
+        except ProtoError as e:
+            return c.nerror(OP_DATA, e.code, w.pos, off)
+    s.t = hal.ticks_ms()
+    c.ack_due = True
+    c.ack_val = w.pos

@@ -1,0 +1,307 @@
+# slots: the two application slots (A/B) as files inside the filesystem, and
+# the journaled state record that says which one boots.
+#
+# Slots are files (/mpota-slots/a.img, b.img) because a stock Pico W build
+# has no raw flash outside the littlefs (docs/board.md). The state record
+# state.json beside them is never modified in place:
+#
+#   1. the new record is written to state.new and closed; littlefs commits a
+#      file's data and size only at close/sync, so until then state.new is
+#      absent, empty or short (and its CRC line fails);
+#   2. os.rename(state.new, state.json) replaces the old record in ONE
+#      littlefs metadata commit (rename over an existing file is atomic in
+#      littlefs; POSIX rename is atomic too).
+#
+# A power cut before step 2 leaves the old state.json (load() ignores and
+# removes state.new); a cut after it leaves the new one. The CRC line guards
+# the record on filesystems without those guarantees: an unreadable
+# state.json falls back to a complete state.new, then to "no application".
+#
+# Slot data obeys one rule that keeps the record honest: bytes are removed
+# BEFORE a record that no longer claims them is committed (delete, then
+# commit "writing"), and a record claiming a complete image is committed only
+# AFTER the bytes were synced and verified. A record that names a file that
+# is missing (a cut between delete and commit) is repaired to "empty" at load.
+#
+# This module stays resident. The other slot code is loaded only while it is
+# needed: bootslots.py (read, repair, boot decision: boot only, then
+# dropped) and upload.py (the bytes of an update: loaded with a session).
+#
+# The record: {"seq", "active", "pending", "trial", "trials" (boots of the
+# trial slot so far), "legacy_slot" (the slot the reference service wrote:
+# ReadAddress reads it), "slots": [{"state", "size", "sha256", "version"} x2]}.
+try:  # MicroPython: u-names reach the firmware's module whatever an app ships (docs/security.md)
+    import uos as os
+    import ujson as json
+    import ubinascii as binascii
+except ImportError:  # CPython (tests/test_trust.py)
+    import os
+    import json
+    import binascii
+
+from mpota_lineproto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED, SLOT_NAMES as NAMES
+from mpota_lineproto import slot_name as name  # noqa: F401 (slots.name: the handlers' name for it)
+EMPTY = "empty"
+WRITING = "writing"
+COMPLETE = "complete"
+PENDING = "pending"
+TRIAL = "trial"
+CONFIRMED = "confirmed"
+BAD = "bad"
+
+# Not "/slots": "/" is on sys.path and MicroPython imports a directory as a
+# namespace package, so `import mpota_slots as slots` would find the directory, not slots.py.
+ROOT = "/mpota-slots"
+RESERVE = 2  # blocks an upload leaves free for littlefs' copy-on-write metadata
+
+
+TRUST_PATH = "/mpota_trust.json"  # the trusted signing keys (trust.py reads them)
+UPDATE_FLAG = "/mpota_update_mode"  # lean mode: the next boot serves an update (bootmgr)
+
+
+def trusting():
+    """Is there a trust store (trust.py decides what it says, even when
+    corrupt)? Only then is the verifier loaded."""
+    return file_size(TRUST_PATH) >= 0
+
+
+# -- anti-rollback: the record's "sec_floor" and the images' security counters
+
+def counter(info):
+    """The image's security counter (0 when it has none)."""
+    return info.get("security_counter") or 0
+
+
+def check_counter(cnt, floor):
+    """Refuse a counter below the floor, whatever the flags (at commit and
+    boot with the image's own)."""
+    if (cnt or 0) < floor:
+        raise ProtoError(E_VERSION_REFUSED, "security counter %d is below this device's floor %d "
+                         "(anti-rollback: no flag allows it)" % (cnt or 0, floor))
+
+
+def raised_floor(floor, cnt):
+    """The floor after an image with counter `cnt` is CONFIRMED (never at commit:
+    the fallback must stay bootable until the new image has proved itself)."""
+    return max(floor, cnt or 0)
+
+
+def blank():
+    return {"state": EMPTY, "size": 0, "sha256": None, "version": None}
+
+
+# Record keys before agent 0.2 (still read, rewritten at the next commit).
+_OLD = (("tc", "trials"), ("lw", "legacy_slot"), ("s", "slots"))
+_OLD_SLOT = (("st", "state"), ("sha", "sha256"), ("ver", "version"))
+
+
+def _rename(d, pairs):
+    for old, new in pairs:
+        if old in d:
+            d[new] = d.pop(old)
+
+
+def read_record(path):
+    # The record plus its CRC-32 line, or None when absent, torn or corrupt.
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    i = text.rfind("\n", 0, len(text) - 1)
+    if i < 0:
+        return None
+    body = text[:i]
+    try:
+        if int(text[i + 1:].strip(), 16) != binascii.crc32(body.encode()):
+            return None
+        rec = json.loads(body)
+        _rename(rec, _OLD)
+        s = rec["slots"]
+        if len(s) != 2 or not isinstance(rec["seq"], int):
+            return None
+        for d in s:
+            _rename(d, _OLD_SLOT)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rec
+
+
+def new_record():
+    return {"seq": 0, "active": None, "pending": None, "trial": None,
+            "trials": 0, "legacy_slot": None, "slots": [blank(), blank()]}
+
+
+def file_size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+def remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def attach(dev):
+    """Load the slot record for the connections about to be served
+    (agent.settle drops it again): status and every update need it, an
+    idle device does not."""
+    if dev.sl is None:
+        cfg = dev.cfg
+        dev.sl = Slots.load(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"],
+                            running=dev.running)
+
+
+class Slots:
+    """The loaded record and every change to it after boot. bootslots.open_slots()
+    reads (and repairs) the record and makes one; bootslots decides the boot."""
+
+    def __init__(self, rec, root=ROOT, slot_size=368640, max_trials=3):
+        self.rec = rec
+        self.root = root
+        self.slot_size = slot_size
+        self.max_trials = max_trials
+        self.running = None  # slot whose app runs now (set at boot)
+        self.note = ""
+        self.cur = root + "/state.json"
+        self.new = root + "/state.new"
+
+    @classmethod
+    def load(cls, slot_size=368640, max_trials=3, running=None, root=ROOT):
+        """The record as the boot manager left it (bootslots repaired it), for
+        the connections being served: read again after the device was quiet."""
+        sl = cls(None, root, slot_size, max_trials)
+        sl.rec = read_record(sl.cur) or read_record(sl.new) or new_record()
+        sl.running = running
+        return sl
+
+    # -- the record ------------------------------------------------------------
+    def write_record(self, rec):
+        body = json.dumps(rec)
+        with open(self.new, "w") as f:
+            f.write(body)
+            f.write("\n%08x\n" % binascii.crc32(body.encode()))
+        # close() above synced the whole file; the rename is the commit point
+        os.rename(self.new, self.cur)
+
+    def commit(self):
+        self.rec["seq"] += 1
+        self.write_record(self.rec)
+
+    def forget(self, i):
+        # slot i holds nothing: drop every pointer to it (not committed)
+        rec = self.rec
+        rec["slots"][i] = blank()
+        for k in ("active", "pending", "trial", "legacy_slot"):
+            if rec[k] == i:
+                rec[k] = None
+        if rec["trial"] is None:
+            rec["trials"] = 0
+
+    # -- queries ---------------------------------------------------------------
+    def path(self, i):
+        return "%s/%s.img" % (self.root, NAMES[i])
+
+    def slot(self, i):
+        return self.rec["slots"][i]
+
+    def state(self, i):
+        return self.rec["slots"][i]["state"]
+
+    def file_size(self, i):
+        return file_size(self.path(i))
+
+    def active(self):
+        return self.rec["active"]
+
+    def pending(self):
+        return self.rec["pending"]
+
+    def on_trial(self):
+        r = self.running
+        return r is not None and self.rec["trial"] == r
+
+    def inactive(self):
+        # where an update goes: never the slot that runs (or would run)
+        r = self.running
+        if r is None:
+            r = self.rec["active"]
+        return 0 if r is None else 1 - r
+
+    def space(self, i):
+        """Bytes an image in slot i may take (max_image): what the filesystem
+        has free plus what slot i's own file holds now (it is replaced), less
+        littlefs' reserve; never more than the configured slot size."""
+        try:
+            st = os.statvfs(self.root)
+            bs = st[0]
+            free = st[3]
+        except (OSError, AttributeError):
+            return self.slot_size
+        have = self.file_size(i)
+        if have > 0:
+            free += (have + bs - 1) // bs
+        return max(0, min((free - RESERVE) * bs, self.slot_size))
+
+    def info(self, i):
+        s = self.rec["slots"][i]
+        return {"state": s["state"], "size": s["size"], "sha256": s["sha256"], "version": s["version"]}
+
+    def floor(self):
+        # the lowest security counter an image may carry (records before 0.2 have none)
+        return self.rec.get("sec_floor", 0)
+
+    def confirmed(self, i):
+        """i when slot i holds a confirmed image, else None."""
+        if i is not None and self.rec["slots"][i]["state"] == CONFIRMED:
+            return i
+        return None
+
+    def end_trial(self, i, state):
+        # slot i leaves its trial as `state` (not committed)
+        rec = self.rec
+        rec["slots"][i]["state"] = state
+        rec["trial"] = None
+        rec["trials"] = 0
+
+    # -- operator / app state changes ------------------------------------------
+    def confirm(self):
+        r = self.running
+        rec = self.rec
+        if r is not None and rec["active"] == r and rec["trial"] is None:
+            return r  # already confirmed: confirm() is idempotent
+        if r is None or rec["trial"] != r:
+            raise ProtoError(E_INCORRECT_STATE, "no slot is on trial")
+        self.end_trial(r, CONFIRMED)
+        rec["active"] = r
+        # anti-rollback: the floor rises only once an image has proved itself
+        rec["sec_floor"] = raised_floor(self.floor(), rec["slots"][r].get("sec_cnt"))
+        self.commit()
+        self.note = "%s confirmed" % NAMES[r]
+        return r
+
+    def rollback(self):
+        rec = self.rec
+        cur = self.running if self.running is not None else rec["active"]
+        if cur is None:
+            raise ProtoError(E_INCORRECT_STATE, "no application to roll back from")
+        other = self.confirmed(1 - cur)
+        if other is None:
+            raise ProtoError(E_INCORRECT_STATE, "slot %s holds no confirmed image" % NAMES[1 - cur])
+        self.end_trial(cur, BAD)
+        rec["active"] = other
+        if rec["pending"] == cur:
+            rec["pending"] = None
+        self.commit()
+        return other
+
+    def erase(self, i):
+        if i == self.running:
+            raise ProtoError(E_INCORRECT_STATE, "slot %s is running" % NAMES[i])
+        remove(self.path(i))  # bytes first, then the record (see top)
+        self.forget(i)
+        self.commit()

@@ -1,0 +1,172 @@
+# update: the update session ops (begin, commit, abort) and the checks that
+# the legacy service shares (one session at a time, image validation).
+# Loaded with a session and released when it ends (service.py).
+import sys
+import ubinascii as binascii
+
+import mpota_hal as hal
+import mpota_lineproto as lineproto
+import mpota_slots as slots
+import mpota_upload as upload
+from mpota_slots import name
+from mpota_lineproto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
+                   E_BAD_IMAGE, E_VERSION_REFUSED, E_RESTARTING, field)
+
+_CHECK_MOUNT = "/mpota_check"  # where commit mounts a new app to look at its names
+
+
+def may_update(dev, owner):
+    s = dev.session
+    if s is not None and s.owner is not owner:
+        raise ProtoError(E_BUSY, "an update session is open on another connection")
+    if s is not None:
+        dev.close_session()  # the owner re-opens
+    sl = dev.sl
+    if sl.on_trial():
+        raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial: confirm or roll back first" % name(sl.running))
+    a = sl.active()
+    if sl.running is not None and a is not None and a != sl.running:
+        # after a rollback the only other slot is the one the next reset boots:
+        # an update there would erase it, leaving nothing confirmed to boot
+        raise ProtoError(E_INCORRECT_STATE, "slot %s boots at the next reset (rolled back): reset first" % name(a))
+
+
+def restart_if_lean(dev, i, size):
+    """Lean mode takes no image beside the app: once the request is known to
+    be acceptable, the board restarts into update mode (bootmgr), where the
+    app does not start and the whole heap serves the transfer. The peer
+    reconnects and begins again (the host tool does this by itself)."""
+    if dev.mode != "lean":
+        return
+    upload.check_fits(dev.sl, i, size)
+    with open(slots.UPDATE_FLAG, "w") as f:
+        f.write("1")
+    dev.reset_ms = 300
+    raise ProtoError(E_RESTARTING, "lean mode: restarting into update mode for this image; "
+                     "reconnect in a few seconds and begin again")
+
+
+def older(dev, i, v):
+    # v older than the active confirmed version (another slot than i)?
+    a = dev.sl.active()
+    if v is None or a is None or a == i:
+        return None
+    cur = dev.sl.slot(a)["version"]
+    if cur is not None and tuple(v) < lineproto.parse_version(cur):
+        return cur
+    return None
+
+
+def validate(dev, i, size, allow_down):
+    """Check the stored image: -> (version str, is an app image)."""
+    import mpota_mcuboot as mcuboot
+    try:
+        info = mcuboot.verify(dev.sl.path(i), 0, size, hal.wdt_feed)
+    except mcuboot.ImageError as e:
+        raise ProtoError(getattr(e, "code", E_BAD_IMAGE), "slot %s: %s" % (name(i), e))
+    except (OSError, ValueError) as e:
+        raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (name(i), e))
+    ver = info["version_str"]
+    cur = None if allow_down else older(dev, i, info["version"])
+    if cur:
+        raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s" % (ver, cur))
+    # Only signed images become bootable once a key is trusted (docs/security.md);
+    # the result is cached in the record, bound to the image hash, for boot.
+    cnt = slots.counter(info)
+    slots.check_counter(cnt, dev.sl.floor())
+    signer = None
+    if slots.trusting():  # the verifier is loaded only where keys are trusted
+        import mpota_trust as trust
+        signer = trust.check_image(info, trust.load())
+    proof = {"signer": binascii.hexlify(signer).decode() if signer else None,
+             "image_hash": binascii.hexlify(info["sha256"]).decode(), "sec_cnt": cnt}
+    # an application body is a littlefs (mounted at /app); others are stored only
+    is_app = bool(info.get("body_is_littlefs"))
+    if is_app:
+        _check_app(dev.sl.path(i), info, name(i))
+    return ver, is_app, proof
+
+
+def _check_app(path, info, slot):
+    # what boot would refuse (an agent module's name, no main.py) is refused
+    # now, naming the file, before the image can become pending
+    loaded = "mpota_appfs" in sys.modules  # the running app's mount lives there: keep it
+    import mpota_appfs as appfs
+    try:
+        appfs.mount(path, info["hdr_size"], info["img_size"], _CHECK_MOUNT)
+        try:
+            appfs.check_app(_CHECK_MOUNT)
+        finally:
+            appfs.umount(_CHECK_MOUNT)
+    except (OSError, ValueError) as e:
+        raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (slot, e))
+    finally:
+        if not loaded:
+            sys.modules.pop("mpota_appfs", None)
+
+
+def digest_hex(dev, i, size):
+    # the scratch buffer when there is one, else 1 KB for this hash only
+    buf = dev.buf if dev.buf is not None else bytearray(1024)
+    return binascii.hexlify(upload.digest(dev.sl, i, size, buf)).decode()
+
+
+def op_begin(dev, c, req):
+    size = field(req, "size", int, required=True)
+    sha = field(req, "sha256", str, required=True).lower()
+    try:
+        if len(binascii.unhexlify(sha)) != 32:
+            raise ValueError()
+    except ValueError:
+        raise ProtoError(E_BAD_REQUEST, "\"sha256\" must be 64 hex digits")
+    want = field(req, "slot", str, "inactive")
+    ver = field(req, "version", str)
+    down = field(req, "allow_downgrade", bool, False)
+    v = None if ver is None else lineproto.parse_version(ver)  # bad_request when malformed
+    may_update(dev, c)
+    sl = dev.sl
+    i = sl.inactive()
+    if want != "inactive" and lineproto.slot_index(want) != i:
+        raise ProtoError(E_INCORRECT_STATE, "slot %s is in use; the inactive slot is %s" % (want, name(i)))
+    cur = None if down else older(dev, i, v)
+    if cur:
+        raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
+    restart_if_lean(dev, i, size)
+    off = upload.prepare(sl, i, size, sha, ver)
+    dev.open_session(upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down))
+    return {"slot": name(i), "offset": off, "max_data": lineproto.MAX_DATA, "window": lineproto.WINDOW}
+
+
+def _own(dev, c):
+    s = dev.session
+    if s is None or s.owner is not c or s.kind != upload.NATIVE:
+        raise ProtoError(E_INCORRECT_STATE, "no update session on this connection (begin first)")
+    return s
+
+
+def op_commit(dev, c, req):
+    s = _own(dev, c)
+    if s.w.pos < s.size:
+        raise ProtoError(E_INCORRECT_STATE, "%d of %d bytes received" % (s.w.pos, s.size))
+    i = s.slot
+    sl = dev.sl
+    dev.close_session()  # closes (syncs) the slot file
+    sha = digest_hex(dev, i, s.size)
+    if sha != s.sha:
+        sl.erase(i)
+        raise ProtoError(E_VERIFY_FAILED, "slot %s holds sha256 %s, expected %s: upload again" % (name(i), sha, s.sha))
+    try:
+        ver, is_app, proof = validate(dev, i, s.size, s.allow_down)
+    except ProtoError:
+        upload.finish(sl, i, sha, None, False)  # stored, not bootable
+        raise
+    finally:
+        dev.sample_mem()  # the peak of an update: hashing and the image check
+    upload.finish(sl, i, sha, ver, is_app, proof)
+    return {"slot": name(i), "sha256": sha, "version": ver, "state": sl.state(i)}
+
+
+def op_abort(dev, c, req):
+    s = _own(dev, c)
+    dev.close_session()
+    return {"slot": name(s.slot), "offset": s.w.pos}
