@@ -9,6 +9,7 @@ commands and flags (`with_cli_hint`): the library's errors know nothing of them.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
         hint = err.hint + ", or --key-file FILE"
     elif name == "NoSpace":
         hint = "%s; `%s status` shows the slot size and free space" % (err.hint, run)
+    elif name == "VersionRefused" and "security counter" in err.message:
+        # the anti-rollback floor: no flag lets a lower counter in (docs/security.md)
+        m = re.search(r"floor (\d+)", err.message)
+        hint = ("the device's anti-rollback floor refuses it whatever the flags (--allow-downgrade cannot "
+                "help): build it from its folder with --security-counter N, N at least %s, and sign it"
+                % (m.group(1) if m else "the device's floor"))
     elif name == "VersionRefused":
         hint = "build it with a higher --version, or push it with --allow-downgrade"
     elif name == "BadImage":
