@@ -165,6 +165,9 @@ def _push_opts(p):
                    help="stop with the new version running on trial (`confirm` keeps it)")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="let an older version replace the confirmed one")
+    p.add_argument("--force", action="store_true",
+                   help="push even when this very image already runs (a no-op otherwise), or when the "
+                        "running version has this version number with other content (refused otherwise)")
     p.add_argument("--window", type=_positive(int), metavar="BYTES",
                    help="at most this many bytes in flight (default: what the device offers)")
     p.add_argument("--retries", type=_non_negative, default=5, metavar="N",

@@ -47,6 +47,8 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
                 % (m.group(1) if m else "the device's floor"))
     elif name == "VersionRefused":
         hint = "build it with a higher --version, or push it with --allow-downgrade"
+    elif name == "VersionClash":
+        hint = "build it with a new --version, or push it with --force to replace the running one anyway"
     elif name == "BadImage":
         hint = "rebuild it: `%s build FOLDER --version X.Y.Z`" % ctx.prog
     elif name == "AppCrashed":
@@ -56,6 +58,9 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
                     % (run, run, err.rollback_slot, err.max_trials or "a few"))  # type: ignore[attr-defined]
         else:
             hint = "there is no confirmed version to roll back to: fix the app and push again"
+    elif code == "incorrect_state" and getattr(err, "op", None) == "begin" and getattr(err, "trial_crash", None):
+        hint = ("the version on trial crashed (%s): `%s rollback` then `%s reset` returns to the confirmed "
+                "one; or fix the app and push it once that is done" % (err.trial_crash, run, run))  # type: ignore[attr-defined]
     elif code == "incorrect_state" and getattr(err, "op", None) == "begin":
         hint = ("a version is on trial: `%s confirm` keeps it; `%s rollback` then `%s reset` returns "
                 "to the confirmed one" % (run, run, run))
@@ -96,6 +101,9 @@ def _image_event(out, img) -> None:
 def _push_text(ctx, name: str, f: dict):
     """The line people see for a push event (None: JSON only)."""
     run = "%s -t %s" % (ctx.prog, ctx.spec)
+    if name == "unchanged":
+        return "%s already runs; nothing to do (slot %s, %s; --force reinstalls it)" % (
+            f["version"], f["slot"], f["state"])
     if name == "begin":
         if f.get("resumed"):
             return "resuming upload at %s of %s" % (fmt_size(f["offset"]), fmt_size(f["size"]))
@@ -117,6 +125,8 @@ def _push_text(ctx, name: str, f: dict):
     if name == "booted":
         return "booted %s from slot %s (%s), app %s" % (f["version"], f["slot"], f["state"], f["app"])
     if name == "done":
+        if f.get("unchanged"):
+            return None  # the `unchanged` line said it all
         if f["state"] == "pending":
             return "[green]done[/]: %s pending in slot %s; `%s reset` boots it on trial" % (
                 f["version"], f["slot"], run)
@@ -144,7 +154,8 @@ async def cmd_push(ctx) -> int:
 
     try:
         await flows.push(t, img, confirm=not args.no_confirm, reset=not args.no_reset,
-                         allow_downgrade=args.allow_downgrade, window=args.window, retries=args.retries,
+                         allow_downgrade=args.allow_downgrade, force=args.force, window=args.window,
+                         retries=args.retries,
                          wait=args.wait, connect_timeout=args.connect_timeout, timeout=args.timeout,
                          on_event=on_event, on_progress=out.progress)
     finally:

@@ -119,6 +119,14 @@ class VerifyFailed(DeviceError):
     default_hint = "the stored image did not match its SHA-256; push it again"
 
 
+class VersionClash(MpotaError):
+    """The image has the version number of the one running but other content: two
+    builds under one number cannot be told apart later (nothing was sent)."""
+
+    exit_code = EXIT_REFUSED
+    default_hint = "give the new build its own version number, or replace the running one anyway (force)"
+
+
 class NotTaken(MpotaError):
     """The upload succeeded but the device did not come back running the new image."""
 

@@ -2,15 +2,20 @@
 targets-file modes): each test fails on the code before its fix. Unit-level
 where the host alone decides; against the simulator (loopback only) where the
 device's answer matters."""
+import asyncio
+import json
 import os
 import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 
 from conftest import REPO
-from mpota import commands
+from mpota import commands, errors, images, push as mpota_push, targets
 from mpota.errors import device_error
+from simproc import Sim
 
 FLASH = str(REPO / "host" / "flash.py")
 
@@ -38,3 +43,82 @@ def test_anti_rollback_hint_names_security_counter_not_allow_downgrade():
     # an older version (no counter involved) still gets the downgrade flag
     err = device_error("version_refused", "version 1.0.0 is older than the active 2.0.0", op="begin")
     assert "--allow-downgrade" in commands.with_cli_hint(err, _ctx()).hint
+
+
+# --- 6. pushing the image that already runs is a no-op --------------------------------
+
+@pytest.fixture
+def sim(tmp_path):
+    s = Sim(state=tmp_path / "dev")
+    yield s
+    s.stop()
+
+
+def _status(sim):
+    r = run_cli("-t", "127.0.0.1:%d" % sim.tcp_port, "--json", "status", env_extra={"MPOTA_KEY": sim.key.hex()})
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if '"status"' in line][-1]
+
+
+def _app(folder, text="hello"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "main.py").write_text("import mpota\nMSG = %r\n\ndef main():\n    mpota.confirm()\n" % text)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_pushing_the_running_image_again_changes_nothing_and_keeps_the_rollback_copy(sim, tmp_path):
+    key = {"MPOTA_KEY": sim.key.hex()}
+    t = ["-t", "127.0.0.1:%d" % sim.tcp_port]
+    imgs = {}
+    for v in ("1.0.0", "2.0.0"):
+        imgs[v] = tmp_path / ("v%s.img" % v)
+        r = run_cli("build", _app(tmp_path / "app", "v" + v), "--version", v, "-o", imgs[v])
+        assert r.returncode == 0, r.stderr
+        r = run_cli(*t, "push", imgs[v], env_extra=key)
+        assert r.returncode == 0, r.stdout + r.stderr
+    before = _status(sim)
+    run = before["running"]
+    other = "a" if run == "b" else "b"
+    assert before["slots"][other]["version"] == "1.0.0+0"
+
+    r = run_cli(*t, "push", imgs["2.0.0"], env_extra=key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2.0.0+0 already runs; nothing to do" in r.stdout
+    assert "uploading" not in r.stdout and "reset" not in r.stdout.replace("--force reinstalls", "")
+    after = _status(sim)
+    assert after["slots"] == before["slots"]          # the rollback copy (1.0.0) is still there
+    assert after["uptime_ms"] > before["uptime_ms"]   # and the device was not reset
+
+    # the same version number with other content: refused, naming both hashes
+    r = run_cli("build", _app(tmp_path / "app", "other"), "--version", "2.0.0", "-o", tmp_path / "x.img")
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*t, "push", tmp_path / "x.img", env_extra=key)
+    assert r.returncode == 5, r.stdout + r.stderr
+    dev_sha = before["slots"][run]["sha256"][:12]
+    assert "already runs" in r.stderr and dev_sha in r.stderr and "--force" in r.stderr
+    assert _status(sim)["slots"] == before["slots"]
+
+    # --force reinstalls
+    r = run_cli(*t, "--json", "push", tmp_path / "x.img", "--force", env_extra=key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '"event": "begin"' in r.stdout and _status(sim)["slots"][other]["version"] == "2.0.0+0"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_library_push_is_a_no_op_for_the_running_image_unless_forced(sim, tmp_path):
+    tgt = targets.Target(name="sim", host="127.0.0.1", port=sim.tcp_port, key=sim.key)
+    img = images.load(str(_app(tmp_path / "app")), "1.0.0")
+    events = []
+    first = asyncio.run(mpota_push.push(tgt, img))
+    assert not first.unchanged and first.state == "confirmed"
+    again = asyncio.run(mpota_push.push(tgt, img, on_event=lambda name, **f: events.append(name)))
+    assert again.unchanged and again.slot == first.slot and events == ["unchanged", "done"]
+    forced = asyncio.run(mpota_push.push(tgt, img, force=True))
+    assert not forced.unchanged and forced.slot != first.slot
+    other = images.load(str(_app(tmp_path / "app2", "changed")), "1.0.0")
+    with pytest.raises(errors.VersionClash) as e:
+        asyncio.run(mpota_push.push(tgt, other))
+    assert other.sha256[:12] in e.value.message
