@@ -202,6 +202,11 @@ def _dump_opts(p):
     p.add_argument("-o", "--output", metavar="FILE", help="where to save the image (default slot-SLOT.img)")
 
 
+def _confirm_opts(p):
+    p.add_argument("--force", action="store_true",
+                   help="confirm even a version whose app crashed (refused otherwise)")
+
+
 def _reset_opts(p):
     p.add_argument("--wait", type=_positive(float), metavar="S",
                    help="then wait up to S seconds for the device to answer again")
@@ -295,8 +300,9 @@ COMMANDS = [
             _dump_opts, examples=("-t pico dump --slot a -o a.img",)),
     Command("reset", commands.cmd_reset, "reset the device", _reset_opts, DEVICE + ("parallel",), fleet=True,
             examples=("-t pico reset --wait 30",)),
-    Command("confirm", commands.cmd_confirm, "confirm the version on trial (the app normally does it itself)",
-            None, DEVICE + ("parallel",), fleet=True, examples=("-t pico confirm",)),
+    Command("confirm", commands.cmd_confirm, "confirm the version on trial (the app normally does it itself); "
+            "refused when its app crashed, unless --force",
+            _confirm_opts, DEVICE + ("parallel",), fleet=True, examples=("-t pico confirm",)),
     Command("rollback", commands.cmd_rollback, "boot the last confirmed other slot at the next reset",
             examples=("-t pico rollback && mpota -t pico reset",)),
     Command("erase", commands.cmd_erase, "erase a slot that is not running", lambda p: _slot_opt(p, "erase"),

@@ -49,6 +49,9 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
         hint = "build it with a higher --version, or push it with --allow-downgrade"
     elif name == "VersionClash":
         hint = "build it with a new --version, or push it with --force to replace the running one anyway"
+    elif name == "CrashedTrial":
+        hint = ("`%s rollback` then `%s reset` returns to the confirmed version; or fix the app and push "
+                "again; `%s confirm --force` keeps the crashed one anyway" % (run, run, run))
     elif name == "BadImage":
         hint = "rebuild it: `%s build FOLDER --version X.Y.Z`" % ctx.prog
     elif name == "AppCrashed":
@@ -340,7 +343,7 @@ async def cmd_reset(ctx) -> int:
 
 
 async def cmd_confirm(ctx) -> int:
-    r = await (await ctx.client()).confirm()
+    r = await flows.confirm_trial(await ctx.client(), force=ctx.args.force)
     ctx.out.event("confirmed", "slot %s confirmed" % r.get("slot"), slot=r.get("slot"), state=r.get("state"))
     return EXIT_OK
 

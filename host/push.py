@@ -27,7 +27,7 @@ import lineproto
 
 from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, EventCb, ProgressCb, PushResult, expected_device,
                      push_image, wait_for_device, within)
-from .errors import (CrcMismatch, DeviceError, DeviceTimeout, NotTaken, Unreachable,
+from .errors import (CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout, NotTaken, Unreachable,
                      VerifyFailed, VersionClash, device_error)
 from .images import Image
 
@@ -118,6 +118,20 @@ def trial_crash(st: dict) -> Optional[str]:
     if st.get("trial") and app.get("state") == "crashed":
         return app.get("error") or "no error text"
     return None
+
+
+async def confirm_trial(c: Client, *, force: bool = False) -> dict:
+    """Confirm the version on trial over the connected client `c`, unless its app
+    crashed (CrashedTrial, nothing sent): `force` confirms it anyway. Returns the
+    device's confirm reply."""
+    if not force:
+        st = await c.status()
+        crash = trial_crash(st)
+        if crash is not None:
+            run = running_image(st) or (st.get("running"), {})
+            raise CrashedTrial("not confirming slot %s (%s): it is on trial and its app crashed: %s" % (
+                run[0], run[1].get("version") or "no version", crash))
+    return await c.confirm()
 
 
 async def device_status(target, *, connect_timeout: float = CONNECT_TIMEOUT,

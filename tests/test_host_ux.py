@@ -122,3 +122,35 @@ def test_library_push_is_a_no_op_for_the_running_image_unless_forced(sim, tmp_pa
     with pytest.raises(errors.VersionClash) as e:
         asyncio.run(mpota_push.push(tgt, other))
     assert other.sha256[:12] in e.value.message
+
+
+# --- 8. confirm refuses a crashed trial without --force ---------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_confirm_refuses_a_crashed_trial_unless_forced(sim, tmp_path):
+    key = {"MPOTA_KEY": sim.key.hex()}
+    t = ["-t", "127.0.0.1:%d" % sim.tcp_port]
+    assert run_cli(*t, "push", _app(tmp_path / "good"), "--version", "1.0.0", env_extra=key).returncode == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "main.py").write_text("def main():\n    raise ValueError('broken on purpose')\n")
+    r = run_cli(*t, "push", bad, "--version", "2.0.0", env_extra=key)
+    assert r.returncode == 6, r.stdout + r.stderr
+    st = _status(sim)
+    assert st["trial"] and st["app"]["state"] == "crashed"
+
+    r = run_cli(*t, "confirm", env_extra=key)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "crashed" in r.stderr and "broken on purpose" in r.stderr and "--force" in r.stderr
+    assert _status(sim)["slots"][st["running"]]["state"] == "trial"   # nothing confirmed
+
+    # a push meanwhile is refused by the device; its hint must not recommend confirming
+    r = run_cli(*t, "push", _app(tmp_path / "good3", "v3"), "--version", "3.0.0", env_extra=key)
+    assert r.returncode == 5 and "incorrect_state" in r.stderr, r.stdout + r.stderr
+    hint = r.stderr.split("hint:", 1)[1]
+    assert "crashed" in hint and "rollback" in hint and "confirm`" not in hint, hint
+
+    r = run_cli(*t, "confirm", "--force", env_extra=key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _status(sim)["slots"][st["running"]]["state"] == "confirmed"
