@@ -179,7 +179,8 @@ def _push_opts(p):
 
 def _build_opts(p):
     p.add_argument("folder", metavar="FOLDER", help="the app folder: main.py (defining main()) and "
-                                                    "any other .py/.mpy files and subfolders")
+                                                    "any other files and subfolders (all go in, but junk: "
+                                                    "__pycache__, dotfiles, *.pyc, editor backups)")
     p.add_argument("--version", metavar="X.Y.Z[+B]",
                    help="the image version (default: FOLDER/VERSION); major and minor 0-255, "
                         "revision 0-65535, build 0-4294967295")
@@ -287,7 +288,7 @@ COMMANDS = [
             prepare=lambda args: {"image": commands.load_image(args)},
             examples=("-t pico push app.img", "-t sim push examples/hello --version 1.2.0",
                       "-t pico push app.img --no-confirm", "-t greenhouse push app.img --parallel 8")),
-    Command("build", commands.cmd_build, "build an application image from a folder of .py/.mpy files",
+    Command("build", commands.cmd_build, "build an application image from an app folder (every file but junk)",
             _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
                                            "build examples/hello --mpy")),
     Command("status", commands.cmd_status, "show slots, versions, space, the running app and the boot note",

@@ -94,11 +94,31 @@ def _target_line(t) -> str:
     return t.address if t.name == t.address else "%s (%s)" % (t.name, t.address)
 
 
+def build_summary(img) -> str:
+    """What a folder build put in the image and what it left out, for people ("" if not built)."""
+    if not img.built or img.files is None:
+        return ""
+    n = len(img.files)
+    text = "\n  %d file%s, %s, in an image of %s" % (n, "" if n == 1 else "s", fmt_size(img.file_bytes),
+                                                   fmt_size(img.size))
+    if img.excluded:
+        text += "\n  excluded (junk): %s" % ", ".join(img.excluded)
+    return text
+
+
+def build_fields(img) -> dict:
+    """The JSON fields of a folder build: its files and what was excluded."""
+    if not img.built or img.files is None:
+        return {}
+    return {"files": img.files, "file_bytes": img.file_bytes, "excluded": img.excluded or []}
+
+
 def _image_event(out, img) -> None:
-    out.event("image", "image %s %s, %s, sha256 %s…" % (
+    out.event("image", "image %s %s, %s, sha256 %s…%s" % (
         img.version, "built from " + Path(img.source).name + "/" if img.built else Path(img.source).name,
-        fmt_size(img.size), img.sha256[:12]),
-        source=img.source, built=img.built, version=img.version, size=img.size, sha256=img.sha256)
+        fmt_size(img.size), img.sha256[:12], build_summary(img)),
+        source=img.source, built=img.built, version=img.version, size=img.size, sha256=img.sha256,
+        **build_fields(img))
 
 
 def _push_text(ctx, name: str, f: dict):
@@ -369,9 +389,9 @@ def cmd_build(ctx) -> int:
     img = images.build_folder(Path(args.folder), args.version, args.sign_key, args.mpy, args.security_counter)
     output = args.output or "%s-%s.img" % (Path(args.folder).resolve().name, img.version.split("+")[0])
     Path(output).write_bytes(img.data)
-    out.event("built", "built %s\n  version %s, %s, sha256 %s…" % (output, img.version, fmt_size(img.size),
-                                                                      img.sha256[:12]),
-              output=output, version=img.version, size=img.size, sha256=img.sha256)
+    out.event("built", "built %s\n  version %s, %s, sha256 %s…%s" % (
+        output, img.version, fmt_size(img.size), img.sha256[:12], build_summary(img)),
+        output=output, version=img.version, size=img.size, sha256=img.sha256, **build_fields(img))
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ import pytest
 
 
 from conftest import REPO
-from mpota import commands, errors, images, push as mpota_push, targets
+from mpota import commands, deploy, errors, images, push as mpota_push, targets
 from mpota.errors import device_error
 from simproc import Sim
 
@@ -154,3 +154,51 @@ def test_confirm_refuses_a_crashed_trial_unless_forced(sim, tmp_path):
     r = run_cli(*t, "confirm", "--force", env_extra=key)
     assert r.returncode == 0, r.stdout + r.stderr
     assert _status(sim)["slots"][st["running"]]["state"] == "confirmed"
+
+
+# --- 7. every file of the app folder goes into the image; junk is named --------------
+
+def _image_files(data: bytes) -> list:
+    from mcuboot import verify
+
+    info = verify(data)
+    return sorted(images.littlefs_files(data[info["hdr_size"]:info["hdr_size"] + info["img_size"]]))
+
+
+def test_data_files_and_subfolders_go_into_the_image_and_junk_is_reported(tmp_path):
+    app = tmp_path / "app"
+    for rel, data in {"main.py": b"def main():\n    pass\n", "settings.json": b'{"a": 1}\n',
+                      "blob.bin": os.urandom(250_000), "lib/util.py": b"X = 1\n", "lib/fonts/f.bin": b"\0" * 10,
+                      "config.json": b"{}\n",   # a data file named like an agent module imports nothing
+                      "VERSION": b"1.0.0\n", ".git/HEAD": b"ref\n", "__pycache__/main.cpython-311.pyc": b"x",
+                      "lib/__pycache__/u.pyc": b"x", ".DS_Store": b"x", "main.py~": b"x", "#main.py#": b"x",
+                      ".main.py.swp": b"x", "old.pyc": b"x"}.items():
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_bytes(data)
+    img = images.load(str(app))
+    want = ["VERSION", "blob.bin", "config.json", "lib/fonts/f.bin", "lib/util.py", "main.py", "settings.json"]
+    assert _image_files(img.data) == want
+    assert sorted(img.files) == want
+    assert sorted(img.excluded) == sorted([".git/", "__pycache__/", "lib/__pycache__/", ".DS_Store",
+                                           "main.py~", "#main.py#", ".main.py.swp", "old.pyc"])
+
+    r = run_cli("build", app, "-o", tmp_path / "a.img")
+    assert r.returncode == 0, r.stderr
+    assert "7 files" in r.stdout and "in an image of" in r.stdout
+    assert "excluded (junk): " in r.stdout and ".git/" in r.stdout and "main.py~" in r.stdout
+    r = run_cli("--json", "build", app, "-o", tmp_path / "a.img")
+    built = json.loads(r.stdout.splitlines()[-1])
+    assert sorted(built["files"]) == want
+    assert "old.pyc" in built["excluded"] and built["file_bytes"] > 250_000
+
+
+def test_a_module_named_like_the_agent_is_still_refused_with_data_files_beside_it(tmp_path):
+    name = sorted(deploy.agent_modules() - {"main"})[0]  # whatever the device files are called
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text("def main():\n    pass\n")
+    (app / (name + ".txt")).write_text("data\n")
+    images.load(str(app), "1.0.0")        # a data file: fine
+    (app / (name + ".py")).write_text("X = 1\n")
+    with pytest.raises(errors.UsageError, match=name):
+        images.load(str(app), "1.0.0")
