@@ -31,6 +31,7 @@ import lineproto
 
 from . import deploy
 from .errors import BadImage, UsageError
+from .targets import warn_if_exposed
 
 BLOCK_SIZE = 4096
 PROG_SIZE = 256
@@ -365,6 +366,7 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
         raise UsageError("no version for %s" % folder, "give one (X.Y.Z) or put it in %s/VERSION" % folder)
     kwargs = {"version": version, "mpy": mpy, "security_counter": security_counter}
     if sign_key:
+        warn_if_exposed(sign_key, "signing key")
         kwargs["key"] = sign_key
     try:
         data = build_app_image(str(folder), **kwargs)

@@ -208,6 +208,27 @@ def parse_hostport(spec: str, default_port: int = lineproto.TCP_PORT) -> tuple:
     return host, port
 
 
+_warned: set = set()
+
+
+def warn_if_exposed(path, what: str = "key file") -> None:
+    """As ssh does: a private key file that group or others may access gets a
+    warning on stderr (once per file and run); it is still used."""
+    if os.name == "nt":
+        return  # no POSIX modes there
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode & 0o777
+    except OSError:
+        return  # the reader says what is wrong with it
+    if mode & 0o077 and str(p) not in _warned:
+        _warned.add(str(p))
+        import sys
+
+        print("WARNING: %s %s is readable by others (mode %04o); chmod 600 %s" % (what, p, mode, p),
+              file=sys.stderr)
+
+
 def read_key_file(path: str) -> bytes:
     """A key file holds 64 hex characters (whitespace allowed) or 32 raw bytes."""
     p = Path(path).expanduser()
@@ -220,6 +241,7 @@ def read_key_file(path: str) -> bytes:
     except OSError as e:
         raise UsageError("cannot read key file %s: %s" % (p, e.strerror or e),
                          "check the path given by --key-file, MPOTA_KEY_FILE or key_file")
+    warn_if_exposed(p)
     text = raw.strip()
     try:
         key = bytes.fromhex(text.decode("ascii"))
@@ -344,7 +366,12 @@ def record(path: Path, name: str, fields: dict) -> None:
             raise UsageError("cannot update %s (%s): edit it by hand" % (path, e))
         if any(got.get(k) != v for k, v in fields.items() if v is not None):
             raise UsageError("cannot update %s: [targets.%s] is defined elsewhere in it" % (path, name))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # It names key files and devices: private to its owner (0600, a new folder 0700).
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    if tmp.exists():
+        tmp.unlink()  # left by an interrupted run; O_EXCL below must create it with our mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)

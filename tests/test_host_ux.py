@@ -5,6 +5,7 @@ device's answer matters."""
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 
-from conftest import REPO
+from conftest import REPO, free_port
 from mpota import commands, deploy, errors, images, push as mpota_push, targets
 from mpota.errors import device_error
 from simproc import Sim
@@ -202,3 +203,32 @@ def test_a_module_named_like_the_agent_is_still_refused_with_data_files_beside_i
     (app / (name + ".py")).write_text("X = 1\n")
     with pytest.raises(errors.UsageError, match=name):
         images.load(str(app), "1.0.0")
+
+
+# --- the targets file is private; an exposed key file is warned about -------------------
+
+def test_targets_file_is_written_0600_in_a_0700_folder(tmp_path):
+    path = tmp_path / "cfg" / "mpota" / "targets.toml"
+    targets.record(path, "s1", {"host": "127.0.0.1", "port": 8472})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    path.chmod(0o644)  # an older file, rewritten: private too
+    targets.record(path, "s2", {"host": "127.0.0.2"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(targets.load_targets(path)) == {"s1", "s2"}
+
+
+def test_a_key_file_readable_by_others_is_warned_about_once(tmp_path, capsys):
+    key = tmp_path / "dev.key"
+    key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)
+    targets.read_key_file(str(key))
+    assert capsys.readouterr().err == ""
+    key.chmod(0o644)
+    targets.read_key_file(str(key))
+    targets.read_key_file(str(key))
+    err = capsys.readouterr().err
+    assert err == "WARNING: key file %s is readable by others (mode 0644); chmod 600 %s\n" % (key, key)
+    # the CLI: on stderr, and the key is still used (the command goes on to connect)
+    r = run_cli("-t", "127.0.0.1:%d" % free_port(), "--key-file", key, "--connect-timeout", "1", "ping")
+    assert r.returncode == 2 and r.stderr.count("WARNING: key file") == 1, r.stderr
