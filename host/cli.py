@@ -146,7 +146,8 @@ def _u32(text):
 
 def _sign_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sign-key", metavar="PEM", help="sign the built image with this Ed25519 private key "
-                                                     "(`mpota keygen` makes one)")
+                                                     "(`mpota keygen` makes one); default: the target's "
+                                                     "sign_key, else the targets file's top-level one")
     p.add_argument("--security-counter", type=_u32, metavar="N",
                    help="put security counter N (0-4294967295) in the signed image: a device refuses "
                         "images whose counter is below the highest it has confirmed, whatever the flags")
@@ -285,7 +286,7 @@ class Command:
 COMMANDS = [
     Command("push", commands.cmd_push, "upload an image (or app folder), commit, reset, check, confirm "
             "(the default command)", _push_opts, DEVICE + ("parallel",), fleet=True,
-            prepare=lambda args: {"image": commands.load_image(args)},
+            prepare=commands.prepare_push,
             examples=("-t pico push app.img", "-t sim push examples/hello --version 1.2.0",
                       "-t pico push app.img --no-confirm", "-t greenhouse push app.img --parallel 8")),
     Command("build", commands.cmd_build, "build an application image from an app folder (every file but junk)",

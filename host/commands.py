@@ -12,6 +12,7 @@ import hashlib
 import re
 import time
 from pathlib import Path
+from typing import Optional
 
 import lineproto
 
@@ -86,8 +87,31 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
 
 # --- push ----------------------------------------------------------------------------
 
-def load_image(args) -> images.Image:
-    return images.load(args.image, args.version, args.sign_key, args.mpy, args.security_counter)
+def load_image(args, default_key: Optional[str] = None) -> images.Image:
+    """The image to push: --sign-key, else `default_key` (the target's or the targets
+    file's sign_key) signs a folder build; a default key never applies to an image file."""
+    key = args.sign_key or (default_key if Path(args.image).expanduser().is_dir() else None)
+    return images.load(args.image, args.version, key, args.mpy, args.security_counter)
+
+
+def default_sign_key(args) -> Optional[str]:
+    """The targets file's top-level sign_key (None when absent or the file has none)."""
+    return targets_mod.load_config(targets_mod.targets_path(getattr(args, "targets", None)))["sign_key"]
+
+
+def prepare_push(args) -> dict:
+    """Done once before any device: build (or check) the image with the file's default key."""
+    key = args.sign_key or default_sign_key(args)
+    return {"images": {key: load_image(args, key)}}
+
+
+def _push_image(ctx) -> images.Image:
+    """This device's image: one build per signing key, shared by the devices of a fleet run."""
+    key = ctx.args.sign_key or ctx.target.sign_key
+    cache = ctx.shared.setdefault("images", {})
+    if key not in cache:
+        cache[key] = load_image(ctx.args, key)
+    return cache[key]
 
 
 def _target_line(t) -> str:
@@ -103,6 +127,8 @@ def build_summary(img) -> str:
                                                    fmt_size(img.size))
     if img.excluded:
         text += "\n  excluded (junk): %s" % ", ".join(img.excluded)
+    if img.signed_with:
+        text += "\n  signed with %s" % img.signed_with
     return text
 
 
@@ -110,7 +136,8 @@ def build_fields(img) -> dict:
     """The JSON fields of a folder build: its files and what was excluded."""
     if not img.built or img.files is None:
         return {}
-    return {"files": img.files, "file_bytes": img.file_bytes, "excluded": img.excluded or []}
+    return {"files": img.files, "file_bytes": img.file_bytes, "excluded": img.excluded or [],
+            "signed_with": img.signed_with}
 
 
 def _image_event(out, img) -> None:
@@ -163,8 +190,8 @@ def _push_text(ctx, name: str, f: dict):
 
 async def cmd_push(ctx) -> int:
     args, out = ctx.args, ctx.out
-    img = ctx.shared.get("image") or load_image(args)
     t = ctx.target
+    img = _push_image(ctx)
     out.event("target", "target [bold]%s[/]" % _target_line(t), **t.describe())
     _image_event(out, img)
 
@@ -386,7 +413,8 @@ async def cmd_erase(ctx) -> int:
 
 def cmd_build(ctx) -> int:
     args, out = ctx.args, ctx.out
-    img = images.build_folder(Path(args.folder), args.version, args.sign_key, args.mpy, args.security_counter)
+    img = images.build_folder(Path(args.folder), args.version, args.sign_key or default_sign_key(args), args.mpy,
+                              args.security_counter)
     output = args.output or "%s-%s.img" % (Path(args.folder).resolve().name, img.version.split("+")[0])
     Path(output).write_bytes(img.data)
     out.event("built", "built %s\n  version %s, %s, sha256 %s…%s" % (
@@ -406,7 +434,7 @@ def cmd_targets(ctx) -> int:
         entry = dict(targets_mod.BUILTINS.get(n, {}))
         entry.update(table.get(n, {}))
         src = "file" if n in table else "built-in"
-        extra = "".join("  %s %s" % (k, entry[k]) for k in ("device_id", "key_file") if entry.get(k))
+        extra = "".join("  %s %s" % (k, entry[k]) for k in ("device_id", "key_file", "sign_key") if entry.get(k))
         out.event("target", "  %-12s %s:%s udp %s%s  (%s)" % (
             n, entry.get("host"), entry.get("port", lineproto.TCP_PORT), entry.get("udp_port", lineproto.UDP_PORT),
             extra, src),

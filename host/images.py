@@ -310,6 +310,7 @@ class Image:
     files: Optional[list] = None     # built: the app's files in the image ('/'-separated)
     file_bytes: int = 0              # built: their total size in the folder
     excluded: Optional[list] = None  # built: what was left out (is_junk)
+    signed_with: Optional[str] = None  # built: the signing key's file
 
     @property
     def size(self) -> int:
@@ -373,7 +374,8 @@ def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] =
     except (ValueError, OSError) as e:
         raise UsageError("cannot build %s: %s" % (folder, e), getattr(e, "hint", None))
     return Image(data=bytes(data), version=check_image(data, str(folder)), source=str(folder), built=True,
-                 files=files, file_bytes=sum((root / f).stat().st_size for f in files), excluded=excluded)
+                 files=files, file_bytes=sum((root / f).stat().st_size for f in files), excluded=excluded,
+                 signed_with=str(sign_key) if sign_key else None)
 
 
 def load(path: str, version: Optional[str] = None, sign_key: Optional[str] = None,

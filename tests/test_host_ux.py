@@ -232,3 +232,51 @@ def test_a_key_file_readable_by_others_is_warned_about_once(tmp_path, capsys):
     # the CLI: on stderr, and the key is still used (the command goes on to connect)
     r = run_cli("-t", "127.0.0.1:%d" % free_port(), "--key-file", key, "--connect-timeout", "1", "ping")
     assert r.returncode == 2 and r.stderr.count("WARNING: key file") == 1, r.stderr
+
+
+# --- 11a. a typo in the targets file is an error with a suggestion ------------------------
+
+@pytest.mark.parametrize("line, bad, good", [('keyfile = "k.key"', "keyfile", "key_file"),
+                                             ("prot = 9000", "prot", "port")])
+def test_unknown_key_in_a_target_is_an_error_naming_line_and_suggestion(tmp_path, line, bad, good):
+    f = tmp_path / "targets.toml"
+    f.write_text('# mine\n[targets.x]\nhost = "127.0.0.1"\n%s\n' % line)
+    r = run_cli("-t", "x", "ping", env_extra={"MPOTA_TARGETS": str(f)})
+    assert r.returncode == 1, r.stderr
+    assert "unknown key %r in target 'x' (%s line 4): did you mean %r?" % (bad, f, good) in r.stderr
+    f.write_text('sign_kee = "a.pem"\n[targets.x]\nhost = "127.0.0.1"\n')
+    r = run_cli("-t", "x", "ping", env_extra={"MPOTA_TARGETS": str(f)})
+    assert r.returncode == 1 and "unknown key 'sign_kee'" in r.stderr and "'sign_key'" in r.stderr, r.stderr
+
+
+# --- 11e. a default signing key: the target's sign_key, the file's, --sign-key over both ----
+
+def test_sign_key_from_the_targets_file_signs_folder_builds(tmp_path):
+    for name in ("default.pem", "s1.pem", "cli.pem"):
+        assert run_cli("keygen", tmp_path / name).returncode == 0
+    f = tmp_path / "targets.toml"
+    f.write_text('sign_key = "default.pem"\n\n[targets.s1]\nhost = "127.0.0.1"\nport = %d\nsign_key = "s1.pem"\n\n'
+                 '[targets.s2]\nhost = "127.0.0.1"\nport = %d\n' % (free_port(), free_port()))
+    assert targets.resolve("s1", str(f)).sign_key == str(tmp_path / "s1.pem")
+    assert targets.resolve("s2", str(f)).sign_key == str(tmp_path / "default.pem")
+    assert targets.resolve("127.0.0.3", str(f)).sign_key == str(tmp_path / "default.pem")
+    env = {"MPOTA_TARGETS": str(f)}
+    app = _app(tmp_path / "app")
+
+    r = run_cli("--json", "build", app, "--version", "1.0.0", "-o", tmp_path / "a.img", env_extra=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["signed_with"] == str(tmp_path / "default.pem")
+    assert images.inspect_image((tmp_path / "a.img").read_bytes(), tmp_path / "default.pem")["signature_ok"]
+    r = run_cli("build", app, "--version", "1.0.0", "-o", tmp_path / "b.img", "--sign-key", tmp_path / "cli.pem",
+                env_extra=env)
+    assert r.returncode == 0 and "signed with %s" % (tmp_path / "cli.pem") in r.stdout, r.stdout + r.stderr
+
+    # push picks the target's key (nothing listens there: the image line comes first)
+    for spec, key in (("s1", "s1.pem"), ("s2", "default.pem")):
+        r = run_cli("-t", spec, "--json", "--connect-timeout", "1", "push", app, "--version", "1.0.0",
+                    env_extra=env)
+        image = [json.loads(x) for x in r.stdout.splitlines() if '"image"' in x][0]
+        assert image["signed_with"] == str(tmp_path / key), r.stdout
+    # a prebuilt image file is pushed as it is: the default key does not apply to it
+    r = run_cli("-t", "s1", "--json", "--connect-timeout", "1", "push", tmp_path / "a.img", env_extra=env)
+    assert r.returncode == 2 and "signing" not in r.stderr, r.stdout + r.stderr
