@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import sys
@@ -81,7 +82,8 @@ SHARED = {
         metavar="FILE", help="file holding the device's key (64 hex characters); default: "
                              "$MPOTA_KEY, $MPOTA_KEY_FILE, or the target's key_file")),
     "port": (("--port",), dict(type=_positive(int), metavar="N",
-                               help="TCP port of the agent (default: the target's, 8472)")),
+                               help="TCP port of the agent (default: the target's, 8472); the USB "
+                                    "serial port of `provision` is --serial")),
     "udp_port": (("--udp-port",), dict(type=_positive(int), metavar="N",
                                        help="UDP port of the legacy service (default: the target's, 8473)")),
     "timeout": (("--timeout",), dict(type=_positive(float), default=10.0, metavar="S",
@@ -238,8 +240,11 @@ def _pubkey_opts(p):
 
 
 def _provision_opts(p):
-    p.add_argument("--port", dest="serial_port", required=True, metavar="SERIAL",
-                   help="the board's USB serial port (/dev/ttyACM0, /dev/cu.usbmodem101, COM3)")
+    p.add_argument("--serial", dest="serial_port", metavar="SERIAL",
+                   help="the board's USB serial port (/dev/ttyACM0, /dev/cu.usbmodem101, COM3); "
+                        "required unless --dry-run")
+    # the old spelling: --port is the agent's TCP port everywhere else (deprecated here)
+    p.add_argument("--port", dest="serial_port_deprecated", metavar="SERIAL", help=argparse.SUPPRESS)
     p.add_argument("--name", required=True, metavar="NAME",
                    help="the device's name: its target name and Wi-Fi hostname (reached as NAME.local)")
     p.add_argument("--ssid", required=True, metavar="SSID", help="the Wi-Fi network to join")
@@ -256,8 +261,8 @@ def _provision_opts(p):
                            "where no matching mpy-cross is installed (the default)")
     form.add_argument("--py", dest="mpy", action="store_false", help="install the agent as .py source")
     p.add_argument("--dry-run", action="store_true",
-                   help="ask the board its version (read-only), then show every step and mpremote "
-                        "command without changing anything")
+                   help="ask the board its version (read-only; marked not run when there is no board or "
+                        "no --serial), then show every step and mpremote command without changing anything")
     p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
                    help="seconds to wait for the agent's ready line after the reset (default 60)")
     p.add_argument("--device-dir", metavar="DIR",
@@ -321,8 +326,8 @@ COMMANDS = [
     Command("provision", commands.cmd_provision, "set up a board over USB: device config (Wi-Fi, name), "
             "device key, trusted signing key, the agent; reset it, wait for it, record it as a target",
             _provision_opts, ("targets", "key_file") + OUTPUT,
-            examples=("provision --port /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
-                      "provision --port /dev/ttyACM0 --ssid home --name picow-1 --dry-run")),
+            examples=("provision --serial /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
+                      "provision --ssid home --name picow-1 --dry-run")),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -397,6 +402,12 @@ def _insert_default_command(argv: list, value_opts: set) -> list:
             continue
         if a in BY_NAME:
             return argv
+        close = difflib.get_close_matches(a, list(BY_NAME), n=1, cutoff=0.6)
+        if close and not os.path.exists(os.path.expanduser(a)):
+            # not a file to push but a typo of a command (`statsu`)
+            raise UsageError("unknown command %r; did you mean %s?" % (a, close[0]),
+                             "the commands are %s; a bare IMAGE or FOLDER (an existing path) is pushed"
+                             % ", ".join(BY_NAME))
         return ["push"] + argv
     return argv
 
@@ -410,7 +421,12 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
         pass
     else:
         argcomplete.autocomplete(p)
-    args = p.parse_args(_insert_default_command(argv, _value_options(p)))
+    try:
+        argv = _insert_default_command(argv, _value_options(p))
+    except UsageError as e:
+        p.print_usage(sys.stderr)
+        p.exit(EXIT_USAGE, "%s: error: %s\nhint: %s\n" % (p.prog, e.message, e.hint))
+    args = p.parse_args(argv)
     if not args.command:
         p.print_help(sys.stderr)
         raise SystemExit(EXIT_USAGE)

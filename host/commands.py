@@ -509,6 +509,18 @@ def cmd_provision(ctx) -> int:
     from . import provision
 
     a, out = ctx.args, ctx.out
+    if a.serial_port_deprecated:
+        import sys
+
+        print("mpota: `provision --port SERIAL` is deprecated: use --serial SERIAL (--port is the agent's "
+              "TCP port everywhere else)", file=sys.stderr)
+        if a.serial_port and a.serial_port != a.serial_port_deprecated:
+            raise UsageError("--serial %s and --port %s name two serial ports" % (
+                a.serial_port, a.serial_port_deprecated), "give only --serial")
+        a.serial_port = a.serial_port_deprecated
+    if not a.serial_port and not a.dry_run:
+        raise UsageError("no serial port: give the board's with --serial (/dev/ttyACM0, COM3)",
+                         "with --dry-run, provision shows every step without a board")
     o = provision.Options(port=a.serial_port, name=a.name, ssid=a.ssid, password=_wifi_password(a),
                           country=a.country, trust=a.trust, mpy=a.mpy, dry_run=a.dry_run, wait=a.wait,
                           key_file=a.key_file, targets_file=a.targets, device_dir=a.device_dir)

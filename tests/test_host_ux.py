@@ -280,3 +280,57 @@ def test_sign_key_from_the_targets_file_signs_folder_builds(tmp_path):
     # a prebuilt image file is pushed as it is: the default key does not apply to it
     r = run_cli("-t", "s1", "--json", "--connect-timeout", "1", "push", tmp_path / "a.img", env_extra=env)
     assert r.returncode == 2 and "signing" not in r.stderr, r.stdout + r.stderr
+
+
+# --- 11b. a mistyped command is not a file to push ------------------------------------------
+
+def test_a_mistyped_command_is_named_not_pushed(tmp_path):
+    r = run_cli("-t", "127.0.0.1:1", "statsu", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "unknown command 'statsu'; did you mean status?" in r.stderr, r.stderr
+    assert "cannot read" not in r.stderr
+    # an existing path of that spelling is still pushed (here: refused as a folder without main.py)
+    (tmp_path / "statsu").mkdir()
+    r = run_cli("-t", "127.0.0.1:1", "statsu", cwd=tmp_path)
+    assert r.returncode == 1 and "main.py" in r.stderr and "unknown command" not in r.stderr, r.stderr
+
+
+# --- 11c. provision --dry-run without a board; 11f. --serial, not --port ----------------------
+
+@pytest.fixture
+def no_board(tmp_path):
+    """A fake mpremote that finds no board, a private config folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mp = bin_dir / "mpremote"
+    mp.write_text("#!%s\nimport sys\nprint('mpremote: failed to access /dev/ttyACM0 (it may be in use "
+                  "by another program)', file=sys.stderr)\nsys.exit(1)\n" % sys.executable)
+    mp.chmod(0o755)
+    return {"PATH": "%s%s%s" % (bin_dir, os.pathsep, os.environ["PATH"]),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"), "MPOTA_TARGETS": str(tmp_path / "t.toml")}
+
+
+@pytest.mark.parametrize("serial", [[], ["--serial", "/dev/ttyACM0"]])
+def test_provision_dry_run_works_without_a_board(tmp_path, no_board, serial):
+    r = run_cli("provision", *serial, "--ssid", "home", "--name", "picow-1", "--dry-run", env_extra=no_board)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for step in ("1. ask the board", "2. stage the files", "3. remove the other form", "4. record the target",
+                 "mpremote", "cp", "dry run: nothing was changed"):
+        assert step in r.stdout, (step, r.stdout)
+    assert "not run (no board)" in r.stdout and "1.23 or newer" in r.stdout
+    assert not (tmp_path / "config").exists() and not (tmp_path / "t.toml").exists()
+
+
+def test_provision_takes_serial_and_the_old_port_spelling_with_a_deprecation(tmp_path, no_board):
+    r = run_cli("provision", "--serial", "/dev/ttyACM0", "--ssid", "home", "--name", "picow-1",
+                "--password-file", os.devnull, env_extra=no_board)
+    assert r.returncode == 2 and "failed to access" in r.stderr, r.stderr   # --serial reached mpremote
+    r = run_cli("provision", "--port", "/dev/ttyACM0", "--ssid", "home", "--name", "picow-1", "--dry-run",
+                env_extra=no_board)
+    assert r.returncode == 0 and "deprecated: use --serial" in r.stderr, r.stderr
+    assert "connect /dev/ttyACM0" in r.stdout
+    r = run_cli("provision", "--ssid", "home", "--name", "picow-1", "--password-file", os.devnull,
+                env_extra=no_board)
+    assert r.returncode == 1 and "--serial" in r.stderr, r.stderr
+    help_text = run_cli("provision", "--help").stdout
+    assert "--serial SERIAL" in help_text and "--port" not in help_text
