@@ -29,7 +29,13 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
     run = "%s -t %s" % (ctx.prog, ctx.spec) if ctx.spec else ctx.prog
     name, code = type(err).__name__, getattr(err, "code", None)
     hint = None
-    if name == "Unreachable" and ctx.command != "ping":
+    if name == "Unreachable" and err.message.startswith("cannot resolve") and ".local" in err.message:
+        kf = getattr(getattr(ctx, "_target", None), "key_file", None)
+        if not kf:
+            kf = str(targets_mod.config_dir() / "keys" / ("%s.key" % _mdns_name(err.message)))
+        hint = "%s: `%s -t IP --key-file %s %s` (IP: the board's address)" % (
+            err.hint, ctx.prog, kf, ctx.command)
+    elif name == "Unreachable" and ctx.command != "ping":
         hint = "%s; `%s ping` checks that it answers" % (err.hint, run)
     elif name == "DeviceTimeout" and ctx.command == "legacy":
         hint = "is the legacy UDP service on (tools/sim.py --legacy-udp) and --udp-port right?"
@@ -83,6 +89,12 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
     if hint is not None:
         err.hint = hint
     return err
+
+
+def _mdns_name(message: str) -> str:
+    """NAME of the NAME.local a `cannot resolve` message names."""
+    m = re.search(r"cannot resolve ([^\s:]+?)\.local", message, re.I)
+    return m.group(1) if m else "NAME"
 
 
 # --- push ----------------------------------------------------------------------------

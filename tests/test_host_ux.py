@@ -334,3 +334,30 @@ def test_provision_takes_serial_and_the_old_port_spelling_with_a_deprecation(tmp
     assert r.returncode == 1 and "--serial" in r.stderr, r.stderr
     help_text = run_cli("provision", "--help").stdout
     assert "--serial SERIAL" in help_text and "--port" not in help_text
+
+
+# --- 11d. an unresolved .local name: what mDNS needs, and the IP with --key-file --------------
+
+def test_unresolved_local_name_explains_mdns_and_the_ip_fallback(monkeypatch):
+    import socket
+
+    from mpota.client import Client
+
+    def no_mdns(*a, **k):  # no lookup leaves this machine
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_mdns)
+    with pytest.raises(errors.Unreachable) as e:
+        asyncio.run(Client("picow-1.local", 8472).connect())
+    err = e.value
+    assert "mDNS" in err.hint and "avahi" in err.hint and "Bonjour" in err.hint
+    assert "answers for picow-1.local" in err.hint and "--" not in err.hint  # the library names no flag
+    ctx = _ctx(command="status", spec="picow-1")
+    ctx._target = SimpleNamespace(key_file="/home/me/.config/mpota/keys/picow-1.key")
+    hint = commands.with_cli_hint(err, ctx).hint
+    assert "`mpota -t IP --key-file /home/me/.config/mpota/keys/picow-1.key status`" in hint
+    # without a recorded key file: the one provision makes
+    with pytest.raises(errors.Unreachable) as e:
+        asyncio.run(Client("picow-2.local", 8472).connect())
+    hint = commands.with_cli_hint(e.value, _ctx(command="ping", spec="picow-2.local")).hint
+    assert "--key-file %s" % (targets.config_dir() / "keys" / "picow-2.key") in hint
