@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import sys
@@ -81,7 +82,8 @@ SHARED = {
         metavar="FILE", help="file holding the device's key (64 hex characters); default: "
                              "$MPOTA_KEY, $MPOTA_KEY_FILE, or the target's key_file")),
     "port": (("--port",), dict(type=_positive(int), metavar="N",
-                               help="TCP port of the agent (default: the target's, 8472)")),
+                               help="TCP port of the agent (default: the target's, 8472); the USB "
+                                    "serial port of `provision` is --serial")),
     "udp_port": (("--udp-port",), dict(type=_positive(int), metavar="N",
                                        help="UDP port of the legacy service (default: the target's, 8473)")),
     "timeout": (("--timeout",), dict(type=_positive(float), default=10.0, metavar="S",
@@ -146,7 +148,8 @@ def _u32(text):
 
 def _sign_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sign-key", metavar="PEM", help="sign the built image with this Ed25519 private key "
-                                                     "(`mpota keygen` makes one)")
+                                                     "(`mpota keygen` makes one); default: the target's "
+                                                     "sign_key, else the targets file's top-level one")
     p.add_argument("--security-counter", type=_u32, metavar="N",
                    help="put security counter N (0-4294967295) in the signed image: a device refuses "
                         "images whose counter is below the highest it has confirmed, whatever the flags")
@@ -165,6 +168,9 @@ def _push_opts(p):
                    help="stop with the new version running on trial (`confirm` keeps it)")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="let an older version replace the confirmed one")
+    p.add_argument("--force", action="store_true",
+                   help="push even when this very image already runs (a no-op otherwise), or when the "
+                        "running version has this version number with other content (refused otherwise)")
     p.add_argument("--window", type=_positive(int), metavar="BYTES",
                    help="at most this many bytes in flight (default: what the device offers)")
     p.add_argument("--retries", type=_non_negative, default=5, metavar="N",
@@ -176,7 +182,8 @@ def _push_opts(p):
 
 def _build_opts(p):
     p.add_argument("folder", metavar="FOLDER", help="the app folder: main.py (defining main()) and "
-                                                    "any other .py/.mpy files and subfolders")
+                                                    "any other files and subfolders (all go in, but junk: "
+                                                    "__pycache__, dotfiles, *.pyc, editor backups)")
     p.add_argument("--version", metavar="X.Y.Z[+B]",
                    help="the image version (default: FOLDER/VERSION); major and minor 0-255, "
                         "revision 0-65535, build 0-4294967295")
@@ -197,6 +204,11 @@ def _read_opts(p):
 def _dump_opts(p):
     _slot_opt(p, "save")
     p.add_argument("-o", "--output", metavar="FILE", help="where to save the image (default slot-SLOT.img)")
+
+
+def _confirm_opts(p):
+    p.add_argument("--force", action="store_true",
+                   help="confirm even a version whose app crashed (refused otherwise)")
 
 
 def _reset_opts(p):
@@ -228,8 +240,11 @@ def _pubkey_opts(p):
 
 
 def _provision_opts(p):
-    p.add_argument("--port", dest="serial_port", required=True, metavar="SERIAL",
-                   help="the board's USB serial port (/dev/ttyACM0, /dev/cu.usbmodem101, COM3)")
+    p.add_argument("--serial", dest="serial_port", metavar="SERIAL",
+                   help="the board's USB serial port (/dev/ttyACM0, /dev/cu.usbmodem101, COM3); "
+                        "required unless --dry-run")
+    # the old spelling: --port is the agent's TCP port everywhere else (deprecated here)
+    p.add_argument("--port", dest="serial_port_deprecated", metavar="SERIAL", help=argparse.SUPPRESS)
     p.add_argument("--name", required=True, metavar="NAME",
                    help="the device's name: its target name and Wi-Fi hostname (reached as NAME.local)")
     p.add_argument("--ssid", required=True, metavar="SSID", help="the Wi-Fi network to join")
@@ -246,8 +261,8 @@ def _provision_opts(p):
                            "where no matching mpy-cross is installed (the default)")
     form.add_argument("--py", dest="mpy", action="store_false", help="install the agent as .py source")
     p.add_argument("--dry-run", action="store_true",
-                   help="ask the board its version (read-only), then show every step and mpremote "
-                        "command without changing anything")
+                   help="ask the board its version (read-only; marked not run when there is no board or "
+                        "no --serial), then show every step and mpremote command without changing anything")
     p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
                    help="seconds to wait for the agent's ready line after the reset (default 60)")
     p.add_argument("--device-dir", metavar="DIR",
@@ -276,10 +291,10 @@ class Command:
 COMMANDS = [
     Command("push", commands.cmd_push, "upload an image (or app folder), commit, reset, check, confirm "
             "(the default command)", _push_opts, DEVICE + ("parallel",), fleet=True,
-            prepare=lambda args: {"image": commands.load_image(args)},
+            prepare=commands.prepare_push,
             examples=("-t pico push app.img", "-t sim push examples/hello --version 1.2.0",
                       "-t pico push app.img --no-confirm", "-t greenhouse push app.img --parallel 8")),
-    Command("build", commands.cmd_build, "build an application image from a folder of .py/.mpy files",
+    Command("build", commands.cmd_build, "build an application image from an app folder (every file but junk)",
             _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
                                            "build examples/hello --mpy")),
     Command("status", commands.cmd_status, "show slots, versions, space, the running app and the boot note",
@@ -292,8 +307,9 @@ COMMANDS = [
             _dump_opts, examples=("-t pico dump --slot a -o a.img",)),
     Command("reset", commands.cmd_reset, "reset the device", _reset_opts, DEVICE + ("parallel",), fleet=True,
             examples=("-t pico reset --wait 30",)),
-    Command("confirm", commands.cmd_confirm, "confirm the version on trial (the app normally does it itself)",
-            None, DEVICE + ("parallel",), fleet=True, examples=("-t pico confirm",)),
+    Command("confirm", commands.cmd_confirm, "confirm the version on trial (the app normally does it itself); "
+            "refused when its app crashed, unless --force",
+            _confirm_opts, DEVICE + ("parallel",), fleet=True, examples=("-t pico confirm",)),
     Command("rollback", commands.cmd_rollback, "boot the last confirmed other slot at the next reset",
             examples=("-t pico rollback && mpota -t pico reset",)),
     Command("erase", commands.cmd_erase, "erase a slot that is not running", lambda p: _slot_opt(p, "erase"),
@@ -310,8 +326,8 @@ COMMANDS = [
     Command("provision", commands.cmd_provision, "set up a board over USB: device config (Wi-Fi, name), "
             "device key, trusted signing key, the agent; reset it, wait for it, record it as a target",
             _provision_opts, ("targets", "key_file") + OUTPUT,
-            examples=("provision --port /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
-                      "provision --port /dev/ttyACM0 --ssid home --name picow-1 --dry-run")),
+            examples=("provision --serial /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
+                      "provision --ssid home --name picow-1 --dry-run")),
 ]
 BY_NAME = {c.name: c for c in COMMANDS}
 
@@ -386,6 +402,12 @@ def _insert_default_command(argv: list, value_opts: set) -> list:
             continue
         if a in BY_NAME:
             return argv
+        close = difflib.get_close_matches(a, list(BY_NAME), n=1, cutoff=0.6)
+        if close and not os.path.exists(os.path.expanduser(a)):
+            # not a file to push but a typo of a command (`statsu`)
+            raise UsageError("unknown command %r; did you mean %s?" % (a, close[0]),
+                             "the commands are %s; a bare IMAGE or FOLDER (an existing path) is pushed"
+                             % ", ".join(BY_NAME))
         return ["push"] + argv
     return argv
 
@@ -399,7 +421,12 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
         pass
     else:
         argcomplete.autocomplete(p)
-    args = p.parse_args(_insert_default_command(argv, _value_options(p)))
+    try:
+        argv = _insert_default_command(argv, _value_options(p))
+    except UsageError as e:
+        p.print_usage(sys.stderr)
+        p.exit(EXIT_USAGE, "%s: error: %s\nhint: %s\n" % (p.prog, e.message, e.hint))
+    args = p.parse_args(argv)
     if not args.command:
         p.print_help(sys.stderr)
         raise SystemExit(EXIT_USAGE)

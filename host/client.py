@@ -66,6 +66,12 @@ def _hexdump_head(b: bytes, n: int = 48) -> str:
     return b[:n].hex() + ("..(%d bytes)" % len(b) if len(b) > n else "")
 
 
+MDNS_HINT = ("a .local name is resolved by mDNS: this host must resolve .local names (Linux: avahi-daemon "
+             "with nss-mdns, mdns4_minimal in /etc/nsswitch.conf; macOS: built in; Windows: Bonjour) and "
+             "be on the board's network, where the board answers for %s.local once it has joined Wi-Fi; "
+             "or reach it by its IP address (your router's client list, or the board's serial output)")
+
+
 class Client:
     """One connection to a device agent.
 
@@ -137,6 +143,9 @@ class Client:
                 loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM),
                 self.connect_timeout)
         except (socket.gaierror, asyncio.TimeoutError) as e:
+            if self.host.rstrip(".").lower().endswith(".local"):
+                raise Unreachable("cannot resolve %s: %s" % (self.host, e or "timed out"), MDNS_HINT % (
+                    self.host.rstrip(".")[:-len(".local")]))
             raise Unreachable("cannot resolve %s: %s" % (self.host, e or "timed out"))
         errors = []
         for family, _type, _proto, _, sockaddr in infos:

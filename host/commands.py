@@ -9,8 +9,10 @@ commands and flags (`with_cli_hint`): the library's errors know nothing of them.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
+from typing import Optional
 
 
 from .codec import mpota_lineproto as lineproto
@@ -27,7 +29,13 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
     run = "%s -t %s" % (ctx.prog, ctx.spec) if ctx.spec else ctx.prog
     name, code = type(err).__name__, getattr(err, "code", None)
     hint = None
-    if name == "Unreachable" and ctx.command != "ping":
+    if name == "Unreachable" and err.message.startswith("cannot resolve") and ".local" in err.message:
+        kf = getattr(getattr(ctx, "_target", None), "key_file", None)
+        if not kf:
+            kf = str(targets_mod.config_dir() / "keys" / ("%s.key" % _mdns_name(err.message)))
+        hint = "%s: `%s -t IP --key-file %s %s` (IP: the board's address)" % (
+            err.hint, ctx.prog, kf, ctx.command)
+    elif name == "Unreachable" and ctx.command != "ping":
         hint = "%s; `%s ping` checks that it answers" % (err.hint, run)
     elif name == "DeviceTimeout" and ctx.command == "legacy":
         hint = "is the legacy UDP service on (tools/sim.py --legacy-udp) and --udp-port right?"
@@ -38,8 +46,19 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
         hint = err.hint + ", or --key-file FILE"
     elif name == "NoSpace":
         hint = "%s; `%s status` shows the slot size and free space" % (err.hint, run)
+    elif name == "VersionRefused" and "security counter" in err.message:
+        # the anti-rollback floor: no flag lets a lower counter in (docs/security.md)
+        m = re.search(r"floor (\d+)", err.message)
+        hint = ("the device's anti-rollback floor refuses it whatever the flags (--allow-downgrade cannot "
+                "help): build it from its folder with --security-counter N, N at least %s, and sign it"
+                % (m.group(1) if m else "the device's floor"))
     elif name == "VersionRefused":
         hint = "build it with a higher --version, or push it with --allow-downgrade"
+    elif name == "VersionClash":
+        hint = "build it with a new --version, or push it with --force to replace the running one anyway"
+    elif name == "CrashedTrial":
+        hint = ("`%s rollback` then `%s reset` returns to the confirmed version; or fix the app and push "
+                "again; `%s confirm --force` keeps the crashed one anyway" % (run, run, run))
     elif name == "BadImage":
         hint = "rebuild it: `%s build FOLDER --version X.Y.Z`" % ctx.prog
     elif name == "AppCrashed":
@@ -49,6 +68,9 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
                     % (run, run, err.rollback_slot, err.max_trials or "a few"))  # type: ignore[attr-defined]
         else:
             hint = "there is no confirmed version to roll back to: fix the app and push again"
+    elif code == "incorrect_state" and getattr(err, "op", None) == "begin" and getattr(err, "trial_crash", None):
+        hint = ("the version on trial crashed (%s): `%s rollback` then `%s reset` returns to the confirmed "
+                "one; or fix the app and push it once that is done" % (err.trial_crash, run, run))  # type: ignore[attr-defined]
     elif code == "incorrect_state" and getattr(err, "op", None) == "begin":
         hint = ("a version is on trial: `%s confirm` keeps it; `%s rollback` then `%s reset` returns "
                 "to the confirmed one" % (run, run, run))
@@ -69,26 +91,81 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
     return err
 
 
+def _mdns_name(message: str) -> str:
+    """NAME of the NAME.local a `cannot resolve` message names."""
+    m = re.search(r"cannot resolve ([^\s:]+?)\.local", message, re.I)
+    return m.group(1) if m else "NAME"
+
+
 # --- push ----------------------------------------------------------------------------
 
-def load_image(args) -> images.Image:
-    return images.load(args.image, args.version, args.sign_key, args.mpy, args.security_counter)
+def load_image(args, default_key: Optional[str] = None) -> images.Image:
+    """The image to push: --sign-key, else `default_key` (the target's or the targets
+    file's sign_key) signs a folder build; a default key never applies to an image file."""
+    key = args.sign_key or (default_key if Path(args.image).expanduser().is_dir() else None)
+    return images.load(args.image, args.version, key, args.mpy, args.security_counter)
+
+
+def default_sign_key(args) -> Optional[str]:
+    """The targets file's top-level sign_key (None when absent or the file has none)."""
+    return targets_mod.load_config(targets_mod.targets_path(getattr(args, "targets", None)))["sign_key"]
+
+
+def prepare_push(args) -> dict:
+    """Done once before any device: build (or check) the image with the file's default key."""
+    key = args.sign_key or default_sign_key(args)
+    return {"images": {key: load_image(args, key)}}
+
+
+def _push_image(ctx) -> images.Image:
+    """This device's image: one build per signing key, shared by the devices of a fleet run."""
+    key = ctx.args.sign_key or ctx.target.sign_key
+    cache = ctx.shared.setdefault("images", {})
+    if key not in cache:
+        cache[key] = load_image(ctx.args, key)
+    return cache[key]
 
 
 def _target_line(t) -> str:
     return t.address if t.name == t.address else "%s (%s)" % (t.name, t.address)
 
 
+def build_summary(img) -> str:
+    """What a folder build put in the image and what it left out, for people ("" if not built)."""
+    if not img.built or img.files is None:
+        return ""
+    n = len(img.files)
+    text = "\n  %d file%s, %s, in an image of %s" % (n, "" if n == 1 else "s", fmt_size(img.file_bytes),
+                                                   fmt_size(img.size))
+    if img.excluded:
+        text += "\n  excluded (junk): %s" % ", ".join(img.excluded)
+    if img.signed_with:
+        text += "\n  signed with %s" % img.signed_with
+    return text
+
+
+def build_fields(img) -> dict:
+    """The JSON fields of a folder build: its files and what was excluded."""
+    if not img.built or img.files is None:
+        return {}
+    return {"files": img.files, "file_bytes": img.file_bytes, "excluded": img.excluded or [],
+            "signed_with": img.signed_with}
+
+
 def _image_event(out, img) -> None:
-    out.event("image", "image %s %s, %s, sha256 %s…" % (
+    out.event("image", "image %s %s, %s, sha256 %s…%s" % (
         img.version, "built from " + Path(img.source).name + "/" if img.built else Path(img.source).name,
-        fmt_size(img.size), img.sha256[:12]),
-        source=img.source, built=img.built, version=img.version, size=img.size, sha256=img.sha256)
+        fmt_size(img.size), img.sha256[:12], build_summary(img)),
+        source=img.source, built=img.built, version=img.version, size=img.size, sha256=img.sha256,
+        **build_fields(img))
 
 
 def _push_text(ctx, name: str, f: dict):
     """The line people see for a push event (None: JSON only)."""
     run = "%s -t %s" % (ctx.prog, ctx.spec)
+    if name == "unchanged":
+        return "%s already runs; nothing to do (slot %s, %s; --force reinstalls it)" % (
+            f["version"], f["slot"], f["state"])
     if name == "begin":
         if f.get("resumed"):
             return "resuming upload at %s of %s" % (fmt_size(f["offset"]), fmt_size(f["size"]))
@@ -110,6 +187,8 @@ def _push_text(ctx, name: str, f: dict):
     if name == "booted":
         return "booted %s from slot %s (%s), app %s" % (f["version"], f["slot"], f["state"], f["app"])
     if name == "done":
+        if f.get("unchanged"):
+            return None  # the `unchanged` line said it all
         if f["state"] == "pending":
             return "[green]done[/]: %s pending in slot %s; `%s reset` boots it on trial" % (
                 f["version"], f["slot"], run)
@@ -123,8 +202,8 @@ def _push_text(ctx, name: str, f: dict):
 
 async def cmd_push(ctx) -> int:
     args, out = ctx.args, ctx.out
-    img = ctx.shared.get("image") or load_image(args)
     t = ctx.target
+    img = _push_image(ctx)
     out.event("target", "target [bold]%s[/]" % _target_line(t), **t.describe())
     _image_event(out, img)
 
@@ -137,7 +216,8 @@ async def cmd_push(ctx) -> int:
 
     try:
         await flows.push(t, img, confirm=not args.no_confirm, reset=not args.no_reset,
-                         allow_downgrade=args.allow_downgrade, window=args.window, retries=args.retries,
+                         allow_downgrade=args.allow_downgrade, force=args.force, window=args.window,
+                         retries=args.retries,
                          wait=args.wait, connect_timeout=args.connect_timeout, timeout=args.timeout,
                          on_event=on_event, on_progress=out.progress)
     finally:
@@ -322,7 +402,7 @@ async def cmd_reset(ctx) -> int:
 
 
 async def cmd_confirm(ctx) -> int:
-    r = await (await ctx.client()).confirm()
+    r = await flows.confirm_trial(await ctx.client(), force=ctx.args.force)
     ctx.out.event("confirmed", "slot %s confirmed" % r.get("slot"), slot=r.get("slot"), state=r.get("state"))
     return EXIT_OK
 
@@ -345,12 +425,13 @@ async def cmd_erase(ctx) -> int:
 
 def cmd_build(ctx) -> int:
     args, out = ctx.args, ctx.out
-    img = images.build_folder(Path(args.folder), args.version, args.sign_key, args.mpy, args.security_counter)
+    img = images.build_folder(Path(args.folder), args.version, args.sign_key or default_sign_key(args), args.mpy,
+                              args.security_counter)
     output = args.output or "%s-%s.img" % (Path(args.folder).resolve().name, img.version.split("+")[0])
     Path(output).write_bytes(img.data)
-    out.event("built", "built %s\n  version %s, %s, sha256 %s…" % (output, img.version, fmt_size(img.size),
-                                                                      img.sha256[:12]),
-              output=output, version=img.version, size=img.size, sha256=img.sha256)
+    out.event("built", "built %s\n  version %s, %s, sha256 %s…%s" % (
+        output, img.version, fmt_size(img.size), img.sha256[:12], build_summary(img)),
+        output=output, version=img.version, size=img.size, sha256=img.sha256, **build_fields(img))
     return EXIT_OK
 
 
@@ -365,7 +446,7 @@ def cmd_targets(ctx) -> int:
         entry = dict(targets_mod.BUILTINS.get(n, {}))
         entry.update(table.get(n, {}))
         src = "file" if n in table else "built-in"
-        extra = "".join("  %s %s" % (k, entry[k]) for k in ("device_id", "key_file") if entry.get(k))
+        extra = "".join("  %s %s" % (k, entry[k]) for k in ("device_id", "key_file", "sign_key") if entry.get(k))
         out.event("target", "  %-12s %s:%s udp %s%s  (%s)" % (
             n, entry.get("host"), entry.get("port", lineproto.TCP_PORT), entry.get("udp_port", lineproto.UDP_PORT),
             extra, src),
@@ -440,6 +521,18 @@ def cmd_provision(ctx) -> int:
     from . import provision
 
     a, out = ctx.args, ctx.out
+    if a.serial_port_deprecated:
+        import sys
+
+        print("mpota: `provision --port SERIAL` is deprecated: use --serial SERIAL (--port is the agent's "
+              "TCP port everywhere else)", file=sys.stderr)
+        if a.serial_port and a.serial_port != a.serial_port_deprecated:
+            raise UsageError("--serial %s and --port %s name two serial ports" % (
+                a.serial_port, a.serial_port_deprecated), "give only --serial")
+        a.serial_port = a.serial_port_deprecated
+    if not a.serial_port and not a.dry_run:
+        raise UsageError("no serial port: give the board's with --serial (/dev/ttyACM0, COM3)",
+                         "with --dry-run, provision shows every step without a board")
     o = provision.Options(port=a.serial_port, name=a.name, ssid=a.ssid, password=_wifi_password(a),
                           country=a.country, trust=a.trust, mpy=a.mpy, dry_run=a.dry_run, wait=a.wait,
                           key_file=a.key_file, targets_file=a.targets, device_dir=a.device_dir)

@@ -119,6 +119,23 @@ class VerifyFailed(DeviceError):
     default_hint = "the stored image did not match its SHA-256; push it again"
 
 
+class VersionClash(MpotaError):
+    """The image has the version number of the one running but other content: two
+    builds under one number cannot be told apart later (nothing was sent)."""
+
+    exit_code = EXIT_REFUSED
+    default_hint = "give the new build its own version number, or replace the running one anyway (force)"
+
+
+class CrashedTrial(MpotaError):
+    """Confirming was refused: the version on trial has an app that crashed, and
+    confirming would make it permanent (nothing was sent)."""
+
+    exit_code = EXIT_REFUSED
+    default_hint = ("roll back to the confirmed version, or fix the app and push again; confirm it "
+                    "anyway only with force")
+
+
 class NotTaken(MpotaError):
     """The upload succeeded but the device did not come back running the new image."""
 

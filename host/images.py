@@ -31,6 +31,7 @@ from .codec import mpota_lineproto as lineproto
 from .codec import mpota_mcuboot as mcuboot  # the codec's MCUboot parser, also run by the device
 from . import deploy
 from .errors import BadImage, UsageError
+from .targets import warn_if_exposed
 
 BLOCK_SIZE = 4096
 PROG_SIZE = 256
@@ -51,17 +52,40 @@ class AppImageError(ValueError):
 
 # -- littlefs -------------------------------------------------------------------
 
-def _app_files(folder):
+# What never goes into an image: version control, caches, editor and OS litter.
+JUNK_DIRS = ("__pycache__",)           # and every folder whose name starts with "."
+JUNK_SUFFIXES = (".pyc", ".pyo", "~", ".swp", ".swo", ".bak")
+
+
+def is_junk(name: str, folder: bool = False) -> bool:
+    """A file or folder name that is left out of app images: dotfiles and dot
+    folders (.git, .DS_Store), __pycache__, compiled CPython files (.pyc),
+    editor backups and swap files (x~, #x#, .swp, .swo, .bak)."""
+    if name.startswith("."):
+        return True
+    if folder:
+        return name in JUNK_DIRS
+    return name.endswith(JUNK_SUFFIXES) or (len(name) > 1 and name.startswith("#") and name.endswith("#"))
+
+
+def scan_app(folder) -> tuple:
+    """(root, files, excluded): every file of the app folder, subfolders included,
+    as '/'-separated paths, and what is_junk() left out (a folder as 'name/')."""
     root = Path(folder)
     if not root.is_dir():
         raise AppImageError("not a folder: %s" % root)
-    files = []
+    files, excluded = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")))
+        rel = Path(dirpath).relative_to(root)
+        excluded += [(rel / d).as_posix() + "/" for d in sorted(dirnames) if is_junk(d, True)]
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d, True))
         for name in sorted(filenames):
-            if name.endswith(APP_SUFFIXES):
-                p = Path(dirpath) / name
-                files.append(p.relative_to(root).as_posix())
+            (excluded if is_junk(name) else files).append((rel / name).as_posix())
+    return root, files, excluded
+
+
+def _app_files(folder):
+    root, files, _ = scan_app(folder)
     check_app_names(files, root)
     return root, files
 
@@ -79,6 +103,8 @@ def check_app_names(files, where) -> None:
     agent = deploy.agent_modules() - {"main"}
     for rel in sorted(files):
         top, sep, _ = rel.partition("/")
+        if not sep and not top.endswith(APP_SUFFIXES):
+            continue  # a data file (config.json) is no module: only .py, .mpy and folders import
         name = top if sep else top.rpartition(".")[0]
         if deploy.agent_name(name) or name in agent:
             raise AppImageError("%s/%s is in the agent's namespace (module %s), so the device would "
@@ -181,7 +207,7 @@ def _lfs_image(contents, block_count):
 
 
 def build_littlefs(folder, block_count=None, mpy=False):
-    """A littlefs image of the folder's .py/.mpy files (subfolders kept; every .py
+    """A littlefs image of the folder's files (subfolders kept, is_junk() ones left out; every .py
     compiled to check it, and shipped as .mpy with `mpy`), with an exact block
     count: the smallest that fits plus HEADROOM_BLOCKS, unless given."""
     from littlefs import LittleFSError
@@ -283,6 +309,10 @@ class Image:
     version: str            # "major.minor.revision+build"
     source: str             # file path or folder it was built from
     built: bool = False     # True when built from a folder just now
+    files: Optional[list] = None     # built: the app's files in the image ('/'-separated)
+    file_bytes: int = 0              # built: their total size in the folder
+    excluded: Optional[list] = None  # built: what was left out (is_junk)
+    signed_with: Optional[str] = None  # built: the signing key's file
 
     @property
     def size(self) -> int:
@@ -325,25 +355,29 @@ def folder_version(folder: Path) -> Optional[str]:
 
 def build_folder(folder: Path, version: Optional[str], sign_key: Optional[str] = None,
                  mpy: bool = False, security_counter: Optional[int] = None) -> Image:
-    """Build an application image from a folder of .py/.mpy files (signed with
+    """Build an application image from an app folder, every file but is_junk() ones (signed with
     `sign_key`, with a SEC_CNT TLV when `security_counter` is given)."""
     if not folder.is_dir():
         raise UsageError("%s is not a folder" % folder)
     try:
-        _app_files(folder)  # no main.py, or a name of the agent's: refused before anything else
+        root, files = _app_files(folder)  # no main.py, or a name of the agent's: refused before anything else
     except AppImageError as e:
         raise UsageError(str(e), e.hint) from None
+    excluded = scan_app(folder)[2]
     version = version or folder_version(folder)
     if not version:
         raise UsageError("no version for %s" % folder, "give one (X.Y.Z) or put it in %s/VERSION" % folder)
     kwargs = {"version": version, "mpy": mpy, "security_counter": security_counter}
     if sign_key:
+        warn_if_exposed(sign_key, "signing key")
         kwargs["key"] = sign_key
     try:
         data = build_app_image(str(folder), **kwargs)
     except (ValueError, OSError) as e:
         raise UsageError("cannot build %s: %s" % (folder, e), getattr(e, "hint", None))
-    return Image(data=bytes(data), version=check_image(data, str(folder)), source=str(folder), built=True)
+    return Image(data=bytes(data), version=check_image(data, str(folder)), source=str(folder), built=True,
+                 files=files, file_bytes=sum((root / f).stat().st_size for f in files), excluded=excluded,
+                 signed_with=str(sign_key) if sign_key else None)
 
 
 def load(path: str, version: Optional[str] = None, sign_key: Optional[str] = None,

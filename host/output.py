@@ -209,7 +209,8 @@ class FleetOutput(Output):
 _STATES = {"begin": "uploading", "resume": "uploading", "reconnect": "reconnecting",
            "busy_wait": "busy, waiting", "update_mode": "restarting (update mode)",
            "uploaded": "committing", "committed": "committed",
-           "reset": "resetting", "back": "back", "booted": "on trial", "done": "[green]done[/]",
+           "reset": "resetting", "back": "back", "booted": "on trial", "unchanged": "already runs",
+           "done": "[green]done[/]",
            "error": "[red]failed[/]"}
 
 

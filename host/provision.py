@@ -8,7 +8,9 @@ The steps, each shown by `mpota provision --dry-run` with its exact command:
 1. Ask the board what it runs (`mpremote exec`: sys.implementation and its
    unique id, which is the device id the agent reports). Refuse MicroPython
    below 1.23 (the app filesystem needs the `vfs` module) or an answer that is
-   not MicroPython. This query is read-only: a dry run asks it too.
+   not MicroPython. This query is read-only: a dry run asks it too, and goes
+   on without a board (no serial port, or none answers), the check marked
+   as not run.
 2. Stage the files in a private temporary folder: the device config
    (mpota.json: Wi-Fi, hostname = the name, auth on), the device's
    authentication key (mpota_key.bin: 32 random bytes, kept on the host as
@@ -57,7 +59,7 @@ class BoardError(ConnectionProblem):
 
 @dataclass
 class Options:
-    port: str                          # the serial port (/dev/ttyACM0, COM3)
+    port: Optional[str]                # the serial port (/dev/ttyACM0, COM3); None: a dry run without a board
     name: str                          # target name and Wi-Fi hostname
     ssid: Optional[str] = None
     password: Optional[str] = None     # None in a dry run: never shown anyway
@@ -85,7 +87,7 @@ class Board:
 
 @dataclass
 class Result:
-    board: Board
+    board: Optional[Board]             # None: a dry run without a board
     files: list                        # names on the board
     commands: list                     # the mpremote commands (argv lists), in order
     target: dict                       # what the targets file records
@@ -190,8 +192,8 @@ def _check(o: Options) -> None:
 class Runner:
     """Runs mpremote commands (or, in a dry run, only shows those that change the board)."""
 
-    def __init__(self, port: str, say: Callable, dry_run: bool):
-        self.base = mpremote_command() + ["connect", port]
+    def __init__(self, port: Optional[str], say: Callable, dry_run: bool):
+        self.base = mpremote_command() + ["connect", port or "SERIAL"]
         self.say, self.dry_run = say, dry_run
         self.commands: list = []
 
@@ -245,13 +247,17 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
     tpath = targets.targets_path(o.targets_file)
 
     say("1. ask the board what it runs (read-only)")
-    board = parse_board(runner.run("exec", QUERY, read_only=True, timeout=30))
-    say("   MicroPython %s on %s, .mpy %d.%d, device id %s" % (
-        board.version_text, board.machine, *deploy.mpy_target(board.mpy)[:2], board.device_id or "unknown"))
+    board = _ask_board(o, runner, say)
+    if board is not None:
+        say("   MicroPython %s on %s, .mpy %d.%d, device id %s" % (
+            board.version_text, board.machine, *deploy.mpy_target(board.mpy)[:2], board.device_id or "unknown"))
 
-    compiler = mpy_cross_for(board) if o.mpy else None
+    compiler = mpy_cross_for(board) if o.mpy and board is not None else None
     form = "mpy" if compiler else "py"
-    if o.mpy and not compiler:
+    if o.mpy and board is None:
+        say("   no board: the agent's form (.mpy for the board's .mpy version, where an mpy-cross here "
+            "emits it, else .py) is decided on a real run; shown as .py")
+    elif o.mpy and not compiler:
         say("   no mpy-cross here emits .mpy %d.%d: installing the agent as .py" % deploy.mpy_target(board.mpy)[:2])
 
     key_path = device_key_path(o)
@@ -296,12 +302,12 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
         runner.run("reset")
 
     entry = {"host": "%s.local" % o.name, "key_file": _relative(key_path, tpath.parent),
-             "device_id": board.device_id}
+             "device_id": board.device_id if board else None}
     say("4. record the target %s in %s: %s" % (o.name, tpath, ", ".join(
         "%s = %s" % (k, v) for k, v in entry.items() if v)))
     result = Result(board, files, runner.commands, entry, tpath)
     if o.dry_run:
-        say("   then wait up to %.0f s for the agent's `mpota: ready` line on %s" % (o.wait, o.port))
+        say("   then wait up to %.0f s for the agent's `mpota: ready` line on %s" % (o.wait, o.port or "SERIAL"))
         return result
     targets.record(tpath, o.name, entry)
     say("   waiting up to %.0f s for the agent's `mpota: ready` line on %s" % (o.wait, o.port))
@@ -312,6 +318,25 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
                          "(Wi-Fi name or password?). It may also have printed the line before the port "
                          "reopened: try reaching it over Wi-Fi")
     return result
+
+
+def _ask_board(o: Options, runner: Runner, say: Callable) -> Optional[Board]:
+    """Step 1: the board's MicroPython (refused below MIN_VERSION). A dry run goes on
+    without a board (no serial port given, or none answers): the check is shown as
+    not run."""
+    if o.port is None and o.dry_run:
+        say("   not run (no board): no --serial given; a real run checks for MicroPython %d.%d or newer "
+            "here, and records the board's device id" % MIN_VERSION)
+        return None
+    try:
+        text = runner.run("exec", QUERY, read_only=True, timeout=30)
+    except BoardError as e:
+        if not o.dry_run:
+            raise
+        say("   not run (no board): %s; a real run checks for MicroPython %d.%d or newer here, and records "
+            "the board's device id" % ((e.message,) + MIN_VERSION))
+        return None
+    return parse_board(text)
 
 
 def _relative(path: Path, base: Path) -> str:

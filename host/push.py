@@ -27,8 +27,8 @@ from typing import Any, Callable, Optional
 from .codec import mpota_lineproto as lineproto
 from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, EventCb, ProgressCb, PushResult, expected_device,
                      push_image, wait_for_device, within)
-from .errors import (CrcMismatch, DeviceError, DeviceTimeout, NotTaken, Unreachable,
-                     VerifyFailed, device_error)
+from .errors import (CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout, NotTaken, Unreachable,
+                     VerifyFailed, VersionClash, device_error)
 from .images import Image
 
 log = logging.getLogger("mpota.push")
@@ -62,6 +62,7 @@ class PushReport:
     upload: PushResult
     confirmed_by: Optional[str] = None       # "app" or "host"
     status: dict = field(default_factory=dict)  # the device's status after the boot
+    unchanged: bool = False                  # the image already ran: nothing sent, no reset
 
     def summary(self) -> dict:
         return dict(ok=True, slot=self.slot, version=self.version, bytes=self.upload.size,
@@ -85,19 +86,98 @@ def running_version(st: dict) -> str:
     return (st.get("slots", {}).get(r) or {}).get("version") or "no version" if r else "no app"
 
 
+RUNNING_STATES = ("active", "trial", "confirmed")
+
+
+def running_image(st: dict) -> Optional[tuple]:
+    """(slot name, its status entry) of the image the device runs, or None."""
+    name = st.get("running")
+    s = (st.get("slots") or {}).get(name) if name else None
+    return (name, s) if s and s.get("state") in RUNNING_STATES else None
+
+
+def already_runs(st: dict, image: Image) -> Optional[str]:
+    """The running slot when it holds exactly `image` (same SHA-256); VersionClash
+    when it holds the same version number with other content; else None."""
+    run = running_image(st)
+    if run is None:
+        return None
+    slot, s = run
+    sha = (s.get("sha256") or "").lower()
+    if sha and sha == image.sha256:
+        return slot
+    if sha and s.get("version") and same_version(s.get("version"), image.version):
+        raise VersionClash("version %s already runs in slot %s with other content (sha256 %s… on the "
+                           "device, %s… in this image)" % (image.version, slot, sha[:12], image.sha256[:12]))
+    return None
+
+
+def trial_crash(st: dict) -> Optional[str]:
+    """The app error of a version on trial whose app crashed, else None."""
+    app = st.get("app") or {}
+    if st.get("trial") and app.get("state") == "crashed":
+        return app.get("error") or "no error text"
+    return None
+
+
+async def confirm_trial(c: Client, *, force: bool = False) -> dict:
+    """Confirm the version on trial over the connected client `c`, unless its app
+    crashed (CrashedTrial, nothing sent): `force` confirms it anyway. Returns the
+    device's confirm reply."""
+    if not force:
+        st = await c.status()
+        crash = trial_crash(st)
+        if crash is not None:
+            run = running_image(st) or (st.get("running"), {})
+            raise CrashedTrial("not confirming slot %s (%s): it is on trial and its app crashed: %s" % (
+                run[0], run[1].get("version") or "no version", crash))
+    return await c.confirm()
+
+
+async def device_status(target, *, connect_timeout: float = CONNECT_TIMEOUT,
+                        timeout: float = IO_TIMEOUT) -> dict:
+    """The device's full status (authenticated when the target has a key)."""
+    async with Client(target.host, target.port, key=target.key, connect_timeout=connect_timeout,
+                      timeout=timeout, expect_device=expected_device(target)) as c:
+        return await c.status()
+
+
 async def push(target, image: Image, *, confirm: bool = True, reset: bool = True,
-               allow_downgrade: bool = False, window: Optional[int] = None, retries: int = 5,
-               wait: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
-               on_event: Optional[EventCb] = None, on_progress: Optional[ProgressCb] = None) -> PushReport:
+               allow_downgrade: bool = False, force: bool = False, window: Optional[int] = None,
+               retries: int = 5, wait: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT,
+               timeout: float = IO_TIMEOUT, on_event: Optional[EventCb] = None,
+               on_progress: Optional[ProgressCb] = None) -> PushReport:
     """Push `image` to `target`: upload, commit, then (unless reset=False) reset, wait
     up to `wait` seconds for the device, check the trial and (unless confirm=False)
     confirm it. Events: begin, reconnect, resume, busy_wait, uploaded, committed,
-    upload_stats, reset, back, booted, done."""
-    res = await push_image(target.host, target.port, image.data, key=target.key, version=image.version,
-                           allow_downgrade=allow_downgrade, window=window, retries=retries,
-                           connect_timeout=connect_timeout, timeout=timeout,
-                           on_progress=on_progress, on_event=on_event,
-                           expect_device=expected_device(target))
+    upload_stats, reset, back, booted, done.
+
+    First the device's status is read: when the running image is this very image
+    (same SHA-256) nothing is sent and nothing reset (event `unchanged`, then
+    `done` with unchanged=True); the same version number with other content
+    raises VersionClash. `force` skips both checks and reinstalls."""
+    before = await device_status(target, connect_timeout=connect_timeout, timeout=timeout)
+    if not force:
+        slot = already_runs(before, image)
+        if slot is not None:
+            s = before["slots"][slot]
+            report = PushReport(version=image.version, slot=slot, state=s.get("state") or "active",
+                                upload=PushResult(slot=slot, size=image.size, sha256=image.sha256),
+                                status=before, unchanged=True)
+            _emit(on_event, "unchanged", slot=slot, version=image.version, state=report.state,
+                  sha256=image.sha256)
+            _emit(on_event, "done", state=report.state, unchanged=True, **report.summary())
+            return report
+    try:
+        res = await push_image(target.host, target.port, image.data, key=target.key, version=image.version,
+                               allow_downgrade=allow_downgrade, window=window, retries=retries,
+                               connect_timeout=connect_timeout, timeout=timeout,
+                               on_progress=on_progress, on_event=on_event,
+                               expect_device=expected_device(target))
+    except DeviceError as e:
+        if e.code == "incorrect_state" and e.op == "begin":
+            e.trial_crash = trial_crash(before)  # type: ignore[attr-defined]  (the CLI's hint uses it)
+        raise
     _emit(on_event, "upload_stats", bytes=res.size - res.resumed_from, seconds=round(res.seconds, 3),
           rate=round(res.rate), resent=res.bytes_resent, reconnects=res.reconnects, rewinds=res.rewinds,
           resumed_from=res.resumed_from)

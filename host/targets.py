@@ -14,6 +14,12 @@ name is a usage error listing the known names, never a DNS query. Format
     udp_port = 8473           # legacy UDP service
     key_file = "~/.config/mpota/kitchen.key"   # 64 hex chars (or 32 raw bytes)
     device_id = "e6614c311b6a7a2f"            # recorded by `mpota provision`
+    sign_key = "~/.config/mpota/signing-key.pem"   # signs folder builds pushed here
+
+A top-level `sign_key = "PATH"` (before any table) is the default signing key
+of every folder build (`push`, `build`); a target's own sign_key wins, and
+--sign-key wins over both. Any other key is an error naming its line and the
+closest known key.
 
     [groups]
     greenhouse = ["kitchen", "pico2", "10.0.0.7:8472"]   # names, HOST[:PORT], groups
@@ -64,6 +70,7 @@ class Target:
     key: Optional[bytes] = field(default=None, repr=False)  # never shown
     key_source: str = "none"                                # where the key came from (no value)
     device_id: Optional[str] = None  # the id the device must report (hex), when recorded
+    sign_key: Optional[str] = None   # signing key for folder builds: the target's, else the file's default
 
     @property
     def address(self) -> str:
@@ -130,19 +137,63 @@ def unknown_target(spec: str, table: dict, groups: Optional[dict], path: Path) -
     return UnknownTarget(spec, known_names(table, groups), path)
 
 
-def load_file(path: Path, required: bool = False) -> tuple:
-    """({target name: table}, {group name: [spec, ...]}) from a targets file;
-    ({}, {}) when the default file is absent."""
+# The keys a targets file may hold: a typo must not pass silently (`keyfile`, `prot`
+# would leave the default key or port, and the command would talk to another device).
+TARGET_KEYS = ("host", "port", "udp_port", "key_file", "device_id", "sign_key")
+TOP_KEYS = ("targets", "groups", "sign_key")
+
+
+def _line_of(text: str, section: Optional[str], key: str) -> Optional[int]:
+    """The line number of `key = ...` in table `section` ("targets.x"; None: the top level)."""
+    current: Optional[str] = None
+    for n, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$", line)
+        if m:
+            current = re.sub(r"[\s\"']", "", m.group(1))
+        elif current == section and re.match(r"^\s*[\"']?%s[\"']?\s*=" % re.escape(key), line):
+            return n
+    return None
+
+
+def _unknown_key(path: Path, text: str, key: str, known: tuple, where: str, section: Optional[str]):
+    line = _line_of(text, section, key)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return UsageError("unknown key %r %s (%s%s)%s" % (
+        key, where, path, " line %d" % line if line else "", ": did you mean %r?" % close[0] if close else ""),
+        "the keys are %s (docs/cli.md)" % ", ".join(known))
+
+
+def _check_keys(path: Path, text: str, data: dict) -> None:
+    for k in data:
+        if k not in TOP_KEYS:
+            raise _unknown_key(path, text, k, TOP_KEYS, "at the top of the targets file", None)
+    for name, entry in (data.get("targets") or {}).items():
+        if not isinstance(entry, dict):
+            continue  # load_config says what is wrong
+        for k in entry:
+            if k == "key":
+                raise UsageError("target %s: keys are not stored in the targets file (%s)" % (name, path),
+                                 "put the key in a file and give its path as key_file")
+            if k not in TARGET_KEYS:
+                raise _unknown_key(path, text, k, TARGET_KEYS, "in target %r" % name, "targets." + name)
+
+
+def load_config(path: Path, required: bool = False) -> dict:
+    """A targets file as {"targets": {name: table}, "groups": {name: [spec, ...]},
+    "sign_key": the default signing key's path or None}; empty when the default
+    file is absent. Unknown keys are an error naming the line and the closest key."""
     if not path.exists():
         if required:
             raise UsageError("targets file %s not found" % path, "create it (docs/cli.md shows the format)")
-        return {}, {}
+        return {"targets": {}, "groups": {}, "sign_key": None}
     if tomllib is None:
         raise UsageError("reading %s needs Python 3.11+ (tomllib)" % path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except (OSError, UnicodeError, tomllib.TOMLDecodeError) as e:
         raise UsageError("cannot read targets file %s: %s" % (path, e))
+    _check_keys(path, text, data)
     table = data.get("targets", {})
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise UsageError("%s: expected [targets.NAME] tables" % path)
@@ -156,7 +207,25 @@ def load_file(path: Path, required: bool = False) -> tuple:
         if name in table or name in BUILTINS:
             # One name, one meaning: otherwise `-t NAME` would be ambiguous.
             raise UsageError("%s: %s is both a group and a target" % (path, name))
-    return table, groups
+    return {"targets": table, "groups": groups, "sign_key": _sign_key(data.get("sign_key"), path, "the top level")}
+
+
+def _sign_key(value, path: Optional[Path], where: str) -> Optional[str]:
+    """A sign_key value as a path (relative ones are relative to the targets file's folder)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UsageError("%s: sign_key must be a path string (%s)" % (path, where))
+    if path is not None and not Path(value).expanduser().is_absolute():
+        return str(path.parent / value)
+    return str(Path(value).expanduser())
+
+
+def load_file(path: Path, required: bool = False) -> tuple:
+    """({target name: table}, {group name: [spec, ...]}) from a targets file;
+    ({}, {}) when the default file is absent."""
+    cfg = load_config(path, required)
+    return cfg["targets"], cfg["groups"]
 
 
 def load_targets(path: Path, required: bool = False) -> dict:
@@ -208,6 +277,27 @@ def parse_hostport(spec: str, default_port: int = lineproto.TCP_PORT) -> tuple:
     return host, port
 
 
+_warned: set = set()
+
+
+def warn_if_exposed(path, what: str = "key file") -> None:
+    """As ssh does: a private key file that group or others may access gets a
+    warning on stderr (once per file and run); it is still used."""
+    if os.name == "nt":
+        return  # no POSIX modes there
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode & 0o777
+    except OSError:
+        return  # the reader says what is wrong with it
+    if mode & 0o077 and str(p) not in _warned:
+        _warned.add(str(p))
+        import sys
+
+        print("WARNING: %s %s is readable by others (mode %04o); chmod 600 %s" % (what, p, mode, p),
+              file=sys.stderr)
+
+
 def read_key_file(path: str) -> bytes:
     """A key file holds 64 hex characters (whitespace allowed) or 32 raw bytes."""
     p = Path(path).expanduser()
@@ -220,6 +310,7 @@ def read_key_file(path: str) -> bytes:
     except OSError as e:
         raise UsageError("cannot read key file %s: %s" % (p, e.strerror or e),
                          "check the path given by --key-file, MPOTA_KEY_FILE or key_file")
+    warn_if_exposed(p)
     text = raw.strip()
     try:
         key = bytes.fromhex(text.decode("ascii"))
@@ -247,7 +338,8 @@ def resolve(spec: str, targets_file: Optional[str] = None, key_file: Optional[st
     """The Target for `--target spec`, with its key loaded (if any is configured)."""
     env = os.environ if env is None else env
     path = targets_path(targets_file, env)
-    table = load_targets(path, required=bool(targets_file))
+    cfg = load_config(path, required=bool(targets_file))
+    table = cfg["targets"]
     if spec in table:
         entry = dict(BUILTINS.get(spec, {}))
         entry.update(table[spec])
@@ -258,7 +350,9 @@ def resolve(spec: str, targets_file: Optional[str] = None, key_file: Optional[st
         host, p = parse_hostport(spec)
         t = Target(name=spec, host=host, port=p)
     else:
-        raise unknown_target(spec, table, load_file(path)[1], path)
+        raise unknown_target(spec, table, cfg["groups"], path)
+    if t.sign_key is None:
+        t.sign_key = cfg["sign_key"]  # the file's default
     if port:
         t.port = port
     if udp_port:
@@ -302,7 +396,8 @@ def _from_entry(name: str, entry: dict, path: Optional[Path]) -> Target:
     if dev is not None and (not isinstance(dev, str) or not re.fullmatch(r"[0-9A-Fa-f]{2,64}", dev)):
         raise UsageError("target %s: device_id must be the device's id in hex%s" % (name, where))
     return Target(name=name, host=host, port=port, udp_port=udp, key_file=kf,
-                  device_id=dev.lower() if dev else None)
+                  device_id=dev.lower() if dev else None,
+                  sign_key=_sign_key(entry.get("sign_key"), path, "target %s" % name))
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -344,7 +439,12 @@ def record(path: Path, name: str, fields: dict) -> None:
             raise UsageError("cannot update %s (%s): edit it by hand" % (path, e))
         if any(got.get(k) != v for k, v in fields.items() if v is not None):
             raise UsageError("cannot update %s: [targets.%s] is defined elsewhere in it" % (path, name))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # It names key files and devices: private to its owner (0600, a new folder 0700).
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    if tmp.exists():
+        tmp.unlink()  # left by an interrupted run; O_EXCL below must create it with our mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(tmp, path)
