@@ -188,6 +188,10 @@ def boot(mem_base=0):
             _unload_app()
             print("mpota: slot %s: %s" % (sb.NAMES[i], _err(e)))
             i = sb.failed(sl, i, _err(e))
+    if mod is not None and not sl.on_trial():
+        # a confirmed image started: its counter is the floor from now on (one
+        # made permanent over SMP never had a trial whose confirm raised it)
+        sl.raise_floor(i)
     _drop("mpota_bootslots")
     _drop("mpota_mcuboot")
     if mod is None:

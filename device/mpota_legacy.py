@@ -89,7 +89,7 @@ def _start(dev, c, size):
     sl = dev.sl
     i = sl.inactive()
     update.restart_if_lean(dev, i, size)
-    upload.prepare(sl, i, size, legacy=True)
+    sl.begin(i, size, legacy=True)
     dev.open_session(upload.open_session(sl, upload.LEGACY, c, i, size, None, 0))
 
 
@@ -125,7 +125,7 @@ def _stop(dev, c, want):
             ver, is_app, proof = update.validate(dev, i, s.size, False)
         except ProtoError:
             ver, is_app, proof = None, False, None  # stored and CRC-checked, not bootable
-        upload.finish(sl, i, sha, ver, is_app, proof)
+        sl.finish(i, sha, ver, is_app, proof)
     # The reference UpdateStopResponse carries the device CRC as a signed i32.
     b = dev.buf
     b[5] = got >> 24

@@ -23,8 +23,11 @@
 # AFTER the bytes were synced and verified. A record that names a file that
 # is missing (a cut between delete and commit) is repaired to "empty" at load.
 #
-# This module stays resident. The other slot code is loaded only while it is
-# needed: bootslots.py (read, repair, boot decision: boot only, then
+# Every change of the record after boot is a Slots method here (begin,
+# finish, mark_pending, make_permanent, confirm, raise_floor, rollback,
+# erase), each committed through commit(). This module is loaded while
+# connections are served (attach). The other slot code is loaded only while it
+# is needed: bootslots.py (read, repair, the boot decisions: boot only, then
 # dropped) and upload.py (the bytes of an update: loaded with a session).
 #
 # The record: {"seq", "active", "pending", "trial", "trials" (boots of the
@@ -39,7 +42,7 @@ except ImportError:  # CPython (tests/test_trust.py)
     import json
     import binascii
 
-from mpota_lineproto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED, SLOT_NAMES as NAMES
+from mpota_lineproto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED, E_NO_SPACE, SLOT_NAMES as NAMES
 from mpota_lineproto import slot_name as name  # noqa: F401 (slots.name: the handlers' name for it)
 EMPTY = "empty"
 WRITING = "writing"
@@ -268,20 +271,99 @@ class Slots:
         rec["trial"] = None
         rec["trials"] = 0
 
-    # -- operator / app state changes ------------------------------------------
+    # -- the transitions (each commits once) -----------------------------------
+    def fits(self, i, size):
+        room = self.space(i)
+        if size < 1 or size > room:
+            raise ProtoError(E_NO_SPACE, "%d bytes do not fit: slot %s can take %d bytes (max_image)"
+                             % (size, NAMES[i], room))
+
+    def begin(self, i, size, sha=None, ver=None, legacy=False):
+        """Open slot i for an upload of `size` bytes (writing); -> the resume
+        offset. Same size and sha256 as a partial (or finished) upload: resume
+        from the bytes held. Otherwise the slot is emptied first -- but only once
+        the new image is known to fit, so a refused update never destroys a fallback."""
+        rec = self.rec
+        s = rec["slots"][i]
+        have = self.file_size(i)
+        if (sha and s["sha256"] == sha and s["size"] == size and 0 <= have <= size
+                and s["state"] in (WRITING, COMPLETE, PENDING)):
+            if s["state"] != WRITING or rec["pending"] == i:
+                self._next(i, WRITING)
+                self.commit()
+            return have
+        self.fits(i, size)
+        remove(self.path(i))  # bytes first, then the record (see top)
+        self.forget(i)
+        rec["slots"][i] = {"state": WRITING, "size": size, "sha256": sha, "version": ver}
+        if legacy:
+            rec["legacy_slot"] = i  # ReadAddress reads the slot the legacy service wrote
+        self.commit()
+        return 0
+
+    def finish(self, i, sha, ver, pending, proof=None):
+        """Record a verified image in slot i: complete, or pending (boots on
+        trial at the next reset). Its bytes are synced already. `proof`: the
+        signature check's result (signer, image_hash, sec_cnt) for boot."""
+        s = self.rec["slots"][i]
+        for k in ("signer", "image_hash", "sec_cnt"):
+            s[k] = proof[k] if proof else None
+        s["sha256"] = sha
+        s["version"] = ver
+        s["size"] = self.file_size(i)
+        self._next(i, PENDING if pending else COMPLETE)
+        self.commit()
+
+    def mark_pending(self, i):
+        """Slot i (a complete image) boots on trial at the next reset."""
+        self._next(i, PENDING)
+        self.commit()
+
+    def make_permanent(self, i):
+        """MCUboot's "permanent": slot i boots at the next reset as confirmed,
+        without a trial. The running confirmed slot stays its fallback if it
+        fails to start (bootslots.failed), so the floor rises only once i runs
+        (bootmgr calls raise_floor after the app started; confirm does too)."""
+        self._next(i, CONFIRMED)
+        self.rec["active"] = i
+        self.commit()
+
+    def _next(self, i, state):
+        # slot i becomes `state`; the pending pointer follows (not committed)
+        rec = self.rec
+        rec["slots"][i]["state"] = state
+        if state == PENDING:
+            rec["pending"] = i
+        elif rec["pending"] == i:
+            rec["pending"] = None
+
+    def raise_floor(self, i, changed=False):
+        """Anti-rollback: raise the floor to slot i's security counter (an image
+        confirmed, or made permanent, that runs); commits once, only when the
+        floor (or, with `changed`, the record) changed. -> the floor."""
+        rec = self.rec
+        f = raised_floor(self.floor(), rec["slots"][i].get("sec_cnt"))
+        if f != self.floor():
+            rec["sec_floor"] = f
+            changed = True
+        if changed:
+            self.commit()
+        return f
+
     def confirm(self):
+        """End the running slot's trial; idempotent once it is confirmed. Either
+        way the floor rises to its counter (an image made permanent never had a
+        trial: its first confirm raises it)."""
         r = self.running
         rec = self.rec
-        if r is not None and rec["active"] == r and rec["trial"] is None:
-            return r  # already confirmed: confirm() is idempotent
-        if r is None or rec["trial"] != r:
+        on_trial = r is not None and rec["trial"] == r
+        if on_trial:
+            self.end_trial(r, CONFIRMED)
+            rec["active"] = r
+            self.note = "%s confirmed" % NAMES[r]
+        elif r is None or rec["active"] != r or rec["trial"] is not None:
             raise ProtoError(E_INCORRECT_STATE, "no slot is on trial")
-        self.end_trial(r, CONFIRMED)
-        rec["active"] = r
-        # anti-rollback: the floor rises only once an image has proved itself
-        rec["sec_floor"] = raised_floor(self.floor(), rec["slots"][r].get("sec_cnt"))
-        self.commit()
-        self.note = "%s confirmed" % NAMES[r]
+        self.raise_floor(r, on_trial)
         return r
 
     def rollback(self):

@@ -15,10 +15,11 @@
 # An SMP upload is an ordinary update session (kind "smp"): update.py's rules
 # (busy while another session is open, refused on trial or after a rollback
 # until the reset, never older than the active version, the security-counter
-# floor, signatures where keys are trusted) and upload.py's slot preparation,
-# resume, writer and record. Those modules are imported inside the functions
-# that use them, never kept in this module's globals: service.Device.idle()
-# releases them after a session, and a global here would keep a second copy.
+# floor, signatures where keys are trusted), slots.Slots' transitions (begin,
+# finish, mark_pending, make_permanent, confirm) and upload.py's writer.
+# update.py and upload.py are imported inside the functions that use them,
+# never kept in this module's globals: the agent releases them after a
+# session, and a global here would keep a second copy.
 #
 # Heap: the datagram is the only receive buffer (MicroPython's recvfrom
 # allocates it; there is no recvfrom_into); decoding makes a small dict whose
@@ -289,7 +290,7 @@ def _upload_first(dev, req, m, data):
             raise SmpError(_I_NOT_NEWER)
         if update.older(dev, i, v):  # the native rule: never older than the active version
             raise SmpError(_I_NOT_NEWER)
-    off = upload.prepare(sl, i, size, sha_hex, ver)
+    off = sl.begin(i, size, sha_hex, ver)
     s = upload.open_session(sl, KIND, KIND, i, size, sha_hex, off)
     dev.open_session(s)
     if off == 0 and data:
@@ -301,7 +302,6 @@ def _upload_first(dev, req, m, data):
 
 def _upload_done(dev, req, s):
     import mpota_update as update
-    import mpota_upload as upload
     i = s.slot
     size = s.size
     sl = dev.sl
@@ -313,12 +313,12 @@ def _upload_done(dev, req, s):
     try:
         ver, is_app, proof = update.validate(dev, i, size, False)
     except ProtoError:
-        upload.finish(sl, i, sha_hex, None, False)  # stored, not bootable
+        sl.finish(i, sha_hex, None, False)  # stored, not bootable
         raise
     finally:
         dev.sample_mem()  # the peak of an SMP update: hashing and the image check
     sl.slot(i)["app"] = is_app  # bootable once tested (state read); finish commits it
-    upload.finish(sl, i, sha_hex, ver, False, proof)  # complete; "test" makes it pending
+    sl.finish(i, sha_hex, ver, False, proof)  # complete; "test" makes it pending
     _send(req, None, size, None if s.sha is None else True)
 
 
@@ -411,7 +411,6 @@ def _state_write(dev, m):
     if s["state"] == PENDING and not confirm:
         return _state_read(dev)  # tested already
     import mpota_update as update
-    import mpota_upload as upload
     update.may_update(dev, KIND)  # busy, on trial, rolled back until the reset: as a native update
     h, v, ok = _image(dev, i)
     if not ok:
@@ -422,35 +421,17 @@ def _state_write(dev, m):
     if update.older(dev, i, v):
         raise SmpError(_I_NOT_NEWER)
     if confirm:
-        _make_permanent(sl, i)
+        sl.make_permanent(i)  # boots confirmed; the floor rises once it runs
     else:
-        upload.finish(sl, i, s["sha256"], s["version"], True, s)  # pending: a trial at the next reset
+        sl.mark_pending(i)  # a trial at the next reset
     return _state_read(dev)
 
 
 def _confirm_running(sl):
     try:
-        sl.confirm()  # ends a trial (and raises the anti-rollback floor); idempotent once confirmed
+        sl.confirm()  # ends a trial; raises the anti-rollback floor (also for a permanent image)
     except ProtoError:
         raise SmpError(_I_ALREADY_PENDING)  # rolled back: the other slot boots next
-    rec = sl.rec
-    cnt = rec["slots"][sl.running].get("sec_cnt")
-    if (cnt or 0) > sl.floor():
-        # a permanent image (booted confirmed, no trial) raises the floor once it is running
-        rec["sec_floor"] = slots.raised_floor(sl.floor(), cnt)
-        sl.commit()
-
-
-def _make_permanent(sl, i):
-    # MCUboot's "permanent": slot i boots at the next reset as confirmed, without a
-    # trial. The running confirmed slot stays its fallback if it fails to start
-    # (bootslots.failed), so the floor rises only once i runs (_confirm_running).
-    rec = sl.rec
-    rec["slots"][i]["state"] = CONFIRMED
-    rec["active"] = i
-    if rec["pending"] == i:
-        rec["pending"] = None
-    sl.commit()
 
 
 # -- image group: erase ------------------------------------------------------------------

@@ -38,7 +38,7 @@ def restart_if_lean(dev, i, size):
     reconnects and begins again (the host tool does this by itself)."""
     if dev.mode != "lean":
         return
-    upload.check_fits(dev.sl, i, size)
+    dev.sl.fits(i, size)
     with open(slots.UPDATE_FLAG, "w") as f:
         f.write("1")
     dev.reset_ms = 300
@@ -132,7 +132,7 @@ def op_begin(dev, c, req):
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
     restart_if_lean(dev, i, size)
-    off = upload.prepare(sl, i, size, sha, ver)
+    off = sl.begin(i, size, sha, ver)
     dev.open_session(upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down))
     return {"slot": name(i), "offset": off, "max_data": lineproto.MAX_DATA, "window": lineproto.WINDOW}
 
@@ -158,11 +158,11 @@ def op_commit(dev, c, req):
     try:
         ver, is_app, proof = validate(dev, i, s.size, s.allow_down)
     except ProtoError:
-        upload.finish(sl, i, sha, None, False)  # stored, not bootable
+        sl.finish(i, sha, None, False)  # stored, not bootable
         raise
     finally:
         dev.sample_mem()  # the peak of an update: hashing and the image check
-    upload.finish(sl, i, sha, ver, is_app, proof)
+    sl.finish(i, sha, ver, is_app, proof)
     return {"slot": name(i), "sha256": sha, "version": ver, "state": sl.state(i)}
 
 

@@ -1,10 +1,8 @@
-# upload: the bytes of an update -- preparing the inactive slot (or resuming
-# it), the update session with its streaming writer, the final record and the
-# SHA-256 of what a slot holds. Loaded when a session begins and released
-# when it ends (service.py), so an idle device holds none of this code.
-# The ordering rules of slots.py hold: bytes are removed before the record
-# stops claiming them, and a record claims an image only after its bytes
-# are synced and verified.
+# upload: the bytes of an update -- the update session with its streaming
+# writer, and the SHA-256 of what a slot holds. The record's transitions
+# (Slots.begin before the bytes, Slots.finish once they are synced and
+# verified) live in slots.py. Loaded when a session begins and released when
+# it ends (service.py), so an idle device holds none of this code.
 import uhashlib as hashlib
 
 import mpota_hal as hal
@@ -14,60 +12,6 @@ from mpota_lineproto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAIL
 SYNC_EVERY = 65536  # sync the slot file this often: the resume point after a power cut
 NATIVE = "native"  # session kinds
 LEGACY = "legacy"
-
-
-def check_fits(sl, i, size):
-    room = sl.space(i)
-    if size < 1 or size > room:
-        raise ProtoError(E_NO_SPACE, "%d bytes do not fit: slot %s can take %d bytes (max_image)"
-                         % (size, slots.NAMES[i], room))
-
-
-def prepare(sl, i, size, sha=None, ver=None, legacy=False):
-    """Open slot i for an upload of `size` bytes; returns the resume offset.
-    Same size and sha256 as a partial (or finished) upload: resume from the
-    bytes held. Otherwise the slot is emptied first -- but only once the new
-    image is known to fit, so a refused update never destroys a fallback."""
-    rec = sl.rec
-    s = rec["slots"][i]
-    have = sl.file_size(i)
-    if (sha and s["sha256"] == sha and s["size"] == size and 0 <= have <= size
-            and s["state"] in (slots.WRITING, slots.COMPLETE, slots.PENDING)):
-        if s["state"] != slots.WRITING or rec["pending"] == i:
-            s["state"] = slots.WRITING
-            if rec["pending"] == i:
-                rec["pending"] = None
-            sl.commit()
-        return have
-    check_fits(sl, i, size)
-    slots.remove(sl.path(i))
-    sl.forget(i)
-    rec["slots"][i] = {"state": slots.WRITING, "size": size, "sha256": sha, "version": ver}
-    if legacy:
-        rec["legacy_slot"] = i  # ReadAddress reads the slot the legacy service wrote
-    sl.commit()
-    return 0
-
-
-def finish(sl, i, sha, ver, pending, proof=None):
-    """Record a verified image in slot i: `complete`, or `pending` (boots on
-    trial at the next reset). Its bytes are synced already. `proof`: the
-    signature check's result (signer, image_hash, sec_cnt) for boot."""
-    rec = sl.rec
-    s = rec["slots"][i]
-    for k in ("signer", "image_hash", "sec_cnt"):
-        s[k] = proof[k] if proof else None
-    s["sha256"] = sha
-    s["version"] = ver
-    s["size"] = sl.file_size(i)
-    if pending:
-        s["state"] = slots.PENDING
-        rec["pending"] = i
-    else:
-        s["state"] = slots.COMPLETE
-        if rec["pending"] == i:
-            rec["pending"] = None
-    sl.commit()
 
 
 def digest(sl, i, size, buf):

@@ -18,9 +18,9 @@ from mpota_lineproto import ProtoError
 def sha(data):
     import hashlib, binascii
     return binascii.hexlify(hashlib.sha256(data).digest()).decode()
-def upload(sl, i, data, ver="1.0.0+0", pending=True, chunk=1000):
+def upload(sl, i, data, ver="1.0.0+0", pending=True, chunk=1000, proof=None):
     h = sha(data)
-    off = IO.prepare(sl, i, len(data), h, ver)
+    off = sl.begin(i, len(data), h, ver)
     w = IO.Writer(sl.path(i), off)
     mv = memoryview(data)
     while off < len(data):
@@ -28,7 +28,7 @@ def upload(sl, i, data, ver="1.0.0+0", pending=True, chunk=1000):
     w.close()
     buf = bytearray(512)
     assert IO.digest(sl, i, len(data), buf) == __import__("hashlib").sha256(data).digest()
-    IO.finish(sl, i, h, ver, pending)
+    sl.finish(i, h, ver, pending, proof)
 def reboot(root, max_trials=3):
     sl = B.open_slots(root=root, max_trials=max_trials, slot_size=65536)
     run = B.boot(sl)
@@ -123,17 +123,51 @@ except ProtoError as e:
 # resume: same size+sha continues from the bytes held, a different sha restarts
 data = bytes(range(256)) * 40
 h = sha(data)
-assert IO.prepare(sl, 1, len(data), h) == 0
+assert sl.begin(1, len(data), h) == 0
 w = IO.Writer(sl.path(1), 0); w.write(memoryview(data)[:4000]); w.close()
-assert IO.prepare(sl, 1, len(data), h) == 4000
+assert sl.begin(1, len(data), h) == 4000
 sl2 = B.open_slots(root=root, slot_size=65536)  # survives a reboot too
-assert IO.prepare(sl2, 1, len(data), h) == 4000 and sl2.state(1) == "writing"
-assert IO.prepare(sl2, 1, len(data), sha(b"other")) == 0 and sl2.file_size(1) <= 0
+assert sl2.begin(1, len(data), h) == 4000 and sl2.state(1) == "writing"
+assert sl2.begin(1, len(data), sha(b"other")) == 0 and sl2.file_size(1) <= 0
 # too large for a slot
 try:
-    IO.prepare(sl2, 1, 65537, h); raise SystemExit("oversize accepted")
+    sl2.begin(1, 65537, h); raise SystemExit("oversize accepted")
 except ProtoError as e:
     assert e.code == 8
+print("DONE")
+""" % str(tmp_path / "slots"))
+    assert out.strip().splitlines()[-1] == "DONE"
+
+
+def test_every_permanent_path_raises_the_floor_once(tmp_path, mp_build):
+    """Issue 17.2: confirm() of an image that is already confirmed (made permanent
+    over SMP, never on trial) used to return early, so the anti-rollback floor never
+    rose. Every path raises it to the running image's counter, once, journaled; a
+    permanent image does not raise it before it runs (the running slot stays its
+    fallback)."""
+    out = mp(tmp_path, mp_build, """
+root = %r
+def proof(cnt):
+    return {"signer": None, "image_hash": None, "sec_cnt": cnt}
+sl, run = reboot(root)
+upload(sl, 0, b"A" * 3000, "1.0.0+0", proof=proof(3))
+sl, run = reboot(root)
+seq = sl.rec["seq"]
+assert sl.confirm() == 0 and sl.floor() == 3 and sl.rec["seq"] == seq + 1  # trial end + floor: one commit
+assert sl.confirm() == 0 and sl.rec["seq"] == seq + 1  # nothing to change: no commit
+# SMP "permanent": b boots confirmed at the next reset; a stays the fallback
+upload(sl, 1, b"B" * 3000, "2.0.0+0", pending=False, proof=proof(5))
+sl.make_permanent(1)
+assert sl.active() == 1 and sl.state(1) == "confirmed" and sl.pending() is None and sl.floor() == 3
+sl, run = reboot(root)
+assert run == 1 and sl.note == "booted b (confirmed)" and sl.floor() == 3, (sl.note, sl.rec)
+seq = sl.rec["seq"]
+assert sl.confirm() == 1 and sl.floor() == 5 and sl.rec["seq"] == seq + 1
+assert sl.confirm() == 1 and sl.rec["seq"] == seq + 1
+assert reboot(root)[0].floor() == 5  # journaled
+# raise_floor (what boot calls once a confirmed image started) never lowers it
+sl, run = reboot(root)
+assert sl.raise_floor(0) == 5 and sl.rec["seq"] == seq + 1
 print("DONE")
 """ % str(tmp_path / "slots"))
     assert out.strip().splitlines()[-1] == "DONE"
@@ -263,7 +297,7 @@ sl.confirm()
 # slot b: bytes uploaded and synced, the record still says "writing"
 blob = bytes(range(256)) * 30
 h = sha(blob)
-off = IO.prepare(sl, 1, len(blob), h, "1.1.0+0")
+off = sl.begin(1, len(blob), h, "1.1.0+0")
 w = IO.Writer(sl.path(1), off); w.write(blob); w.close()
 umount()
 base = bytes(data)
@@ -276,7 +310,7 @@ def record():
 def trial(step):
     if step == "finish":
         sl = B.open_slots(root="/f/slots", slot_size=32768)
-        IO.finish(sl, 1, h, "1.1.0+0", True)
+        sl.finish(1, h, "1.1.0+0", True)
     else:
         sl = B.open_slots(root="/f/slots", slot_size=32768)
         B.boot(sl)
