@@ -8,7 +8,10 @@
 # (shared/mpota_cbor.py). Every request gets exactly one reply, sent from the same
 # socket to the sender (smpclient never retransmits: a lost reply fails its
 # operation). Served: OS group (0) echo, reset, MCUmgr parameters; image
-# group (1) state read/write, upload, erase. Errors: v2 requests get
+# group (1) state read/write, upload, erase. With "auth" on only the reads
+# and echo: every other write is refused with MGMT_ERR_EACCESSDENIED (11),
+# so an unauthenticated peer can neither change the slots, reset the device
+# nor hold the update session. Errors: v2 requests get
 # {"err": {"group", "rc"}} with the group's own codes, v1 requests {"rc"}
 # with the MGMT_ERR code Zephyr translates them to.
 #
@@ -55,6 +58,7 @@ _ENOENT = const(5)
 _EBADSTATE = const(6)
 _EMSGSIZE = const(7)
 _ENOTSUP = const(8)
+_EACCESSDENIED = const(11)
 
 # IMG_MGMT_ERR (image group, v2)
 _I_UNKNOWN = const(1)
@@ -175,6 +179,10 @@ def handle(dev, sock, data, addr):
         group = (data[4] << 8) | data[5]
         cmd = data[7]
         write = op == 2
+        if write and dev.auth_on and (group, cmd) != (_G_OS, 0):
+            # SMP has no operator authentication: with auth on it only reads
+            # (image state, MCUmgr parameters) and echoes (docs/security.md)
+            raise SmpError(_EACCESSDENIED, None)
         if group == _G_IMG:
             if cmd == 1 and write:
                 return _upload(dev, req, m)

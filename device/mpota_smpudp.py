@@ -29,7 +29,8 @@ def start(dev, host, port):
     except OSError as e:
         print("mpota: SMP over UDP unavailable:", e)
         return None
-    print("mpota: SMP (MCUmgr) on udp port", port, "(no operator authentication)")
+    print("mpota: SMP (MCUmgr) on udp port", port,
+          "(read-only: auth is on)" if dev.auth_on else "(no operator authentication)")
     return asyncio.create_task(_serve(dev, s))
 
 

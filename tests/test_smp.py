@@ -18,11 +18,12 @@ from smpclient.requests.os_management import EchoWrite, MCUMgrParametersRead, Re
 import boardbuilds
 from mpota.codec import mpota_mcuboot as mcuboot
 from bench_smp import SmpUdp, heap_figures
-from devconn import DevConn, app_image
+from devconn import DevConn, app_image, reset_and_wait
 from simproc import Sim, free_port
 
 IMG = 1  # image group
 HASH_NOT_FOUND = 8
+EACCESSDENIED = 11  # MGMT_ERR_EACCESSDENIED: with auth on, SMP only reads
 NO_FREE_SLOT, BUSY, INVALID_OFFSET, OVERRUN, BAD_MAGIC, INVALID_HASH, NOT_NEWER, CONFIRM_DENIED = \
     9, 16, 20, 31, 23, 24, 27, 32
 
@@ -113,7 +114,7 @@ def test_smp_update_test_reset_confirm_with_smpclient(tmp_path):
     img1 = app_image(tmp_path, "v1", APP % "v1", "1.0.0+0", pad=40000)
     img2 = app_image(tmp_path, "v2", APP % "v2", "2.0.0+0", pad=20000)
     h1, h2 = mcuboot_hash(tmp_path, img1), mcuboot_hash(tmp_path, img2)
-    sim, smp, _ = smp_sim(tmp_path)  # auth on: SMP has no operator authentication
+    sim, smp, _ = smp_sim(tmp_path, ["--no-auth"])  # auth off: SMP manages everything
     with sim:
         key = sim.key
         assert smp.ok(EchoWrite(d="hello mpota")).r == "hello mpota"
@@ -291,7 +292,7 @@ def test_smp_keeps_the_native_security_rules(tmp_path):
     from mpota.images import build_app_image
     signed = build_app_image(tmp_path / "s", version="1.0.0+0", key=str(mine))
     newer = build_app_image(tmp_path / "s", version="1.1.0+0", key=str(mine))
-    sim, smp, _ = smp_sim(tmp_path, ["--trust", str(mine)])
+    sim, smp, _ = smp_sim(tmp_path, ["--no-auth", "--trust", str(mine)])
     with sim:
         with pytest.raises(SMPUploadError) as e:
             smp.upload(unsigned)
@@ -315,3 +316,84 @@ def test_smp_keeps_the_native_security_rules(tmp_path):
         assert e.value.args[0].err.rc == NO_FREE_SLOT  # not until the reset
         smp.err(ImageErase(slot=0), NO_FREE_SLOT)  # the rollback target
         c.close()
+
+
+def test_smp_is_read_only_with_auth_on(tmp_path):
+    """Issue 17.5: with auth on (the default) an unauthenticated SMP peer reads the
+    image list, the MCUmgr parameters and echoes; every other request (upload,
+    test, permanent, confirm, erase, reset) is refused with EACCESSDENIED and
+    changes nothing, so it can never hold the session against the operator."""
+    img1 = app_image(tmp_path, "v1", APP % "v1", "1.0.0+0")
+    img2 = app_image(tmp_path, "v2", APP % "v2", "2.0.0+0")
+    h1, h2 = mcuboot_hash(tmp_path, img1), mcuboot_hash(tmp_path, img2)
+    sim, smp, port = smp_sim(tmp_path)
+    with sim:
+        sim.wait_for_line("(read-only: auth is on)", timeout=30)
+        c = DevConn(sim.tcp_port, sim.key)
+        c.push(img1, "1.0.0+0")  # pending: a trial at the next reset
+        c = reset_and_wait(sim, c, sim.key)
+        assert (c.ok("status")["trial"], c.ok("status")["running"]) == (True, "a")
+        # what it may do: read
+        assert smp.ok(EchoWrite(d="hi")).r == "hi"
+        assert smp.ok(MCUMgrParametersRead()).buf_size >= 1472
+        s = smp.images()[0]
+        assert (s.hash, s.version, s.active, s.confirmed) == (h1, "1.0.0", True, False)
+
+        def denied(r):
+            # {"rc": 11}, as Zephyr answers a MGMT_ERR (smpclient reads it as an ErrorV1,
+            # or as a response carrying rc where all of its fields are optional: upload)
+            rsp = smp.req(r)
+            assert rsp.rc == EACCESSDENIED, rsp
+        # what it may not: hold the session (a first chunk), confirm the trial, reset,
+        # erase, test or make permanent
+        denied(ImageUploadWrite(off=0, data=img2[:512], image=0, len=len(img2),
+                                sha=hashlib.sha256(img2).digest()))
+        denied(ImageStatesWrite(confirm=True))
+        denied(ImageStatesWrite(hash=h1, confirm=True))
+        denied(ResetWrite())
+        denied(ImageErase(slot=1))
+        st = c.ok("status")
+        assert st["session"] is None and (st["trial"], st["active"]) == (True, None), st
+        # the operator is never busy: it confirms and pushes the next image at once
+        c.ok("confirm")
+        denied(ImageUploadWrite(off=0, data=img2[:512], image=0, len=len(img2),
+                                sha=hashlib.sha256(img2).digest()))  # (auth off: it would hold the session)
+        assert c.push(img2, "2.0.0+0")["state"] == "pending"
+        denied(ImageStatesWrite(hash=h2, confirm=True))  # no permanent over the operator's pending image
+        denied(ImageErase(slot=1))
+        st = c.ok("status")
+        assert (st["pending"], st["slots"]["b"]["state"]) == ("b", "pending"), st
+        # v1 (original protocol) requests get the same code as {"rc"}
+        _, m = _raw(port, [0x02, 0, 0, 0, 12, 5], cbor2.dumps({}))
+        assert m == {"rc": EACCESSDENIED}
+        c.close()
+
+
+def test_smp_permanent_image_raises_the_floor(tmp_path):
+    """Issue 17.2: an image made permanent over SMP (no trial) raises the
+    anti-rollback floor once it has started at boot, so a lower security counter
+    is refused afterwards, natively as over SMP (the confirm path: test_slots.py)."""
+    from mpota import keys
+    from mpota.images import build_app_image
+    mine = tmp_path / "mine.pem"
+    keys.keygen(mine)
+    app_image(tmp_path, "s", APP % "s", "1.0.0+0")
+    high = build_app_image(tmp_path / "s", version="1.0.0+0", key=str(mine), security_counter=5)
+    low = build_app_image(tmp_path / "s", version="2.0.0+0", key=str(mine), security_counter=2)
+    sim, smp, _ = smp_sim(tmp_path, ["--no-auth", "--trust", str(mine)])
+    with sim:
+        smp.upload(high)
+        smp.ok(ImageStatesWrite(hash=mcuboot_hash(tmp_path, high), confirm=True))  # permanent
+        reset(sim, smp, "app: s up")  # it started: boot raised the floor (no confirm needed)
+        c = DevConn(sim.tcp_port)
+        sha = hashlib.sha256(low).hexdigest()
+        b = c.ok("begin", size=len(low), sha256=sha, version="2.0.0+0")
+        c.upload(low, b["offset"])
+        r = c.err("commit", "version_refused")
+        assert "below this device's floor 5" in r["error"]["message"], r
+        st = c.ok("status")
+        assert st["pending"] is None and st["slots"]["b"]["state"] == "complete", st
+        c.close()
+        with pytest.raises(SMPUploadError) as e:
+            smp.upload(low)
+        assert e.value.args[0].err.rc == NOT_NEWER
