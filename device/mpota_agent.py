@@ -31,7 +31,7 @@ DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 _CONN = ("mpota_leanconn", "mpota_conn", "mpota_connpolicy", "mpota_service", "mpota_ops", "mpota_framing",
          "mpota_proto", "mpota_checksums", "mpota_auth", "mpota_hmac_sha256", "mpota_session", "mpota_slots",
          "mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_rareops", "mpota_trust", "mpota_ed25519",
-         "mpota_legacy", "mpota_smp", "mpota_cbor", "mpota_lineproto", "mpota_linemac")
+         "mpota_trustkeys", "mpota_legacy", "mpota_smp", "mpota_cbor", "mpota_lineproto", "mpota_linemac")
 
 
 async def _listen(ag, host, port):

@@ -152,7 +152,7 @@ def _done(dev):
     dev.release("mpota_ops", "mpota_auth", "mpota_hmac_sha256")
     if dev.session is None and not dev.legacy_udp and "mpota_conn" not in sys.modules:
         dev.sl = None
-        dev.release("mpota_update", "mpota_upload", "mpota_slots")
+        dev.release("mpota_update", "mpota_upload", "mpota_slots", "mpota_trust")
 
 
 def _line(dev, c, ln):

@@ -91,6 +91,7 @@ def status(dev, full=True):
               "mem_base": dev.mem_base, "mem_idle": dev.mem_idle,
               "uptime_ms": dev.uptime(), "boot_reason": dev.boot_reason,
               "boot_note": dev.note})
+    r["trust"] = trust_status()
     w = sys.modules.get("mpota_wifi")
     if w is not None and w.LINK is not None:  # the station link (device/mpota_wifi.py)
         r.update(w.LINK.status())
@@ -98,6 +99,18 @@ def status(dev, full=True):
     if sim is not None:  # the simulator's flash operation counters
         r["sim_flash"] = sim.flash().stats()
     return r
+
+
+def trust_status():
+    # which signing keys the device trusts (trust.summary); trust.py is loaded
+    # for this call only unless something (a session) already holds it
+    had = "mpota_trust" in sys.modules
+    import mpota_trust as trust
+    try:
+        return trust.summary(trust.load())
+    finally:
+        if not had:
+            sys.modules.pop("mpota_trust", None)
 
 
 def max_image(dev):

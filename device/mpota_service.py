@@ -4,7 +4,8 @@
 # the device is quiet). The hot path (DATA frames) is here; the other
 # handlers are modules this one imports on use: ops.py (everyday JSON ops),
 # update.py and upload.py (while an update session is open), rareops.py
-# (read, erase, rollback) and legacy.py (reference frames). The handlers
+# (read, erase, rollback), trustkeys.py (the trust op: signing keys) and
+# legacy.py (reference frames). The handlers
 # import nothing above them (they get the Device), so any of them can be
 # imported alone. What a request loaded and no longer needs is released
 # after it (idle()).
@@ -28,14 +29,15 @@ from mpota_checksums import crc32c
 _OPEN = ("hello", "auth", "ping", "status")  # served before authentication
 # op -> the module that serves it (ops.py serves every other known op)
 _ROUTE = {"begin": "mpota_update", "commit": "mpota_update", "abort": "mpota_update",
-          "rollback": "mpota_rareops", "read": "mpota_rareops", "erase": "mpota_rareops"}
+          "rollback": "mpota_rareops", "read": "mpota_rareops", "erase": "mpota_rareops",
+          "trust": "mpota_trustkeys"}
 _OPS = ("hello", "auth", "ping", "status", "confirm", "reset")
 
 
 def idle(dev):
     # after each request: release what only a session or a request needed
     # (the everyday ops are small and rare enough to load for each request)
-    dev.release("mpota_ops", "mpota_auth", "mpota_hmac_sha256")
+    dev.release("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys")
     if dev.session is None:
         dev.release(*dev.TRANSIENT)
         if not dev.legacy_udp:

@@ -85,7 +85,51 @@ def describe(t):
     if not t["keys"]:
         return {"signed_images": False, "keys": [],
                 "warning": "no trusted key: UNSIGNED IMAGES ARE ACCEPTED (provision one: docs/security.md)"}
-    return {"signed_images": True, "keys": [hexstr(key_id(k)[:8]) for k in t["keys"]], "warning": None}
+    return {"signed_images": True, "keys": fingerprints(t), "warning": None}
+
+
+def fingerprint(kid):
+    """How a key is named to people: the first 8 bytes of its key id (imgtool's
+    KEYHASH), in hex; host/keys.py's fingerprint() is the same."""
+    return hexstr(kid[:8])
+
+
+def fingerprints(t):
+    return [fingerprint(key_id(k)) for k in t["keys"]]
+
+
+def summary(t):
+    """The status op's "trust": describe() and the sequence number of the last
+    key change (the next statement needs a higher one)."""
+    r = describe(t)
+    r["seq"] = t["seq"]
+    return r
+
+
+def _not_trusted(t, kid):
+    return ProtoError(E_SIGNATURE_INVALID, "the image is signed by key %s, which this device does not trust "
+                      "(it trusts %s)" % (fingerprint(kid) if kid else "(no key hash TLV)",
+                                          ", ".join(fingerprints(t)) or "no key"))
+
+
+def _unsigned():
+    return ProtoError(E_SIGNATURE_INVALID, "the image is not signed: this device accepts only images "
+                      "signed by a trusted Ed25519 key (imgtool sign -k KEY)")
+
+
+def check_signer(t, kid):
+    """At `begin`, before any byte is sent: the host names the image's key id
+    (32 bytes; empty: the image is unsigned). Raises ProtoError
+    (signature_invalid) for an image commit would refuse for its key alone;
+    commit still checks the signature itself."""
+    if not enforced(t):
+        return
+    if t["error"]:
+        raise ProtoError(E_SIGNATURE_INVALID, "trust store unusable: %s" % t["error"])
+    if not kid:
+        raise _unsigned()
+    if find_key(t, kid) is None:
+        raise _not_trusted(t, kid)
 
 
 def verify_signature(pub, msg, sig):
@@ -115,16 +159,14 @@ def check_image(info, t):
     if t["error"]:
         raise ProtoError(E_SIGNATURE_INVALID, "trust store unusable: %s" % t["error"])
     if info.get("sig_type") is None:
-        raise ProtoError(E_SIGNATURE_INVALID, "the image is not signed: this device accepts only images "
-                         "signed by a trusted Ed25519 key (imgtool sign -k KEY)")
+        raise _unsigned()
     if info["sig_type"] != TLV_ED25519:
         raise ProtoError(E_SIGNATURE_INVALID, "the image is signed with TLV 0x%02x; only Ed25519 (0x24) is "
                          "accepted" % info["sig_type"])
     kid = info.get("keyhash")
     pub = find_key(t, kid) if kid else None
     if pub is None:
-        raise ProtoError(E_SIGNATURE_INVALID, "the image is signed by key %s, which this device does not trust"
-                         % (hexstr(kid[:8]) if kid else "(no key hash TLV)"))
+        raise _not_trusted(t, kid)
     if not verify_signature(pub, info["sha256"], info["signature"]):
         raise ProtoError(E_SIGNATURE_INVALID, "the Ed25519 signature does not match the image: it was "
                          "altered after signing")

@@ -15,15 +15,19 @@ except ImportError:  # CPython (tests/test_trust.py, test_ed25519.py)
     import os
     import struct
 
-from mpota_lineproto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST, E_INCORRECT_STATE
-from mpota_trust import TRUST_PATH, key_id, find_key, verify_signature, hexstr, unhex
+from mpota_lineproto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST, E_INCORRECT_STATE, E_AUTH_REQUIRED, field
+from mpota_trust import TRUST_PATH, key_id, find_key, verify_signature, hexstr, unhex, load, summary
 
 MAX_KEYS = 4
 STATEMENT_MAGIC = b"mpota-trust-v1\x00"
 
 
 def save(t, path=TRUST_PATH):
-    """Write the store: a new file, then one atomic rename (littlefs and POSIX)."""
+    """Write the store: a new file, closed (synced), then one atomic rename over
+    the old one (littlefs and POSIX), as slots.write_record does: a power cut
+    at any instant leaves the old store or the new one, never none. A torn
+    .new file is never read (load() reads only `path`) and the next save
+    truncates it."""
     tmp = path + ".new"
     with open(tmp, "w") as f:
         json.dump({"seq": t["seq"], "keys": [hexstr(k) for k in t["keys"]]}, f)
@@ -86,3 +90,38 @@ def apply(t, stmt, in_use=(), path=TRUST_PATH):
     t = {"seq": seq, "keys": keys, "error": None}
     save(t, path)
     return t
+
+
+def in_use(dev):
+    """Key ids (bytes) that signed the active confirmed image and the running
+    one (their slot records' "signer", cached at commit)."""
+    import mpota_slots as slots
+    slots.attach(dev)
+    sl = dev.sl
+    r = []
+    for i in (sl.active(), dev.running):
+        s = None if i is None else sl.slot(i).get("signer")
+        if s:
+            r.append(unhex(s, 32, "a slot's signer"))
+    return r
+
+
+def op_trust(dev, c, req):
+    """The `trust` op: {"provision": "<64 hex>"} installs the first key of an
+    empty store; {"change": statement} applies a signed add/drop (apply());
+    with neither it only lists. Changes need an authenticated session (auth
+    on: service.route lets only authenticated peers here). -> trust.summary()."""
+    pk = field(req, "provision", str)
+    st = field(req, "change", dict)
+    if pk is not None and st is not None:
+        raise ProtoError(E_BAD_REQUEST, "give \"provision\" or \"change\", not both")
+    t = load()
+    if pk is not None or st is not None:
+        if not dev.auth_on:
+            raise ProtoError(E_AUTH_REQUIRED, "this device has auth off: trust changes need an "
+                             "authenticated session (turn auth on, or change /mpota_trust.json over USB)")
+        if pk is not None:
+            t = provision(t, unhex(pk, 32, "\"provision\""))
+        else:
+            t = apply(t, st, in_use(dev))
+    return summary(t)

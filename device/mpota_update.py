@@ -131,6 +131,12 @@ def op_begin(dev, c, req):
     cur = None if down else older(dev, i, v)
     if cur:
         raise ProtoError(E_VERSION_REFUSED, "version %s is older than the active %s (allow_downgrade)" % (ver, cur))
+    kid = field(req, "key_id", str)
+    if kid is not None and slots.trusting():
+        # the host names the image's signing key: an image that commit would
+        # refuse for its key is refused before its bytes are sent
+        import mpota_trust as trust
+        trust.check_signer(trust.load(), trust.unhex(kid, 32, "\"key_id\"") if kid else b"")
     restart_if_lean(dev, i, size)
     off = sl.begin(i, size, sha, ver)
     dev.open_session(upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down))

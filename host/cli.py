@@ -239,6 +239,19 @@ def _pubkey_opts(p):
     p.add_argument("-o", "--output", metavar="FILE", help="also write the public half to FILE (PEM)")
 
 
+def _trust_opts(p):
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--provision", metavar="KEY.pem",
+                   help="trust this key on a device that trusts none yet (its public half is sent)")
+    g.add_argument("--add", metavar="KEY.pem", help="trust this key too (needs --signed-by)")
+    g.add_argument("--drop", metavar="KEY.pem", help="stop trusting this key (needs --signed-by)")
+    p.add_argument("--signed-by", metavar="KEY.pem",
+                   help="the private key, trusted by the device, that signs the change")
+    p.add_argument("--seq", type=_u32, metavar="N",
+                   help="the change's sequence number, above the device's last (default: its last + 1); "
+                        "give the same N to every device of a fleet")
+
+
 def _provision_opts(p):
     p.add_argument("--serial", dest="serial_port", metavar="SERIAL",
                    help="the board's USB serial port (/dev/ttyACM0, /dev/cu.usbmodem101, COM3); "
@@ -323,6 +336,11 @@ COMMANDS = [
             examples=("keygen", "keygen release.pem")),
     Command("pubkey", commands.cmd_pubkey, "show the public half and key id of a signing key", _pubkey_opts,
             OUTPUT, examples=("pubkey", "pubkey release.pem -o release.pub.pem")),
+    Command("trust", commands.cmd_trust, "list the image-signing keys the device trusts; provision the "
+            "first, or add/drop one with a change signed by a trusted key", _trust_opts,
+            examples=("-t pico trust", "-t pico trust --provision signing.pem",
+                      "-t pico trust --add new.pem --signed-by old.pem",
+                      "-t pico trust --drop old.pem --signed-by new.pem")),
     Command("provision", commands.cmd_provision, "set up a board over USB: device config (Wi-Fi, name), "
             "device key, trusted signing key, the agent; reset it, wait for it, record it as a target",
             _provision_opts, ("targets", "key_file") + OUTPUT,

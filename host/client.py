@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 from .codec import mpota_hostframes as hostframes  # the codec (shared/): see __init__.py
 from .codec import mpota_lineproto as lineproto
+from .codec import mpota_mcuboot as mcuboot
 from .codec import mpota_proto as proto
 from .codec.mpota_checksums import crc32c
 from .codec.mpota_framing import K_ERROR, K_FRAME, K_LINE
@@ -390,10 +391,16 @@ class Client:
         return await self.request("abort")
 
     async def begin(self, size: int, sha256: str, version: Optional[str] = None,
-                    slot: str = "inactive", allow_downgrade: bool = False) -> dict:
+                    slot: str = "inactive", allow_downgrade: bool = False,
+                    key_id: Optional[str] = None) -> dict:
+        """key_id: the image's signing key id (hex; "" unsigned): a device that
+        trusts keys refuses an image it would refuse at commit for its key now,
+        before any byte is sent."""
         fields: dict = {"size": size, "sha256": sha256, "slot": slot}
         if version is not None:
             fields["version"] = version
+        if key_id is not None:
+            fields["key_id"] = key_id
         if allow_downgrade:
             fields["allow_downgrade"] = True
         return await self.request("begin", **fields)
@@ -588,6 +595,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     the upload continues from there. Only idempotent steps are retried.
     """
     sha = hashlib.sha256(image).hexdigest()
+    kid = image_key_id(image)
     res = PushResult(slot="?", size=len(image), sha256=sha)
     t0 = time.monotonic()
     high_sent = 0
@@ -601,7 +609,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             await c.connect(authenticate=True)
             try:
                 reply = await _begin_patiently(c, len(image), sha, version, allow_downgrade,
-                                               busy_wait if first else max(busy_wait, 35.0), on_event)
+                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid)
             except Restarting:
                 # A lean-mode device takes images only in its update mode (the
                 # app stopped, the heap free): it restarts into it; follow it.
@@ -653,16 +661,29 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             await c.close()
 
 
+def image_key_id(image: bytes) -> Optional[str]:
+    """The key id (hex) an MCUboot image names for its signature, "" for an
+    unsigned image, None when `image` is not an MCUboot image (the device
+    then judges it at commit). The codec's parser, as the device's."""
+    try:
+        info = mcuboot.verify(bytes(image))
+    except mcuboot.ImageError:
+        return None
+    if info["sig_type"] is None:
+        return ""
+    return info["keyhash"].hex() if info["keyhash"] else None  # no key named: commit judges it
+
+
 async def _begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
                            allow_downgrade: bool, busy_wait: float,
-                           on_event: Optional[EventCb]) -> dict:
+                           on_event: Optional[EventCb], key_id: Optional[str] = None) -> dict:
     """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
     link the device may not yet have noticed that our old session is gone."""
     deadline = time.monotonic() + busy_wait
     delay = 0.2
     while True:
         try:
-            return await c.begin(size, sha, version, allow_downgrade=allow_downgrade)
+            return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id)
         except BusyError:
             if time.monotonic() + delay > deadline:
                 raise

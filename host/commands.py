@@ -71,6 +71,11 @@ def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
     elif code == "incorrect_state" and getattr(err, "op", None) == "begin" and getattr(err, "trial_crash", None):
         hint = ("the version on trial crashed (%s): `%s rollback` then `%s reset` returns to the confirmed "
                 "one; or fix the app and push it once that is done" % (err.trial_crash, run, run))  # type: ignore[attr-defined]
+    elif ctx.command == "trust" and code in ("incorrect_state", "signature_invalid", "bad_request"):
+        hint = "`%s trust` lists the keys the device trusts and the last change's seq" % run
+    elif code == "signature_invalid" and getattr(err, "op", None) == "begin":
+        hint = ("sign the image with a key the device trusts (--sign-key KEY.pem; `%s trust` lists them, "
+                "`%s pubkey KEY.pem` shows a key's fingerprint)" % (run, ctx.prog))
     elif code == "incorrect_state" and getattr(err, "op", None) == "begin":
         hint = ("a version is on trial: `%s confirm` keeps it; `%s rollback` then `%s reset` returns "
                 "to the confirmed one" % (run, run, run))
@@ -290,6 +295,10 @@ def print_status(out, st: dict) -> None:
     say("device  %s, agent %s on %s %s" % (st.get("device"), st.get("agent"), st.get("impl", "?"),
                                             st.get("mp_version", "")))
     say("link    protocol %s, auth %s" % (st.get("proto"), st.get("auth", "?")))
+    tr = st.get("trust")
+    if tr is not None:  # the signing keys the device trusts (fingerprints: `mpota pubkey KEY.pem`)
+        say("keys    %s" % (tr.get("warning") or "trusts %s (last change seq %s)" % (
+            ", ".join(tr.get("keys") or []), tr.get("seq"))))
     trial = "trial %d/%s" % (st.get("trial_count", 0), st.get("max_trials", "?")) if st.get("trial") else "no trial"
     say("running [bold]%s[/]  active %s  pending %s  %s" % (
         st.get("running") or "-", st.get("active") or "-", st.get("pending") or "-", trial))
@@ -467,9 +476,9 @@ def signing_key_path(given) -> Path:
 def _key_event(out, name: str, verb: str, path: Path, key) -> None:
     from . import keys
 
-    kid, pub = keys.key_id(key).hex(), keys.public_raw(key).hex()
-    out.event(name, "%s %s\n  key id %s\n  public %s" % (verb, path, kid, pub),
-              file=str(path), key_id=kid, public=pub)
+    kid, pub, fp = keys.key_id(key).hex(), keys.public_raw(key).hex(), keys.fingerprint(key)
+    out.event(name, "%s %s\n  fingerprint %s (as `mpota trust` and status show it)\n  key id %s\n  public %s"
+              % (verb, path, fp, kid, pub), file=str(path), fingerprint=fp, key_id=kid, public=pub)
 
 
 def cmd_keygen(ctx) -> int:
@@ -496,6 +505,36 @@ def cmd_pubkey(ctx) -> int:
         ctx.out.say("public half written to %s" % ctx.args.output)
     elif pem and ctx.out.mode == "human":
         ctx.out.say(pem.rstrip())
+    return EXIT_OK
+
+
+async def cmd_trust(ctx) -> int:
+    from . import keys, trust
+
+    a = ctx.args
+    if (a.add or a.drop) and not a.signed_by:
+        raise UsageError("--%s needs --signed-by KEY.pem: a private key the device trusts signs the change"
+                         % ("add" if a.add else "drop"))
+    if a.signed_by and not (a.add or a.drop):
+        raise UsageError("--signed-by goes with --add or --drop")
+    if a.seq is not None and not (a.add or a.drop):
+        raise UsageError("--seq goes with --add or --drop")
+    c = await ctx.client()
+    if a.provision:
+        st, did = await trust.provision(c, a.provision), "provisioned %s" % a.provision
+    elif a.add or a.drop:
+        op, key = ("add", a.add) if a.add else ("drop", a.drop)
+        st = await trust.change(c, op, key, a.signed_by, a.seq)
+        did = "%s %s (%s), signed by %s, seq %s" % ("added" if a.add else "dropped", key,
+                                                   keys.fingerprint(key), a.signed_by, st.get("seq"))
+    else:
+        st, did = await trust.listing(c), None
+    fps = st.get("keys") or []
+    text = "%s: trusts %s; last change seq %s" % (_target_line(ctx.target), ", ".join(fps) or "no key",
+                                                 st.get("seq"))
+    ctx.out.event("trust", ((did + "\n") if did else "") + text, target=ctx.target.name, **st)
+    if st.get("warning"):
+        ctx.out.say("warning: %s" % st["warning"])
     return EXIT_OK
 
 

@@ -5,6 +5,8 @@ device needs of them (docs/security.md).
     load(path, password=None) -> imgtool key       private or public PEM (imgtool.keys.load)
     public_raw(key) -> 32 bytes                    the public half the device stores
     key_id(key) -> 32 bytes                        sha256 of the SPKI DER: imgtool's KEYHASH TLV
+    fingerprint(key) -> str                        how people see it: key_id's first 8 bytes, hex
+                                                   (the device's status "trust" shows the same)
     trust_file(keys, seq=0) -> bytes               a /mpota_trust.json trusting these keys
     key_change(signer, op, new_key, seq) -> dict   a statement the device applies ("add"/"drop"),
                                                    signed by a key it already trusts
@@ -87,6 +89,14 @@ def public_raw(key):
 def key_id(key):
     """imgtool's KEYHASH of the key: what images signed by it name."""
     return hashlib.sha256(_key(key).get_public_bytes()).digest()
+
+
+def fingerprint(key) -> str:
+    """The key's fingerprint: the first 8 bytes of its key id in hex, as the
+    device names its trusted keys (device/mpota_trust.py fingerprint()).
+    `key`: a key, a key file, or a key id (32 bytes)."""
+    kid = bytes(key) if isinstance(key, (bytes, bytearray)) else key_id(key)
+    return kid[:8].hex()
 
 
 def trust_file(keys, seq=0):
