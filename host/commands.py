@@ -297,8 +297,12 @@ def print_status(out, st: dict) -> None:
     say("link    protocol %s, auth %s" % (st.get("proto"), st.get("auth", "?")))
     tr = st.get("trust")
     if tr is not None:  # the signing keys the device trusts (fingerprints: `mpota pubkey KEY.pem`)
-        say("keys    %s" % (tr.get("warning") or "trusts %s (last change seq %s)" % (
-            ", ".join(tr.get("keys") or []), tr.get("seq"))))
+        if tr.get("keys"):
+            say("keys    %s" % " ".join(tr["keys"]))  # 4 keys fit 80 columns; `trust` shows the seq
+        elif tr.get("signed_images"):
+            say("keys    [bold]trust store unusable[/]: every image is refused (status --json says why)")
+        else:
+            say("keys    none trusted: [bold]unsigned images are accepted[/] (`trust --provision`)")
     trial = "trial %d/%s" % (st.get("trial_count", 0), st.get("max_trials", "?")) if st.get("trial") else "no trial"
     say("running [bold]%s[/]  active %s  pending %s  %s" % (
         st.get("running") or "-", st.get("active") or "-", st.get("pending") or "-", trial))
