@@ -81,6 +81,8 @@ def test_rotate_keys_with_signed_statements(tmp_path, pems):
         st = status(sim)
         assert st["trust"]["keys"] == [fp(new)] and st["trust"]["seq"] == 4
         assert st["slots"][st["running"]]["version"].startswith("2.0.0")
+        r = cli("-t", "127.0.0.1:%d" % sim.tcp_port, "status", key=sim.key)
+        assert "keys    %s\n" % fp(new) in r.stdout, r.stdout
     # the host shows the same fingerprint for a key file
     r = cli("--json", "pubkey", new)
     assert ev(events(r), "pubkey")["fingerprint"] == fp(new) == keys.fingerprint(new)
