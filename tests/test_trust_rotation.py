@@ -65,6 +65,9 @@ def test_rotate_keys_with_signed_statements(tmp_path, pems):
         c.close()
         r, t = trust(sim, "--add", new, "--signed-by", old)
         assert r.returncode == 0 and t["keys"] == [fp(old), fp(new)] and t["seq"] == 3, r.stderr
+        # the key of the running confirmed image stays until an image signed by another runs
+        r, e = trust(sim, "--drop", old, "--signed-by", new)
+        assert r.returncode != 0 and e["code"] == "incorrect_state" and "running image" in e["message"], e
         # an image signed by the new key, then the old key dropped
         r = push(sim, app, "2.0.0", new)
         assert r.returncode == 0 and ev(events(r), "done")["state"] == "confirmed", r.stderr
