@@ -88,6 +88,7 @@ class Device:
         self.legacy_udp = False  # the legacy UDP service keeps the modules loaded
         self.trial = False  # this boot runs an unconfirmed image (bootmgr): the watchdog is on
         self.ag = None  # the Agent serving it (agent._main)
+        self.chal = None  # the auth challenges' state (auth.challenge), from the first hello
 
     def uptime(self):
         return hal.ticks_diff(hal.ticks_ms(), self.t0)

@@ -8,27 +8,53 @@ import mpota_hal as hal
 from mpota_lineproto import error_line, E_BUSY, E_TIMEOUT
 
 
+_YOUNG_MS = 500  # a stranger is not pushed out before its first message can arrive
+
+
 async def admit(ag, c):
     """Let connection c join ag.conns, served by the current task; False when
-    it may not (it was told why). A stranger (not authenticated) beyond the
-    max_unauth quota evicts the OLDEST stranger; authenticated connections
-    count against max_conn."""
+    it may not (it was told why). Authenticated connections count against
+    max_conn. A stranger (not authenticated) beyond the max_unauth quota
+    pushes out another stranger (_victim), or is refused when none may go."""
     cfg = ag.dev.cfg
     c.task = asyncio.current_task()
     unauth = [x for x in ag.conns if not x.authed]
     if not c.authed and len(unauth) >= cfg["max_unauth"]:
+        old = _victim(unauth)
+        if old is None:
+            c.w.write(error_line(None, E_BUSY, "too many peers authenticating: try again"))
+            await c.w.drain()
+            return False
         # Its own task is cancelled, so it leaves the poller and closes its
         # socket itself: closing a socket that another task still waits on
         # would leave a stale poll entry whose file descriptor the next
         # connection may get.
-        unauth[0].task.cancel()
-        ag.conns.remove(unauth[0])
+        old.task.cancel()
+        ag.conns.remove(old)
     if len(ag.conns) - len(unauth) < cfg["max_conn"]:
         ag.conns.append(c)
         return True
     c.w.write(error_line(None, E_BUSY, "too many connections"))
     await c.w.drain()
     return False
+
+
+def _victim(unauth):
+    # The stranger a newcomer pushes out: the oldest that holds a challenge
+    # (it loses nothing: its peer answers the challenge on a new connection,
+    # auth.redeem), else the oldest that has had _YOUNG_MS to send its first
+    # message and holds none; None while every stranger is younger (then the
+    # newcomer, which has sent nothing yet either, is refused). So a flood of
+    # hellos cannot push out an operator between hello and auth, and idle or
+    # dripping sockets still give way (docs/security.md).
+    for x in unauth:
+        if x.nonce is not None:
+            return x
+    now = hal.ticks_ms()
+    for x in unauth:
+        if hal.ticks_diff(now, x.t0) >= _YOUNG_MS:
+            return x
+    return None
 
 
 async def receive(ag, c, mv):

@@ -2,7 +2,6 @@
 # auth, ping, status, confirm, reset. Each op_<name>(dev, c, req) returns the
 # reply fields or raises ProtoError; service.py routes lines here (and to
 # update.py and rareops.py) and turns either into one reply line.
-import uos as os
 import sys
 import gc
 import ubinascii as binascii
@@ -10,11 +9,15 @@ import ubinascii as binascii
 import mpota_hal as hal
 import mpota_lineproto as lineproto
 from mpota_lineproto import slot_name
-from mpota_lineproto import ProtoError, E_AUTH_FAILED
+from mpota_lineproto import ProtoError, E_AUTH_FAILED, E_BAD_REQUEST
 
 
 def op_hello(dev, c, req):
-    c.nonce = os.urandom(16) if dev.auth_on else None
+    if dev.auth_on:
+        import mpota_auth as auth  # released after the request (service.idle)
+        c.nonce = auth.challenge(dev)
+    else:
+        c.nonce = None
     r = {"proto": lineproto.PROTO, "agent": dev.VERSION, "device": dev.id,
          "auth": "hmac-sha256" if dev.auth_on else "none",
          "nonce": binascii.hexlify(c.nonce).decode() if c.nonce else None}
@@ -36,13 +39,21 @@ def op_auth(dev, c, req):
         return {"auth": "none"}
     hn = lineproto.field(req, "nonce", str, required=True)
     mac = lineproto.field(req, "mac", str, required=True)
+    ch = lineproto.field(req, "challenge", str)  # a hello's nonce, maybe of another connection
     nonce = c.nonce
     c.nonce = None  # one attempt per hello
+    if ch is not None:
+        try:
+            nonce = binascii.unhexlify(ch)
+        except ValueError:
+            raise ProtoError(E_BAD_REQUEST, "\"challenge\" must be hex")
     if nonce is None:
         raise ProtoError(E_AUTH_FAILED, "send hello first (each hello allows one auth attempt)")
     if dev.key is None:
         raise ProtoError(E_AUTH_FAILED, "this device has no key (/mpota_key.bin)")
     import mpota_auth as auth  # released after the request (service.idle), as hmac_sha256
+    if not auth.redeem(dev, nonce):
+        raise ProtoError(E_AUTH_FAILED, "challenge unknown, expired or already answered: send hello again")
     dm = auth.check(dev.key, dev.id, nonce, hn, mac)
     if dm is None:
         c.authed = False

@@ -40,6 +40,9 @@ log = logging.getLogger("mpota.client")
 CONNECT_TIMEOUT = 5.0
 IO_TIMEOUT = 10.0
 COMMIT_TIMEOUT = 120.0  # the device hashes and validates the whole slot
+# connections the device may close before the auth is answered (a flood of
+# strangers pushes them out; the challenge outlives them: protocol.md 2.2)
+CHURN_RETRIES = 8
 # NERROR-driven rewinds allowed on one connection before we give up on it.
 MAX_REWINDS = 64
 
@@ -128,14 +131,43 @@ class Client:
         authenticate: True = fail without a key when the device wants auth;
         None = authenticate when a key is at hand; False = never.
         """
-        await self._open()
-        info = await self.hello()
-        if info.get("auth", "none") == "none":
-            self.authenticated = True
-        elif authenticate is not False and (self._key is not None or authenticate):
-            # the device tells its limits (window, max_data...) only once authenticated
-            info.update(await self.auth() or {})
-        return info
+        reuse = False  # answer the last hello's challenge on a new connection
+        info: dict = self.info
+        for attempt in range(CHURN_RETRIES + 1):
+            await self._open()
+            try:
+                if not reuse:
+                    info = await self.hello()
+                    if info.get("auth", "none") == "none":
+                        self.authenticated = True
+                        return info
+                    if authenticate is False or (self._key is None and not authenticate):
+                        return info
+                # the device tells its limits (window, max_data...) only once authenticated
+                info.update(await self.auth(reuse) or {})
+                return info
+            except ConnectionLost:
+                # A device under a flood of strangers closes the oldest that
+                # are not yet authenticated: its challenge is still good (once).
+                if attempt == CHURN_RETRIES:
+                    raise
+                reuse = bool(self.info.get("nonce"))
+            except AuthError:
+                if not reuse or attempt == CHURN_RETRIES:
+                    raise
+                reuse = False  # the challenge expired meanwhile: a new hello
+            log.info("%s closed the connection before the auth: again (%d)", self.host, attempt + 1)
+            await self.close()
+            self._reset_link()
+        raise AssertionError("unreachable")
+
+    def _reset_link(self) -> None:
+        # after close(): a new connection starts with no session and no waiters
+        self._sess = self._sess_next = None
+        self._closed_exc = None
+        self.closed = asyncio.Event()
+        self._frames = asyncio.Queue()
+        self.authenticated = False
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -334,9 +366,11 @@ class Client:
         self.info = await self.request("hello")
         return self.info
 
-    async def auth(self) -> dict:
+    async def auth(self, other_connection: bool = False) -> dict:
         """Mutual HMAC-SHA256 challenge-response (protocol.md §2.2); returns
-        the device's limits that come with a successful auth."""
+        the device's limits that come with a successful auth.
+        other_connection: the challenge (self.info's nonce) came on a former
+        connection; this one answers it as its first message."""
         if self._key is None:
             raise AuthError("%s requires authentication and no key was given" % self.host)
         device = str(self.info.get("device", ""))
@@ -353,7 +387,8 @@ class Client:
         mac = host_mac(self._key, device, dev_nonce, host_nonce)
         # the device seals its reply under the new session: arm it before asking
         self._sess_next = Session(self._key, device, dev_nonce, host_nonce, False)
-        reply = await self.request("auth", nonce=host_nonce.hex(), mac=mac.hex())
+        more = {"challenge": dev_nonce.hex()} if other_connection else {}
+        reply = await self.request("auth", nonce=host_nonce.hex(), mac=mac.hex(), **more)
         if self._sess is None:
             raise AuthError("%s accepted the auth but did not seal its reply" % self.host,
                             "the agent is too old for this host tool, or not an mpota agent")

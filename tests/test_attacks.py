@@ -415,3 +415,52 @@ def test_a_message_the_link_mangled_after_auth_is_a_lost_connection_not_a_wrong_
 
     with Sim(state=tmp_path / "dev") as sim:
         asyncio.run(go(sim.tcp_port, sim.key))
+
+
+def test_a_challenge_is_answered_once_on_any_connection_and_never_made_up(tmp_path):
+    """A hello's challenge outlives its connection (a flood may push that out
+    before the auth: docs/security.md), but it is good for one auth attempt,
+    only if the device issued it, and only among the last auth.WINDOW (128)."""
+    def line(s, dec, op, **f):
+        s.sendall(json.dumps(dict(op=op, id=1, **f)).encode() + b"\n")
+        ev = raw_reply(s, dec)
+        assert ev is not None and ev[0] == K_LINE, ev
+        return json.loads(ev[1].split(b" ")[0] if not ev[1].startswith(b"{") else ev[1].rsplit(b"}", 1)[0] + b"}")
+
+    def auth_fields(key, dev, dn, hn=b"\x07" * 16):
+        return dict(nonce=hn.hex(), mac=host_mac(key, dev, bytes.fromhex(dn), hn).hex(), challenge=dn)
+
+    with Sim(state=tmp_path / "dev") as sim:
+        conns = []
+
+        def conn():
+            s = socket.create_connection(("127.0.0.1", sim.tcp_port))
+            conns.append(s)
+            return s, decoder()
+        try:
+            s, d = conn()
+            hello = line(s, d, "hello")
+            dn, dev = hello["nonce"], hello["device"]
+            s.close()  # the connection that asked is gone
+            s, d = conn()
+            ok = line(s, d, "auth", **auth_fields(sim.key, dev, dn))  # answered on another one: in
+            assert ok["ok"] and "mac" in ok, ok
+            s, d = conn()
+            again = line(s, d, "auth", **auth_fields(sim.key, dev, dn))  # the same challenge: spent
+            assert again["error"]["code"] == "auth_failed", again
+            s.close()  # (strangers have a quota of 2)
+            s, d = conn()
+            made_up = "00000001" + "ab" * 12  # never issued: refused without a MAC check
+            r = line(s, d, "auth", **auth_fields(sim.key, dev, made_up))
+            assert r["error"]["code"] == "auth_failed", r
+            s.close()
+            s, d = conn()
+            old = line(s, d, "hello")["nonce"]
+            for _ in range(128):  # 128 newer challenges: the old one expired
+                line(s, d, "hello")
+            s2, d2 = conn()
+            r = line(s2, d2, "auth", **auth_fields(sim.key, dev, old))
+            assert r["error"]["code"] == "auth_failed", r
+        finally:
+            for c in conns:
+                c.close()

@@ -143,3 +143,68 @@ def test_a_trial_that_hangs_the_loop_is_reset_by_the_watchdog_and_rolled_back(tm
         st = c.ok("status")
         c.close()
         assert st["boot_reason"] == "watchdog" and st["slots"][st["running"]]["version"] == "1.0.0+0", st
+
+
+class _HelloFlood:
+    """Three threads, each opening a connection and saying hello every 0.2 s
+    (the sockets stay open until stop()): issue 17.3's churn. Loopback only;
+    bounded by stop() and by `seconds`."""
+
+    def __init__(self, port, seconds=30.0):
+        import threading
+        self.port = port
+        self.end = time.monotonic() + seconds
+        self.stop_ev = threading.Event()
+        self.socks = []
+        self.opened = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(3)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        while not self.stop_ev.is_set() and time.monotonic() < self.end:
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+                s.sendall(b'{"op":"hello","id":1}\n')
+                self.socks.append(s)
+                self.opened += 1
+            except OSError:
+                pass
+            self.stop_ev.wait(0.2)
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(5)
+        for s in self.socks:
+            s.close()
+
+
+@pytest.mark.parametrize("rtt_ms", [200, 300])
+def test_an_operator_on_a_slow_link_authenticates_and_pushes_through_a_hello_flood(tmp_path, rtt_ms):
+    """Issue 17.3: a flood of strangers saying hello must not keep out an
+    operator whose round trip (here through a delay line) is up to 300 ms:
+    its challenge outlives a connection the flood pushed out (the host
+    answers it on a new connection), and a connection that has not yet been
+    served is evicted only after those holding a challenge."""
+    import asyncio
+    from linkproxy import ProxyThread
+    from mpota.client import push_image
+    img = app_image(tmp_path, "app", APP1, "1.0.0+0")
+    with Sim(state=tmp_path / "dev") as sim:
+        px = ProxyThread(sim.tcp_port, delay=rtt_ms / 2000)
+        flood = _HelloFlood(sim.tcp_port)
+        try:
+            time.sleep(1.0)  # the flood is under way
+            t0 = time.monotonic()
+            res = asyncio.run(asyncio.wait_for(
+                push_image("127.0.0.1", px.port, img, key=sim.key, version="1.0.0+0", timeout=5.0), 25))
+            took = time.monotonic() - t0
+            assert flood.threads[0].is_alive(), "the flood ended before the push"
+            opened = flood.opened
+        finally:
+            flood.stop()
+            px.close()
+        assert res.commit["state"] == "pending"
+        assert opened > 20
+        print("\nRTT %d ms: pushed through a hello flood (%d connections) in %.1f s" % (rtt_ms, opened, took))

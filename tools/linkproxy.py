@@ -127,6 +127,7 @@ class LinkProxy:
             passed += len(data)
             self.bytes_up += len(data)
             await uw.drain()
+        await self._in_flight()
 
     async def _down(self, ur, cw, done) -> None:
         while not done.is_set():
@@ -135,6 +136,13 @@ class LinkProxy:
                 break
             self._send(cw, data)
             await cw.drain()
+        await self._in_flight()
+
+    async def _in_flight(self) -> None:
+        # a closing side's last bytes are still on the delay line: they
+        # arrive before the close does, as on a real link
+        if self.delay:
+            await asyncio.sleep(self.delay + 0.01)
 
 
 def _is_data(unit: bytes) -> bool:
