@@ -26,7 +26,7 @@ _SPEC = {
     "trial_wdt": (8000, int, 2000, 8388),
     "timeout": (30, int, 1, 3600),  # seconds a peer (or an update session) may stay silent
     "max_conn": (4, int, 1, 16),  # authenticated connections
-    "max_unauth": (2, int, 1, 8),  # connections still authenticating (oldest is dropped)
+    "max_unauth": (2, int, 1, 8),  # connections still authenticating (connpolicy.admit)
     "auth_timeout": (5, int, 1, 60),  # seconds to authenticate after connecting
     "mode": ("live", str, None, None),  # live (update beside the app) or lean
 }

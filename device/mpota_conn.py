@@ -8,8 +8,9 @@
 #
 # Connection policy: a peer that has not authenticated gets a small buffer,
 # a few seconds in all to authenticate (bytes do not extend that) and a small
-# quota of its own (max_unauth); when that quota is full, the OLDEST such
-# connection is closed to make room, so idle or dripping sockets can never
+# quota of its own (max_unauth); when that quota is full, a newcomer pushes out
+# the oldest stranger holding a challenge, else the oldest silent one
+# (connpolicy.admit), so neither hello floods nor idle or dripping sockets
 # keep an operator out. Authenticated connections count against max_conn.
 import mpota_hal as hal
 import mpota_connpolicy as connpolicy

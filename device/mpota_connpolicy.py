@@ -25,18 +25,24 @@ async def admit(ag, c):
             c.w.write(error_line(None, E_BUSY, "too many peers authenticating: try again"))
             await c.w.drain()
             return False
-        # Its own task is cancelled, so it leaves the poller and closes its
-        # socket itself: closing a socket that another task still waits on
-        # would leave a stale poll entry whose file descriptor the next
-        # connection may get.
-        old.task.cancel()
-        ag.conns.remove(old)
+        close(ag, old)
     if len(ag.conns) - len(unauth) < cfg["max_conn"]:
         ag.conns.append(c)
         return True
     c.w.write(error_line(None, E_BUSY, "too many connections"))
     await c.w.drain()
     return False
+
+
+def close(ag, c):
+    """Close connection c, served by another task (pushed out, or its update
+    session taken over: update.may_update). Its own task is cancelled, so it
+    leaves the poller and closes its socket itself: closing a socket that
+    another task still waits on would leave a stale poll entry whose file
+    descriptor the next connection may get."""
+    c.task.cancel()
+    if ag is not None and c in ag.conns:
+        ag.conns.remove(c)
 
 
 def _victim(unauth):

@@ -15,10 +15,18 @@ from mpota_lineproto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUS
 _CHECK_MOUNT = "/mpota_check"  # where commit mounts a new app to look at its names
 
 
-def may_update(dev, owner):
+def may_update(dev, owner, client=None):
+    """Raise unless `owner` may open the update session now. `client`: the
+    client id of a native begin (authenticated): a native session that the
+    same client id opened on another connection is taken over at once (that
+    connection, silent behind a frozen relay or half-open, is closed); any
+    other owner's session is busy until it ends or times out."""
     s = dev.session
     if s is not None and s.owner is not owner:
-        raise ProtoError(E_BUSY, "an update session is open on another connection")
+        if client is None or s.client != client or s.kind != upload.NATIVE:
+            raise ProtoError(E_BUSY, "an update session is open on another connection")
+        import mpota_connpolicy as connpolicy
+        connpolicy.close(dev.ag, s.owner)
     if s is not None:
         dev.close_session()  # the owner re-opens
     sl = dev.sl
@@ -122,8 +130,11 @@ def op_begin(dev, c, req):
     want = field(req, "slot", str, "inactive")
     ver = field(req, "version", str)
     down = field(req, "allow_downgrade", bool, False)
+    client = field(req, "client", str)
+    if client is not None and not 0 < len(client) <= 64:
+        raise ProtoError(E_BAD_REQUEST, "\"client\" must be 1 to 64 characters")
     v = None if ver is None else lineproto.parse_version(ver)  # bad_request when malformed
-    may_update(dev, c)
+    may_update(dev, c, client)
     sl = dev.sl
     i = sl.inactive()
     if want != "inactive" and lineproto.slot_index(want) != i:
@@ -139,7 +150,9 @@ def op_begin(dev, c, req):
         trust.check_signer(trust.load(), trust.unhex(kid, 32, "\"key_id\"") if kid else b"")
     restart_if_lean(dev, i, size)
     off = sl.begin(i, size, sha, ver)
-    dev.open_session(upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down))
+    s = upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down)
+    s.client = client
+    dev.open_session(s)
     return {"slot": name(i), "offset": off, "max_data": lineproto.MAX_DATA, "window": lineproto.WINDOW}
 
 

@@ -76,6 +76,7 @@ class Writer:
 class Session:
     """The one update in progress: its kind (NATIVE or LEGACY), the connection
     that owns it, the slot and its writer."""
+    client = None  # native: the client id its begin named (update.may_update)
 
     def __init__(self, kind, owner, slot, size, sha, w, allow_down):
         self.kind = kind

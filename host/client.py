@@ -14,6 +14,7 @@ logged or put in an exception message.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import hashlib
 import json
 import logging
@@ -156,6 +157,11 @@ class Client:
                 if not reuse or attempt == CHURN_RETRIES:
                     raise
                 reuse = False  # the challenge expired meanwhile: a new hello
+            except BusyError:
+                # every stranger's slot holds a connection too young to push out
+                if attempt == CHURN_RETRIES:
+                    raise
+                await asyncio.sleep(0.2)
             log.info("%s closed the connection before the auth: again (%d)", self.host, attempt + 1)
             await self.close()
             self._reset_link()
@@ -427,11 +433,15 @@ class Client:
 
     async def begin(self, size: int, sha256: str, version: Optional[str] = None,
                     slot: str = "inactive", allow_downgrade: bool = False,
-                    key_id: Optional[str] = None) -> dict:
+                    key_id: Optional[str] = None, client: Optional[str] = None) -> dict:
         """key_id: the image's signing key id (hex; "" unsigned): a device that
         trusts keys refuses an image it would refuse at commit for its key now,
-        before any byte is sent."""
+        before any byte is sent. client: this operator's client id
+        (default_client_id()): a session it left open on another connection is
+        taken over at once."""
         fields: dict = {"size": size, "sha256": sha256, "slot": slot}
+        if client is not None:
+            fields["client"] = client
         if version is not None:
             fields["version"] = version
         if key_id is not None:
@@ -611,6 +621,19 @@ class PushResult:
         return (self.size - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
 
 
+def default_client_id() -> str:
+    """Who "the same operator" is for `begin` (protocol.md 2.3): every operator
+    of a device holds its one key, so the device tells them apart by this id,
+    MPOTA_CLIENT_ID or else derived from this account and machine. The
+    operator's own session, stranded on a connection a relay froze, is
+    taken over at once; another operator's waits for its timeout."""
+    env = os.environ.get("MPOTA_CLIENT_ID")
+    if env:
+        return env[:64]
+    who = "%s@%s" % (getpass.getuser(), socket.gethostname())
+    return hashlib.sha256(who.encode()).hexdigest()[:16]
+
+
 def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
     if on_event:
         on_event(name, **fields)
@@ -622,7 +645,8 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                      connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
                      busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
                      on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
-                     client_factory: Callable[..., Client] = Client) -> PushResult:
+                     client_factory: Callable[..., Client] = Client,
+                     client_id: Optional[str] = None) -> PushResult:
     """Upload `image` to the inactive slot and (unless commit=False) commit it.
 
     A dropped connection or a stalled device costs a reconnect (up to
@@ -631,6 +655,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     """
     sha = hashlib.sha256(image).hexdigest()
     kid = image_key_id(image)
+    cid = client_id or default_client_id()
     res = PushResult(slot="?", size=len(image), sha256=sha)
     t0 = time.monotonic()
     high_sent = 0
@@ -644,7 +669,8 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             await c.connect(authenticate=True)
             try:
                 reply = await _begin_patiently(c, len(image), sha, version, allow_downgrade,
-                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid)
+                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
+                                               cid)
             except Restarting:
                 # A lean-mode device takes images only in its update mode (the
                 # app stopped, the heap free): it restarts into it; follow it.
@@ -711,14 +737,16 @@ def image_key_id(image: bytes) -> Optional[str]:
 
 async def _begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
                            allow_downgrade: bool, busy_wait: float,
-                           on_event: Optional[EventCb], key_id: Optional[str] = None) -> dict:
+                           on_event: Optional[EventCb], key_id: Optional[str] = None,
+                           client: Optional[str] = None) -> dict:
     """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
     link the device may not yet have noticed that our old session is gone."""
     deadline = time.monotonic() + busy_wait
     delay = 0.2
     while True:
         try:
-            return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id)
+            return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
+                                 client=client)
         except BusyError:
             if time.monotonic() + delay > deadline:
                 raise

@@ -57,6 +57,18 @@ def _with_retries(port, key, what, fn, tries=5):
     raise AssertionError("no %s: %s" % (what, last))
 
 
+def _stranger_retrying(port, key):
+    # an authenticated DevConn; a newcomer is told busy while every stranger's
+    # slot holds a connection younger than connpolicy._YOUNG_MS (retryable)
+    for _ in range(20):
+        try:
+            return DevConn(port, key, timeout=5)
+        except AssertionError as e:
+            assert "busy" in str(e), e
+            time.sleep(0.2)
+    raise AssertionError("busy for 4 s")
+
+
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 def test_connection_floods_at_a_tiny_heap_leave_the_device_updatable(tmp_path, mp, capsys):
     img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=16 * 1024)
@@ -85,7 +97,7 @@ def test_idle_dripping_and_silent_peers_cannot_keep_the_operator_out(tmp_path):
         idle = [socket.create_connection(("127.0.0.1", sim.tcp_port)) for _ in range(4)]
         drip = [socket.create_connection(("127.0.0.1", sim.tcp_port)) for _ in range(4)]
         # an authenticated peer opens an update session, then goes silent
-        silent = DevConn(sim.tcp_port, sim.key)
+        silent = _stranger_retrying(sim.tcp_port, sim.key)
         silent.ok("begin", size=len(img), sha256="ab" * 32)
         t0 = time.monotonic()
         c = None
@@ -97,7 +109,7 @@ def test_idle_dripping_and_silent_peers_cannot_keep_the_operator_out(tmp_path):
                 except OSError:
                     pass
             try:
-                c = c or DevConn(sim.tcp_port, sim.key, timeout=5)
+                c = c or _stranger_retrying(sim.tcp_port, sim.key)
                 result = c.push(img, "1.0.0+0")
             except AssertionError as e:
                 assert "busy" in str(e), e  # the silent session, until it times out
@@ -208,3 +220,39 @@ def test_an_operator_on_a_slow_link_authenticates_and_pushes_through_a_hello_flo
         assert res.commit["state"] == "pending"
         assert opened > 20
         print("\nRTT %d ms: pushed through a hello flood (%d connections) in %.1f s" % (rtt_ms, opened, took))
+
+
+def test_the_same_operator_takes_over_its_session_a_frozen_relay_holds(tmp_path):
+    """Issue 17.4: a relay freezes an operator's push right after `begin`
+    (the connection stays open, silent). At the default config (timeout 30 s)
+    another operator still gets busy, but the same operator (its client id)
+    pushes at once: the frozen connection is closed and the upload resumes."""
+    import asyncio
+    from mpota.client import push_image
+    from mpota.errors import BusyError
+    img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=8 * 1024)
+    sha = __import__("hashlib").sha256(img).hexdigest()
+    with Sim(state=tmp_path / "dev") as sim:
+        frozen = DevConn(sim.tcp_port, sim.key)
+        frozen.ok("begin", size=len(img), sha256=sha, version="1.0.0+0", client="op-one")
+        other = DevConn(sim.tcp_port, sim.key)
+        r = other.req("begin", size=len(img), sha256=sha, version="1.0.0+0", client="op-two")
+        assert r["error"]["code"] == "busy", r
+        other.close()
+        t0 = time.monotonic()
+        with pytest.raises(BusyError):  # another client id: busy, as before
+            asyncio.run(push_image("127.0.0.1", sim.tcp_port, img, key=sim.key, version="1.0.0+0",
+                                   busy_wait=0.5, client_id="op-two"))
+        res = asyncio.run(asyncio.wait_for(push_image(
+            "127.0.0.1", sim.tcp_port, img, key=sim.key, version="1.0.0+0", client_id="op-one"), 20))
+        took = time.monotonic() - t0
+        assert res.commit["state"] == "pending"
+        assert took < 10, took
+        frozen.s.settimeout(5)
+        try:
+            gone = frozen.s.recv(4096) == b""
+        except OSError:
+            gone = True
+        assert gone, "the frozen connection was left open"
+        frozen.close()
+        print("\nthe same operator's push landed %.1f s after its session froze" % took)
