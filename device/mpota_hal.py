@@ -38,6 +38,10 @@ mem_free = gc.mem_free
 mem_alloc = gc.mem_alloc
 
 
+def status_extra(r):
+    pass  # the board adds nothing to status (the simulator: its flash counters)
+
+
 def wdt_start(timeout_ms):
     # Cannot be stopped once started (hardware); a second call only feeds.
     global _wdt
@@ -120,7 +124,7 @@ def wlan_power_save(enabled):
 
 
 _API = ("reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
-        "wlan_ip", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc")
+        "wlan_ip", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc", "status_extra")
 
 _sim = sys.modules.get("simhal")
 if _sim is not None:

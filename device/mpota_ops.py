@@ -106,9 +106,7 @@ def status(dev, full=True):
     w = sys.modules.get("mpota_wifi")
     if w is not None and w.LINK is not None:  # the station link (device/mpota_wifi.py)
         r.update(w.LINK.status())
-    sim = sys.modules.get("simhal")
-    if sim is not None:  # the simulator's flash operation counters
-        r["sim_flash"] = sim.flash().stats()
+    hal.status_extra(r)  # the simulator's flash counters; nothing on a board
     return r
 
 

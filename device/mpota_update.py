@@ -31,6 +31,9 @@ def may_update(dev, owner, client=None):
         dev.close_session()  # the owner re-opens
     sl = dev.sl
     if sl.on_trial():
+        if dev.app["state"] == "crashed":  # confirming would keep a broken app: say so
+            raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial and its app crashed: roll back first"
+                             % name(sl.running))
         raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial: confirm or roll back first" % name(sl.running))
     a = sl.active()
     if sl.running is not None and a is not None and a != sl.running:
@@ -136,6 +139,11 @@ def op_begin(dev, c, req):
     v = None if ver is None else lineproto.parse_version(ver)  # bad_request when malformed
     may_update(dev, c, client)
     sl = dev.sl
+    run = sl.running
+    if run is not None and sl.slot(run)["sha256"] == sha and not field(req, "force", bool, False):
+        # written again into the other slot, it would replace the rollback copy
+        raise ProtoError(E_INCORRECT_STATE, "this image already runs (slot %s): nothing to do (force: true "
+                                            "installs it again)" % name(run))
     i = sl.inactive()
     if want != "inactive" and lineproto.slot_index(want) != i:
         raise ProtoError(E_INCORRECT_STATE, "slot %s is in use; the inactive slot is %s" % (want, name(i)))

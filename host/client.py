@@ -433,7 +433,7 @@ class Client:
 
     async def begin(self, size: int, sha256: str, version: Optional[str] = None,
                     slot: str = "inactive", allow_downgrade: bool = False,
-                    key_id: Optional[str] = None, client: Optional[str] = None) -> dict:
+                    key_id: Optional[str] = None, client: Optional[str] = None, force: bool = False) -> dict:
         """key_id: the image's signing key id (hex; "" unsigned): a device that
         trusts keys refuses an image it would refuse at commit for its key now,
         before any byte is sent. client: this operator's client id
@@ -448,6 +448,8 @@ class Client:
             fields["key_id"] = key_id
         if allow_downgrade:
             fields["allow_downgrade"] = True
+        if force:  # the running image again (the device refuses it otherwise: it would replace the rollback copy)
+            fields["force"] = True
         return await self.request("begin", **fields)
 
     async def commit(self) -> dict:
@@ -646,7 +648,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                      busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
                      on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
                      client_factory: Callable[..., Client] = Client,
-                     client_id: Optional[str] = None) -> PushResult:
+                     client_id: Optional[str] = None, force: bool = False) -> PushResult:
     """Upload `image` to the inactive slot and (unless commit=False) commit it.
 
     A dropped connection or a stalled device costs a reconnect (up to
@@ -670,7 +672,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             try:
                 reply = await _begin_patiently(c, len(image), sha, version, allow_downgrade,
                                                busy_wait if first else max(busy_wait, 35.0), on_event, kid,
-                                               cid)
+                                               cid, force)
             except Restarting:
                 # A lean-mode device takes images only in its update mode (the
                 # app stopped, the heap free): it restarts into it; follow it.
@@ -738,7 +740,7 @@ def image_key_id(image: bytes) -> Optional[str]:
 async def _begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
                            allow_downgrade: bool, busy_wait: float,
                            on_event: Optional[EventCb], key_id: Optional[str] = None,
-                           client: Optional[str] = None) -> dict:
+                           client: Optional[str] = None, force: bool = False) -> dict:
     """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
     link the device may not yet have noticed that our old session is gone."""
     deadline = time.monotonic() + busy_wait
@@ -746,7 +748,7 @@ async def _begin_patiently(c: Client, size: int, sha: str, version: Optional[str
     while True:
         try:
             return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
-                                 client=client)
+                                 client=client, force=force)
         except BusyError:
             if time.monotonic() + delay > deadline:
                 raise

@@ -78,7 +78,7 @@ class Output:
         self._task = None
         self._last_json = 0.0
         self._last_done = -1
-        # The CLI's hook that adds hints naming its commands and flags (cli.with_cli_hint).
+        # The CLI's hook that adds hints naming its commands and flags (commands.with_cli_hint).
         self.hinter: Optional[Callable[[MpotaError], MpotaError]] = None
 
     # --- events -------------------------------------------------------------

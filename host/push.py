@@ -170,7 +170,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
             return report
     try:
         res = await push_image(target.host, target.port, image.data, key=target.key, version=image.version,
-                               allow_downgrade=allow_downgrade, window=window, retries=retries,
+                               allow_downgrade=allow_downgrade, force=force, window=window, retries=retries,
                                connect_timeout=connect_timeout, timeout=timeout,
                                on_progress=on_progress, on_event=on_event,
                                expect_device=expected_device(target))

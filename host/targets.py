@@ -144,7 +144,7 @@ TOP_KEYS = ("targets", "groups", "sign_key")
 
 
 def _line_of(text: str, section: Optional[str], key: str) -> Optional[int]:
-    """The line number of `key = ...` in table `section` ("targets.x"; None: the top level)."""
+    """The line number of `key = ...` in table `section` (e.g. the table of target x; None: the top level)."""
     current: Optional[str] = None
     for n, line in enumerate(text.splitlines(), 1):
         m = re.match(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$", line)

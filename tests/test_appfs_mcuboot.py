@@ -38,7 +38,9 @@ def app(tmp_path):
                                "def main():\n    return helper.X + util.Y\n")
     (d / "helper.py").write_text("X = 40\n")
     (d / "lib" / "util.py").write_text("Y = 2\n" + "# padding\n" * 3000)  # > 1 block
-    (d / "notes.txt").write_text("not copied\n")
+    (d / "notes.txt").write_text("data files go in too\n")
+    (d / "__pycache__").mkdir()
+    (d / "__pycache__" / "helper.cpython-311.pyc").write_bytes(b"junk, left out")
     src = tmp_path / "compiled.py"
     src.write_text("def f():\n    return 'from mpy'\n")
     subprocess.run([MPY_CROSS, "-o", str(d / "compiled.mpy"), str(src)], check=True)
@@ -54,7 +56,7 @@ def test_build_littlefs_exact_blocks(app):
     fs = LittleFS(block_size=4096, block_count=n, prog_size=256, mount=False)
     fs.context.buffer = bytearray(img)
     fs.mount()
-    assert sorted(fs.listdir("/")) == ["compiled.mpy", "helper.py", "lib", "main.py"]
+    assert sorted(fs.listdir("/")) == ["compiled.mpy", "helper.py", "lib", "main.py", "notes.txt"]
     assert fs.listdir("lib") == ["util.py"]
     # the headroom is spare: two blocks fewer still fit, two blocks do not
     assert len(build_littlefs(app, block_count=n - appimage.HEADROOM_BLOCKS)) == (n - 2) * 4096
@@ -121,7 +123,7 @@ def test_device_verifies_mounts_and_imports(tmp_path, app, mp_build):
     assert dev["version"] == [2, 0, 1, 7] and dev["version_str"] == "2.0.1+7"
     for k in ("hdr_size", "img_size", "tlv_off", "total_size", "has_signature", "body_is_littlefs"):
         assert dev[k] == host[k], k
-    assert json.loads(lines[1]) == ["compiled.mpy", "helper.py", "lib", "main.py"]
+    assert json.loads(lines[1]) == ["compiled.mpy", "helper.py", "lib", "main.py", "notes.txt"]
     assert lines[2] == "42 from mpy"
     assert lines[3] == "read-only 30"
     assert lines[4] == "False False"

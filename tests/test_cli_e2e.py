@@ -192,7 +192,8 @@ def test_resume_after_link_cut_resends_at_most_a_window(sim, tmp_path):
     img = build(app, "1.0.0", tmp_path / "big.img")
     size = img.stat().st_size
     assert size > 120_000
-    px = ProxyThread(sim.tcp_port, cut_after=60_000, cuts=1)
+    # two faulty connections: push reads status first (its no-op check), far below 60 kB
+    px = ProxyThread(sim.tcp_port, cut_after=60_000, cuts=2)
     try:
         r = cli("-t", "127.0.0.1:%d" % px.port, "--json", "push", img, "--no-reset", key=sim.key)
     finally:
@@ -215,7 +216,8 @@ def test_interrupt_commits_nothing_and_push_resumes(sim, tmp_path):
     app = make_app(tmp_path / "big", blob=160_000)
     img = build(app, "1.0.0", tmp_path / "big.img")
     # The proxy swallows everything after 50 kB: the push hangs mid-upload.
-    px = ProxyThread(sim.tcp_port, stall_after=50_000, cuts=1)
+    # two faulty connections: push reads status first (its no-op check), far below 50 kB
+    px = ProxyThread(sim.tcp_port, stall_after=50_000, cuts=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
     env.update(MPOTA_TARGETS=os.devnull, MPOTA_KEY=sim.key.hex())
     p = subprocess.Popen([sys.executable, FLASH, "-t", "127.0.0.1:%d" % px.port, "--json", "push",

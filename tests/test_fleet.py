@@ -187,7 +187,8 @@ def test_ctrl_c_stops_all_commits_nothing_and_each_resumes(fleet, tmp_path):
     r = cli("build", app, "--version", "8.0.0", "-o", img)
     assert r.returncode == 0, r.stderr
     # Both links stop forwarding after 50 kB: the two uploads hang mid-way.
-    pxs = [ProxyThread(fleet[n].tcp_port, stall_after=50_000) for n in ("a", "b")]
+    # two faulty connections each: push reads status first (its no-op check), far below 50 kB
+    pxs = [ProxyThread(fleet[n].tcp_port, stall_after=50_000, cuts=2) for n in ("a", "b")]
     tf = fleet["dir"] / "slow.toml"
     tf.write_text(targets_toml(pxs[0].port, pxs[1].port))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}

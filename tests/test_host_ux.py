@@ -160,7 +160,7 @@ def test_confirm_refuses_a_crashed_trial_unless_forced(sim, tmp_path):
 # --- 7. every file of the app folder goes into the image; junk is named --------------
 
 def _image_files(data: bytes) -> list:
-    from mcuboot import verify
+    from mpota.codec.mpota_mcuboot import verify
 
     info = verify(data)
     return sorted(images.littlefs_files(data[info["hdr_size"]:info["hdr_size"] + info["img_size"]]))

@@ -19,6 +19,10 @@ ticks_diff = time.ticks_diff
 mem_free = gc.mem_free
 mem_alloc = gc.mem_alloc
 
+
+def status_extra(r):
+    r["sim_flash"] = _flash.stats()  # the simulator's flash operation counters
+
 _cfg = {}  # only the handoff fields asked for later (not its deploy list)
 _flash = None
 _power_save = True
