@@ -120,7 +120,10 @@ def wlan_power_save(enabled):
         import network
 
         pm = network.WLAN.PM_PERFORMANCE if enabled else network.WLAN.PM_NONE
-        _wlan.config(pm=pm)
+        try:
+            _wlan.config(pm=pm)
+        except OSError:
+            pass  # a hint only: a radio that refuses it must not fail a begin or the listener
 
 
 _API = ("reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",

@@ -3,10 +3,15 @@
 # never waits on the radio.
 #
 # Loaded by agent.run() on a board (and in the simulator with --wifi), then
-# resident: the task and one Link (2.9 KB as .mpy on the 32-bit v1.27 build). It polls
+# resident: the task and one Link (3.2 KB as .mpy on the 32-bit v1.27 build). It polls
 # hal.wlan_state() with asyncio.sleep_ms; hal holds the only network.WLAN
 # calls. The agent listens while the link is up; when it goes, the Link
 # closes the listener (on_down) and the agent waits for the next join.
+#
+# A radio call that raises (rp2: wlan.active(True) raises OSError EPERM when
+# the CYW43 does not start; connect(), status(), ifconfig(), disconnect() can
+# raise too) is a failed attempt: the task reports it (status "link_error",
+# e.g. "OSError: [Errno 1] EPERM"), backs off and tries again; it never ends.
 #
 # Watchdog: while the link is up, housekeeping feeds it (the agent is
 # listening). While the link is down this task feeds it, but only for
@@ -56,28 +61,48 @@ class Link:
             self._feed()
             ms -= _POLL_MS
 
+    def _fail(self, e):
+        # a radio call raised (rp2: OSError EPERM when the CYW43 does not
+        # start; connect() can raise too): the attempt failed, the task goes on
+        self.error = str(e) if isinstance(e, ValueError) else "%s: %s" % (type(e).__name__, e)
+
+    def _leave(self):
+        try:
+            hal.wlan_leave()
+        except Exception as e:
+            self._fail(e)
+
     async def _join(self):
-        # one attempt: True once up, False after a failure or a timeout
+        # one attempt: True once up (self.ip set), False after a failure or a
+        # timeout. Any exception of a radio call is a failed attempt.
         self.joins += 1
         try:
-            hal.wlan_join(self.cfg)
-        except ValueError as e:  # no ssid: a config error, report and keep trying
-            self.error = str(e)
-            return False
-        t0 = hal.ticks_ms()
-        while hal.ticks_diff(hal.ticks_ms(), t0) < _JOIN_MS:
-            await asyncio.sleep_ms(_POLL_MS)
-            self._feed()
-            st = hal.wlan_state()
-            if st == "up":
-                return True
-            if st == "bad_auth" or st == "no_ap" or st == "fail":
-                self.error = st
-                break
-        else:
-            self.error = "timeout"
-        hal.wlan_leave()
+            hal.wlan_join(self.cfg)  # ValueError: no ssid, a config error
+            t0 = hal.ticks_ms()
+            while hal.ticks_diff(hal.ticks_ms(), t0) < _JOIN_MS:
+                await asyncio.sleep_ms(_POLL_MS)
+                self._feed()
+                st = hal.wlan_state()
+                if st == "up":
+                    self.ip = hal.wlan_ip()
+                    return True
+                if st == "bad_auth" or st == "no_ap" or st == "fail":
+                    self.error = st
+                    break
+            else:
+                self.error = "timeout"
+        except Exception as e:
+            self._fail(e)
+        self._leave()
         return False
+
+    async def _watch(self):
+        # while up: returns when the link is lost, or a radio call raised
+        try:
+            while hal.wlan_state() == "up":
+                await asyncio.sleep_ms(_WATCH_MS)
+        except Exception as e:
+            self._fail(e)
 
     async def run(self):
         backoff = 1000
@@ -90,13 +115,11 @@ class Link:
                 backoff = min(backoff * 2, _BACKOFF_MAX_MS)
                 continue
             backoff = 1000
-            self.ip = hal.wlan_ip()
             self.error = None
             self.state = "up"
             print("mpota: wifi up, ip %s" % self.ip)
             self.up.set()
-            while hal.wlan_state() == "up":
-                await asyncio.sleep_ms(_WATCH_MS)
+            await self._watch()
             # lost: stop listening, then rejoin
             self.up.clear()
             self.state = "down"
@@ -107,7 +130,7 @@ class Link:
             f = self.on_down
             if f is not None:
                 f()
-            hal.wlan_leave()
+            self._leave()
 
 
 LINK = None  # the one Link (start())

@@ -91,25 +91,38 @@ def test_link_loss_keeps_the_app_running_and_the_device_updatable_after(tmp_path
 
 # -- the Link's loop against a scripted hal, under MicroPython -------------------
 
-SCRIPT = r"""
+FAKE_HAL = r"""
 import sys
 sys.path.insert(0, "%(dev)s")
-import time, asyncio
+import asyncio
 
-class Hal:
-    # the link: up after one join, lost at tick 8, the access point absent
-    # until tick 40 (each hal.wlan_state() call is a tick)
-    def __init__(self):
-        self.ticks = 0
-        self.feeds = 0
-        self.joined = False
-        self.fake_ms = 0
+class FakeClock:
+    # the hal's clock and watchdog: time advances only by the sleeps below
+    fake_ms = 0
+    feeds = 0
     def ticks_ms(self):
         return self.fake_ms
     def ticks_diff(self, a, b):
         return a - b
     def wdt_feed(self):
         self.feeds += 1
+
+_sleep = asyncio.sleep_ms
+async def sleep_ms(ms):  # fake time: every sleep advances the clock
+    hal.fake_ms += ms
+    await _sleep(0)
+asyncio.sleep_ms = sleep_ms
+"""
+
+SCRIPT = FAKE_HAL + r"""
+import time
+
+class Hal(FakeClock):
+    # the link: up after one join, lost at tick 8, the access point absent
+    # until tick 40 (each hal.wlan_state() call is a tick)
+    def __init__(self):
+        self.ticks = 0
+        self.joined = False
     def wlan_join(self, cfg):
         self.joined = not (8 <= self.ticks < 40)
     def wlan_state(self):
@@ -128,12 +141,6 @@ class Hal:
 hal = Hal()
 sys.modules["mpota_hal"] = hal
 import mpota_wifi as wifi
-
-_sleep = asyncio.sleep_ms
-async def sleep_ms(ms):  # fake time: every sleep advances the clock
-    hal.fake_ms += ms
-    await _sleep(0)
-asyncio.sleep_ms = sleep_ms
 
 spins = 0
 async def other():  # another task: must keep running while the link is away
@@ -217,6 +224,8 @@ class WLAN:
         self.st = 0
     def config(self, **kw):
         calls.append("config pm=%%x" %% kw["pm"])
+        if kw["pm"] == WLAN.PM_PERFORMANCE:
+            raise OSError(1)  # a radio that refuses it: power save is a hint
 class network:
     STA_IF = 0
     STAT_IDLE = 0
@@ -248,6 +257,7 @@ print(" ".join(seen))
 w.st = 3
 print(hal.wlan_ip())
 hal.wlan_power_save(False)
+hal.wlan_power_save(True)
 hal.wlan_leave()
 hal.wlan_join(cfg)  # a rejoin: the interface is up already
 print(" | ".join(calls))
@@ -268,4 +278,139 @@ def test_hal_maps_the_rp2_wlan_to_link_states(tmp_path, mp):
     assert lines[2] == "joining joining up fail no_ap bad_auth down"
     assert lines[3] == "10.1.2.3"
     assert lines[4] == ("country GB | hostname picow-1 | WLAN | active | connect home pw | config pm=10 | "
-                        "disconnect | connect home pw")
+                        "config pm=a11140 | disconnect | connect home pw")
+
+
+# -- a radio that raises (issue 17 item 14) -------------------------------------
+
+RAISING = FAKE_HAL + r"""
+class Hal(FakeClock):
+    # phase "error": every radio call raises OSError(1), as rp2's
+    # wlan.active(True) does when the CYW43 does not start; "ok": joins;
+    # "state": joined, but polling the link raises OSError(5)
+    def __init__(self):
+        self.phase = "error"
+        self.joined = False
+    def wlan_join(self, cfg):
+        if self.phase == "error":
+            raise OSError(1)
+        self.joined = True
+    def wlan_state(self):
+        if self.phase == "error" or (self.phase == "state" and self.joined):
+            raise OSError(5)
+        return "up" if self.joined else "down"
+    def wlan_ip(self):
+        return "10.0.0.9"
+    def wlan_leave(self):
+        self.joined = False
+        if self.phase == "error":
+            raise OSError(1)
+
+hal = Hal()
+sys.modules["mpota_hal"] = hal
+import mpota_wifi as wifi
+
+async def until(cond):  # bounded: a dead task never meets it
+    n = 0
+    while not cond() and n < 200000:
+        n += 1
+        await _sleep(0)
+
+def show(tag, link):
+    s = link.status()
+    print(tag, s["link"], s["link_joins"], s["link_drops"], hal.feeds, hal.fake_ms, s["link_error"])
+
+async def main():
+    link = wifi.start({"ssid": "x", "down_reset_s": %(bound)d})
+    await until(lambda: hal.fake_ms >= 5000)
+    show("ERROR", link)
+    hal.phase = "ok"
+    await until(lambda: link.up.is_set())
+    show("UP", link)
+    hal.phase = "state"
+    await until(lambda: link.drops == 1 and link.state == "down")
+    show("LOST", link)
+    hal.phase = "ok"
+    await until(lambda: link.up.is_set())
+    show("UP2", link)
+
+asyncio.run(main())
+"""
+
+
+def _rows(stdout):
+    rows = {}
+    for ln in stdout.splitlines():
+        if ln[:1].isupper():
+            tag, state, joins, drops, feeds, ms, err = ln.split(" ", 6)
+            rows[tag] = (state, int(joins), int(drops), int(feeds), int(ms), err)
+    return rows
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+@pytest.mark.parametrize("bound", [0, 3])
+def test_link_task_survives_a_radio_that_raises(tmp_path, mp, bound):
+    """Every radio call raising OSError (join, state, leave): the task goes on,
+    backs off (joins at 0, 1, 3 s), says why in status, and feeds the watchdog
+    as documented (down_reset_s); the link comes up once the radio works, and a
+    state poll that raises while up is a lost link, rejoined."""
+    import subprocess
+
+    script = tmp_path / "raising.py"
+    script.write_text(RAISING % {"dev": REPO / "device", "bound": bound})
+    r = subprocess.run([mp, str(script)], capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = _rows(r.stdout)
+    state, joins, drops, feeds, ms, err = rows["ERROR"]
+    assert ms >= 5000, "the link task died: " + r.stdout + r.stderr
+    assert state in ("down", "connecting") and err == "OSError: [Errno 1] EPERM"
+    assert 3 <= joins <= 4, joins  # 1 s, then 2 s of backoff: not a busy loop
+    if bound == 0:
+        assert feeds >= 5000 // 250 - 4, feeds  # fed all along
+    else:
+        assert 0 < feeds <= 3000 // 250 + 1, feeds  # fed for the first 3 s only
+    assert rows["UP"][0] == "up" and rows["UP"][5] == "None"
+    assert rows["LOST"][:3:2] == ("down", 1) and rows["LOST"][5].startswith("OSError: [Errno 5]")
+    assert rows["UP2"][0] == "up" and rows["UP2"][2] == 1 and rows["UP2"][5] == "None"
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def _radio_back(sim, ap):
+    """The radio works again: the agent listens; its status."""
+    mark = sim.mark()
+    ap.write_text("up\n")
+    sim.wait_for_line("mpota: ready", since=mark, timeout=60)
+    c = DevConn(sim.tcp_port, sim.key)
+    try:
+        return c.ok("status")
+    finally:
+        c.close()
+
+
+def test_sim_radio_error_is_retried_and_the_watchdog_keeps_its_policy(tmp_path, mp_build):
+    """--wifi with STATE/wifi "error": the simulated radio raises OSError EPERM
+    on every call. The agent keeps retrying with backoff and feeding the
+    watchdog (wdt 2 s, down_reset_s 900) instead of ending its link task;
+    once the radio works it listens; a radio that fails while up is a lost
+    link, rejoined."""
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"wdt": 2000, "wifi": {"ssid": "sim", "password": "x"}}))
+    state = tmp_path / "dev"
+    state.mkdir()
+    ap = state / "wifi"
+    ap.write_text("error\n")
+    with Sim(state=state, flags=["--wifi", "--config", str(cfg), "--micropython", mp_build], ready=False) as sim:
+        sim.wait_for_line("mpota: wifi: join failed (OSError: [Errno 1] EPERM), retrying in 1 s", timeout=60)
+        sim.wait_for_line("mpota: wifi: join failed (OSError: [Errno 1] EPERM), retrying in 4 s", timeout=30)
+        st = _radio_back(sim, ap)
+        assert (st["link"], st["link_drops"], st["link_error"]) == ("up", 0, None)
+        assert st["link_joins"] >= 4 and st["boot_reason"] == "power_on", st
+
+        mark = sim.mark()
+        ap.write_text("error\n")
+        sim.wait_for_line("mpota: wifi down (link lost 1 times)", since=mark)
+        sim.wait_for_line("mpota: wifi: join failed (OSError: [Errno 1] EPERM)", since=mark)
+        st = _radio_back(sim, ap)
+        assert (st["link"], st["link_drops"], st["link_error"]) == ("up", 1, None)
+        assert "watchdog" not in sim.output and "Traceback" not in sim.output, sim.output[-3000:]
+        assert sim.output.count("sim: boot #") == 1, sim.output[-3000:]

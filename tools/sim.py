@@ -39,7 +39,9 @@ these keys. The trust file is also kept as STATE/trust.json.
 as on a board (join, watch, rejoin with backoff; status reports `link`).
 The access point is "off" while the file STATE/wifi reads "down": write
 "down" into it to drop the link (the agent stops listening, the app keeps
-running), "up" to restore it (the agent rejoins and listens again). Rewrite
+running), "up" to restore it (the agent rejoins and listens again), "error"
+to make every radio call raise OSError EPERM, as a CYW43 that does not start
+does on a board (the link task reports it and retries). Rewrite
 it in place (`echo down > STATE/wifi`): the device holds it open. The
 launcher makes it ("up") when absent. Without --wifi the agent listens at
 once, with no link to manage.
@@ -101,7 +103,8 @@ def parse_args(argv=None):
     p.add_argument("--device-dir", default=str(REPO / "device"),
                    help="folder whose *.py are deployed (default: device/; tests use a throwaway one)")
     p.add_argument("--wifi", action="store_true",
-                   help="simulate the Wi-Fi link (device/mpota_wifi.py); 'down' in the file STATE/wifi drops it")
+                   help="simulate the Wi-Fi link (device/mpota_wifi.py); 'down' in the file STATE/wifi"
+                        " drops it, 'error' fails the radio")
     a = p.parse_args(argv)
     if a.power_cut_after is not None and a.power_cut_after < 0:
         p.error("--power-cut-after must be >= 0")
