@@ -86,7 +86,6 @@ class Device:
         self.buf = None
         self.mv = None
         self.legacy_udp = False  # the legacy UDP service keeps the modules loaded
-        self.trial = False  # this boot runs an unconfirmed image (bootmgr): the watchdog is on
         self.ag = None  # the Agent serving it (agent._main)
         self.chal = None  # the auth challenges' state (auth.challenge), from the first hello
 
@@ -308,11 +307,8 @@ async def _main(dev, mod):
     ready = asyncio.Event()
     asyncio.create_task(_housekeeping(ag))
     t = asyncio.create_task(_agent(ag, ready))
-    # a trial always has a watchdog (it cannot be stopped once started: after
-    # a confirm, housekeeping keeps feeding it)
-    wdt = dev.cfg["wdt"] or (dev.cfg["trial_wdt"] if dev.trial else 0)
-    if wdt:
-        hal.wdt_start(wdt)
+    # the watchdog, if any, runs since bootmgr.boot() (before the app's
+    # import); housekeeping and the Wi-Fi link feed it from here
     if mod is not None:
         # Let the agent listen first (a sync main() blocks the loop), but do
         # not hold the app back for long if Wi-Fi is slow.

@@ -7,7 +7,8 @@
 #     or power cut during the trial still counts);
 #  2. verify the chosen image and mount its littlefs body read-only at /app;
 #     a slot that cannot start is marked bad and the confirmed one is tried;
-#  3. import /app/main.py and build the agent.Device the agent serves.
+#  3. start the watchdog (always on a trial: trial_wdt), then import
+#     /app/main.py and build the agent.Device the agent serves.
 #
 # The app cannot replace the agent: an image with a module named like one of
 # the agent's files (/*.py, /*.mpy) or without a main.py does not start, and
@@ -87,7 +88,7 @@ def _load_app(sl, i):
     mine = sys.modules.pop("main", None)
     sys.path.insert(0, APP_MOUNT)
     try:
-        mod = __import__("main")
+        mod = __import__("main")  # under the watchdog (boot): a hang here is reset
     finally:
         sys.path.remove(APP_MOUNT)
         sys.path.append(APP_MOUNT)  # after the agent's "/" from now on
@@ -135,6 +136,7 @@ def _intern(mode):
             pass  # a module the deploy left out fails where it is used, with its name
         if not had:
             sys.modules.pop(n, None)
+        hal.wdt_feed()  # compiling a .py deploy takes a while on a board
     gc.collect()
 
 
@@ -179,6 +181,14 @@ def boot(mem_base=0):
         sl.note = "update mode (lean): the app does not start"
     else:
         i = sb.boot(sl)
+    # The watchdog starts here, before anything of the app runs (its import
+    # included): a trial always has one (trial_wdt, whatever "wdt" says), so
+    # a trial that hangs anywhere is reset, and that reset counts as one of
+    # its max_trials (sb.boot committed the count above). It cannot be
+    # stopped: after a fallback or a confirm the agent keeps feeding it.
+    wdt = cfg["wdt"] or (cfg["trial_wdt"] if sl.on_trial() else 0)
+    if wdt:
+        hal.wdt_start(wdt)
     mod = None
     while i is not None:
         try:
@@ -202,7 +212,6 @@ def boot(mem_base=0):
     dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base,
                        uid, why)
     agent.DEVICE = dev
-    dev.trial = sl.on_trial()
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
         _intern(cfg["mode"])

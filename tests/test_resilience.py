@@ -129,10 +129,10 @@ def main():
 """
 
 
-def test_a_trial_that_hangs_the_loop_is_reset_by_the_watchdog_and_rolled_back(tmp_path):
-    """No "wdt" configured: the trial's watchdog (trial_wdt, at its 2 s floor here)
-    resets the board each time the trial app blocks the loop; after max_trials
-    the confirmed image boots again."""
+def _hanging_trial(tmp_path, v2_source):
+    """v1 confirmed, then a v2 trial that hangs, at trial_wdt's 2 s floor (no
+    "wdt" configured): returns (the output from the v2 reset on, which ends
+    once v1 is up again by itself, and the status then)."""
     cfg = tmp_path / "mpota.json"
     cfg.write_text(json.dumps({"trial_wdt": 2000}))
     with Sim(state=tmp_path / "dev", flags=["--config", str(cfg)]) as sim:
@@ -144,17 +144,41 @@ def test_a_trial_that_hangs_the_loop_is_reset_by_the_watchdog_and_rolled_back(tm
         sim.wait_for_line("app: v1 up", timeout=60, since=mark)
         c = DevConn(sim.tcp_port, sim.key)
         c.ok("confirm")
-        c.push(app_image(tmp_path, "v2", HANG, "2.0.0+0"), "2.0.0+0")
+        c.push(app_image(tmp_path, "v2", v2_source, "2.0.0+0"), "2.0.0+0")
         mark = sim.mark()
         c.ok("reset", delay_ms=10)
         c.close()
         sim.wait_for_line("app: v1 up", timeout=90, since=mark)  # three bites, then the rollback
-        out = sim.output[sim.output.index("app: hang"):] if "app: hang" in sim.output else ""
-        assert out.count("sim: watchdog reset") == 3, sim.output[-3000:]
         c = DevConn(sim.tcp_port, sim.key)
         st = c.ok("status")
         c.close()
-        assert st["boot_reason"] == "watchdog" and st["slots"][st["running"]]["version"] == "1.0.0+0", st
+        return "\n".join(sim.lines[mark:]), st
+
+
+def test_a_trial_that_hangs_the_loop_is_reset_by_the_watchdog_and_rolled_back(tmp_path):
+    """The trial's watchdog resets the board each time the trial app blocks
+    the loop; after max_trials the confirmed image boots again."""
+    out, st = _hanging_trial(tmp_path, HANG)
+    assert out.count("app: hang") == 3 and out.count("sim: watchdog reset") == 3, out[-3000:]
+    assert st["boot_reason"] == "watchdog" and st["slots"][st["running"]]["version"] == "1.0.0+0", st
+
+
+IMPORT_HANG = """NAME = "import-hang"
+print("app: importing")
+while True:  # hangs at import: nothing of the agent runs yet
+    pass
+"""
+
+
+def test_a_trial_that_hangs_at_import_is_reset_and_rolled_back(tmp_path):
+    """The trial's main.py loops at module level: the trial watchdog runs
+    from the slot choice, before the import, so each hang is a watchdog reset
+    that counts as a failed trial; after max_trials v1 runs again by itself."""
+    out, st = _hanging_trial(tmp_path, IMPORT_HANG)
+    assert out.count("app: importing") == 3 and out.count("sim: watchdog reset") == 3, out[-3000:]
+    assert "after 3 unconfirmed trials" in out, out[-3000:]
+    assert st["boot_reason"] == "watchdog" and st["slots"][st["running"]]["version"] == "1.0.0+0", st
+    assert st["slots"]["b" if st["running"] == "a" else "a"]["state"] == "bad", st
 
 
 class _HelloFlood:

@@ -38,6 +38,10 @@ elif action == "wdt":
     hal.wdt_start(100)
     time.sleep_ms(300)
     hal.wdt_feed()
+elif action == "hang":
+    hal.wdt_start(100)
+    while True:  # never feeds again: only the launcher can tell
+        pass
 elif action == "write":
     blob = bytes(range(256)) * 32
     for i in range(40):
@@ -133,6 +137,15 @@ def test_watchdog_late_feed_restarts_with_cause_watchdog(tmp_path):
     with Sim(state=tmp_path / "st", device_dir=dev, flags=["--no-auth"]) as sim:
         sim.wait_for_line("boot=2 cause=watchdog", 30)
         assert "sim: watchdog reset" in sim.output
+
+
+def test_watchdog_catches_a_hang_that_never_feeds_again(tmp_path):
+    dev = make_device(tmp_path / "dev", ["hang", "stay"])
+    with Sim(state=tmp_path / "st", device_dir=dev, flags=["--no-auth"]) as sim:
+        sim.wait_for_line("boot=2 cause=watchdog", 30)
+        assert "sim: watchdog reset (hang: no feed for" in sim.output
+        assert "power cut" not in sim.output
+        assert (sim.state / "wdt").read_bytes() == b""  # this boot started no watchdog
 
 
 def test_power_cut_tears_an_operation_and_reboots_disarmed(tmp_path):

@@ -18,7 +18,12 @@ The device's stdout/stderr are relayed line by line. The launcher prints one
 prints a line starting with `mpota: ready`.
 
 Device exit status 3 (hal.reset()) restarts it with reset cause 'reset',
-status 4 (simulated watchdog) with 'watchdog'; a power cut (SIGKILL, from
+status 4 (simulated watchdog: a feed later than the timeout) with
+'watchdog'. A device that started the watchdog and then stops feeding it
+altogether (a hang: no feed can come late) is killed by the launcher once
+STATE/wdt, which every feed rewrites, is older than the timeout + 2 s
+(HANG_GRACE_MS): `sim: watchdog reset (hang ...)`, and it restarts with
+'watchdog' too. A power cut (SIGKILL, from
 --power-cut-after) prints `sim: power cut` and restarts it with 'power_on'
 and the power cut disarmed. Any other status ends the launcher with it.
 SIGTERM/SIGINT stop the device and the launcher (exit 0).
@@ -56,6 +61,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +70,9 @@ BLOCK_COUNT = 212  # RPI_PICO_W filesystem: 848 KiB
 
 EXIT_RESET = 3
 EXIT_WATCHDOG = 4
+# A device that stops feeding its started watchdog is reset this long after
+# the timeout: a feed that is merely late is the device's own (simhal), at once.
+HANG_GRACE_MS = 2000
 POWER_CUT = (-9, 137)  # SIGKILL seen directly, or through a shell
 
 
@@ -198,6 +207,7 @@ class Launcher:
         self.proc = None
         self.stopping = False
         self.ready_said = False
+        self.bitten = False  # the launcher's half of the watchdog reset this boot (watchdog())
         self.lock = threading.Lock()
 
     def handoff(self, boot_count, cause, first, cut_after, fresh):
@@ -222,6 +232,7 @@ class Launcher:
             "smp_port": a.smp_port,
             "auth": not a.no_auth,
             "wifi_file": self.wifi_file() if a.wifi else None,
+            "wdt_file": str(self.wdt_file()),
         }
         path = self.state / "boot.json"
         tmp = path.with_suffix(".tmp")
@@ -237,6 +248,29 @@ class Launcher:
         if not path.exists():
             path.write_text("up\n")
         return str(path)
+
+    def wdt_file(self):
+        # STATE/wdt: empty until the device starts its watchdog (simhal), then
+        # the timeout in ms, rewritten by every feed; emptied for each boot
+        path = self.state / "wdt"
+        path.write_bytes(b"")
+        return path
+
+    def watchdog(self, proc, path):
+        # the hang half of the simulated watchdog (simhal.wdt_start)
+        while proc.poll() is None and not self.stopping:
+            time.sleep(0.1)
+            try:
+                mtime = os.stat(path).st_mtime
+                timeout = int(path.read_bytes() or 0)
+            except (OSError, ValueError):
+                continue
+            quiet = (time.time() - mtime) * 1000
+            if timeout and quiet > timeout + HANG_GRACE_MS:
+                self.bitten = True
+                out("sim: watchdog reset (hang: no feed for %d ms > %d ms)" % (quiet, timeout))
+                proc.kill()
+                return
 
     def deploy(self):
         paths = deploy_list(self.a.device_dir)
@@ -301,14 +335,18 @@ class Launcher:
                                              start_new_session=True, preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
             t = threading.Thread(target=self.relay, args=(self.proc,), daemon=True)
             t.start()
+            self.bitten = False
+            w = threading.Thread(target=self.watchdog, args=(self.proc, self.state / "wdt"), daemon=True)
+            w.start()
             rc = self.proc.wait()
             t.join(5)
+            w.join(5)
             first = False
             if self.stopping:
                 break
             if rc == EXIT_RESET:
                 cause = "reset"
-            elif rc == EXIT_WATCHDOG:
+            elif rc == EXIT_WATCHDOG or self.bitten:
                 cause = "watchdog"
             elif rc in POWER_CUT:
                 out("sim: power cut (device killed); restarting")

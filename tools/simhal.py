@@ -28,6 +28,7 @@ _flash = None
 _power_save = True
 _wdt_timeout = None
 _wdt_last = 0
+_wdt_beat = [None, b""]  # the launcher's STATE/wdt (open for the device's life), what each feed writes
 
 
 def configure(cfg, flash):
@@ -39,6 +40,8 @@ def configure(cfg, flash):
         if k in cfg:
             _cfg[k] = cfg[k]
     _flash = flash
+    if cfg.get("wdt_file"):  # opened while the host's files are mounted (as simwifi's)
+        _wdt_beat[0] = open(cfg["wdt_file"], "wb")  # noqa: SIM115 (open for the device's life)
     if cfg.get("wifi_file"):  # --wifi: the simulated link (tools/simwifi.py)
         import simwifi
 
@@ -73,14 +76,27 @@ def unique_id():
     return _cfg.get("device_id", "51a0000000000000")
 
 
+def _beat():
+    # tell the launcher (tools/sim.py) the watchdog was fed: it rewrites the
+    # timeout into STATE/wdt, and the launcher watches that file's mtime
+    f = _wdt_beat[0]
+    if f is not None:
+        f.seek(0)
+        f.write(_wdt_beat[1])
+
+
 def wdt_start(timeout_ms):
-    # The sim has no timer interrupt: a hang is not caught, but a feed that
-    # comes later than the timeout is -- that is where a board would have
-    # been reset -- and it simulates the watchdog reset then.
+    # The sim has no timer interrupt. Two halves emulate the watchdog: a feed
+    # that comes later than the timeout -- where a board would have been
+    # reset -- simulates the reset here, at once; a hang that never feeds
+    # again (a loop at import, a blocked event loop) is caught by the
+    # launcher, which sees no feed in STATE/wdt for the timeout + 2 s.
     global _wdt_timeout, _wdt_last
     if _wdt_timeout is None:
         _wdt_timeout = max(1, min(int(timeout_ms), 8388))
+        _wdt_beat[1] = str(_wdt_timeout).encode()
     _wdt_last = time.ticks_ms()
+    _beat()
 
 
 def wdt_feed():
@@ -93,6 +109,7 @@ def wdt_feed():
         print("sim: watchdog reset (%d ms since the last feed > %d ms)" % (late, _wdt_timeout))
         _exit(EXIT_WATCHDOG)
     _wdt_last = now
+    _beat()
 
 
 def _no_link(*args):
