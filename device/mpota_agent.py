@@ -143,6 +143,7 @@ class Agent:
         dev.ag = self
         self.conns = []  # every open conn.Conn, oldest first
         self.listening = False  # housekeeping stops feeding the watchdog without it
+        self.idle_due = False  # mem_idle to measure at housekeeping's next tick (settle)
 
     async def serve(self, r, w):
         try:
@@ -160,8 +161,12 @@ class Agent:
             pass
         self.settle()
 
-    def settle(self):
-        """Release every connection module once the device is quiet."""
+    def settle(self, measure=True):
+        """Release every connection module once the device is quiet, and
+        measure mem_idle then. measure=False (mpota.py, called inside the
+        app's call, whose frames still hold the modules and the reply it
+        loaded: 7.8 KB too many on the 32-bit build) leaves the measure to
+        housekeeping's next tick, from a frame of its own."""
         dev = self.dev
         if self.conns or dev.session is not None or dev.legacy_udp:
             return
@@ -169,7 +174,9 @@ class Agent:
         dev.buf = dev.mv = None
         dev.release(*_CONN)
         gc.collect()
-        dev.mem_idle = gc.mem_alloc()
+        if measure:
+            dev.mem_idle = gc.mem_alloc()
+        self.idle_due = not measure
 
 
 async def _serve(ag, r, w):
@@ -193,6 +200,8 @@ async def _housekeeping(ag):
     while True:
         if ag.listening:
             hal.wdt_feed()
+        if ag.idle_due:
+            ag.settle()  # measures, if still quiet (else the next settle does)
         s = dev.session
         if dev.mode == "update" and s is None and not ag.conns:
             # update mode (lean) that nobody uses: back to the app

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -464,3 +465,43 @@ def test_legacy_udp_replies_cannot_amplify_a_flood(tmp_path, auth):
     print("\n%d of 400 VersionRequests answered in %.1f s: %d bytes over the requests"
           % (len(got), took, excess))
     assert excess <= burst + rate * took + 139
+
+
+IDLE_APP = """NAME = "idle"
+import asyncio
+import mpota
+async def main():
+    await asyncio.sleep_ms(300)
+    mpota.status()  # the agent settles: mem_idle is measured
+    await asyncio.sleep_ms(600)
+    print("app: mem_idle %d" % mpota.status()["mem_idle"])
+    while True:
+        await asyncio.sleep_ms(1000)
+"""
+# the app's mem_idle and the network's may differ by what the app holds at
+# each moment and by where a stale pointer on the C stack keeps a block: a
+# few hundred bytes, not the KBs of a connection module kept alive
+IDLE_TOLERANCE = 1024
+
+
+def test_mem_idle_is_the_same_whoever_settles(tmp_path, mp_build):
+    """mem_idle after the app's own mpota.status() equals the one after a
+    status over the network: the settle measures the agent's idle heap, not
+    the app's call (its frame, the reply, the modules it loaded)."""
+    img = app_image(tmp_path, "idle", IDLE_APP, "1.0.0+0")
+    with Sim(state=tmp_path / "dev", flags=["--heap", HEAPS[interp_label(mp_build)], "--micropython", mp_build]) as sim:
+        c = DevConn(sim.tcp_port, sim.key)
+        c.push(img, "1.0.0+0")
+        c = reset_and_wait(sim, c, sim.key)
+        c.close()
+        by_app = int(sim.wait_for_line("app: mem_idle ", timeout=30).split()[-1])
+        time.sleep(0.5)
+        c = DevConn(sim.tcp_port, sim.key)
+        c.ok("status")
+        c.close()  # the agent settles after this connection: mem_idle measured
+        time.sleep(0.5)
+        c = DevConn(sim.tcp_port, sim.key)
+        by_net = c.ok("status")["mem_idle"]
+        c.close()
+        print("mem_idle: by the app %d, by the network %d" % (by_app, by_net))
+        assert abs(by_app - by_net) <= IDLE_TOLERANCE, (by_app, by_net)
