@@ -8,8 +8,9 @@
 
 The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
 filesystem), device.id, device.key (32-byte HMAC key, hex, mode 0600, made on
-first start unless --no-auth; never printed) and boot.json (the handoff to
-tools/sim_boot.py: reset cause, boot count, flags). On first start (or with
+first start unless --no-auth; never printed), boot.json (the handoff to
+tools/sim_boot.py: reset cause, boot count, flags) and wdt (the simulated
+watchdog's timeout, rewritten by each feed; see below). On first start (or with
 --redeploy) device/*.py (symlinks followed) and the key (as /mpota_key.bin)
 are copied into the flash, as `mpremote cp device/*.py :` does.
 
@@ -45,8 +46,9 @@ as on a board (join, watch, rejoin with backoff; status reports `link`).
 The access point is "off" while the file STATE/wifi reads "down": write
 "down" into it to drop the link (the agent stops listening, the app keeps
 running), "up" to restore it (the agent rejoins and listens again), "error"
-to make every radio call raise OSError EPERM, as a CYW43 that does not start
-does on a board (the link task reports it and retries). Rewrite
+to make the radio raise OSError EPERM, as a CYW43 that does not start does on
+a board: every join, and every other radio call once a join has started the
+radio (tools/simwifi.py; the link task reports it and retries). Rewrite
 it in place (`echo down > STATE/wifi`): the device holds it open. The
 launcher makes it ("up") when absent. Without --wifi the agent listens at
 once, with no link to manage.
