@@ -59,7 +59,7 @@ _TICK_MS = 200  # housekeeping's period
 class Device:
     """What the agent knows between connections. Resident, so small: the
     behaviour is in service.py and the handlers, loaded with a connection."""
-    VERSION = "0.3.0"
+    VERSION = "0.4.0"
     # Loaded for one request or one update session, released when no longer
     # needed (service.idle, and smp.py when a request ran out of heap).
     TRANSIENT = ("mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_rareops", "mpota_trust", "mpota_ed25519")

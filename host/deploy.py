@@ -23,6 +23,13 @@ from typing import Optional
 
 # the firmware runs main.py by name: never compiled
 SOURCE_ONLY = ("main.py",)
+# The agent's module names before 0.4.0 renamed them mpota_*: `mpota provision`
+# removes them (both forms) from a board it updates, so an old file cannot stand
+# in for an app's module of that name (/ comes before /app on sys.path).
+RETIRED = ("agent", "appfs", "auth", "bootmgr", "bootslots", "cbor", "checksums", "config", "conn", "connpolicy",
+           "ed25519", "framing", "hal", "halboot", "hmac_sha256", "leanconn", "legacy", "linemac", "lineproto",
+           "mcuboot", "ops", "proto", "rareops", "service", "session", "slots", "smp", "smpudp", "trust",
+           "trustkeys", "udp", "update", "upload", "wifi")
 
 # sys.implementation._mpy >> 10 -> mpy-cross -march (the native emitters' names)
 ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp",

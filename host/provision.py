@@ -19,7 +19,9 @@ The steps, each shown by `mpota provision --dry-run` with its exact command:
    decides which), compiled to .mpy by an mpy-cross that emits the board's .mpy
    version, or as .py where none matches (or with --py).
 3. Remove the other form of each agent module (foo.py beside a new foo.mpy
-   would win the import), copy the files, reset the board.
+   would win the import) and the agent's module names before 0.4.0
+   (deploy.RETIRED: config.py, slots.py, ... would stand in for an app's), copy
+   the files, reset the board.
 4. Record the target (host NAME.local, its key file and device id) in the
    targets file, then wait for the agent's `mpota: ready` line on the serial port.
 
@@ -295,8 +297,10 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
 
         files = [p.name for p in agent] + [p.name for p in extra]
         stale = sorted({p.stem + (".py" if p.suffix == ".mpy" else ".mpy")
-                        for p in agent if p.name not in deploy.SOURCE_ONLY})
-        say("3. remove the other form of each agent module, copy the files, reset")
+                        for p in agent if p.name not in deploy.SOURCE_ONLY}
+                       | {n + ext for n in deploy.RETIRED for ext in (".py", ".mpy")})
+        say("3. remove the other form of each agent module and the agent's pre-0.4 module names, copy the "
+            "files, reset")
         runner.run("exec", 'import os; l = os.listdir("/"); [os.remove(n) for n in %s if n in l]' % json.dumps(stale))
         runner.run("cp", *[str(p) for p in agent + extra], ":")
         runner.run("reset")

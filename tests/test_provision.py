@@ -129,8 +129,10 @@ def test_py_form_and_trust_store(fake, tmp_path):
     done = events(r)[-1]
     assert "mpota_trust.json" in done["files"] and "mpota_agent.py" in done["files"]
     assert not any(n.endswith(".mpy") for n in done["files"])
-    # .py deploy removes stale .mpy twins
+    # .py deploy removes stale .mpy twins, and the agent's names before 0.4.0
     assert "mpota_agent.mpy" in done["commands"][1][-1]
+    assert all('"%s.py"' % n in done["commands"][1][-1] and '"%s.mpy"' % n in done["commands"][1][-1]
+               for n in ("agent", "config", "slots", "session", "proto"))
 
 
 def test_unmatched_mpy_version_falls_back_to_py(fake):
