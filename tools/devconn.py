@@ -1,6 +1,6 @@
 """A small blocking client of the device agent (raw sockets and the shared
 codec), an app-image builder and reset_and_wait: shared by the end-to-end
-tests and tools/torture.py.
+tests and the torture harness (tools/torture.py and its parts).
 
     c = DevConn(sim.tcp_port, key)      # hello + auth when a key is given
     c.push(app_image(tmp, "v2", SRC, "2.0.0+0"), "2.0.0+0")

@@ -11,7 +11,7 @@ Faults (per connection, counted on the host -> device direction):
                    without serialising: a delay line, not a stop-and-wait
 
 `LinkProxy` is the same thing for tests, inside their event loop.
-`HostileLink` (tools/torture.py) adds, per connection and both ways:
+`HostileLink` (tools/torture_link.py) adds, per connection and both ways:
 segment "loss" as retransmission stalls, DATA frames duplicated and swapped
 (what the proxy holds in its buffer), and forced disconnects at planned
 byte counts of the host -> device stream.
