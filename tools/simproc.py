@@ -7,6 +7,7 @@ Used by the tests, `make demo` and `make bench`.
         ...
         mark = sim.mark()
         sim.wait_for_line("mpota: ready", timeout=30, since=mark)
+        sim.power_cut()       # unplug and replug: the device is killed, boots again
 
 `device_dir=` deploys another folder instead of device/ (tools/sim.py
 --device-dir); `ready=False` skips the wait for the ready line.
@@ -141,6 +142,31 @@ class Sim:
         return self.proc.poll()
 
     # -- lifetime -------------------------------------------------------------
+    def power_cut(self, timeout=60):
+        """Cut the power: SIGKILL the device (the launcher's child, by its pid), as
+        unplugging the board does; the launcher restarts it (reset cause power_on).
+        Waits for the next `mpota: ready` line unless timeout is None."""
+        mark = self.mark()
+        pid = self._device_pid()
+        os.kill(pid, signal.SIGKILL)
+        if timeout is not None:
+            self.wait_for_line("mpota: ready", timeout, since=mark)
+
+    def _device_pid(self):
+        # the launcher runs one device at a time: its only child
+        path = "/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(path) as f:
+                    pids = f.read().split()
+            except OSError:
+                raise SimError("sim: cannot see the device process (%s)" % path) from None
+            if len(pids) == 1:
+                return int(pids[0])
+            time.sleep(0.1)  # between two boots
+        raise SimError("sim: no single device process under the launcher")
+
     def stop(self, timeout=15):
         """SIGTERM the launcher (it stops the device); returns its exit status."""
         if self.proc.poll() is None:
