@@ -4,10 +4,13 @@ The parts, top down:
 
     cli.py        the `mpota` command: one command table, options, hints that name commands
     commands.py   what each command does and shows (display only: the flows are below)
-    push.py       the push flow (upload, commit, reset, wait, trial check, confirm) and the
-                  legacy UDP flow, as library functions that emit events and return reports
+    push.py       the flows: the resumable upload, the push (upload, commit, reset, wait,
+                  trial check, confirm) and the legacy UDP flow, as library functions that
+                  emit events and return reports
     fleet.py      one command over several devices at once
-    client.py     the asyncio client of the native protocol (resumable, pipelined upload)
+    client.py     the asyncio client of the native protocol: connection, auth, requests,
+                  pipelined upload and read (the protocol only, no flow)
+    status.py     the device's status reply, typed (Status)
     images.py     application images: build from a folder (imgtool), load and check
     targets.py    where a device is, which key opens it, the id it must report
     keys.py       image-signing keys (Ed25519, imgtool's format) and the trust store

@@ -2,8 +2,9 @@
 
 `Client` is one authenticated TCP connection: JSON-line requests with
 `request()`, pipelined DATA writes with `upload()`, pipelined binary READs with
-`read()`. `push_image()` is the resumable upload on top: it reconnects after a
-dropped link and continues from the watermark the device holds.
+`read()`. This module is the protocol only (as esptool's loader); the flows
+built on it (the resumable push_image, waiting for a device, the push and
+its report) are push.py's (as esptool's cmds).
 
     async with Client("PicoW.local", key=key) as c:
         print((await c.status())["running"])
@@ -20,21 +21,17 @@ import json
 import logging
 import os
 import socket
-import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .codec import mpota_hostframes as hostframes  # the codec (shared/): see __init__.py
 from .codec import mpota_lineproto as lineproto
-from .codec import mpota_mcuboot as mcuboot
 from .codec import mpota_proto as proto
 from .codec.mpota_checksums import crc32c
 from .codec.mpota_framing import K_ERROR, K_FRAME, K_LINE
 from .codec.mpota_hmac_sha256 import compare_digest, device_mac, host_mac
 from .codec.mpota_session import Session
 
-from .errors import (AuthError, BusyError, Restarting, ConnectionLost, DeviceTimeout, MpotaError,
-                     Unreachable, device_error)
+from .errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, Unreachable, device_error)
 
 log = logging.getLogger("mpota.client")
 
@@ -52,7 +49,6 @@ _REWIND_CODES = (lineproto.E_CRC_MISMATCH, lineproto.E_OUT_OF_ORDER, lineproto.E
                  lineproto.E_WRITE_FAILED)
 
 ProgressCb = Callable[[int, int], None]
-EventCb = Callable[..., None]
 
 
 async def within(aw, seconds: float):
@@ -603,26 +599,6 @@ def expected_device(target) -> Optional[str]:
     return getattr(target, "device_id", None) or None
 
 
-# --- the resumable push -------------------------------------------------------
-
-@dataclass
-class PushResult:
-    slot: str
-    size: int
-    sha256: str
-    resumed_from: int = 0        # watermark the device held when this push began
-    bytes_sent: int = 0          # DATA payload bytes sent, all connections
-    bytes_resent: int = 0        # of those, bytes sent more than once
-    reconnects: int = 0
-    rewinds: int = 0
-    seconds: float = 0.0
-    commit: dict = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return (self.size - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
-
-
 def default_client_id() -> str:
     """Who "the same operator" is for `begin` (protocol.md 2.3): every operator
     of a device holds its one key, so the device tells them apart by this id,
@@ -634,152 +610,3 @@ def default_client_id() -> str:
         return env[:64]
     who = "%s@%s" % (getpass.getuser(), socket.gethostname())
     return hashlib.sha256(who.encode()).hexdigest()[:16]
-
-
-def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
-    if on_event:
-        on_event(name, **fields)
-
-
-async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes] = None,
-                     version: Optional[str] = None, allow_downgrade: bool = False,
-                     commit: bool = True, retries: int = 5, window: Optional[int] = None,
-                     connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
-                     busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
-                     on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
-                     client_factory: Callable[..., Client] = Client,
-                     client_id: Optional[str] = None, force: bool = False) -> PushResult:
-    """Upload `image` to the inactive slot and (unless commit=False) commit it.
-
-    A dropped connection or a stalled device costs a reconnect (up to
-    `retries`, with backoff); `begin` then returns the device's watermark and
-    the upload continues from there. Only idempotent steps are retried.
-    """
-    sha = hashlib.sha256(image).hexdigest()
-    kid = image_key_id(image)
-    cid = client_id or default_client_id()
-    res = PushResult(slot="?", size=len(image), sha256=sha)
-    t0 = time.monotonic()
-    high_sent = 0
-    attempt = 0
-    first = True
-    restarted = False
-    while True:
-        c = client_factory(host, port, key=key, connect_timeout=connect_timeout,
-                           timeout=timeout, window=window, expect_device=expect_device)
-        try:
-            await c.connect(authenticate=True)
-            try:
-                reply = await _begin_patiently(c, len(image), sha, version, allow_downgrade,
-                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
-                                               cid, force)
-            except Restarting:
-                # A lean-mode device takes images only in its update mode (the
-                # app stopped, the heap free): it restarts into it; follow it.
-                if restarted:
-                    raise
-                restarted = True
-                await c.close()
-                _emit(on_event, "update_mode")
-                await wait_for_device(host, port, key=key, deadline_s=60.0, timeout=timeout,
-                                      connect_timeout=min(connect_timeout, 2.0),
-                                      accept=lambda st: st.get("mode") == "update")
-                continue
-            res.slot = reply.get("slot", res.slot)
-            offset = int(reply.get("offset", 0))
-            if first:
-                res.resumed_from = offset
-                _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,
-                      resumed=offset > 0, window=c._window(reply)[1])
-            else:
-                _emit(on_event, "resume", offset=offset, attempt=attempt)
-            first = False
-            if on_progress:
-                on_progress(offset, len(image))
-            try:
-                high_sent = await c.upload(image, offset, begin_reply=reply, high_sent=high_sent,
-                                           on_progress=on_progress)
-            finally:
-                res.bytes_sent += c.bytes_sent
-                res.bytes_resent += c.bytes_resent
-                res.rewinds += c.rewinds
-            res.seconds = time.monotonic() - t0
-            _emit(on_event, "uploaded", bytes=len(image) - res.resumed_from, seconds=round(res.seconds, 3),
-                  rate=round(res.rate), resent=res.bytes_resent, reconnects=res.reconnects)
-            if commit:
-                res.commit = await c.commit()
-                _emit(on_event, "committed", slot=res.commit.get("slot"),
-                      version=res.commit.get("version"), state=res.commit.get("state"))
-            return res
-        except (ConnectionLost, DeviceTimeout) as e:
-            # Idempotent from here: begin resumes, DATA is offset-addressed.
-            if first or attempt >= retries:
-                raise
-            attempt += 1
-            res.reconnects += 1
-            delay = min(0.25 * 2 ** (attempt - 1), 4.0)
-            _emit(on_event, "reconnect", attempt=attempt, reason=str(e.message), delay=delay)
-            await asyncio.sleep(delay)
-        finally:
-            await c.close()
-
-
-def image_key_id(image: bytes) -> Optional[str]:
-    """The key id (hex) an MCUboot image names for its signature, "" for an
-    unsigned image, None when `image` is not an MCUboot image (the device
-    then judges it at commit). The codec's parser, as the device's."""
-    try:
-        info = mcuboot.verify(bytes(image))
-    except mcuboot.ImageError:
-        return None
-    if info["sig_type"] is None:
-        return ""
-    return info["keyhash"].hex() if info["keyhash"] else None  # no key named: commit judges it
-
-
-async def _begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
-                           allow_downgrade: bool, busy_wait: float,
-                           on_event: Optional[EventCb], key_id: Optional[str] = None,
-                           client: Optional[str] = None, force: bool = False) -> dict:
-    """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
-    link the device may not yet have noticed that our old session is gone."""
-    deadline = time.monotonic() + busy_wait
-    delay = 0.2
-    while True:
-        try:
-            return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
-                                 client=client, force=force)
-        except BusyError:
-            if time.monotonic() + delay > deadline:
-                raise
-            _emit(on_event, "busy_wait", delay=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-async def wait_for_device(host: str, port: int, *, key: Optional[bytes] = None,
-                          deadline_s: float = 30.0, poll: float = 0.3,
-                          connect_timeout: float = 2.0, timeout: float = IO_TIMEOUT,
-                          accept: Optional[Callable[[dict], bool]] = None,
-                          expect_device: Optional[str] = None) -> dict:
-    """Poll until the device answers `status` (and `accept(status)` holds); return it."""
-    end = time.monotonic() + deadline_s
-    last: Optional[BaseException] = None
-    while True:
-        c = Client(host, port, key=key, connect_timeout=connect_timeout, timeout=timeout,
-                   expect_device=expect_device)
-        try:
-            await c.connect()  # with the key: a stranger's status says only who it is
-            st = await c.status()
-            if accept is None or accept(st):
-                return st
-            last = None
-        except (Unreachable, ConnectionLost, DeviceTimeout) as e:
-            last = e
-        finally:
-            await c.close()
-        if time.monotonic() + poll > end:
-            raise DeviceTimeout("%s did not come back within %.0f s%s" % (
-                host, deadline_s, (" (last: %s)" % last.message) if isinstance(last, MpotaError) else ""),
-                "check the device's power and Wi-Fi")
-        await asyncio.sleep(poll)

@@ -19,6 +19,7 @@ from .codec import mpota_lineproto as lineproto
 from . import images, push as flows, targets as targets_mod
 from .errors import EXIT_OK, MpotaError, UsageError, VerifyFailed
 from .output import fmt_rate, fmt_size
+from .status import Status
 
 
 # --- hints that name commands and flags --------------------------------------------
@@ -280,32 +281,31 @@ async def cmd_status(ctx) -> int:
         st["slot_size"] = c.info["slot_size"]  # agents that report it in hello only
     t, out = ctx.target, ctx.out
     out.event("status", target=t.name, **st)  # no text: people get the lines below
-    running = st.get("running")
-    rs = (st.get("slots") or {}).get(running) or {}
+    s = Status.of(st)
+    rs = s.running_slot
     out.result("%s: %s" % (_target_line(t), "slot %s, %s, %s, app %s" % (
-        running, rs.get("version") or "no version", rs.get("state"), (st.get("app") or {}).get("state", "-"))
-        if running else "no app installed"))
+        s.running, s.running_version or "no version", rs.state, s.app_state or "-")
+        if rs else "no app installed"))
     if out.mode == "human":
         print_status(out, st)
     return EXIT_OK
 
 
 def print_status(out, st: dict) -> None:
-    say = out.say
+    say, s = out.say, Status.of(st)
     say("device  %s, agent %s on %s %s" % (st.get("device"), st.get("agent"), st.get("impl", "?"),
                                             st.get("mp_version", "")))
     say("link    protocol %s, auth %s" % (st.get("proto"), st.get("auth", "?")))
-    tr = st.get("trust")
-    if tr is not None:  # the signing keys the device trusts (fingerprints: `mpota pubkey KEY.pem`)
-        if tr.get("keys"):
-            say("keys    %s" % " ".join(tr["keys"]))  # 4 keys fit 80 columns; `trust` shows the seq
-        elif tr.get("signed_images"):
+    if st.get("trust") is not None:  # the signing keys it trusts (fingerprints: `mpota pubkey KEY.pem`)
+        if s.trust_keys:
+            say("keys    %s" % " ".join(s.trust_keys))  # 4 keys fit 80 columns; `trust` shows the seq
+        elif s.signed_images:
             say("keys    [bold]trust store unusable[/]: every image is refused (status --json says why)")
         else:
             say("keys    none trusted: [bold]unsigned images are accepted[/] (`trust --provision`)")
-    trial = "trial %d/%s" % (st.get("trial_count", 0), st.get("max_trials", "?")) if st.get("trial") else "no trial"
-    say("running [bold]%s[/]  active %s  pending %s  %s" % (
-        st.get("running") or "-", st.get("active") or "-", st.get("pending") or "-", trial))
+    trial = "trial %d/%s" % (s.trial_count, s.max_trials or "?") if s.trial else "no trial"
+    say("running [bold]%s[/]  active %s  pending %s  %s" % (s.running or "-", s.active or "-", s.pending or "-",
+                                                           trial))
     space = ["slot size %s" % fmt_size(st["slot_size"])] if st.get("slot_size") else []
     if st.get("max_image") is not None:
         space.append("largest image %s" % fmt_size(st["max_image"]))
@@ -313,19 +313,17 @@ def print_status(out, st: dict) -> None:
         space.append("free %s" % fmt_size(st["free"]))
     if space:
         say("space   " + ", ".join(space))
-    for name, s in sorted((st.get("slots") or {}).items()):
-        mark = "*" if name == st.get("running") else " "
-        sha = (s.get("sha256") or "")[:12]
-        say(("%s slot %s  %-9s %-14s %-10s %s" % (mark, name, s.get("state"), s.get("version") or "-",
-                                                   fmt_size(s.get("size")), sha)).rstrip())
-    app = st.get("app") or {}
-    say("app     %s%s%s" % (app.get("state", "-"), " " + app["name"] if app.get("name") else "",
-                            " error: %s" % app["error"] if app.get("error") else ""))
+    for name, slot in sorted(s.slots.items()):
+        mark = "*" if name == s.running else " "
+        say(("%s slot %s  %-9s %-14s %-10s %s" % (mark, name, slot.state, slot.version or "-",
+                                                   fmt_size(slot.size), slot.sha256[:12])).rstrip())
+    say("app     %s%s%s" % (s.app_state or "-", " " + s.app_name if s.app_name else "",
+                            " error: %s" % s.app_error if s.app_error else ""))
     sess = st.get("session")
     if sess:
         say("session %s upload to slot %s: %s of %s" % (sess.get("kind"), sess.get("slot"),
                                                         fmt_size(sess.get("offset")), fmt_size(sess.get("size"))))
-    say("boot    %s: %s" % (st.get("boot_reason", "-"), st.get("boot_note") or "-"))
+    say("boot    %s: %s" % (s.boot_reason or "-", s.boot_note or "-"))
     if st.get("mem_free") is not None:
         say("memory  %s free, %s used; uptime %.1f s" % (fmt_size(st.get("mem_free")),
                                                        fmt_size(st.get("mem_alloc")),
@@ -377,11 +375,10 @@ async def cmd_read(ctx) -> int:
 async def cmd_dump(ctx) -> int:
     args, out = ctx.args, ctx.out
     c = await ctx.client()
-    st = await c.status()
-    s = (st.get("slots") or {}).get(args.slot) or {}
-    size = s.get("size") or 0
+    s = Status.of(await c.status()).slot(args.slot)
+    size = s.size or 0
     if not size:
-        raise UsageError("slot %s holds nothing (state %s)" % (args.slot, s.get("state")))
+        raise UsageError("slot %s holds nothing (state %s)" % (args.slot, s.state))
     output = args.output or "slot-%s.img" % args.slot
     out.progress_start("dump %s" % args.slot, size)
     try:
@@ -390,13 +387,13 @@ async def cmd_dump(ctx) -> int:
         out.progress_stop()
     Path(output).write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
-    if s.get("sha256") and s["sha256"] != digest:
+    if s.sha256 and s.sha256 != digest:
         raise VerifyFailed("slot %s read back with SHA-256 %s…, the device says %s…" % (
-            args.slot, digest[:12], s["sha256"][:12]), "read it again; if it persists the flash is failing")
+            args.slot, digest[:12], s.sha256[:12]), "read it again; if it persists the flash is failing")
     out.event("dump", "saved slot %s (%s, %s) to %s; sha256 %s" % (
-        args.slot, s.get("version") or "no version", fmt_size(size), output,
-        "matches" if s.get("sha256") else digest[:12] + "…"),
-        slot=args.slot, size=size, output=output, sha256=digest, version=s.get("version"))
+        args.slot, s.version or "no version", fmt_size(size), output,
+        "matches" if s.sha256 else digest[:12] + "…"),
+        slot=args.slot, size=size, output=output, sha256=digest, version=s.version)
     return EXIT_OK
 
 
@@ -406,8 +403,8 @@ async def cmd_reset(ctx) -> int:
         st = await flows.reset_and_wait(t, wait=args.wait, connect_timeout=args.connect_timeout,
                                         timeout=args.timeout,
                                         on_event=lambda name, **f: out.event(name, _push_text(ctx, name, f), **f))
-        out.event("done", "back: running %s, %s" % (st.get("running"), st.get("boot_note") or ""),
-                  running=st.get("running"), boot_note=st.get("boot_note"))
+        out.event("done", "back: running %s, %s" % (st.running, st.boot_note or ""),
+                  running=st.running, boot_note=st.boot_note)
     else:
         await (await ctx.client()).reset()
         out.event("reset", "reset sent to %s" % t.address)

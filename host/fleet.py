@@ -14,6 +14,7 @@ from typing import Callable
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, MpotaError
 from .output import FleetOutput
+from .status import Status
 
 log = logging.getLogger("mpota.fleet")
 
@@ -73,7 +74,7 @@ def _fleet_row(spec: str, dout, code: int, seconds: float) -> dict:
     version = (seen.get("done") or {}).get("version")
     st = seen.get("status")
     if version is None and st:  # status: the running version
-        version = ((st.get("slots") or {}).get(st.get("running")) or {}).get("version")
+        version = Status.of(st).running_version
     result = "ok" if code == EXIT_OK else "%s (%d)" % (err.get("code") or err.get("error") or "failed", code)
     return {"target": spec, "ok": code == EXIT_OK, "result": result, "exit_code": code,
             "version": version, "seconds": round(seconds, 2)}

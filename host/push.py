@@ -3,8 +3,12 @@
     report = await push(target, image, confirm=True, on_event=print_event)
     report = legacy_push(target, image, on_event=print_event)
 
-`push` uploads (resumable, see client.push_image), commits, resets, waits for
-the device to boot the new slot, checks the trial and confirms it. Nothing here
+client.py speaks the protocol (as esptool's loader); the flows over it are
+here (as esptool's cmds): `push_image` is the resumable upload (reconnects
+and continues from the device's watermark), `begin_patiently` waits out a
+`busy` device, `wait_for_device` polls until the device answers. `push`
+uploads with push_image, commits, resets, waits for the device to boot the
+new slot, reads its Status (status.py), checks the trial and confirms it. Nothing here
 prints: every step is an event `on_event(name, **fields)` (the CLI shows them,
 `--json` prints them as they are), and bytes go to `on_progress(done, total)`.
 A new version that does not take raises NotTaken (OldSlotBooted or AppCrashed),
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import hashlib
 import logging
 import socket
 import time
@@ -25,13 +30,17 @@ from typing import Any, Callable, Optional
 
 
 from .codec import mpota_lineproto as lineproto
-from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, EventCb, ProgressCb, PushResult, expected_device,
-                     push_image, wait_for_device, within)
-from .errors import (CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout, NotTaken, Unreachable,
-                     VerifyFailed, VersionClash, device_error)
+from .codec import mpota_mcuboot as mcuboot
+from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, ProgressCb, default_client_id, expected_device,
+                     within)
+from .errors import (BusyError, ConnectionLost, CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout,
+                     MpotaError, NotTaken, Restarting, Unreachable, VerifyFailed, VersionClash, device_error)
 from .images import Image
+from .status import Status
 
 log = logging.getLogger("mpota.push")
+
+EventCb = Callable[..., None]
 
 
 class OldSlotBooted(NotTaken):
@@ -50,6 +59,24 @@ class AppCrashed(NotTaken):
         super().__init__(message, hint)
         self.rollback_slot = rollback_slot
         self.max_trials = max_trials
+
+
+@dataclass
+class PushResult:
+    slot: str
+    size: int
+    sha256: str
+    resumed_from: int = 0        # watermark the device held when this push began
+    bytes_sent: int = 0          # DATA payload bytes sent, all connections
+    bytes_resent: int = 0        # of those, bytes sent more than once
+    reconnects: int = 0
+    rewinds: int = 0
+    seconds: float = 0.0
+    commit: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return (self.size - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -74,6 +101,155 @@ def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
         on_event(name, **fields)
 
 
+# --- the resumable upload ----------------------------------------------------------
+
+async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes] = None,
+                     version: Optional[str] = None, allow_downgrade: bool = False,
+                     commit: bool = True, retries: int = 5, window: Optional[int] = None,
+                     connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
+                     busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
+                     on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
+                     client_factory: Callable[..., Client] = Client,
+                     client_id: Optional[str] = None, force: bool = False) -> PushResult:
+    """Upload `image` to the inactive slot and (unless commit=False) commit it.
+
+    A dropped connection or a stalled device costs a reconnect (up to
+    `retries`, with backoff); `begin` then returns the device's watermark and
+    the upload continues from there. Only idempotent steps are retried.
+    """
+    sha = hashlib.sha256(image).hexdigest()
+    kid = image_key_id(image)
+    cid = client_id or default_client_id()
+    res = PushResult(slot="?", size=len(image), sha256=sha)
+    t0 = time.monotonic()
+    high_sent = 0
+    attempt = 0
+    first = True
+    restarted = False
+    while True:
+        c = client_factory(host, port, key=key, connect_timeout=connect_timeout,
+                           timeout=timeout, window=window, expect_device=expect_device)
+        try:
+            await c.connect(authenticate=True)
+            try:
+                reply = await begin_patiently(c, len(image), sha, version, allow_downgrade,
+                                              busy_wait if first else max(busy_wait, 35.0), on_event, kid,
+                                              cid, force)
+            except Restarting:
+                # A lean-mode device takes images only in its update mode (the
+                # app stopped, the heap free): it restarts into it; follow it.
+                if restarted:
+                    raise
+                restarted = True
+                await c.close()
+                _emit(on_event, "update_mode")
+                await wait_for_device(host, port, key=key, deadline_s=60.0, timeout=timeout,
+                                      connect_timeout=min(connect_timeout, 2.0),
+                                      accept=lambda st: st.mode == "update")
+                continue
+            res.slot = reply.get("slot", res.slot)
+            offset = int(reply.get("offset", 0))
+            if first:
+                res.resumed_from = offset
+                _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,
+                      resumed=offset > 0, window=c._window(reply)[1])
+            else:
+                _emit(on_event, "resume", offset=offset, attempt=attempt)
+            first = False
+            if on_progress:
+                on_progress(offset, len(image))
+            try:
+                high_sent = await c.upload(image, offset, begin_reply=reply, high_sent=high_sent,
+                                           on_progress=on_progress)
+            finally:
+                res.bytes_sent += c.bytes_sent
+                res.bytes_resent += c.bytes_resent
+                res.rewinds += c.rewinds
+            res.seconds = time.monotonic() - t0
+            _emit(on_event, "uploaded", bytes=len(image) - res.resumed_from, seconds=round(res.seconds, 3),
+                  rate=round(res.rate), resent=res.bytes_resent, reconnects=res.reconnects)
+            if commit:
+                res.commit = await c.commit()
+                _emit(on_event, "committed", slot=res.commit.get("slot"),
+                      version=res.commit.get("version"), state=res.commit.get("state"))
+            return res
+        except (ConnectionLost, DeviceTimeout) as e:
+            # Idempotent from here: begin resumes, DATA is offset-addressed.
+            if first or attempt >= retries:
+                raise
+            attempt += 1
+            res.reconnects += 1
+            delay = min(0.25 * 2 ** (attempt - 1), 4.0)
+            _emit(on_event, "reconnect", attempt=attempt, reason=str(e.message), delay=delay)
+            await asyncio.sleep(delay)
+        finally:
+            await c.close()
+
+
+def image_key_id(image: bytes) -> Optional[str]:
+    """The key id (hex) an MCUboot image names for its signature, "" for an
+    unsigned image, None when `image` is not an MCUboot image (the device
+    then judges it at commit). The codec's parser, as the device's."""
+    try:
+        info = mcuboot.verify(bytes(image))
+    except mcuboot.ImageError:
+        return None
+    if info["sig_type"] is None:
+        return ""
+    return info["keyhash"].hex() if info["keyhash"] else None  # no key named: commit judges it
+
+
+async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
+                          allow_downgrade: bool, busy_wait: float,
+                          on_event: Optional[EventCb], key_id: Optional[str] = None,
+                          client: Optional[str] = None, force: bool = False) -> dict:
+    """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
+    link the device may not yet have noticed that our old session is gone."""
+    deadline = time.monotonic() + busy_wait
+    delay = 0.2
+    while True:
+        try:
+            return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
+                                 client=client, force=force)
+        except BusyError:
+            if time.monotonic() + delay > deadline:
+                raise
+            _emit(on_event, "busy_wait", delay=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def wait_for_device(host: str, port: int, *, key: Optional[bytes] = None,
+                          deadline_s: float = 30.0, poll: float = 0.3,
+                          connect_timeout: float = 2.0, timeout: float = IO_TIMEOUT,
+                          accept: Optional[Callable[[Status], bool]] = None,
+                          expect_device: Optional[str] = None) -> Status:
+    """Poll until the device answers `status` (and `accept(status)` holds); return it."""
+    end = time.monotonic() + deadline_s
+    last: Optional[BaseException] = None
+    while True:
+        c = Client(host, port, key=key, connect_timeout=connect_timeout, timeout=timeout,
+                   expect_device=expect_device)
+        try:
+            await c.connect()  # with the key: a stranger's status says only who it is
+            st = Status.of(await c.status())
+            if accept is None or accept(st):
+                return st
+            last = None
+        except (Unreachable, ConnectionLost, DeviceTimeout) as e:
+            last = e
+        finally:
+            await c.close()
+        if time.monotonic() + poll > end:
+            raise DeviceTimeout("%s did not come back within %.0f s%s" % (
+                host, deadline_s, (" (last: %s)" % last.message) if isinstance(last, MpotaError) else ""),
+                "check the device's power and Wi-Fi")
+        await asyncio.sleep(poll)
+
+
+# --- the push ----------------------------------------------------------------------
+
+
 def same_version(a, b) -> bool:
     try:
         return lineproto.parse_version(a) == lineproto.parse_version(b)
@@ -81,42 +257,18 @@ def same_version(a, b) -> bool:
         return a == b
 
 
-def running_version(st: dict) -> str:
-    r = st.get("running")
-    return (st.get("slots", {}).get(r) or {}).get("version") or "no version" if r else "no app"
-
-
-RUNNING_STATES = ("active", "trial", "confirmed")
-
-
-def running_image(st: dict) -> Optional[tuple]:
-    """(slot name, its status entry) of the image the device runs, or None."""
-    name = st.get("running")
-    s = (st.get("slots") or {}).get(name) if name else None
-    return (name, s) if s and s.get("state") in RUNNING_STATES else None
-
-
-def already_runs(st: dict, image: Image) -> Optional[str]:
+def already_runs(st: Status, image: Image) -> Optional[str]:
     """The running slot when it holds exactly `image` (same SHA-256); VersionClash
     when it holds the same version number with other content; else None."""
-    run = running_image(st)
-    if run is None:
+    s = st.running_image
+    if s is None or not s.sha256:
         return None
-    slot, s = run
-    sha = (s.get("sha256") or "").lower()
-    if sha and sha == image.sha256:
-        return slot
-    if sha and s.get("version") and same_version(s.get("version"), image.version):
+    if s.sha256 == image.sha256:
+        return s.name
+    if s.version and same_version(s.version, image.version):
         raise VersionClash("version %s already runs in slot %s with other content (sha256 %s… on the "
-                           "device, %s… in this image)" % (image.version, slot, sha[:12], image.sha256[:12]))
-    return None
-
-
-def trial_crash(st: dict) -> Optional[str]:
-    """The app error of a version on trial whose app crashed, else None."""
-    app = st.get("app") or {}
-    if st.get("trial") and app.get("state") == "crashed":
-        return app.get("error") or "no error text"
+                           "device, %s… in this image)" % (image.version, s.name, s.sha256[:12],
+                                                          image.sha256[:12]))
     return None
 
 
@@ -125,21 +277,19 @@ async def confirm_trial(c: Client, *, force: bool = False) -> dict:
     crashed (CrashedTrial, nothing sent): `force` confirms it anyway. Returns the
     device's confirm reply."""
     if not force:
-        st = await c.status()
-        crash = trial_crash(st)
-        if crash is not None:
-            run = running_image(st) or (st.get("running"), {})
+        st = Status.of(await c.status())
+        if st.trial_crash is not None:
             raise CrashedTrial("not confirming slot %s (%s): it is on trial and its app crashed: %s" % (
-                run[0], run[1].get("version") or "no version", crash))
+                st.running, st.running_version or "no version", st.trial_crash))
     return await c.confirm()
 
 
 async def device_status(target, *, connect_timeout: float = CONNECT_TIMEOUT,
-                        timeout: float = IO_TIMEOUT) -> dict:
+                        timeout: float = IO_TIMEOUT) -> Status:
     """The device's full status (authenticated when the target has a key)."""
     async with Client(target.host, target.port, key=target.key, connect_timeout=connect_timeout,
                       timeout=timeout, expect_device=expected_device(target)) as c:
-        return await c.status()
+        return Status.of(await c.status())
 
 
 async def push(target, image: Image, *, confirm: bool = True, reset: bool = True,
@@ -160,10 +310,9 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
     if not force:
         slot = already_runs(before, image)
         if slot is not None:
-            s = before["slots"][slot]
-            report = PushReport(version=image.version, slot=slot, state=s.get("state") or "active",
+            report = PushReport(version=image.version, slot=slot, state=before.slot(slot).state or "active",
                                 upload=PushResult(slot=slot, size=image.size, sha256=image.sha256),
-                                status=before, unchanged=True)
+                                status=before.raw, unchanged=True)
             _emit(on_event, "unchanged", slot=slot, version=image.version, state=report.state,
                   sha256=image.sha256)
             _emit(on_event, "done", state=report.state, unchanged=True, **report.summary())
@@ -176,7 +325,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
                                expect_device=expected_device(target))
     except DeviceError as e:
         if e.code == "incorrect_state" and e.op == "begin":
-            e.trial_crash = trial_crash(before)  # type: ignore[attr-defined]  (the CLI's hint uses it)
+            e.trial_crash = before.trial_crash  # type: ignore[attr-defined]  (the CLI's hint uses it)
         raise
     _emit(on_event, "upload_stats", bytes=res.size - res.resumed_from, seconds=round(res.seconds, 3),
           rate=round(res.rate), resent=res.bytes_resent, reconnects=res.reconnects, rewinds=res.rewinds,
@@ -188,18 +337,16 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
         return report
     st = await reset_and_wait(target, slot=slot, wait=wait, connect_timeout=connect_timeout,
                               timeout=timeout, on_event=on_event)
-    report.status = st
-    s = st.get("slots", {}).get(slot, {})
-    if st.get("running") != slot or not same_version(s.get("version"), image.version):
+    report.status = st.raw
+    s = st.slot(slot)
+    if st.running != slot or not same_version(s.version, image.version):
         raise OldSlotBooted("after reset the device runs slot %s (%s), not %s in slot %s: %s" % (
-            st.get("running"), running_version(st), image.version, slot, st.get("boot_note") or "no boot note"))
-    app = st.get("app") or {}
-    if app.get("state") == "crashed":
-        other = [n for n, o in (st.get("slots") or {}).items() if n != slot and o.get("state") == "confirmed"]
-        raise AppCrashed("version %s booted but its app crashed: %s" % (image.version, app.get("error")),
-                         rollback_slot=other[0] if other else None, max_trials=st.get("max_trials"))
-    report.state = s.get("state") or "trial"
-    _emit(on_event, "booted", slot=slot, version=s.get("version"), state=report.state, app=app.get("state"))
+            st.running, st.describe_running(), image.version, slot, st.boot_note or "no boot note"))
+    if st.app_state == "crashed":
+        raise AppCrashed("version %s booted but its app crashed: %s" % (image.version, st.app_error),
+                         rollback_slot=st.confirmed_other(slot), max_trials=st.max_trials)
+    report.state = s.state or "trial"
+    _emit(on_event, "booted", slot=slot, version=s.version, state=report.state, app=st.app_state)
     if report.state == "confirmed":
         report.confirmed_by = "app"
     elif confirm:
@@ -213,7 +360,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
 
 async def reset_and_wait(target, *, slot: Optional[str] = None, wait: float = 60.0,
                          connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
-                         on_event: Optional[EventCb] = None) -> dict:
+                         on_event: Optional[EventCb] = None) -> Status:
     """Reset, wait for the old connection to drop, then poll until the device has
     booted (the pending mark of `slot` consumed) and its app has settled; return
     its status. Events: reset, back."""
@@ -230,19 +377,19 @@ async def reset_and_wait(target, *, slot: Optional[str] = None, wait: float = 60
     finally:
         await c.close()
 
-    def settled(st) -> bool:
-        if slot is not None and st.get("pending") == slot:
+    def settled(st: Status) -> bool:
+        if slot is not None and st.pending == slot:
             return False  # not rebooted yet
-        app = (st.get("app") or {}).get("state")
-        s = (st.get("slots", {}).get(st.get("running")) or {}).get("state")
-        return app in ("running", "stopped", "crashed") or s == "confirmed" or st.get("running") != slot
+        run = st.running_slot
+        return (st.app_state in ("running", "stopped", "crashed") or (run is not None and run.state == "confirmed")
+                or st.running != slot)
 
     t0 = time.monotonic()
     st = await wait_for_device(target.host, target.port, key=target.key, deadline_s=wait,
                                connect_timeout=min(connect_timeout, 2.0), timeout=timeout, accept=settled,
                                expect_device=expected_device(target))
-    _emit(on_event, "back", seconds=round(time.monotonic() - t0, 2), running=st.get("running"),
-          boot_note=st.get("boot_note"))
+    _emit(on_event, "back", seconds=round(time.monotonic() - t0, 2), running=st.running,
+          boot_note=st.boot_note)
     return st
 
 

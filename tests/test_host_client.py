@@ -16,7 +16,8 @@ import pytest
 from mpota.codec import mpota_hostframes as hostframes
 from mpota.codec import mpota_lineproto as lineproto
 from mpota.codec import mpota_proto as proto
-from mpota.client import Client, push_image
+from mpota.client import Client
+from mpota.push import push_image
 from mpota.errors import DeviceError, NoSpace
 from mpota.codec.mpota_framing import K_FRAME, K_LINE
 

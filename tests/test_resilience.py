@@ -225,7 +225,7 @@ def test_an_operator_on_a_slow_link_authenticates_and_pushes_through_a_hello_flo
     served is evicted only after those holding a challenge."""
     import asyncio
     from linkproxy import ProxyThread
-    from mpota.client import push_image
+    from mpota.push import push_image
     img = app_image(tmp_path, "app", APP1, "1.0.0+0")
     with Sim(state=tmp_path / "dev") as sim:
         px = ProxyThread(sim.tcp_port, delay=rtt_ms / 2000)
@@ -252,7 +252,7 @@ def test_the_same_operator_takes_over_its_session_a_frozen_relay_holds(tmp_path)
     another operator still gets busy, but the same operator (its client id)
     pushes at once: the frozen connection is closed and the upload resumes."""
     import asyncio
-    from mpota.client import push_image
+    from mpota.push import push_image
     from mpota.errors import BusyError
     img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=8 * 1024)
     sha = __import__("hashlib").sha256(img).hexdigest()

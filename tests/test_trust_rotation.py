@@ -113,7 +113,7 @@ def test_trust_changes_need_auth_and_a_provisioned_store(tmp_path, pems):
 
 
 def test_image_not_signed_by_a_trusted_key_is_refused_before_upload(tmp_path, pems):
-    from mpota.client import image_key_id
+    from mpota.push import image_key_id
 
     old, attacker = pems["old"], pems["attacker"]
     app = make_app(tmp_path / "app")

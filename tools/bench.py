@@ -32,7 +32,7 @@ for _p in ("shared", "tools"):
 
 from mpota import images as appimage  # noqa: E402  (host/, installed editable by make setup)
 from mpota.bootloader_messenger import BootloaderMessenger  # noqa: E402
-from mpota.client import push_image  # noqa: E402
+from mpota.push import push_image  # noqa: E402
 from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 import bench_smp  # noqa: E402

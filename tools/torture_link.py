@@ -27,9 +27,10 @@ class LinkFigures:
 
 
 async def _push_until_done(port: int, image: bytes, key: bytes, figs: LinkFigures, max_tries: int = 200) -> None:
-    """host/client.py's resumable push, restarted at once after every drop
+    """host/push.py's resumable push_image, restarted at once after every drop
     (its own backoff would make 10 drops an update cost half a minute)."""
-    from mpota.client import Client, push_image
+    from mpota.client import Client
+    from mpota.push import push_image
     from mpota.errors import BusyError, ConnectionProblem, MpotaError
     clients: list = []
 
