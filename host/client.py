@@ -31,7 +31,8 @@ from .codec.mpota_framing import K_ERROR, K_FRAME, K_LINE
 from .codec.mpota_hmac_sha256 import compare_digest, device_mac, host_mac
 from .codec.mpota_session import Session
 
-from .errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, Unreachable, device_error)
+from .errors import (AuthError, BusyError, ConnectionLost, DeviceTimeout, LocalNameUnresolved, Unreachable,
+                     device_error)
 
 log = logging.getLogger("mpota.client")
 
@@ -179,8 +180,9 @@ class Client:
                 self.connect_timeout)
         except (socket.gaierror, asyncio.TimeoutError) as e:
             if self.host.rstrip(".").lower().endswith(".local"):
-                raise Unreachable("cannot resolve %s: %s" % (self.host, e or "timed out"), MDNS_HINT % (
-                    self.host.rstrip(".")[:-len(".local")]))
+                name = self.host.rstrip(".")[:-len(".local")]
+                raise LocalNameUnresolved("cannot resolve %s: %s" % (self.host, e or "timed out"),
+                                          MDNS_HINT % name, name=name)
             raise Unreachable("cannot resolve %s: %s" % (self.host, e or "timed out"))
         errors = []
         for family, _type, _proto, _, sockaddr in infos:

@@ -9,98 +9,143 @@ commands and flags (`with_cli_hint`): the library's errors know nothing of them.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 
 from .codec import mpota_lineproto as lineproto
 from . import images, push as flows, targets as targets_mod
-from .errors import EXIT_OK, MpotaError, UsageError, VerifyFailed
+from .errors import (EXIT_OK, AuthError, BadImage, BelowFloor, BoardNotReady, Code, CrashedTrial, DeviceError,
+                     DeviceTimeout, LocalNameUnresolved, MpotaError, NoSpace, Unreachable, UsageError, VerifyFailed,
+                     VersionClash, VersionRefused)
 from .output import fmt_rate, fmt_size
 from .status import Status
 
 
-# --- hints that name commands and flags --------------------------------------------
+# --- hints that name commands and flags: one table ------------------------------------
+
+@dataclass(frozen=True)
+class Hint:
+    """A row of HINTS: it applies to an error of class `cls` (or a subclass) whose
+    DeviceError code is one of `codes` and whose op is `op` (when given), met by
+    a command in `commands` (any when empty) and not in `not_commands`.
+    `text(err, run)` is the new hint; None: the row does not apply after all."""
+
+    cls: type
+    text: Callable[[MpotaError, "_Run"], Optional[str]]
+    codes: tuple = ()
+    op: Optional[str] = None
+    commands: tuple = ()
+    not_commands: tuple = ()
+
+    def applies(self, err: MpotaError, command: str) -> bool:
+        return (isinstance(err, self.cls)
+                and (not self.codes or getattr(err, "code", None) in self.codes)
+                and (self.op is None or getattr(err, "op", None) == self.op)
+                and (not self.commands or command in self.commands)
+                and command not in self.not_commands)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a hint may name: `prog`, the command line that reaches this device
+    (`run`: "mpota -t pico"), and the command's cli.Context."""
+
+    ctx: Any
+
+    @property
+    def prog(self) -> str:
+        return self.ctx.prog
+
+    @property
+    def run(self) -> str:
+        return "%s -t %s" % (self.ctx.prog, self.ctx.spec) if self.ctx.spec else self.ctx.prog
+
+
+def _key_file(err: LocalNameUnresolved, ctx) -> str:
+    """The key file to give with the board's IP: the target's, else the one provision makes."""
+    kf = getattr(getattr(ctx, "_target", None), "key_file", None)
+    return kf or str(targets_mod.config_dir() / "keys" / ("%s.key" % err.name))
+
+
+def _app_crashed(err, r: _Run) -> str:
+    if err.rollback_slot:
+        return ("it stays on trial until the device resets: `%s rollback` then `%s reset` returns to slot %s "
+                "now; otherwise the device rolls back by itself after %s unconfirmed resets"
+                % (r.run, r.run, err.rollback_slot, err.max_trials or "a few"))
+    return "there is no confirmed version to roll back to: fix the app and push again"
+
+
+def _status_says_why(err, r: _Run) -> str:
+    return "`%s status` shows why (its boot line)" % r.run
+
+
+# First row that applies wins: the narrower rows come first.
+HINTS = (
+    Hint(LocalNameUnresolved, lambda e, r: "%s: `%s -t IP --key-file %s %s` (IP: the board's address)" % (
+        e.hint, r.prog, _key_file(e, r.ctx), r.ctx.command)),
+    Hint(Unreachable, lambda e, r: "%s; `%s ping` checks that it answers" % (e.hint, r.run),
+         not_commands=("ping",)),
+    Hint(DeviceTimeout, lambda e, r: "is the legacy UDP service on (tools/sim.py --legacy-udp) and --udp-port "
+                                     "right?", commands=("legacy",)),
+    Hint(DeviceError, lambda e, r: "%s (tools/sim.py --no-auth); the native protocol authenticates: "
+                                   "`%s push IMAGE`" % (e.hint, r.run),
+         codes=(Code.AUTH_REQUIRED,), commands=("legacy",)),
+    Hint(AuthError, lambda e, r: e.hint, codes=(Code.AUTH_FAILED,)),  # the wrong key: no flag helps
+    Hint(AuthError, lambda e, r: e.hint + ", or --key-file FILE"),
+    Hint(NoSpace, lambda e, r: "%s; `%s status` shows the slot size and free space" % (e.hint, r.run)),
+    # the anti-rollback floor: no flag lets a lower counter in (docs/security.md)
+    Hint(BelowFloor, lambda e, r: "the device's anti-rollback floor refuses it whatever the flags "
+                                  "(--allow-downgrade cannot help): build it from its folder with "
+                                  "--security-counter N, N at least %s, and sign it"
+                                  % (e.floor if e.floor is not None else "the device's floor")),
+    Hint(VersionRefused, lambda e, r: "build it with a higher --version, or push it with --allow-downgrade"),
+    Hint(VersionClash, lambda e, r: "build it with a new --version, or push it with --force to replace the "
+                                    "running one anyway"),
+    Hint(CrashedTrial, lambda e, r: "`%s rollback` then `%s reset` returns to the confirmed version; or fix "
+                                    "the app and push again; `%s confirm --force` keeps the crashed one anyway"
+                                    % (r.run, r.run, r.run)),
+    Hint(BadImage, lambda e, r: "rebuild it: `%s build FOLDER --version X.Y.Z`" % r.prog),
+    Hint(flows.AppCrashed, _app_crashed),
+    # push() tells why begin found the device busy with a trial: its app crashed
+    Hint(DeviceError, lambda e, r: None if not getattr(e, "trial_crash", None) else (
+        "the version on trial crashed (%s): `%s rollback` then `%s reset` returns to the confirmed one; "
+        "or fix the app and push it once that is done" % (e.trial_crash, r.run, r.run)),
+        codes=(Code.INCORRECT_STATE,), op="begin"),
+    Hint(DeviceError, lambda e, r: "`%s trust` lists the keys the device trusts and the last change's seq"
+         % r.run, codes=(Code.INCORRECT_STATE, Code.SIGNATURE_INVALID, Code.BAD_REQUEST), commands=("trust",)),
+    Hint(DeviceError, lambda e, r: "sign the image with a key the device trusts (--sign-key KEY.pem; `%s "
+                                   "trust` lists them, `%s pubkey KEY.pem` shows a key's fingerprint)"
+                                   % (r.run, r.prog), codes=(Code.SIGNATURE_INVALID,), op="begin"),
+    Hint(DeviceError, lambda e, r: "a version is on trial: `%s confirm` keeps it; `%s rollback` then `%s "
+                                   "reset` returns to the confirmed one" % (r.run, r.run, r.run),
+         codes=(Code.INCORRECT_STATE,), op="begin"),
+    Hint(flows.OldSlotBooted, _status_says_why),
+    Hint(DeviceError, _status_says_why, codes=(Code.INCORRECT_STATE,)),
+    Hint(DeviceError, lambda e, r: "`%s status` shows the slot sizes" % r.run, codes=(Code.OUT_OF_RANGE,)),
+    Hint(DeviceError, lambda e, r: "%s: `%s reset`, then run the command again" % (e.hint.split(";")[0], r.run),
+         codes=(Code.NO_MEMORY,)),
+    Hint(DeviceError, lambda e, r: "unexpected device error: `%s status`, then `%s reset`, may help"
+         % (r.run, r.run), codes=(Code.INTERNAL,)),
+    Hint(BoardNotReady, lambda e, r: "%s: `%s -t %s ping`" % (e.hint, r.prog, r.ctx.args.name),
+         commands=("provision",)),
+    Hint(targets_mod.UnknownTarget, lambda e, r: "%s; `%s targets` lists them" % (e.hint, r.prog)),
+)
+
 
 def with_cli_hint(err: MpotaError, ctx) -> MpotaError:
-    """`err` with a hint that names the command or flag that helps, where one does.
-    ctx: the command's cli.Context (prog, command and target spec)."""
-    run = "%s -t %s" % (ctx.prog, ctx.spec) if ctx.spec else ctx.prog
-    name, code = type(err).__name__, getattr(err, "code", None)
-    hint = None
-    if name == "Unreachable" and err.message.startswith("cannot resolve") and ".local" in err.message:
-        kf = getattr(getattr(ctx, "_target", None), "key_file", None)
-        if not kf:
-            kf = str(targets_mod.config_dir() / "keys" / ("%s.key" % _mdns_name(err.message)))
-        hint = "%s: `%s -t IP --key-file %s %s` (IP: the board's address)" % (
-            err.hint, ctx.prog, kf, ctx.command)
-    elif name == "Unreachable" and ctx.command != "ping":
-        hint = "%s; `%s ping` checks that it answers" % (err.hint, run)
-    elif name == "DeviceTimeout" and ctx.command == "legacy":
-        hint = "is the legacy UDP service on (tools/sim.py --legacy-udp) and --udp-port right?"
-    elif code == "auth_required" and ctx.command == "legacy":
-        hint = "%s (tools/sim.py --no-auth); the native protocol authenticates: `%s push IMAGE`" % (
-            err.hint, run)
-    elif name == "AuthError" and code != "auth_failed":
-        hint = err.hint + ", or --key-file FILE"
-    elif name == "NoSpace":
-        hint = "%s; `%s status` shows the slot size and free space" % (err.hint, run)
-    elif name == "VersionRefused" and "security counter" in err.message:
-        # the anti-rollback floor: no flag lets a lower counter in (docs/security.md)
-        m = re.search(r"floor (\d+)", err.message)
-        hint = ("the device's anti-rollback floor refuses it whatever the flags (--allow-downgrade cannot "
-                "help): build it from its folder with --security-counter N, N at least %s, and sign it"
-                % (m.group(1) if m else "the device's floor"))
-    elif name == "VersionRefused":
-        hint = "build it with a higher --version, or push it with --allow-downgrade"
-    elif name == "VersionClash":
-        hint = "build it with a new --version, or push it with --force to replace the running one anyway"
-    elif name == "CrashedTrial":
-        hint = ("`%s rollback` then `%s reset` returns to the confirmed version; or fix the app and push "
-                "again; `%s confirm --force` keeps the crashed one anyway" % (run, run, run))
-    elif name == "BadImage":
-        hint = "rebuild it: `%s build FOLDER --version X.Y.Z`" % ctx.prog
-    elif name == "AppCrashed":
-        if err.rollback_slot:  # type: ignore[attr-defined]
-            hint = ("it stays on trial until the device resets: `%s rollback` then `%s reset` returns to "
-                    "slot %s now; otherwise the device rolls back by itself after %s unconfirmed resets"
-                    % (run, run, err.rollback_slot, err.max_trials or "a few"))  # type: ignore[attr-defined]
-        else:
-            hint = "there is no confirmed version to roll back to: fix the app and push again"
-    elif code == "incorrect_state" and getattr(err, "op", None) == "begin" and getattr(err, "trial_crash", None):
-        hint = ("the version on trial crashed (%s): `%s rollback` then `%s reset` returns to the confirmed "
-                "one; or fix the app and push it once that is done" % (err.trial_crash, run, run))  # type: ignore[attr-defined]
-    elif ctx.command == "trust" and code in ("incorrect_state", "signature_invalid", "bad_request"):
-        hint = "`%s trust` lists the keys the device trusts and the last change's seq" % run
-    elif code == "signature_invalid" and getattr(err, "op", None) == "begin":
-        hint = ("sign the image with a key the device trusts (--sign-key KEY.pem; `%s trust` lists them, "
-                "`%s pubkey KEY.pem` shows a key's fingerprint)" % (run, ctx.prog))
-    elif code == "incorrect_state" and getattr(err, "op", None) == "begin":
-        hint = ("a version is on trial: `%s confirm` keeps it; `%s rollback` then `%s reset` returns "
-                "to the confirmed one" % (run, run, run))
-    elif name == "OldSlotBooted" or code == "incorrect_state":
-        hint = "`%s status` shows why (its boot line)" % run
-    elif code == "out_of_range":
-        hint = "`%s status` shows the slot sizes" % run
-    elif code == "no_memory":
-        hint = "%s: `%s reset`, then run the command again" % (err.hint.split(";")[0], run)
-    elif code == "internal":
-        hint = "unexpected device error: `%s status`, then `%s reset`, may help" % (run, run)
-    elif name == "BoardError" and ctx.command == "provision" and "mpota: ready" in err.message:
-        hint = "%s: `%s -t %s ping`" % (err.hint, ctx.prog, ctx.args.name)
-    elif name == "UnknownTarget":
-        hint = "%s; `%s targets` lists them" % (err.hint, ctx.prog)
-    if hint is not None:
-        err.hint = hint
+    """`err` with a hint that names the command or flag that helps, where one does:
+    the first row of HINTS that applies. ctx: the command's cli.Context (prog,
+    command and target spec)."""
+    for h in HINTS:
+        if h.applies(err, ctx.command):
+            text = h.text(err, _Run(ctx))
+            if text is not None:
+                err.hint = text
+                break
     return err
-
-
-def _mdns_name(message: str) -> str:
-    """NAME of the NAME.local a `cannot resolve` message names."""
-    m = re.search(r"cannot resolve ([^\s:]+?)\.local", message, re.I)
-    return m.group(1) if m else "NAME"
 
 
 # --- push ----------------------------------------------------------------------------

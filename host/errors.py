@@ -3,9 +3,15 @@
 Every message says what went wrong and what to do next; `hint` holds the
 "what to do" part so the CLI can print it on its own line (or as a JSON field).
 Hints here name no command or flag: this is the library; the CLI adds those
-(cli.py, `with_cli_hint`), as it alone knows its own command names.
+(commands.py: `with_cli_hint` and its table HINTS, by exception class and
+error code), as it alone knows its own command names.
 """
 from __future__ import annotations
+
+import enum
+import re
+
+from .codec import mpota_lineproto as lineproto
 
 # Exit codes (documented in docs/cli.md; keep both in step).
 EXIT_OK = 0
@@ -23,6 +29,8 @@ class MpotaError(Exception):
 
     exit_code = EXIT_USAGE
     default_hint = ""
+    # the JSON "error" field: the class name, unless a refinement reports its parent's
+    reported_as: str | None = None
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -33,7 +41,7 @@ class MpotaError(Exception):
         return self.message + (" (%s)" % self.hint if self.hint else "")
 
     def as_dict(self) -> dict:
-        return {"error": type(self).__name__, "message": self.message,
+        return {"error": self.reported_as or type(self).__name__, "message": self.message,
                 "hint": self.hint or None, "exit_code": self.exit_code}
 
 
@@ -49,6 +57,28 @@ class ConnectionProblem(MpotaError):
 
 class Unreachable(ConnectionProblem):
     default_hint = "check the host name/address and port, and that the device is powered and on this network"
+
+
+class LocalNameUnresolved(Unreachable):
+    """A NAME.local did not resolve (mDNS); `name` is NAME."""
+
+    reported_as = "Unreachable"
+
+    def __init__(self, message: str, hint: str | None = None, *, name: str = "NAME"):
+        super().__init__(message, hint)
+        self.name = name
+
+
+class BoardError(ConnectionProblem):
+    """mpremote could not reach the board over USB, or a command on it failed (provision.py)."""
+
+    default_hint = "is the board plugged in on that port, and no other program (a REPL, Thonny) holding it?"
+
+
+class BoardNotReady(BoardError):
+    """The provisioned board did not print its ready line in time."""
+
+    reported_as = "BoardError"
 
 
 class DeviceTimeout(ConnectionProblem):
@@ -107,6 +137,14 @@ class VersionRefused(DeviceError):
     default_hint = "the image is older than the confirmed one; build it with a higher version"
 
 
+class BelowFloor(VersionRefused):
+    """The image's security counter is below the device's anti-rollback floor
+    (`floor`; None when the device's message does not give it): no flag lets it in."""
+
+    reported_as = "VersionRefused"
+    floor: int | None = None
+
+
 class BadImage(DeviceError):
     default_hint = "rebuild the image from its app folder"
 
@@ -148,27 +186,41 @@ class Interrupted(MpotaError):
     default_hint = "nothing was committed; run the same push again to resume"
 
 
+# The device's error names (protocol.md §3), as values: Code.BUSY == "busy". They
+# come from the codec's table (shared/mpota_lineproto.py), so a name that is not
+# the device's fails at import, not by silently never matching.
+class _Name(str, enum.Enum):
+    def __str__(self) -> str:  # "busy", as the device says it
+        return str.__str__(self)
+
+
+Code = _Name("Code", [(n.upper(), n) for n in lineproto._NAMES.split()])  # type: ignore[call-overload]
+
 # Device error code -> (class, hint override or None). Unlisted codes: DeviceError.
 _BY_CODE = {
-    "auth_required": (AuthError, None),
-    "auth_failed": (AuthError, "wrong key for this device: check MPOTA_KEY / the key file"),
-    "busy": (BusyError, None),
-    "restarting": (Restarting, None),
-    "crc_mismatch": (CrcMismatch, None),
-    "no_space": (NoSpace, None),
-    "version_refused": (VersionRefused, None),
-    "bad_image": (BadImage, None),
-    "signature_invalid": (SignatureInvalid, None),
-    "verify_failed": (VerifyFailed, None),
-    "timeout": (DeviceTimeout, None),
-    "incorrect_state": (DeviceError, "the device is not in a state for this; its status shows why"),
-    "out_of_range": (DeviceError, "offset/length outside the slot"),
-    "flash_fault": (DeviceError, "the device's flash is failing; reflash it over USB"),
-    "no_memory": (DeviceError, "the device ran out of heap (its app holds most of it); "
-                               "try again, or reset it and retry before the app grows"),
-    "internal": (DeviceError, "unexpected device error; a reset may help"),
-    "unsupported": (DeviceError, "the device's agent is too old for this operation; update the agent"),
+    Code.AUTH_REQUIRED: (AuthError, None),
+    Code.AUTH_FAILED: (AuthError, "wrong key for this device: check MPOTA_KEY / the key file"),
+    Code.BUSY: (BusyError, None),
+    Code.RESTARTING: (Restarting, None),
+    Code.CRC_MISMATCH: (CrcMismatch, None),
+    Code.NO_SPACE: (NoSpace, None),
+    Code.VERSION_REFUSED: (VersionRefused, None),
+    Code.BAD_IMAGE: (BadImage, None),
+    Code.SIGNATURE_INVALID: (SignatureInvalid, None),
+    Code.VERIFY_FAILED: (VerifyFailed, None),
+    Code.TIMEOUT: (DeviceTimeout, None),
+    Code.INCORRECT_STATE: (DeviceError, "the device is not in a state for this; its status shows why"),
+    Code.OUT_OF_RANGE: (DeviceError, "offset/length outside the slot"),
+    Code.FLASH_FAULT: (DeviceError, "the device's flash is failing; reflash it over USB"),
+    Code.NO_MEMORY: (DeviceError, "the device ran out of heap (its app holds most of it); "
+                                  "try again, or reset it and retry before the app grows"),
+    Code.INTERNAL: (DeviceError, "unexpected device error; a reset may help"),
+    Code.UNSUPPORTED: (DeviceError, "the device's agent is too old for this operation; update the agent"),
 }
+
+# The device names its anti-rollback floor only in the message of its refusal
+# (device/mpota_slots.py check_counter): read here, once, into BelowFloor.floor.
+_FLOOR = re.compile(r"security counter \d+ is below this device's floor (\d+)")
 
 
 def device_error(code: str | None, message: str, *, num: int | None = None, retry: bool = False,
@@ -178,4 +230,9 @@ def device_error(code: str | None, message: str, *, num: int | None = None, retr
     text = "%s%s: %s" % ("%s refused, " % op if op else "", code or "error", message)
     if cls is DeviceTimeout:
         return DeviceTimeout(text)
+    floor = _FLOOR.search(message) if cls is VersionRefused else None
+    if floor:
+        err = BelowFloor(text, hint, code=code, num=num, retry=retry, fatal=fatal, op=op)
+        err.floor = int(floor.group(1))
+        return err
     return cls(text, hint, code=code, num=num, retry=retry, fatal=fatal, op=op)

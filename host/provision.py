@@ -44,19 +44,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import deploy, targets
-from .errors import ConnectionProblem, UsageError
+from .errors import BoardError, BoardNotReady, UsageError
 
 MIN_VERSION = (1, 23)  # the `vfs` module the agent's app filesystem needs
 QUERY = ('import sys, machine; print(sys.implementation); '
          'print("id=" + "".join("%02x" % b for b in machine.unique_id()))')
 CONFIG_NAME, KEY_NAME, TRUST_NAME = "mpota.json", "mpota_key.bin", "mpota_trust.json"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
-class BoardError(ConnectionProblem):
-    """mpremote could not reach the board, or a command on it failed."""
-
-    default_hint = "is the board plugged in on that port, and no other program (a REPL, Thonny) holding it?"
 
 
 @dataclass
@@ -317,7 +311,7 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
     say("   waiting up to %.0f s for the agent's `mpota: ready` line on %s" % (o.wait, o.port))
     result.ready = waiter(o.port, o.wait, say)
     if result.ready is None:
-        raise BoardError("the board did not print `mpota: ready` within %.0f s" % o.wait,
+        raise BoardNotReady("the board did not print `mpota: ready` within %.0f s" % o.wait,
                          "the files are on it and the target is recorded; its serial output says why "
                          "(Wi-Fi name or password?). It may also have printed the line before the port "
                          "reopened: try reaching it over Wi-Fi")

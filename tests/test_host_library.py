@@ -73,6 +73,47 @@ def test_crashed_trial_suggests_rollback_then_reset_or_says_what_happens():
     assert "no confirmed version" in h
 
 
+def test_hints_go_by_exception_class_and_error_code_not_by_message_text():
+    # the class decides: a text that reads like another error's changes nothing
+    err = errors.Unreachable("cannot resolve picow-1.local: no such name")
+    assert "mDNS" not in err.hint and "--key-file" not in commands.with_cli_hint(err, _ctx("status")).hint
+    err = errors.LocalNameUnresolved("name lookup failed", "mDNS help", name="picow-1")
+    assert "--key-file" in commands.with_cli_hint(err, _ctx("status")).hint
+    err = errors.VersionRefused("security counter 1 is below this device's floor 3")
+    assert "--allow-downgrade" in commands.with_cli_hint(err, _ctx("push")).hint
+    # a subclass gets its class's hint (a name match would miss it)
+    class Smaller(errors.NoSpace):
+        pass
+    assert "`mpota -t pico status`" in commands.with_cli_hint(Smaller("x"), _ctx("push")).hint
+    # refinements keep the name --json reports
+    assert err.as_dict()["error"] == "VersionRefused"
+    assert errors.LocalNameUnresolved("x").as_dict()["error"] == "Unreachable"
+
+
+def test_error_codes_are_the_codecs_names_as_values():
+    from mpota.codec import mpota_lineproto as lineproto
+
+    names = [lineproto.error_name(n) for n in range(len(errors.Code))]
+    assert [c.value for c in errors.Code] == names and lineproto.error_name(len(names)).startswith("error_")
+    assert errors.Code.BUSY == "busy" and "%s" % errors.Code.BUSY == "busy"
+    rows = [c for h in commands.HINTS for c in h.codes] + list(errors._BY_CODE)
+    assert rows and all(isinstance(c, errors.Code) for c in rows)
+    assert isinstance(errors.device_error("busy", "x"), errors.BusyError)
+    floor = errors.device_error("version_refused", "security counter 1 is below this device's floor 7 "
+                                "(anti-rollback: no flag allows it)", op="commit")
+    assert isinstance(floor, errors.BelowFloor) and floor.floor == 7
+
+
+def test_provision_ready_timeout_hint_names_ping():
+    from mpota import provision
+
+    ctx = types.SimpleNamespace(prog="mpota", command="provision", spec=None,
+                                args=types.SimpleNamespace(name="picow-1"))
+    err = errors.BoardNotReady("the board did not print the line", "its serial output says why")
+    assert isinstance(err, provision.BoardError) and err.as_dict()["error"] == "BoardError"
+    assert commands.with_cli_hint(err, ctx).hint.endswith("`mpota -t picow-1 ping`")
+
+
 # --- the command table and its options --------------------------------------------------
 
 def test_one_table_drives_parser_default_command_and_fleet():

@@ -251,3 +251,38 @@ def test_mpy_ships_compiled_files(tmp_path):
         if mpy:
             with fs.open("main.mpy", "rb") as f:
                 assert f.read(1) == b"M"  # the .mpy magic
+
+
+# --- the status reply, typed ----------------------------------------------------------
+
+def _reply(**over):
+    r = {"device": "d1", "running": "b", "active": "a", "pending": None, "trial": True, "trial_count": 1,
+         "max_trials": 3, "slots": {"a": {"state": "confirmed", "size": 10, "sha256": "AB" * 32,
+                                          "version": "1.0.0"},
+                                    "b": {"state": "trial", "size": 12, "sha256": "cd" * 32, "version": "2.0.0"}},
+         "app": {"state": "crashed", "name": "app", "error": "ValueError: x"},
+         "trust": {"keys": ["0011223344556677"], "signed_images": True, "seq": 4, "warning": None}}
+    r.update(over)
+    return r
+
+
+def test_status_reads_the_reply_once():
+    from mpota.status import Status
+
+    st = Status.of(_reply())
+    assert st.running_version == "2.0.0" and st.describe_running() == "2.0.0"
+    assert st.running_image.name == "b" and st.slot("a").sha256 == "ab" * 32
+    assert st.trial_crash == "ValueError: x" and st.confirmed_other("b") == "a"
+    assert st.trust_keys == ("0011223344556677",) and st.trust_seq == 4 and st.raw["device"] == "d1"
+    none = Status.of({"device": "d1", "running": None})  # a stranger's status, or no app
+    assert none.running_version is None and none.describe_running() == "no app" and none.slots == {}
+    assert none.running_image is None and none.trial_crash is None and none.slot("a").state is None
+    erased = Status.of(_reply(slots={"b": {"state": "empty", "sha256": None, "version": None}}))
+    assert erased.running_image is None and erased.describe_running() == "no version"
+
+
+def test_no_status_reply_is_read_through_get_chains():
+    # the running version (and every other field) is read in one place: status.py
+    for name in ("push.py", "commands.py", "fleet.py", "output.py"):
+        text = (REPO / "host" / name).read_text()
+        assert 'get("slots")' not in text and 'get("running")' not in text and 'get("app")' not in text, name
