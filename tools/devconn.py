@@ -2,6 +2,14 @@
 codec), an app-image builder and reset_and_wait: shared by the end-to-end
 tests and the torture harness (tools/torture.py and its parts).
 
+Why a second client beside host/client.py: tests must send what the real
+client never sends (unsealed, replayed, swapped or truncated messages through
+send_raw, chosen request ids, an upload stopped at any byte) and read each
+reply in order with one blocking call, which the asyncio client, built to
+recover from such faults and hide them, cannot give. It does not implement the
+protocol twice: frames, lines, the session seal and the auth MACs all come
+from the codec (mpota.codec) that host/client.py uses.
+
     c = DevConn(sim.tcp_port, key)      # hello + auth when a key is given
     c.push(app_image(tmp, "v2", SRC, "2.0.0+0"), "2.0.0+0")
 """
