@@ -34,7 +34,7 @@ class Hint:
     `text(err, run)` is the new hint; None: the row does not apply after all."""
 
     cls: type
-    text: Callable[[MpotaError, "_Run"], Optional[str]]
+    text: Callable[[Any, "_Run"], Optional[str]]  # Any: an instance of cls
     codes: tuple = ()
     op: Optional[str] = None
     commands: tuple = ()
@@ -64,7 +64,7 @@ class _Run:
         return "%s -t %s" % (self.ctx.prog, self.ctx.spec) if self.ctx.spec else self.ctx.prog
 
 
-def _key_file(err: LocalNameUnresolved, ctx) -> str:
+def _key_file(err: LocalNameUnresolved, ctx: Any) -> str:
     """The key file to give with the board's IP: the target's, else the one provision makes."""
     kf = getattr(getattr(ctx, "_target", None), "key_file", None)
     return kf or str(targets_mod.config_dir() / "keys" / ("%s.key" % err.name))
@@ -110,7 +110,7 @@ HINTS = (
     Hint(BadImage, lambda e, r: "rebuild it: `%s build FOLDER --version X.Y.Z`" % r.prog),
     Hint(flows.AppCrashed, _app_crashed),
     # push() tells why begin found the device busy with a trial: its app crashed
-    Hint(DeviceError, lambda e, r: None if not getattr(e, "trial_crash", None) else (
+    Hint(DeviceError, lambda e, r: None if not e.trial_crash else (
         "the version on trial crashed (%s): `%s rollback` then `%s reset` returns to the confirmed one; "
         "or fix the app and push it once that is done" % (e.trial_crash, r.run, r.run)),
         codes=(Code.INCORRECT_STATE,), op="begin"),

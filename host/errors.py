@@ -93,6 +93,9 @@ class DeviceError(MpotaError):
     """The device answered with an error (protocol.md §3)."""
 
     exit_code = EXIT_REFUSED
+    # push(): `begin` refused with incorrect_state while the version on trial has a
+    # crashed app; this is its error (the CLI's hint names the way out)
+    trial_crash: str | None = None
 
     def __init__(self, message: str, hint: str | None = None, *, code: str | None = None,
                  num: int | None = None, retry: bool = False, fatal: bool = False,

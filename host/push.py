@@ -325,7 +325,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
                                expect_device=expected_device(target))
     except DeviceError as e:
         if e.code == "incorrect_state" and e.op == "begin":
-            e.trial_crash = before.trial_crash  # type: ignore[attr-defined]  (the CLI's hint uses it)
+            e.trial_crash = before.trial_crash  # the CLI's hint names the way out
         raise
     _emit(on_event, "upload_stats", bytes=res.size - res.resumed_from, seconds=round(res.seconds, 3),
           rate=round(res.rate), resent=res.bytes_resent, reconnects=res.reconnects, rewinds=res.rewinds,

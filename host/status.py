@@ -44,7 +44,7 @@ class Status:
     trial: bool = False                   # the running version is on trial
     trial_count: int = 0
     max_trials: Optional[int] = None
-    slots: dict = field(default_factory=dict)   # name -> SlotStatus
+    slots: dict[str, SlotStatus] = field(default_factory=dict)
     app_state: Optional[str] = None       # none, loaded, running, stopped, crashed
     app_name: Optional[str] = None
     app_error: Optional[str] = None
