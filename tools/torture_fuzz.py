@@ -20,10 +20,10 @@ from mpota.codec import mpota_hostframes as hostframes
 from mpota.codec import mpota_lineproto as lineproto
 from mpota.codec import mpota_proto as proto
 from simproc import Sim, SimError
+import boardbuilds
 
-I386 = Path("/work/shared/tools/micropython-1.27-i386")
-if not I386.exists():
-    I386 = REPO.parent / "shared" / "tools" / "micropython-1.27-i386"
+# the 32-bit build where this machine has it (boardbuilds: ../shared/tools or MPOTA_BOARD_TOOLS)
+I386 = Path(boardbuilds.i386() or REPO.parent / "shared" / "tools" / boardbuilds.I386)
 
 
 _OPS = ("hello", "auth", "ping", "status", "begin", "commit", "abort", "confirm", "rollback", "read",
