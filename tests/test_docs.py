@@ -17,7 +17,7 @@ HOST = {p.stem for p in (REPO / "host").glob("*.py")} - {"__init__", "__main__",
 DEVICE = {p.stem for p in (REPO / "device").glob("*.py")} | {p.stem for p in (REPO / "shared").glob("*.py")}
 # what follows a dot after a module-like word but names a file or a key, not an attribute
 NOT_ATTRS = {"py", "mpy", "toml", "json", "md", "txt", "img", "pem", "key", "bin", "uf2", "local", "pub", "ini", "new"}
-REF = re.compile(r"(?<![\w/.\[-])((?:mpota_\w+|%s)(?:\.\w+)+)(\(\))?" % "|".join(sorted(HOST)))
+REF = re.compile(r"(?<![\w/.\[-])((?:mpota_\w+|%s)(?:\.\w+)+)(?![\w-])(\(\))?" % "|".join(sorted(HOST)))
 PATH = re.compile(r"(?<![\w.-])((?:device|shared|host|tools|tests|docs|examples)/[\w./-]+\.(?:py|md|ini|json))\b")
 
 
