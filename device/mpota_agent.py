@@ -14,6 +14,7 @@
 import gc
 import sys
 import asyncio
+from micropython import const
 
 import mpota_hal as hal
 
@@ -25,13 +26,35 @@ asyncio.Event, asyncio.wait_for_ms, asyncio.start_server  # noqa: B018
 
 DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 
-# Modules a connection (or an update session) loads; released together when
-# the device is quiet again. One copy of each at a time: a module is never
-# released while an object made by it (a session, the slot record) is alive.
-_CONN = ("mpota_leanconn", "mpota_conn", "mpota_connpolicy", "mpota_service", "mpota_ops", "mpota_framing",
-         "mpota_proto", "mpota_checksums", "mpota_auth", "mpota_hmac_sha256", "mpota_session", "mpota_slots",
-         "mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_rareops", "mpota_trust", "mpota_ed25519",
-         "mpota_trustkeys", "mpota_legacy", "mpota_smp", "mpota_cbor", "mpota_lineproto", "mpota_linemac")
+# Module lifetimes, declared once (docs/memory.md, "Lifetimes"): every
+# module the agent loads and releases, by the scope that releases it
+# (Device.end_request, Agent.settle). Not here: the resident ones (agent,
+# hal; wifi, udp, smpudp once started) and the boot scope (bootmgr._BOOT).
+# One copy of each at a time: a module is never released while an object
+# made by it (a session, the slot record) is alive. The scopes (bits):
+_REQUEST = const(2)  # after each request (service.idle, leanconn._done)
+_SESSION = const(4)  # after a request, once no update session is open (also smp.py, out of heap)
+_CONNECTION = const(8)  # once the device is quiet: no connection, no session (Agent.settle)
+_LEAN_REQUEST = const(16)  # lean connections: after each request, once no session (the slot record)
+# ... and which modules bootmgr._intern imports at boot for their names, per
+# mode: a connection's modules and the handlers of the everyday requests and `begin`
+I_LEAN = _I_LEAN = const(32)
+I_LIVE = _I_LIVE = const(64)
+_CI = const(8 | 32 | 64)
+_MODS = ("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys",
+         "mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_trust", "mpota_ed25519", "mpota_rareops",
+         "mpota_legacy",
+         "mpota_lineproto", "mpota_connpolicy", "mpota_dispatch", "mpota_linemac", "mpota_slots",
+         "mpota_leanconn", "mpota_conn", "mpota_service", "mpota_framing", "mpota_proto", "mpota_checksums",
+         "mpota_session", "mpota_smp", "mpota_cbor")
+_LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.py checks the two)
+    _REQUEST | _I_LEAN | _I_LIVE, _REQUEST | _I_LEAN | _I_LIVE, _REQUEST | _I_LEAN | _I_LIVE, _REQUEST,
+    _SESSION | _I_LEAN | _I_LIVE, _SESSION | _I_LEAN | _I_LIVE, _SESSION, _SESSION, _SESSION, _SESSION,
+    _SESSION,  # legacy: pinned while the legacy UDP service runs (udp.py imports it)
+    _CI, _CI, _CI, _CI, _CI | _LEAN_REQUEST,
+    _CONNECTION | _I_LEAN, _CONNECTION | _I_LIVE, _CONNECTION | _I_LIVE, _CONNECTION | _I_LIVE,
+    _CONNECTION | _I_LIVE, _CONNECTION | _I_LIVE,
+    _CONNECTION | _I_LIVE, _CONNECTION, _CONNECTION))
 
 
 async def _listen(ag, host, port):
@@ -60,9 +83,6 @@ class Device:
     """What the agent knows between connections. Resident, so small: the
     behaviour is in service.py and the handlers, loaded with a connection."""
     VERSION = "0.4.0"
-    # Loaded for one request or one update session, released when no longer
-    # needed (service.idle, and smp.py when a request ran out of heap).
-    TRANSIENT = ("mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_rareops", "mpota_trust", "mpota_ed25519")
 
     def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown"):
         self.cfg = cfg
@@ -128,11 +148,27 @@ class Device:
             self.close_session()
             hal.reset()
 
-    def release(self, *names):
-        """Forget modules loaded for a request: their code is collected once
-        nothing refers to it (a reimport loads them again)."""
-        for n in names:
-            sys.modules.pop(n, None)
+    def end_request(self, lean=False, scope=_REQUEST):
+        """After each request (service.idle, leanconn._done; smp.py when one
+        ran out of heap): release what only the request needed; once no
+        update session is open, what only a session needed too, and on a lean
+        connection (`lean`) that conn.py does not share, the slot record.
+        Agent.settle passes every scope. A module is collected once nothing
+        refers to it (a reimport loads it again)."""
+        if self.session is None and not (lean and self.legacy_udp):
+            if not lean:
+                scope |= _SESSION
+                if not self.legacy_udp:
+                    self.buf = self.mv = None
+            elif "mpota_conn" not in sys.modules:
+                self.sl = None
+                scope |= _SESSION | _LEAN_REQUEST
+        m = sys.modules
+        for i in range(len(_MODS)):
+            if _LIFE[i] & scope:
+                n = _MODS[i]
+                if n in m and not (self.legacy_udp and n == "mpota_legacy"):  # udp.py holds it
+                    del m[n]
 
 
 class Agent:
@@ -171,8 +207,7 @@ class Agent:
         if self.conns or dev.session is not None or dev.legacy_udp:
             return
         dev.sl = None
-        dev.buf = dev.mv = None
-        dev.release(*_CONN)
+        dev.end_request(False, _REQUEST | _CONNECTION | _LEAN_REQUEST)  # (and the session scope, buf)
         gc.collect()
         if measure:
             dev.mem_idle = gc.mem_alloc()

@@ -43,6 +43,14 @@ def unsupported(v=None):
             % (v[0], v[1], v[2], MIN_VERSION[0], MIN_VERSION[1]))
 
 
+# The boot scope: what only boot() uses, each dropped after its use and the
+# rest when boot() returns (the runtime scopes are agent._LIFE's; mcuboot,
+# trust and ed25519 also serve update sessions later, loaded again then).
+# appfs stays while an app is mounted (its block device lives there).
+_BOOT = ("mpota_halboot", "mpota_config", "mpota_bootslots", "mpota_mcuboot", "mpota_trust", "mpota_ed25519",
+         "mpota_appfs")
+
+
 def _use(name):
     gc.collect()
     return __import__(name)
@@ -112,23 +120,20 @@ def _unload_app():
 
 
 # The modules a connection loads in each mode (the handlers of the everyday
-# requests, and of `begin`). _intern() imports them once at boot and drops
-# them: that interns their names (qstrs, which MicroPython keeps for good)
-# while the heap is still empty. The qstr pool grows by doubling, in ONE
-# block of several KB; beside an app that holds most of the heap, such a
-# block may not exist even when far more than that is free in pieces, and the
-# first connection would fail on the pool, not on its own size.
-_CONN_MODULES = {
-    "lean": ("mpota_lineproto", "mpota_connpolicy", "mpota_leanconn", "mpota_linemac", "mpota_ops", "mpota_auth",
-             "mpota_hmac_sha256", "mpota_slots", "mpota_update", "mpota_upload"),
-    "live": ("mpota_lineproto", "mpota_connpolicy", "mpota_framing", "mpota_proto", "mpota_checksums",
-             "mpota_service", "mpota_conn", "mpota_linemac", "mpota_session", "mpota_ops", "mpota_auth",
-             "mpota_hmac_sha256", "mpota_slots", "mpota_update", "mpota_upload"),
-}
+# requests, and of `begin`: agent.I_LEAN, agent.I_LIVE). _intern() imports
+# them once at boot and drops them: that interns their names (qstrs, which
+# MicroPython keeps for good) while the heap is still empty. The qstr pool
+# grows by doubling, in ONE block of several KB; beside an app that holds
+# most of the heap, such a block may not exist even when far more than that
+# is free in pieces, and the first connection would fail on the pool, not on
+# its own size.
+def _modules(agent, bits):
+    # the modules whose lifetime (agent._LIFE) has any of `bits`
+    return [agent._MODS[i] for i in range(len(agent._MODS)) if agent._LIFE[i] & bits]
 
 
-def _intern(mode):
-    for n in _CONN_MODULES.get(mode, ()):
+def _intern(agent, mode):
+    for n in _modules(agent, agent.I_LEAN if mode == "lean" else agent.I_LIVE if mode == "live" else 0):
         had = n in sys.modules
         try:
             __import__(n)
@@ -202,17 +207,17 @@ def boot(mem_base=0):
         # a confirmed image started: its counter is the floor from now on (one
         # made permanent over SMP never had a trial whose confirm raised it)
         sl.raise_floor(i)
-    _drop("mpota_bootslots")
-    _drop("mpota_mcuboot")
-    if mod is None:
-        _drop("mpota_appfs")  # (a mounted app keeps it: its block device lives there)
     del sb
+    _drop("mpota_bootslots")  # (before the agent loads: it packs low in the heap)
     print("mpota: " + sl.note)
     import mpota_agent as agent
+    for n in _BOOT:  # the boot scope ends
+        if n != "mpota_appfs" or mod is None:  # (a mounted app keeps it)
+            _drop(n)
     dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base,
                        uid, why)
     agent.DEVICE = dev
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
-        _intern(cfg["mode"])
+        _intern(agent, cfg["mode"])
     return dev, mod

@@ -14,6 +14,7 @@
 # keep an operator out. Authenticated connections count against max_conn.
 import mpota_hal as hal
 import mpota_connpolicy as connpolicy
+import mpota_dispatch as dispatch
 import mpota_lineproto as lineproto
 import mpota_proto as proto
 import mpota_framing as framing
@@ -24,24 +25,20 @@ _ACK_LEN = framing.HEADER_SIZE + 5  # ACK frame: acked u32
 _NERR_LEN = framing.HEADER_SIZE + 12  # NERROR frame: 11-byte body
 
 
-class Conn:
+class Conn(dispatch.Peer):
+    # (sess: a session.Session once authenticated)
     def __init__(self, dev, r, w):
         self.r = r
         self.w = w
-        self.authed = not dev.auth_on
-        if self.authed:
-            self.dec = framing.StreamDecoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)
-        else:
+        if dev.auth_on:
             self.dec = framing.StreamDecoder(lineproto.MAX_LINE_PRE_AUTH, lineproto.MAX_LINE_PRE_AUTH)
-        self.nonce = None
-        self.ack_due = False
-        self.ack_val = 0
+        else:
+            self.authed = True
+            self.dec = framing.StreamDecoder(lineproto.MAX_FRAME, lineproto.MAX_LINE)
         self.t0 = hal.ticks_ms()
         self.ackb = None  # the data path's replies, made once authenticated
         self.nerrb = None
         self.task = None  # the task serving it
-        self.gone = False  # a write failed: the peer reset or closed
-        self.sess = None  # session.Session once authenticated: seals and opens every message
 
     def out(self, b):
         # A peer that is gone must not look like a handler's failure (which
@@ -96,8 +93,10 @@ async def serve(ag, r, w):
 def adopt(ag, lc, pending):
     """The Conn that goes on with a lean connection (leanconn.py) which met a
     message it does not serve: the same socket, its authentication and
-    session, its place in ag.conns; `pending` holds the bytes it has not
-    handled, that message first. Serve it with run(ag, c, True)."""
+    session (its sequence numbers where the lean one left them), its place in
+    ag.conns; `pending` holds the bytes it has not handled. Serve it with
+    run(ag, c, True, req), `req` the request the lean connection read and
+    verified but does not serve (None: the bytes start with the message)."""
     c = Conn(ag.dev, lc.r, lc.w)
     c.t0 = lc.t0
     c.task = lc.task
@@ -114,14 +113,15 @@ def adopt(ag, lc, pending):
     return c
 
 
-async def run(ag, c, pending):
+async def run(ag, c, pending, req=None):
     """Serve admitted connection c until it closes; `pending`: its decoder
-    already holds messages (adopt)."""
+    already holds messages, after request `req` if any (adopt)."""
     dev = ag.dev
     try:
         slots.attach(dev)
         if pending:
-            await _handle(dev, c)
+            await _handle(dev, c, req)
+            req = None
         if not c.gone:
             await _loop(ag, c)
     finally:
@@ -130,9 +130,9 @@ async def run(ag, c, pending):
         service.drop(dev, c)
 
 
-async def _handle(dev, c):
-    # every complete message in c's decoder: handled, answered, flushed
-    service.dispatch(dev, c)
+async def _handle(dev, c, req=None):
+    # every complete message in c's decoder (after `req`: run): handled, answered, flushed
+    service.dispatch(dev, c, req)
     if not c.gone:
         await c.w.drain()
         await dev.after_reply()

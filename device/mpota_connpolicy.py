@@ -1,6 +1,6 @@
 # connpolicy: who may connect and how long a connection may stay silent,
 # for both connection modules (conn.py, leanconn.py). Loaded with a
-# connection and released with it (agent.settle): an idle device holds only
+# connection and released with it (agent._LIFE): an idle device holds only
 # the listener (agent.py).
 import asyncio
 

@@ -10,15 +10,16 @@
 # imported alone. What a request loaded and no longer needs is released
 # after it (idle()).
 #
-# Handlers are synchronous: they queue replies on the connection
-# (c.out/ack/nerror) and the transport (conn.py, udp.py) flushes them. A "connection" is anything
-# with .authed, .nonce, .out(buf), .nerror(...), .ack_due/.ack_val
-# (conn.Conn for TCP, udp.UdpPeer for datagrams).
+# JSON lines go through dispatch.serve (the op table). Handlers are
+# synchronous: they queue replies on the connection (c.out/ack/nerror) and
+# the transport (conn.py, udp.py) flushes them. A "connection" is a
+# dispatch.Peer (conn.Conn for TCP, udp.UdpPeer for datagrams).
 import sys
 import gc
 
 import mpota_hal as hal
 import mpota_lineproto as lineproto
+import mpota_dispatch as dispatch_
 import mpota_proto as proto
 from mpota_proto import OP_DATA, OP_READ
 from mpota_lineproto import (ProtoError, error_line, E_UNSUPPORTED, E_AUTH_REQUIRED, E_INCORRECT_STATE,
@@ -26,23 +27,13 @@ from mpota_lineproto import (ProtoError, error_line, E_UNSUPPORTED, E_AUTH_REQUI
 from mpota_framing import K_FRAME, K_LINE, HEADER_SIZE, frame_into
 from mpota_checksums import crc32c
 
-_OPEN = ("hello", "auth", "ping", "status")  # served before authentication
-# op -> the module that serves it (ops.py serves every other known op)
-_ROUTE = {"begin": "mpota_update", "commit": "mpota_update", "abort": "mpota_update",
-          "rollback": "mpota_rareops", "read": "mpota_rareops", "erase": "mpota_rareops",
-          "trust": "mpota_trustkeys"}
-_OPS = ("hello", "auth", "ping", "status", "confirm", "reset")
+K_REQ = -1  # dispatch(): a parsed request handed over (conn.adopt)
 
 
 def idle(dev):
     # after each request: release what only a session or a request needed
     # (the everyday ops are small and rare enough to load for each request)
-    dev.release("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys")
-    if dev.session is None:
-        dev.release(*dev.TRANSIENT)
-        if not dev.legacy_udp:
-            dev.release("mpota_legacy")
-            dev.buf = dev.mv = None
+    dev.end_request()
 
 
 def drop(dev, owner):
@@ -62,24 +53,34 @@ def ref_error(c, code):
 
 
 # -- dispatch ----------------------------------------------------------------
-def dispatch(dev, c):
-    """Handle every complete message in c.dec; replies are queued on c."""
+def dispatch(dev, c, req=None):
+    """Handle every complete message in c.dec, after request `req` (one a
+    lean connection read, verified and handed over: conn.adopt); replies
+    are queued on c."""
     dec = c.dec
     while True:
-        ev = dec.next()
-        if ev is None:
-            break
-        k = ev[0]
-        v = ev[1]
-        if c.sess is not None:  # authenticated: every message must carry the session's tag
-            v = c.sess.open(k, v)
-            if v is None:
-                return c.sess.fail(c)
+        if req is not None:
+            ev = None
+            k = K_REQ
+            v = req
+            req = None
+        else:
+            ev = dec.next()
+            if ev is None:
+                break
+            k = ev[0]
+            v = ev[1]
+            if c.sess is not None:  # authenticated: every message must carry the session's tag
+                v = c.sess.open(k, v)
+                if v is None:
+                    return c.sess.fail(c)
         try:
             if k == K_FRAME:
                 frame(dev, c, v)
             elif k == K_LINE:
                 line(dev, c, v)
+            elif k == K_REQ:
+                dispatch_.serve(dev, c, v, False, idle)
             else:
                 bad(dev, c, v[0], v[1])
         except MemoryError:
@@ -98,7 +99,7 @@ def no_memory(dev, c, ev):
     # Out of heap (loading a handler while the app holds the heap): answer
     # in the asker's own framing, built without the modules that may be
     # what failed to load.
-    if ev[0] != K_FRAME:
+    if ev is None or ev[0] != K_FRAME:
         return lineproto.no_memory(c, None)
     op = ev[1][1]
     if 0x20 <= op <= 0x2F:
@@ -106,19 +107,8 @@ def no_memory(dev, c, ev):
     ref_error(c, E_NO_MEMORY)
 
 
-def route(dev, c, op):
-    # the module serving a JSON op (lineproto.serve_line); strangers get only _OPEN
-    mod = _ROUTE.get(op)
-    if mod is None and op not in _OPS:
-        raise ProtoError(E_UNSUPPORTED, "unknown op \"%s\"" % op)
-    # Authenticate before loading anything on a peer's behalf.
-    if not c.authed and op not in _OPEN:
-        raise ProtoError(E_AUTH_REQUIRED, "authenticate first (hello, auth)")
-    return mod or "mpota_ops"
-
-
 def line(dev, c, ln):
-    lineproto.serve_line(dev, c, ln, route, idle)
+    dispatch_.serve(dev, c, None, False, idle, ln)
 
 
 def bad(dev, c, code, msg):

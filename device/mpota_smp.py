@@ -208,8 +208,7 @@ def handle(dev, sock, data, addr):
     except ProtoError as e:
         _error(req, _FROM_NATIVE.get(e.code, _I_UNKNOWN), _G_IMG)
     except MemoryError:
-        if dev.session is None:
-            dev.release(*dev.TRANSIENT)
+        dev.end_request()
         _error(req, _ENOMEM, None)
     except Exception as e:  # a bug must not cost the client its answer
         sys.print_exception(e)

@@ -10,6 +10,7 @@ import mpota_hal as hal
 import mpota_legacy as legacy
 import mpota_slots as slots
 import mpota_service as service
+import mpota_dispatch as dispatch
 from mpota_framing import check_frame
 from mpota_lineproto import E_BAD_FRAME, E_TOO_LARGE
 
@@ -17,18 +18,16 @@ EXCESS_RATE = 8192  # bytes a second that replies may exceed their requests by
 EXCESS_BURST = 4096
 
 
-class UdpPeer:
+class UdpPeer(dispatch.Peer):
     """The legacy datagram service as a 'connection': replies go to the
-    sender of the current datagram; the legacy session belongs to the service."""
+    sender of the current datagram; the legacy session belongs to the service.
+    Datagrams cannot authenticate (Peer.secure): authed only with auth off."""
 
     def __init__(self, dev, sock):
         self.dev = dev
         self.s = sock
         self.addr = None
-        self.authed = not dev.auth_on  # datagrams cannot authenticate
-        self.nonce = None
-        self.ack_due = False
-        self.ack_val = 0
+        self.authed = not dev.auth_on
         self.req = 0  # the length of the datagram being answered
         # Replies larger than their request (amplification: a spoofed source
         # would be sent more than it cost to ask) draw on a token bucket of

@@ -4,7 +4,8 @@
 # field checks. It imports no framing, so a connection that speaks only JSON
 # lines (leanconn.py) and the modules that only raise ProtoError (slots,
 # upload, trust) load it without the frame code; proto.py adds the frames
-# and re-exports all of this. Runs on MicroPython and CPython.
+# and re-exports all of this. Runs on MicroPython and CPython. It names no
+# device handler: the device's request dispatch is dispatch.py's.
 import gc
 try:  # MicroPython: u-names reach the firmware's module whatever an app ships (docs/security.md)
     import ujson as json
@@ -149,35 +150,6 @@ def no_memory(c, rid):
         c.sess = None
         c.authed = False
     c.out(error_line(rid, E_NO_MEMORY, "out of memory (%d bytes free): retry, or reset first" % gc.mem_free()))
-
-
-def serve_line(dev, c, ln, route, done):
-    """Device: serve one JSON request `ln` of connection c -- parse it, ask
-    `route(dev, c, op)` for the module whose op_<op>(dev, c, req) serves it (it
-    raises ProtoError for an op the peer may not use here), run that and
-    queue the reply or the error on c; `done(dev)` then releases what the
-    request loaded. -> False, with nothing queued, when route() answers None
-    (the op is served elsewhere: leanconn.py hands it over)."""
-    rid = None
-    try:
-        req = parse_request(ln)
-        rid = req.get("id")
-        op = req["op"]
-        mod = route(dev, c, op)
-        if mod is None:
-            return False
-        m = __import__(mod)
-        r = getattr(m, "op_" + op)(dev, c, req)
-        del m
-        c.out(reply_line(rid, r))
-    except ProtoError as e:
-        c.out(error_line(rid, e.code, e.message))
-    except MemoryError:
-        done(dev)
-        gc.collect()
-        no_memory(c, rid)
-    done(dev)
-    return True
 
 
 # --- field helpers ------------------------------------------------------------

@@ -1,0 +1,124 @@
+# dispatch: what every transport serves, in one place -- the peer interface
+# (Peer: what a handler may use of a connection, which every transport
+# implements) and the JSON op table (for each op: the module that serves it,
+# whether a stranger may use it, which connection kinds serve it), with the
+# request dispatch both connection kinds route through (serve). conn.py,
+# leanconn.py and udp.py import it; loaded with a connection and released
+# with it (agent._LIFE). The shared codec (lineproto.py) parses and formats
+# lines; it never names a device handler.
+import gc
+from micropython import const
+
+import mpota_lineproto as lineproto
+
+
+class Peer:
+    """What handlers use of a connection; every transport subclasses it
+    (conn.Conn for TCP, leanconn.Lean for a lean TCP connection, udp.UdpPeer
+    for datagrams) and implements out(); nerror() those that carry binary
+    frames (not Lean: it hands frames over), secure() those that can
+    authenticate (not UdpPeer). The attributes are class defaults, so an
+    instance holds only what it changed."""
+    authed = False  # the peer authenticated (or auth is off)
+    nonce = None  # the challenge of its last hello (ops.op_hello)
+    sess = None  # its session once authenticated: seals and opens every message
+    gone = False  # a write failed: the transport closes after this batch
+    ack_due = False  # a DATA frame was taken: the transport sends one ACK (ack_val) for the batch
+    ack_val = 0
+
+    def out(self, b):
+        """Queue one complete reply (a frame or a line ending in "\\n")."""
+        raise NotImplementedError
+
+    nerror = secure = out  # nerror(op, code, value=0, ref=0); secure(dev, nonce, host_nonce_hex)
+
+
+# -- the op table --------------------------------------------------------------
+# For each op in OPS, one byte of flags in _FLAGS:
+_FULL = const(1)  # conn.py serves it (every op)
+_LEAN = const(2)  # leanconn.py serves it too; else it hands the connection over to conn.py
+_OPEN = const(4)  # served before authentication
+_RECORD = const(8)  # needs the slot record (leanconn attaches it per request; conn.py holds it)
+# bits 4-5: the module serving it (handler())
+_OPS_M = const(0x00)  # mpota_ops
+_UPDATE_M = const(0x10)  # mpota_update
+_RARE_M = const(0x20)  # mpota_rareops
+_TRUST_M = const(0x30)  # mpota_trustkeys
+
+OPS = ("hello", "auth", "ping", "status", "confirm", "reset", "begin", "commit", "abort",
+       "rollback", "read", "erase", "trust")
+_FLAGS = bytes((
+    _FULL | _LEAN | _OPEN | _RECORD,  # hello (the record for an authenticated peer: max_image)
+    _FULL | _LEAN | _OPEN,  # auth
+    _FULL | _LEAN | _OPEN,  # ping
+    _FULL | _LEAN | _OPEN | _RECORD,  # status
+    _FULL | _LEAN | _RECORD,  # confirm
+    _FULL | _LEAN,  # reset
+    _FULL | _LEAN | _RECORD | _UPDATE_M,  # begin (lean: answers restarting)
+    _FULL | _UPDATE_M,  # commit
+    _FULL | _UPDATE_M,  # abort
+    _FULL | _RARE_M,  # rollback
+    _FULL | _RARE_M,  # read
+    _FULL | _RARE_M,  # erase
+    _FULL | _TRUST_M,  # trust
+))
+
+
+def route(dev, c, op, lean):
+    """The module whose op_<op>(dev, c, req) serves op on connection c, by a
+    real import (one the import graph test sees); None: lean connection c
+    (`lean`) does not serve it (it hands over). ProtoError for an op the
+    peer may not use; nothing is loaded on a stranger's behalf but the
+    handlers of _OPEN ops. Each handler is released by its lifetime
+    (agent._LIFE)."""
+    f = _FLAGS[OPS.index(op)] if op in OPS else 0
+    if f & (_LEAN if lean else _FULL):
+        if c.authed or f & _OPEN:
+            if lean and f & _RECORD and c.authed:
+                import mpota_slots as slots
+                slots.attach(dev)  # released after the request (leanconn._done)
+            f &= 0x30
+            if f == _OPS_M:
+                import mpota_ops as m
+            elif f == _UPDATE_M:
+                import mpota_update as m
+            elif f == _RARE_M:
+                import mpota_rareops as m
+            else:
+                import mpota_trustkeys as m
+            return m
+    elif not lean:
+        raise lineproto.ProtoError(lineproto.E_UNSUPPORTED, "unknown op \"%s\"" % op)
+    if not c.authed:
+        raise lineproto.ProtoError(lineproto.E_AUTH_REQUIRED, "authenticate first (hello, auth)")
+    return None
+
+
+def serve(dev, c, req, lean, done, ln=None):
+    """Serve request `req` of connection c (None: parse line `ln` first):
+    route() it, run the handler and queue the reply or the error on c;
+    `done(dev)` then releases what the request loaded. -> None, or the
+    parsed request, with nothing queued, when c (a lean connection) does not
+    serve it: the caller hands it over, already read and verified (conn.adopt)."""
+    rid = None
+    m = None
+    try:
+        if req is None:
+            req = lineproto.parse_request(ln)
+        rid = req.get("id")
+        op = req["op"]
+        m = route(dev, c, op, lean)
+        if m is None:
+            return req
+        r = getattr(m, "op_" + op)(dev, c, req)
+        m = None
+        c.out(lineproto.reply_line(rid, r))
+    except lineproto.ProtoError as e:
+        c.out(lineproto.error_line(rid, e.code, e.message))
+    except MemoryError:
+        m = None
+        done(dev)
+        gc.collect()
+        lineproto.no_memory(c, rid)
+    done(dev)
+    return None
