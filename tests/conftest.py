@@ -51,6 +51,15 @@ def run_micropython(args, heap=None, cwd=None, timeout=120, env=None, mp=None):
                           timeout=timeout, env=env)
 
 
+def run_device_script(mp, name, code=None):
+    """Run tests/device/`name` (or the source `code`) under micropython `mp`
+    with device/ and tests/device/ (boardstub.py) first on sys.path; returns
+    CompletedProcess (text)."""
+    code = code if code is not None else (REPO / "tests" / "device" / name).read_text()
+    head = "import sys\nsys.path[:0] = [%r, %r]\n" % (str(REPO / "device"), str(REPO / "tests" / "device"))
+    return subprocess.run([mp, "-c", head + code], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+
+
 @pytest.fixture(params=INTERPRETERS, ids=interp_label)
 def mp_build(request):
     """Each MicroPython the device tests run on: the .venv build, and the 32-bit

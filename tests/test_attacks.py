@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import threading
 
 import pytest
@@ -27,7 +26,7 @@ from devconn import DevConn
 from mpota.codec.mpota_framing import K_ERROR, K_FRAME, K_LINE
 from mpota.codec.mpota_hmac_sha256 import host_mac
 from simproc import Sim
-from conftest import INTERPRETERS, REPO, interp_label
+from conftest import INTERPRETERS, interp_label, run_device_script
 
 # every op the device serves only after auth (service._OPEN are the others)
 JSON_OPS = [("confirm", {}), ("rollback", {}), ("read", {"slot": "a", "offset": 0, "length": 16}),
@@ -388,9 +387,7 @@ def test_out_of_heap_inside_auth_leaves_the_peer_a_stranger(mp):
     """The heap runs out after the MAC was checked (growing the decoder, starting
     the session): no session, not authenticated, one unsealed retryable no_memory
     (an authenticated connection without session MACs would accept forged messages)."""
-    script = (REPO / "tests" / "device" / "auth_out_of_heap.py").read_text()
-    r = subprocess.run([mp, "-c", "import sys\nsys.path.insert(0, %r)\n" % str(REPO / "device") + script],
-                       capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    r = run_device_script(mp, "auth_out_of_heap.py")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split("\n")[:2] == ["grow False True 1 no_memory True",
                                         "session False True 1 no_memory True"], r.stdout

@@ -2,7 +2,6 @@
 beside the app with a fraction of the full stack, everything else handed over
 to mpota_conn.py on the same connection, and an app holding most of a 160 KiB heap
 still installed, updated and queried (docs/memory.md)."""
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from mpota.codec import mpota_hostframes as hostframes
 from mpota.codec import mpota_lineproto as lineproto
 from mpota.codec import mpota_proto as proto
-from conftest import I386, INTERPRETERS, REPO, interp_label
+from conftest import I386, INTERPRETERS, interp_label, run_device_script
 from devconn import DevConn
 from simproc import Sim
 
@@ -73,9 +72,7 @@ def test_the_handover_opens_each_sealed_message_once(mp):
     stack: no sequence number is rewound and verified again; a replay of the
     handed-over message right after is refused, and both directions' counters
     stay in step (the host opens every reply)."""
-    script = (REPO / "tests" / "device" / "lean_handover.py").read_text()
-    r = subprocess.run([mp, "-c", "import sys\nsys.path.insert(0, %r)\n" % str(REPO / "device") + script],
-                       capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    r = run_device_script(mp, "lean_handover.py")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split("\n")[:6] == [
         "auth ok", "ping ok", "abort incorrect_state", "ping ok", "abort auth_failed",
@@ -110,8 +107,7 @@ def test_one_op_table_routes_both_connection_kinds(mp):
     commit abort rollback read erase trust, and an unknown one) the module a full
     and a lean connection serve it with, for a stranger and an authenticated
     peer; None: the lean connection hands it over."""
-    r = subprocess.run([mp, "-c", "import sys\nsys.path.insert(0, %r)\n" % str(REPO / "device") + _ROUTES],
-                       capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    r = run_device_script(mp, None, _ROUTES)
     assert r.returncode == 0, r.stdout + r.stderr
     a, o = "'auth_required'", "'ops'"
     assert r.stdout.split("\n")[:4] == [

@@ -2,25 +2,11 @@
 # the heap runs out inside `auth` after the MAC was checked (growing the
 # decoder, starting the session). The peer must stay a stranger (no
 # session, not authenticated) and get an unsealed, retryable no_memory.
-import sys
 import json
-import time
 import binascii
 
 
-class Board:
-    # the few hal calls these paths make (hal.py takes its API from "simhal");
-    # the rest of hal's API is never called here
-    reset_cause = staticmethod(lambda: "power_on")
-    unique_id = staticmethod(lambda: "e661-test")
-    ticks_ms = staticmethod(time.ticks_ms)
-    ticks_diff = staticmethod(time.ticks_diff)
-
-    def __getattr__(self, name):
-        return None
-
-
-sys.modules["simhal"] = Board()
+import boardstub  # noqa: E402,F401  (hal's board: tests/device/boardstub.py)
 
 import mpota_agent as agent  # noqa: E402
 import mpota_conn as conn  # noqa: E402

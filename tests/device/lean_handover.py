@@ -4,25 +4,12 @@
 # device opens must be verified once, at its own sequence number: the handover
 # passes the request already read, it does not rewind the session to open the
 # same message again. Prints each reply, then the sequence numbers opened.
-import sys
 import json
-import time
 import binascii
 import asyncio
 
 
-class Board:
-    # the few hal calls these paths make (hal.py takes its API from "simhal")
-    reset_cause = staticmethod(lambda: "power_on")
-    unique_id = staticmethod(lambda: "e661-test")
-    ticks_ms = staticmethod(time.ticks_ms)
-    ticks_diff = staticmethod(time.ticks_diff)
-
-    def __getattr__(self, name):
-        return None
-
-
-sys.modules["simhal"] = Board()
+import boardstub  # noqa: E402,F401  (hal's board: tests/device/boardstub.py)
 
 import mpota_agent as agent  # noqa: E402
 import mpota_leanconn as leanconn  # noqa: E402
