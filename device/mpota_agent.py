@@ -38,8 +38,8 @@ _CONNECTION = const(8)  # once the device is quiet: no connection, no session (A
 _LEAN_REQUEST = const(16)  # lean connections: after each request, once no session (the slot record)
 # ... and which modules bootmgr._intern imports at boot for their names, per
 # mode: a connection's modules and the handlers of the everyday requests and `begin`
-I_LEAN = _I_LEAN = const(32)
-I_LIVE = _I_LIVE = const(64)
+I_LEAN = const(32)
+I_LIVE = const(64)
 _CI = const(8 | 32 | 64)
 _MODS = ("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys",
          "mpota_update", "mpota_upload", "mpota_mcuboot", "mpota_trust", "mpota_ed25519", "mpota_rareops",
@@ -48,13 +48,13 @@ _MODS = ("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys",
          "mpota_leanconn", "mpota_conn", "mpota_service", "mpota_framing", "mpota_proto", "mpota_checksums",
          "mpota_session", "mpota_smp", "mpota_cbor")
 _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.py checks the two)
-    _REQUEST | _I_LEAN | _I_LIVE, _REQUEST | _I_LEAN | _I_LIVE, _REQUEST | _I_LEAN | _I_LIVE, _REQUEST,
-    _SESSION | _I_LEAN | _I_LIVE, _SESSION | _I_LEAN | _I_LIVE, _SESSION, _SESSION, _SESSION, _SESSION,
+    _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST,
+    _SESSION | I_LEAN | I_LIVE, _SESSION | I_LEAN | I_LIVE, _SESSION, _SESSION, _SESSION, _SESSION,
     _SESSION,  # legacy: pinned while the legacy UDP service runs (udp.py imports it)
     _CI, _CI, _CI, _CI, _CI | _LEAN_REQUEST,
-    _CONNECTION | _I_LEAN, _CONNECTION | _I_LIVE, _CONNECTION | _I_LIVE, _CONNECTION | _I_LIVE,
-    _CONNECTION | _I_LIVE, _CONNECTION | _I_LIVE,
-    _CONNECTION | _I_LIVE, _CONNECTION, _CONNECTION))
+    _CONNECTION | I_LEAN, _CONNECTION | I_LIVE, _CONNECTION | I_LIVE, _CONNECTION | I_LIVE,
+    _CONNECTION | I_LIVE, _CONNECTION | I_LIVE,
+    _CONNECTION | I_LIVE, _CONNECTION, _CONNECTION))
 
 
 async def _listen(ag, host, port):
@@ -75,8 +75,8 @@ async def _listen(ag, host, port):
             m["socket"] = had
 
 
-_UPDATE_MODE_MS = 120000  # lean mode's update boot waits this long for the peer
-_TICK_MS = 200  # housekeeping's period
+_UPDATE_MODE_MS = const(120000)  # lean mode's update boot waits this long for the peer
+_TICK_MS = const(200)  # housekeeping's period
 
 
 class Device:
@@ -154,21 +154,19 @@ class Device:
         update session is open, what only a session needed too, and on a lean
         connection (`lean`) that conn.py does not share, the slot record.
         Agent.settle passes every scope. A module is collected once nothing
-        refers to it (a reimport loads it again)."""
-        if self.session is None and not (lean and self.legacy_udp):
-            if not lean:
-                scope |= _SESSION
-                if not self.legacy_udp:
-                    self.buf = self.mv = None
-            elif "mpota_conn" not in sys.modules:
+        refers to it (a reimport loads it again); the legacy UDP service
+        keeps legacy.py (udp.py imports it)."""
+        if self.session is None and not (lean and (self.legacy_udp or "mpota_conn" in sys.modules)):
+            scope |= _SESSION
+            if lean:
                 self.sl = None
-                scope |= _SESSION | _LEAN_REQUEST
+                scope |= _LEAN_REQUEST
+            elif not self.legacy_udp:
+                self.buf = self.mv = None
         m = sys.modules
         for i in range(len(_MODS)):
-            if _LIFE[i] & scope:
-                n = _MODS[i]
-                if n in m and not (self.legacy_udp and n == "mpota_legacy"):  # udp.py holds it
-                    del m[n]
+            if _LIFE[i] & scope and not (self.legacy_udp and _MODS[i] == "mpota_legacy"):
+                m.pop(_MODS[i], None)
 
 
 class Agent:

@@ -21,8 +21,6 @@ import mpota_framing as framing
 import mpota_slots as slots
 import mpota_service as service
 
-_ACK_LEN = framing.HEADER_SIZE + 5  # ACK frame: acked u32
-_NERR_LEN = framing.HEADER_SIZE + 12  # NERROR frame: 11-byte body
 
 
 class Conn(dispatch.Peer):
@@ -71,13 +69,13 @@ class Conn(dispatch.Peer):
 
     def ack(self, acked):
         if self.ackb is None:
-            self.ackb = bytearray(_ACK_LEN)
+            self.ackb = bytearray(framing.HEADER_SIZE + 5)  # ACK frame: acked u32
         proto.ack_into(self.ackb, acked)
         self.out(self.ackb)
 
     def nerror(self, op, code, value=0, ref=0):
         if self.nerrb is None:
-            self.nerrb = bytearray(_NERR_LEN)
+            self.nerrb = bytearray(framing.HEADER_SIZE + 12)  # NERROR frame: 11-byte body
         proto.nerror_into(self.nerrb, op, code, value, ref)
         self.out(self.nerrb)
 

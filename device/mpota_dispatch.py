@@ -13,12 +13,17 @@ import mpota_lineproto as lineproto
 
 
 class Peer:
-    """What handlers use of a connection; every transport subclasses it
-    (conn.Conn for TCP, leanconn.Lean for a lean TCP connection, udp.UdpPeer
-    for datagrams) and implements out(); nerror() those that carry binary
-    frames (not Lean: it hands frames over), secure() those that can
-    authenticate (not UdpPeer). The attributes are class defaults, so an
-    instance holds only what it changed."""
+    """What a handler uses of a connection; every transport subclasses it:
+    conn.Conn (TCP), leanconn.Lean (TCP in lean mode), udp.UdpPeer (legacy
+    datagrams). The attributes below are class defaults (an instance holds
+    only what it changed). The methods each transport implements:
+      out(b): queue one complete reply (a frame, or a line ending in "\\n");
+      nerror(op, code, value=0, ref=0): answer binary frame `op` with an
+        error (Conn, UdpPeer; a Lean connection hands frames over);
+      secure(dev, nonce, host_nonce_hex): after a successful auth
+        (ops.op_auth), seal and open every later message (Conn, Lean;
+        datagrams cannot authenticate).
+    Declared here without bodies: a method stub costs every connection heap."""
     authed = False  # the peer authenticated (or auth is off)
     nonce = None  # the challenge of its last hello (ops.op_hello)
     sess = None  # its session once authenticated: seals and opens every message
@@ -26,15 +31,9 @@ class Peer:
     ack_due = False  # a DATA frame was taken: the transport sends one ACK (ack_val) for the batch
     ack_val = 0
 
-    def out(self, b):
-        """Queue one complete reply (a frame or a line ending in "\\n")."""
-        raise NotImplementedError
-
-    nerror = secure = out  # nerror(op, code, value=0, ref=0); secure(dev, nonce, host_nonce_hex)
-
 
 # -- the op table --------------------------------------------------------------
-# For each op in OPS, one byte of flags in _FLAGS:
+# For each op in _OPS, one byte of flags in _FLAGS:
 _FULL = const(1)  # conn.py serves it (every op)
 _LEAN = const(2)  # leanconn.py serves it too; else it hands the connection over to conn.py
 _OPEN = const(4)  # served before authentication
@@ -45,7 +44,7 @@ _UPDATE_M = const(0x10)  # mpota_update
 _RARE_M = const(0x20)  # mpota_rareops
 _TRUST_M = const(0x30)  # mpota_trustkeys
 
-OPS = ("hello", "auth", "ping", "status", "confirm", "reset", "begin", "commit", "abort",
+_OPS = ("hello", "auth", "ping", "status", "confirm", "reset", "begin", "commit", "abort",
        "rollback", "read", "erase", "trust")
 _FLAGS = bytes((
     _FULL | _LEAN | _OPEN | _RECORD,  # hello (the record for an authenticated peer: max_image)
@@ -71,7 +70,7 @@ def route(dev, c, op, lean):
     peer may not use; nothing is loaded on a stranger's behalf but the
     handlers of _OPEN ops. Each handler is released by its lifetime
     (agent._LIFE)."""
-    f = _FLAGS[OPS.index(op)] if op in OPS else 0
+    f = _FLAGS[_OPS.index(op)] if op in _OPS else 0
     if f & (_LEAN if lean else _FULL):
         if c.authed or f & _OPEN:
             if lean and f & _RECORD and c.authed:
@@ -94,7 +93,7 @@ def route(dev, c, op, lean):
     return None
 
 
-def serve(dev, c, req, lean, done, ln=None):
+def serve(dev, c, req, lean, done, ln):
     """Serve request `req` of connection c (None: parse line `ln` first):
     route() it, run the handler and queue the reply or the error on c;
     `done(dev)` then releases what the request loaded. -> None, or the

@@ -11,7 +11,7 @@
 # line ...) hands the connection over to conn.py, the full stack, with its
 # authentication and session (conn.adopt); a JSON request it read and
 # verified goes over parsed, so no message is opened twice. Which ops it
-# serves is the op table's (dispatch.OPS, _LEAN). docs/memory.md, "Lean mode".
+# serves is the op table's (dispatch._OPS, _LEAN). docs/memory.md, "Lean mode".
 #
 # The connection policy is conn.py's: a stranger gets a 512-byte buffer and
 # auth_timeout seconds to authenticate, within its own quota (connpolicy.admit).
@@ -23,22 +23,18 @@ import mpota_lineproto as lineproto
 _WS = b" \t\r\n"
 
 
-def _size(authed):
-    # a line and its "\r\n"; authenticated, with its tag (33 bytes: linemac.LINE_TAG)
-    if authed:
-        return lineproto.MAX_LINE + 33 + 2
-    return lineproto.MAX_LINE_PRE_AUTH + 2
-
-
 class Lean(dispatch.Peer):
     # (sess: a linemac.Lines once authenticated; frames are handed over, so
     # Peer.nerror is never called)
     def __init__(self, dev, r, w):
         self.r = r
         self.w = w
-        if not dev.auth_on:
+        # a line and its "\r\n" (authenticated: with its tag, 33 bytes: linemac.LINE_TAG)
+        if dev.auth_on:
+            self.buf = bytearray(lineproto.MAX_LINE_PRE_AUTH + 2)
+        else:
             self.authed = True
-        self.buf = bytearray(_size(self.authed))
+            self.buf = bytearray(lineproto.MAX_LINE + 33 + 2)
         self.n = 0  # bytes held in buf
         self.t0 = hal.ticks_ms()
         self.task = None
@@ -53,7 +49,7 @@ class Lean(dispatch.Peer):
     def secure(self, dev, nonce, host_nonce_hex):
         # after a successful auth (ops.op_auth): the authenticated line size,
         # the bytes held kept in place, and the session that seals every line
-        buf = bytearray(_size(True))
+        buf = bytearray(lineproto.MAX_LINE + 33 + 2)
         buf[:self.n] = self.buf[:self.n]
         self.buf = buf
         import ubinascii as binascii

@@ -16,18 +16,18 @@
 # dispatch.Peer (conn.Conn for TCP, udp.UdpPeer for datagrams).
 import sys
 import gc
+from micropython import const
 
 import mpota_hal as hal
 import mpota_lineproto as lineproto
-import mpota_dispatch as dispatch_
+from mpota_dispatch import serve
 import mpota_proto as proto
 from mpota_proto import OP_DATA, OP_READ
-from mpota_lineproto import (ProtoError, error_line, E_UNSUPPORTED, E_AUTH_REQUIRED, E_INCORRECT_STATE,
-                       E_CRC_MISMATCH, E_OUT_OF_RANGE, E_OUT_OF_ORDER, E_BAD_FRAME, E_INTERNAL, E_NO_MEMORY)
+from mpota_lineproto import ProtoError, error_line
 from mpota_framing import K_FRAME, K_LINE, HEADER_SIZE, frame_into
 from mpota_checksums import crc32c
 
-K_REQ = -1  # dispatch(): a parsed request handed over (conn.adopt)
+_K_REQ = const(-1)  # dispatch(): a parsed request handed over (conn.adopt)
 
 
 def idle(dev):
@@ -61,7 +61,7 @@ def dispatch(dev, c, req=None):
     while True:
         if req is not None:
             ev = None
-            k = K_REQ
+            k = _K_REQ
             v = req
             req = None
         else:
@@ -78,9 +78,9 @@ def dispatch(dev, c, req=None):
             if k == K_FRAME:
                 frame(dev, c, v)
             elif k == K_LINE:
-                line(dev, c, v)
-            elif k == K_REQ:
-                dispatch_.serve(dev, c, v, False, idle)
+                serve(dev, c, None, False, idle, v)  # the op table's (dispatch.py)
+            elif k == _K_REQ:
+                serve(dev, c, v, False, idle, None)
             else:
                 bad(dev, c, v[0], v[1])
         except MemoryError:
@@ -89,7 +89,7 @@ def dispatch(dev, c, req=None):
             no_memory(dev, c, ev)
         except Exception as e:  # a bug must not end the connection
             sys.print_exception(e)
-            c.out(error_line(None, E_INTERNAL, "internal error: %r" % e))
+            c.out(error_line(None, lineproto.E_INTERNAL, "internal error: %r" % e))
     if c.ack_due:
         c.ack_due = False
         c.ack(c.ack_val)
@@ -103,12 +103,8 @@ def no_memory(dev, c, ev):
         return lineproto.no_memory(c, None)
     op = ev[1][1]
     if 0x20 <= op <= 0x2F:
-        return c.nerror(op, E_NO_MEMORY)
-    ref_error(c, E_NO_MEMORY)
-
-
-def line(dev, c, ln):
-    dispatch_.serve(dev, c, None, False, idle, ln)
+        return c.nerror(op, lineproto.E_NO_MEMORY)
+    ref_error(c, lineproto.E_NO_MEMORY)
 
 
 def bad(dev, c, code, msg):
@@ -135,16 +131,16 @@ def frame(dev, c, f):
         rareops.read_frame(dev, c, f)
         idle(dev)
     elif 0x20 <= op <= 0x2F:
-        c.nerror(op, E_UNSUPPORTED)
+        c.nerror(op, lineproto.E_UNSUPPORTED)
     elif op == 0x01:  # VersionRequest: open to all
         if len(f) == 6:
             c.out(proto.version_frame(dev.VERSION))
         else:
-            ref_error(c, E_BAD_FRAME)
+            ref_error(c, lineproto.E_BAD_FRAME)
     elif op not in proto.REF_REQUESTS:
-        ref_error(c, E_UNSUPPORTED)  # reference responses and unknown opcodes
+        ref_error(c, lineproto.E_UNSUPPORTED)  # reference responses and unknown opcodes
     elif not (c.authed or dev.legacy_udp):
-        ref_error(c, E_AUTH_REQUIRED)  # strangers do not get legacy.py loaded for them
+        ref_error(c, lineproto.E_AUTH_REQUIRED)  # strangers do not get legacy.py loaded for them
     else:
         import mpota_legacy as legacy  # 0x01-0x0C, 0xFF and unknown opcodes
         legacy.handle(dev, c, f)
@@ -153,23 +149,23 @@ def frame(dev, c, f):
 # -- native frames (the hot path: no allocation beyond a view or two) ---------
 def data(dev, c, f):
     if not c.authed:
-        return c.nerror(OP_DATA, E_AUTH_REQUIRED)
+        return c.nerror(OP_DATA, lineproto.E_AUTH_REQUIRED)
     s = dev.session
     if s is None or s.owner is not c or s.kind != "native":
-        return c.nerror(OP_DATA, E_INCORRECT_STATE)
+        return c.nerror(OP_DATA, lineproto.E_INCORRECT_STATE)
     n = len(f)
     w = s.w
     acked = w.pos
     if n < HEADER_SIZE + 10:
-        return c.nerror(OP_DATA, E_BAD_FRAME, acked)
+        return c.nerror(OP_DATA, lineproto.E_BAD_FRAME, acked)
     off = (f[5] << 24) | (f[6] << 16) | (f[7] << 8) | f[8]
     ln = n - 14
     if crc32c(f[13:n - 1]) != ((f[9] << 24) | (f[10] << 16) | (f[11] << 8) | f[12]):
-        return c.nerror(OP_DATA, E_CRC_MISMATCH, acked, off)
+        return c.nerror(OP_DATA, lineproto.E_CRC_MISMATCH, acked, off)
     if off + ln > s.size:
-        return c.nerror(OP_DATA, E_OUT_OF_RANGE, acked, off)
+        return c.nerror(OP_DATA, lineproto.E_OUT_OF_RANGE, acked, off)
     if off > acked:
-        return c.nerror(OP_DATA, E_OUT_OF_ORDER, acked, off)
+        return c.nerror(OP_DATA, lineproto.E_OUT_OF_ORDER, acked, off)
     if off + ln > acked:
         try:
             w.write(f[13 + acked - off:n - 1])

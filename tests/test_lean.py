@@ -91,7 +91,7 @@ for authed in (False, True):
     c.authed = authed
     for lean in (False, True):
         row = []
-        for op in dispatch.OPS + ("nosuch",):
+        for op in dispatch._OPS + ("nosuch",):
             try:
                 m = dispatch.route(None, c, op, lean)
                 row.append(m and m.__name__[6:])

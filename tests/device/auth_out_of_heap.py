@@ -11,6 +11,7 @@ import boardstub  # noqa: E402,F401  (hal's board: tests/device/boardstub.py)
 import mpota_agent as agent  # noqa: E402
 import mpota_conn as conn  # noqa: E402
 import mpota_service as service  # noqa: E402
+import mpota_dispatch as dispatch  # noqa: E402
 from mpota_hmac_sha256 import host_mac  # noqa: E402
 
 KEY = bytes(range(32))
@@ -43,7 +44,7 @@ def attempt(where):
         session.start = start
     req = {"op": "auth", "nonce": binascii.hexlify(hn).decode(),
            "mac": binascii.hexlify(host_mac(KEY, dev.id, c.nonce, hn)).decode()}
-    service.line(dev, c, json.dumps(req).encode())
+    dispatch.serve(dev, c, None, False, service.idle, json.dumps(req).encode())
     r = json.loads(w.out[-1])
     print(where, c.authed, c.sess is None, len(w.out), r["error"]["code"], r["error"]["retry"])
 
