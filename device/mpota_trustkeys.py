@@ -110,7 +110,7 @@ def op_trust(dev, c, req):
     """The `trust` op: {"provision": "<64 hex>"} installs the first key of an
     empty store; {"change": statement} applies a signed add/drop (apply());
     with neither it only lists. Changes need an authenticated session (auth
-    on: service.route lets only authenticated peers here). -> trust.summary()."""
+    on: dispatch.route lets only authenticated peers here). -> trust.summary()."""
     pk = field(req, "provision", str)
     st = field(req, "change", dict)
     if pk is not None and st is not None:
