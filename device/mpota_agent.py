@@ -18,11 +18,6 @@ from micropython import const
 
 import mpota_hal as hal
 
-# asyncio loads its parts on first use (its __getattr__); load the agent's now,
-# before the app's files are on sys.path: asyncio/event.py imports `io` by its
-# plain name, where an app's io.py would stand in (docs/security.md). They
-# would stay loaded after their first use anyway.
-asyncio.Event, asyncio.wait_for_ms, asyncio.start_server  # noqa: B018
 
 DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 
@@ -57,22 +52,28 @@ _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.
     _CONNECTION | I_LIVE, _CONNECTION, _CONNECTION))
 
 
-async def _listen(ag, host, port):
-    # asyncio.start_server imports `socket` by its plain name when called, and
-    # the app's files are on sys.path by then: an app's socket.py would stand
-    # in for the firmware's. The import finds sys.modules first, so the
-    # built-in (usocket, which no file can shadow) sits there for the call.
+def _shield():
+    # Put the firmware's io and socket in sys.modules, which the import system
+    # consults before the filesystem; returns what was there (_unshield puts it
+    # back). asyncio loads its parts on first use, and asyncio/event.py imports
+    # `io`, start_server `socket`, by their plain names, when the app's files
+    # are on sys.path: an app's io.py or socket.py would stand in for them
+    # (docs/security.md). Nothing awaits inside, so no other task sees it.
+    import uio
     import usocket
     m = sys.modules
-    had = m.get("socket")
-    m["socket"] = usocket
-    try:
-        return await asyncio.start_server(ag.serve, host, port, backlog=2)
-    finally:
-        if had is None:
-            m.pop("socket", None)
+    had = m.get("io"), m.get("socket")
+    m["io"], m["socket"] = uio, usocket
+    return had
+
+
+def _unshield(had):
+    m = sys.modules
+    for n, v in zip(("io", "socket"), had):
+        if v is None:
+            m.pop(n, None)
         else:
-            m["socket"] = had
+            m[n] = v
 
 
 _UPDATE_MODE_MS = const(120000)  # lean mode's update boot waits this long for the peer
@@ -83,6 +84,7 @@ class Device:
     """What the agent knows between connections. Resident, so small: the
     behaviour is in service.py and the handlers, loaded with a connection."""
     VERSION = "0.4.0"
+    trust = None  # status's "trust" (the trusted keys' fingerprints): set at boot and by each key change
 
     def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown"):
         self.cfg = cfg
@@ -278,7 +280,11 @@ async def run(ag, ready=None):
     try:
         while srv is None:
             try:
-                srv = await _listen(ag, host, tcp)
+                had = _shield()
+                try:
+                    srv = await asyncio.start_server(ag.serve, host, tcp, backlog=2)
+                finally:
+                    _unshield(had)
             except OSError as e:
                 print("mpota: cannot listen on %s:%d (%s): retrying" % (host, tcp, e))
                 await asyncio.sleep(2)
@@ -346,7 +352,11 @@ async def _agent(ag, ready):
 
 async def _main(dev, mod):
     ag = Agent(dev)
-    ready = asyncio.Event()
+    had = _shield()
+    try:
+        ready = asyncio.Event()  # loads asyncio/event.py (mpota_wifi uses it too)
+    finally:
+        _unshield(had)
     asyncio.create_task(_housekeeping(ag))
     t = asyncio.create_task(_agent(ag, ready))
     # the watchdog, if any, runs since bootmgr.boot() (before the app's

@@ -211,12 +211,16 @@ def boot(mem_base=0):
     _drop("mpota_bootslots")  # (before the agent loads: it packs low in the heap)
     print("mpota: " + sl.note)
     import mpota_agent as agent
+    tr = _use("mpota_trust")
+    trust = tr.summary(tr.load())  # status shows it, made once (mpota_trustkeys.op_trust renews it)
+    del tr
     for n in _BOOT:  # the boot scope ends
         if n != "mpota_appfs" or mod is None:  # (a mounted app keeps it)
             _drop(n)
     dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base,
                        uid, why)
     agent.DEVICE = dev
+    dev.trust = trust
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
         _intern(agent, cfg["mode"])

@@ -102,7 +102,7 @@ def status(dev, full=True):
               "mem_base": dev.mem_base, "mem_idle": dev.mem_idle,
               "uptime_ms": dev.uptime(), "boot_reason": dev.boot_reason,
               "boot_note": dev.note})
-    r["trust"] = trust_status()
+    r["trust"] = trust_status(dev)
     w = sys.modules.get("mpota_wifi")
     if w is not None and w.LINK is not None:  # the station link (device/mpota_wifi.py)
         r.update(w.LINK.status())
@@ -110,16 +110,18 @@ def status(dev, full=True):
     return r
 
 
-def trust_status():
-    # which signing keys the device trusts (trust.summary); trust.py is loaded
-    # for this call only unless something (a session) already holds it
-    had = "mpota_trust" in sys.modules
-    import mpota_trust as trust
-    try:
-        return trust.summary(trust.load())
-    finally:
-        if not had:
-            sys.modules.pop("mpota_trust", None)
+def trust_status(dev):
+    # which signing keys the device trusts (trust.summary): made at boot and by
+    # each key change (a few hundred bytes), so a status never loads trust.py
+    if dev.trust is None:  # (a Device not made by bootmgr: tests)
+        had = "mpota_trust" in sys.modules
+        import mpota_trust as trust
+        try:
+            dev.trust = trust.summary(trust.load())
+        finally:
+            if not had:
+                sys.modules.pop("mpota_trust", None)
+    return dev.trust
 
 
 def max_image(dev):

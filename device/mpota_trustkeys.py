@@ -124,4 +124,5 @@ def op_trust(dev, c, req):
             t = provision(t, unhex(pk, 32, "\"provision\""))
         else:
             t = apply(t, st, in_use(dev))
+        dev.trust = summary(t)  # status shows the new list
     return summary(t)
