@@ -70,10 +70,10 @@ class _JoinTargets(argparse.Action):
 # a sub-command takes those its Command lists.
 SHARED = {
     "target": (("-t", "--target"), dict(
-        action=_JoinTargets, metavar="NAME|HOST[:PORT]",
+        action=_JoinTargets, metavar="NAME|HOST[:PORT]|@GROUP",
         help="the device: a name from the targets file (or the built-ins pico and sim), or "
-             "HOST[:PORT] ([IPv6]:PORT); repeat it, give a comma list or a group for several "
-             "devices (default: $MPOTA_TARGET, else pico)")),
+             "HOST[:PORT] ([IPv6]:PORT); repeat it, give a comma list or a group (@GROUP) for "
+             "several devices (default: $MPOTA_TARGET, else pico)")),
     "targets": (("--targets",), dict(
         metavar="FILE", help="the targets file (default: $MPOTA_TARGETS, else "
                              "$XDG_CONFIG_HOME/mpota/targets.toml, XDG_CONFIG_HOME being ~/.config "
@@ -116,7 +116,14 @@ def _add_shared(p: argparse.ArgumentParser, names, sub: bool) -> None:
             kw["default"] = argparse.SUPPRESS
             if name == "target":
                 kw["dest"] = "sub_target"
-        g.add_argument(*flags, **kw)
+        action = g.add_argument(*flags, **kw)
+        if name == "target":
+            action.completer = _complete_target  # type: ignore[attr-defined]
+
+
+def _complete_target(prefix, parsed_args=None, **_):
+    """argcomplete: target names and @group names from the targets file (--targets, if given)."""
+    return targets.complete(prefix, getattr(parsed_args, "targets", None))
 
 
 # --- each command's own options ------------------------------------------------------------
@@ -306,7 +313,7 @@ COMMANDS = [
             "(the default command)", _push_opts, DEVICE + ("parallel",), fleet=True,
             prepare=commands.prepare_push,
             examples=("-t pico push app.img", "-t sim push examples/hello --version 1.2.0",
-                      "-t pico push app.img --no-confirm", "-t greenhouse push app.img --parallel 8")),
+                      "-t pico push app.img --no-confirm", "-t @lab push app.img --parallel 8")),
     Command("build", commands.cmd_build, "build an application image from an app folder (every file but junk)",
             _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
                                            "build examples/hello --mpy")),
@@ -357,7 +364,7 @@ examples:
   %(prog)s -t pico status                  slots, versions, space
   %(prog)s -t 192.168.1.50 ping
   %(prog)s -t sim --json push app.img      one JSON object per event line
-  %(prog)s -t greenhouse app.img           each device of a group, 4 at once
+  %(prog)s -t @lab app.img                 each device of a group, 4 at once
   %(prog)s COMMAND --help                  a command's own options
 
 keys: MPOTA_KEY (hex), MPOTA_KEY_FILE, --key-file FILE or key_file in the

@@ -509,7 +509,15 @@ def cmd_targets(ctx) -> int:
             udp_port=entry.get("udp_port", lineproto.UDP_PORT), key_file=entry.get("key_file"),
             device_id=entry.get("device_id"), source=src)
     for g, members in groups.items():
-        out.event("group", "  %-12s group: %s" % (g, ", ".join(members)), name=g, members=members)
+        if isinstance(members, list):
+            out.event("group", "  %-12s group: %s" % ("@" + g, ", ".join(members)), name=g, members=members)
+            continue
+        try:  # a pattern: the targets it matches now
+            got = targets_mod.group_members(g, groups, table, path)
+        except UsageError:
+            got = []
+        out.event("group", "  %-12s group: %s (%s)" % ("@" + g, members, ", ".join(got) or "matches nothing"),
+                  name=g, members=got, pattern=members)
     return EXIT_OK
 
 

@@ -22,10 +22,12 @@ of every folder build (`push`, `build`); a target's own sign_key wins, and
 closest known key.
 
     [groups]
-    greenhouse = ["kitchen", "pico2", "10.0.0.7:8472"]   # names, HOST[:PORT], groups
+    lab = ["kitchen", "pico2", "10.0.0.7:8472"]   # names, HOST[:PORT], groups (@lab or lab)
+    greenhouse = "gh-*"                           # a pattern: the file's targets it matches
 
-`-t` may name several devices (`-t a -t b`, `-t a,b`, a group): expand()
-turns that into the list of single-device specs, each resolved on its own.
+`-t` may name several devices (`-t a -t b`, `-t a,b`, `-t @lab`, `-t pico-1,@lab`):
+expand() turns that into the list of single-device specs, each resolved on its
+own. `@NAME` names a group only; a bare NAME a target or a group.
 
 Keys come from (first wins): --key-file, $MPOTA_KEY (hex), $MPOTA_KEY_FILE, the
 target's key_file. Never from a command-line value; never printed.
@@ -33,6 +35,7 @@ target's key_file. Never from a command-line value; never printed.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import ipaddress
 import json
 import os
@@ -201,9 +204,12 @@ def load_config(path: Path, required: bool = False) -> dict:
     if not isinstance(groups, dict):
         raise UsageError("%s: expected a [groups] table of NAME = [targets]" % path)
     for name, members in groups.items():
+        if isinstance(members, str) and members.strip():
+            continue  # a pattern over the file's target names (group_members)
         if (not isinstance(members, list) or not members
                 or not all(isinstance(m, str) and m.strip() for m in members)):
-            raise UsageError("%s: group %s must be a non-empty list of target names" % (path, name))
+            raise UsageError("%s: group %s must be a non-empty list of target names, or a pattern "
+                             "such as \"gh-*\"" % (path, name))
         if name in table or name in BUILTINS:
             # One name, one meaning: otherwise `-t NAME` would be ambiguous.
             raise UsageError("%s: %s is both a group and a target" % (path, name))
@@ -233,20 +239,50 @@ def load_targets(path: Path, required: bool = False) -> dict:
     return load_file(path, required)[0]
 
 
+def group_members(name: str, groups: dict, table: dict, path: Path) -> list:
+    """A group's members as written: its list, or for a pattern ("gh-*", fnmatch,
+    case-sensitive) the file's target names it matches, in the file's order."""
+    members = groups[name]
+    if isinstance(members, list):
+        return [m.strip() for m in members]
+    got = [t for t in table if fnmatch.fnmatchcase(t, members.strip())]
+    if not got:
+        raise UsageError("group %s: the pattern %r matches no target in %s" % (name, members, path),
+                         "the targets are %s" % (", ".join(table) or "none"))
+    return got
+
+
+class UnknownGroup(UsageError):
+    """`@NAME` where the targets file has no group NAME."""
+
+    def __init__(self, name: str, groups: dict, path: Path):
+        close = ([g for g in groups if g.startswith(name)] if name else [])[:1] or \
+            difflib.get_close_matches(name, list(groups), n=1, cutoff=0.6)
+        self.suggestion = "@" + close[0] if close else None
+        super().__init__("no group named %r; groups: %s" % (name, ", ".join("@" + g for g in groups) or "none"),
+                         "%sgroups are the [groups] table of %s%s (`mpota targets` lists them)" % (
+                             "did you mean %s? " % self.suggestion if close else "", path,
+                             "" if path.exists() else " (absent)"))
+
+
 def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = None) -> list:
     """The single-device specs named by `spec`: a comma list of target names,
-    HOST[:PORT] and group names; groups are expanded (they may name groups),
-    duplicates dropped, order kept."""
+    HOST[:PORT], group names and @group; groups are expanded (they may name
+    groups), duplicates dropped, order kept."""
     path = targets_path(targets_file, env)
     table, groups = load_file(path, required=bool(targets_file))
     out: list = []
 
     def add(s: str, inside: tuple) -> None:
+        if s.startswith("@"):
+            s = s[1:].strip()
+            if s not in groups:
+                raise UnknownGroup(s, groups, path)
         if s in inside:
             raise UsageError("group %s contains itself (%s)" % (s, " -> ".join(inside + (s,))))
         if s in groups:
-            for m in groups[s]:
-                add(m.strip(), inside + (s,))
+            for m in group_members(s, groups, table, path):
+                add(m, inside + (s,))
         elif s not in out:
             if s not in table and s not in BUILTINS and not looks_like_host(s):
                 raise unknown_target(s, table, groups, path)
@@ -256,8 +292,22 @@ def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = 
         if part.strip():
             add(part.strip(), ())
     if not out:
-        raise UsageError("no target given in %r" % spec, "name a target: -t NAME|HOST[:PORT]")
+        raise UsageError("no target given in %r" % spec, "name a target: -t NAME|HOST[:PORT]|@GROUP")
     return out
+
+
+def complete(prefix: str, targets_file: Optional[str] = None, env: Optional[dict] = None) -> list:
+    """Shell completion of a -t value (argcomplete, cli.py): the target names
+    and @group names that extend the comma list's last item; nothing when the
+    targets file cannot be read (completion must never print an error)."""
+    head, _, last = prefix.rpartition(",")
+    head = head + "," if head else ""
+    try:
+        table, groups = load_file(targets_path(targets_file, env))
+    except UsageError:
+        table, groups = {}, {}
+    names = list(dict.fromkeys(list(BUILTINS) + list(table))) + ["@" + g for g in groups]
+    return [head + n for n in names if n.startswith(last)]
 
 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%\w]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
