@@ -86,7 +86,8 @@ class Device:
     VERSION = "0.4.0"
     trust = None  # status's "trust" (the trusted keys' fingerprints): set at boot and by each key change
 
-    def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown"):
+    def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown",
+                 resets=0):
         self.cfg = cfg
         self.running = running  # slot index whose app runs (bootmgr), None: no app
         self.note = note  # boot facts (slot choice, config errors) for status
@@ -103,6 +104,7 @@ class Device:
         self.mem_idle = 0  # mem_alloc when last quiet (settle), for status
         self.reset_ms = -1  # >= 0: reset after the reply is flushed and this delay
         self.boot_reason = boot_reason  # halboot.reset_cause()
+        self.resets = resets  # resets since power-on (halboot.resets())
         # The scratch buffer for READ_DATA / legacy replies (scratch()),
         # dropped with the connection modules.
         self.buf = None

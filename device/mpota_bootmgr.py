@@ -161,6 +161,7 @@ def boot(mem_base=0):
     heap in use before the agent started (reported in status)."""
     hb = _use("mpota_halboot")
     why = hb.reset_cause()  # first: it reads and clears the reset mark
+    resets = hb.resets()
     uid = hb.unique_id()
     ov = hb.config_overrides()
     del hb
@@ -218,7 +219,7 @@ def boot(mem_base=0):
         if n != "mpota_appfs" or mod is None:  # (a mounted app keeps it)
             _drop(n)
     dev = agent.Device(cfg, sl.running, sl.note + note, _load_key() if cfg["auth"] else None, mem_base,
-                       uid, why)
+                       uid, why, resets)
     agent.DEVICE = dev
     dev.trust = trust
     if mod is not None:

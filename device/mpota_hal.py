@@ -107,6 +107,17 @@ def wlan_ip():
     return _wlan.ifconfig()[0] if _wlan is not None else None
 
 
+def wlan_rssi():
+    # The station link's signal in dBm while it is up, else None (status: rssi).
+    wlan = _wlan
+    if wlan is None or not wlan.isconnected():
+        return None
+    try:
+        return wlan.status("rssi")
+    except OSError:
+        return None  # a radio that refuses it: a status must not fail
+
+
 def wlan_leave():
     # Drop a join that failed or a link that went, before the next join.
     if _wlan is not None:
@@ -127,7 +138,7 @@ def wlan_power_save(enabled):
 
 
 _API = ("reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
-        "wlan_ip", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc", "status_extra")
+        "wlan_ip", "wlan_rssi", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc", "status_extra")
 
 _sim = sys.modules.get("simhal")
 if _sim is not None:

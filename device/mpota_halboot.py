@@ -9,6 +9,8 @@ import umachine as machine
 
 import mpota_hal as hal
 
+SCRATCH1 = hal.SCRATCH0 + 4  # WATCHDOG SCRATCH1: the resets since power-on
+
 
 def reset_cause():
     # Reads and clears the reset mark (hal.reset): call it once per boot, or
@@ -16,11 +18,20 @@ def reset_cause():
     c = machine.reset_cause()
     mark = machine.mem32[hal.SCRATCH0] == hal.RESET_MARK
     machine.mem32[hal.SCRATCH0] = 0
+    # resets since power-on (resets()): SCRATCH1 survives a watchdog reset,
+    # power-on clears it (and so do we, whatever it held)
+    n = 0 if c == machine.PWRON_RESET else (machine.mem32[SCRATCH1] + 1) & 0xFFFF
+    machine.mem32[SCRATCH1] = n
     if c == machine.PWRON_RESET:
         return "power_on"
     if c == machine.WDT_RESET:
         return "reset" if mark else "watchdog"
     return "unknown"
+
+
+def resets():
+    # resets (any cause but power-on) since the last power-on; after reset_cause()
+    return machine.mem32[SCRATCH1] & 0xFFFF
 
 
 def unique_id():
@@ -40,7 +51,7 @@ def flash_info():
     return {"block_size": st[0], "block_count": st[2]}
 
 
-_API = ("reset_cause", "unique_id", "config_overrides", "flash_info")
+_API = ("reset_cause", "resets", "unique_id", "config_overrides", "flash_info")
 
 _sim = sys.modules.get("simhal")
 if _sim is not None:

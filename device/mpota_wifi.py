@@ -48,7 +48,8 @@ class Link:
 
     def status(self):
         return {"link": self.state, "ip": self.ip, "link_drops": self.drops,
-                "link_joins": self.joins, "link_error": self.error}
+                "link_joins": self.joins, "link_error": self.error,
+                "rssi": hal.wlan_rssi() if self.state == "up" else None}
 
     def _feed(self):
         # the agent is healthy while it rejoins, for a bounded time

@@ -106,6 +106,8 @@ class FakeClock:
         return a - b
     def wdt_feed(self):
         self.feeds += 1
+    def wlan_rssi(self):  # status() asks while the link is up
+        return -60
 
 _sleep = asyncio.sleep_ms
 async def sleep_ms(ms):  # fake time: every sleep advances the clock

@@ -205,6 +205,7 @@ def _pdeathsig():
 class Launcher:
     def __init__(self, args):
         self.a = args
+        self.resets = 0  # resets since the last power-on, handed to simhal
         self.state = Path(args.state).resolve()
         self.proc = None
         self.stopping = False
@@ -226,6 +227,7 @@ class Launcher:
             "trust_file": str(trust_file(self.state, a.trust)) if (first and a.trust) else None,
             "reset_cause": cause,
             "boot_count": boot_count,
+            "resets": self.resets,
             "device_id": device_id(self.state),
             "host": a.host,
             "tcp_port": a.tcp_port,
@@ -320,6 +322,7 @@ class Launcher:
         first = True
         while not self.stopping:
             boot_count += 1
+            self.resets = 0 if cause == "power_on" else self.resets + 1  # since power-on (simhal.resets)
             fresh = not (self.state / "flash.bin").exists()
             cut = a.power_cut_after if first else None
             hp = self.handoff(boot_count, cause, first, cut, fresh)

@@ -35,7 +35,7 @@ def configure(cfg, flash):
     # cfg: the launcher's handoff dict (see tools/sim.py); flash: the SimFlash
     global _cfg, _flash
     _cfg = {}
-    for k in ("reset_cause", "boot_count", "device_id", "host", "tcp_port", "udp_port",
+    for k in ("reset_cause", "resets", "boot_count", "device_id", "host", "tcp_port", "udp_port",
               "legacy_udp", "smp_port", "auth"):
         if k in cfg:
             _cfg[k] = cfg[k]
@@ -47,7 +47,7 @@ def configure(cfg, flash):
 
         simwifi.configure(cfg["wifi_file"], cfg.get("host", "127.0.0.1"))
         g = globals()
-        for n in ("wlan_join", "wlan_state", "wlan_ip", "wlan_leave"):
+        for n in ("wlan_join", "wlan_state", "wlan_ip", "wlan_rssi", "wlan_leave"):
             g[n] = getattr(simwifi, n)
 
 
@@ -65,6 +65,11 @@ def reset():
 
 def reset_cause():
     return _cfg.get("reset_cause", "power_on")
+
+
+def resets():
+    # resets since the launcher's last power-on (tools/sim.py counts them)
+    return _cfg.get("resets", 0)
 
 
 def boot_count():
@@ -118,7 +123,7 @@ def _no_link(*args):
     return None
 
 
-wlan_join = wlan_state = wlan_ip = wlan_leave = _no_link
+wlan_join = wlan_state = wlan_ip = wlan_rssi = wlan_leave = _no_link
 
 
 def wlan_power_save(enabled):

@@ -55,6 +55,13 @@ def wlan_ip():
     return _wifi[2] if _link == "up" else None
 
 
+RSSI = -58  # dBm: the simulated link's fixed signal
+
+
+def wlan_rssi():
+    return RSSI if _link == "up" else None
+
+
 def wlan_leave():
     global _link
     _link = "down"
