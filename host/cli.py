@@ -213,6 +213,14 @@ def _dump_opts(p):
     p.add_argument("-o", "--output", metavar="FILE", help="where to save the image (default slot-SLOT.img)")
 
 
+def _fleet_opts(p):
+    from .fleet import SORT_KEYS
+
+    p.add_argument("--sort", choices=SORT_KEYS, metavar="KEY",
+                   help="order the rows by KEY: %s (default: as the targets are given; boards that "
+                        "did not answer last)" % ", ".join(SORT_KEYS))
+
+
 def _confirm_opts(p):
     p.add_argument("--force", action="store_true",
                    help="confirm even a version whose app crashed (refused otherwise)")
@@ -299,6 +307,7 @@ class Command:
     options: Optional[Callable[[argparse.ArgumentParser], None]] = None  # adds its own options
     shared: tuple = DEVICE      # which SHARED options apply
     fleet: bool = False         # may run on several devices at once
+    many: bool = False          # the handler serves every device itself (ctx.specs)
     examples: tuple = ()
     # prepare(args) -> fields every device's Context shares (done once, before any device)
     prepare: Optional[Callable] = None
@@ -319,6 +328,9 @@ COMMANDS = [
                                            "build examples/hello --mpy")),
     Command("status", commands.cmd_status, "show slots, versions, space, the running app and the boot note",
             None, DEVICE + ("parallel",), fleet=True, examples=("-t pico status", "-t pico -q status")),
+    Command("fleet", commands.cmd_fleet, "one row per board: version, slots, trial or confirmed, uptime, "
+            "last reset, link, agent, last app error", _fleet_opts, DEVICE + ("parallel",), many=True,
+            examples=("-t @lab fleet", "-t @lab fleet --sort uptime", "-t pico-1,@lab --json fleet")),
     Command("ping", commands.cmd_ping, "check that the device answers; show round-trip time and uptime",
             None, DEVICE + ("parallel",), fleet=True, examples=("-t 192.168.1.40:8472 ping",)),
     Command("read", commands.cmd_read, "read bytes of a slot (a hex dump, or -o FILE)", _read_opts,
@@ -473,6 +485,7 @@ class Context:
         self.args = args
         self.out = out
         self.spec = spec if command.device else None
+        self.specs: list = [spec] if self.spec else []  # every device of the run (Command.many)
         self.prog = prog
         self.shared = shared or {}
         self._target = None
@@ -499,14 +512,21 @@ class Context:
             await self._client.auth()
         return self._client
 
+    def for_device(self, spec: str, out: Optional[Output] = None) -> "Context":
+        """A Context of its own for one device of the run (same options)."""
+        return Context(self._cmd, self.args, out or Output("quiet"), spec, self.prog, self.shared)
+
+    async def close(self) -> None:
+        c, self._client = self._client, None
+        if c is not None:
+            await c.close()
+
     async def run(self) -> int:
         try:
             r = self._cmd.handler(self)
             return await r if asyncio.iscoroutine(r) else r
         finally:
-            c, self._client = self._client, None
-            if c is not None:
-                await c.close()
+            await self.close()
 
     def run_sync(self) -> int:
         if asyncio.iscoroutinefunction(self._cmd.handler):
@@ -540,11 +560,14 @@ def main(argv=None, prog: str = PROG) -> int:
     _setup_logging(args.verbose)
     try:
         specs = targets.expand(args.target, args.targets) if cmd.device else [None]
-        if len(specs) > 1:
+        if cmd.many:
+            ctx.specs = specs
+        elif len(specs) > 1:
             if not cmd.fleet:
                 raise UsageError("`%s` works on one device; %s names %d" % (cmd.name, args.target, len(specs)),
-                                 "several devices at once: %s" % ", ".join(c.name for c in COMMANDS if c.fleet))
-            fout = FleetOutput(mode, args.target)
+                                 "several devices at once: %s" % ", ".join(c.name for c in COMMANDS
+                                                                           if c.fleet or c.many))
+            fout = FleetOutput(mode, args.target, board_view=cmd.name == "status")
             fout.hinter = out.hinter
             shared = cmd.prepare(args) if cmd.prepare else {}
 
@@ -554,6 +577,7 @@ def main(argv=None, prog: str = PROG) -> int:
             return asyncio.run(run_fleet(specs, fout, make_context, args.parallel,
                                          lambda dout: _interrupt_hint(cmd.name, dout.seen)))
         ctx.spec = specs[0]  # one device (perhaps a group of one): exactly the single-device run
+        # (fleet: every device, ctx.specs)
         return ctx.run_sync()
     except KeyboardInterrupt:
         out.progress_stop()

@@ -375,6 +375,40 @@ def print_status(out, st: dict) -> None:
                                                        (st.get("uptime_ms") or 0) / 1000))
 
 
+async def read_status(ctx) -> Status:
+    """The device's Status, as `status` reads it: the whole reply when a key is at
+    hand (the client authenticates), else the part a stranger gets."""
+    c = await ctx.client(auth=False)
+    return Status.of(await c.status())
+
+
+async def cmd_fleet(ctx) -> int:
+    """One row per board (fleet.board_row), read `--parallel` at a time, in the
+    order given or --sort's; a board that does not answer is a row saying why."""
+    from .fleet import fleet_exit_code, gather_rows, sort_rows
+    from .output import fleet_table
+
+    args, out = ctx.args, ctx.out
+
+    async def read(spec: str) -> Status:
+        sub = ctx.for_device(spec)
+        try:
+            return await read_status(sub)
+        finally:
+            await sub.close()
+
+    rows = sort_rows(await gather_rows(ctx.specs, read, args.parallel), args.sort)
+    code = fleet_exit_code(r["error"]["exit_code"] for r in rows if r["error"])
+    for r in rows:
+        out.event("board", **r)  # no text: people get the table
+    if out.mode == "human":
+        out.console.print(fleet_table(rows, min(out.console.width, 200)))
+    ok = sum(1 for r in rows if r["ok"])
+    out.event("fleet", boards=len(rows), answered=ok, exit_code=code)
+    out.result("%d of %d boards answered" % (ok, len(rows)))
+    return code
+
+
 async def cmd_ping(ctx) -> int:
     c = await ctx.client(auth=False)
     t0 = time.monotonic()

@@ -166,9 +166,11 @@ class FleetOutput(Output):
     Its own events (the summary, an error before any device started) carry the
     whole `-t` value as their "target"."""
 
-    def __init__(self, mode: str = "human", spec: str = ""):
+    def __init__(self, mode: str = "human", spec: str = "", board_view: bool = False):
         super().__init__(mode)
         self.spec = spec
+        self.board_view = board_view  # end with fleet_table (status over several devices)
+        self._devices: dict = {}
         self.bars: Optional[Progress] = None
         if mode == "human" and self.err_console.is_terminal:  # one live view, on a terminal only
             self.bars = _bars(self.err_console, state=True)
@@ -180,7 +182,19 @@ class FleetOutput(Output):
         super().event(name, text, **{"target": self.spec, **fields})
 
     def device(self, name: str) -> "DeviceOutput":
-        return DeviceOutput(self, name)
+        self._devices[name] = DeviceOutput(self, name)
+        return self._devices[name]
+
+    def seen_of(self, name: str) -> dict:
+        """The events device `name` reported (none: it never started)."""
+        d = self._devices.get(name)
+        return d.seen if d is not None else {}
+
+    def boards(self, rows: list) -> None:
+        """The boards at a glance (fleet.board_row rows): the table, for people only
+        (--json: each status event holds it all)."""
+        if self.mode == "human":
+            self.console.print(fleet_table(rows, min(self.console.width, 200)))
 
     def start(self) -> None:
         if self.bars is not None:
@@ -277,3 +291,82 @@ class DeviceOutput(Output):
 
     def progress_stop(self) -> None:
         pass  # the row stays on the shared view until the run ends
+
+
+# --- the fleet at a glance (`mpota fleet`: rows of fleet.board_row) ----------------------
+
+# a slot's state in one letter (docs/cli.md, `mpota fleet`)
+_SLOT_WORD = {"confirmed": "C", "trial": "T", "pending": "P", "empty": "-", "writing": "W", "complete": "K",
+              "bad": "B"}
+_REASON = {"power_on": "power", "reset": "reset", "watchdog": "wdog", "unknown": "?"}
+
+
+def fmt_uptime(seconds) -> str:
+    """At most 6 characters: 42s, 17m03s, 5h12m, 3d04h, 123d."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return "%ds" % s
+    if s < 3600:
+        return "%dm%02ds" % (s // 60, s % 60)
+    if s < 86400:
+        return "%dh%02dm" % (s // 3600, s % 3600 // 60)
+    d = s // 86400
+    return "%dd%02dh" % (d, s % 86400 // 3600) if d < 100 else "%dd" % d
+
+
+def _slots_cell(r: dict) -> str:
+    # a:C* b:T  (* the running slot)
+    return " ".join("%s:%s%s" % (n, _SLOT_WORD.get(st, st or "?"), "*" if n == r["running"] else "")
+                    for n, st in r["slots"].items()) or "?"
+
+
+def _reset_cell(r: dict) -> str:
+    why = _REASON.get(r["boot_reason"], r["boot_reason"] or "-")
+    return why if not r["resets"] else "%s %d" % (why, r["resets"])
+
+
+def _link_cell(r: dict) -> str:
+    if r["rssi"] is not None:
+        return "%ddBm" % r["rssi"]
+    return r["link"] or "-"
+
+
+def _fleet_cells(r: dict) -> list:
+    """(plain text, style) per column of one board's row."""
+    if not r["ok"]:
+        e = r["error"] or {}
+        return [(r["target"], ""), ("-", ""), ("-", ""), ("no answer", "red"), ("-", ""), ("-", ""), ("-", ""),
+                ("-", ""), (e.get("message") or "no answer", "red")]
+    state = r["state"] or "-"
+    app = r["app_error"] or r["app_state"] or "-"  # an error: the app crashed
+    return [(r["target"], ""), (r["version"] or "-", ""), (_slots_cell(r), ""),
+            (state, "yellow" if state.startswith("trial") else "green" if state == "confirmed" else ""),
+            (fmt_uptime(r["uptime_s"]), ""), (_reset_cell(r), ""), (_link_cell(r), ""), (r["agent"] or "-", ""),
+            (app, "red" if r["app_error"] else "")]
+
+
+FLEET_COLUMNS = ("board", "version", "slots", "state", "up", "reset", "link", "agent", "app")
+# longer cells end in an ellipsis
+_FLEET_MAX = {"board": 15, "version": 9, "state": 9, "reset": 8, "link": 7, "agent": 7}
+_APP_MIN = 8
+
+
+def fleet_table(rows: list, width: int = 80) -> Table:
+    """One line per board in `width` columns (80 hold it): each column as wide as
+    its longest cell (board and version capped), the last app error -- or why the
+    board did not answer -- in what is left, cut with an ellipsis."""
+    cells = [_fleet_cells(r) for r in rows]
+    widths = [min(_FLEET_MAX.get(h, 99), max([len(h)] + [len(c[i][0]) for c in cells]))
+              for i, h in enumerate(FLEET_COLUMNS[:-1])]
+    rest = width - sum(widths) - len(widths)  # one space between columns
+    if rest < _APP_MIN:  # the board's name gives way first (a longest name: 15 + 72 columns)
+        widths[0] = max(8, widths[0] - (_APP_MIN - rest))
+        rest = max(_APP_MIN, width - sum(widths) - len(widths))
+    t = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0), collapse_padding=True)
+    for h, w in zip(FLEET_COLUMNS, [w + 1 for w in widths] + [rest]):  # + the space after it
+        t.add_column(h, no_wrap=True, overflow="ellipsis", width=w, header_style="bold")
+    for c in cells:
+        t.add_row(*(Text(text, style=style) for text, style in c))
+    return t

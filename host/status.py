@@ -56,6 +56,10 @@ class Status:
     boot_note: Optional[str] = None
     slot_size: Optional[int] = None
     link: Optional[str] = None            # the Wi-Fi station link: up, down, connecting (mpota_wifi.py)
+    rssi: Optional[int] = None            # the link's signal, dBm (None: not on Wi-Fi, or not reported)
+    uptime_ms: Optional[int] = None
+    resets: Optional[int] = None          # resets since the last power-on (None: an older agent)
+    floor: Optional[int] = None           # the anti-rollback floor (Slots.floor)
 
     @classmethod
     def of(cls, reply: dict) -> "Status":
@@ -71,7 +75,24 @@ class Status:
             trust_keys=tuple(trust.get("keys") or ()), signed_images=trust.get("signed_images"),
             trust_seq=trust.get("seq"), trust_warning=trust.get("warning"),
             boot_reason=reply.get("boot_reason"), boot_note=reply.get("boot_note"),
-            slot_size=reply.get("slot_size"), link=reply.get("link"))
+            slot_size=reply.get("slot_size"), link=reply.get("link"), rssi=reply.get("rssi"),
+            uptime_ms=reply.get("uptime_ms"), resets=reply.get("resets"), floor=reply.get("floor"))
+
+    @property
+    def full(self) -> bool:
+        """The whole reply (an authenticated peer's), not only a stranger's part."""
+        return "slots" in self.raw
+
+    @property
+    def state(self) -> str:
+        """What the device runs, in a word: "trial N/M", the running slot's state,
+        or "no app" (a stranger's status: "?", the slots are not shown to it)."""
+        if not self.full:
+            return "?" if self.running else "no app"
+        if self.trial:
+            return "trial %d/%s" % (self.trial_count, self.max_trials or "?")
+        rs = self.running_slot
+        return rs.state or "?" if rs else "no app"
 
     def slot(self, name: Optional[str]) -> SlotStatus:
         """The entry of slot `name` (an empty one when the reply has none)."""
