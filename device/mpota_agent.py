@@ -41,7 +41,7 @@ _MODS = ("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys",
          "mpota_legacy",
          "mpota_lineproto", "mpota_connpolicy", "mpota_dispatch", "mpota_linemac", "mpota_slots",
          "mpota_leanconn", "mpota_conn", "mpota_service", "mpota_framing", "mpota_proto", "mpota_checksums",
-         "mpota_session", "mpota_smp", "mpota_cbor")
+         "mpota_session", "mpota_smp", "mpota_cbor", "mpota_discover")
 _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.py checks the two)
     _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST,
     _SESSION | I_LEAN | I_LIVE, _SESSION | I_LEAN | I_LIVE, _SESSION, _SESSION, _SESSION, _SESSION,
@@ -49,7 +49,8 @@ _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.
     _CI, _CI, _CI, _CI, _CI | _LEAN_REQUEST,
     _CONNECTION | I_LEAN, _CONNECTION | I_LIVE, _CONNECTION | I_LIVE, _CONNECTION | I_LIVE,
     _CONNECTION | I_LIVE, _CONNECTION | I_LIVE,
-    _CONNECTION | I_LIVE, _CONNECTION, _CONNECTION))
+    _CONNECTION | I_LIVE, _CONNECTION, _CONNECTION,
+    _CONNECTION))  # discover: the listener's start (agent.run) opens the sockets, its settle() drops it
 
 
 def _shield():
@@ -182,6 +183,7 @@ class Agent:
         self.conns = []  # every open conn.Conn, oldest first
         self.listening = False  # housekeeping stops feeding the watchdog without it
         self.idle_due = False  # mem_idle to measure at housekeeping's next tick (settle)
+        self.disc = None  # discovery: (socket, its poll, the answer) while listening (_disc_open)
 
     async def serve(self, r, w):
         try:
@@ -237,6 +239,24 @@ async def _housekeeping(ag):
     while True:
         if ag.listening:
             hal.wdt_feed()
+        d = ag.disc
+        if d is not None:
+            # discovery (mpota_discover.py opened it): one answer a tick (5 a
+            # second) to a probe at least as long as the answer (no amplification:
+            # docs/security.md); up to 4 more queued datagrams are dropped, so a
+            # flood delays the next probe by a tick at most. Nothing is allocated
+            # while none is queued (ipoll).
+            for _ in d[1].ipoll(0):
+                m = d[2]
+                for _ in range(5):
+                    try:
+                        b, a = d[0].recvfrom(512)
+                        if m is not None and len(b) >= len(m) and b.startswith(b'{"mpota":"discover"'):
+                            d[0].sendto(m, a)
+                            m = None
+                    except OSError:
+                        break  # the queue is empty (or the answer could not go: the peer asks again)
+                b = a = m = None
         if ag.idle_due:
             ag.settle()  # measures, if still quiet (else the next settle does)
         s = dev.session
@@ -256,7 +276,7 @@ async def _housekeeping(ag):
             n += 1
             if n % 5 == 0:
                 dev.sample_mem()
-        s = None  # holding the session over the sleep would keep it (and its modules) from settle()
+        s = d = None  # holding the session over the sleep would keep it (and its modules) from settle()
         await asyncio.sleep_ms(_TICK_MS)
 
 
@@ -301,6 +321,10 @@ async def run(ag, ready=None):
         if cfg["smp_udp"]:  # SMP (MCUmgr) over UDP: smpudp.py stays, smp.py loads per request
             import mpota_smpudp as smpudp
             smp = smpudp.start(dev, host, cfg["smp_port"])
+        if cfg["discover"] or cfg["announce"]:
+            import mpota_discover as disc  # released by settle() below (_CONNECTION)
+            ag.disc = disc.start(dev, host, tcp)
+            disc = None
         ag.listening = True
         ag.settle()
         print("mpota: ready tcp=%s:%d udp=%s auth=%s mode=%s" % (
@@ -320,6 +344,9 @@ async def run(ag, ready=None):
             srv.close()  # never two listeners on one port
         if udp is not None:
             udp.close()
+        if ag.disc is not None:
+            ag.disc[0].close()
+            ag.disc = None
         if smp is not None:
             smp.cancel()  # the task closes its socket
 

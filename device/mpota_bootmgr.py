@@ -225,4 +225,6 @@ def boot(mem_base=0):
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
         _intern(agent, cfg["mode"])
+    if cfg["discover_version"] and sl.running is not None:
+        dev.app["version"] = sl.info(sl.running)["version"]  # (discovery may tell it: agent._hello)
     return dev, mod

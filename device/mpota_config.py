@@ -29,10 +29,23 @@ _SPEC = {
     "max_unauth": (2, int, 1, 8),  # connections still authenticating (connpolicy.admit)
     "auth_timeout": (5, int, 1, 60),  # seconds to authenticate after connecting
     "mode": ("live", str, None, None),  # live (update beside the app) or lean
+    # discovery (agent._answer): a UDP probe on tcp_port's number is answered with
+    # the id, name (wifi.hostname) and TCP port; the app's version only when allowed
+    "discover": (True, bool, None, None),
+    "discover_version": (False, bool, None, None),
+    "announce": ("", str, None, None),  # "HOST:PORT": say "here I am" there at each link-up
 }
 _MODES = ("live", "lean")
 WDT_MIN_MS = 2000  # below this a flash erase (up to 400 ms) plus a slow reply bites: a reset loop
 _WIFI = ("ssid", "password", "hostname", "country")
+
+
+def _hostport(v):
+    h, _, p = v.rpartition(":")
+    try:
+        return h and 0 < int(p) < 65536
+    except ValueError:
+        return False
 
 
 def defaults():
@@ -75,6 +88,9 @@ def _check(cfg, src, errors):
         if k == "wdt" and 0 < v < WDT_MIN_MS:
             errors.append("'wdt' must be 0 (off) or %d..%d ms (shorter resets the board in a loop), got %d: "
                           "watchdog off" % (WDT_MIN_MS, spec[3], v))
+            continue
+        if k == "announce" and v and not _hostport(v):
+            errors.append("'announce' must be \"HOST:PORT\" (port 1..65535), got %r: no announce" % v)
             continue
         if k == "mode" and v not in _MODES:
             errors.append("'mode' must be one of %s, got %r" % (", ".join(_MODES), v))

@@ -8,11 +8,11 @@
 # upload session is open: an idle device with SMP on holds this module, one
 # task and a socket, nothing more. docs/protocol.md section 8 is the protocol.
 import sys
-import usocket as socket
 import asyncio
 from asyncio import core  # type: ignore[attr-defined]
 
 from micropython import const
+
 
 _RX = const(1536)  # >= 1472 (MTU 1500 less IPv4+UDP): smpclient fills datagrams to the MTU
 _EAGAIN = const(11)
@@ -21,11 +21,9 @@ _EAGAIN = const(11)
 def start(dev, host, port):
     """Bind the SMP socket and start its task; -> the task (cancel it to close
     the socket), or None when the port cannot be bound."""
+    import mpota_discover as disc  # the one UDP bind (a connection-scope module: agent._LIFE)
     try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1])
-        s.setblocking(False)
+        s = disc.udp_socket(host, port)
     except OSError as e:
         print("mpota: SMP over UDP unavailable:", e)
         return None

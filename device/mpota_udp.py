@@ -3,7 +3,6 @@
 # endpoint, so a non-blocking socket is polled from a task. While it runs,
 # the connection modules stay loaded (agent.settle): legacy.py refers to them.
 import sys
-import usocket as socket
 import asyncio
 
 import mpota_hal as hal
@@ -64,14 +63,8 @@ class UdpPeer(dispatch.Peer):
 def start(dev, host, port):
     """Bind the legacy service's socket and start serving it -> the socket
     (the caller closes it when the listener stops); OSError when it cannot."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1])
-        s.setblocking(False)
-    except OSError:
-        s.close()
-        raise
+    import mpota_discover as disc  # the one UDP bind (a connection-scope module: agent._LIFE)
+    s = disc.udp_socket(host, port)
     dev.legacy_udp = True  # before any settle(): keeps the connection modules loaded
     asyncio.create_task(serve(dev, s))
     return s

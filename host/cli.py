@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 
-from . import __version__, commands, targets
+from . import __version__, commands, discover, targets
 from .codec import mpota_lineproto as lineproto
 from .client import Client, expected_device
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, MpotaError, UsageError
@@ -297,6 +297,26 @@ def _provision_opts(p):
                    help="the agent's files (default: the ones installed with mpota, or device/ of a clone)")
 
 
+def _discover_opts(p):
+    p.add_argument("--to", action="append", default=[], metavar="HOST[:PORTS]",
+                   help="probe this address (repeatable); PORTS: N, N,M or FIRST-LAST, e.g. "
+                        "127.0.0.1:9000-9099 for simulated boards (default: broadcast only)")
+    p.add_argument("--broadcast", action="store_true",
+                   help="broadcast the probe too when --to is given (it is the default without --to)")
+    p.add_argument("--port", dest="probe_port", type=_positive(int), default=lineproto.TCP_PORT, metavar="N",
+                   help="the agents' port, for the broadcast and a --to without one (default 8472)")
+    p.add_argument("--wait", type=_positive(float), default=2.0, metavar="S",
+                   help="seconds to collect answers (default 2; ends early once every --to address answered)")
+    p.add_argument("--listen", type=_positive(float), nargs="?", const=30.0, default=None, metavar="SECONDS",
+                   help="collect the boards' announces (config \"announce\") instead of probing "
+                        "(default 30 s)")
+    p.add_argument("--bind", default="0.0.0.0:%d" % lineproto.TCP_PORT, metavar="HOST:PORT",
+                   help="where --listen receives (default 0.0.0.0:8472)")
+    p.add_argument("--add", action="store_true",
+                   help="record new boards in the targets file (host, port, device_id; the key comes "
+                        "from provisioning)")
+
+
 # --- the command table -------------------------------------------------------------------
 
 @dataclass
@@ -360,6 +380,11 @@ COMMANDS = [
             examples=("-t pico trust", "-t pico trust --provision signing.pem",
                       "-t pico trust --add new.pem --signed-by old.pem",
                       "-t pico trust --drop old.pem --signed-by new.pem")),
+    Command("discover", discover.cmd_discover, "find the agents on the local network (a UDP probe, or "
+            "--listen for their announces): one row per board; --add records new ones as targets",
+            _discover_opts, ("targets",) + OUTPUT,
+            examples=("discover", "discover --add", "discover --to 127.0.0.1:9000-9019 --json",
+                      "discover --listen 60 --bind 0.0.0.0:8472")),
     Command("provision", commands.cmd_provision, "set up a board over USB: device config (Wi-Fi, name), "
             "device key, trusted signing key, the agent; reset it, wait for it, record it as a target",
             _provision_opts, ("targets", "key_file") + OUTPUT,

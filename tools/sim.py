@@ -203,9 +203,11 @@ def _pdeathsig():
 
 
 class Launcher:
-    def __init__(self, args):
+    def __init__(self, args, emit=out, poll_s=0.1):
         self.a = args
         self.resets = 0  # resets since the last power-on, handed to simhal
+        self.emit = emit  # each output line (tools/fleetsim.py keeps them per board)
+        self.poll_s = poll_s  # the hang watchdog's period (fleetsim: slower, for 100 boards)
         self.state = Path(args.state).resolve()
         self.proc = None
         self.stopping = False
@@ -263,7 +265,7 @@ class Launcher:
     def watchdog(self, proc, path):
         # the hang half of the simulated watchdog (simhal.wdt_start)
         while proc.poll() is None and not self.stopping:
-            time.sleep(0.1)
+            time.sleep(self.poll_s)
             try:
                 mtime = os.stat(path).st_mtime
                 timeout = int(path.read_bytes() or 0)
@@ -272,7 +274,7 @@ class Launcher:
             quiet = (time.time() - mtime) * 1000
             if timeout and quiet > timeout + HANG_GRACE_MS:
                 self.bitten = True
-                out("sim: watchdog reset (hang: no feed for %d ms > %d ms)" % (quiet, timeout))
+                self.emit("sim: watchdog reset (hang: no feed for %d ms > %d ms)" % (quiet, timeout))
                 proc.kill()
                 return
 
@@ -289,11 +291,11 @@ class Launcher:
     def relay(self, proc):
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            out(line)
+            self.emit(line)
             if not self.ready_said and line.startswith("mpota: ready"):
                 self.ready_said = True
                 a = self.a
-                out("sim: ready tcp=%s:%d udp=%s:%d" % (a.host, a.tcp_port, a.host, a.udp_port))
+                self.emit("sim: ready tcp=%s:%d udp=%s:%d" % (a.host, a.tcp_port, a.host, a.udp_port))
 
     def stop(self, signum=None, frame=None):
         self.stopping = True
@@ -309,10 +311,8 @@ class Launcher:
             os.chmod(self.state / "flash.bin", 0o600)
         mp = a.micropython
         if not os.path.exists(mp):
-            out("sim: no micropython at %s (run `make setup`)" % mp)
+            self.emit("sim: no micropython at %s (run `make setup`)" % mp)
             return 2
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
         boot_file = self.state / "boot.json"
         try:
             boot_count = json.loads(boot_file.read_text()).get("boot_count", 0)
@@ -330,7 +330,7 @@ class Launcher:
             if a.heap:
                 cmd += ["-X", "heapsize=%s" % a.heap]
             cmd += [str(TOOLS / "sim_boot.py"), str(hp)]
-            out("sim: boot #%d (%s)%s" % (boot_count, cause, " power cut armed" if cut is not None else ""))
+            self.emit("sim: boot #%d (%s)%s" % (boot_count, cause, " power cut armed" if cut is not None else ""))
             with self.lock:
                 if self.stopping:
                     break
@@ -354,17 +354,20 @@ class Launcher:
             elif rc == EXIT_WATCHDOG or self.bitten:
                 cause = "watchdog"
             elif rc in POWER_CUT:
-                out("sim: power cut (device killed); restarting")
+                self.emit("sim: power cut (device killed); restarting")
                 cause = "power_on"
             else:
-                out("sim: device exited with status %d" % rc)
+                self.emit("sim: device exited with status %d" % rc)
                 return rc if 0 <= rc < 256 else 1
-        out("sim: stopped")
+        self.emit("sim: stopped")
         return 0
 
 
 def main(argv=None):
-    return Launcher(parse_args(argv)).run()
+    ln = Launcher(parse_args(argv))
+    signal.signal(signal.SIGTERM, ln.stop)
+    signal.signal(signal.SIGINT, ln.stop)
+    return ln.run()
 
 
 if __name__ == "__main__":

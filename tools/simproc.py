@@ -41,7 +41,33 @@ def free_port(kind=socket.SOCK_STREAM):
         return s.getsockname()[1]
 
 
-class Sim:
+def ready_or_stop(sim, timeout):
+    """sim.wait_ready(timeout), and sim.stop() if that fails (Sim, fleetsim.Fleet)."""
+    try:
+        sim.wait_ready(timeout)
+    except BaseException:
+        sim.stop()
+        raise
+
+
+class DeviceFacts:
+    """What a simulated device's state folder says (self.state; self.flags: its launcher's flags)."""
+
+    @property
+    def key(self):
+        """The device's 32-byte HMAC key, or None (no auth)."""
+        if "--no-auth" in self.flags:
+            return None
+        p = self.state / "device.key"
+        return bytes.fromhex(p.read_text().strip()) if p.exists() else None
+
+    @property
+    def device_id(self):
+        p = self.state / "device.id"
+        return p.read_text().strip() if p.exists() else None
+
+
+class Sim(DeviceFacts):
     def __init__(self, flags=(), state=None, device_dir=None, tcp_port=None, udp_port=None,
                  ready=True, timeout=60, echo=False):
         self.tcp_port = tcp_port or free_port(socket.SOCK_STREAM)
@@ -68,11 +94,7 @@ class Sim:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if ready:
-            try:
-                self.wait_ready(timeout)
-            except BaseException:
-                self.stop()
-                raise
+            ready_or_stop(self, timeout)
 
     # -- output ---------------------------------------------------------------
     def _read(self):
@@ -122,20 +144,6 @@ class Sim:
 
     def wait_ready(self, timeout=60):
         return self.wait_for_line("sim: ready", timeout)
-
-    # -- device facts ---------------------------------------------------------
-    @property
-    def key(self):
-        """The device's 32-byte HMAC key, or None (no auth)."""
-        if "--no-auth" in self.flags:
-            return None
-        p = self.state / "device.key"
-        return bytes.fromhex(p.read_text().strip()) if p.exists() else None
-
-    @property
-    def device_id(self):
-        p = self.state / "device.id"
-        return p.read_text().strip() if p.exists() else None
 
     @property
     def returncode(self):
@@ -194,4 +202,4 @@ class Sim:
         self.stop()
 
 
-__all__ = ["Sim", "SimError", "free_port"]
+__all__ = ["DeviceFacts", "ready_or_stop", "Sim", "SimError", "free_port"]
