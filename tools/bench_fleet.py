@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Fleet figures (issue 19): N simulated boards on loopback (tools/fleetsim.py),
+the time to bring them up, the time `mpota discover` takes to find them all,
+and what each board costs this machine (RSS, PSS, idle CPU).
+
+    python tools/bench_fleet.py [--count 100] [--heap 160K]
+"""
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fleetsim import Fleet, own_rss  # noqa: E402
+
+from host import discover  # noqa: E402  (the package's folder, installed as mpota)
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # the launchers' threads (the devices are children)
+    return r.ru_utime + r.ru_stime
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench_fleet.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--heap", default="160K")
+    p.add_argument("--idle", type=float, default=5.0, help="seconds over which idle CPU is measured")
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="mpota-fleet-") as tmp:
+        t0 = time.monotonic()
+        with Fleet(a.count, Path(tmp), heap=a.heap, timeout=600) as sims:
+            up = time.monotonic() - t0
+            rss, pss = sims.rss(), sims.pss()
+            c0, l0 = sims.cpu_seconds(), _own_cpu()
+            time.sleep(a.idle)
+            idle = (sims.cpu_seconds() - c0) / a.idle
+            lidle = (_own_cpu() - l0) / a.idle
+            t = time.monotonic()
+            found = discover.discover(sims.addresses, wait=10)
+            took = time.monotonic() - t
+            launcher = own_rss()
+    n = a.count
+    print("\nfleet of %d simulated boards (heap %s, one launcher process, a micropython each)" % (n, a.heap))
+    print("  first boot (format, deploy) of all    %7.1f s" % up)
+    print("  discover (mpota discover --to ...)    %7.2f s, %d/%d found" % (took, len(found), n))
+    print("  per board: device RSS %.1f MiB (PSS %.1f MiB), launcher %.0f KiB, idle CPU %.2f %% of a core"
+          % (sum(rss) / len(rss) / 2**20, sum(pss) / len(pss) / 2**20, launcher / n / 1024, idle / n * 100))
+    print("  all %d boards idle: %.1f %% of one core, their launcher %.1f %%" % (n, idle * 100, lidle * 100))
+    return 0 if len(found) == n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
