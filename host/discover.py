@@ -275,8 +275,8 @@ def cmd_discover(ctx) -> int:
         f = b.fields()
         if b.id in done:
             f["added"] = done[b.id]
-        out.event("board", escape(_row(b)) + ("  [%s]" % done[b.id] if done.get(b.id, "known") != "known" else ""),
-                  **f)
+        what = done.get(b.id, "known")
+        out.event("board", escape(_row(b) + ("  " + what if what != "known" else "")), **f)
     n_new = sum(1 for w in done.values() if w == "added")
     out.event("discovered", "%d board%s in %.1f s%s" % (
         len(boards), "" if len(boards) == 1 else "s", took,

@@ -176,3 +176,54 @@ for v in ("10.0.0.1:9", "10.0.0.1", ":9", "h:0", "h:x"):
     print(repr(cfg["announce"]), len(errors))
 """])
     assert r.stdout.split("\n")[:5] == ["'10.0.0.1:9' 0", "'' 1", "'' 1", "'' 1", "'' 1"], r.stdout + r.stderr
+
+
+class FakeSocket:
+    """A UDP socket that records what is sent and answers every probe to (BROADCAST, 8472) once."""
+
+    def __init__(self, answer):
+        self.sent, self.opts, self.queue, self.answer = [], [], [], answer
+
+    def setsockopt(self, *a):
+        self.opts.append(a)
+
+    def sendto(self, data, addr):
+        self.sent.append((data, addr))
+        if addr == (discover.BROADCAST, 8472) and len(self.sent) == 1:
+            self.queue.append((self.answer, ("192.168.1.40", 8472)))
+
+    def settimeout(self, t):
+        self.t = t
+
+    def recvfrom(self, n):
+        if self.queue:
+            return self.queue.pop(0)
+        time.sleep(self.t)
+        raise socket.timeout
+
+
+def test_broadcast_probe_goes_to_the_lan_broadcast_address_and_waits_its_time():
+    ans = b'{"mpota": "here", "id": "E6614C311B6A7A2F", "name": "picow-1", "port": 8472, "version": "1.2.0"}'
+    s = FakeSocket(ans)
+    t0 = time.monotonic()
+    [b] = discover.discover((), broadcast_port=8472, wait=1.2, sock=s)
+    assert time.monotonic() - t0 >= 1.2  # a broadcast cannot know who is missing: the whole wait
+    assert (socket.SOL_SOCKET, socket.SO_BROADCAST, 1) in s.opts
+    assert {a for _, a in s.sent} == {(discover.BROADCAST, 8472)} and len(s.sent) == 3  # at 0, 0.5, 1.0 s
+    assert all(d == discover.probe() and len(d) == discover.PROBE_SIZE for d, _ in s.sent)
+    assert (b.id, b.name, b.host, b.port, b.version) == ("e6614c311b6a7a2f", "picow-1", "192.168.1.40", 8472, "1.2.0")
+
+
+@pytest.mark.parametrize("data", [b"not json", b'{"mpota": "discover"}', b'{"mpota": "here", "id": "zz", "name": "a", '
+                                  b'"port": 1}', b'{"mpota": "here", "id": "ab", "name": "a", "port": 70000}',
+                                  b'{"mpota": "here", "id": "ab", "name": 3, "port": 1}', b"[1]"])
+def test_answers_that_are_not_a_board_are_ignored(data):
+    assert discover.parse_answer(data, ("10.0.0.1", 1)) is None
+
+
+def test_to_addresses_and_port_lists():
+    assert discover.parse_to("127.0.0.1:9000-9002,9005") == [("127.0.0.1", p) for p in (9000, 9001, 9002, 9005)]
+    assert discover.parse_to("10.0.0.7") == [("10.0.0.7", 8472)]
+    for bad in ("h:x", "h:9-1", "h:0", ":9"):
+        with pytest.raises(discover.UsageError):
+            discover.parse_to(bad)

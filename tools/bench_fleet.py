@@ -19,6 +19,38 @@ from fleetsim import Fleet, own_rss  # noqa: E402
 from host import discover  # noqa: E402  (the package's folder, installed as mpota)
 
 
+DISCOVERY_CONFIGS = (("discover off", {"discover": False}), ("discover on (default)", {}),
+                     ("on + discover_version + announce", {"discover_version": True, "announce": "127.0.0.1:9",
+                                                           "wifi": {"hostname": "picow-greenhouse-1"}}))
+
+
+def discovery_memory(work: Path, mp: str, heap: str) -> list:
+    """[(label, agent idle bytes)] for each DISCOVERY_CONFIGS: status mem_idle - mem_base."""
+    import asyncio
+    import json
+
+    from simproc import Sim
+
+    from host.client import Client
+
+    async def idle(port, key):
+        c = Client("127.0.0.1", port, key=key)
+        await c.connect(authenticate=True)
+        try:
+            st = await c.status()
+        finally:
+            await c.close()
+        return st["mem_idle"] - st["mem_base"]
+
+    rows = []
+    for i, (label, cfg) in enumerate(DISCOVERY_CONFIGS):
+        (work / ("d%d.json" % i)).write_text(json.dumps(cfg))
+        with Sim(state=work / ("d%d" % i), flags=["--heap", heap, "--micropython", mp,
+                                                   "--config", str(work / ("d%d.json" % i))]) as sim:
+            rows.append((label, asyncio.run(idle(sim.tcp_port, sim.key))))
+    return rows
+
+
 def _own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)  # the launchers' threads (the devices are children)
     return r.ru_utime + r.ru_stime
@@ -50,6 +82,16 @@ def main(argv=None) -> int:
     print("  per board: device RSS %.1f MiB (PSS %.1f MiB), launcher %.0f KiB, idle CPU %.2f %% of a core"
           % (sum(rss) / len(rss) / 2**20, sum(pss) / len(pss) / 2**20, launcher / n / 1024, idle / n * 100))
     print("  all %d boards idle: %.1f %% of one core, their launcher %.1f %%" % (n, idle * 100, lidle * 100))
+    import boardbuilds
+
+    mp = boardbuilds.i386()
+    label = "v1.27 i386 (32-bit), 160K" if mp else "unix (64-bit, no i386 build here), 256K"
+    with tempfile.TemporaryDirectory(prefix="mpota-disc-") as tmp:
+        rows = discovery_memory(Path(tmp), mp or str(Path(sys.executable).parent / "micropython"),
+                                "160K" if mp else "256K")
+    print("\ndiscovery's heap cost, agent idle (status mem_idle - mem_base), %s:" % label)
+    for name, b in rows:
+        print("  %-36s %6d B  (%+d B)" % (name, b, b - rows[0][1]))
     return 0 if len(found) == n else 1
 
 
