@@ -124,6 +124,14 @@ def test_version_only_where_the_config_allows_and_discovery_can_be_off(tmp_path)
         [board] = discover.discover([("127.0.0.1", a.tcp_port)])
         assert (board.name, board.agent, board.version) == ("bench", "0.4.0", None)  # no app: no version
         assert ask(b.tcp_port, discover.probe()) == []
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
+        env.update(MPOTA_TARGETS=os.devnull, MPOTA_KEY=a.key.hex())
+        r = subprocess.run([sys.executable, "-m", "mpota", "-t", "127.0.0.1:%d" % a.tcp_port, "push",
+                            str(REPO / "examples" / "hello"), "--version", "1.2.3"], capture_output=True,
+                           text=True, timeout=120, env=env, cwd=str(REPO))
+        assert r.returncode == 0, r.stdout + r.stderr
+        [board] = discover.discover([("127.0.0.1", a.tcp_port)])
+        assert board.version.startswith("1.2.3"), board
 
 
 def test_announce_at_boot_and_each_time_the_link_comes_up(tmp_path):
