@@ -24,7 +24,7 @@ DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 # Module lifetimes, declared once (docs/memory.md, "Lifetimes"): every
 # module the agent loads and releases, by the scope that releases it
 # (Device.end_request, Agent.settle). Not here: the resident ones (agent,
-# hal; wifi, udp, smpudp once started) and the boot scope (bootmgr._BOOT).
+# hal; wifi, udp, smpudp and their pace once started) and the boot scope (bootmgr._BOOT).
 # One copy of each at a time: a module is never released while an object
 # made by it (a session, the slot record) is alive. The scopes (bits):
 _REQUEST = const(2)  # after each request (service.idle, leanconn._done)

@@ -374,6 +374,8 @@ class Slots:
         other = self.confirmed(1 - cur)
         if other is None:
             raise ProtoError(E_INCORRECT_STATE, "slot %s holds no confirmed image" % NAMES[1 - cur])
+        # boot would refuse it (mpota_bootmgr) with the running slot marked bad: no app at all
+        check_counter(rec["slots"][other].get("sec_cnt"), self.floor())
         self.end_trial(cur, BAD)
         rec["active"] = other
         if rec["pending"] == cur:

@@ -38,6 +38,8 @@ async def _readable(sock):
 
 
 async def _serve(dev, sock):
+    import mpota_pace as pace  # resident with the service (a few hundred bytes)
+    paced = pace.Pace(sock)
     try:
         while True:
             ready = True
@@ -57,12 +59,13 @@ async def _serve(dev, sock):
                     if e.errno == _EAGAIN:
                         continue
                     raise  # the socket is gone (closed under us): end the task
+                paced.req = len(data)
                 try:
                     import mpota_slots as slots
                     slots.attach(dev)  # the slot record, as for a TCP connection
                     slots = None
                     import mpota_smp as smp
-                    smp.handle(dev, sock, data, addr)
+                    smp.handle(dev, paced, data, addr)  # replies through the pacer (mpota_pace)
                 except MemoryError:
                     # not even smp.py loads (the app holds the heap): answer
                     # {"rc": 2} (MGMT_ERR_ENOMEM) as the response to its read/write
@@ -72,11 +75,12 @@ async def _serve(dev, sock):
                         b[1] = b[2] = 0
                         b[3] = 5
                         if len(data) >= 8:
-                            sock.sendto(b, addr)
+                            paced.sendto(b, addr)
                     except (MemoryError, OSError):
                         pass  # the client times out
                 smp = data = addr = b = None  # nothing here may keep the service alive
             await dev.after_reply()  # a reset the request asked for, once answered
+            await paced.pace()  # amplification: a reply larger than its request draws on the bucket
             if dev.ag is not None:
                 dev.ag.settle()  # no upload or connection open: forget the service
     finally:

@@ -5,16 +5,13 @@
 import sys
 import asyncio
 
-import mpota_hal as hal
 import mpota_legacy as legacy
 import mpota_slots as slots
 import mpota_service as service
 import mpota_dispatch as dispatch
+import mpota_pace as pace
 from mpota_framing import check_frame
 from mpota_lineproto import E_BAD_FRAME, E_TOO_LARGE
-
-EXCESS_RATE = 8192  # bytes a second that replies may exceed their requests by
-EXCESS_BURST = 4096
 
 
 class UdpPeer(dispatch.Peer):
@@ -24,37 +21,12 @@ class UdpPeer(dispatch.Peer):
 
     def __init__(self, dev, sock):
         self.dev = dev
-        self.s = sock
+        self.s = pace.Pace(sock)  # replies larger than their request are paced (mpota_pace)
         self.addr = None
         self.authed = not dev.auth_on
-        self.req = 0  # the length of the datagram being answered
-        # Replies larger than their request (amplification: a spoofed source
-        # would be sent more than it cost to ask) draw on a token bucket of
-        # EXCESS_RATE bytes a second, EXCESS_BURST at most; a reply that
-        # overdraws it is sent, and the service reads nothing more until
-        # the debt is paid (pace()). No reply is lost or changed.
-        self.tokens = EXCESS_BURST
-        self.tt = hal.ticks_ms()
 
     def out(self, b):
-        n = len(b) - self.req
-        if n > 0:
-            self.tokens -= n
-        try:
-            self.s.sendto(b, self.addr)
-        except OSError:
-            pass  # the peer retries
-
-    async def pace(self):
-        # refill the bucket; while in debt, wait until it is paid
-        now = hal.ticks_ms()
-        self.tokens = min(EXCESS_BURST, self.tokens + hal.ticks_diff(now, self.tt) * EXCESS_RATE // 1000)
-        self.tt = now
-        if self.tokens < 0:
-            ms = (-self.tokens * 1000 + EXCESS_RATE - 1) // EXCESS_RATE
-            await asyncio.sleep_ms(ms)
-            self.tokens += ms * EXCESS_RATE // 1000
-            self.tt = hal.ticks_ms()
+        self.s.sendto(b, self.addr)
 
     def nerror(self, op, code, value=0, ref=0):
         legacy.error(self.dev, self, code)
@@ -83,7 +55,7 @@ async def serve(dev, sock):
             await asyncio.sleep_ms(2 if s is not None and s.owner is peer else 10)
             continue
         peer.addr = addr
-        peer.req = len(data)
+        peer.s.req = len(data)
         try:
             mv = memoryview(data)
             if len(data) > legacy.MAX_WRITE + 10:
@@ -96,4 +68,4 @@ async def serve(dev, sock):
             sys.print_exception(e)
         service.idle(dev)
         await dev.after_reply()
-        await peer.pace()
+        await peer.s.pace()

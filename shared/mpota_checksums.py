@@ -6,17 +6,26 @@ try:  # MicroPython: u-names reach the firmware's module whatever an app ships (
 except ImportError:  # CPython
     import binascii
 
-try:
-    # CPython: the crc32c package (hardware CRC32C where the CPU has it).
-    from crc32c import crc32c as _crc32c_pkg
+import sys
 
+_pkg = None
+if sys.implementation.name != "micropython":
+    # CPython: the crc32c package (hardware CRC32C where the CPU has it). Never
+    # tried on MicroPython, where a name the firmware lacks is searched on
+    # sys.path, among the app's files (an app's crc32c.py would stand in).
+    try:
+        from crc32c import crc32c as _pkg
+    except ImportError:
+        pass
+
+if _pkg is not None:
     def crc32c(data, crc=0):
-        return _crc32c_pkg(data, crc)
+        return _pkg(data, crc)
 
     def sum8(data):
         return sum(data) & 0xFF
 
-except ImportError:
+else:
     # MicroPython: a 256-entry table (1 KiB, built once at import) walked by
     # viper at native speed; plain Python where viper is not compiled in.
     try:

@@ -434,10 +434,10 @@ def test_rare_ops_in_a_small_heap_answer_cleanly(tmp_path, mp):
 def test_legacy_udp_replies_cannot_amplify_a_flood(tmp_path, auth):
     """A 6-byte VersionRequest is answered with 139 bytes to any source: a
     spoofed flood would be reflected 23-fold. Replies larger than their
-    request draw on a token bucket (udp.EXCESS_RATE bytes/s over the
-    requests, EXCESS_BURST at most): paced, never changed."""
+    request draw on a token bucket (mpota_pace.RATE bytes/s over the
+    requests, mpota_pace.BURST at most): paced, never changed."""
     import time
-    rate, burst = 8192, 4096  # device/mpota_udp.py
+    rate, burst = 8192, 4096  # device/mpota_pace.py
     req = bytes(hostframes.make_frame(0x01, b""))
     flags = ["--legacy-udp"] + ([] if auth else ["--no-auth"])
     with Sim(state=tmp_path / "dev", flags=flags) as sim:

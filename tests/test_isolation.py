@@ -62,6 +62,22 @@ def test_extensible_table_is_the_firmwares(tmp_path, mp_build):
     assert all(v == "True" for v in found.values()), found
 
 
+def test_mpy_check_refuses_names_the_board_would_search_among_the_apps_files(tmp_path):
+    """On MicroPython a name the firmware lacks is searched on sys.path, among the
+    app's files: a device file may import one only in a CPython-only branch, and an
+    extensible built-in only by its u-name (or as the CPython fallback of one)."""
+    f = tmp_path / "mpota_x.py"
+    f.write_text("import sys\n"
+                 "try:\n    from crc32c import crc32c\nexcept ImportError:\n    crc32c = None\n"
+                 "import json\n"
+                 "try:\n    import uhashlib as hashlib\nexcept ImportError:\n    import hashlib\n"
+                 "if sys.implementation.name != 'micropython':\n    import cbor2\n")
+    bad = mpy_check.import_problems(f, {"mpota_x"}, (1, 23))
+    assert len(bad) == 2, bad
+    assert any(":3: imports 'crc32c', which is neither" in b and "sys.path" in b for b in bad), bad
+    assert any(":6: imports 'json' by its plain name" in b for b in bad), bad
+
+
 APP_MODULES = ("config", "session", "slots", "proto", "auth", "agent", "hal", "service", "update", "upload",
                "framing", "lineproto", "checksums", "conn", "ops")
 
@@ -86,7 +102,9 @@ def _app(tmp_path, name, version):
     (d / "main.py").write_text("VERSION = %r\n" % version + MAIN)
     for n in APP_MODULES:
         (d / (n + ".py")).write_text("MINE = %r\n" % n)
-    for n in sorted(mpy_check.EXTENSIBLE) + ["asyncio"]:
+    # every extensible built-in, asyncio, and a CPython-only name the codec once tried
+    # first on the board too (red-team run: an app's crc32c.py locked the operator out)
+    for n in sorted(mpy_check.EXTENSIBLE) + ["asyncio", "crc32c"]:
         (d / (n + ".py")).write_text("raise RuntimeError('the app\\'s %s.py was imported')\n" % n)
     return build_app_image(d, version=version)
 

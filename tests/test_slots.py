@@ -173,6 +173,35 @@ print("DONE")
     assert out.strip().splitlines()[-1] == "DONE"
 
 
+def test_rollback_never_goes_below_the_floor(tmp_path, mp_build):
+    """A rollback to a confirmed image whose security counter is below the floor is
+    refused (version_refused) and changes nothing: boot would refuse that image, and
+    the running slot would already be marked bad (red-team run: no app at all)."""
+    out = mp(tmp_path, mp_build, """
+root = %r
+def proof(cnt):
+    return {"signer": None, "image_hash": None, "sec_cnt": cnt}
+sl, run = reboot(root)
+upload(sl, 0, b"A" * 3000, "1.0.0+0", proof=proof(1))
+sl, run = reboot(root)
+sl.confirm()
+upload(sl, 1, b"B" * 3000, "2.0.0+0", proof=proof(2))
+sl, run = reboot(root)
+assert run == 1 and sl.confirm() == 1 and sl.floor() == 2
+seq = sl.rec["seq"]
+try:
+    sl.rollback()
+    raise SystemExit("rollback below the floor passed")
+except ProtoError as e:
+    assert e.code == 0x0F and "below this device's floor 2" in str(e), e
+assert sl.state(1) == "confirmed" and sl.active() == 1 and sl.rec["seq"] == seq
+sl, run = reboot(root)
+assert run == 1, sl.note
+print("DONE")
+""" % str(tmp_path / "slots"))
+    assert out.strip().splitlines()[-1] == "DONE"
+
+
 def test_record_recovery_on_posix(tmp_path, mp_build):
     # stale, torn and corrupt journal files, as a crash could leave them
     out = mp(tmp_path, mp_build, """

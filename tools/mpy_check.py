@@ -7,7 +7,10 @@
    the rp2 MicroPython build provides in EVERY supported release (from
    device/mpota_bootmgr.py's MIN_VERSION on: `vfs` exists only from 1.23, so a
    module that is newer than the floor fails the check); imports inside
-   `try: ... except ImportError` are optional (CPython fast paths) and allowed.
+   `try: ... except ImportError` may be newer than the floor; a name the
+   firmware lacks is allowed only under `if sys.implementation.name !=
+   "micropython":` (on the board it would be searched for among the app's
+   files: an app's crc32c.py would stand in for it).
 3. No device file imports an extensible built-in (EXTENSIBLE: hashlib, json,
    os, ...) by its plain name, where MicroPython searches the filesystem first
    and an app's hashlib.py would stand in for it; the u-name (`import uhashlib
@@ -60,10 +63,26 @@ def available(mod, version):
     return mod in RP2_MODULES and SINCE.get(mod, (0, 0)) <= tuple(version)
 
 
-def optional_imports(tree):
-    """Line numbers of imports guarded by `except ImportError` (optional on the board),
-    and of those in such a handler (the CPython branch)."""
-    lines = set()
+def _cpython_branch(node):
+    """The statements of `node` (an If) that run only off MicroPython: the body of
+    `if sys.implementation.name != "micropython":`, the else of `== "micropython"`."""
+    test = node.test
+    if (isinstance(test, ast.Compare) and len(test.ops) == 1 and ast.unparse(test.left) == "sys.implementation.name"
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "micropython"):
+        return node.body if isinstance(test.ops[0], ast.NotEq) else node.orelse if isinstance(test.ops[0], ast.Eq) \
+            else []
+    return []
+
+
+def _lines(stmts):
+    return {n.lineno for s in stmts for n in ast.walk(s) if isinstance(n, (ast.Import, ast.ImportFrom))}
+
+
+def import_kinds(tree):
+    """{line: kind} for imports that are not plain: "cpython" (in a branch that runs only
+    off MicroPython), "fallback" (in an `except ImportError` handler: runs only where the
+    try failed, i.e. CPython for `try: import uX`), "optional" (tried first under such a try)."""
+    kinds = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Try):
             catches = set()
@@ -73,22 +92,59 @@ def optional_imports(tree):
                     if isinstance(n, ast.Name):
                         catches.add(n.id)
             if "ImportError" in catches:
-                for sub in node.body + [s for h in node.handlers for s in h.body]:
-                    for n in ast.walk(sub):
-                        if isinstance(n, (ast.Import, ast.ImportFrom)):
-                            lines.add(n.lineno)
-    return lines
+                for ln in _lines(node.body):
+                    kinds.setdefault(ln, "optional")
+                for ln in _lines([s for h in node.handlers for s in h.body]):
+                    kinds.setdefault(ln, "fallback")
+        elif isinstance(node, ast.If):
+            for ln in _lines(_cpython_branch(node)):
+                kinds[ln] = "cpython"
+    return kinds
 
 
 def imports_of(path):
     tree = ast.parse(path.read_text(), str(path))
-    optional = optional_imports(tree)
+    kinds = import_kinds(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                yield node.lineno, a.name.split(".")[0], node.lineno in optional
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield node.lineno, node.module.split(".")[0], node.lineno in optional
+                yield node.lineno, a.name.split(".")[0], kinds.get(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.lineno, node.module.split(".")[0], kinds.get(node.lineno)
+
+
+def _rel(f):
+    try:
+        return f.relative_to(REPO)
+    except ValueError:
+        return f
+
+
+def import_problems(f, device_modules, floor):
+    """What is wrong with the imports of device file `f` (a list of lines)."""
+    bad = []
+    for line, mod, kind in imports_of(f.resolve()):
+        where = "%s:%d" % (_rel(f), line)
+        if kind == "cpython":
+            continue  # never runs on the board
+        if mod in EXTENSIBLE and kind != "fallback":
+            bad.append("%s: imports %r by its plain name, where an app's %s.py would stand in for it:"
+                       " import u%s as %s" % (where, mod, mod, mod, mod))
+            continue
+        if mod[:1] == "u" and mod[1:] in EXTENSIBLE:
+            mod = mod[1:]
+        if mod in device_modules or available(mod, floor):
+            continue
+        if mod in RP2_MODULES:
+            if kind == "optional":
+                continue  # newer than the floor, and tried as such
+            bad.append("%s: imports %r, which the rp2 build has only from %d.%d (the floor is %d.%d)"
+                       % ((where, mod) + SINCE[mod] + floor))
+            continue
+        bad.append("%s: imports %r, which is neither a device module nor on the rp2 build: on the board"
+                   " it would be searched for on sys.path, among the app's files (CPython-only imports"
+                   " go under `if sys.implementation.name != \"micropython\":`)" % (where, mod))
+    return bad
 
 
 def main(argv=None):
@@ -107,21 +163,7 @@ def main(argv=None):
             if r.returncode != 0:
                 bad.append("%s: mpy-cross failed:\n%s" % (f.relative_to(REPO), r.stderr.strip()))
     for f in sorted((REPO / "device").glob("*.py")):
-        for line, mod, optional in imports_of(f.resolve()):
-            if mod in EXTENSIBLE and not optional:
-                bad.append("%s:%d: imports %r by its plain name, where an app's %s.py would stand in for it:"
-                           " import u%s as %s" % (f.relative_to(REPO), line, mod, mod, mod, mod))
-                continue
-            if mod[:1] == "u" and mod[1:] in EXTENSIBLE:
-                mod = mod[1:]
-            if mod in device_modules or available(mod, floor) or optional:
-                continue
-            if mod in RP2_MODULES:
-                bad.append("%s:%d: imports %r, which the rp2 build has only from %d.%d (the floor is %d.%d)"
-                           % ((f.relative_to(REPO), line, mod) + SINCE[mod] + floor))
-                continue
-            bad.append("%s:%d: imports %r, which is neither a device module nor on the rp2 build"
-                       % (f.relative_to(REPO), line, mod))
+        bad += import_problems(f, device_modules, floor)
     for b in bad:
         print(b)
     print("mpy-check: %d files compiled for armv6m, %d device modules import-checked against MicroPython"
