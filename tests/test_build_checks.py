@@ -39,10 +39,14 @@ def test_typecheck_accepts_real_board_calls(tmp_path):
 
 def test_import_check_flags_cpython_only_modules(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import threading\ntry:\n    import crc32c\nexcept ImportError:\n    pass\nimport machine\n")
-    found = {(mod, opt) for _, mod, opt in mpy_check.imports_of(f)}
-    assert found == {("threading", False), ("crc32c", True), ("machine", False)}
+    f.write_text("import sys\nimport threading\ntry:\n    import crc32c\nexcept ImportError:\n    import array\n"
+                 "import umachine as machine\nif sys.implementation.name != 'micropython':\n    import cbor2\n")
+    found = {(mod, kind) for _, mod, kind in mpy_check.imports_of(f)}
+    assert found == {("sys", None), ("threading", None), ("crc32c", "optional"), ("array", "fallback"),
+                     ("umachine", None), ("cbor2", "cpython")}
     assert "threading" not in mpy_check.RP2_MODULES and "machine" in mpy_check.RP2_MODULES
+    bad = mpy_check.import_problems(f, set(), (1, 23))
+    assert len(bad) == 2 and all(("'threading'" in b or "'crc32c'" in b) for b in bad), bad
 
 
 def test_mpy_check_passes_on_the_tree():
