@@ -317,6 +317,31 @@ def _discover_opts(p):
                         "from provisioning)")
 
 
+def _rollout_opts(p):
+    p.add_argument("image", metavar="IMAGE|FOLDER|status|resume|abort",
+                   help="the image (or app folder) to roll out; or status, resume, abort of a saved rollout")
+    p.add_argument("rollout_id", nargs="?", metavar="ID",
+                   help="status, resume, abort: the rollout (default: the newest)")
+    p.add_argument("--version", metavar="X.Y.Z[+B]", help="version of an image built from a folder")
+    _mpy_opt(p)
+    _sign_opt(p)
+    p.add_argument("--canary", type=_non_negative, default=1, metavar="N",
+                   help="boards in the first wave, the canary: any failure there pauses (default 1)")
+    p.add_argument("--waves", default="10%,50%,100%", metavar="LIST",
+                   help="after the canary, waves up to these cumulative shares (10%%) or counts of boards; "
+                        "the last always reaches every board (default 10%%,50%%,100%%)")
+    p.add_argument("--soak", default="60s", metavar="TIME",
+                   help="how long a wave's boards must keep running the new image before they count as "
+                        "healthy (60, 60s, 2m; default 60s)")
+    p.add_argument("--max-failures", default="0", metavar="K|RATE",
+                   help="failures allowed before the rollout pauses: a count (2) or a rate of the boards "
+                        "tried so far (10%%); default 0")
+    p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
+                   help="seconds to wait for a board to come back after its reset (default 60)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where rollouts are saved (default: %s/rollouts)" % CONFIG_DIR_TEXT)
+
+
 # --- the command table -------------------------------------------------------------------
 
 @dataclass
@@ -343,6 +368,11 @@ COMMANDS = [
             prepare=commands.prepare_push,
             examples=("-t pico push app.img", "-t sim push examples/hello --version 1.2.0",
                       "-t pico push app.img --no-confirm", "-t @lab push app.img --parallel 8")),
+    Command("rollout", commands.cmd_rollout, "roll an image out to a group in waves: a canary first, a "
+            "soak per wave, pausing by itself on failures; status, resume, abort from any shell",
+            _rollout_opts, DEVICE + ("parallel",), many=True,
+            examples=("-t @fleet rollout app.img", "-t @fleet rollout app.img --canary 2 --waves 25%,100% "
+                      "--soak 2m --max-failures 5%", "rollout status", "rollout resume", "rollout abort")),
     Command("build", commands.cmd_build, "build an application image from an app folder (every file but junk)",
             _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
                                            "build examples/hello --mpy")),
@@ -571,6 +601,9 @@ def _setup_logging(verbose: int) -> None:
 def _interrupt_hint(command: str, seen: dict) -> Optional[str]:
     if "committed" in seen:
         return "its new image was committed before the interrupt and boots on trial at the next reset"
+    if command == "rollout":
+        return ("the rollout is paused and saved: `mpota rollout status` names any board left mid-push, "
+                "`mpota rollout resume` goes on")
     if command in ("push", "legacy"):
         return "nothing was committed; the device keeps what it received: run the same push again to resume"
     return ""

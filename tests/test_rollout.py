@@ -1,0 +1,230 @@
+"""Rollouts (host/rollout.py, `mpota rollout`): 12 simulated boards (tools/fleetsim.py)
+on loopback take app versions in waves, a canary first, soaks of 1-2 s.
+
+The tests share one fleet and run in order: each rolls out the next version
+over what the one before left (1.1.0 good everywhere, 1.2.0 crashes on every
+board, 1.3.0 crashes on chosen device ids, 1.4.0 interrupted then resumed,
+1.5.0 aborted)."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO
+from fleetsim import Fleet
+
+from mpota import images, rollout, targets
+from mpota.errors import UsageError
+from mpota.push import device_status, push
+
+COUNT = 12
+APP = '''import asyncio
+import mpota
+
+BAD = %r
+
+
+async def main():
+    dev = mpota.status()["device"]
+    if dev in BAD or "*" in BAD:
+        raise RuntimeError("version %s fails on " + dev)
+    mpota.confirm()
+    while True:
+        await asyncio.sleep(1)
+'''
+
+
+# --- no board needed: the plan -----------------------------------------------------------
+
+def test_waves_are_the_canary_then_cumulative_shares_or_counts():
+    specs = ["b%d" % i for i in range(100)]
+    w = rollout.plan_waves(specs, 1, "10%,50%,100%")
+    assert [len(x) for x in w] == [1, 9, 40, 50]
+    assert sum(w, []) == specs
+    assert [len(x) for x in rollout.plan_waves(specs[:12], 2, "4,8")] == [2, 2, 4, 4]  # the last reaches all
+    assert [len(x) for x in rollout.plan_waves(specs[:3], 5, "50%")] == [3]
+    assert [len(x) for x in rollout.plan_waves(specs[:10], 0, "1,100%")] == [1, 9]
+    with pytest.raises(UsageError):
+        rollout.plan_waves(specs, 1, "0%")
+    with pytest.raises(UsageError):
+        rollout.plan_waves(specs, 1, "ten")
+
+
+def test_failure_limits_and_durations():
+    assert rollout.failure_limit("2", 50) == 2
+    assert rollout.failure_limit("10%", 50) == 5 and rollout.failure_limit("10%", 9) == 0
+    with pytest.raises(UsageError):
+        rollout.failure_limit("-1", 5)
+    assert rollout.parse_duration("60") == 60 and rollout.parse_duration("2m") == 120
+    assert rollout.parse_duration("1.5s") == 1.5
+    with pytest.raises(UsageError):
+        rollout.parse_duration("soon")
+
+
+# --- 12 boards -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rollout")
+    with Fleet(COUNT, d / "fleet") as f:
+        lines = []
+        for b in f.boards:
+            lines.append('[targets.%s]\nhost = "127.0.0.1"\nport = %d\nkey_file = "%s"\ndevice_id = "%s"\n'
+                         % (b.name, b.tcp_port, b.state / "device.key", b.device_id))
+        lines.append("[groups]\nfleet = [%s]\n" % ", ".join('"%s"' % b.name for b in f.boards))
+        (d / "targets.toml").write_text("\n".join(lines))
+        f.dir = d
+        f.targets = str(d / "targets.toml")
+        f.names = [b.name for b in f.boards]
+        yield f
+
+
+def app(fleet, version, bad=()):
+    folder = fleet.dir / ("app-" + version)
+    folder.mkdir(exist_ok=True)
+    (folder / "main.py").write_text(APP % (list(bad), version))
+    (folder / "VERSION").write_text(version + "\n")
+    return images.build_folder(folder, version)
+
+
+def resolve(fleet):
+    return lambda spec: targets.resolve(spec, fleet.targets, env={})
+
+
+def engine(fleet, img, **kw):
+    store = rollout.RolloutStore(fleet.dir / "rollouts")
+    plan = rollout.new_plan(img, fleet.names, targets_file=fleet.targets, **kw)
+    store.create(plan, img)
+    events = []
+    r = rollout.Rollout(plan, store, rollout.LanTransport(resolve(fleet), wait=30), image=img)
+    return r, events, lambda name, **f: events.append(dict(f, event=name))
+
+
+async def statuses(fleet):
+    res = resolve(fleet)
+    return await asyncio.gather(*(device_status(res(n)) for n in fleet.names))
+
+
+def running_sha(st):
+    return st.running_image.sha256 if st.running_image else None
+
+
+def test_a_good_image_reaches_every_board_confirmed_and_a_board_running_it_is_skipped(fleet):
+    img = app(fleet, "1.1.0")
+    pre = asyncio.run(push(resolve(fleet)("sim-000"), img))  # this one runs it already
+    assert pre.state == "confirmed"
+    before = asyncio.run(device_status(resolve(fleet)("sim-000")))
+    r, events, on = engine(fleet, img, canary=1, waves="4,8,100%", soak=1, parallel=4)
+    assert asyncio.run(r.run(on)) == rollout.COMPLETE
+    assert [len(w) for w in r.plan.waves] == [1, 3, 4, 4]
+    assert r.plan.board("sim-000").state == rollout.SKIPPED
+    assert r.plan.count(rollout.HEALTHY) == COUNT - 1
+    after = asyncio.run(statuses(fleet))
+    assert all(running_sha(st) == img.sha256 and st.running_image.state == "confirmed" for st in after)
+    assert after[0].resets == before.resets and after[0].uptime_ms > before.uptime_ms  # no reboot
+    done = [e for e in events if e["event"] == "wave_done"]
+    assert [(e["wave"], e["healthy"] + e["skipped"], e["failed"]) for e in done] == [
+        (1, 1, 0), (2, 3, 0), (3, 4, 0), (4, 4, 0)]
+    saved = rollout.RolloutStore(fleet.dir / "rollouts").load(r.plan.id)
+    assert saved.state == rollout.COMPLETE and saved.count(rollout.HEALTHY) == COUNT - 1
+
+
+def test_a_version_that_crashes_is_stopped_by_the_canary_touching_no_other_board(fleet):
+    good = asyncio.run(statuses(fleet))
+    img = app(fleet, "1.2.0", bad=["*"])
+    r, events, on = engine(fleet, img, canary=1, waves="50%,100%", soak=1, max_failures="3")
+    assert asyncio.run(r.run(on)) == rollout.PAUSED
+    assert r.plan.reason == "the canary failed"
+    b = r.plan.board("sim-000")
+    assert b.state == rollout.FAILED and "app crashed" in b.error and b.rolled_back.startswith("by the host")
+    assert r.plan.count(rollout.UNTOUCHED) == COUNT - 1
+    after = asyncio.run(statuses(fleet))
+    assert all(running_sha(st) == running_sha(good[0]) for st in after)  # the canary is back on 1.1.0
+    assert [st.resets for st in after[1:]] == [st.resets for st in good[1:]]  # the others never reset
+    assert [e["target"] for e in events if e["event"] == "board"] == ["sim-000"] * 3  # pushing, failed, rolled back
+
+
+def test_a_version_failing_on_some_boards_pauses_at_the_wave_past_the_limit(fleet):
+    # waves: [0] [1 2 3] [4 5 6 7] [8..11]; 1.3.0 fails on boards 2, 5 and 6; one failure allowed
+    bad = [fleet.boards[i].device_id for i in (2, 5, 6)]
+    img = app(fleet, "1.3.0", bad=bad)
+    r, events, on = engine(fleet, img, canary=1, waves="4,8,100%", soak=1, max_failures="1", parallel=4)
+    assert asyncio.run(r.run(on)) == rollout.PAUSED
+    p = r.plan
+    assert p.wave == 3 and "3 failed" in p.reason  # paused before the 4th wave
+    assert sorted(s for s, b in p.boards.items() if b.state == rollout.FAILED) == ["sim-002", "sim-005", "sim-006"]
+    assert all(p.board(s).state == rollout.UNTOUCHED for s in p.waves[3])
+    assert [e["failed"] for e in events if e["event"] == "wave_done"] == [0, 1, 2]
+    after = dict(zip(fleet.names, asyncio.run(statuses(fleet))))
+    old = after["sim-011"].running_image.sha256
+    for s in ("sim-002", "sim-005", "sim-006"):  # rolled back to 1.1.0, confirmed
+        assert running_sha(after[s]) == old and after[s].running_image.state == "confirmed"
+    for s in ("sim-000", "sim-001", "sim-003", "sim-004", "sim-007"):
+        assert running_sha(after[s]) == img.sha256 and after[s].running_image.state == "confirmed"
+
+
+def cli(fleet, *args, **kw):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
+    env["XDG_CONFIG_HOME"] = str(fleet.dir / "config")
+    return subprocess.Popen([sys.executable, "-m", "mpota", "--targets", fleet.targets] + [str(a) for a in args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO), **kw)
+
+
+def events_until(proc, stop, timeout=60):
+    """Read proc's JSON events until stop(event) holds (bounded)."""
+    seen = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(json.loads(line))
+        if stop(seen[-1]):
+            return seen
+    raise AssertionError("no such event; seen %s; stderr %s" % (seen, proc.stderr.read() if proc.poll() else ""))
+
+
+def test_an_interrupted_rollout_pauses_saved_and_resumes_to_completion(fleet):
+    folder = fleet.dir / "app-1.4.0"
+    app(fleet, "1.4.0")
+    p = cli(fleet, "-t", "@fleet", "--json", "rollout", folder, "--soak", "1", "--waves", "6,100%", "--parallel", "3")
+    seen = events_until(p, lambda e: e["event"] == "board" and e["wave"] == 2 and e["state"] == "pushing")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    rid = seen[0]["id"]
+    *_, paused, error = [json.loads(ln) for ln in out.splitlines()]
+    assert paused["event"] == "paused" and paused["reason"] == "interrupted" and paused["half_done"]
+    assert error["event"] == "error" and "rollout resume" in error["hint"]
+    r = cli(fleet, "rollout", "status", rid, "--json")
+    st = json.loads(r.communicate(timeout=30)[0])
+    assert st["state"] == "paused" and st["half_done"] == paused["half_done"]
+    r = cli(fleet, "rollout", "resume")  # the newest: this one
+    out, err = r.communicate(timeout=90)
+    assert r.returncode == 0, out + err
+    assert "rollout %s complete: 12 healthy" % rid in out
+    img = images.load(str(fleet.dir / "config" / "mpota" / "rollouts" / (rid + ".img")))
+    assert all(running_sha(s) == img.sha256 and s.running_image.state == "confirmed"
+               for s in asyncio.run(statuses(fleet)))
+
+
+def test_abort_from_another_shell_leaves_untouched_boards_untouched(fleet):
+    before = asyncio.run(statuses(fleet))
+    app(fleet, "1.5.0")
+    p = cli(fleet, "-t", "@fleet", "--json", "rollout", fleet.dir / "app-1.5.0", "--soak", "30")
+    seen = events_until(p, lambda e: e["event"] == "soak")
+    t0 = time.monotonic()
+    a = cli(fleet, "rollout", "abort", seen[0]["id"])
+    out, err = a.communicate(timeout=30)
+    assert a.returncode == 0, out + err
+    assert time.monotonic() - t0 < 10  # not the 30 s soak
+    assert "aborted; 11 boards untouched" in out
+    p.communicate(timeout=30)
+    assert p.returncode == 130
+    after = asyncio.run(statuses(fleet))
+    assert [running_sha(s) for s in after[1:]] == [running_sha(s) for s in before[1:]]
+    assert [s.resets for s in after[1:]] == [s.resets for s in before[1:]]
