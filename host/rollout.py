@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import images
-from .errors import MpotaError, UsageError
+from .errors import Code, ConnectionProblem, DeviceError, MpotaError, UsageError
 from .status import Status
 
 # board states: untouched -> pushing -> booted -> healthy | failed [-> rolled_back]; skipped: ran it already
@@ -49,6 +49,15 @@ DONE_STATES = (HEALTHY, SKIPPED)
 RUNNING, PAUSED, ABORTED, COMPLETE = "running", "paused", "aborted", "complete"
 
 EventCb = Callable[..., None]
+PUSH_TRIES = 3     # a push that fails transiently (transient()) is tried again, this many times in all
+RETRY_DELAY = 1.0  # seconds before the first retry (then 2x, ...)
+
+
+def transient(e: MpotaError) -> bool:
+    """A push failure worth another try: the link (unreachable, lost, timed out) or the
+    device saying so (its error's retry flag, or no memory for now). A version that
+    booted but did not take (NotTaken) is never retried."""
+    return isinstance(e, ConnectionProblem) or (isinstance(e, DeviceError) and (e.retry or e.code == Code.NO_MEMORY))
 
 
 # --- the plan ----------------------------------------------------------------------------
@@ -480,23 +489,22 @@ class Rollout:
 
     async def _push_board(self, spec: str) -> None:
         b = self.plan.board(spec)
-        if b.state in (PUSHING, BOOTED):  # left half-done by an interrupted run: see what it runs now
-            try:
-                st = await self.t.status(spec)
-                if st.running_image is not None and st.running_image.sha256 == self.plan.sha256 \
-                        and st.app_state != "crashed":
-                    self._set(spec, BOOTED, boot_resets=st.resets, boot_uptime_ms=st.uptime_ms)
-                    return
-            except MpotaError:
-                pass  # the push below says what is wrong
+        # Only a board found running the image at its first look is skipped: one that runs it on
+        # trial, after a retry or after an interrupted run runs it because of us, so it is checked.
+        half = b.state in (PUSHING, BOOTED)  # left half-done by an interrupted run
         self._set(spec, PUSHING, error=None)
-        try:
-            unchanged, st = await self.t.push(spec, self.image)
-        except MpotaError as e:
-            self._set(spec, FAILED, error=e.message)
-            return
-        if unchanged:
-            self._set(spec, SKIPPED)
+        for attempt in range(PUSH_TRIES):
+            try:
+                unchanged, st = await self.t.push(spec, self.image)
+                break
+            except MpotaError as e:
+                if attempt + 1 == PUSH_TRIES or not transient(e):
+                    self._set(spec, FAILED, error=e.message)
+                    return
+                self.emit("retry", target=spec, attempt=attempt + 1, error=e.message)
+                await asyncio.sleep(RETRY_DELAY * (attempt + 1))
+        if unchanged and attempt == 0 and not half and not st.trial:
+            self._set(spec, SKIPPED)  # it ran this very image before the rollout: never reset
         elif st.app_state == "crashed":
             self._set(spec, FAILED, error="app crashed: %s" % st.app_error)
         else:

@@ -18,7 +18,8 @@ from conftest import REPO
 from fleetsim import Fleet
 
 from mpota import images, rollout, targets
-from mpota.errors import UsageError
+from mpota.errors import DeviceError, NotTaken, UsageError
+from mpota.status import Status
 from mpota.push import device_status, push
 
 COUNT = 12
@@ -228,3 +229,68 @@ def test_abort_from_another_shell_leaves_untouched_boards_untouched(fleet):
     after = asyncio.run(statuses(fleet))
     assert [running_sha(s) for s in after[1:]] == [running_sha(s) for s in before[1:]]
     assert [s.resets for s in after[1:]] == [s.resets for s in before[1:]]
+
+
+# --- the engine over a fake transport (the interface an MQTT transport implements) -------
+
+class FakeTransport(rollout.Transport):
+    """Boards as dicts; push fails `fail_first` times with `error` after the image took."""
+
+    def __init__(self, specs, sha, error=None, fail_first=0):
+        self.runs = {s: "old" for s in specs}
+        self.sha, self.error, self.fail_first, self.pushes = sha, error, fail_first, []
+
+    def _status(self, spec):
+        new = self.runs[spec] == self.sha  # slot a: the new image, b: the old one
+        return Status.of({"running": "a" if new else "b", "trial": False, "resets": 0,
+                          "uptime_ms": 1000 + len(self.pushes), "app": {"state": "running"},
+                          "slots": {"a": {"state": "confirmed", "sha256": self.sha, "version": "2.0.0"},
+                                    "b": {"state": "confirmed", "sha256": "old", "version": "1.0.0"}}})
+
+    async def status(self, spec):
+        return self._status(spec)
+
+    async def push(self, spec, image):
+        self.pushes.append(spec)
+        unchanged = self.runs[spec] == self.sha
+        self.runs[spec] = self.sha
+        if self.pushes.count(spec) <= self.fail_first:
+            raise self.error
+        return unchanged, self._status(spec)
+
+    async def confirm(self, spec):
+        pass
+
+    async def rollback(self, spec):
+        self.runs[spec] = "old"
+        return self._status(spec)
+
+
+def fake_run(tmp_path, transport_of, specs=("x", "y")):
+    img = images.Image(data=b"image", version="1.0.0", source="test")
+    store = rollout.RolloutStore(tmp_path)
+    plan = rollout.new_plan(img, list(specs), soak=0, waves="100%")
+    store.create(plan, img)
+    t = transport_of(img.sha256)
+    events = []
+    state = asyncio.run(rollout.Rollout(plan, store, t, image=img, poll=0.01).run(
+        lambda name, **f: events.append(dict(f, event=name))))
+    return state, plan, t, events
+
+
+def test_a_transient_failure_is_retried_and_a_board_it_left_running_the_image_is_checked_not_skipped(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(rollout, "RETRY_DELAY", 0.01)
+    oom = DeviceError("auth refused, no_memory: out of memory", code="no_memory", op="auth")
+    state, plan, t, events = fake_run(tmp_path, lambda sha: FakeTransport(["x", "y"], sha, oom, fail_first=1))
+    assert state == rollout.COMPLETE
+    assert t.pushes == ["x", "x", "y", "y"]
+    assert [plan.board(s).state for s in "xy"] == [rollout.HEALTHY, rollout.HEALTHY]  # not "skipped"
+    assert [e["target"] for e in events if e["event"] == "retry"] == ["x", "y"]
+
+
+def test_a_version_that_did_not_take_is_not_retried(tmp_path):
+    state, plan, t, _ = fake_run(tmp_path, lambda sha: FakeTransport(
+        ["x", "y"], sha, NotTaken("after reset the device runs slot b"), fail_first=9), specs=("x",))
+    assert state == rollout.PAUSED and t.pushes == ["x"]
+    assert plan.board("x").state == rollout.FAILED and plan.board("x").rolled_back == "by the host, to 1.0.0"

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Fleet figures (issue 19): N simulated boards on loopback (tools/fleetsim.py),
 the time to bring them up, the time `mpota discover` takes to find them all,
-and what each board costs this machine (RSS, PSS, idle CPU).
+what each board costs this machine (RSS, PSS, idle CPU), the time a rollout
+(host/rollout.py) of a 64 KiB image to all of them takes at --parallel 10
+and 25, and how many boards a crashing version touches past its canary.
 
-    python tools/bench_fleet.py [--count 100] [--heap 160K]
+    python tools/bench_fleet.py [--count 100] [--heap 160K] [--parallel 10,25] [--soak 1]
 """
 import argparse
 import resource
@@ -51,6 +53,53 @@ def discovery_memory(work: Path, mp: str, heap: str) -> list:
     return rows
 
 
+def app_image(work: Path, version: str, size: int = 64 * 1024, crash: bool = False):
+    """An app image of about `size` bytes (main.py and incompressible data); `crash`: its app raises."""
+    import os
+
+    from host import images
+
+    folder = work / ("app-" + version)
+    folder.mkdir()
+    (folder / "main.py").write_text("import asyncio\nimport mpota\n\n\nasync def main():\n%s"
+                                    "    mpota.confirm()\n    while True:\n        await asyncio.sleep(1)\n"
+                                    % ('    raise RuntimeError("crash")\n' if crash else ""))
+    img = images.build_folder(folder, version)
+    n = max(1, size - img.size)
+    (folder / "data.bin").write_bytes(os.urandom(n))
+    grew = images.build_folder(folder, version).size - img.size  # a file costs more than its bytes
+    (folder / "data.bin").write_bytes(os.urandom(n * n // grew))
+    return images.build_folder(folder, version)
+
+
+def rollout_figures(sims, work: Path, parallels: list, soak: float) -> list:
+    """[(label, seconds, healthy, touched)]: a rollout of a 64 KiB image to every board at each
+    --parallel (waves 10%,50%,100% after a canary of 1), then a crashing version's."""
+    import asyncio
+
+    from host import rollout
+    from host.targets import Target
+
+    by_name = {b.name: b for b in sims.boards}
+    names = list(by_name)
+    transport = rollout.LanTransport(lambda s: Target(name=s, host="127.0.0.1", port=by_name[s].tcp_port,
+                                                      key=by_name[s].key), wait=120)
+    store = rollout.RolloutStore(work / "rollouts")
+    rows = []
+    for i, par in enumerate(parallels + [0]):
+        img = app_image(work, "2.0.%d" % i, crash=par == 0)
+        plan = rollout.new_plan(img, names, soak=soak, parallel=par or 10)
+        store.create(plan, img)
+        t0 = time.monotonic()
+        asyncio.run(rollout.Rollout(plan, store, transport, image=img).run())
+        rows.append(("--parallel %d" % par if par else "crashing version", time.monotonic() - t0,
+                     plan.count(rollout.HEALTHY), plan.tried, img.size))
+        for s, b in plan.boards.items():
+            if b.state == rollout.FAILED and par:  # say why, the figure above is not a clean run
+                print("  rollout at --parallel %d: %s failed: %s" % (par, s, b.error))
+    return rows
+
+
 def _own_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)  # the launchers' threads (the devices are children)
     return r.ru_utime + r.ru_stime
@@ -61,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--heap", default="160K")
     p.add_argument("--idle", type=float, default=5.0, help="seconds over which idle CPU is measured")
+    p.add_argument("--parallel", default="10,25", help="the rollouts' --parallel values (default 10,25)")
+    p.add_argument("--soak", type=float, default=1.0, help="each wave's soak in the rollouts (default 1 s)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mpota-fleet-") as tmp:
         t0 = time.monotonic()
@@ -75,6 +126,7 @@ def main(argv=None) -> int:
             found = discover.discover(sims.addresses, wait=10)
             took = time.monotonic() - t
             launcher = own_rss()
+            rolls = rollout_figures(sims, Path(tmp), [int(x) for x in a.parallel.split(",")], a.soak)
     n = a.count
     print("\nfleet of %d simulated boards (heap %s, one launcher process, a micropython each)" % (n, a.heap))
     print("  first boot (format, deploy) of all    %7.1f s" % up)
@@ -82,6 +134,13 @@ def main(argv=None) -> int:
     print("  per board: device RSS %.1f MiB (PSS %.1f MiB), launcher %.0f KiB, idle CPU %.2f %% of a core"
           % (sum(rss) / len(rss) / 2**20, sum(pss) / len(pss) / 2**20, launcher / n / 1024, idle / n * 100))
     print("  all %d boards idle: %.1f %% of one core, their launcher %.1f %%" % (n, idle * 100, lidle * 100))
+    print("\nrollout to all %d boards (canary 1, waves 10%%,50%%,100%%, soak %g s each):" % (n, a.soak))
+    for label, secs, healthy, tried, size in rolls:
+        if label == "crashing version":
+            print("  %-20s stopped by the canary: %d board(s) touched, %d others touched"
+                  % (label, tried, tried - 1))
+        else:
+            print("  %-20s %7.1f s for a %.0f KiB image, %d/%d healthy" % (label, secs, size / 1024, healthy, n))
     import boardbuilds
 
     mp = boardbuilds.i386()
@@ -92,7 +151,8 @@ def main(argv=None) -> int:
     print("\ndiscovery's heap cost, agent idle (status mem_idle - mem_base), %s:" % label)
     for name, b in rows:
         print("  %-36s %6d B  (%+d B)" % (name, b, b - rows[0][1]))
-    return 0 if len(found) == n else 1
+    ok = all(r[2] == n for r in rolls[:-1]) and rolls[-1][3] == 1
+    return 0 if len(found) == n and ok else 1
 
 
 if __name__ == "__main__":
