@@ -108,14 +108,21 @@ def _own_cpu() -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_fleet.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=100)
-    p.add_argument("--heap", default="160K")
+    p.add_argument("--heap", default=None, help="each board's heap (default: 160K on the board's 32-bit build "
+                   "when MPOTA_BOARD_TOOLS has it, else 256K: the 64-bit build's objects are larger, and 160K "
+                   "there leaves a 64 KiB app's board without the memory to authenticate)")
     p.add_argument("--idle", type=float, default=5.0, help="seconds over which idle CPU is measured")
     p.add_argument("--parallel", default="10,25", help="the rollouts' --parallel values (default 10,25)")
     p.add_argument("--soak", type=float, default=1.0, help="each wave's soak in the rollouts (default 1 s)")
     a = p.parse_args(argv)
+    import boardbuilds
+
+    mp = boardbuilds.i386()
+    a.heap = a.heap or ("160K" if mp else "256K")
+    build = "v1.27 i386 (32-bit, the board's object sizes)" if mp else "unix (64-bit, no i386 build here)"
     with tempfile.TemporaryDirectory(prefix="mpota-fleet-") as tmp:
         t0 = time.monotonic()
-        with Fleet(a.count, Path(tmp), heap=a.heap, timeout=600) as sims:
+        with Fleet(a.count, Path(tmp), heap=a.heap, micropython=mp, timeout=600) as sims:
             up = time.monotonic() - t0
             rss, pss = sims.rss(), sims.pss()
             c0, l0 = sims.cpu_seconds(), _own_cpu()
@@ -128,7 +135,8 @@ def main(argv=None) -> int:
             launcher = own_rss()
             rolls = rollout_figures(sims, Path(tmp), [int(x) for x in a.parallel.split(",")], a.soak)
     n = a.count
-    print("\nfleet of %d simulated boards (heap %s, one launcher process, a micropython each)" % (n, a.heap))
+    print("\nfleet of %d simulated boards (%s, heap %s, one launcher process, a micropython each)"
+          % (n, build, a.heap))
     print("  first boot (format, deploy) of all    %7.1f s" % up)
     print("  discover (mpota discover --to ...)    %7.2f s, %d/%d found" % (took, len(found), n))
     print("  per board: device RSS %.1f MiB (PSS %.1f MiB), launcher %.0f KiB, idle CPU %.2f %% of a core"
@@ -141,9 +149,6 @@ def main(argv=None) -> int:
                   % (label, tried, tried - 1))
         else:
             print("  %-20s %7.1f s for a %.0f KiB image, %d/%d healthy" % (label, secs, size / 1024, healthy, n))
-    import boardbuilds
-
-    mp = boardbuilds.i386()
     label = "v1.27 i386 (32-bit), 160K" if mp else "unix (64-bit, no i386 build here), 256K"
     with tempfile.TemporaryDirectory(prefix="mpota-disc-") as tmp:
         rows = discovery_memory(Path(tmp), mp or str(Path(sys.executable).parent / "micropython"),
