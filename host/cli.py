@@ -338,6 +338,8 @@ def _rollout_opts(p):
                         "tried so far (10%%); default 0")
     p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
                    help="seconds to wait for a board to come back after its reset (default 60)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="let an older version replace the confirmed one (a board refuses it otherwise)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where rollouts are saved (default: %s/rollouts)" % CONFIG_DIR_TEXT)
 

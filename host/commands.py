@@ -683,26 +683,28 @@ def _fit(text: str, width: int = 80) -> str:
 def _wave_line(w: dict, waves: int) -> str:
     parts = ["%d %s" % (w[k], k) for k in ("healthy", "skipped", "failed", "untouched", "pushing", "booted")
              if w.get(k)]
-    return "wave %d/%d%s  %3d board%s: %s" % (w["wave"], waves, " (canary)" if w["wave"] == 1 and waves > 1 else "",
-                                            w["boards"], " " if w["boards"] == 1 else "s", ", ".join(parts) or "-")
+    return "wave %d/%d %-6s %3d board%s  %s" % (w["wave"], waves, "canary" if w["wave"] == 1 and waves > 1 else "",
+                                              w["boards"], " " if w["boards"] == 1 else "s", ", ".join(parts) or "-")
 
 
 def _failed_line(spec: str, f: dict) -> str:
+    """A failing board in two lines: which and whether it is back on its old version, then why."""
     rb = f.get("rolled_back")
-    return _fit("  FAILED %s: %s%s" % (spec, f.get("error") or "?", "; rolled back %s" % rb if rb else ""))
+    return "  FAILED %s%s\n%s" % (spec, ", rolled back %s" % rb if rb else "", _fit("    " + (f.get("error") or "?")))
 
 
 def _rollout_end_text(prog: str, f: dict) -> str:
     rid, state = f["id"], f["state"]
-    counts = "%d healthy, %d skipped (ran it already), %d failed, %d untouched" % (
+    counts = "  %d healthy, %d skipped (ran it already), %d failed, %d untouched" % (
         f["healthy"], f["skipped"], f["failures"], f["untouched"])
     if state == "complete":
-        text = "[green]done[/]: rollout %s complete: %s" % (rid, counts)
+        text = "[green]done[/]: rollout %s complete\n%s" % (rid, counts)
     elif state == "aborted":
-        text = "aborted: rollout %s: %s" % (rid, counts)
+        text = "aborted: rollout %s\n%s" % (rid, counts)
     else:
-        text = ("[bold]paused[/] before wave %d: %s\n  %s\n  `%s rollout resume %s` goes on (accepting these "
-                "failures); `%s rollout abort %s` ends it" % (f["wave"], f["reason"], counts, prog, rid, prog, rid))
+        where = "in wave %d" % f["wave"] if f["reason"] == "interrupted" else "after wave %d" % (f["wave"] - 1)
+        text = ("[bold]paused[/] %s: %s\n%s\n  `%s rollout resume %s` goes on (accepting these failures)\n"
+                "  `%s rollout abort %s` ends it" % (where, f["reason"], counts, prog, rid, prog, rid))
     if f.get("half_done"):
         text += "\n  left half-done (mid-push, or booted but not checked): %s" % ", ".join(f["half_done"])
     return text
@@ -712,12 +714,13 @@ def _rollout_text(prog: str, name: str, f: dict) -> Optional[str]:
     """The line people see for a rollout event (None: JSON only): a line per wave
     and one per failing board, so 100 boards fit an 80-column terminal."""
     if name == "start":
-        return _fit("rollout %s: %s (sha256 %s…) to %d boards in %d waves, soak %gs, max failures %s" % (
-            f["id"], f["version"], f["sha256"][:8], f["boards"], f["waves"], f["soak"], f["max_failures"]))
+        return ("rollout %s: %s (sha256 %s…) to %d boards\n"
+                "  %d wave%s of %s, soak %gs, max failures %s, %d at a time") % (
+            f["id"], f["version"], f["sha256"][:8], f["boards"], f["waves"], "" if f["waves"] == 1 else "s",
+            ", ".join(str(n) for n in f["sizes"]), f["soak"], f["max_failures"], f["parallel"])
     if name == "wave":
-        return "wave %d/%d: %d board%s to update, %s" % (
-            f["wave"], f["waves"], f["todo"], "" if f["todo"] == 1 else "s", "canary" if f["wave"] == 1 and
-            f["waves"] > 1 else "pushing")
+        return "wave %d/%d: pushing %d board%s%s" % (f["wave"], f["waves"], f["todo"], "" if f["todo"] == 1 else "s",
+                                                   " (the canary)" if f["wave"] == 1 and f["waves"] > 1 else "")
     if name == "wave_done":
         return _wave_line(f, f["waves"])
     if name == "board" and f["state"] == "failed" and f.get("rolled_back"):
@@ -730,32 +733,32 @@ def _rollout_text(prog: str, name: str, f: dict) -> Optional[str]:
 def rollout_status_text(prog: str, s: dict) -> str:
     """`mpota rollout status`: the plan's state, a line per wave, the failing boards."""
     waves = s["waves"]
-    lines = ["rollout %s: %s, version %s (sha256 %s…), wave %d of %d%s" % (
-        s["id"], s["state"], s["version"], s["sha256"][:8], min(s["wave"], len(waves)), len(waves),
-        ": " + s["reason"] if s["reason"] and s["state"] != "complete" else "")]
+    done = min(s["wave"] - (s["state"] != "running"), len(waves))
+    lines = ["rollout %s: %s%s" % (s["id"], s["state"], " after wave %d/%d" % (done, len(waves)) if done else ""),
+             "  version %s (sha256 %s…)%s" % (s["version"], s["sha256"][:8],
+                                             ": " + s["reason"] if s["reason"] and s["state"] != "complete" else "")]
     lines += [_wave_line(w, len(waves)) for w in waves]
-    lines += [_failed_line(spec, f) for spec, f in s["failed"].items()]
+    lines = [_fit(x) for x in lines] + [_failed_line(spec, f) for spec, f in s["failed"].items()]
     if s["half_done"]:
-        lines.append("  left half-done: %s" % ", ".join(s["half_done"]))
-    return "\n".join(_fit(x) for x in lines)
+        lines.append(_fit("  left half-done: %s" % ", ".join(s["half_done"])))
+    return "\n".join(lines)
 
 
-def _rollout_transport(ctx, targets_file: Optional[str]):
+def _rollout_transport(ctx, plan):
     from .rollout import LanTransport
 
     a = ctx.args
 
     def resolve(spec):
-        return targets_mod.resolve(spec, targets_file, a.key_file, None, None)
+        return targets_mod.resolve(spec, a.targets or plan.targets_file, a.key_file, None, None)
 
-    return LanTransport(resolve, connect_timeout=a.connect_timeout, timeout=a.timeout, wait=a.wait)
+    return LanTransport(resolve, connect_timeout=a.connect_timeout, timeout=a.timeout, wait=a.wait,
+                        allow_downgrade=plan.allow_downgrade or a.allow_downgrade)
 
 
 async def cmd_rollout(ctx) -> int:
     """`rollout IMAGE` starts a rollout over ctx.specs; `rollout status|resume|abort [ID]`
     read or drive one saved in CONFIG/rollouts (rollout.RolloutStore)."""
-    import asyncio
-
     from . import rollout
     from .errors import EXIT_INTERRUPTED, EXIT_NOT_TAKEN
 
@@ -769,12 +772,11 @@ async def cmd_rollout(ctx) -> int:
     if what == "abort":
         plan = rollout.stop_running(store, store.load(a.rollout_id).id)
         s = plan.summary()
-        out.event("rollout", "rollout %s: %s; %d boards untouched\n%s" % (
-            plan.id, plan.state, plan.count(rollout.UNTOUCHED), rollout_status_text(ctx.prog, s)), **s)
+        out.event("rollout", "%s\n  %s; %d boards untouched" % (rollout_status_text(ctx.prog, s), plan.state,
+                                                                  plan.count(rollout.UNTOUCHED)), **s)
         return EXIT_OK if plan.state == rollout.ABORTED else EXIT_INTERRUPTED
     if what == "resume":
         plan = store.load(a.rollout_id)
-        tfile = a.targets or plan.targets_file
     else:
         if a.rollout_id:
             raise UsageError("`rollout IMAGE` takes no id (%s)" % a.rollout_id,
@@ -782,15 +784,14 @@ async def cmd_rollout(ctx) -> int:
         img = load_image(a, a.sign_key or default_sign_key(a))
         tfile = str(targets_mod.targets_path(a.targets))
         plan = rollout.new_plan(img, ctx.specs, canary=a.canary, waves=a.waves, soak=rollout.parse_duration(a.soak),
-                                max_failures=a.max_failures, parallel=a.parallel, targets_file=tfile)
+                                max_failures=a.max_failures, parallel=a.parallel, targets_file=tfile,
+                                allow_downgrade=a.allow_downgrade)
         store.create(plan, img)
-    engine = rollout.Rollout(plan, store, _rollout_transport(ctx, tfile))
+    engine = rollout.Rollout(plan, store, _rollout_transport(ctx, plan))
 
     def on_event(name, **f):
         out.event(name, _rollout_text(ctx.prog, name, f), **f)
 
-    try:
-        state = await engine.run(on_event)
-    except asyncio.CancelledError:
-        raise  # Ctrl-C: the engine saved the plan as paused and said which boards are half-done
+    # Ctrl-C cancels run(): the engine saves the plan as paused and names the boards left half-done
+    state = await engine.run(on_event)
     return {rollout.COMPLETE: EXIT_OK, rollout.ABORTED: EXIT_INTERRUPTED}.get(state, EXIT_NOT_TAKEN)

@@ -55,10 +55,11 @@ class AppCrashed(NotTaken):
     default_hint = "fix the app and push again"
 
     def __init__(self, message: str, hint: Optional[str] = None, *, rollback_slot: Optional[str] = None,
-                 max_trials: Any = None):
+                 max_trials: Any = None, app_error: Optional[str] = None):
         super().__init__(message, hint)
         self.rollback_slot = rollback_slot
         self.max_trials = max_trials
+        self.app_error = app_error  # the app's own error text (status app.error)
 
 
 @dataclass
@@ -344,7 +345,8 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
             st.running, st.describe_running(), image.version, slot, st.boot_note or "no boot note"))
     if st.app_state == "crashed":
         raise AppCrashed("version %s booted but its app crashed: %s" % (image.version, st.app_error),
-                         rollback_slot=st.confirmed_other(slot), max_trials=st.max_trials)
+                         rollback_slot=st.confirmed_other(slot), max_trials=st.max_trials,
+                         app_error=st.app_error)
     report.state = s.state or "trial"
     _emit(on_event, "booted", slot=slot, version=s.version, state=report.state, app=st.app_state)
     if report.state == "confirmed":

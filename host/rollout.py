@@ -145,6 +145,7 @@ class Plan:
     max_failures: str
     parallel: int
     targets_file: Optional[str] = None
+    allow_downgrade: bool = False
     state: str = RUNNING
     wave: int = 0         # the wave to run next (or the one running)
     accepted_failures: int = 0  # failures a `resume` accepted (not counted against the limit again)
@@ -197,14 +198,16 @@ class Plan:
 
 def new_plan(image: images.Image, specs: list, *, canary: int = 1, waves: str = "10%,50%,100%",
              soak: float = 60.0, max_failures: str = "0", parallel: int = 4,
-             targets_file: Optional[str] = None, rollout_id: Optional[str] = None) -> Plan:
+             targets_file: Optional[str] = None, rollout_id: Optional[str] = None,
+             allow_downgrade: bool = False) -> Plan:
     if not specs:
         raise UsageError("a rollout needs at least one board")
     failure_limit(max_failures, 1)  # checks its form now
     w = plan_waves(list(dict.fromkeys(specs)), canary, waves)
     rid = rollout_id or "%s-%s" % (time.strftime("%Y%m%d-%H%M%S"), image.sha256[:6])
     p = Plan(id=rid, image="", source=image.source, version=image.version, sha256=image.sha256, size=image.size,
-             waves=w, soak=soak, max_failures=str(max_failures), parallel=parallel, targets_file=targets_file)
+             waves=w, soak=soak, max_failures=str(max_failures), parallel=parallel, targets_file=targets_file,
+             allow_downgrade=allow_downgrade)
     p.boards = {s: BoardRecord(wave=i) for i, wave in enumerate(w) for s in wave}
     return p
 
@@ -317,8 +320,9 @@ class LanTransport(Transport):
     """host/push.py over the LAN; resolve(spec) -> targets.Target."""
 
     def __init__(self, resolve: Callable, *, connect_timeout: float = 5.0, timeout: float = 10.0,
-                 wait: float = 60.0):
+                 wait: float = 60.0, allow_downgrade: bool = False):
         self.resolve = resolve
+        self.allow_downgrade = allow_downgrade
         self.kw = dict(connect_timeout=connect_timeout, timeout=timeout)
         self.wait = wait
         self._targets: dict = {}
@@ -336,7 +340,8 @@ class LanTransport(Transport):
     async def push(self, spec: str, image: images.Image) -> tuple:
         from .push import push
 
-        r = await push(self.target(spec), image, confirm=False, wait=self.wait, **self.kw)
+        r = await push(self.target(spec), image, confirm=False, wait=self.wait, allow_downgrade=self.allow_downgrade,
+                       **self.kw)
         return r.unchanged, Status.of(r.status)
 
     async def confirm(self, spec: str) -> None:
@@ -410,7 +415,8 @@ class Rollout:
             self.store.clear_abort(p.id)
             self.save()
             self.emit("start", version=p.version, sha256=p.sha256, boards=len(p.boards), waves=len(p.waves),
-                      wave=p.wave + 1, soak=p.soak, max_failures=p.max_failures, parallel=p.parallel)
+                      wave=p.wave + 1, soak=p.soak, max_failures=p.max_failures, parallel=p.parallel,
+                      sizes=[len(w) for w in p.waves])
             try:
                 while p.wave < len(p.waves):
                     if self._check_abort():
@@ -482,7 +488,7 @@ class Rollout:
                   skipped=st.count(SKIPPED), failed=st.count(FAILED), untouched=st.count(UNTOUCHED),
                   failures=p.failures, limit=self._limit(), soak=p.soak)
         if p.failures > self._limit():
-            return "%d failed, more than --max-failures %s allows" % (p.failures, p.max_failures)
+            return "%d failed, more than --max-failures %s" % (p.failures, p.max_failures)
         if i == 0 and len(p.waves) > 1 and p.accepted_failures == 0 and st.count(FAILED):
             return "the canary failed"
         return None
@@ -499,7 +505,8 @@ class Rollout:
                 break
             except MpotaError as e:
                 if attempt + 1 == PUSH_TRIES or not transient(e):
-                    self._set(spec, FAILED, error=e.message)
+                    crash = getattr(e, "app_error", None)  # push.AppCrashed: the app's own words
+                    self._set(spec, FAILED, error="app crashed: %s" % crash if crash else e.message)
                     return
                 self.emit("retry", target=spec, attempt=attempt + 1, error=e.message)
                 await asyncio.sleep(RETRY_DELAY * (attempt + 1))

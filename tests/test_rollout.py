@@ -207,7 +207,8 @@ def test_an_interrupted_rollout_pauses_saved_and_resumes_to_completion(fleet):
     r = cli(fleet, "rollout", "resume")  # the newest: this one
     out, err = r.communicate(timeout=90)
     assert r.returncode == 0, out + err
-    assert "rollout %s complete: 12 healthy" % rid in out
+    assert "done: rollout %s complete\n  12 healthy," % rid in out
+    assert max(len(ln) for ln in out.splitlines()) <= 80
     img = images.load(str(fleet.dir / "config" / "mpota" / "rollouts" / (rid + ".img")))
     assert all(running_sha(s) == img.sha256 and s.running_image.state == "confirmed"
                for s in asyncio.run(statuses(fleet)))
