@@ -366,14 +366,15 @@ class LanTransport(Transport):
 
 class Rollout:
     def __init__(self, plan: Plan, store: RolloutStore, transport: Transport, image: Optional[images.Image] = None,
-                 poll: float = 0.25):
+                 poll: float = 0.25, soak_poll: float = 5.0):
         self.plan = plan
         self.store = store
         self.t = transport
         self.image = image or images.load(plan.image)
         if self.image.sha256 != plan.sha256:
             raise UsageError("%s no longer holds the rollout's image (sha256 %s…)" % (plan.image, plan.sha256[:12]))
-        self.poll = poll
+        self.poll = poll            # how often the soak looks for an abort request
+        self.soak_poll = soak_poll  # how often the soak reads the booted boards' status
         self.on_event: EventCb = lambda name, **f: None
         self._stop: Optional[str] = None  # why the run stops early: "abort"
 
@@ -475,21 +476,31 @@ class Rollout:
                     return  # not started: it stays untouched
                 await self._push_board(spec)
 
+        async def gated(step, spec: str) -> None:
+            async with gate:
+                await step(spec)
+
         await asyncio.gather(*(one(s) for s in todo))
         booted = [s for s in wave if p.board(s).state == BOOTED]
-        if booted and not self._stop:
-            await self._soak()
-        if not self._stop:
-            await asyncio.gather(*(self._check_board(s) for s in booted))
+        # a soak cut short (abort, or failures that pause anyway) judges nobody healthy:
+        # the boards left booted stay so, named as half-done, and `resume` soaks them again
+        if booted and not self._stop and await self._soak(booted, lambda s: gated(self._watch_board, s), i):
+            booted = [s for s in booted if p.board(s).state == BOOTED]
+            await asyncio.gather(*(gated(self._check_board, s) for s in booted))
         failed = [s for s in wave if p.board(s).state == FAILED and p.board(s).rolled_back is None]
-        await asyncio.gather(*(self._roll_back(s) for s in failed))
+        await asyncio.gather(*(gated(self._roll_back, s) for s in failed))
         st = [p.board(s).state for s in wave]
         self.emit("wave_done", wave=i + 1, waves=len(p.waves), boards=len(wave), healthy=st.count(HEALTHY),
                   skipped=st.count(SKIPPED), failed=st.count(FAILED), untouched=st.count(UNTOUCHED),
                   failures=p.failures, limit=self._limit(), soak=p.soak)
+        return self._must_pause(i)
+
+    def _must_pause(self, i: int) -> Optional[str]:
+        """Why the failures so far pause the rollout after wave `i` (None: they do not)."""
+        p = self.plan
         if p.failures > self._limit():
             return "%d failed, more than --max-failures %s" % (p.failures, p.max_failures)
-        if i == 0 and len(p.waves) > 1 and p.accepted_failures == 0 and st.count(FAILED):
+        if i == 0 and len(p.waves) > 1 and p.accepted_failures == 0 and p.count(FAILED):
             return "the canary failed"
         return None
 
@@ -517,16 +528,39 @@ class Rollout:
         else:
             self._set(spec, BOOTED, boot_resets=st.resets, boot_uptime_ms=st.uptime_ms)
 
-    async def _soak(self) -> None:
+    async def _soak(self, booted: list, watch: Callable, wave: int) -> bool:
+        """Wait `soak` seconds, reading the booted boards' status every `soak_poll`
+        seconds (watch(spec)); -> False when it ended early: on an abort request, or
+        once the failures seen already pause the rollout."""
         end = time.monotonic() + self.plan.soak
-        self.emit("soak", wave=self.plan.wave + 1, seconds=self.plan.soak)
+        look = time.monotonic() + self.soak_poll
+        self.emit("soak", wave=wave + 1, seconds=self.plan.soak)
         while time.monotonic() < end:
             if self._check_abort():
-                return
+                return False
+            if time.monotonic() >= look:
+                await asyncio.gather(*(watch(s) for s in booted if self.plan.board(s).state == BOOTED))
+                if self._must_pause(wave):
+                    self.emit("soak_cut", wave=wave + 1, failures=self.plan.failures)
+                    return False
+                look = time.monotonic() + self.soak_poll
             await asyncio.sleep(min(self.poll, max(0.0, end - time.monotonic())))
+        return True
 
-    def _unhealthy(self, b: BoardRecord, st: Status) -> Optional[str]:
-        """Why a board that booted the image is not healthy now (None: it is)."""
+    async def _watch_board(self, spec: str) -> None:
+        """A look during the soak: a board already unhealthy fails now (a board that
+        cannot be reached this once is only judged at the end)."""
+        try:
+            st = await self.t.status(spec)
+        except MpotaError:
+            return
+        why = self._unhealthy(self.plan.board(spec), st, final=False)
+        if why:
+            self._set(spec, FAILED, error=why)
+
+    def _unhealthy(self, b: BoardRecord, st: Status, final: bool = True) -> Optional[str]:
+        """Why a board that booted the image is not healthy now (None: it is); not
+        `final`: during the soak, when an app still starting is no failure yet."""
         run = st.running_image
         if run is None or run.sha256 != self.plan.sha256:
             return "runs slot %s (%s), not the new image: %s" % (st.running, st.describe_running(),
@@ -536,7 +570,7 @@ class Rollout:
         if (b.boot_resets is not None and st.resets is not None and st.resets != b.boot_resets) or \
                 (b.boot_uptime_ms is not None and st.uptime_ms is not None and st.uptime_ms < b.boot_uptime_ms):
             return "reset during the soak (%s)" % (st.boot_reason or "no reason given")
-        if st.app_state not in ("running", "stopped"):
+        if final and st.app_state not in ("running", "stopped"):
             return "app %s" % (st.app_state or "not running")
         return None
 

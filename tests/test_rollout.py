@@ -240,16 +240,18 @@ class FakeTransport(rollout.Transport):
     def __init__(self, specs, sha, error=None, fail_first=0):
         self.runs = {s: "old" for s in specs}
         self.sha, self.error, self.fail_first, self.pushes = sha, error, fail_first, []
+        self.crashes = set()  # boards whose app crashes after the push
 
-    def _status(self, spec):
+    def _status(self, spec, app="running"):
         new = self.runs[spec] == self.sha  # slot a: the new image, b: the old one
         return Status.of({"running": "a" if new else "b", "trial": False, "resets": 0,
-                          "uptime_ms": 1000 + len(self.pushes), "app": {"state": "running"},
+                          "uptime_ms": 1000 + len(self.pushes), "app": {"state": app, "error": "E"},
                           "slots": {"a": {"state": "confirmed", "sha256": self.sha, "version": "2.0.0"},
                                     "b": {"state": "confirmed", "sha256": "old", "version": "1.0.0"}}})
 
     async def status(self, spec):
-        return self._status(spec)
+        new = self.runs[spec] == self.sha
+        return self._status(spec, "crashed" if new and spec in self.crashes else "running")
 
     async def push(self, spec, image):
         self.pushes.append(spec)
@@ -267,14 +269,15 @@ class FakeTransport(rollout.Transport):
         return self._status(spec)
 
 
-def fake_run(tmp_path, transport_of, specs=("x", "y")):
+def fake_run(tmp_path, transport_of, specs=("x", "y"), soak=0, crashes=()):
     img = images.Image(data=b"image", version="1.0.0", source="test")
     store = rollout.RolloutStore(tmp_path)
-    plan = rollout.new_plan(img, list(specs), soak=0, waves="100%")
+    plan = rollout.new_plan(img, list(specs), soak=soak, waves="100%")
     store.create(plan, img)
     t = transport_of(img.sha256)
+    t.crashes.update(crashes)
     events = []
-    state = asyncio.run(rollout.Rollout(plan, store, t, image=img, poll=0.01).run(
+    state = asyncio.run(rollout.Rollout(plan, store, t, image=img, poll=0.01, soak_poll=0.05).run(
         lambda name, **f: events.append(dict(f, event=name))))
     return state, plan, t, events
 
@@ -295,3 +298,15 @@ def test_a_version_that_did_not_take_is_not_retried(tmp_path):
         ["x", "y"], sha, NotTaken("after reset the device runs slot b"), fail_first=9), specs=("x",))
     assert state == rollout.PAUSED and t.pushes == ["x"]
     assert plan.board("x").state == rollout.FAILED and plan.board("x").rolled_back == "by the host, to 1.0.0"
+
+
+def test_a_crash_seen_while_soaking_fails_the_board_and_ends_the_soak_early(tmp_path):
+    t0 = time.monotonic()
+    state, plan, t, events = fake_run(tmp_path, lambda sha: FakeTransport(["x", "y"], sha), soak=30,
+                                      crashes=["x"])
+    assert time.monotonic() - t0 < 5  # not the 30 s soak
+    assert state == rollout.PAUSED and plan.reason == "1 failed, more than --max-failures 0"
+    assert plan.board("x").state == rollout.FAILED and plan.board("x").error == "app crashed: E"
+    assert plan.board("x").rolled_back.startswith("by the host") and t.runs["x"] == "old"
+    assert plan.board("y").state == rollout.UNTOUCHED and t.pushes == ["x"]
+    assert [e["event"] for e in events if e["event"].startswith("soak")] == ["soak", "soak_cut"]
