@@ -310,3 +310,25 @@ def test_a_crash_seen_while_soaking_fails_the_board_and_ends_the_soak_early(tmp_
     assert plan.board("x").rolled_back.startswith("by the host") and t.runs["x"] == "old"
     assert plan.board("y").state == rollout.UNTOUCHED and t.pushes == ["x"]
     assert [e["event"] for e in events if e["event"].startswith("soak")] == ["soak", "soak_cut"]
+
+
+def test_the_view_of_100_boards_fits_80_columns_a_line_per_wave_and_the_failing_boards(tmp_path):
+    from mpota import commands
+
+    specs = ["greenhouse-north-wall-%03d" % i for i in range(100)]
+    state, plan, t, events = fake_run(tmp_path, lambda sha: FakeTransport(specs, sha), specs=specs, crashes=[])
+    assert state == rollout.COMPLETE
+    img = images.Image(data=b"image2", version="1.0.1", source="test")
+    p = rollout.new_plan(img, specs, max_failures="5%")
+    for s in specs[:10]:
+        p.board(s).state = rollout.HEALTHY
+    for s in specs[10:13]:
+        p.board(s).state, p.board(s).error = rollout.FAILED, "app crashed: " + "RuntimeError: x" * 20
+        p.board(s).rolled_back = "by the host, to 1.0.0+0"
+    text = commands.rollout_status_text("mpota", p.summary())
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    assert len(lines) == 2 + 4 + 2 * 3  # header, a line per wave, two per failing board
+    view = [commands._rollout_text("mpota", e["event"], e) for e in events]
+    lines = "\n".join(v for v in view if v).splitlines()
+    assert max(len(ln) for ln in lines) <= 80 and len(lines) == 2 + 2 * 2 + 2, lines  # start, 2 waves, done
