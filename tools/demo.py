@@ -10,7 +10,11 @@ would:
   3. a signed image edited after signing (SHA-256 recomputed, tools/tamper.py)
      is refused by the device, and 2.0.0 keeps running;
   4. a version that hangs before it confirms is reset by the watchdog on each
-     trial boot and rolled back by the device itself to 2.0.0.
+     trial boot and rolled back by the device itself to 2.0.0;
+  5. four more boards (tools/fleetsim.py, a group `fleet` in the targets file)
+     get 1.0.0 by `mpota rollout` in waves; then a version that crashes at
+     start fails on the canary: the rollout pauses by itself, the canary is
+     rolled back to 1.0.0 and the other three boards are never touched.
 Bounded in time, cleans up after itself, exits non-zero on any failure.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
+from fleetsim import Fleet  # noqa: E402
 from simproc import Sim, SimError, free_port  # noqa: E402
 from tamper import tamper  # noqa: E402
 
@@ -52,6 +57,17 @@ async def main():
     await asyncio.sleep(2)
     time.sleep(%.1f)  # blocks the event loop: nothing feeds the watchdog
 """ % (WDT_MS * 2.5 / 1000)
+
+FLEET = 4  # boards of the rollout scene
+SOAK = "1s"  # how long a wave's boards must keep running before they count as healthy
+# Version 1.1.0 crashes as it starts, on every board: the canary fails.
+CRASHING_APP = """# hello 1.1.0: crashes as it starts
+NAME = "hello"
+
+
+async def main():
+    raise RuntimeError("sensor bus not found")
+"""
 
 WORK = [None]  # the scratch folder, once made (for echoing commands short)
 SHOWN = ("hello:", "rolled back", "watchdog", "trial", "refused", "failed to start")
@@ -119,6 +135,68 @@ def expect(now: dict, version: str, what: str) -> None:
         raise RuntimeError("%s: expected %s running and confirmed, got %s" % (what, version, now))
 
 
+def start_fleet(work: Path, key: Path) -> Fleet:
+    """FLEET simulated boards trusting only `key`, named pico-1.. in the group
+    `fleet` of $DEMO/targets.toml; stopped again if they do not all come up."""
+    banner("four more boards: a group `fleet` in the targets file")
+    # the unix port's default heap, as the demo's first board has (fleetsim's default 160K
+    # heap is the board's; there a signed commit with hello running is refused, no_memory)
+    fleet = Fleet(FLEET, work / "fleet", heap=None, flags=["--trust", str(key)], ready=False)
+    try:
+        fleet.wait_ready(READY_TIMEOUT)
+    except BaseException:
+        fleet.stop()
+        raise
+    names = ["pico-%d" % (b.index + 1) for b in fleet.boards]
+    with open(work / "targets.toml", "a") as f:
+        for name, b in zip(names, fleet.boards):
+            f.write('\n[targets.%s]\nhost = "127.0.0.1"\nport = %d\nkey_file = "%s"\n'
+                    % (name, b.tcp_port, b.state.relative_to(work) / "device.key"))
+        f.write("\n[groups]\nfleet = [%s]\n" % ", ".join('"%s"' % n for n in names))
+    print("%d more simulated boards (tools/fleetsim.py) on 127.0.0.1:%s, each with\n"
+          "its own key, trusting only $DEMO/k.pem; $DEMO/targets.toml names them\n"
+          "%s and groups them: [groups] fleet = [...]." % (FLEET, fleet.ports, ", ".join(names)), flush=True)
+    return fleet
+
+
+def fleet_rows(env: dict) -> dict:
+    """`mpota -t @fleet --json fleet`: target -> its row."""
+    r = subprocess.run(MPOTA + ["-t", "@fleet", "--json", "fleet"], env=env, cwd=str(REPO),
+                       timeout=STEP_TIMEOUT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError("fleet failed: %s" % r.stderr.strip())
+    rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    return {row["target"]: row for row in rows if row.get("event") == "board"}
+
+
+def rollout_scene(env: dict, work: Path, key: Path, good: Path) -> None:
+    """Roll the signed 1.0.0 out to the fleet, then a 1.1.0 that crashes as it
+    starts: the canary fails, the rollout pauses, the other boards stay untouched."""
+    banner("roll 1.0.0 out to the fleet: a canary, then waves")
+    mpota(env, "-t", "@fleet", "rollout", good, "--soak", SOAK, "--waves", "50%,100%")
+    before = fleet_rows(env)
+    if any(r["version"] != "1.0.0+0" or r["state"] != "confirmed" for r in before.values()):
+        raise RuntimeError("after the good rollout: %s" % before)
+
+    banner("roll out a version that crashes: the canary stops it")
+    crash = work / "crash"
+    crash.mkdir()
+    (crash / "main.py").write_text(CRASHING_APP)
+    (crash / "VERSION").write_text("1.1.0\n")
+    mpota(env, "-t", "@fleet", "rollout", crash, "--sign-key", key, "--soak", SOAK, "--waves", "50%,100%",
+          fails=True)
+    mpota(env, "rollout", "status")
+    mpota(env, "-t", "@fleet", "fleet")
+    after = fleet_rows(env)
+    canary, others = sorted(after)[0], sorted(after)[1:]
+    touched = [t for t in others if (after[t]["version"], after[t]["resets"]) !=
+               (before[t]["version"], before[t]["resets"]) or after[t]["uptime_s"] < before[t]["uptime_s"]]
+    if after[canary]["version"] != "1.0.0+0" or after[canary]["state"] != "confirmed" or touched:
+        raise RuntimeError("after the crashing rollout: %s (touched: %s)" % (after, touched))
+    print("the canary %s runs 1.0.0 again, confirmed; %d other boards touched\n"
+          "(same version, no reset since before the rollout)." % (canary, len(touched)), flush=True)
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mpota-demo-"))
     state = work / "device"
@@ -127,7 +205,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
     env["MPOTA_TARGETS"] = str(work / "targets.toml")
     env["XDG_CONFIG_HOME"] = str(work / "config")  # nothing of the user's is read or written
-    sim = None
+    sim = fleet = None
     t0 = time.monotonic()
     try:
         WORK[0] = work
@@ -196,22 +274,31 @@ def main() -> int:
         last = running(env, target)
         expect(last, "2.0.0+0", "after the rollback")
         sim.stop()
+
+        fleet = start_fleet(work, key)
+        rollout_scene(env, work, key, img1)
+        fleet.stop()
         print("\ndemo: the simulated Pico W went from %s (slot %s) to %s (slot %s);\n"
               "refused a tampered image and rolled a hanging %s back to %s,\n"
-              "in %.0f s." % (before["version"], before["slot"], after["version"], after["slot"], "3.0.0",
-                              last["version"], time.monotonic() - t0), flush=True)
+              "then rolled 1.0.0 out to %d boards and a crashing 1.1.0 to none but the\n"
+              "canary, in %.0f s." % (before["version"], before["slot"], after["version"], after["slot"],
+                                     "3.0.0", last["version"], FLEET, time.monotonic() - t0), flush=True)
         return 0
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)
         return 130
-    except (RuntimeError, SimError, subprocess.TimeoutExpired, OSError) as e:
+    except (RuntimeError, SimError, AssertionError, subprocess.TimeoutExpired, OSError) as e:
         print("\ndemo: FAILED: %s" % e, file=sys.stderr)
         if sim is not None:
             print("simulator output (tail):\n" + sim.tail(), file=sys.stderr)
+        for b in fleet.boards if fleet is not None else ():
+            print("%s output (tail):\n%s" % (b.name, b.tail(10)), file=sys.stderr)
         return 1
     finally:
         if sim is not None:
             sim.stop()
+        if fleet is not None:
+            fleet.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
