@@ -3,7 +3,8 @@
 # than it cost to ask: the excess draws on a token bucket of RATE bytes a
 # second, BURST at most. A reply that overdraws it is still sent unchanged,
 # and the service reads nothing more until the debt is paid (pace()), so a
-# flood gets back at most BURST + RATE bytes a second more than it sent.
+# flood gets back at most BURST + RATE bytes a second (plus the one reply
+# that overdraws) more than it sent.
 import asyncio
 
 import mpota_hal as hal
