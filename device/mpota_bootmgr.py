@@ -195,6 +195,11 @@ def boot(mem_base=0):
     wdt = cfg["wdt"] or (cfg["trial_wdt"] if sl.on_trial() else 0)
     if wdt:
         hal.wdt_start(wdt)
+    tr = _use("mpota_trust")
+    trust = tr.summary(tr.load())  # status shows it, made once (mpota_trustkeys.op_trust renews it)
+    del tr
+    if not slots.trusting():
+        _drop("mpota_trust")  # else _load_app checks signatures with it, then drops it: one import
     mod = None
     while i is not None:
         try:
@@ -212,9 +217,6 @@ def boot(mem_base=0):
     _drop("mpota_bootslots")  # (before the agent loads: it packs low in the heap)
     print("mpota: " + sl.note)
     import mpota_agent as agent
-    tr = _use("mpota_trust")
-    trust = tr.summary(tr.load())  # status shows it, made once (mpota_trustkeys.op_trust renews it)
-    del tr
     for n in _BOOT:  # the boot scope ends
         if n != "mpota_appfs" or mod is None:  # (a mounted app keeps it)
             _drop(n)
