@@ -436,35 +436,18 @@ def test_legacy_udp_replies_cannot_amplify_a_flood(tmp_path, auth):
     spoofed flood would be reflected 23-fold. Replies larger than their
     request draw on a token bucket (mpota_pace.RATE bytes/s over the
     requests, mpota_pace.BURST at most): paced, never changed."""
-    import time
-    rate, burst = 8192, 4096  # device/mpota_pace.py
+    from simproc import pace_bound, udp_flood
+    assert pace_bound() == (8192, 4096)
     req = bytes(hostframes.make_frame(0x01, b""))
     flags = ["--legacy-udp"] + ([] if auth else ["--no-auth"])
     with Sim(state=tmp_path / "dev", flags=flags) as sim:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(0.2)
-        try:
-            s.sendto(req, ("127.0.0.1", sim.udp_port))
-            one = s.recv(2048)  # the reply, byte-exact
-            assert len(one) == 139 and one[1] == 0x02
-            time.sleep(burst / rate + 0.1)  # the bucket refills
-            t0 = time.monotonic()
-            for _ in range(400):
-                s.sendto(req, ("127.0.0.1", sim.udp_port))
-            got = []
-            while time.monotonic() - t0 < 2.0:
-                try:
-                    got.append(s.recv(2048))
-                except socket.timeout:
-                    pass
-            took = time.monotonic() - t0
-        finally:
-            s.close()
+        one, got, took, bound = udp_flood(sim.udp_port, req, 400)
+    assert len(one) == 139 and one[1] == 0x02  # the reply, byte-exact
     assert got and all(g == one for g in got)
     excess = sum(len(g) for g in got) - len(got) * len(req)
     print("\n%d of 400 VersionRequests answered in %.1f s: %d bytes over the requests"
           % (len(got), took, excess))
-    assert excess <= burst + rate * took + 139
+    assert excess <= bound
 
 
 IDLE_APP = """NAME = "idle"

@@ -41,6 +41,42 @@ def free_port(kind=socket.SOCK_STREAM):
         return s.getsockname()[1]
 
 
+def pace_bound():
+    """(RATE, BURST) of the device's amplification limit (device/mpota_pace.py, read as text)."""
+    import ast
+    tree = ast.parse((REPO / "device" / "mpota_pace.py").read_text())
+    v = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+         for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+    return v["RATE"], v["BURST"]
+
+
+def udp_flood(port, req, count, seconds=2.0):
+    """One request and its reply, then (once the device's bucket has refilled)
+    `count` copies of `req` to 127.0.0.1:`port` and every reply for `seconds`.
+    -> (the first reply, the flood's replies, elapsed s, the most the replies
+    may exceed their requests by: BURST + RATE x elapsed + one overdrawing reply)."""
+    rate, burst = pace_bound()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.2)
+    try:
+        s.sendto(req, ("127.0.0.1", port))
+        one = s.recv(2048)
+        time.sleep(burst / rate + 0.1)  # the bucket refills
+        t0 = time.monotonic()
+        for _ in range(count):
+            s.sendto(req, ("127.0.0.1", port))
+        got = []
+        while time.monotonic() - t0 < seconds:
+            try:
+                got.append(s.recv(2048))
+            except socket.timeout:
+                pass
+        took = time.monotonic() - t0
+    finally:
+        s.close()
+    return one, got, took, burst + rate * took + len(one)
+
+
 def ready_or_stop(sim, timeout):
     """sim.wait_ready(timeout), and sim.stop() if that fails (Sim, fleetsim.Fleet)."""
     try:
