@@ -25,12 +25,14 @@ import argparse
 import collections
 import json
 import os
+import random
 import signal
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sim  # noqa: E402  (tools/sim.py: the launcher, one per board here)
@@ -50,9 +52,12 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_range(count: int, start: int = 21000, stop: int = 60000) -> int:
-    """The first BASE >= start where BASE..BASE+count-1 are free for TCP and UDP on 127.0.0.1."""
-    base = start
+def free_range(count: int, start: Optional[int] = None, stop: int = 60000) -> int:
+    """The first BASE >= start where BASE..BASE+count-1 are free for TCP and UDP on 127.0.0.1.
+    Without `start`, the search begins at a random port in 21000..49999: two fleets
+    started at once by different processes (two test runs on one machine) would
+    otherwise both find the same free range before either board binds it."""
+    base = start if start is not None else random.randrange(21000, 50000)
     while base + count < stop:
         bad = next((p for p in range(base, base + count) if not _free(p)), None)
         if bad is None:
