@@ -25,7 +25,6 @@ import argparse
 import collections
 import json
 import os
-import random
 import signal
 import socket
 import sys
@@ -57,7 +56,9 @@ def free_range(count: int, start: Optional[int] = None, stop: int = 60000) -> in
     Without `start`, the search begins at a random port in 21000..49999: two fleets
     started at once by different processes (two test runs on one machine) would
     otherwise both find the same free range before either board binds it."""
-    base = start if start is not None else random.randrange(21000, 50000)
+    # (os.urandom, not the random module: a test may have seeded that, and two
+    # test runs would then pick the same "random" start)
+    base = start if start is not None else 21000 + int.from_bytes(os.urandom(4), "big") % 29000
     while base + count < stop:
         bad = next((p for p in range(base, base + count) if not _free(p)), None)
         if bad is None:
