@@ -1,0 +1,303 @@
+"""USB: the native protocol over a board's USB serial console (target `usb:PORT`).
+
+A transport under client.py, not a second protocol: `Client("usb:/dev/ttyACM0")`
+opens streams from open_streams() instead of a TCP connection, and every
+line and frame it sends is served on the board by the agent's own dispatcher
+(device/mpota_usb.py feeds them to a conn.Conn), so a push over USB runs the
+same begin / DATA / commit, the same image checks and the same trial and
+rollback as over Wi-Fi (push.py's flows, unchanged).
+
+How the bytes travel (mpremote's SerialTransport and its raw REPL):
+  1. the first Client of a port interrupts the board (Ctrl-C: the app and the
+     agent's event loop stop, their state stays in RAM) and enters the raw REPL;
+  2. each Client is a peer on the board: `_u.start()`; each drain() of its
+     stream sends what it wrote as base64 snippets `_u.feed(b"...")` of at
+     most CHUNK bytes (raw-paste mode's flow control paces them), and the
+     replies come back in base64 on the console;
+  3. the `reset` op resets the board (`_u.end()`): the next Client of the port
+     reopens it, waits for the agent's ready line (BOOT_WAIT) and its app
+     (SETTLE), then interrupts it again;
+  4. release() (the CLI calls it at the end of a command) resets a board this
+     process interrupted, so it goes back to its agent and app.
+
+Every snippet feeds the board's watchdog (device/mpota_usb.py); the board
+is never left interrupted for longer than a snippet's round trip while a
+command runs. Over USB no key is needed: the cable authenticates the peer
+(docs/security.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import binascii
+import logging
+import re
+import threading
+import time
+from typing import Callable, Dict, Optional
+
+from .errors import BoardError, ConnectionLost, Unreachable
+
+log = logging.getLogger("mpota.usb")
+
+PREFIX = "usb:"
+CHUNK = 2048  # bytes per feed snippet: ~2.7 KB of base64 source, compiled on the board per snippet
+BOOT_WAIT = 30.0  # after a reset: the agent's ready line within this long
+SETTLE = 1.0  # ... then the app this long to start, before it is interrupted again
+OPEN_WAIT = 10.0  # a port that is gone (the board re-enumerates after a reset) may come back this long
+EXEC_TIMEOUT = 130.0  # a snippet's reply (commit hashes and checks the whole slot)
+_READY = b"mpota: ready"
+
+
+def is_usb(host: str) -> bool:
+    return host.startswith(PREFIX)
+
+
+def port_of(host: str) -> str:
+    return host[len(PREFIX):]
+
+
+class UsbLink:
+    """One board on one serial port, for this process: the raw REPL session
+    the Clients of that port share (a lock orders their snippets)."""
+
+    def __init__(self, port: str):
+        self.port = port
+        self.t = None  # mpremote SerialTransport while open
+        self.interrupted = False  # we stopped the board's program: release() resets it
+        self.reset_at: Optional[float] = None  # the board was reset: wait for its agent
+        self.device: Optional[str] = None
+        self.lock = threading.Lock()
+        self.on_console: Optional[Callable[[str], None]] = None
+
+    # -- the serial port and the raw REPL --------------------------------------
+    def _open_port(self, wait: float) -> None:
+        from mpremote.transport_serial import SerialTransport, TransportError
+
+        end = time.monotonic() + wait
+        while True:
+            try:
+                self.t = SerialTransport(self.port, baudrate=115200, timeout=1)
+                return
+            except TransportError as e:
+                if time.monotonic() >= end:
+                    raise Unreachable("cannot open %s: %s" % (self.port, e),
+                                      "is the board plugged in, and the port free (close other serial "
+                                      "terminals, mpremote)?")
+            time.sleep(0.2)
+
+    def _wait_ready(self) -> None:
+        # after a reset: the agent's ready line (then the app's start) before Ctrl-C
+        t = self.t
+        end = (self.reset_at or time.monotonic()) + BOOT_WAIT
+        buf = b""
+        while time.monotonic() < end:
+            d = t.serial.read(t.serial.in_waiting or 1)
+            if d:
+                buf += d
+                *lines, buf = buf.split(b"\n")
+                for ln in lines:
+                    self._console(ln)
+                    if _READY in ln:
+                        time.sleep(SETTLE)
+                        return
+        log.info("%s: no ready line within %.0f s after the reset: interrupting anyway", self.port, BOOT_WAIT)
+
+    def _console(self, ln: bytes) -> None:
+        s = ln.decode("utf-8", "replace").rstrip("\r")
+        log.debug("console: %s", s)
+        if self.on_console is not None:
+            self.on_console(s)
+
+    def ensure(self) -> None:
+        """Open the port, interrupt the board and enter the raw REPL (once)."""
+        from mpremote.transport_serial import TransportError
+
+        if self.t is not None and self.interrupted:
+            return
+        if self.t is None:
+            self._open_port(OPEN_WAIT if self.reset_at is not None else 0)
+        try:
+            if self.reset_at is not None:
+                self._wait_ready()
+                self.reset_at = None
+            self.t.enter_raw_repl(soft_reset=False)
+        except (TransportError, OSError) as e:
+            self._drop()
+            raise ConnectionLost("%s: cannot reach the raw REPL: %s" % (self.port, e))
+        self.interrupted = True
+        self.call("import mpota_usb as _u")
+
+    def _drop(self) -> None:
+        t, self.t = self.t, None
+        if t is not None:
+            try:
+                t.close()
+            except OSError:
+                pass
+
+    def call(self, code: str, timeout: float = EXEC_TIMEOUT) -> bytes:
+        """Run `code` in the raw REPL; its stdout. ConnectionLost when the link
+        fails (cable pulled); BoardError when the code raised on the board."""
+        from mpremote.transport_serial import TransportError
+
+        if self.t is None:
+            raise ConnectionLost("%s: not connected" % self.port)
+        try:
+            out, err = self.t.exec_raw(code, timeout=timeout)
+        except (TransportError, OSError) as e:
+            self._drop()
+            raise ConnectionLost("%s: USB link lost: %s" % (self.port, e))
+        except Exception as e:  # pyserial's SerialException (an OSError subclass in most versions)
+            self._drop()
+            raise ConnectionLost("%s: USB link lost: %s" % (self.port, e))
+        if err:
+            msg = err.decode("utf-8", "replace").strip().splitlines()
+            raise BoardError("%s: the board's agent failed over USB: %s" % (self.port, msg[-1] if msg else "?"),
+                             "is the mpota agent installed and running? (its provisioning reinstalls it)")
+        return out
+
+    # -- the protocol's bytes -----------------------------------------------------
+    def start_peer(self) -> str:
+        """A new peer on the board (the last one's session closed, its bytes
+        kept); -> the board's device id."""
+        with self.lock:
+            self.ensure()
+            out = self.call("_u.start()")
+            m = re.search(rb"mpota-usb (\S*)", out)
+            self.device = m.group(1).decode() if m else ""
+            return self.device
+
+    def exchange(self, data: bytes) -> tuple:
+        """Send `data` (lines and frames) to the board's peer; -> (its replies,
+        reset due)."""
+        with self.lock:
+            out = bytearray()
+            reset = False
+            for i in range(0, len(data), CHUNK):
+                b64 = binascii.b2a_base64(data[i:i + CHUNK], newline=False).decode()
+                got = self.call('_u.feed(b"%s")' % b64)
+                m = re.search(rb"<([A-Za-z0-9+/=]*)>(R?)", got)
+                if m is None:
+                    raise ConnectionLost("%s: the board's reply is not understood: %r" % (self.port, got[:80]))
+                for ln in got[:m.start()].splitlines():
+                    self._console(ln)
+                out += binascii.a2b_base64(m.group(1))
+                reset = reset or bool(m.group(2))
+            return bytes(out), reset
+
+    def close_peer(self) -> None:
+        with self.lock:
+            if self.t is not None and self.interrupted:
+                try:
+                    self.call("_u.close()")
+                except (ConnectionLost, BoardError):
+                    pass
+
+    def reset(self) -> None:
+        """Reset the board into its agent and app (`_u.end()`); the next
+        ensure() waits for it."""
+        with self.lock:
+            if self.t is None or not self.interrupted:
+                return
+            try:
+                self.t.exec_raw_no_follow("_u.end()")
+            except Exception as e:  # the link went with the reset: it was due anyway
+                log.info("%s: reset: %s", self.port, e)
+            self._drop()
+            self.interrupted = False
+            self.reset_at = time.monotonic()
+
+    def release(self) -> None:
+        """End of the command: a board we interrupted goes back to its agent
+        and app (reset); the port is closed."""
+        if self.interrupted and self.t is not None:
+            self.reset()
+        self._drop()
+
+
+_LINKS: Dict[str, UsbLink] = {}
+
+
+def link(port: str) -> UsbLink:
+    ln = _LINKS.get(port)
+    if ln is None:
+        ln = _LINKS[port] = UsbLink(port)
+    return ln
+
+
+def release_all() -> None:
+    """Give every board this process interrupted back to its agent and app."""
+    for ln in list(_LINKS.values()):
+        try:
+            ln.release()
+        except Exception as e:  # at exit: never mask the command's own result
+            log.warning("%s: release: %s", ln.port, e)
+    _LINKS.clear()
+
+
+atexit.register(release_all)
+
+
+# -- the streams a Client reads and writes -------------------------------------------
+
+class _Writer:
+    """The StreamWriter face of a USB peer: write() collects, drain() sends."""
+
+    def __init__(self, ln: UsbLink, reader: asyncio.StreamReader):
+        self.ln = ln
+        self.reader = reader
+        self.buf = bytearray()
+        self.closed = False
+        self.transport = self  # abort() is the transport's in asyncio
+
+    def write(self, b) -> None:
+        if self.closed:
+            raise ConnectionLost("%s: USB peer closed" % self.ln.port)
+        self.buf += b
+
+    async def drain(self) -> None:
+        if not self.buf:
+            return
+        data, self.buf = bytes(self.buf), bytearray()
+        loop = asyncio.get_running_loop()
+        try:
+            out, reset = await loop.run_in_executor(None, self.ln.exchange, data)
+        except ConnectionLost:
+            self._eof()
+            raise
+        if out:
+            self.reader.feed_data(out)
+        if reset:  # the reset op's reply is in: the board resets now, the peer ends
+            await loop.run_in_executor(None, self.ln.reset)
+            self._eof()
+
+    def _eof(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.reader.feed_eof()
+
+    def abort(self) -> None:
+        self._eof()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._eof()
+            self._close_peer = True
+
+    async def wait_closed(self) -> None:
+        if getattr(self, "_close_peer", False):
+            self._close_peer = False
+            await asyncio.get_running_loop().run_in_executor(None, self.ln.close_peer)
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+async def open_streams(host: str, connect_timeout: float) -> tuple:
+    """(reader, writer, device id) for a new peer on the board at `usb:PORT`."""
+    ln = link(port_of(host))
+    loop = asyncio.get_running_loop()
+    dev = await loop.run_in_executor(None, ln.start_peer)
+    reader = asyncio.StreamReader()
+    return reader, _Writer(ln, reader), dev
