@@ -1,0 +1,170 @@
+"""USB as a transport: `mpota -t usb:PORT ...` against a simulated board whose
+console is a pty (tools/sim.py --usb), through mpremote's SerialTransport and
+raw REPL, served on the board by the agent's own dispatcher (device/mpota_usb.py).
+The same image checks as over Wi-Fi (signed, unsigned, foreign, tampered), the
+trial, confirm and rollback, a cable pull in the middle of an upload, and a
+board whose watchdog runs."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from simproc import Sim
+from test_cli_e2e import FLASH, build, cli, ev, events, make_app
+
+sys.path.insert(0, str(REPO / "tools"))
+from tamper import tamper  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def usb_sim(tmp_path, flags=()):
+    s = Sim(state=tmp_path / "dev", flags=["--usb"] + list(flags))
+    s.usb = "usb:" + (s.state / "usb").read_text().strip()
+    return s
+
+
+def net_status(sim):
+    r = cli("-t", "127.0.0.1:%d" % sim.tcp_port, "--json", "status", key=sim.key)
+    assert r.returncode == 0, r.stderr
+    return ev(events(r), "status")
+
+
+def usb(sim, *args, timeout=120):
+    """The CLI over USB, with no key at hand (the cable authenticates)."""
+    mark = sim.mark()
+    r = cli("-t", sim.usb, "--json", *args, timeout=timeout)
+    # whatever the command did, it hands the board back to its agent (a reset)
+    sim.wait_for_line("mpota: ready", 30, since=mark)
+    return r
+
+
+def test_usb_push_applies_the_same_image_checks_as_the_network(tmp_path):
+    from mpota import keys
+    from mpota.images import build_app_image
+
+    mine, other = tmp_path / "mine.pem", tmp_path / "other.pem"
+    keys.keygen(mine)
+    keys.keygen(other)
+    app = make_app(tmp_path / "app")
+    good = tmp_path / "good.img"
+    good.write_bytes(build_app_image(app, version="1.0.0+0", key=str(mine)))
+    foreign = tmp_path / "foreign.img"
+    foreign.write_bytes(build_app_image(app, version="1.0.0+0", key=str(other)))
+    unsigned = tmp_path / "unsigned.img"
+    unsigned.write_bytes(build_app_image(app, version="1.0.0+0"))
+    tampered = tmp_path / "tampered.img"
+    tampered.write_bytes(tamper(good.read_bytes()))
+    sim = usb_sim(tmp_path, ["--trust", str(mine)])
+    try:
+        r = usb(sim, "status")
+        assert r.returncode == 0, r.stdout + r.stderr
+        st = ev(events(r), "status")
+        assert st["device"] == sim.device_id and st["running"] is None
+        for img, code in ((unsigned, "signature_invalid"), (foreign, "signature_invalid"),
+                          (tampered, None)):
+            r = usb(sim, "push", img)
+            assert r.returncode == 5, (img.name, r.stdout, r.stderr)
+            err = ev(events(r), "error")
+            if code:
+                assert code in json.dumps(err), err
+        st = net_status(sim)
+        assert st["running"] is None and st["pending"] is None, st  # nothing bootable was made
+        r = usb(sim, "push", good)
+        assert r.returncode == 0, r.stdout + r.stderr
+        evs = events(r)
+        assert ev(evs, "committed")["state"] == "pending"
+        done = ev(evs, "done")
+        assert done["state"] == "confirmed", done
+        st = net_status(sim)  # the network sees what the USB push made
+        assert st["running"] == done["slot"] and st["slots"][done["slot"]]["state"] == "confirmed", st
+        assert st["slots"][done["slot"]]["version"] == "1.0.0+0"
+    finally:
+        sim.stop()
+
+
+def test_usb_trial_confirm_and_rollback(tmp_path):
+    sim = usb_sim(tmp_path)
+    try:
+        v1 = build(make_app(tmp_path / "v1"), "1.0.0", tmp_path / "v1.img")
+        r = usb(sim, "push", v1)
+        assert r.returncode == 0, r.stdout + r.stderr
+        s1 = ev(events(r), "done")["slot"]
+        v2 = build(make_app(tmp_path / "v2", confirm=False), "2.0.0", tmp_path / "v2.img")
+        r = usb(sim, "push", v2, "--no-confirm")
+        assert r.returncode == 0, r.stdout + r.stderr
+        booted = ev(events(r), "booted")
+        assert booted["state"] == "trial" and booted["slot"] != s1, booted
+        r = usb(sim, "rollback")
+        assert r.returncode == 0, r.stdout + r.stderr
+        st = net_status(sim)  # the end of the USB command reset the board: it runs v1 again
+        assert st["running"] == s1 and st["slots"][s1]["state"] == "confirmed", st
+        v3 = build(make_app(tmp_path / "v3", confirm=False), "3.0.0", tmp_path / "v3.img")
+        r = usb(sim, "push", v3, "--no-confirm")
+        assert r.returncode == 0, r.stdout + r.stderr
+        s3 = ev(events(r), "booted")["slot"]
+        r = usb(sim, "confirm")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert ev(events(r), "confirmed")["slot"] == s3
+        st = net_status(sim)
+        assert st["running"] == s3 and st["slots"][s3]["state"] == "confirmed" and not st["trial"], st
+    finally:
+        sim.stop()
+
+
+def test_usb_cable_pull_mid_upload_resumes(tmp_path):
+    sim = usb_sim(tmp_path)
+    try:
+        img = build(make_app(tmp_path / "big", blob=160_000), "1.0.0", tmp_path / "big.img")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
+        env["MPOTA_TARGETS"] = os.devnull
+        p = subprocess.Popen([sys.executable, FLASH, "-t", sim.usb, "--json", "push", str(img)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            seen = []
+            while time.monotonic() < deadline:  # until the upload is under way
+                line = p.stdout.readline()
+                if not line:
+                    break
+                seen.append(json.loads(line))
+                if seen[-1]["event"] == "progress" and seen[-1]["done"] > 0:
+                    break
+            assert any(e["event"] == "begin" for e in seen), seen
+            p.kill()  # the cable goes: no goodbye, the port closes mid-exchange
+            p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert not any(e["event"] == "committed" for e in seen)
+        # the board waits in its raw REPL (no watchdog here); the next push resumes
+        r = usb(sim, "push", img)
+        assert r.returncode == 0, r.stdout + r.stderr
+        evs = events(r)
+        begin = ev(evs, "begin")
+        assert begin["resumed"] and 0 < begin["offset"] < img.stat().st_size, begin
+        st = net_status(sim)
+        assert st["slots"][st["running"]]["sha256"] == ev(evs, "image")["sha256"], st
+        assert st["slots"][st["running"]]["state"] == "confirmed"
+    finally:
+        sim.stop()
+
+
+def test_usb_feeds_the_watchdog_through_a_slow_push(tmp_path):
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"wdt": 2000}))
+    sim = usb_sim(tmp_path, ["--config", str(cfg), "--flash-timing", "w25q"])
+    try:
+        img = build(make_app(tmp_path / "big", blob=120_000), "1.0.0", tmp_path / "big.img")
+        t0 = time.monotonic()
+        r = usb(sim, "push", img)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert time.monotonic() - t0 > 2.5  # the board was interrupted for longer than its watchdog's 2 s
+        assert "watchdog" not in sim.output, sim.tail(30)
+        assert ev(events(r), "done")["state"] == "confirmed"
+    finally:
+        sim.stop()
