@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 
 from .codec import mpota_lineproto as lineproto
-from . import images, push as flows, targets as targets_mod
+from . import images, push as flows, targets as targets_mod, usb
 from .errors import (EXIT_OK, AuthError, BadImage, BelowFloor, BoardNotReady, Code, CrashedTrial, DeviceError,
                      DeviceTimeout, LocalNameUnresolved, MpotaError, NoSpace, Unreachable, UsageError, VerifyFailed,
                      VersionClash, VersionRefused)
@@ -254,6 +254,8 @@ def _push_text(ctx, name: str, f: dict):
 async def cmd_push(ctx) -> int:
     args, out = ctx.args, ctx.out
     t = ctx.target
+    if args.no_reset:
+        usb.check_no_reset(t.host)
     img = _push_image(ctx)
     out.event("target", "target [bold]%s[/]" % _target_line(t), **t.describe())
     _image_event(out, img)

@@ -34,9 +34,10 @@ import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-from .errors import BoardError, ConnectionLost, Unreachable
+from .errors import BoardError, ConnectionLost, Unreachable, UsageError
 
 log = logging.getLogger("mpota.usb")
 
@@ -47,6 +48,9 @@ SETTLE = 1.0  # ... then the app this long to start, before it is interrupted ag
 OPEN_WAIT = 10.0  # a port that is gone (the board re-enumerates after a reset) may come back this long
 EXEC_TIMEOUT = 130.0  # a snippet's reply (commit hashes and checks the whole slot)
 _READY = b"mpota: ready"
+# USB vendor ids of MicroPython boards: Raspberry Pi (rp2), MicroPython's own (pyboard,
+# and the default of other ports)
+MICROPYTHON_VIDS = (0x2E8A, 0xF055)
 
 
 def is_usb(host: str) -> bool:
@@ -226,6 +230,13 @@ def link(port: str) -> UsbLink:
     return ln
 
 
+def release(host: str) -> None:
+    """The board at `usb:PORT` back to its agent and app, if this process interrupted it."""
+    ln = _LINKS.pop(port_of(host), None)
+    if ln is not None:
+        ln.release()
+
+
 def release_all() -> None:
     """Give every board this process interrupted back to its agent and app."""
     for ln in list(_LINKS.values()):
@@ -249,6 +260,7 @@ class _Writer:
         self.reader = reader
         self.buf = bytearray()
         self.closed = False
+        self.peer_open = True  # the board's peer, until wait_closed() drops it
         self.transport = self  # abort() is the transport's in asyncio
 
     def write(self, b) -> None:
@@ -281,13 +293,11 @@ class _Writer:
         self._eof()
 
     def close(self) -> None:
-        if not self.closed:
-            self._eof()
-            self._close_peer = True
+        self._eof()
 
     async def wait_closed(self) -> None:
-        if getattr(self, "_close_peer", False):
-            self._close_peer = False
+        if self.peer_open:  # as a TCP close: the board closes the peer's session, keeps its bytes
+            self.peer_open = False
             await asyncio.get_running_loop().run_in_executor(None, self.ln.close_peer)
 
     def get_extra_info(self, name, default=None):
@@ -301,3 +311,105 @@ async def open_streams(host: str, connect_timeout: float) -> tuple:
     dev = await loop.run_in_executor(None, ln.start_peer)
     reader = asyncio.StreamReader()
     return reader, _Writer(ln, reader), dev
+
+
+# -- what needs no interruption: the console and the board list --------------------------
+
+def check_no_reset(host: str) -> None:
+    """push --no-reset cannot hold over USB: the board leaves the REPL only by a reset."""
+    if is_usb(host):
+        raise UsageError("--no-reset cannot hold over USB: every USB command ends with a reset that gives the "
+                         "board back to its agent and app, which boots a pending image",
+                         "push without --no-reset (the image boots on trial, as after a reset)")
+
+
+def follow_console(port: str, on_line: Callable[[str], None], seconds: Optional[float]) -> int:
+    """Show the board's console (its USB serial output) line by line, without
+    interrupting it, for `seconds` (None: until Ctrl-C); the port may go and
+    come back (the board resets). -> lines shown."""
+    import serial  # pyserial, mpremote's
+
+    end = None if seconds is None else time.monotonic() + seconds
+    n = 0
+    buf = b""
+    while end is None or time.monotonic() < end:
+        try:
+            with serial.Serial(port, 115200, timeout=0.2) as s:
+                while end is None or time.monotonic() < end:
+                    buf += s.read(s.in_waiting or 1)
+                    *lines, buf = buf.split(b"\n")
+                    for ln in lines:
+                        on_line(ln.decode("utf-8", "replace").rstrip("\r"))
+                        n += 1
+        except (OSError, serial.SerialException) as e:
+            log.info("%s: %s: opening it again", port, e)
+            time.sleep(0.3)
+    if buf:
+        on_line(buf.decode("utf-8", "replace").rstrip("\r"))
+        n += 1
+    return n
+
+
+@dataclass
+class UsbBoard:
+    port: str
+    device_id: Optional[str]  # the board's unique id: its USB serial number, the id the agent reports
+    description: str
+    vid_pid: str
+
+    def fields(self) -> dict:
+        return {"port": self.port, "device_id": self.device_id, "description": self.description,
+                "vid_pid": self.vid_pid, "target": PREFIX + self.port}
+
+
+def list_boards(ports=None) -> list:
+    """The USB serial ports that are MicroPython boards, as mpremote's
+    `connect list` sees them (pyserial's comports()), without opening any: on
+    rp2 the USB serial number is the board's unique id in hex, which is the
+    device id the agent reports. `ports`: comports()' result (tests)."""
+    if ports is None:
+        from serial.tools import list_ports
+
+        ports = list_ports.comports()
+    out = []
+    for p in sorted(ports, key=lambda p: p.device):
+        if p.vid is None:
+            continue  # not a USB device (a built-in UART)
+        desc = " ".join(x for x in (p.manufacturer, p.product) if x) or (p.description or "")
+        if p.vid not in MICROPYTHON_VIDS and "micropython" not in desc.lower():
+            continue
+        sn = (p.serial_number or "").lower()
+        out.append(UsbBoard(p.device, sn if re.fullmatch(r"[0-9a-f]{16}", sn) else None, desc,
+                            "%04x:%04x" % (p.vid, p.pid or 0)))
+    return out
+
+
+def cmd_discover_usb(ctx) -> int:
+    """`mpota discover --usb`: the boards on this machine's USB ports."""
+    out = ctx.out
+    boards = list_boards()
+    out.say("%-22s %-16s %-9s %s" % ("TARGET", "ID", "VID:PID", "DESCRIPTION"))
+    for b in boards:
+        out.event("board", "%-22s %-16s %-9s %s" % (PREFIX + b.port, b.device_id or "-", b.vid_pid, b.description),
+                  **b.fields())
+    out.event("discovered", "%d board%s on USB" % (len(boards), "" if len(boards) == 1 else "s"),
+              count=len(boards), usb=True)
+    return 0
+
+
+def cmd_logs(ctx) -> int:
+    """`mpota -t usb:PORT logs [--follow] [--seconds S]`: the board's console."""
+    t, a, out = ctx.target, ctx.args, ctx.out
+    if not is_usb(t.host):
+        raise UsageError("logs reads a board's console over USB: name it as usb:PORT (%s is not)" % ctx.spec,
+                         "discover --usb lists the boards plugged in here")
+    seconds = a.seconds if a.seconds is not None else (None if a.follow else 2.0)
+    n = follow_console(port_of(t.host), lambda line: out.event("console", escape(line), text=line), seconds)
+    out.event("logs", "%d line%s" % (n, "" if n == 1 else "s"), lines=n)
+    return 0
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as esc
+
+    return esc(text)

@@ -168,3 +168,54 @@ def test_usb_feeds_the_watchdog_through_a_slow_push(tmp_path):
         assert ev(events(r), "done")["state"] == "confirmed"
     finally:
         sim.stop()
+
+
+def test_usb_logs_show_the_console_without_interrupting_the_app(tmp_path):
+    app = tmp_path / "ticker"
+    app.mkdir()
+    (app / "main.py").write_text("import asyncio\nimport mpota\n\nasync def main():\n    mpota.confirm()\n"
+                                 "    n = 0\n    while True:\n        n += 1\n        print('tick', n)\n"
+                                 "        await asyncio.sleep(0.2)\n")
+    sim = usb_sim(tmp_path)
+    try:
+        r = usb(sim, "push", build(app, "1.0.0", tmp_path / "ticker.img"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        sim.wait_for_line("tick 3", 30)
+        mark = sim.mark()
+        r = cli("-t", sim.usb, "--json", "logs", "--seconds", "2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        ticks = [e["text"] for e in events(r) if e["event"] == "console" and e["text"].startswith("tick")]
+        assert len(ticks) >= 5, events(r)
+        nums = [int(t.split()[1]) for t in ticks]
+        assert nums == list(range(nums[0], nums[0] + len(nums)))  # one run of the app, never restarted
+        assert "sim: reset" not in "\n".join(sim.lines[mark:])
+        r = cli("-t", "127.0.0.1:1", "--json", "logs")
+        assert r.returncode == 1 and "usb:PORT" in r.stdout + r.stderr
+    finally:
+        sim.stop()
+
+
+def test_usb_push_no_reset_is_refused_before_anything_is_sent(tmp_path):
+    img = build(make_app(tmp_path / "app"), "1.0.0", tmp_path / "app.img")
+    r = cli("-t", "usb:/dev/null-no-such-port", "--json", "push", img, "--no-reset")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "--no-reset cannot hold over USB" in r.stdout
+
+
+def test_discover_usb_lists_micropython_boards_by_their_usb_serial_number():
+    from serial.tools.list_ports_common import ListPortInfo
+
+    from mpota import usb
+
+    def port(dev, vid, pid, sn, man, prod):
+        p = ListPortInfo(dev, skip_link_detection=True)
+        p.vid, p.pid, p.serial_number, p.manufacturer, p.product = vid, pid, sn, man, prod
+        return p
+
+    ports = [port("/dev/ttyACM1", 0x2E8A, 0x0005, "E6614C311B6A7A2F", "MicroPython", "Board in FS mode"),
+             port("/dev/ttyUSB0", 0x0403, 0x6001, "A50285BI", "FTDI", "FT232R USB UART"),
+             port("/dev/ttyS0", None, None, None, None, None)]
+    boards = usb.list_boards(ports)
+    assert [b.fields() for b in boards] == [{
+        "port": "/dev/ttyACM1", "device_id": "e6614c311b6a7a2f", "description": "MicroPython Board in FS mode",
+        "vid_pid": "2e8a:0005", "target": "usb:/dev/ttyACM1"}]
