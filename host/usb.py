@@ -45,9 +45,11 @@ PREFIX = "usb:"
 CHUNK = 2048  # bytes per feed snippet: ~2.7 KB of base64 source, compiled on the board per snippet
 BOOT_WAIT = 30.0  # after a reset: the agent's ready line within this long
 SETTLE = 1.0  # ... then the app this long to start, before it is interrupted again
+RELEASE_WAIT = 20.0  # the end of a command waits this long for the agent's ready line
 OPEN_WAIT = 10.0  # a port that is gone (the board re-enumerates after a reset) may come back this long
 EXEC_TIMEOUT = 130.0  # a snippet's reply (commit hashes and checks the whole slot)
 _READY = b"mpota: ready"
+_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 # USB vendor ids of MicroPython boards: Raspberry Pi (rp2), MicroPython's own (pyboard,
 # and the default of other ports)
 MICROPYTHON_VIDS = (0x2E8A, 0xF055)
@@ -90,10 +92,11 @@ class UsbLink:
                                       "terminals, mpremote)?")
             time.sleep(0.2)
 
-    def _wait_ready(self) -> None:
-        # after a reset: the agent's ready line (then the app's start) before Ctrl-C
+    def _wait_ready(self, limit: float, settle: float) -> bool:
+        # after a reset: the agent's ready line (then `settle` s for the app to
+        # start) within `limit` s of the reset; False when it did not come
         t = self.t
-        end = (self.reset_at or time.monotonic()) + BOOT_WAIT
+        end = (self.reset_at or time.monotonic()) + limit
         buf = b""
         while time.monotonic() < end:
             d = t.serial.read(t.serial.in_waiting or 1)
@@ -103,9 +106,10 @@ class UsbLink:
                 for ln in lines:
                     self._console(ln)
                     if _READY in ln:
-                        time.sleep(SETTLE)
-                        return
-        log.info("%s: no ready line within %.0f s after the reset: interrupting anyway", self.port, BOOT_WAIT)
+                        time.sleep(settle)
+                        return True
+        log.info("%s: no ready line within %.0f s of the reset", self.port, limit)
+        return False
 
     def _console(self, ln: bytes) -> None:
         s = ln.decode("utf-8", "replace").rstrip("\r")
@@ -123,14 +127,34 @@ class UsbLink:
             self._open_port(OPEN_WAIT if self.reset_at is not None else 0)
         try:
             if self.reset_at is not None:
-                self._wait_ready()
+                self._wait_ready(BOOT_WAIT, SETTLE)  # else interrupted anyway: the agent may lack Wi-Fi
                 self.reset_at = None
-            self.t.enter_raw_repl(soft_reset=False)
+            self._enter_raw()
         except (TransportError, OSError) as e:
             self._drop()
             raise ConnectionLost("%s: cannot reach the raw REPL: %s" % (self.port, e))
         self.interrupted = True
         self.call("import mpota_usb as _u")
+
+    def _enter_raw(self) -> None:
+        # mpremote's enter_raw_repl(soft_reset=False), made patient: Ctrl-C,
+        # then Ctrl-A only once the friendly REPL's prompt is out (a REPL that
+        # starts reading discards what came before: the unix port's does), and
+        # a host that was cut off in the middle of a raw-paste snippet left the
+        # board reading it: Ctrl-D ends that paste (the 3rd attempt)
+        t = self.t
+        for attempt in range(4):
+            if attempt == 2:
+                t.serial.write(b"\x04")
+                t.read_until(1, b"\x04>", timeout=1, timeout_overall=2)
+            t.serial.write(b"\r\x03")
+            t.read_until(1, b">>> ", timeout=1, timeout_overall=2)
+            t.serial.write(b"\r\x01")
+            if t.read_until(1, _BANNER, timeout=1, timeout_overall=3).endswith(_BANNER):
+                t.in_raw_repl = True
+                return
+        raise ConnectionLost("%s: the board does not enter its raw REPL" % self.port,
+                             "is it a MicroPython board, and no other program holding the port?")
 
     def _drop(self) -> None:
         t, self.t = self.t, None
@@ -214,9 +238,16 @@ class UsbLink:
 
     def release(self) -> None:
         """End of the command: a board we interrupted goes back to its agent
-        and app (reset); the port is closed."""
+        and app (reset), and the command ends once its agent is ready (at
+        most RELEASE_WAIT s: one without Wi-Fi never says so), so the next
+        command, over USB or the network, finds it up; the port is closed."""
         if self.interrupted and self.t is not None:
             self.reset()
+            try:
+                self._open_port(OPEN_WAIT)
+                self._wait_ready(RELEASE_WAIT, 0)
+            except (Unreachable, OSError) as e:
+                log.info("%s: after the reset: %s", self.port, e)
         self._drop()
 
 

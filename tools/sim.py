@@ -56,7 +56,8 @@ once, with no link to manage.
 --usb gives the device a console, as the Pico W's USB serial port: the
 interpreter runs with a pseudo-terminal as its stdin/stdout and controlling
 terminal (so Ctrl-C interrupts it, and after an uncaught exception, as after
-Ctrl-C, it waits in its REPL, whose raw REPL mpremote speaks), and the
+Ctrl-C, it waits in its REPL, whose raw REPL mpremote speaks: MICROPYINSPECT,
+which simhal's resets clear, so they still exit), and the
 launcher bridges that terminal to a second one, whose path it prints once
 (`sim: usb /dev/pts/N`) and writes into STATE/usb: the "cable" a host opens
 (`mpota -t usb:/dev/pts/N ...`, mpremote's SerialTransport). The bridge
@@ -413,8 +414,6 @@ class Launcher:
             cmd = [mp]
             if a.heap:
                 cmd += ["-X", "heapsize=%s" % a.heap]
-            if self.usb is not None:
-                cmd.append("-i")  # after Ctrl-C (an uncaught KeyboardInterrupt): the REPL, as a board
             cmd += [str(TOOLS / "sim_boot.py"), str(hp)]
             self.emit("sim: boot #%d (%s)%s" % (boot_count, cause, " power cut armed" if cut is not None else ""))
             with self.lock:
@@ -423,8 +422,11 @@ class Launcher:
                 # umask 077: flash.bin holds the device key (/mpota_key.bin): owner only
                 if self.usb is not None:  # the console: pty A (UsbConsole relays it)
                     u = self.usb
+                    # MICROPYINSPECT: after Ctrl-C (an uncaught KeyboardInterrupt) the REPL, as on a
+                    # board; simhal unsets it for its resets, which exit
+                    env = dict(os.environ, MICROPYINSPECT="1")
                     self.proc = subprocess.Popen(cmd, stdout=u.sa, stderr=u.sa, stdin=u.sa, cwd=str(REPO),
-                                                 umask=0o077, start_new_session=True,
+                                                 env=env, umask=0o077, start_new_session=True,
                                                  preexec_fn=u.preexec)  # noqa: PLW1509 (no locks taken)
                 else:
                     self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
