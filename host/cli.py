@@ -273,9 +273,13 @@ def _provision_opts(p):
                         "required unless --dry-run")
     # the old spelling: --port is the agent's TCP port everywhere else (deprecated here)
     p.add_argument("--port", dest="serial_port_deprecated", metavar="SERIAL", help=argparse.SUPPRESS)
-    p.add_argument("--name", required=True, metavar="NAME",
-                   help="the device's name: its target name and Wi-Fi hostname (reached as NAME.local)")
-    p.add_argument("--ssid", required=True, metavar="SSID", help="the Wi-Fi network to join")
+    p.add_argument("--name", metavar="NAME",
+                   help="the device's name: its target name and Wi-Fi hostname (reached as NAME.local); "
+                        "required unless --repair")
+    p.add_argument("--ssid", metavar="SSID", help="the Wi-Fi network to join; required unless --repair")
+    p.add_argument("--repair", action="store_true",
+                   help="only reinstall the agent (a broken one) over --serial, keeping the board's config, "
+                        "device key, trust store, slots and app; nothing else is asked or recorded")
     p.add_argument("--password-file", metavar="FILE",
                    help="a file whose first line is the Wi-Fi password (default: asked for; "
                         "empty for an open network); never taken from the command line")
@@ -430,7 +434,7 @@ COMMANDS = [
             "device key, trusted signing key, the agent; reset it, wait for it, record it as a target",
             _provision_opts, ("targets", "key_file") + OUTPUT,
             examples=("provision --serial /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
-                      "provision --ssid home --name picow-1 --dry-run")),
+                      "provision --ssid home --name picow-1 --dry-run", "provision --serial /dev/ttyACM0 --repair")),
 ]
 # the console of a board on USB (host/usb.py), read without interrupting it
 COMMANDS.append(Command("logs", usb.cmd_logs, "show a board's console over USB (-t usb:PORT), without "

@@ -75,6 +75,7 @@ class UsbLink:
         self.device: Optional[str] = None
         self.lock = threading.Lock()
         self.on_console: Optional[Callable[[str], None]] = None
+        self.ready_line: Optional[str] = None  # the last `mpota: ready` line seen
 
     # -- the serial port and the raw REPL --------------------------------------
     def _open_port(self, wait: float) -> None:
@@ -106,6 +107,7 @@ class UsbLink:
                 for ln in lines:
                     self._console(ln)
                     if _READY in ln:
+                        self.ready_line = ln.decode("utf-8", "replace").strip()
                         time.sleep(settle)
                         return True
         log.info("%s: no ready line within %.0f s of the reset", self.port, limit)
@@ -117,8 +119,10 @@ class UsbLink:
         if self.on_console is not None:
             self.on_console(s)
 
-    def ensure(self) -> None:
-        """Open the port, interrupt the board and enter the raw REPL (once)."""
+    def ensure(self, agent: bool = True) -> None:
+        """Open the port, interrupt the board and enter the raw REPL (once);
+        `agent`: import the agent's USB entry point (not for a repair: the
+        agent may be what is broken)."""
         from mpremote.transport_serial import TransportError
 
         if self.t is not None and self.interrupted:
@@ -134,7 +138,8 @@ class UsbLink:
             self._drop()
             raise ConnectionLost("%s: cannot reach the raw REPL: %s" % (self.port, e))
         self.interrupted = True
-        self.call("import mpota_usb as _u")
+        if agent:
+            self.call("import mpota_usb as _u")
 
     def _enter_raw(self) -> None:
         # mpremote's enter_raw_repl(soft_reset=False), made patient: Ctrl-C,
@@ -236,13 +241,74 @@ class UsbLink:
             self.interrupted = False
             self.reset_at = time.monotonic()
 
+    # -- files, for `provision --repair` (the agent itself may be broken) ----------
+    def prepare_files(self) -> None:
+        """Before writing files: a watchdog that a broken agent started keeps
+        running while the board sits in the REPL (the RP2040's cannot be
+        stopped), so it is set to its longest timeout and fed by every
+        write (_feed); none is started where none runs."""
+        self.call("import ubinascii as _b\n_w = None\n"
+                  "import sys\n"
+                  "if sys.platform == 'rp2':\n"
+                  "    import machine\n"
+                  "    if machine.mem32[0x40058000] & 0x40000000:  # WATCHDOG CTRL.ENABLE\n"
+                  "        _w = machine.WDT(timeout=8388)\n"
+                  "def _feed():\n"
+                  "    if _w is not None:\n"
+                  "        _w.feed()\n")
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Write board file /`name` through the raw REPL (base64, CHUNK bytes
+        a snippet, each feeding the watchdog: prepare_files)."""
+        self.call("_feed()\n_o = open(%r, 'wb')" % ("/" + name))
+        for i in range(0, len(data), CHUNK):
+            b64 = binascii.b2a_base64(data[i:i + CHUNK], newline=False).decode()
+            self.call('_o.write(_b.a2b_base64("%s"))\n_feed()' % b64)
+        self.call("_o.close()\ndel _o")
+
+    def remove_files(self, names) -> list:
+        """Remove those of `names` that the board's / holds; -> the ones removed."""
+        out = self.call("import os\n_l = os.listdir('/')\n_r = [n for n in %r if n in _l]\n"
+                        "for n in _r:\n    os.remove('/' + n)\nprint(_r)" % (list(names),))
+        return [n for n in re.findall(r"'([^']+)'", out.decode())]
+
+    def reset_new_agent(self) -> bool:
+        """Reset through the agent's own hal (just installed: the old one is
+        dropped from sys.modules first), then wait for its ready line;
+        -> whether it came within RELEASE_WAIT s."""
+        with self.lock:
+            try:
+                self.t.exec_raw_no_follow("import sys\nsys.modules.pop('mpota_hal', None)\n"
+                                          "import mpota_hal\nmpota_hal.reset()")
+            except Exception as e:  # the link went with the reset
+                log.info("%s: reset: %s", self.port, e)
+            self._drop()
+            self.interrupted = False
+            self.reset_at = time.monotonic()
+            try:
+                self._open_port(OPEN_WAIT)
+                return self._wait_ready(RELEASE_WAIT, 0)
+            except (Unreachable, OSError) as e:
+                log.info("%s: after the reset: %s", self.port, e)
+                return False
+            finally:
+                self._drop()
+
+    def close(self) -> None:
+        """Close the port, leaving the board as it is (stopped, if we stopped it)."""
+        self._drop()
+        self.interrupted = False
+
     def release(self) -> None:
         """End of the command: a board we interrupted goes back to its agent
         and app (reset), and the command ends once its agent is ready (at
-        most RELEASE_WAIT s: one without Wi-Fi never says so), so the next
+        most RELEASE_WAIT s: one without Wi-Fi never says so; not at all when
+        its agent did not answer this session), so the next
         command, over USB or the network, finds it up; the port is closed."""
         if self.interrupted and self.t is not None:
             self.reset()
+            if self.device is None:  # its agent never answered: no ready line will come
+                return
             try:
                 self._open_port(OPEN_WAIT)
                 self._wait_ready(RELEASE_WAIT, 0)

@@ -219,3 +219,50 @@ def test_discover_usb_lists_micropython_boards_by_their_usb_serial_number():
     assert [b.fields() for b in boards] == [{
         "port": "/dev/ttyACM1", "device_id": "e6614c311b6a7a2f", "description": "MicroPython Board in FS mode",
         "vid_pid": "2e8a:0005", "target": "usb:/dev/ttyACM1"}]
+
+
+def test_provision_repair_reinstalls_a_broken_agent_keeping_key_trust_slots_and_app(tmp_path):
+    from mpota import keys
+    from mpota.images import build_app_image
+    from mpota.usb import UsbLink
+
+    mine = tmp_path / "mine.pem"
+    keys.keygen(mine)
+    img = tmp_path / "app.img"
+    img.write_bytes(build_app_image(make_app(tmp_path / "app"), version="1.0.0+0", key=str(mine)))
+    sim = usb_sim(tmp_path, ["--trust", str(mine)])
+    try:
+        r = usb(sim, "push", img)
+        assert r.returncode == 0, r.stdout + r.stderr
+        before = net_status(sim)
+        # break the agent: its resident module no longer imports, so main.py stops in the REPL
+        ln = UsbLink(sim.usb[4:])
+        ln.ensure(agent=False)
+        ln.prepare_files()
+        assert ln.remove_files(["mpota_agent.mpy", "mpota_agent.py"])
+        ln.write_file("mpota_agent.py", b"this is not python\n")
+        ln.close()
+        mark = sim.mark()
+        sim.power_cut(timeout=None)  # unplugged and plugged in
+        sim.wait_for_line("NameError", 30, since=mark)
+        r = cli("-t", sim.usb, "--json", "status")
+        assert r.returncode == 2, r.stdout + r.stderr  # nothing answers over USB either
+        mark = sim.mark()
+        r = cli("--json", "provision", "--serial", sim.usb[4:], "--repair")
+        assert r.returncode == 0, r.stdout + r.stderr
+        done = ev(events(r), "done")
+        assert done["ready"].startswith("mpota: ready") and done["files"][-1] == "main.py"
+        assert {"mpota_agent.mpy", "mpota_agent.py"} & set(done["files"])
+        if "mpota_agent.mpy" in done["files"]:  # the broken source would win the import: it went
+            assert any("removed" in e["text"] and "mpota_agent.py" in e["text"] for e in events(r)
+                       if e["event"] == "step")
+        sim.wait_for_line("mpota: ready", 30, since=mark)
+        after = net_status(sim)  # the device key it had still opens it
+        run = after["running"]
+        assert run == before["running"] and after["slots"][run] == before["slots"][run], after
+        assert after["slots"][run]["state"] == "confirmed" and after["app"]["state"] == "running"
+        assert after["trust"] == before["trust"] and after["trust"]["keys"], after["trust"]
+        r = cli("--json", "provision", "--serial", sim.usb[4:], "--repair", "--name", "x")
+        assert r.returncode == 1 and "--repair reinstalls the agent only" in r.stdout
+    finally:
+        sim.stop()
