@@ -37,7 +37,8 @@ def net_status(sim):
 def usb(sim, *args, timeout=120):
     """The CLI over USB, with no key at hand (the cable authenticates)."""
     mark = sim.mark()
-    r = cli("-t", sim.usb, "--json", *args, timeout=timeout)
+    target = () if "-t" in args else ("-t", sim.usb)
+    r = cli(*target, "--json", *args, timeout=timeout)
     # whatever the command did, it hands the board back to its agent (a reset)
     sim.wait_for_line("mpota: ready", 30, since=mark)
     return r
@@ -112,6 +113,12 @@ def test_usb_trial_confirm_and_rollback(tmp_path):
         assert ev(events(r), "confirmed")["slot"] == s3
         st = net_status(sim)
         assert st["running"] == s3 and st["slots"][s3]["state"] == "confirmed" and not st["trial"], st
+        # a targets file's usb target: its device_id is checked as over Wi-Fi
+        tf = tmp_path / "targets.toml"
+        for dev_id, code in (("0123456789abcdef", 3), (sim.device_id, 0)):
+            tf.write_text('[targets.desk]\nhost = "%s"\ndevice_id = "%s"\n' % (sim.usb, dev_id))
+            r = usb(sim, "--targets", tf, "-t", "desk", "ping")
+            assert r.returncode == code, r.stdout + r.stderr
     finally:
         sim.stop()
 
