@@ -142,16 +142,13 @@ class UsbLink:
             self.call("import mpota_usb as _u")
 
     def _enter_raw(self) -> None:
-        # mpremote's enter_raw_repl(soft_reset=False), made patient: Ctrl-C,
-        # then Ctrl-A only once the friendly REPL's prompt is out (a REPL that
-        # starts reading discards what came before: the unix port's does), and
-        # a host that was cut off in the middle of a raw-paste snippet left the
-        # board reading it: Ctrl-D ends that paste (the 3rd attempt)
+        # mpremote's enter_raw_repl(soft_reset=False), made patient: Ctrl-C
+        # (which also aborts a raw-paste snippet that a pulled cable left half
+        # sent: the firmware's pyexec ends the paste on it), then Ctrl-A only
+        # once the friendly REPL's prompt is out (a REPL that starts reading
+        # discards what came before: the unix port's does); three tries
         t = self.t
-        for attempt in range(4):
-            if attempt == 2:
-                t.serial.write(b"\x04")
-                t.read_until(1, b"\x04>", timeout=1, timeout_overall=2)
+        for _ in range(3):
             t.serial.write(b"\r\x03")
             t.read_until(1, b">>> ", timeout=1, timeout_overall=2)
             t.serial.write(b"\r\x01")

@@ -148,6 +148,16 @@ def test_usb_cable_pull_mid_upload_resumes(tmp_path):
             if p.poll() is None:
                 p.kill()
         assert not any(e["event"] == "committed" for e in seen)
+        # and a host that goes while sending a snippet leaves the board reading it
+        from mpota.usb import UsbLink
+
+        ln = UsbLink(sim.usb[4:])
+        ln.ensure()
+        ln.t.read_until(1, b">")
+        ln.t.serial.write(b"\x05A\x01")  # raw-paste mode (mpremote's exec_raw_no_follow)
+        assert ln.t.serial.read(4)[:2] == b"R\x01"
+        ln.t.serial.write(b"_u.feed(b\"AAAA")  # half a snippet, then the cable goes
+        ln.close()
         # the board waits in its raw REPL (no watchdog here); the next push resumes
         r = usb(sim, "push", img)
         assert r.returncode == 0, r.stdout + r.stderr
