@@ -100,6 +100,9 @@ def test_usb_trial_confirm_and_rollback(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         booted = ev(events(r), "booted")
         assert booted["state"] == "trial" and booted["slot"] != s1, booted
+        r = usb(sim, "dump", "--slot", s1, "-o", tmp_path / "back.img")  # READ frames, 4 KB replies
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (tmp_path / "back.img").read_bytes() == v1.read_bytes()
         r = usb(sim, "rollback")
         assert r.returncode == 0, r.stdout + r.stderr
         st = net_status(sim)  # the end of the USB command reset the board: it runs v1 again
@@ -113,6 +116,10 @@ def test_usb_trial_confirm_and_rollback(tmp_path):
         assert ev(events(r), "confirmed")["slot"] == s3
         st = net_status(sim)
         assert st["running"] == s3 and st["slots"][s3]["state"] == "confirmed" and not st["trial"], st
+        crash = build(make_app(tmp_path / "crash", confirm=False, crash=True), "4.0.0", tmp_path / "crash.img")
+        r = usb(sim, "push", crash)
+        assert r.returncode == 6, r.stdout + r.stderr  # the trial watched over USB: its app crashed
+        assert "crashed" in ev(events(r), "error")["message"]
         # a targets file's usb target: its device_id is checked as over Wi-Fi
         tf = tmp_path / "targets.toml"
         for dev_id, code in (("0123456789abcdef", 3), (sim.device_id, 0)):

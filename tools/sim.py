@@ -234,7 +234,7 @@ class UsbConsole:
         attrs = termios.tcgetattr(self.sa)
         attrs[3] |= termios.ISIG
         termios.tcsetattr(self.sa, termios.TCSANOW, attrs)
-        os.set_blocking(self.mb, False)  # nobody reading the port: output is dropped, as on a board
+        os.set_blocking(self.mb, False)  # nobody reading the port: output is dropped, as on a board (to_host)
         self.path = os.ttyname(self.sb)
         self.on_line = None  # each device output line, for the launcher's relay
 
@@ -245,6 +245,21 @@ class UsbConsole:
 
         _pdeathsig()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def to_host(self, d):
+        # As the board's USB serial: a host that reads is waited for (the
+        # device's writes block meanwhile); output nobody reads for 1 s is dropped
+        import select
+
+        mv = memoryview(d)
+        while mv:
+            try:
+                mv = mv[os.write(self.mb, mv):]
+            except BlockingIOError:
+                if not select.select([], [self.mb], [], 1.0)[1]:
+                    return  # the host's side is full and nobody reads it
+            except OSError:
+                return
 
     def run(self):
         import select
@@ -262,10 +277,7 @@ class UsbConsole:
                 if fd == self.mb:
                     os.write(self.ma, d)
                     continue
-                try:
-                    os.write(self.mb, d)
-                except OSError:
-                    pass  # the host's side is full (nobody reads): dropped
+                self.to_host(d)
                 line += d
                 while b"\n" in line:
                     one, line = line.split(b"\n", 1)
