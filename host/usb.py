@@ -74,7 +74,6 @@ class UsbLink:
         self.reset_at: Optional[float] = None  # the board was reset: wait for its agent
         self.device: Optional[str] = None
         self.lock = threading.Lock()
-        self.on_console: Optional[Callable[[str], None]] = None
         self.ready_line: Optional[str] = None  # the last `mpota: ready` line seen
 
     # -- the serial port and the raw REPL --------------------------------------
@@ -114,10 +113,8 @@ class UsbLink:
         return False
 
     def _console(self, ln: bytes) -> None:
-        s = ln.decode("utf-8", "replace").rstrip("\r")
-        log.debug("console: %s", s)
-        if self.on_console is not None:
-            self.on_console(s)
+        # the board's own output met on the way (its agent's and app's prints): -vv shows it
+        log.debug("console: %s", ln.decode("utf-8", "replace").rstrip("\r"))
 
     def ensure(self, agent: bool = True) -> None:
         """Open the port, interrupt the board and enter the raw REPL (once);
