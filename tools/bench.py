@@ -6,7 +6,8 @@ times slept on every flash operation) serves both: a 256 KiB application
 image is pushed natively (TCP, pipelined DATA, cumulative ACKs) and then
 through the reference `BootloaderMessenger` (UDP, one WriteRequest per round
 trip), then with smpclient over SMP (UDP, one chunk per round trip, as
-smpclient always does; tools/bench_smp.py). Loopback has no latency, so the
+smpclient always does; tools/bench_smp.py), then over USB (tools/bench_usb.py:
+the raw REPL on a simulator's pty console). Loopback has no latency, so the
 flows are repeated through delay lines
 (tools/linkproxy.py) that add a Wi-Fi-like round trip (--rtt). Prints the
 throughputs, their ratio, and each against the physical write ceiling of
@@ -37,6 +38,7 @@ from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 import bench_smp  # noqa: E402
 import bench_headroom  # noqa: E402
+import bench_usb  # noqa: E402
 import boardbuilds  # noqa: E402
 
 CEILING = 4096 / 0.051  # bytes/s: a 4 KiB sector erase (45 ms) + 16 page programs (~6 ms)
@@ -234,6 +236,8 @@ def main() -> int:
             print("%-7s %-33s %7s %10.1fx\n" % ("", "native / SMP", "", native / smp_rate))
         sim.stop()
         sim = None
+        n += 1  # USB (host/usb.py) on a simulator of its own with a pty console
+        print(bench_usb.usb_row(work, bytes(appimage.build_app_image(body, version="1.0.%d" % n)), a.timing) + "\n")
         if a.mac:
             mac_cost(work, body)
         memory_rows(work, body, a.heap)
