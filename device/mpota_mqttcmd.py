@@ -1,0 +1,213 @@
+# mqttcmd: what the board does with a command from its broker (docs/mqtt.md).
+# Loaded by mpota_mqtt for a command (and at each connect, to resume an
+# install or report a trial's outcome); released once no update session is
+# open (agent._LIFE).
+#
+# A command acts only when it parses (mpota_command.parse), holds against
+# this board (mpota_command.check: fleet, target, a seq newer than the last
+# acted on, a known op with valid fields) and its Ed25519 signature verifies
+# with a key of the trust store (mpota_trust) -- the cheap checks first, so a
+# stale or misaddressed flood costs no signature math. The seq is stored
+# (atomically, in PATH) BEFORE acting, so a replay after a reset is refused.
+# Each transition goes through the module that owns it: ops.op_confirm and
+# rareops.op_rollback (the slot record's Slots methods), update.op_begin /
+# op_commit (the update session a LAN push uses) through mpota_pull.
+import uos as os
+import ujson as json
+import asyncio
+
+import mpota_command as command
+from mpota_command import CommandError
+from mpota_lineproto import ProtoError, error_name
+
+PATH = "/mpota_cmd.json"  # {"seq": N, "op", "result", and during an install: "install" (its body), "phase"}
+_RESET_MS = 500  # after the last event of a command that resets: it leaves first
+
+
+def load(path=PATH):
+    """The command record; {"seq": None} when it exists but cannot be read
+    (fail closed: no command acts until it is repaired, or a replay could)."""
+    try:
+        f = open(path)
+    except OSError:
+        return {"seq": 0}
+    try:
+        r = json.load(f)
+        if isinstance(r, dict) and isinstance(r.get("seq"), int):
+            return r
+    except ValueError:
+        pass
+    finally:
+        f.close()
+    return {"seq": None}
+
+
+def store(rec, path=PATH):
+    """Replace the record atomically: a new file, then one rename (littlefs
+    commits a rename in one metadata block, as slots.py's record)."""
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        json.dump(rec, f)
+    os.rename(tmp, path)
+
+
+def _verify(body, sig):
+    import mpota_trust as trust  # (released with the session scope; ed25519 for the call only)
+    t = trust.load()
+    if t["error"]:
+        raise CommandError(command.NO_KEY, "trust store unusable: %s" % t["error"])
+    if not t["keys"]:
+        raise CommandError(command.NO_KEY, "this board trusts no key (/mpota_trust.json): every command is "
+                           "ignored")
+    msg = command.signed_message(body)
+    for k in t["keys"]:
+        if trust.verify_signature(k, msg, sig):
+            return
+    raise CommandError(command.BAD_SIGNATURE, "the signature does not verify with any key this board trusts")
+
+
+async def handle(dev, cl, payload, on_all):
+    """One command payload from the board's topic (or the fleet's: `on_all`)."""
+    seq = 0
+    try:
+        d, body, sig = command.parse(payload)
+        s = d.get("seq")
+        seq = s if isinstance(s, int) and not isinstance(s, bool) else 0
+        rec = load()
+        if rec["seq"] is None:
+            raise CommandError(command.MALFORMED, "the command record %s is unreadable: repair it" % PATH)
+        op = command.check(d, dev.id, dev.cfg["fleet"], rec["seq"], on_all)
+        _verify(body, sig)
+    except CommandError as e:
+        await cl.ignored(seq, e.reason, e.message)
+        return
+    new = {"seq": seq, "op": op}
+    if op == "install":
+        if dev.session is not None:
+            await cl.event(seq, "error", error="busy", message="an update session is open")
+            return  # not acted on: the seq is not spent
+        new["install"] = d
+        new["phase"] = "download"
+    elif rec.get("install"):
+        new["install"] = rec["install"]  # an install in progress stays (its resume, its outcome)
+        new["phase"] = rec.get("phase")
+    store(new)  # before acting
+    cl.dirty = True
+    if op == "install":
+        return await install(dev, cl, new)
+    try:
+        if op == "confirm":
+            import mpota_slots as slots
+            import mpota_ops as ops
+            slots.attach(dev)
+            r = ops.op_confirm(dev, None, {})
+            await done(cl, new, "confirmed", slot=r["slot"])
+        elif op == "rollback":
+            import mpota_slots as slots
+            import mpota_rareops as rareops
+            slots.attach(dev)
+            r = rareops.op_rollback(dev, None, {})
+            await done(cl, new, "rolled_back", slot=r["slot"])
+            await _reset(dev)  # as the LAN's rollback: rollback then reset
+        elif op == "reset":
+            await done(cl, new, "reset")
+            await _reset(dev)
+        else:
+            await cl.publish(cl.base + "logs", json.dumps(logs(dev, seq)))
+            await done(cl, new, "logs")
+    except ProtoError as e:
+        await fail(cl, new, e.code, e.message)
+
+
+def logs(dev, seq):
+    """The reply to "logs". HOOK: the log ring (branch `logs`) goes here once it
+    is on main; until then what the board keeps: the app's last state and
+    error, and the boot facts."""
+    return {"seq": seq, "id": dev.id, "app": dev.app, "boot_note": dev.note, "boot_reason": dev.boot_reason,
+            "resets": dev.resets, "uptime_ms": dev.uptime(), "lines": []}
+
+
+async def done(cl, rec, result, **kw):
+    # the outcome: in the record (the retained state's cmd_result) and on events
+    rec["result"] = result
+    store(rec)
+    cl.dirty = True
+    await cl.event(rec["seq"], result, **kw)
+
+
+async def fail(cl, rec, code, message):
+    rec.pop("install", None)
+    rec.pop("phase", None)
+    await done(cl, rec, "error", error=error_name(code), message=message)
+
+
+async def _reset(dev):
+    dev.reset_ms = _RESET_MS
+    await dev.after_reply()  # (closes the update session, if any, then hal.reset())
+
+
+async def install(dev, cl, rec):
+    """Open (or resume) the update session for rec's install, then pull the
+    rest in a task of its own: the broker connection keeps being served."""
+    import mpota_pull as pull  # released with the session scope (agent._LIFE)
+    try:
+        pull.begin(dev, cl, rec["install"])
+    except ProtoError as e:
+        if e.code == 0x15:  # lean mode: restarting into update mode, where the install resumes
+            await cl.event(rec["seq"], "restarting", message=e.message)
+            await dev.after_reply()
+        return await fail(cl, rec, e.code, e.message)
+    cl.task = asyncio.create_task(_pull(dev, cl, rec))
+
+
+async def _pull(dev, cl, rec):
+    import mpota_pull as pull
+    try:
+        r = await pull.run(dev, cl, rec["seq"], rec["install"])
+    except ProtoError as e:
+        dev.close_session()  # the bytes stay: a new install of the same image resumes
+        return await fail(cl, rec, e.code, e.message)
+    finally:
+        cl.task = None
+    if r["state"] == "pending":
+        rec["phase"] = "trial"  # its outcome is reported after the reset (outcome())
+    else:  # stored, not an app to boot (mcuboot images of other bodies)
+        rec.pop("install")
+        rec.pop("phase")
+    await done(cl, rec, "installed", slot=r["slot"], version=r["version"], state=r["state"], ms=r["ms"],
+               rate=r["rate"])
+    if "phase" in rec:
+        await _reset(dev)  # into the trial
+
+
+async def resume(dev, cl):
+    """At each connect: an install that a drop or a reset cut resumes (the
+    update session resumes from the bytes the slot holds); a trial that ended
+    (confirmed, or rolled back by the boot manager) is reported."""
+    rec = load()
+    ins = rec.get("install") if rec["seq"] else None
+    if not ins:
+        return
+    if rec.get("phase") == "download":
+        if dev.session is None and getattr(cl, "task", None) is None:
+            await install(dev, cl, rec)
+        return
+    await outcome(dev, cl, rec)
+
+
+async def outcome(dev, cl, rec):
+    """The trial of rec's install: confirmed, rolled back, or still on trial (nothing yet)."""
+    import mpota_slots as slots
+    slots.attach(dev)
+    sl = dev.sl
+    ins = rec["install"]
+    r = sl.running
+    if r is not None and sl.slot(r)["sha256"] == ins["sha256"]:
+        if sl.on_trial():
+            return
+        res = "confirmed"
+    else:
+        res = "rolled_back"
+    rec.pop("install")
+    rec.pop("phase", None)
+    await done(cl, rec, res, version=ins["version"])
