@@ -24,7 +24,8 @@ _BACKOFF_MIN = const(1000)
 _BACKOFF_MAX = const(60000)
 _STATE_EVERY = const(60000)  # the retained state is renewed this often (uptime), and at every change
 _ACK_MS = const(10000)  # a QoS 1 publish not acknowledged by then: the connection is dropped
-_IGNORE_MS = const(5000)  # ignored commands are reported at most this often (and once per seq)
+_IGNORE_MS = const(5000)  # ignored commands: a burst of _IGNORE_BURST reports, then one per _IGNORE_MS
+_IGNORE_BURST = const(6)  # (and never twice for one seq)
 
 CLIENT = None  # the running Client (mpota_mqttcmd, mpota_pull and mpota.py reach it here)
 
@@ -69,8 +70,9 @@ class Client:
         self.t_rx = self.t_tx = 0
         self.dirty = True  # the state is republished at the next tick
         self.t_state = 0
-        self.rep_seq = -1  # the last ignored command reported, and when
-        self.rep_t = 0
+        self.rep_seq = -1  # the last ignored command reported
+        self.rep_t = 0  # the report bucket: when it was last refilled, and its tokens
+        self.rep_n = _IGNORE_BURST
         self.connects = 0
         self.up = False
         self.task = None  # the install's download (mpota_mqttcmd.install)
@@ -172,6 +174,12 @@ class Client:
 
     # -- what arrives ----------------------------------------------------------
     async def _reader(self):
+        try:
+            await self._read()
+        except Exception as e:  # the session's loop raises it (a task's lost error would be printed)
+            self.rx_err = e
+
+    async def _read(self):
         buf = self.buf
         while True:
             b0, n = await self._packet()
@@ -219,13 +227,19 @@ class Client:
         return True
 
     async def ignored(self, seq, reason, message):
-        """Report a command the board did not act on: at most once per seq and
-        once per _IGNORE_MS (a flood of forged commands cannot make it talk more)."""
+        """Report a command the board did not act on: never twice for one seq,
+        and from a bucket of _IGNORE_BURST reports refilled one per _IGNORE_MS
+        (a flood of forged commands cannot make the board talk more)."""
         now = hal.ticks_ms()
-        if seq == self.rep_seq or (self.rep_t and hal.ticks_diff(now, self.rep_t) < _IGNORE_MS):
+        k = hal.ticks_diff(now, self.rep_t) // _IGNORE_MS
+        if k:
+            self.rep_n = min(_IGNORE_BURST, self.rep_n + k)
+            self.rep_t = now
+        if seq == self.rep_seq or not self.rep_n:
             return
+        print("mpota: mqtt: command %d ignored (%s): %s" % (seq, reason, message))
+        self.rep_n -= 1
         self.rep_seq = seq
-        self.rep_t = now
         await self.event(seq, "rejected", reason=reason, message=message)
 
     async def state(self):
@@ -260,6 +274,8 @@ class Client:
         self.up = True
         self.connects += 1
         self.unacked = 0
+        self.dirty = True  # the retained state, at every connect (a new broker may have none)
+        self.rx_err = None
         print("mpota: mqtt connected to %s:%d as %s" % (self.host, self.port, self.base))
         t = asyncio.create_task(self._reader())
         try:
@@ -281,7 +297,8 @@ class Client:
         finally:
             t.cancel()
             self.close()
-        await t  # its error, if any, is the session's
+        if self.rx_err is not None:
+            raise self.rx_err
 
 
 async def run(dev, ready=None):

@@ -12,13 +12,14 @@
 # Each transition goes through the module that owns it: ops.op_confirm and
 # rareops.op_rollback (the slot record's Slots methods), update.op_begin /
 # op_commit (the update session a LAN push uses) through mpota_pull.
+import sys
 import uos as os
 import ujson as json
 import asyncio
 
 import mpota_command as command
 from mpota_command import CommandError
-from mpota_lineproto import ProtoError, error_name
+from mpota_lineproto import ProtoError, error_name, E_INTERNAL, E_RESTARTING
 
 PATH = "/mpota_cmd.json"  # {"seq": N, "op", "result", and during an install: "install" (its body), "phase"}
 _RESET_MS = 500  # after the last event of a command that resets: it leaves first
@@ -69,6 +70,7 @@ def _verify(body, sig):
 async def handle(dev, cl, payload, on_all):
     """One command payload from the board's topic (or the fleet's: `on_all`)."""
     seq = 0
+    rec = {"seq": None}
     try:
         d, body, sig = command.parse(payload)
         s = d.get("seq")
@@ -79,7 +81,8 @@ async def handle(dev, cl, payload, on_all):
         op = command.check(d, dev.id, dev.cfg["fleet"], rec["seq"], on_all)
         _verify(body, sig)
     except CommandError as e:
-        await cl.ignored(seq, e.reason, e.message)
+        if e.reason != command.OLD_SEQ or seq != rec["seq"]:  # (== : the retained copy of the last one)
+            await cl.ignored(seq, e.reason, e.message)
         return
     new = {"seq": seq, "op": op}
     if op == "install":
@@ -127,12 +130,13 @@ def logs(dev, seq):
             "resets": dev.resets, "uptime_ms": dev.uptime(), "lines": []}
 
 
-async def done(cl, rec, result, **kw):
-    # the outcome: in the record (the retained state's cmd_result) and on events
+async def done(cl, rec, result, seq=None, **kw):
+    # the outcome: in the record (the retained state's cmd_result) and on events,
+    # for rec's command (or `seq`: an install's outcome after later commands)
     rec["result"] = result
     store(rec)
     cl.dirty = True
-    await cl.event(rec["seq"], result, **kw)
+    await cl.event(seq or rec["seq"], result, **kw)
 
 
 async def fail(cl, rec, code, message):
@@ -153,10 +157,13 @@ async def install(dev, cl, rec):
     try:
         pull.begin(dev, cl, rec["install"])
     except ProtoError as e:
-        if e.code == 0x15:  # lean mode: restarting into update mode, where the install resumes
+        if e.code == E_RESTARTING:  # lean mode: restarting into update mode, where the install resumes
             await cl.event(rec["seq"], "restarting", message=e.message)
             await dev.after_reply()
         return await fail(cl, rec, e.code, e.message)
+    except Exception as e:  # a bug: reported once, never retried at every connect
+        sys.print_exception(e)
+        return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
     cl.task = asyncio.create_task(_pull(dev, cl, rec))
 
 
@@ -164,13 +171,17 @@ async def _pull(dev, cl, rec):
     import mpota_pull as pull
     try:
         r = await pull.run(dev, cl, rec["seq"], rec["install"])
-    except ProtoError as e:
+    except Exception as e:
         dev.close_session()  # the bytes stay: a new install of the same image resumes
-        return await fail(cl, rec, e.code, e.message)
+        if isinstance(e, ProtoError):
+            return await fail(cl, rec, e.code, e.message)
+        sys.print_exception(e)
+        return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
     finally:
         cl.task = None
     if r["state"] == "pending":
         rec["phase"] = "trial"  # its outcome is reported after the reset (outcome())
+        dev.reset_ms = _RESET_MS  # from here: no outcome() before the reset
     else:  # stored, not an app to boot (mcuboot images of other bodies)
         rec.pop("install")
         rec.pop("phase")
@@ -197,6 +208,8 @@ async def resume(dev, cl):
 
 async def outcome(dev, cl, rec):
     """The trial of rec's install: confirmed, rolled back, or still on trial (nothing yet)."""
+    if dev.reset_ms >= 0:
+        return  # the reset into the trial is still to come
     import mpota_slots as slots
     slots.attach(dev)
     sl = dev.sl
@@ -210,4 +223,4 @@ async def outcome(dev, cl, rec):
         res = "rolled_back"
     rec.pop("install")
     rec.pop("phase", None)
-    await done(cl, rec, res, version=ins["version"])
+    await done(cl, rec, res, ins["seq"], version=ins["version"])

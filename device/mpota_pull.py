@@ -38,6 +38,8 @@ class PullError(Exception):
 def begin(dev, owner, d):
     """Open or resume the update session for install body `d` (update.op_begin:
     every check of a push's begin) -> the session."""
+    import mpota_slots as slots
+    slots.attach(dev)  # (held while the session is open: settle() waits for its end)
     update.op_begin(dev, owner, {"size": d["size"], "sha256": d["sha256"], "version": d["version"],
                                  "client": "mqtt"})
     return dev.session
