@@ -410,7 +410,7 @@ def _failure(dev: str, seq: int, events: list, what: str) -> Optional[MpotaError
             if e.get("code"):
                 return device_error(e["code"], "board %s: %s" % (dev, e.get("message") or why), op=what)
             return CommandFailed("board %s: %s failed: %s" % (dev, what, why), op=what)
-        if kind == "rolled_back":
+        if kind == "rolled_back" and what == "install":  # (for a rollback it is the outcome asked for)
             return NotTaken("board %s rolled back from the new image: %s" % (dev, why))
     return None
 
