@@ -4,8 +4,9 @@ nothing (tools/sim.py --no-listen --mqtt), one private Mosquitto (tools/mosquitt
 one HTTP server of the release folder (host/httpserve.py, as `mpota serve`), and the
 same rollout engine as on the LAN (host/rollout.py with mqtt.MqttTransport): the
 time a 64 KiB image takes to reach every board (canary 1, waves 10%,50%,100%), each
-board's download rate (its HTTP GETs: bytes over seconds) against the flash's
-~80 KB/s write ceiling, and how many boards a crashing version touches past its canary.
+board's download rate (its "installed" event's `rate`: the image's bytes over the
+pull's time on the board, HTTP and flash writes together) against the flash's ~80 KB/s
+write ceiling, and how many boards a crashing version touches past its canary.
 
     python tools/bench_mqtt.py [--count 100] [--parallel 25] [--soak 1] [--flash-timing w25q]
 """
@@ -32,7 +33,7 @@ FLASH_CEILING = 80_000  # B/s: 4 KiB erase + program in about 51 ms (docs: DESIG
 
 async def run_rollout(url: str, base: str, work: Path, key, ids: list, img, parallel: int, soak: float,
                       wait: float):
-    """One rollout of `img` to `ids` through the broker: -> (seconds, plan)."""
+    """One rollout of `img` to `ids` through the broker: -> (seconds, plan, the boards' "installed" events)."""
     store = rollout.RolloutStore(work / "rollouts")
     plan = rollout.new_plan(img, ids, soak=soak, parallel=parallel)
     store.create(plan, img)
@@ -40,7 +41,8 @@ async def run_rollout(url: str, base: str, work: Path, key, ids: list, img, para
         t = mqtt.MqttTransport(link, lambda s: s, key, release.release_url(img, base), wait=wait)
         t0 = time.monotonic()
         await rollout.Rollout(plan, store, t, image=img).run()
-        return time.monotonic() - t0, plan
+        secs = time.monotonic() - t0
+        return secs, plan, [e for q in link.events.values() for e in q if e.get("event") == "installed"]
 
 
 async def online(url: str, ids: list, timeout: float) -> float:
@@ -96,10 +98,10 @@ def main(argv=None) -> int:
                     bad = app_image(work, "2.0.1", crash=True, key=str(kp))
                     for img in (good, bad):
                         release.publish(img, work / "rel", key, base)
-                    secs, plan = asyncio.run(run_rollout(broker.url, base, work, key, ids, good, a.parallel,
+                    secs, plan, installed = asyncio.run(run_rollout(broker.url, base, work, key, ids, good, a.parallel,
                                                          a.soak, a.wait))
                     pulls = list(gets)
-                    _, crash = asyncio.run(run_rollout(broker.url, base, work, key, ids, bad, a.parallel, a.soak,
+                    _, crash, _ = asyncio.run(run_rollout(broker.url, base, work, key, ids, bad, a.parallel, a.soak,
                                                        a.wait))
         finally:
             server.shutdown()
@@ -108,22 +110,23 @@ def main(argv=None) -> int:
     print("\nrollout through MQTT: %d simulated boards binding nothing (%s, heap %s, flash timing %s),"
           % (n, build, a.heap, a.flash_timing))
     print("one Mosquitto, one HTTP server (host/httpserve.py), the LAN's rollout engine (mqtt.MqttTransport)")
-    print("  boards up and online on the broker     %7.1f s" % up)
+    print("  %-40s %7.1f s" % ("boards up and online on the broker", up))
     healthy = plan.count(rollout.HEALTHY)
-    print("  rollout of a %.0f KiB image to all %d   %7.1f s (canary 1, waves 10%%,50%%,100%%, --parallel %d, "
-          "soak %g s), %d/%d healthy" % (good.size / 1024, n, secs, a.parallel, a.soak, healthy, n))
+    print("  %-40s %7.1f s (canary 1, waves 10%%,50%%,100%%, --parallel %d, soak %g s), %d/%d healthy"
+          % ("rollout of a %.0f KiB image to all %d" % (good.size / 1024, n), secs, a.parallel, a.soak, healthy, n))
     for s, b in plan.boards.items():
         if b.state == rollout.FAILED:
             print("    %s failed: %s" % (s, b.error))
-    full = [g for g in pulls if g[1] in (200, 206)]
-    rates = [g[2] / g[3] for g in full if g[3] > 0]
+    rates = [e["rate"] for e in installed if e.get("rate")]
     if rates:
-        print("  download per board (HTTP GET + Range) mean %.1f KB/s, min %.1f, max %.1f; flash ceiling %.0f KB/s "
-              "(mean %.0f %% of it)" % (statistics.mean(rates) / 1000, min(rates) / 1000, max(rates) / 1000,
-                                         FLASH_CEILING / 1000, statistics.mean(rates) / FLASH_CEILING * 100))
-        print("  bytes served %.1f MiB in %d GETs (%d boards x %.0f KiB: %d resumed with Range)"
-              % (sum(g[2] for g in full) / 2**20, len(full), n, good.size / 1024,
-                 sum(1 for g in full if g[1] == 206 and g[2] < good.size)))
+        mean = statistics.mean(rates)
+        print("  %-40s mean %.1f KB/s, min %.1f, max %.1f (%d boards); flash ceiling %.0f KB/s: mean %.0f %% of it"
+              % ("download per board (HTTP + flash)", mean / 1000, min(rates) / 1000, max(rates) / 1000, len(rates),
+                 FLASH_CEILING / 1000, mean / FLASH_CEILING * 100))
+    full = [g for g in pulls if g[1] in (200, 206)]
+    print("  bytes served %.2f MiB in %d GETs for %d boards x %.0f KiB (%d resumed with Range)"
+          % (sum(g[2] for g in full) / 2**20, len(full), n, good.size / 1024,
+             sum(1 for g in full if g[1] == 206 and g[2] < good.size)))
     print("  crashing version: stopped by the canary: %d board(s) touched, %d others touched"
           % (crash.tried, crash.tried - 1))
     return 0 if healthy == n and crash.tried == 1 else 1
