@@ -3,7 +3,8 @@ calling home through a real Mosquitto, pull releases that `mpota publish` put in
 folder served by `mpota serve`'s server, driven by `mpota rollout --via` and seen by
 `mpota fleet --via`. The tests share one broker, one server and 4 boards, and run in
 order: 1.1.0 to one board (confirmed), 1.2.0 crashing on every board (the canary
-stops it), 1.3.0 to all in waves (the one running it... none: each is pushed)."""
+stops it), 1.3.0 to one board then to all in waves (that one is skipped). The last
+test needs no Mosquitto: `mpota serve --mqtt-broker` is the broker."""
 import asyncio
 import json
 import os
@@ -34,6 +35,10 @@ async def main():
 '''
 
 
+class Site:
+    """Where a test's releases go (dir, key, base URL) and, for the shared one, its broker and boards."""
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     d = tmp_path_factory.mktemp("mqtt-e2e")
@@ -47,7 +52,7 @@ def site(tmp_path_factory):
         # 256K: the 64-bit unix build's objects are larger than the board's, and checking
         # the images' Ed25519 signature does not fit beside the agent in 160K there
         with Fleet(COUNT, d / "fleet", heap="256K", flags=flags) as fleet:
-            site = type("Site", (), {})()
+            site = Site()
             site.dir, site.key, site.broker, site.fleet = d, str(key), broker, fleet
             site.base = "http://127.0.0.1:%d" % server.server_port
             site.ids = [b.device_id for b in fleet.boards]
@@ -78,8 +83,8 @@ def run(capsys, *args):
     return code, [json.loads(x) for x in capsys.readouterr().out.splitlines()]
 
 
-def fleet_rows(site, capsys):
-    code, evs = run(capsys, "fleet", "--via", site.broker.url)
+def fleet_rows(url, capsys):
+    code, evs = run(capsys, "fleet", "--via", url)
     return {e["target"]: e for e in evs if e["event"] == "board"}
 
 
@@ -93,7 +98,7 @@ def test_a_board_the_host_cannot_reach_installs_a_published_release_and_the_host
     port = site.fleet.boards[0].tcp_port
     with pytest.raises(OSError):  # no route from the host: the board binds nothing
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    rows = fleet_rows(site, capsys)
+    rows = fleet_rows(site.broker.url, capsys)
     assert set(rows) == set(site.ids) and rows[dev]["state"] == "no app"
     path, img = release(site, "1.1.0")
     code, evs = run(capsys, "-t", dev, "rollout", path, "--via", site.broker.url, "--sign-key", site.key,
@@ -101,7 +106,7 @@ def test_a_board_the_host_cannot_reach_installs_a_published_release_and_the_host
     assert code == 0, (evs[-1].get("failed"), site.fleet.boards[0].tail(30))
     end = evs[-1]
     assert (end["event"], end["healthy"]) == ("complete", 1)
-    row = fleet_rows(site, capsys)[dev]
+    row = fleet_rows(site.broker.url, capsys)[dev]
     assert (row["version"], row["state"]) == ("1.1.0+0", "confirmed")
     assert row["slots"][row["running"]] == "confirmed"
 
@@ -138,6 +143,41 @@ def test_a_waved_rollout_reaches_every_board_and_skips_the_one_running_it(site, 
     assert (end["healthy"], end["skipped"]) == (COUNT - 1, 1)
     skipped = [e["target"] for e in evs if e["event"] == "board" and e["state"] == "skipped"]
     assert skipped == [dev]
-    rows = fleet_rows(site, capsys)
+    rows = fleet_rows(site.broker.url, capsys)
     assert {r["version"] for r in rows.values()} == {"1.3.0+0"}
     assert Path(path).exists()
+
+
+def test_serve_with_its_embedded_broker_is_the_whole_flow_on_one_machine_without_mosquitto(tmp_path, capsys):
+    """`mpota serve --mqtt-broker` (amqtt) alone carries a board's release: no Mosquitto."""
+    import subprocess
+    import sys
+
+    from conftest import free_port
+    from simproc import Sim
+
+    key = tmp_path / "signing.pem"
+    keys.keygen(str(key))
+    site = Site()
+    site.dir, site.key = tmp_path, str(key)
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "mpota", "serve", "--dir", str(tmp_path / "rel"), "--port", "0",
+                            "--mqtt-broker", "--mqtt-port", str(port), "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        (tmp_path / "rel").mkdir()
+        lines = [json.loads(srv.stdout.readline()) for _ in range(2)]
+        assert [e["event"] for e in lines] == ["broker", "serving"]
+        site.base = "http://127.0.0.1:%d" % lines[1]["port"]
+        url = "mqtt://127.0.0.1:%d" % port
+        with Sim(state=tmp_path / "board", flags=["--mqtt", "127.0.0.1:%d" % port, "--no-listen", "--trust",
+                                                   str(key), "--heap", "256K"]) as board:
+            asyncio.run(online(url, [board.device_id]))
+            path, img = release(site, "2.0.0")
+            code, evs = run(capsys, "-t", "@broker", "rollout", path, "--via", url, "--sign-key", key, "--soak", "1s",
+                            "--state-dir", tmp_path / "rollouts")
+            assert code == 0, evs[-1]
+            row = fleet_rows(url, capsys)[board.device_id]
+            assert (row["version"], row["state"]) == ("2.0.0+0", "confirmed")
+    finally:
+        srv.terminate()
+        srv.wait(10)
