@@ -353,16 +353,28 @@ class Link:
         await self._publish(topic(self.fleet, dev, "cmd"), b"", retain=True)
 
     async def _publish(self, t: str, payload: bytes, retain: bool) -> None:
-        if self.client is None:
-            raise ConnectionProblem("the link to the MQTT broker is closed")
-        info = self.client.publish(t, payload, qos=1, retain=retain)
+        """Publish (QoS 1) and wait for the broker's PUBACK; across a broker restart, once
+        paho has reconnected (the same payload twice is harmless: the board acts on a seq once)."""
         end = time.monotonic() + self.timeout
-        while not info.is_published():
+        while True:
+            if self.client is None:
+                raise ConnectionProblem("the link to the MQTT broker is closed")
+            if self.client.is_connected():
+                info = self.client.publish(t, payload, qos=1, retain=retain)
+                while True:
+                    try:
+                        if info.is_published():
+                            return
+                    except (RuntimeError, ValueError):  # the connection dropped: publish it again
+                        break
+                    if time.monotonic() > end:
+                        break
+                    await asyncio.sleep(0.01)
             if time.monotonic() > end:
                 raise DeviceTimeout("the MQTT broker at %s:%d did not acknowledge a command within %.0f s"
                                     % (self.host, self.port, self.timeout),
                                     "is the broker still up? the command may still reach the board")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
 
     def online(self, dev: str) -> bool:
         st = self.states.get(dev)

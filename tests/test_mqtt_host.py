@@ -299,7 +299,8 @@ def test_an_unreachable_broker_is_a_clear_error():
 
 def test_fleet_via_shows_the_table_from_retained_states(mosquitto, tmp_path, capsys):
     retained(mosquitto, [("mpota/default/aa01/state", json.dumps(STATE)),
-                         ("mpota/default/bb02/state", json.dumps({"id": "bb02", "online": False}))])
+                         ("mpota/default/bb02/state", json.dumps({"id": "bb02", "online": False})),
+                         ("mpota/site2/51b830786d0057ab/state", json.dumps(dict(STATE, device="51b830786d0057ab")))])
     code = cli.main(["fleet", "--via", mosquitto.url, "--targets", os.devnull, "--json"])
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     boards = {r["target"]: r for r in rows if r["event"] == "board"}
@@ -309,6 +310,21 @@ def test_fleet_via_shows_the_table_from_retained_states(mosquitto, tmp_path, cap
     assert cli.main(["fleet", "--via", mosquitto.url, "--targets", os.devnull]) == 2
     out = capsys.readouterr().out
     assert "aa01" in out and "1.0.0" in out and "1 of 2 boards answered" in out
+    assert cli.main(["fleet", "--via", mosquitto.url, "--fleet", "site2", "--targets", os.devnull]) == 0
+    assert "51b830786d0057ab " in capsys.readouterr().out  # a whole device id: what -t takes
+
+
+def test_the_link_survives_a_broker_restart_and_its_commands_get_through(mosquitto, key):
+    async def go():
+        async with mqtt.Link(mosquitto.url) as link:
+            mosquitto.restart()  # every client dropped; paho reconnects and subscribes again
+            seq = await link.command("aa01", mqtt.signing_key(key), {"op": "reset"})
+            retained(mosquitto, [("mpota/default/aa01/state", json.dumps(dict(STATE, cmd_seq=seq)))])
+            await link.wait(lambda: True if (link.state("aa01") or {}).get("cmd_seq") == seq else None, 10)
+            return seq
+
+    seq = asyncio.run(go())
+    assert mqtt.verify(key, retained_now(mosquitto, "mpota/default/aa01/cmd"))["seq"] == seq
 
 
 def test_serve_mqtt_broker_is_a_broker_with_retained_states_and_last_wills(tmp_path):
