@@ -41,7 +41,7 @@ def begin(dev, owner, d):
     import mpota_slots as slots
     slots.attach(dev)  # (held while the session is open: settle() waits for its end)
     update.op_begin(dev, owner, {"size": d["size"], "sha256": d["sha256"], "version": d["version"],
-                                 "client": "mqtt"})
+                                 "client": "mqtt", "allow_downgrade": d.get("allow_downgrade")})
     return dev.session
 
 
@@ -87,7 +87,7 @@ def check_head(head, off, size):
         raise PullError("Content-Range %r, expected %r" % (rng, want))
 
 
-async def _get(dev, s, host, port, path, cl, seq, prog):
+async def _get(dev, s, host, port, path, emit, seq, prog):
     r, w = await asyncio.wait_for_ms(asyncio.open_connection(host, port), _T_IO)
     try:
         off = s.w.pos
@@ -118,7 +118,7 @@ async def _get(dev, s, host, port, path, cl, seq, prog):
                 q = s.w.pos * 4 // size
                 if q > prog[0] and q < 4:
                     prog[0] = q
-                    await cl.event(seq, "progress", offset=s.w.pos, size=size, percent=25 * q)
+                    await emit(seq, "progress", offset=s.w.pos, size=size, percent=25 * q)
             if s.w.pos >= size or dev.session is not s:
                 return
             p = 0
@@ -129,8 +129,9 @@ async def _get(dev, s, host, port, path, cl, seq, prog):
         w.close()
 
 
-async def run(dev, cl, seq, d):
-    """Pull install body `d` into the open session, then commit (update.op_commit).
+async def run(dev, cl, seq, d, emit):
+    """Pull install body `d` into the open session of owner `cl`, then commit
+    (update.op_commit); `emit(seq, name, **fields)` publishes an event.
     -> commit's reply plus "ms" and "rate" (bytes/s); ProtoError on failure."""
     host, port, path = command.split_url(d["url"])
     t0 = hal.ticks_ms()
@@ -145,7 +146,7 @@ async def run(dev, cl, seq, d):
         had = s.w.pos
         why = None
         try:
-            await _get(dev, s, host, port, path, cl, seq, prog)
+            await _get(dev, s, host, port, path, emit, seq, prog)
         except PullError as e:
             if not e.retry:
                 raise ProtoError(E_BAD_REQUEST, "%s: %s" % (d["url"], e.message))

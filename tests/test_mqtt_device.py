@@ -125,8 +125,9 @@ class Watch:
                 left = end - time.monotonic()
                 if left <= 0:
                     sim = self.sim_ref[0]
+                    told = [ln for ln in sim.output.splitlines() if " tick " not in ln][-40:] if sim else []
                     raise AssertionError("no %s in %ss; got:\n%s\nboard:\n%s" % (what, timeout, "\n".join(
-                        "%s %s" % (t, p[:200]) for t, p, *_ in self.msgs[-8:]), "\n".join([ln for ln in sim.output.splitlines() if " tick " not in ln][-40:]) if sim else ""))
+                        "%s %s" % (t, p[:200]) for t, p, *_ in self.msgs[-8:]), "\n".join(told)))
                 self.cond.wait(min(left, 0.5))
 
     def events(self, dev, seq=None):
