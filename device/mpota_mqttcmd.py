@@ -12,6 +12,7 @@
 # Each transition goes through the module that owns it: ops.op_confirm and
 # rareops.op_rollback (the slot record's Slots methods), update.op_begin /
 # op_commit (the update session a LAN push uses) through mpota_pull.
+import gc
 import sys
 import uos as os
 import ujson as json
@@ -22,7 +23,7 @@ import mpota_hal as hal
 
 import mpota_command as command
 from mpota_command import CommandError
-from mpota_lineproto import ProtoError, error_name, E_INTERNAL, E_RESTARTING
+from mpota_lineproto import ProtoError, error_name, E_INTERNAL, E_RESTARTING, E_NO_MEMORY
 
 PATH = "/mpota_cmd.json"  # {"seq": N, "op", "result", and during an install: "install" (its body), "phase"}
 _T_CONNECT = const(10000)  # ms for the TCP connect and for CONNACK
@@ -282,9 +283,8 @@ async def install(dev, cl, rec):
             await event(cl, rec["seq"], "restarting", message=e.message)
             await dev.after_reply()
         return await fail(cl, rec, e.code, e.message)
-    except Exception as e:  # a bug: reported once, never retried at every connect
-        sys.print_exception(e)
-        return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
+    except Exception as e:  # out of heap, or a bug: reported once, never retried at every connect
+        return await _failed(dev, cl, rec, e)
     cl.task = asyncio.create_task(_pull(dev, cl, rec))
 
 
@@ -293,11 +293,7 @@ async def _pull(dev, cl, rec):
     try:
         r = await pull.run(dev, cl, rec["seq"], rec["install"], lambda *a, **kw: event(cl, *a, **kw))
     except Exception as e:
-        dev.close_session()  # the bytes stay: a new install of the same image resumes
-        if isinstance(e, ProtoError):
-            return await fail(cl, rec, e.code, e.message)
-        sys.print_exception(e)
-        return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
+        return await _failed(dev, cl, rec, e)
     finally:
         cl.task = None
     if r["state"] == "pending":
@@ -310,6 +306,18 @@ async def _pull(dev, cl, rec):
                rate=r["rate"], mem_peak=dev.mem_peak, mem_base=dev.mem_base)
     if "phase" in rec:
         await _reset(dev)  # into the trial
+
+
+async def _failed(dev, cl, rec, e):
+    dev.close_session()  # the bytes stay: a new install of the same image resumes them
+    if isinstance(e, ProtoError):
+        return await fail(cl, rec, e.code, e.message)
+    if isinstance(e, MemoryError):
+        gc.collect()
+        return await fail(cl, rec, E_NO_MEMORY, "out of memory (%d bytes free): the app holds the heap"
+                          % gc.mem_free())
+    sys.print_exception(e)
+    return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
 
 
 async def resume(dev, cl):
