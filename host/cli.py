@@ -249,6 +249,11 @@ def _serve_opts(p):
                         "interface, for real boards)")
     p.add_argument("--port", dest="http_port", type=_non_negative, default=8080, metavar="N",
                    help="the HTTP port (default 8080; 0: a free one, shown)")
+    p.add_argument("--mqtt-broker", action="store_true",
+                   help="also run a small MQTT broker (amqtt: pip install 'mpota[broker]') on --host, to try "
+                        "the flow without Mosquitto")
+    p.add_argument("--mqtt-port", type=_positive(int), default=1883, metavar="N",
+                   help="the embedded broker's port (default 1883)")
 
 
 def _confirm_opts(p):
@@ -417,7 +422,8 @@ COMMANDS = [
                       "publish examples/hello --version 1.2.0 --sign-key release.pem --dir releases")),
     Command("serve", commands.cmd_serve, "serve a folder over HTTP/1.1 with Range (resumable pulls) for "
             "boards that update through a broker", _serve_opts, OUTPUT,
-            examples=("serve --dir releases", "serve --dir releases --host 0.0.0.0 --port 8080")),
+            examples=("serve --dir releases", "serve --dir releases --host 0.0.0.0 --port 8080",
+                      "serve --dir releases --mqtt-broker")),
     Command("build", commands.cmd_build, "build an application image from an app folder (every file but junk)",
             _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
                                            "build examples/hello --mpy")),

@@ -428,7 +428,7 @@ def _show_fleet(ctx, rows: list) -> int:
     code = fleet_exit_code(r["error"]["exit_code"] for r in rows if r["error"])
     for r in rows:
         out.event("board", **r)  # no text: people get the table
-    if out.mode == "human":
+    if out.mode == "human" and rows:
         out.console.print(fleet_table(rows, min(out.console.width, 200)))
     ok = sum(1 for r in rows if r["ok"])
     out.event("fleet", boards=len(rows), answered=ok, exit_code=code)
@@ -906,22 +906,31 @@ def cmd_serve(ctx) -> int:
     if not folder.is_dir():
         raise UsageError("%s is not a folder" % folder, "`mpota publish IMAGE --dir %s` makes it" % folder)
 
-    def on_request(method, path, status, sent):
-        out.event("request", "%s %s %d %s" % (method, path, status, fmt_size(sent)), method=method, path=path,
-                  status=status, bytes=sent)
+    def on_request(method, path, status, sent, seconds):
+        out.event("request", "%s %s %d %s in %.2f s" % (method, path, status, fmt_size(sent), seconds),
+                  method=method, path=path, status=status, bytes=sent, seconds=round(seconds, 3))
 
     try:
         server = make_server(folder, a.host, a.http_port, on_request)
     except OSError as e:
         raise UsageError("cannot serve on %s:%d: %s" % (a.host, a.http_port, e.strerror or e),
                          "give another --port") from None
-    host, port = server.server_address[:2]
-    out.event("serving", "serving %s at http://%s:%d/ (Ctrl-C stops)" % (folder, host, port), dir=str(folder),
-              host=host, port=port)
+    broker = None
     try:
+        if a.mqtt_broker:
+            from .broker import EmbeddedBroker
+
+            broker = EmbeddedBroker(a.host, a.mqtt_port).start()
+            out.event("broker", "MQTT broker (amqtt) at %s: boards get \"mqtt\": \"%s:%d\", the host --via %s"
+                      % (broker.url, a.host, a.mqtt_port, broker.url), url=broker.url)
+        host, port = server.server_address[:2]
+        out.event("serving", "serving %s at http://%s:%d/ (Ctrl-C stops)" % (folder, host, port),
+                  dir=str(folder), host=host, port=port)
         server.serve_forever()
     except KeyboardInterrupt:
         out.event("stopped", "stopped")
     finally:
         server.server_close()
+        if broker is not None:
+            broker.stop()
     return EXIT_OK

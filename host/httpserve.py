@@ -13,7 +13,8 @@ translate_path keeps every request inside the folder). What it adds:
   not name this file's ETag.
 - HEAD answers the same headers without the body.
 - No directory listings (404): only a file's exact name is served.
-- on_request(method, path, status, sent_bytes) for each request (the CLI's log).
+- on_request(method, path, status, sent_bytes, seconds) for each request (the CLI's log,
+  the benches' download rates).
 Any other web server with Range (nginx, a bucket, a CDN) serves the same folder.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import os
 import re
+import time
 from functools import partial
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -143,7 +145,11 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.command = None
         super().handle_one_request()
         if self.command and self.on_request is not None:
-            self.on_request(self.command, self.path, self._status, self._sent)
+            self.on_request(self.command, self.path, self._status, self._sent, time.monotonic() - self._t0)
+
+    def parse_request(self):
+        self._t0 = time.monotonic()  # the request line is in: a keep-alive connection's idle wait is not counted
+        return super().parse_request()
 
 
 def make_server(folder, host: str = "127.0.0.1", port: int = 8080,

@@ -364,6 +364,19 @@ class Link:
                                     "is the broker still up? the command may still reach the board")
             await asyncio.sleep(0.01)
 
+    def online(self, dev: str) -> bool:
+        st = self.states.get(dev)
+        return st is not None and st.get("online") is not False
+
+    async def wait_online(self, ids: list, timeout: float) -> None:
+        """Until every board of `ids` has an online state; DeviceTimeout naming the others."""
+        try:
+            await self.wait(lambda: True if all(self.online(i) for i in ids) else None, timeout)
+        except TimeoutError:
+            late = [i for i in ids if not self.online(i)]
+            raise DeviceTimeout("%d board(s) not online on the broker after %.0f s: %s"
+                                % (len(late), timeout, ", ".join(late[:10]))) from None
+
     async def wait(self, check: Callable, timeout: float):
         """Until check() returns something other than None (-> it), re-checked after each
         message; TimeoutError after `timeout` seconds."""
@@ -397,7 +410,7 @@ def _failure(dev: str, seq: int, events: list, what: str) -> Optional[MpotaError
             if e.get("code"):
                 return device_error(e["code"], "board %s: %s" % (dev, e.get("message") or why), op=what)
             return CommandFailed("board %s: %s failed: %s" % (dev, what, why), op=what)
-        if kind == "rolled_back":
+        if kind == "rolled_back" and what == "install":  # (for a rollback it is the outcome asked for)
             return NotTaken("board %s rolled back from the new image: %s" % (dev, why))
     return None
 

@@ -56,8 +56,9 @@ def discovery_memory(work: Path, mp: str, heap: str) -> list:
     return rows
 
 
-def app_image(work: Path, version: str, size: int = 64 * 1024, crash: bool = False):
-    """An app image of about `size` bytes (main.py and incompressible data); `crash`: its app raises."""
+def app_image(work: Path, version: str, size: int = 64 * 1024, crash: bool = False, key=None):
+    """An app image of about `size` bytes (main.py and incompressible data); `crash`: its app raises;
+    `key`: signed with that key file."""
     import os
 
     from host import images
@@ -67,12 +68,12 @@ def app_image(work: Path, version: str, size: int = 64 * 1024, crash: bool = Fal
     (folder / "main.py").write_text("import asyncio\nimport mpota\n\n\nasync def main():\n%s"
                                     "    mpota.confirm()\n    while True:\n        await asyncio.sleep(1)\n"
                                     % ('    raise RuntimeError("crash")\n' if crash else ""))
-    img = images.build_folder(folder, version)
+    img = images.build_folder(folder, version, key)
     n = max(1, size - img.size)
     (folder / "data.bin").write_bytes(os.urandom(n))
-    grew = images.build_folder(folder, version).size - img.size  # a file costs more than its bytes
+    grew = images.build_folder(folder, version, key).size - img.size  # a file costs more than its bytes
     (folder / "data.bin").write_bytes(os.urandom(n * n // grew))
-    return images.build_folder(folder, version)
+    return images.build_folder(folder, version, key)
 
 
 def rollout_figures(sims, work: Path, parallels: list, soak: float) -> list:
