@@ -109,8 +109,7 @@ def _via_mqtt(rig, dev: str, images: list) -> str | None:
         e = rig.install(dev, img.data, img.version, timeout=60)
         if e["event"] != "installed":
             return "install: %s" % e
-        seq = e["seq"]
-        rig.state(dev, lambda s: s.get("trial") and s.get("cmd_seq") == seq)  # rebooted into the trial
+        rig.state(dev, lambda s, seq=e["seq"]: s.get("trial") and s.get("cmd_seq") == seq)  # rebooted: the trial
         e = rig.outcome(rig.command(dev, "confirm"), ("confirmed",), timeout=60)
         if e["event"] != "confirmed":
             return "confirm: %s" % e
