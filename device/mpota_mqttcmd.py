@@ -313,6 +313,7 @@ async def _failed(dev, cl, rec, e):
     if isinstance(e, ProtoError):
         return await fail(cl, rec, e.code, e.message)
     if isinstance(e, MemoryError):
+        sys.print_exception(e)  # where: the serial console tells which piece did not fit
         gc.collect()
         return await fail(cl, rec, E_NO_MEMORY, "out of memory (%d bytes free): the app holds the heap"
                           % gc.mem_free())

@@ -78,11 +78,12 @@ def attempt(work: Path, mp: str, heap: int, mode: str, kib: int, rig=None) -> st
     if rig is not None:
         with Sim(state=d / "dev", flags=flags + rig.flags() + ["--no-listen"]) as sim:
             try:
-                return _via_mqtt(rig, sim.device_id, images)
+                why = _via_mqtt(rig, sim.device_id, images)
             except TimeoutError as e:
-                if VERBOSE:
-                    print(sim.output[-3000:], file=sys.stderr)
-                return str(e)
+                why = str(e)
+            if why and VERBOSE:
+                print(sim.output[-3000:], file=sys.stderr)
+            return why
     with Sim(state=d / "dev", flags=flags) as sim:
         t = Target(name="sim", host="127.0.0.1", port=sim.tcp_port, key=sim.key)
         try:
