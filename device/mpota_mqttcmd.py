@@ -12,17 +12,24 @@
 # Each transition goes through the module that owns it: ops.op_confirm and
 # rareops.op_rollback (the slot record's Slots methods), update.op_begin /
 # op_commit (the update session a LAN push uses) through mpota_pull.
+import gc
 import sys
 import uos as os
 import ujson as json
 import asyncio
+from micropython import const
+
+import mpota_hal as hal
 
 import mpota_command as command
 from mpota_command import CommandError
-from mpota_lineproto import ProtoError, error_name, E_INTERNAL, E_RESTARTING
+from mpota_lineproto import ProtoError, error_name, E_INTERNAL, E_RESTARTING, E_NO_MEMORY
 
 PATH = "/mpota_cmd.json"  # {"seq": N, "op", "result", and during an install: "install" (its body), "phase"}
+_T_CONNECT = const(10000)  # ms for the TCP connect and for CONNACK
 _RESET_MS = 500  # after the last event of a command that resets: it leaves first
+_EVERY_MS = const(5000)  # ignored commands: a burst of _BURST reports, then one per _EVERY_MS
+_BURST = const(6)  # (and never twice for one seq)
 
 
 def load(path=PATH):
@@ -52,6 +59,119 @@ def store(rec, path=PATH):
     os.rename(tmp, path)
 
 
+# -- the packets a connect and a publish need (mpota_mqtt keeps only the reading) --
+def _rlen(n):
+    # the remaining-length varint of a fixed header
+    b = bytearray()
+    while True:
+        d = n & 0x7F
+        n >>= 7
+        b.append(d | 0x80 if n else d)
+        if not n:
+            return b
+
+
+def _str(s):
+    # an MQTT UTF-8 string: u16 length then the bytes
+    if isinstance(s, str):
+        s = s.encode()
+    return bytes((len(s) >> 8, len(s) & 0xFF)) + s
+
+
+def next_pid(cl):
+    cl.pid = cl.pid % 65535 + 1
+    return cl.pid
+
+async def publish(cl, topic, msg, retain=False, qos=0):
+    """Publish `msg` (bytes or str) on `topic` (str or bytes); at QoS 1 the
+    PUBACK is awaited by the connection's tick (a missing one drops it)."""
+    if isinstance(topic, str):
+        topic = topic.encode()
+    if isinstance(msg, str):
+        msg = msg.encode()
+    t = _str(topic)
+    pid = b""
+    if qos:
+        i = next_pid(cl)
+        pid = bytes((i >> 8, i & 0xFF))
+        if not cl.unacked:
+            cl.unacked = i
+            cl.t_pub = hal.ticks_ms()
+    hdr = bytes((0x30 | (qos << 1) | (1 if retain else 0),)) + _rlen(len(t) + len(pid) + len(msg))
+    await cl.send(hdr, t, pid, msg)
+
+async def connect(cl):
+    """Open the connection: CONNECT with the last will, CONNACK, SUBSCRIBE."""
+    dev = cl.dev
+    will = json.dumps({"id": dev.id, "online": False})
+    vh = b"\x00\x04MQTT\x04" + bytes((0x02 | 0x04 | 0x08 | 0x20, cl.ka >> 8, cl.ka & 0xFF))
+    # clean session; will: QoS 1, retained
+    body = vh + _str("mpota-" + dev.id) + _str(cl.base + "state") + _str(will)
+    cl.r, cl.w = await asyncio.wait_for_ms(asyncio.open_connection(cl.host, cl.port), _T_CONNECT)
+    await cl.send(b"\x10" + _rlen(len(body)), body)
+    b0, n = await asyncio.wait_for_ms(cl.packet(), _T_CONNECT)
+    if b0 != 0x20 or n != 2:
+        raise OSError("mqtt: no CONNACK")
+    if cl.buf[1]:
+        raise OSError("mqtt: the broker refused the connection (code %d)" % cl.buf[1])
+    i = next_pid(cl)
+    sub = bytes((i >> 8, i & 0xFF)) + _str(cl.cmd) + b"\x01" + _str(cl.all) + b"\x01"
+    await cl.send(b"\x82" + _rlen(len(sub)), sub)
+
+
+# -- what the board says (on .../events and .../state) ---------------------------
+async def event(cl, seq, name, **kw):
+    """Publish one event (docs/mqtt.md) on .../events; False when not connected."""
+    if not cl.up:
+        return False
+    d = {"seq": seq, "event": name}
+    d.update(kw)
+    await publish(cl, cl.base + "events", json.dumps(d), False, 1)
+    return True
+
+
+async def ignored(cl, seq, reason, message):
+    """Report a command the board did not act on: never twice for one seq,
+    and from a bucket of _BURST reports refilled one per _EVERY_MS
+    (a flood of forged commands cannot make the board talk more)."""
+    now = hal.ticks_ms()
+    k = hal.ticks_diff(now, cl.rep_t) // _EVERY_MS
+    if k:
+        cl.rep_n = min(_BURST, cl.rep_n + k)
+        cl.rep_t = now
+    if seq == cl.rep_seq or not cl.rep_n:
+        return
+    print("mpota: mqtt: command %d ignored (%s): %s" % (seq, reason, message))
+    cl.rep_n -= 1
+    cl.rep_seq = seq
+    await event(cl, seq, "rejected", reason=reason, message=message)
+
+
+async def state(dev, cl):
+    """Publish the board's state, retained: the status op's fields (ops.status),
+    its id, the last command acted on, online."""
+    import mpota_slots as slots
+    import mpota_ops as ops
+    slots.attach(dev)
+    try:
+        rec = load()
+        if rec.get("phase") == "trial":
+            await outcome(dev, cl, rec)  # the app's own confirm ended the trial?
+        st = ops.status(dev)
+        st["id"] = dev.id
+        st["online"] = True
+        st["cmd_seq"] = rec["seq"]
+        st["cmd_result"] = rec.get("result")
+        msg = json.dumps(st)
+    finally:
+        st = rec = ops = slots = None
+        if dev.ag is not None:
+            dev.ag.settle(False)  # the record and the modules go again once the device is quiet
+    cl.dirty = False
+    cl.t_state = hal.ticks_ms()
+    await publish(cl, cl.base + "state", msg, True, 1)
+
+
 def _verify(body, sig):
     import mpota_trust as trust  # (released with the session scope; ed25519 for the call only)
     t = trust.load()
@@ -69,6 +189,8 @@ def _verify(body, sig):
 
 async def handle(dev, cl, payload, on_all):
     """One command payload from the board's topic (or the fleet's: `on_all`)."""
+    if not len(payload):
+        return  # the host cleared the retained command
     seq = 0
     rec = {"seq": None}
     try:
@@ -82,12 +204,12 @@ async def handle(dev, cl, payload, on_all):
         _verify(body, sig)
     except CommandError as e:
         if e.reason != command.OLD_SEQ or seq != rec["seq"]:  # (== : the retained copy of the last one)
-            await cl.ignored(seq, e.reason, e.message)
+            await ignored(cl, seq, e.reason, e.message)
         return
     new = {"seq": seq, "op": op}
     if op == "install":
         if dev.session is not None:
-            await cl.event(seq, "error", error="busy", message="an update session is open")
+            await event(cl, seq, "error", error="busy", message="an update session is open")
             return  # not acted on: the seq is not spent
         new["install"] = d
         new["phase"] = "download"
@@ -116,7 +238,7 @@ async def handle(dev, cl, payload, on_all):
             await done(cl, new, "reset")
             await _reset(dev)
         else:
-            await cl.publish(cl.base + "logs", json.dumps(logs(dev, seq)))
+            await publish(cl, cl.base + "logs", json.dumps(logs(dev, seq)))
             await done(cl, new, "logs")
     except ProtoError as e:
         await fail(cl, new, e.code, e.message)
@@ -136,7 +258,7 @@ async def done(cl, rec, result, seq=None, **kw):
     rec["result"] = result
     store(rec)
     cl.dirty = True
-    await cl.event(seq or rec["seq"], result, **kw)
+    await event(cl, seq or rec["seq"], result, **kw)
 
 
 async def fail(cl, rec, code, message):
@@ -158,25 +280,20 @@ async def install(dev, cl, rec):
         pull.begin(dev, cl, rec["install"])
     except ProtoError as e:
         if e.code == E_RESTARTING:  # lean mode: restarting into update mode, where the install resumes
-            await cl.event(rec["seq"], "restarting", message=e.message)
+            await event(cl, rec["seq"], "restarting", message=e.message)
             await dev.after_reply()
         return await fail(cl, rec, e.code, e.message)
-    except Exception as e:  # a bug: reported once, never retried at every connect
-        sys.print_exception(e)
-        return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
+    except Exception as e:  # out of heap, or a bug: reported once, never retried at every connect
+        return await _failed(dev, cl, rec, e)
     cl.task = asyncio.create_task(_pull(dev, cl, rec))
 
 
 async def _pull(dev, cl, rec):
     import mpota_pull as pull
     try:
-        r = await pull.run(dev, cl, rec["seq"], rec["install"])
+        r = await pull.run(dev, cl, rec["seq"], rec["install"], lambda *a, **kw: event(cl, *a, **kw))
     except Exception as e:
-        dev.close_session()  # the bytes stay: a new install of the same image resumes
-        if isinstance(e, ProtoError):
-            return await fail(cl, rec, e.code, e.message)
-        sys.print_exception(e)
-        return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
+        return await _failed(dev, cl, rec, e)
     finally:
         cl.task = None
     if r["state"] == "pending":
@@ -186,9 +303,22 @@ async def _pull(dev, cl, rec):
         rec.pop("install")
         rec.pop("phase")
     await done(cl, rec, "installed", slot=r["slot"], version=r["version"], state=r["state"], ms=r["ms"],
-               rate=r["rate"])
+               rate=r["rate"], mem_peak=dev.mem_peak, mem_base=dev.mem_base)
     if "phase" in rec:
         await _reset(dev)  # into the trial
+
+
+async def _failed(dev, cl, rec, e):
+    dev.close_session()  # the bytes stay: a new install of the same image resumes them
+    if isinstance(e, ProtoError):
+        return await fail(cl, rec, e.code, e.message)
+    if isinstance(e, MemoryError):
+        sys.print_exception(e)  # where: the serial console tells which piece did not fit
+        gc.collect()
+        return await fail(cl, rec, E_NO_MEMORY, "out of memory (%d bytes free): the app holds the heap"
+                          % gc.mem_free())
+    sys.print_exception(e)
+    return await fail(cl, rec, E_INTERNAL, "internal error: %r" % (e,))
 
 
 async def resume(dev, cl):

@@ -6,7 +6,9 @@
 #
 # GET with "Range: bytes=N-" where N is what the slot already holds: 206 with
 # a matching Content-Range, or 200 when N == 0. The body streams through the
-# device's one scratch buffer (Device.scratch, readinto): nothing sized by the
+# device's scratch buffer when one exists, else one of _BUF bytes made for the
+# install (readinto; lwIP hands over at most one 800-byte segment per read on
+# a board, so a bigger one would not read more at a time): nothing sized by the
 # image is allocated. A drop resumes with a new Range (bounded retries with
 # backoff); a reset resumes too (op_begin resumes a partial upload of the same
 # size and sha256). Plain http:// only: the image's SHA-256 (from the signed
@@ -21,6 +23,7 @@ from mpota_lineproto import ProtoError, E_BAD_REQUEST, E_TIMEOUT
 
 _T_IO = const(15000)  # ms a connect, the headers or any read may take
 _HDR_MAX = const(1024)  # response headers longer than this are refused
+_BUF = const(1024)  # (not 4 KB in one piece: beside an app that fragmented the heap it may not exist)
 _TRIES = const(6)  # connections in a row that add no byte before the install fails
 _MIN_DELAY = const(1000)
 _MAX_DELAY = const(16000)  # below the session timeout ("timeout", 30 s by default)
@@ -41,7 +44,7 @@ def begin(dev, owner, d):
     import mpota_slots as slots
     slots.attach(dev)  # (held while the session is open: settle() waits for its end)
     update.op_begin(dev, owner, {"size": d["size"], "sha256": d["sha256"], "version": d["version"],
-                                 "client": "mqtt"})
+                                 "client": "mqtt", "allow_downgrade": d.get("allow_downgrade")})
     return dev.session
 
 
@@ -87,15 +90,15 @@ def check_head(head, off, size):
         raise PullError("Content-Range %r, expected %r" % (rng, want))
 
 
-async def _get(dev, s, host, port, path, cl, seq, prog):
+async def _get(dev, s, host, port, path, emit, seq, prog):
     r, w = await asyncio.wait_for_ms(asyncio.open_connection(host, port), _T_IO)
     try:
         off = s.w.pos
         w.write(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nRange: bytes=%d-\r\nUser-Agent: mpota/%s\r\n"
                  "Connection: close\r\n\r\n" % (path, host, port, off, dev.VERSION)).encode())
         await w.drain()
-        mv = dev.scratch()  # the device's one 4 KB buffer: headers, then each piece of the body
-        buf = dev.buf
+        buf = dev.buf if dev.buf is not None else bytearray(_BUF)  # headers, then each piece of the body
+        mv = memoryview(buf)
         n = 0
         while True:
             k = await asyncio.wait_for_ms(r.readinto(mv[n:_HDR_MAX]), _T_IO)
@@ -118,7 +121,7 @@ async def _get(dev, s, host, port, path, cl, seq, prog):
                 q = s.w.pos * 4 // size
                 if q > prog[0] and q < 4:
                     prog[0] = q
-                    await cl.event(seq, "progress", offset=s.w.pos, size=size, percent=25 * q)
+                    await emit(seq, "progress", offset=s.w.pos, size=size, percent=25 * q)
             if s.w.pos >= size or dev.session is not s:
                 return
             p = 0
@@ -129,8 +132,9 @@ async def _get(dev, s, host, port, path, cl, seq, prog):
         w.close()
 
 
-async def run(dev, cl, seq, d):
-    """Pull install body `d` into the open session, then commit (update.op_commit).
+async def run(dev, cl, seq, d, emit):
+    """Pull install body `d` into the open session of owner `cl`, then commit
+    (update.op_commit); `emit(seq, name, **fields)` publishes an event.
     -> commit's reply plus "ms" and "rate" (bytes/s); ProtoError on failure."""
     host, port, path = command.split_url(d["url"])
     t0 = hal.ticks_ms()
@@ -145,7 +149,7 @@ async def run(dev, cl, seq, d):
         had = s.w.pos
         why = None
         try:
-            await _get(dev, s, host, port, path, cl, seq, prog)
+            await _get(dev, s, host, port, path, emit, seq, prog)
         except PullError as e:
             if not e.retry:
                 raise ProtoError(E_BAD_REQUEST, "%s: %s" % (d["url"], e.message))

@@ -169,4 +169,7 @@ def check(d, dev_id, fleet, last_seq, on_all=False):
             raise CommandError(BAD_FIELD, "\"sha256\" must be 64 hex digits")
         _int(d, "size", 1, 0x7FFFFFFF)
         _str(d, "version", 1, 32)
+        v = d.get("allow_downgrade")
+        if v is not None and not isinstance(v, bool):
+            raise CommandError(BAD_FIELD, "\"allow_downgrade\" must be true or false")
     return op

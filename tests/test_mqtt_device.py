@@ -44,12 +44,12 @@ async def main():
 """
 
 
-def _image(tmp, name, version, key, extra=""):
+def _image(tmp, name, version, key, extra="", lines=3000):
     d = tmp / name
     d.mkdir()
     # filler: an image of a few blocks, so the download has a middle to cut
     (d / "main.py").write_text("VERSION = %r\n" % name + TICK_APP + extra + "#" * 60 + "\n")
-    (d / "data.txt").write_text("".join("%06d\n" % i for i in range(3000)))
+    (d / "data.txt").write_text("".join("%06d\n" % i for i in range(lines)))
     return build_app_image(d, version=version, key=str(key))
 
 
@@ -76,7 +76,11 @@ class Files(httpserve.RangeHandler):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            outputfile.write(buf)
+            try:
+                outputfile.write(buf)
+            except OSError:  # the board went (a power cut): as any server sees it
+                self.close_connection = True
+                break
             left -= len(buf)
             sent += len(buf)
             if self.pace:
@@ -108,9 +112,9 @@ class Watch:
             self.msgs.append((m.topic, m.payload, m.retain, sim.mark() if sim else 0, time.monotonic()))
             self.cond.notify_all()
 
-    def wait(self, pred, timeout=30, what="a message"):
+    def wait(self, pred, timeout=30, what="a message", since=0):
         end = time.monotonic() + timeout
-        i = 0
+        i = since
         with self.cond:
             while True:
                 while i < len(self.msgs):
@@ -125,8 +129,9 @@ class Watch:
                 left = end - time.monotonic()
                 if left <= 0:
                     sim = self.sim_ref[0]
+                    told = [ln for ln in sim.output.splitlines() if " tick " not in ln][-40:] if sim else []
                     raise AssertionError("no %s in %ss; got:\n%s\nboard:\n%s" % (what, timeout, "\n".join(
-                        "%s %s" % (t, p[:200]) for t, p, *_ in self.msgs[-8:]), "\n".join([ln for ln in sim.output.splitlines() if " tick " not in ln][-40:]) if sim else ""))
+                        "%s %s" % (t, p[:200]) for t, p, *_ in self.msgs[-8:]), "\n".join(told)))
                 self.cond.wait(min(left, 0.5))
 
     def events(self, dev, seq=None):
@@ -138,9 +143,9 @@ class Watch:
         return self.wait(lambda t, d: t.endswith(dev + "/events") and d.get("seq") == seq and d["event"] == name,
                          timeout, "event %s for seq %d" % (name, seq))
 
-    def state(self, dev, pred, timeout=30):
+    def state(self, dev, pred, timeout=30, since=0):
         return self.wait(lambda t, d: t.endswith(dev + "/state") and d.get("online") and pred(d), timeout,
-                         "matching state")
+                         "matching state", since)
 
     def close(self):
         self.c.loop_stop()
@@ -315,3 +320,26 @@ def test_second_install_beside_the_running_app_confirmed_by_the_app(board, tmp_p
     b.watch.event(b.id, seq, "confirmed", 30)  # the app's own confirm, reported with the install's seq
     st, _ = b.watch.state(b.id, lambda d: d["active"] == "b" and not d["trial"], 30)
     assert st["slots"]["b"]["version"] == "2.0.0+0" and st["cmd_seq"] == seq
+
+
+def test_an_install_cut_by_a_power_cut_resumes_by_itself_after_the_reboot(board, tmp_path):
+    b = board
+    img = _image(tmp_path, "v3", "3.0.0+0", b.key, extra=SELF_CONFIRM, lines=20000)  # ~150 KB: past a sync
+    body = b.install(img)
+    body["version"] = "3.0.0"
+    n = len(Files.log)
+    m0 = len(b.watch.msgs)
+    b.handler.pace = 0.01
+    try:
+        seq = b.send(body)
+        b.watch.wait(lambda t, d: d.get("seq") == seq and d.get("percent") == 75, 60, "75 %")
+        b.sim.power_cut(timeout=None)  # the board dies mid-download, whatever it had not synced is lost
+        done, _ = b.watch.event(b.id, seq, "installed", 90)  # no new command: it resumed by itself
+    finally:
+        b.handler.pace = 0.0
+    ranges = [int(r[0][6:-1]) for r in Files.log[n:]]
+    assert len(ranges) == 2 and ranges[0] == 0 and 0 < ranges[1] < len(img), ranges  # the rest only
+    assert "sim: power cut" in b.sim.output
+    b.watch.event(b.id, seq, "confirmed", 60)
+    st, _ = b.watch.state(b.id, lambda d: d["active"] == "a" and not d["trial"], 30, since=m0)
+    assert st["slots"]["a"]["version"] == "3.0.0+0"

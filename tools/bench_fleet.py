@@ -26,6 +26,19 @@ DISCOVERY_CONFIGS = (("discover off", {"discover": False}), ("discover on (defau
                                                            "wifi": {"hostname": "picow-greenhouse-1"}}))
 
 
+async def agent_idle(port: int, key) -> int:
+    """A simulated board's idle agent: status mem_idle - mem_base, over one connection."""
+    from host.client import Client
+
+    c = Client("127.0.0.1", port, key=key)
+    await c.connect(authenticate=True)
+    try:
+        st = await c.status()
+    finally:
+        await c.close()
+    return st["mem_idle"] - st["mem_base"]
+
+
 def discovery_memory(work: Path, mp: str, heap: str) -> list:
     """[(label, agent idle bytes)] for each DISCOVERY_CONFIGS: status mem_idle - mem_base."""
     import asyncio
@@ -33,17 +46,7 @@ def discovery_memory(work: Path, mp: str, heap: str) -> list:
 
     from simproc import Sim
 
-    from host.client import Client
-
-    async def idle(port, key):
-        c = Client("127.0.0.1", port, key=key)
-        await c.connect(authenticate=True)
-        try:
-            st = await c.status()
-        finally:
-            await c.close()
-        return st["mem_idle"] - st["mem_base"]
-
+    idle = agent_idle
     rows = []
     for i, (label, cfg) in enumerate(DISCOVERY_CONFIGS):
         (work / ("d%d.json" % i)).write_text(json.dumps(cfg))
