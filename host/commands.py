@@ -807,7 +807,9 @@ async def _mqtt_plan_setup(ctx, img, key_path: Optional[str]) -> tuple:
     from . import mqtt, release
 
     a = ctx.args
-    mqtt.signing_key(key_path)  # refused now, before any board is touched
+    mqtt.parse_url(a.via)  # each refused now, before any board is touched
+    mqtt.check_fleet(a.fleet)
+    mqtt.signing_key(key_path)
     url = release.release_url(img, a.base_url)
     release.check_url(url, img.size, timeout=a.timeout)
     link = await mqtt.Link.open(a.via, a.fleet, timeout=a.timeout)

@@ -351,3 +351,24 @@ def test_serve_mqtt_broker_is_a_broker_with_retained_states_and_last_wills(tmp_p
         assert asyncio.run(go()) == ("1.0.0", ["aa01", "bb02"])
     finally:
         b.stop()
+
+
+def test_rollout_via_refuses_bad_input_before_any_board_is_touched(image, key, tmp_path, capsys, server):
+    src = tmp_path / "app.img"
+    src.write_bytes(image.data)
+    common = ["--targets", os.devnull, "--state-dir", str(tmp_path / "ro")]
+    url = "mqtt://127.0.0.1:9"  # never reached: each refusal comes first
+
+    def refused(argv, text):
+        assert cli.main(argv + common) == 1
+        err = capsys.readouterr().err
+        assert text in err, err
+
+    refused(["rollout", str(src), "--via", url, "--sign-key", key], "name the boards")
+    refused(["-t", "ab12", "rollout", str(src), "--via", url], "signed")
+    refused(["-t", "ab12", "rollout", str(src), "--via", url, "--sign-key", key], "no URL for the image")
+    refused(["-t", "ab12", "rollout", str(src), "--via", url, "--sign-key", key, "--base-url", server.base],
+            "404")  # not published there
+    refused(["-t", "ab12", "rollout", str(src), "--via", "http://127.0.0.1:1883", "--sign-key", key], "mqtt://")
+    refused(["-t", "not-a-board", "rollout", str(src), "--via", url, "--sign-key", key], "not-a-board")
+    assert not (tmp_path / "ro").exists()  # no rollout was saved
