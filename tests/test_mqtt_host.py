@@ -196,6 +196,13 @@ def test_publish_stores_the_image_under_its_sha256_with_a_record_signed_by_the_k
         release.check_url(r.url, image.size + 1)
 
 
+def test_serve_on_a_port_in_use_or_a_missing_folder_is_a_clear_error(server, tmp_path, capsys):
+    assert cli.main(["serve", "--dir", str(server.dir), "--port", str(server.server_port)]) == 1
+    assert "cannot serve on 127.0.0.1:%d" % server.server_port in capsys.readouterr().err
+    assert cli.main(["serve", "--dir", str(tmp_path / "nothing")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
 def test_cli_publish_then_serve(image, key, tmp_path, capsys):
     src = tmp_path / "app.img"
     src.write_bytes(image.data)
