@@ -263,9 +263,12 @@ async def handle(dev, cl, payload, on_all):
 
 
 def logs(dev, seq):
-    """The reply to "logs". HOOK: the log ring (branch `logs`) goes here once it
-    is on main; until then what the board keeps: the app's last state and
-    error, and the boot facts."""
+    """The reply to "logs": what the board keeps today, the app's last state
+    and error and the boot facts. HOOK for the log ring (branch `logs`, not on
+    main yet): its `mpota_logs.op_logs(dev, None, {"max": ..., "since": ...})`
+    returns the ring's bytes and the saved traceback; once it lands, "lines"
+    is its "data" (the command's own "since"/"max" passed through) and
+    "traceback" its traceback."""
     return {"seq": seq, "id": dev.id, "app": dev.app, "boot_note": dev.note, "boot_reason": dev.boot_reason,
             "resets": dev.resets, "uptime_ms": dev.uptime(), "lines": []}
 

@@ -350,3 +350,27 @@ def test_an_install_cut_by_a_power_cut_resumes_by_itself_after_the_reboot(board,
     b.watch.event(b.id, seq, "confirmed", 60)
     st, _ = b.watch.state(b.id, lambda d: d["active"] == "a" and not d["trial"], 30, since=m0)
     assert st["slots"]["a"]["version"] == "3.0.0+0"
+
+
+def test_a_lean_board_restarts_into_update_mode_for_the_pull(board, tmp_path):
+    """Lean mode takes no image beside the app: the install command restarts the board
+    into update mode (mpota_update.restart_if_lean), where it resumes the install by
+    itself, then boots the new image on trial."""
+    b = board
+    cfg = tmp_path / "lean.json"
+    cfg.write_text('{"mode": "lean"}')
+    with Sim(state=tmp_path / "lean", flags=["--mqtt", b.broker.hostport, "--fleet", FLEET, "--no-listen",
+                                             "--trust", str(b.key), "--config", str(cfg)]) as sim:
+        dev = sim.device_id
+        m0 = len(b.watch.msgs)
+        b.watch.state(dev, lambda d: d["mode"] == "lean", since=m0)
+        img = _image(tmp_path, "v9", "9.0.0+0", b.key)
+        body = b.install(img)
+        body.update(to=dev, version="9.0.0")
+        seq = b.send(body, topic="mpota/%s/%s/cmd" % (FLEET, dev))
+        b.watch.event(dev, seq, "restarting", 30)
+        sim.wait_for_line("update mode (lean): the app does not start", 30)
+        done, _ = b.watch.event(dev, seq, "installed", 60)
+        assert done["state"] == "pending", done
+        st, _ = b.watch.state(dev, lambda d: d["trial"] and d["mode"] == "lean", 60, since=m0)
+        assert st["slots"]["a"]["version"] == "9.0.0+0" and st["app"]["state"] == "running", st
