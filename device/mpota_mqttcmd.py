@@ -265,7 +265,7 @@ async def handle(dev, cl, payload, on_all):
 def logs(dev, seq):
     """The reply to "logs": what the board keeps today, the app's last state
     and error and the boot facts. HOOK for the log ring (branch `logs`, not on
-    main yet): its `mpota_logs.op_logs(dev, None, {"max": ..., "since": ...})`
+    main yet): its logs op handler, `op_logs(dev, None, {"max": ..., "since": ...})`,
     returns the ring's bytes and the saved traceback; once it lands, "lines"
     is its "data" (the command's own "since"/"max" passed through) and
     "traceback" its traceback."""
