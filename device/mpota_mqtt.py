@@ -22,6 +22,7 @@ _BACKOFF_MIN = const(1000)
 _BACKOFF_MAX = const(60000)
 _STATE_EVERY = const(60000)  # the retained state is renewed this often (uptime), and at every change
 _ACK_MS = const(10000)  # a QoS 1 publish not acknowledged by then: the connection is dropped
+_REDO_MS = const(5000)  # after a command was dropped unverified: a signature check's token is back (mqttcmd)
 
 CLIENT = None  # the running Client (mpota_mqttcmd, mpota_pull and mpota.py reach it here)
 
@@ -49,8 +50,10 @@ class Client:
         self.dirty = True  # the state is republished at the next tick
         self.t_state = 0
         self.rep_seq = -1  # the last ignored command reported (mpota_mqttcmd.ignored)
-        self.rep_t = 0  # the report bucket: when it was last refilled, and its tokens
-        self.rep_n = 0
+        t = hal.ticks_ms()
+        self.rep = [t, 6]  # token buckets (mpota_mqttcmd.token): [last refill, tokens] of the reports
+        self.ver = [t, 3]  # ... and of the signature checks
+        self.redo = 0  # when a command was dropped unverified (no token): reconnect later, get it again
         self.connects = 0
         self.up = False
         self.task = None  # the install's download (mpota_mqttcmd.install)
@@ -187,6 +190,10 @@ class Client:
                     raise OSError("mqtt: the broker is silent")
                 if self.unacked and hal.ticks_diff(now, self.t_pub) > _ACK_MS:
                     raise OSError("mqtt: no PUBACK")
+                if self.redo and hal.ticks_diff(now, self.redo) > _REDO_MS:
+                    # commands went unverified in a flood: a new subscription gets the retained ones again
+                    self.redo = 0
+                    raise OSError("mqtt: reconnecting for the commands dropped in a flood")
                 if self.dirty or hal.ticks_diff(now, self.t_state) >= _STATE_EVERY:
                     await self._state()
                 elif hal.ticks_diff(now, self.t_tx) >= self.ka * 500:

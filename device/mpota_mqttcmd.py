@@ -27,9 +27,15 @@ from mpota_lineproto import ProtoError, error_name, E_INTERNAL, E_RESTARTING, E_
 
 PATH = "/mpota_cmd.json"  # {"seq": N, "op", "result", and during an install: "install" (its body), "phase"}
 _T_CONNECT = const(10000)  # ms for the TCP connect and for CONNACK
+RATE_LIMITED = "rate_limited"  # (a reason of the board's own, besides mpota_command's)
 _RESET_MS = 500  # after the last event of a command that resets: it leaves first
 _EVERY_MS = const(5000)  # ignored commands: a burst of _BURST reports, then one per _EVERY_MS
 _BURST = const(6)  # (and never twice for one seq)
+# Signature checks: a burst of _VERIFY_BURST, then one per _VERIFY_MS. Each blocks the event
+# loop (pure-Python Ed25519: the app's tasks wait), so a flood of well-addressed forgeries
+# must not buy them without bound; a command dropped for it is fetched again (mpota_mqtt: redo).
+_VERIFY_MS = const(5000)
+_VERIFY_BURST = const(3)
 
 
 def load(path=PATH):
@@ -130,19 +136,27 @@ async def event(cl, seq, name, **kw):
     return True
 
 
+def token(b, every, burst):
+    """Take a token from bucket b ([last refill ms, tokens]), refilled one per
+    `every` ms up to `burst`; False when it is empty."""
+    now = hal.ticks_ms()
+    k = hal.ticks_diff(now, b[0]) // every
+    if k:
+        b[1] = min(burst, b[1] + k) if k > 0 else b[1]
+        b[0] = now
+    if b[1] <= 0:
+        return False
+    b[1] -= 1
+    return True
+
+
 async def ignored(cl, seq, reason, message):
     """Report a command the board did not act on: never twice for one seq,
     and from a bucket of _BURST reports refilled one per _EVERY_MS
     (a flood of forged commands cannot make the board talk more)."""
-    now = hal.ticks_ms()
-    k = hal.ticks_diff(now, cl.rep_t) // _EVERY_MS
-    if k:
-        cl.rep_n = min(_BURST, cl.rep_n + k)
-        cl.rep_t = now
-    if seq == cl.rep_seq or not cl.rep_n:
+    if seq == cl.rep_seq or not token(cl.rep, _EVERY_MS, _BURST):
         return
     print("mpota: mqtt: command %d ignored (%s): %s" % (seq, reason, message))
-    cl.rep_n -= 1
     cl.rep_seq = seq
     await event(cl, seq, "rejected", reason=reason, message=message)
 
@@ -201,6 +215,10 @@ async def handle(dev, cl, payload, on_all):
         if rec["seq"] is None:
             raise CommandError(command.MALFORMED, "the command record %s is unreadable: repair it" % PATH)
         op = command.check(d, dev.id, dev.cfg["fleet"], rec["seq"], on_all)
+        if not token(cl.ver, _VERIFY_MS, _VERIFY_BURST):
+            cl.redo = hal.ticks_ms()
+            raise CommandError(RATE_LIMITED, "more commands than this board verifies (%d per %d s): dropped, "
+                               "fetched again later" % (1, _VERIFY_MS // 1000))
         _verify(body, sig)
     except CommandError as e:
         if e.reason != command.OLD_SEQ or seq != rec["seq"]:  # (== : the retained copy of the last one)
@@ -245,9 +263,12 @@ async def handle(dev, cl, payload, on_all):
 
 
 def logs(dev, seq):
-    """The reply to "logs". HOOK: the log ring (branch `logs`) goes here once it
-    is on main; until then what the board keeps: the app's last state and
-    error, and the boot facts."""
+    """The reply to "logs": what the board keeps today, the app's last state
+    and error and the boot facts. HOOK for the log ring (branch `logs`, not on
+    main yet): its logs op handler, `op_logs(dev, None, {"max": ..., "since": ...})`,
+    returns the ring's bytes and the saved traceback; once it lands, "lines"
+    is its "data" (the command's own "since"/"max" passed through) and
+    "traceback" its traceback."""
     return {"seq": seq, "id": dev.id, "app": dev.app, "boot_note": dev.note, "boot_reason": dev.boot_reason,
             "resets": dev.resets, "uptime_ms": dev.uptime(), "lines": []}
 
