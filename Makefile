@@ -74,6 +74,7 @@ bench: setup
 	$(PY) tools/bench.py
 	$(PY) tools/bench_fleet.py --count 100
 	$(PY) tools/bench_mqtt.py --count 100
+	$(PY) tools/bench_mqtt_board.py
 
 # The torture harness at full counts (not part of `make test`, which runs a
 # short version of each part): 500 power cuts, 50 hostile-link updates,
