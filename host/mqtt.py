@@ -183,7 +183,6 @@ class Link:
         self.fleet = check_fleet(fleet)
         self.timeout = timeout
         self.states: dict = {}     # device id -> its retained state (dict), as last received
-        self.seen: dict = {}       # device id -> time.monotonic() of its last state message
         self.events: dict = {}     # device id -> deque of its newest events (dicts)
         self._changed = asyncio.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -237,14 +236,13 @@ class Link:
 
     async def _sync(self) -> None:
         self._synced.clear()
-        info = self.client.publish(self._sync_topic, b"sync", qos=1)
+        self.client.publish(self._sync_topic, b"sync", qos=1)
         try:
             await asyncio.wait_for(self._synced.wait(), self.timeout)
         except asyncio.TimeoutError:
             raise DeviceTimeout("the MQTT broker at %s:%d did not echo our own message within %.0f s"
                                 % (self.host, self.port, self.timeout),
                                 "is it overloaded, or does its access control refuse topic mpota-host/#?") from None
-        del info
 
     async def close(self) -> None:
         c, self.client = self.client, None
@@ -297,7 +295,6 @@ class Link:
             return
         if kind == "state":
             self.states[dev] = d
-            self.seen[dev] = time.monotonic()
         elif kind == "events":
             self.events.setdefault(dev, collections.deque(maxlen=EVENTS_KEPT)).append(d)
         else:
