@@ -51,7 +51,7 @@ _ID = re.compile(r"^[0-9a-fA-F]{2,64}$")
 class CommandFailed(DeviceError):
     """The board answered a command with a refusal or an error on its events topic."""
 
-    default_hint = "the board's events say why; `mpota fleet --via` shows its state"
+    default_hint = "the board's events topic says why; its retained state shows what it runs"
 
 
 # --- names --------------------------------------------------------------------------------
@@ -406,18 +406,23 @@ class Link:
 # --- the rollout's transport ------------------------------------------------------------------
 
 def _failure(dev: str, seq: int, events: list, what: str) -> Optional[MpotaError]:
-    """The error a board's events report for command `seq`, if any."""
+    """The error a board's events report for command `seq`, if any. An "error" event names
+    the device's error code (mpota_lineproto's names: signature_invalid, no_memory...), so
+    it becomes the exception a LAN push would raise (errors.device_error; no_memory is
+    retried by the rollout). A command dropped unverified under a flood (rate_limited) is
+    no failure: the board fetches the retained command again by itself."""
+    from .errors import Code, device_error
+
     for e in events:
         kind = e.get("event")
         why = e.get("reason") or e.get("error") or e.get("message") or "no reason given"
-        if kind == "rejected":
-            return CommandFailed("board %s ignored the %s command: %s" % (dev, what, why), code=e.get("code"),
-                                 op=what)
+        if kind == "rejected" and e.get("reason") != "rate_limited":
+            return CommandFailed("board %s ignored the %s command: %s%s" % (
+                dev, what, why, " (%s)" % e["message"] if e.get("message") else ""), code=e.get("reason"), op=what)
         if kind == "error":
-            from .errors import device_error
-
-            if e.get("code"):
-                return device_error(e["code"], "board %s: %s" % (dev, e.get("message") or why), op=what)
+            code = e.get("code") or e.get("error")
+            if code in {c.value for c in Code}:
+                return device_error(code, "board %s: %s" % (dev, e.get("message") or code), op=what)
             return CommandFailed("board %s: %s failed: %s" % (dev, what, why), op=what)
         if kind == "rolled_back" and what == "install":  # (for a rollback it is the outcome asked for)
             return NotTaken("board %s rolled back from the new image: %s" % (dev, why))

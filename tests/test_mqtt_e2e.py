@@ -149,6 +149,29 @@ def test_a_failing_canary_stops_a_waved_rollout_with_no_other_board_touched(site
     assert end["failed"][site.ids[1]]["rolled_back"].startswith("by the host")
 
 
+def test_an_image_signed_by_a_key_the_board_does_not_trust_is_refused_as_over_the_lan(site, capsys, tmp_path):
+    other = tmp_path / "other.pem"
+    keys.keygen(str(other))
+    folder = tmp_path / "app-9.0.0"
+    folder.mkdir()
+    (folder / "main.py").write_text(APP % (False, "9.0.0"))
+    img = images.build_folder(folder, "9.0.0", str(other))  # the image by another key, the commands by ours
+    path = tmp_path / "app.img"
+    path.write_bytes(img.data)
+    assert cli.main(["publish", str(path), "--sign-key", site.key, "--dir", str(site.dir / "rel"), "--base-url",
+                     site.base, "--targets", os.devnull, "-q"]) == 0
+    dev = site.ids[3]
+    code, evs = run(capsys, "-t", dev, "rollout", site.dir / "rel" / (img.sha256 + ".bin"), "--via",
+                    site.broker.url, "--sign-key", site.key, "--soak", "1s", "--state-dir", site.dir / "rollouts")
+    end = evs[-1]
+    assert (code, end["event"]) == (6, "paused")
+    assert "signature_invalid" in end["failed"][dev]["error"], end["failed"]
+    retries = [e for e in evs if e["event"] == "retry"]
+    assert retries == []  # a refusal is final: no second install
+    row = fleet_rows(site.broker.url, capsys)[dev]
+    assert row["version"] == "1.1.0+0"
+
+
 def test_serve_with_its_embedded_broker_is_the_whole_flow_on_one_machine_without_mosquitto(tmp_path, capsys):
     """`mpota serve --mqtt-broker` (amqtt) alone carries a board's release: no Mosquitto."""
     import subprocess

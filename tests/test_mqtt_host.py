@@ -379,3 +379,22 @@ def test_rollout_via_refuses_bad_input_before_any_board_is_touched(image, key, t
     refused(["-t", "ab12", "rollout", str(src), "--via", "http://127.0.0.1:1883", "--sign-key", key], "mqtt://")
     refused(["-t", "not-a-board", "rollout", str(src), "--via", url, "--sign-key", key], "not-a-board")
     assert not (tmp_path / "ro").exists()  # no rollout was saved
+
+
+def test_a_boards_events_become_the_errors_a_lan_push_raises():
+    from mpota import errors, rollout
+
+    def fail(what, **e):
+        return mqtt._failure("ab12", 7, [dict(e, seq=7)], what)
+
+    e = fail("install", event="error", error="no_memory", message="the app holds the heap")
+    assert isinstance(e, errors.DeviceError) and rollout.transient(e)  # the rollout installs again: it resumes
+    e = fail("install", event="error", error="signature_invalid", message="signed by an untrusted key")
+    assert isinstance(e, errors.SignatureInvalid) and not rollout.transient(e)
+    assert isinstance(fail("install", event="error", error="version_refused", message="older"), errors.VersionRefused)
+    assert fail("install", event="rejected", reason="rate_limited") is None  # the board fetches it again
+    e = fail("confirm", event="rejected", reason="old_seq", message="seq 7 is not newer than 9")
+    assert isinstance(e, mqtt.CommandFailed) and "old_seq" in e.message and not rollout.transient(e)
+    assert isinstance(fail("install", event="rolled_back"), errors.NotTaken)
+    assert fail("rollback", event="rolled_back") is None  # what a rollback asked for
+    assert fail("install", event="progress", percent=50) is None
