@@ -14,7 +14,7 @@ import urllib.request
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import MICROPYTHON, REPO
+from conftest import REPO
 
 from mpota import cli, images, keys, mqtt, release
 from mpota.errors import DeviceTimeout, Unreachable, UsageError
@@ -39,7 +39,7 @@ def image(tmp_path_factory, key):
 
 # --- signed commands -----------------------------------------------------------------------
 
-def test_a_host_signed_command_verifies_on_the_board_and_a_changed_byte_does_not(key, tmp_path):
+def test_a_host_signed_command_verifies_on_the_board_and_a_changed_byte_does_not(key, mp_build):
     payload = mqtt.sign(mqtt.signing_key(key), {"seq": 5, "fleet": "f", "to": "ab12", "op": "confirm"})
     pub = keys.public_raw(key)
     forged = payload.replace(b'"op":"confirm"', b'"op":"rollback"')
@@ -51,7 +51,7 @@ for p in (%r, %r):
     d, body, sig = command.parse(p)
     print(trust.verify_signature(%r, command.signed_message(body), sig), command.check(d, "ab12", "f", 4))
 """ % (str(REPO / "shared"), str(REPO / "device"), payload, forged, pub)
-    r = subprocess.run([MICROPYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([mp_build, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "confirm", "False", "rollback"]
 
