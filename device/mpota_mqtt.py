@@ -2,7 +2,7 @@
 # when "mqtt" is configured (agent._main starts it). It connects out to the
 # broker with a last will ("offline", retained), subscribes to the board's
 # and the fleet's command topics, publishes the board's state (retained) and
-# events, answers PINGREQ keep-alive, and reconnects with a bounded, jittered
+# events, keeps the connection alive (PINGREQ), and reconnects with a bounded, jittered
 # backoff. Everything is an asyncio stream: nothing here blocks the app.
 #
 # Heap: one receive buffer of MAX_PACKET bytes made once; a packet longer
@@ -227,6 +227,7 @@ async def run(dev, ready=None):
                 sys.print_exception(e)
             print("mpota: mqtt: %s" % (e,))
         cl.close()
+        dev.end_request()  # what the session loaded goes (unless an install holds it) for the wait
         if cl.connects != n:
             delay = _BACKOFF_MIN
         j = os.urandom(1)[0]  # jitter: the whole fleet does not come back in one instant

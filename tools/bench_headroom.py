@@ -144,6 +144,20 @@ def row(work: Path, mp: str, heap: str, mode: str, share: int, rig=None) -> str:
                                    "" if kib is None or kib >= 128 else "; above it: " + why[:160]))
 
 
+def mqtt_row(work: Path, mp: str, heap: str, share: int, mode: str = "live") -> str:
+    """row() with MQTT on: a private broker, every update pulled through it (docs/mqtt.md)."""
+    from bench_mqtt_board import Rig
+    from mpota import keys
+
+    work.mkdir(parents=True, exist_ok=True)
+    keys.keygen(work / "key.pem")
+    rig = Rig(work, work / "key.pem")
+    try:
+        return row(work / mode, mp, heap, mode, share, rig)
+    finally:
+        rig.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--micropython", default=boardbuilds.i386() or str(Path(sys.executable).parent / "micropython"))
@@ -154,19 +168,11 @@ def main() -> int:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-headroom-"))
     share = sim_share(work, a.micropython, a.heap)
-    rig = None
-    if a.via == "mqtt":
-        from bench_mqtt_board import Rig
-        from mpota import keys
-
-        keys.keygen(work / "key.pem")
-        rig = Rig(work, work / "key.pem")
-    try:
-        for mode in a.mode:
-            print(row(work / mode, a.micropython, a.heap, mode, share, rig), flush=True)
-    finally:
-        if rig is not None:
-            rig.close()
+    for mode in a.mode:
+        if a.via == "mqtt":
+            print(mqtt_row(work / ("mqtt-" + mode), a.micropython, a.heap, share, mode), flush=True)
+        else:
+            print(row(work / mode, a.micropython, a.heap, mode, share), flush=True)
     return 0
 
 
