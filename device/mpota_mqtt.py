@@ -235,6 +235,22 @@ async def run(dev, ready=None):
         delay = min(delay * 2, _BACKOFF_MAX)
 
 
+class NoListener:
+    """"listen": false (a board behind NAT, managed through the broker): the
+    agent binds nothing; its run() waits on this as on a listener until the
+    link goes (mpota_agent.run). Here, not in the agent: only a board with
+    "mqtt" may have it (mpota_config)."""
+
+    def __init__(self):
+        self.ev = asyncio.Event()
+
+    def close(self):
+        self.ev.set()
+
+    async def wait_closed(self):
+        await self.ev.wait()
+
+
 def poke():
     """The state changed (mpota.confirm, an install's milestones): republish it soon."""
     if CLIENT is not None:
