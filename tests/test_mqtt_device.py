@@ -13,16 +13,17 @@ import socket
 import threading
 import time
 
+import paho.mqtt.client as paho
 import pytest
 
 from mosquitto import Broker
 from simproc import Sim
 
-paho = pytest.importorskip("paho.mqtt.client")
+from mpota import httpserve, keys
+from mpota.codec import mpota_command as command
+from mpota.images import build_app_image
 
-from mpota import httpserve, keys  # noqa: E402
-from mpota.codec import mpota_command as command  # noqa: E402
-from mpota.images import build_app_image  # noqa: E402
+pytestmark = pytest.mark.timeout(180)  # each wait below is bounded; this bounds a hang of the whole
 
 FLEET = "site-7"
 TICK_APP = """NAME = "ticker"
