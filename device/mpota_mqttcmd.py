@@ -88,6 +88,7 @@ def next_pid(cl):
     cl.pid = cl.pid % 65535 + 1
     return cl.pid
 
+
 async def publish(cl, topic, msg, retain=False, qos=0):
     """Publish `msg` (bytes or str) on `topic` (str or bytes); at QoS 1 the
     PUBACK is awaited by the connection's tick (a missing one drops it)."""
@@ -105,6 +106,7 @@ async def publish(cl, topic, msg, retain=False, qos=0):
             cl.t_pub = hal.ticks_ms()
     hdr = bytes((0x30 | (qos << 1) | (1 if retain else 0),)) + _rlen(len(t) + len(pid) + len(msg))
     await cl.send(hdr, t, pid, msg)
+
 
 async def connect(cl):
     """Open the connection: CONNECT with the last will, CONNACK, SUBSCRIBE."""
