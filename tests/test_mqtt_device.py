@@ -328,6 +328,12 @@ def test_second_install_beside_the_running_app_confirmed_by_the_app(board, tmp_p
     b.watch.event(b.id, seq, "confirmed", 30)  # the app's own confirm, reported with the install's seq
     st, _ = b.watch.state(b.id, lambda d: d["active"] == "b" and not d["trial"], 30)
     assert st["slots"]["b"]["version"] == "2.0.0+0" and st["cmd_seq"] == seq
+    # the same release again (a resumed rollout, a retry): nothing to pull, no reset
+    n, m0 = len(Files.log), b.sim.mark()
+    again = b.send(dict(body, seq=b.next_seq()))
+    ev, _ = b.watch.event(b.id, again, "installed", 30)
+    assert ev["already"] and ev["state"] == "running" and ev["slot"] == "b", ev
+    assert len(Files.log) == n and "sim: reset" not in b.sim.output.splitlines()[m0:], Files.log[n:]
 
 
 def test_an_install_cut_by_a_power_cut_resumes_by_itself_after_the_reboot(board, tmp_path):
