@@ -83,20 +83,6 @@ _UPDATE_MODE_MS = const(120000)  # lean mode's update boot waits this long for t
 _TICK_MS = const(200)  # housekeeping's period
 
 
-class _NoListener:
-    """"listen": false (a board behind NAT, managed through MQTT): nothing is
-    bound; run() waits on this as on a listener until the link goes."""
-
-    def __init__(self):
-        self.ev = asyncio.Event()
-
-    def close(self):
-        self.ev.set()
-
-    async def wait_closed(self):
-        await self.ev.wait()
-
-
 class Device:
     """What the agent knows between connections. Resident, so small: the
     behaviour is in service.py and the handlers, loaded with a connection."""
@@ -316,8 +302,10 @@ async def run(ag, ready=None):
     udp = None
     smp = None
     try:
-        if not cfg["listen"]:
-            srv = _NoListener()
+        if not cfg["listen"]:  # (config: only with "mqtt", whose module is resident then)
+            import mpota_mqtt as mqtt
+            srv = mqtt.NoListener()
+            mqtt = None
         while srv is None:
             try:
                 had = _shield()

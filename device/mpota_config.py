@@ -140,4 +140,7 @@ def load(path=PATH, overrides=None):
         _check(cfg, src, errors)
     if overrides:
         _check(cfg, overrides, errors)
+    if not cfg["listen"] and not cfg["mqtt"]:
+        errors.append("'listen': false needs 'mqtt' (nothing else could reach the board): listening")
+        cfg["listen"] = True
     return cfg, errors

@@ -2,7 +2,7 @@
 # when "mqtt" is configured (agent._main starts it). It connects out to the
 # broker with a last will ("offline", retained), subscribes to the board's
 # and the fleet's command topics, publishes the board's state (retained) and
-# events, answers PINGREQ keep-alive, and reconnects with a bounded, jittered
+# events, keeps the connection alive (PINGREQ), and reconnects with a bounded, jittered
 # backoff. Everything is an asyncio stream: nothing here blocks the app.
 #
 # Heap: one receive buffer of MAX_PACKET bytes made once; a packet longer
@@ -227,11 +227,28 @@ async def run(dev, ready=None):
                 sys.print_exception(e)
             print("mpota: mqtt: %s" % (e,))
         cl.close()
+        dev.end_request()  # what the session loaded goes (unless an install holds it) for the wait
         if cl.connects != n:
             delay = _BACKOFF_MIN
         j = os.urandom(1)[0]  # jitter: the whole fleet does not come back in one instant
         await asyncio.sleep_ms(delay * 3 // 4 + delay * j // 510)
         delay = min(delay * 2, _BACKOFF_MAX)
+
+
+class NoListener:
+    """"listen": false (a board behind NAT, managed through the broker): the
+    agent binds nothing; its run() waits on this as on a listener until the
+    link goes (mpota_agent.run). Here, not in the agent: only a board with
+    "mqtt" may have it (mpota_config)."""
+
+    def __init__(self):
+        self.ev = asyncio.Event()
+
+    def close(self):
+        self.ev.set()
+
+    async def wait_closed(self):
+        await self.ev.wait()
 
 
 def poke():

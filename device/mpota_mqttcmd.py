@@ -88,6 +88,7 @@ def next_pid(cl):
     cl.pid = cl.pid % 65535 + 1
     return cl.pid
 
+
 async def publish(cl, topic, msg, retain=False, qos=0):
     """Publish `msg` (bytes or str) on `topic` (str or bytes); at QoS 1 the
     PUBACK is awaited by the connection's tick (a missing one drops it)."""
@@ -105,6 +106,7 @@ async def publish(cl, topic, msg, retain=False, qos=0):
             cl.t_pub = hal.ticks_ms()
     hdr = bytes((0x30 | (qos << 1) | (1 if retain else 0),)) + _rlen(len(t) + len(pid) + len(msg))
     await cl.send(hdr, t, pid, msg)
+
 
 async def connect(cl):
     """Open the connection: CONNECT with the last will, CONNACK, SUBSCRIBE."""
@@ -296,9 +298,18 @@ async def _reset(dev):
 async def install(dev, cl, rec):
     """Open (or resume) the update session for rec's install, then pull the
     rest in a task of its own: the broker connection keeps being served."""
+    ins = rec["install"]
+    import mpota_slots as slots
+    slots.attach(dev)
+    r = dev.sl.running
+    if r is not None and dev.sl.slot(r)["sha256"] == ins["sha256"]:  # (a rollout that is resumed, a retry)
+        rec.pop("install")
+        rec.pop("phase")
+        return await done(cl, rec, "installed", slot=slots.NAMES[r], version=dev.sl.slot(r)["version"],
+                          state="running", already=True)
     import mpota_pull as pull  # released with the session scope (agent._LIFE)
     try:
-        pull.begin(dev, cl, rec["install"])
+        pull.begin(dev, cl, ins)
     except ProtoError as e:
         if e.code == E_RESTARTING:  # lean mode: restarting into update mode, where the install resumes
             await event(cl, rec["seq"], "restarting", message=e.message)

@@ -6,10 +6,9 @@
 #
 # GET with "Range: bytes=N-" where N is what the slot already holds: 206 with
 # a matching Content-Range, or 200 when N == 0. The body streams through the
-# device's scratch buffer when one exists, else one of _BUF bytes made for the
-# install (readinto; lwIP hands over at most one 800-byte segment per read on
-# a board, so a bigger one would not read more at a time): nothing sized by the
-# image is allocated. A drop resumes with a new Range (bounded retries with
+# pull's own buffer of _BUF bytes (readinto; lwIP hands over at most one
+# 800-byte segment per read on a board, so a bigger one would not read more
+# at a time): nothing sized by the image is allocated. A drop resumes with a new Range (bounded retries with
 # backoff); a reset resumes too (op_begin resumes a partial upload of the same
 # size and sha256). Plain http:// only: the image's SHA-256 (from the signed
 # command) and its Ed25519 signature make it safe for integrity.
@@ -90,14 +89,13 @@ def check_head(head, off, size):
         raise PullError("Content-Range %r, expected %r" % (rng, want))
 
 
-async def _get(dev, s, host, port, path, emit, seq, prog):
+async def _get(dev, s, host, port, path, emit, seq, prog, buf):
     r, w = await asyncio.wait_for_ms(asyncio.open_connection(host, port), _T_IO)
     try:
         off = s.w.pos
         w.write(("GET %s HTTP/1.1\r\nHost: %s:%d\r\nRange: bytes=%d-\r\nUser-Agent: mpota/%s\r\n"
                  "Connection: close\r\n\r\n" % (path, host, port, off, dev.VERSION)).encode())
         await w.drain()
-        buf = dev.buf if dev.buf is not None else bytearray(_BUF)  # headers, then each piece of the body
         mv = memoryview(buf)
         n = 0
         while True:
@@ -143,13 +141,16 @@ async def run(dev, cl, seq, d, emit):
     prog = [s.w.pos * 4 // s.size]
     tries = 0
     delay = _MIN_DELAY
+    # the pull's own buffer, not the device's scratch one: the headers build up in it over
+    # several reads, while a LAN request may use the scratch buffer in between
+    buf = bytearray(_BUF)
     while s.w.pos < s.size:
         if dev.session is not s:
             s = begin(dev, cl, d)  # closed meanwhile (a silent session): resumes from the bytes held
         had = s.w.pos
         why = None
         try:
-            await _get(dev, s, host, port, path, emit, seq, prog)
+            await _get(dev, s, host, port, path, emit, seq, prog, buf)
         except PullError as e:
             if not e.retry:
                 raise ProtoError(E_BAD_REQUEST, "%s: %s" % (d["url"], e.message))

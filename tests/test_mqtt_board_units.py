@@ -51,6 +51,8 @@ cfg, errors = config.load("/nonexistent.json", {"mqtt": "broker", "fleet": "a/b"
 print(cfg["mqtt"] == "", cfg["fleet"], cfg["listen"], cfg["mqtt_keepalive"], len(errors))
 for e in errors:
     print("E", e)
+cfg, errors = config.load("/nonexistent.json", {"listen": False})
+print("alone", cfg["listen"], errors)
 '''
 
 RECORD = r'''
@@ -88,6 +90,8 @@ def test_mqtt_config_keys_are_checked(mp):
     assert lines[1] == "True default True 60 4", r.stdout
     assert any("'mqtt' must be \"HOST:PORT\"" in ln for ln in lines)
     assert any("'fleet' must be 1 to 32" in ln for ln in lines)
+    # a board that listens on nothing and calls no broker could never be reached: it listens
+    assert lines[-1].startswith("alone True [\"'listen': false needs 'mqtt'"), lines[-1]
 
 
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)

@@ -13,16 +13,17 @@ import socket
 import threading
 import time
 
+import paho.mqtt.client as paho
 import pytest
 
 from mosquitto import Broker
 from simproc import Sim
 
-paho = pytest.importorskip("paho.mqtt.client")
+from mpota import httpserve, keys
+from mpota.codec import mpota_command as command
+from mpota.images import build_app_image
 
-from mpota import httpserve, keys  # noqa: E402
-from mpota.codec import mpota_command as command  # noqa: E402
-from mpota.images import build_app_image  # noqa: E402
+pytestmark = pytest.mark.timeout(180)  # each wait below is bounded; this bounds a hang of the whole
 
 FLEET = "site-7"
 TICK_APP = """NAME = "ticker"
@@ -257,6 +258,9 @@ def test_forged_replayed_foreign_and_misaddressed_commands_are_ignored(board):
     last = st["cmd_seq"]
     m0 = b.sim.mark()
     n0 = len(b.watch.msgs)
+    # a packet longer than the board's buffer (1,280 B) is read through it and dropped: the
+    # connection stays up and the commands after it are served
+    b.publish("mpota/%s/%s/cmd" % (FLEET, b.id), b"mpota-cmd-v1 " + b"x" * 20000)
     cases = [
         ("bad_signature", lambda: b.send(b.cmd("reset"), sig=bytes(64))),  # forged
         ("bad_signature", lambda: b.send(b.cmd("reset"), key=b.other)),  # signed by a key it does not trust
@@ -293,6 +297,7 @@ def test_forged_replayed_foreign_and_misaddressed_commands_are_ignored(board):
     assert logs and logs[-1]["seq"] == good and logs[-1]["app"]["state"] == "running", logs
     assert {s["cmd_seq"] for s in states if s.get("online")} <= {last, good}, states  # none other acted on
     assert "sim: boot #3" not in b.sim.output  # nothing reset it
+    assert sum("mqtt connected" in ln for ln in b.sim.output.splitlines()[m0:m1]) == 0  # the big one: no drop
     assert len(b.ticks(m0, version="v1")) >= 20  # the app ran throughout
     b.sim.wait_for_line("app: v1 tick", 5, since=b.sim.mark())
 
@@ -327,6 +332,12 @@ def test_second_install_beside_the_running_app_confirmed_by_the_app(board, tmp_p
     b.watch.event(b.id, seq, "confirmed", 30)  # the app's own confirm, reported with the install's seq
     st, _ = b.watch.state(b.id, lambda d: d["active"] == "b" and not d["trial"], 30)
     assert st["slots"]["b"]["version"] == "2.0.0+0" and st["cmd_seq"] == seq
+    # the same release again (a resumed rollout, a retry): nothing to pull, no reset
+    n, m0 = len(Files.log), b.sim.mark()
+    again = b.send(dict(body, seq=b.next_seq()))
+    ev, _ = b.watch.event(b.id, again, "installed", 30)
+    assert ev["already"] and ev["state"] == "running" and ev["slot"] == "b", ev
+    assert len(Files.log) == n and "sim: reset" not in b.sim.output.splitlines()[m0:], Files.log[n:]
 
 
 def test_an_install_cut_by_a_power_cut_resumes_by_itself_after_the_reboot(board, tmp_path):

@@ -46,6 +46,7 @@ def main():
 """
 IMAGE = 256 * 1024
 VERBOSE = False  # --verbose: the device's output after a failed attempt
+SIGN_KEY = None  # --signed: LAN images signed with this key file, which the board trusts (as MQTT's must be)
 
 
 def _kib(s: str) -> int:
@@ -72,9 +73,11 @@ def attempt(work: Path, mp: str, heap: int, mode: str, kib: int, rig=None) -> st
     cfg.write_text('{"mode": "%s"}' % mode)
     images = []
     for n in (1, 2):
-        img = app_image(d, "v%d" % n, APP % kib, "1.0.%d" % n, pad=IMAGE - 8 * 1024, key=rig and rig.key)
+        img = app_image(d, "v%d" % n, APP % kib, "1.0.%d" % n, pad=IMAGE - 8 * 1024, key=rig.key if rig else SIGN_KEY)
         images.append(Image(data=bytes(img), version="1.0.%d" % n, source=str(d)))
     flags = ["--heap", str(heap), "--micropython", mp, "--config", str(cfg)]
+    if SIGN_KEY and rig is None:
+        flags += ["--trust", str(SIGN_KEY)]
     if rig is not None:
         with Sim(state=d / "dev", flags=flags + rig.flags() + ["--no-listen"]) as sim:
             try:
@@ -140,8 +143,23 @@ def row(work: Path, mp: str, heap: str, mode: str, share: int, rig=None) -> str:
     """The bench line for one mode; `share` is sim_share() of this interpreter and heap."""
     kib, why = largest(work, mp, _kib(heap) + share, mode, rig=rig)
     return ("largest app heap that still updates (%s, %s%s, %s + the simulator's %d B): %s KiB of %s "
-            "(budget 128 KiB)%s" % (Path(mp).name, mode, ", via MQTT" if rig else "", heap, share, kib, heap,
+            "(budget 128 KiB)%s" % (Path(mp).name, mode, ", via MQTT" if rig else ", signed" if SIGN_KEY else "",
+                                   heap, share, kib, heap,
                                    "" if kib is None or kib >= 128 else "; above it: " + why[:160]))
+
+
+def mqtt_row(work: Path, mp: str, heap: str, share: int, mode: str = "live") -> str:
+    """row() with MQTT on: a private broker, every update pulled through it (docs/mqtt.md)."""
+    from bench_mqtt_board import Rig
+    from mpota import keys
+
+    work.mkdir(parents=True, exist_ok=True)
+    keys.keygen(work / "key.pem")
+    rig = Rig(work, work / "key.pem")
+    try:
+        return row(work / mode, mp, heap, mode, share, rig)
+    finally:
+        rig.close()
 
 
 def main() -> int:
@@ -149,24 +167,23 @@ def main() -> int:
     ap.add_argument("--micropython", default=boardbuilds.i386() or str(Path(sys.executable).parent / "micropython"))
     ap.add_argument("--heap", default="160K")
     ap.add_argument("--mode", choices=("live", "lean"), nargs="+", default=["lean", "live"])
+    ap.add_argument("--signed", action="store_true", help="LAN: signed images, a board that trusts their key")
     ap.add_argument("--via", choices=("lan", "mqtt"), default="lan",
                     help="mqtt: the board runs MQTT, listens on nothing, and pulls each update (docs/mqtt.md)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-headroom-"))
     share = sim_share(work, a.micropython, a.heap)
-    rig = None
-    if a.via == "mqtt":
-        from bench_mqtt_board import Rig
+    if a.signed:
         from mpota import keys
 
-        keys.keygen(work / "key.pem")
-        rig = Rig(work, work / "key.pem")
-    try:
-        for mode in a.mode:
-            print(row(work / mode, a.micropython, a.heap, mode, share, rig), flush=True)
-    finally:
-        if rig is not None:
-            rig.close()
+        global SIGN_KEY
+        SIGN_KEY = work / "lan-key.pem"
+        keys.keygen(SIGN_KEY)
+    for mode in a.mode:
+        if a.via == "mqtt":
+            print(mqtt_row(work / ("mqtt-" + mode), a.micropython, a.heap, share, mode), flush=True)
+        else:
+            print(row(work / mode, a.micropython, a.heap, mode, share), flush=True)
     return 0
 
 
