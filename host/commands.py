@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 
 from .codec import mpota_lineproto as lineproto
-from . import images, push as flows, targets as targets_mod
+from . import images, mqtt as mqtt_mod, push as flows, targets as targets_mod
 from .errors import (EXIT_OK, AuthError, BadImage, BelowFloor, BoardNotReady, Code, CrashedTrial, DeviceError,
                      DeviceTimeout, LocalNameUnresolved, MpotaError, NoSpace, Unreachable, UsageError, VerifyFailed,
                      VersionClash, VersionRefused)
@@ -86,6 +86,8 @@ def _status_says_why(err, r: _Run) -> str:
 HINTS = (
     Hint(LocalNameUnresolved, lambda e, r: "%s: `%s -t IP --key-file %s %s` (IP: the board's address)" % (
         e.hint, r.prog, _key_file(e, r.ctx), r.ctx.command)),
+    Hint(mqtt_mod.BrokerUnreachable, lambda e, r: "%s (`%s serve --dir DIR --mqtt-broker` runs a small one to "
+                                                  "try)" % (e.hint, r.prog)),
     Hint(Unreachable, lambda e, r: "%s; `%s ping` checks that it answers" % (e.hint, r.run),
          not_commands=("ping",)),
     Hint(DeviceTimeout, lambda e, r: "is the legacy UDP service on (tools/sim.py --legacy-udp) and --udp-port "

@@ -48,6 +48,13 @@ EVENTS_KEPT = 64          # per board: the newest events (the waits look for the
 _ID = re.compile(r"^[0-9a-fA-F]{2,64}$")
 
 
+class BrokerUnreachable(Unreachable):
+    """No connection to the MQTT broker (refused, timed out, no route)."""
+
+    reported_as = "Unreachable"
+    default_hint = "is the broker running there, listening on that port?"
+
+
 class CommandFailed(DeviceError):
     """The board answered a command with a refusal or an error on its events topic."""
 
@@ -222,10 +229,8 @@ class Link:
         try:
             await asyncio.wait_for(asyncio.to_thread(c.connect, self.host, self.port, 30), self.timeout)
         except (OSError, asyncio.TimeoutError) as e:
-            raise Unreachable("cannot reach the MQTT broker at %s:%d: %s" % (self.host, self.port,
-                                                                            getattr(e, "strerror", None) or e or
-                                                                            "timed out"),
-                              "is the broker running there? (`mpota serve --mqtt-broker` runs one to try)") from None
+            raise BrokerUnreachable("cannot reach the MQTT broker at %s:%d: %s" % (
+                self.host, self.port, getattr(e, "strerror", None) or e or "timed out")) from None
         c.loop_start()
         try:
             await asyncio.wait_for(asyncio.shield(self._connected), self.timeout)

@@ -304,6 +304,14 @@ def test_an_unreachable_broker_is_a_clear_error():
         asyncio.run(go())
 
 
+def test_an_unreachable_broker_gets_a_hint_about_brokers_not_about_ping(capsys):
+    from conftest import free_port
+
+    assert cli.main(["fleet", "--via", "mqtt://127.0.0.1:%d" % free_port(), "--targets", os.devnull]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the MQTT broker" in err and "--mqtt-broker" in err and "ping" not in err
+
+
 def test_fleet_via_shows_the_table_from_retained_states(mosquitto, tmp_path, capsys):
     retained(mosquitto, [("mpota/default/aa01/state", json.dumps(STATE)),
                          ("mpota/default/bb02/state", json.dumps({"id": "bb02", "online": False})),
