@@ -6,9 +6,9 @@ MP     := $(VENV)/bin/micropython
 STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.runtime
 
-.PHONY: setup test test-fast lint typecheck mpy-check vectors fuzz demo sim bench torture clean
+.PHONY: setup mosquitto test test-fast lint typecheck mpy-check vectors fuzz demo sim bench torture clean
 
-setup: $(STAMP)
+setup: $(STAMP) mosquitto
 
 # The tool and the simulator only (the package, editable, with its runtime dependencies
 # and the unix-port MicroPython): all that `make demo` needs.
@@ -24,6 +24,19 @@ $(STAMP): $(RUNTIME)
 	$(PY) -m pip install --quiet -c requirements.txt -e ".[dev]"
 	$(MP) -c "import sys; print('unix-port MicroPython', sys.version)"
 	touch $(STAMP)
+
+# The Mosquitto MQTT broker the tests start on private loopback ports (tools/mosquitto.py):
+# Debian's package, installed as root when missing (CI runs as root on a fresh machine).
+# The package's own service (if the machine starts it: loopback port 1883) is never used:
+# every test broker takes a free port of its own.
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || test -n "$$MOSQUITTO" || { \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make: the tests need the Mosquitto MQTT broker: install the package mosquitto as root" \
+	       "(apt-get install -y mosquitto), or set MOSQUITTO=/path/to/mosquitto" >&2; exit 1; fi; \
+	apt-get update -q || { echo "make: apt-get update failed: cannot install mosquitto" >&2; exit 1; }; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto \
+	  || { echo "make: apt-get could not install mosquitto (the MQTT broker the tests need)" >&2; exit 1; }; }
 
 # Everything: codec vectors on both interpreters, mpy-cross on every device file,
 # type-check of device code, then the pytest suites.
@@ -64,6 +77,8 @@ sim: $(RUNTIME)
 bench: setup
 	$(PY) tools/bench.py
 	$(PY) tools/bench_fleet.py --count 100
+	$(PY) tools/bench_mqtt.py --count 100
+	$(PY) tools/bench_mqtt_board.py
 
 # The torture harness at full counts (not part of `make test`, which runs a
 # short version of each part): 500 power cuts, 50 hostile-link updates,

@@ -7,6 +7,8 @@
 # Both work only under the mpota boot manager (device/main.py). They load
 # the slot record for the call (an idle agent holds none) and let the
 # agent release it again.
+import sys
+
 import mpota_agent as agent
 
 
@@ -35,6 +37,9 @@ def confirm():
     if d.running is None:
         return False
     _with_slots(lambda d: d.sl.confirm())
+    m = sys.modules.get("mpota_mqtt")
+    if m is not None:
+        m.poke()  # the broker hears of it (docs/mqtt.md)
     return True
 
 

@@ -41,7 +41,8 @@ _MODS = ("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys",
          "mpota_legacy",
          "mpota_lineproto", "mpota_connpolicy", "mpota_dispatch", "mpota_linemac", "mpota_slots",
          "mpota_leanconn", "mpota_conn", "mpota_service", "mpota_framing", "mpota_proto", "mpota_checksums",
-         "mpota_session", "mpota_smp", "mpota_cbor", "mpota_discover", "mpota_usb")
+         "mpota_session", "mpota_smp", "mpota_cbor", "mpota_discover", "mpota_usb",
+         "mpota_mqttcmd", "mpota_pull", "mpota_command")
 _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.py checks the two)
     _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST,
     _SESSION | I_LEAN | I_LIVE, _SESSION | I_LEAN | I_LIVE, _SESSION, _SESSION, _SESSION, _SESSION,
@@ -51,7 +52,8 @@ _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.
     _CONNECTION | I_LIVE, _CONNECTION | I_LIVE,
     _CONNECTION | I_LIVE, _CONNECTION, _CONNECTION,
     _CONNECTION,  # discover: the listener's start (agent.run) opens the sockets, its settle() drops it
-    _CONNECTION))  # usb: imported by the host's raw-REPL snippet only (host/usb.py); end() resets
+    _CONNECTION,  # usb: imported by the host's raw-REPL snippet only (host/usb.py); end() resets
+    _SESSION, _SESSION, _SESSION))  # mqttcmd, pull, command: a command, or an install's whole download
 
 
 def _shield():
@@ -301,6 +303,10 @@ async def run(ag, ready=None):
     udp = None
     smp = None
     try:
+        if not cfg["listen"]:  # (config: only with "mqtt", whose module is resident then)
+            import mpota_mqtt as mqtt
+            srv = mqtt.NoListener()
+            mqtt = None
         while srv is None:
             try:
                 had = _shield()
@@ -312,24 +318,24 @@ async def run(ag, ready=None):
                 print("mpota: cannot listen on %s:%d (%s): retrying" % (host, tcp, e))
                 await asyncio.sleep(2)
         udp_note = "off"
-        if cfg["legacy_udp"]:  # keeps the connection modules loaded (udp.py)
+        if cfg["legacy_udp"] and cfg["listen"]:  # keeps the connection modules loaded (udp.py)
             import mpota_udp as legacy_udp
             try:
                 udp = legacy_udp.start(dev, host, cfg["udp_port"])
                 udp_note = "%s:%d" % (ip, cfg["udp_port"])
             except OSError as e:
                 print("mpota: legacy UDP unavailable: %s" % e)
-        if cfg["smp_udp"]:  # SMP (MCUmgr) over UDP: smpudp.py stays, smp.py loads per request
+        if cfg["smp_udp"] and cfg["listen"]:  # SMP (MCUmgr) over UDP: smpudp.py stays, smp.py loads per request
             import mpota_smpudp as smpudp
             smp = smpudp.start(dev, host, cfg["smp_port"])
-        if cfg["discover"] or cfg["announce"]:
+        if (cfg["discover"] or cfg["announce"]) and cfg["listen"]:
             import mpota_discover as disc  # released by settle() below (_CONNECTION)
             ag.disc = disc.start(dev, host, tcp)
             disc = None
         ag.listening = True
         ag.settle()
-        print("mpota: ready tcp=%s:%d udp=%s auth=%s mode=%s" % (
-            ip, tcp, udp_note, "on" if dev.auth_on else "off", dev.mode))
+        print("mpota: ready tcp=%s udp=%s auth=%s mode=%s" % (
+            "%s:%d" % (ip, tcp) if cfg["listen"] else "off", udp_note, "on" if dev.auth_on else "off", dev.mode))
         if ready is not None:
             ready.set()
         if link is not None:
@@ -367,6 +373,9 @@ async def _run_app(dev, mod):
         app["error"] = "%s: %s" % (type(e).__name__, e)
         print("mpota: app crashed:")
         sys.print_exception(e)
+    m = sys.modules.get("mpota_mqtt")
+    if m is not None:
+        m.poke()  # the broker's retained state says it (docs/mqtt.md)
     gc.collect()
 
 
@@ -389,6 +398,10 @@ async def _main(dev, mod):
         _unshield(had)
     asyncio.create_task(_housekeeping(ag))
     t = asyncio.create_task(_agent(ag, ready))
+    if dev.cfg["mqtt"]:  # calls home through a broker (docs/mqtt.md): resident from here
+        import mpota_mqtt as mqtt
+        asyncio.create_task(mqtt.run(dev, ready))
+        mqtt = None
     # the watchdog, if any, runs since bootmgr.boot() (before the app's
     # import); housekeeping and the Wi-Fi link feed it from here
     if mod is not None:

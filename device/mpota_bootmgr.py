@@ -48,7 +48,7 @@ def unsupported(v=None):
 # trust and ed25519 also serve update sessions later, loaded again then).
 # appfs stays while an app is mounted (its block device lives there).
 _BOOT = ("mpota_halboot", "mpota_config", "mpota_bootslots", "mpota_mcuboot", "mpota_trust", "mpota_ed25519",
-         "mpota_appfs")
+         "mpota_appfs", "mpota_command")
 
 
 def _use(name):

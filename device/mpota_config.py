@@ -34,6 +34,13 @@ _SPEC = {
     "discover": (True, bool, None, None),
     "discover_version": (False, bool, None, None),
     "announce": ("", str, None, None),  # "HOST:PORT": say "here I am" there at each link-up
+    # MQTT (docs/mqtt.md): "HOST:PORT" of the broker the board connects out to; "" = off
+    # (nothing loaded). "fleet" is a topic level: 1-32 of [A-Za-z0-9_-].
+    "mqtt": ("", str, None, None),
+    "fleet": ("default", str, None, None),
+    "mqtt_keepalive": (60, int, 5, 3600),
+    # false: no TCP listener, no UDP port (a board behind NAT, managed only through "mqtt")
+    "listen": (True, bool, None, None),
 }
 _MODES = ("live", "lean")
 WDT_MIN_MS = 2000  # below this a flash erase (up to 400 ms) plus a slow reply bites: a reset loop
@@ -46,6 +53,11 @@ def _hostport(v):
         return h and 0 < int(p) < 65536
     except ValueError:
         return False
+
+
+def _fleet_ok(v):
+    import mpota_command as command  # (boot scope: bootmgr._BOOT drops it)
+    return command.name_ok(v)
 
 
 def defaults():
@@ -92,6 +104,12 @@ def _check(cfg, src, errors):
         if k == "announce" and v and not _hostport(v):
             errors.append("'announce' must be \"HOST:PORT\" (port 1..65535), got %r: no announce" % v)
             continue
+        if k == "mqtt" and v and not _hostport(v):
+            errors.append("'mqtt' must be \"HOST:PORT\" (port 1..65535), got %r: MQTT off" % v)
+            continue
+        if k == "fleet" and not _fleet_ok(v):
+            errors.append("'fleet' must be 1 to 32 of A-Z a-z 0-9 _ -, got %r: fleet \"default\"" % v)
+            continue
         if k == "mode" and v not in _MODES:
             errors.append("'mode' must be one of %s, got %r" % (", ".join(_MODES), v))
             continue
@@ -122,4 +140,7 @@ def load(path=PATH, overrides=None):
         _check(cfg, src, errors)
     if overrides:
         _check(cfg, overrides, errors)
+    if not cfg["listen"] and not cfg["mqtt"]:
+        errors.append("'listen': false needs 'mqtt' (nothing else could reach the board): listening")
+        cfg["listen"] = True
     return cfg, errors

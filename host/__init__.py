@@ -8,6 +8,11 @@ The parts, top down:
                   trial check, confirm) and the legacy UDP flow, as library functions that
                   emit events and return reports
     fleet.py      one command over several devices at once
+    rollout.py    rollouts in waves (canary, soak, auto-pause), over any Transport
+    mqtt.py       beyond one LAN: signed commands and retained states through an MQTT
+                  broker (paho-mqtt), MqttTransport for the same rollout engine
+    release.py    `publish`: an image and its signed record where boards pull it over HTTP
+    httpserve.py  `serve`: a folder over HTTP/1.1 with Range (http.server)
     client.py     the asyncio client of the native protocol: connection, auth, requests,
                   pipelined upload and read (the protocol only, no flow)
     status.py     the device's status reply, typed (Status)

@@ -219,6 +219,41 @@ def _fleet_opts(p):
     p.add_argument("--sort", choices=SORT_KEYS, metavar="KEY",
                    help="order the rows by KEY: %s (default: as the targets are given; boards that "
                         "did not answer last)" % ", ".join(SORT_KEYS))
+    _via_opts(p, "read the boards' retained states from this MQTT broker instead of asking each board "
+                 "(-t: device ids, targets with a device_id, groups; default @broker: every board there)")
+
+
+def _via_opts(p, text: str) -> None:
+    from .mqtt import DEFAULT_FLEET
+
+    p.add_argument("--via", metavar="mqtt://HOST[:PORT]", help=text)
+    p.add_argument("--fleet", default=DEFAULT_FLEET, metavar="NAME",
+                   help="with --via: the fleet, the boards' topic level mpota/NAME/... (default %s)" % DEFAULT_FLEET)
+
+
+def _publish_opts(p):
+    _image_opts(p)
+    _sign_opt(p)
+    p.add_argument("--dir", required=True, metavar="DIR",
+                   help="the folder a web server serves (`mpota serve --dir DIR`): gets DIR/SHA256.bin and its "
+                        "signed record DIR/SHA256.json")
+    p.add_argument("--base-url", metavar="URL",
+                   help="where DIR is served, as the boards reach it (http://HOST[:PORT][/PATH]); it goes in "
+                        "the record, so `rollout DIR/SHA256.bin --via` finds the image's URL")
+
+
+def _serve_opts(p):
+    p.add_argument("--dir", required=True, metavar="DIR", help="the folder to serve (only its files, no listing)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+                        "interface, for real boards)")
+    p.add_argument("--port", dest="http_port", type=_non_negative, default=8080, metavar="N",
+                   help="the HTTP port (default 8080; 0: a free one, shown)")
+    p.add_argument("--mqtt-broker", action="store_true",
+                   help="also run a small MQTT broker (amqtt: pip install 'mpota[broker]') on --host, to try "
+                        "the flow without Mosquitto")
+    p.add_argument("--mqtt-port", type=_positive(int), default=1883, metavar="N",
+                   help="the embedded broker's port (default 1883)")
 
 
 def _confirm_opts(p):
@@ -355,6 +390,11 @@ def _rollout_opts(p):
                    help="let an older version replace the confirmed one (a board refuses it otherwise)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where rollouts are saved (default: %s/rollouts)" % CONFIG_DIR_TEXT)
+    _via_opts(p, "roll out through this MQTT broker: signed commands, the boards pull the image over HTTP "
+                 "(-t: device ids, targets with a device_id, groups, @broker: every board there)")
+    p.add_argument("--base-url", metavar="URL",
+                   help="with --via: where the published image is served (BASE/SHA256.bin); default: the url "
+                        "in the record beside IMAGE (`mpota publish` writes it)")
 
 
 # --- the command table -------------------------------------------------------------------
@@ -387,7 +427,16 @@ COMMANDS = [
             "soak per wave, pausing by itself on failures; status, resume, abort from any shell",
             _rollout_opts, DEVICE + ("parallel",), many=True,
             examples=("-t @fleet rollout app.img", "-t @fleet rollout app.img --canary 2 --waves 25%,100% "
-                      "--soak 2m --max-failures 5%", "rollout status", "rollout resume", "rollout abort")),
+                      "--soak 2m --max-failures 5%", "rollout status", "rollout resume", "rollout abort",
+                      "-t @broker rollout releases/SHA256.bin --via mqtt://broker.lan:1883")),
+    Command("publish", commands.cmd_publish, "put an image where boards pull it over HTTP: DIR/SHA256.bin "
+            "and its signed release record DIR/SHA256.json", _publish_opts, ("targets",) + OUTPUT,
+            examples=("publish app.img --dir releases --base-url http://192.168.1.10:8080",
+                      "publish examples/hello --version 1.2.0 --sign-key release.pem --dir releases")),
+    Command("serve", commands.cmd_serve, "serve a folder over HTTP/1.1 with Range (resumable pulls) for "
+            "boards that update through a broker", _serve_opts, OUTPUT,
+            examples=("serve --dir releases", "serve --dir releases --host 0.0.0.0 --port 8080",
+                      "serve --dir releases --mqtt-broker")),
     Command("build", commands.cmd_build, "build an application image from an app folder (every file but junk)",
             _build_opts, OUTPUT, examples=("build examples/hello --version 1.2.0 -o hello.img",
                                            "build examples/hello --mpy")),
@@ -395,7 +444,8 @@ COMMANDS = [
             None, DEVICE + ("parallel",), fleet=True, examples=("-t pico status", "-t pico -q status")),
     Command("fleet", commands.cmd_fleet, "one row per board: version, slots, trial or confirmed, uptime, "
             "last reset, link, agent, last app error", _fleet_opts, DEVICE + ("parallel",), many=True,
-            examples=("-t @lab fleet", "-t @lab fleet --sort uptime", "-t pico-1,@lab --json fleet")),
+            examples=("-t @lab fleet", "-t @lab fleet --sort uptime", "-t pico-1,@lab --json fleet",
+                      "fleet --via mqtt://broker.lan:1883")),
     Command("ping", commands.cmd_ping, "check that the device answers; show round-trip time and uptime",
             None, DEVICE + ("parallel",), fleet=True, examples=("-t 192.168.1.40:8472 ping",)),
     Command("read", commands.cmd_read, "read bytes of a slot (a hex dump, or -o FILE)", _read_opts,
@@ -542,6 +592,7 @@ def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
         p.print_help(sys.stderr)
         raise SystemExit(EXIT_USAGE)
     given = [v for v in (args.target, vars(args).pop("sub_target", None)) if v]
+    args.target_given = bool(given or os.environ.get("MPOTA_TARGET"))
     args.target = ",".join(given) or os.environ.get("MPOTA_TARGET", "pico")
     return args
 
@@ -630,6 +681,22 @@ def _interrupt_hint(command: str, seen: dict) -> Optional[str]:
     return ""
 
 
+def _expand(cmd: Command, args) -> list:
+    """The single-device specs of -t; with --via (MQTT), device ids and @broker too."""
+    if not cmd.device:
+        return [None]
+    if getattr(args, "via", None):
+        from . import mqtt
+
+        if not args.target_given:
+            if cmd.name != "fleet":
+                raise UsageError("name the boards to reach through the broker: -t ID, -t @GROUP or -t %s (every "
+                                 "board with a state on the broker)" % mqtt.BROKER_SPEC)
+            return [mqtt.BROKER_SPEC]
+        return mqtt.expand_specs(args.target, args.targets)
+    return targets.expand(args.target, args.targets)
+
+
 def main(argv=None, prog: str = PROG) -> int:
     args = parse_args(argv, prog)
     mode = "json" if args.json else "quiet" if args.quiet else "human"
@@ -638,7 +705,7 @@ def main(argv=None, prog: str = PROG) -> int:
     ctx = Context(cmd, args, out, args.target, prog)
     _setup_logging(args.verbose)
     try:
-        specs = targets.expand(args.target, args.targets) if cmd.device else [None]
+        specs = _expand(cmd, args)
         if cmd.many:
             ctx.specs = specs
         elif len(specs) > 1:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 
 from .codec import mpota_lineproto as lineproto
-from . import images, push as flows, targets as targets_mod, usb
+from . import images, mqtt as mqtt_mod, push as flows, targets as targets_mod, usb
 from .errors import (EXIT_OK, AuthError, BadImage, BelowFloor, BoardNotReady, Code, CrashedTrial, DeviceError,
                      DeviceTimeout, LocalNameUnresolved, MpotaError, NoSpace, Unreachable, UsageError, VerifyFailed,
                      VersionClash, VersionRefused)
@@ -86,6 +86,8 @@ def _status_says_why(err, r: _Run) -> str:
 HINTS = (
     Hint(LocalNameUnresolved, lambda e, r: "%s: `%s -t IP --key-file %s %s` (IP: the board's address)" % (
         e.hint, r.prog, _key_file(e, r.ctx), r.ctx.command)),
+    Hint(mqtt_mod.BrokerUnreachable, lambda e, r: "%s (`%s serve --dir DIR --mqtt-broker` runs a small one to "
+                                                  "try)" % (e.hint, r.prog)),
     Hint(Unreachable, lambda e, r: "%s; `%s ping` checks that it answers" % (e.hint, r.run),
          not_commands=("ping",)),
     Hint(DeviceTimeout, lambda e, r: "is the legacy UDP service on (tools/sim.py --legacy-udp) and --udp-port "
@@ -386,11 +388,13 @@ async def read_status(ctx) -> Status:
 
 async def cmd_fleet(ctx) -> int:
     """One row per board (fleet.board_row), read `--parallel` at a time, in the
-    order given or --sort's; a board that does not answer is a row saying why."""
-    from .fleet import fleet_exit_code, gather_rows, sort_rows
-    from .output import fleet_table
+    order given or --sort's; a board that does not answer is a row saying why.
+    --via: the rows come from the boards' retained states on the broker."""
+    from .fleet import gather_rows
 
-    args, out = ctx.args, ctx.out
+    args = ctx.args
+    if args.via:
+        return await _fleet_via(ctx)
 
     async def read(spec: str) -> Status:
         sub = ctx.for_device(spec)
@@ -399,11 +403,36 @@ async def cmd_fleet(ctx) -> int:
         finally:
             await sub.close()
 
-    rows = sort_rows(await gather_rows(ctx.specs, read, args.parallel), args.sort)
+    return _show_fleet(ctx, await gather_rows(ctx.specs, read, args.parallel))
+
+
+async def _fleet_via(ctx) -> int:
+    from . import mqtt
+    from .fleet import board_row
+
+    a = ctx.args
+    async with mqtt.Link(a.via, a.fleet, timeout=a.timeout) as link:
+        rows = []
+        for spec in link.expand(ctx.specs):
+            try:
+                rows.append(board_row(spec, link.status(mqtt.device_id(spec, a.targets))))
+            except MpotaError as e:
+                rows.append(board_row(spec, None, e))
+    if not rows:
+        ctx.out.say("no board has a state on %s under fleet %s" % (a.via, a.fleet))
+    return _show_fleet(ctx, rows)
+
+
+def _show_fleet(ctx, rows: list) -> int:
+    from .fleet import fleet_exit_code, sort_rows
+    from .output import fleet_table
+
+    out = ctx.out
+    rows = sort_rows(rows, ctx.args.sort)
     code = fleet_exit_code(r["error"]["exit_code"] for r in rows if r["error"])
     for r in rows:
         out.event("board", **r)  # no text: people get the table
-    if out.mode == "human":
+    if out.mode == "human" and rows:
         out.console.print(fleet_table(rows, min(out.console.width, 200)))
     ok = sum(1 for r in rows if r["ok"])
     out.event("fleet", boards=len(rows), answered=ok, exit_code=code)
@@ -766,21 +795,66 @@ def rollout_status_text(prog: str, s: dict) -> str:
     return "\n".join(lines)
 
 
-def _rollout_transport(ctx, plan):
+def _rollout_transport(ctx, plan, link=None):
     from .rollout import LanTransport
 
     a = ctx.args
+    allow = plan.allow_downgrade or a.allow_downgrade
+    if plan.via:
+        from functools import cache
+
+        from . import mqtt
+
+        ids = cache(lambda spec: mqtt.device_id(spec, a.targets or plan.targets_file))
+        return mqtt.MqttTransport(link, ids, mqtt.signing_key(plan.via["sign_key"]), plan.via["url"],
+                                  wait=a.wait, allow_downgrade=allow)
 
     def resolve(spec):
         return targets_mod.resolve(spec, a.targets or plan.targets_file, a.key_file, None, None)
 
     return LanTransport(resolve, connect_timeout=a.connect_timeout, timeout=a.timeout, wait=a.wait,
-                        allow_downgrade=plan.allow_downgrade or a.allow_downgrade)
+                        allow_downgrade=allow)
+
+
+def image_and_key(a) -> tuple:
+    """(the image, the signing key's path): --sign-key, else the targets file's sign_key,
+    signs a folder build and, over MQTT, the commands and release records."""
+    key = a.sign_key or default_sign_key(a)
+    folder = Path(a.image).expanduser().is_dir()
+    return images.load(a.image, a.version, key if folder else None, a.mpy, a.security_counter), key
+
+
+async def _mqtt_plan_setup(ctx, img, key_path: Optional[str]) -> tuple:
+    """A new rollout --via: the link, the boards (@broker expanded, each one's device id
+    checked), and the plan's `via` (broker, fleet, the image's URL, checked with a HEAD
+    request, and the key that signs the commands)."""
+    from . import mqtt, release
+
+    a = ctx.args
+    mqtt.parse_url(a.via)  # each refused now, before any board is touched
+    mqtt.check_fleet(a.fleet)
+    mqtt.signing_key(key_path)
+    url = release.release_url(img, a.base_url)
+    release.check_url(url, img.size, timeout=a.timeout)
+    link = await mqtt.Link.open(a.via, a.fleet, timeout=a.timeout)
+    try:
+        specs = link.expand(ctx.specs)
+        for spec in specs:
+            mqtt.device_id(spec, a.targets)
+        if not specs:
+            raise UsageError("no board has a state on %s under fleet %s" % (a.via, a.fleet),
+                             "a board publishes one once it connects with \"mqtt\" in its mpota.json")
+    except BaseException:
+        await link.close()
+        raise
+    via = {"broker": a.via, "fleet": a.fleet, "url": url, "sign_key": str(Path(key_path).expanduser().resolve())}
+    return link, specs, via
 
 
 async def cmd_rollout(ctx) -> int:
     """`rollout IMAGE` starts a rollout over ctx.specs; `rollout status|resume|abort [ID]`
-    read or drive one saved in CONFIG/rollouts (rollout.RolloutStore)."""
+    read or drive one saved in CONFIG/rollouts (rollout.RolloutStore). --via: through an
+    MQTT broker (mqtt.MqttTransport), the same engine."""
     from . import rollout
     from .errors import EXIT_INTERRUPTED, EXIT_NOT_TAKEN
 
@@ -797,23 +871,92 @@ async def cmd_rollout(ctx) -> int:
         out.event("rollout", "%s\n  %s; %d boards untouched" % (rollout_status_text(ctx.prog, s), plan.state,
                                                                   plan.count(rollout.UNTOUCHED)), **s)
         return EXIT_OK if plan.state == rollout.ABORTED else EXIT_INTERRUPTED
-    if what == "resume":
-        plan = store.load(a.rollout_id)
-    else:
-        if a.rollout_id:
-            raise UsageError("`rollout IMAGE` takes no id (%s)" % a.rollout_id,
-                             "the id goes with status, resume and abort")
-        img = load_image(a, a.sign_key or default_sign_key(a))
-        tfile = str(targets_mod.targets_path(a.targets))
-        plan = rollout.new_plan(img, ctx.specs, canary=a.canary, waves=a.waves, soak=rollout.parse_duration(a.soak),
-                                max_failures=a.max_failures, parallel=a.parallel, targets_file=tfile,
-                                allow_downgrade=a.allow_downgrade)
-        store.create(plan, img)
-    engine = rollout.Rollout(plan, store, _rollout_transport(ctx, plan))
+    link = None
+    try:
+        if what == "resume":
+            plan = store.load(a.rollout_id)
+            if plan.via:
+                from . import mqtt
 
-    def on_event(name, **f):
-        out.event(name, _rollout_text(ctx.prog, name, f), **f)
+                link = await mqtt.Link.open(plan.via["broker"], plan.via["fleet"], timeout=a.timeout)
+        else:
+            if a.rollout_id:
+                raise UsageError("`rollout IMAGE` takes no id (%s)" % a.rollout_id,
+                                 "the id goes with status, resume and abort")
+            # over MQTT --sign-key also signs the commands, so it may come with an image file
+            img, key = image_and_key(a) if a.via else (load_image(a, a.sign_key or default_sign_key(a)), None)
+            specs, via = ctx.specs, None
+            if a.via:
+                link, specs, via = await _mqtt_plan_setup(ctx, img, key)
+            tfile = str(targets_mod.targets_path(a.targets))
+            plan = rollout.new_plan(img, specs, canary=a.canary, waves=a.waves,
+                                    soak=rollout.parse_duration(a.soak), max_failures=a.max_failures,
+                                    parallel=a.parallel, targets_file=tfile, allow_downgrade=a.allow_downgrade,
+                                    via=via)
+            store.create(plan, img)
+        engine = rollout.Rollout(plan, store, _rollout_transport(ctx, plan, link))
 
-    # Ctrl-C cancels run(): the engine saves the plan as paused and names the boards left half-done
-    state = await engine.run(on_event)
+        def on_event(name, **f):
+            out.event(name, _rollout_text(ctx.prog, name, f), **f)
+
+        # Ctrl-C cancels run(): the engine saves the plan as paused and names the boards left half-done
+        state = await engine.run(on_event)
+    finally:
+        if link is not None:
+            await link.close()
     return {rollout.COMPLETE: EXIT_OK, rollout.ABORTED: EXIT_INTERRUPTED}.get(state, EXIT_NOT_TAKEN)
+
+
+# --- releases over HTTP ------------------------------------------------------------
+
+def cmd_publish(ctx) -> int:
+    from . import keys, mqtt, release
+
+    a, out = ctx.args, ctx.out
+    img, key_path = image_and_key(a)
+    key = mqtt.signing_key(key_path)
+    r = release.publish(img, Path(a.dir), key, a.base_url)
+    out.event("published", "published %s, %s, sha256 %s…\n  %s\n  %s (signed by %s)\n  url %s%s" % (
+        img.version, fmt_size(img.size), img.sha256[:12], r.bin, r.record, keys.fingerprint(key), r.url,
+        "" if a.base_url else " (relative: give --base-url to the rollout)"),
+        version=img.version, size=img.size, sha256=img.sha256, bin=str(r.bin), record=str(r.record), url=r.url,
+        signer=r.signer)
+    return EXIT_OK
+
+
+def cmd_serve(ctx) -> int:
+    from .httpserve import make_server
+
+    a, out = ctx.args, ctx.out
+    folder = Path(a.dir)
+    if not folder.is_dir():
+        raise UsageError("%s is not a folder" % folder, "`mpota publish IMAGE --dir %s` makes it" % folder)
+
+    def on_request(method, path, status, sent, seconds):
+        out.event("request", "%s %s %d %s in %.2f s" % (method, path, status, fmt_size(sent), seconds),
+                  method=method, path=path, status=status, bytes=sent, seconds=round(seconds, 3))
+
+    try:
+        server = make_server(folder, a.host, a.http_port, on_request)
+    except OSError as e:
+        raise UsageError("cannot serve on %s:%d: %s" % (a.host, a.http_port, e.strerror or e),
+                         "give another --port") from None
+    broker = None
+    try:
+        if a.mqtt_broker:
+            from .broker import EmbeddedBroker
+
+            broker = EmbeddedBroker(a.host, a.mqtt_port).start()
+            out.event("broker", "MQTT broker (amqtt) at %s: boards get \"mqtt\": \"%s:%d\", the host --via %s"
+                      % (broker.url, a.host, a.mqtt_port, broker.url), url=broker.url)
+        host, port = server.server_address[:2]
+        out.event("serving", "serving %s at http://%s:%d/ (Ctrl-C stops)" % (folder, host, port),
+                  dir=str(folder), host=host, port=port)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        out.event("stopped", "stopped")
+    finally:
+        server.server_close()
+        if broker is not None:
+            broker.stop()
+    return EXIT_OK

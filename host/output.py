@@ -348,8 +348,8 @@ def _fleet_cells(r: dict) -> list:
 
 
 FLEET_COLUMNS = ("board", "version", "slots", "state", "up", "reset", "link", "agent", "app")
-# longer cells end in an ellipsis
-_FLEET_MAX = {"board": 15, "version": 9, "state": 9, "reset": 8, "link": 7, "agent": 7}
+# longer cells end in an ellipsis; a board's name up to 16: a device id (16 hex digits) names a board over MQTT
+_FLEET_MAX = {"board": 16, "version": 9, "state": 9, "reset": 8, "link": 7, "agent": 7}
 _APP_MIN = 8
 
 
@@ -361,7 +361,7 @@ def fleet_table(rows: list, width: int = 80) -> Table:
     widths = [min(_FLEET_MAX.get(h, 99), max([len(h)] + [len(c[i][0]) for c in cells]))
               for i, h in enumerate(FLEET_COLUMNS[:-1])]
     rest = width - sum(widths) - len(widths)  # one space between columns
-    if rest < _APP_MIN:  # the board's name gives way first (a longest name: 15 + 72 columns)
+    if rest < _APP_MIN:  # the board's name gives way first (a longest name: 16 + 72 columns)
         widths[0] = max(8, widths[0] - (_APP_MIN - rest))
         rest = max(_APP_MIN, width - sum(widths) - len(widths))
     t = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1, 0, 0), collapse_padding=True)

@@ -24,7 +24,8 @@ ID.abort, which the engine reads between boards and while soaking.
 Ctrl-C (cancellation) pauses: the file names each board left mid-push.
 
 The transport is the small interface `Transport` (LanTransport: host/push.py
-over the LAN); the engine itself knows nothing of sockets.
+over the LAN; mqtt.MqttTransport: signed commands through an MQTT broker, the
+boards pulling the image over HTTP); the engine itself knows nothing of sockets.
 """
 from __future__ import annotations
 
@@ -146,6 +147,7 @@ class Plan:
     parallel: int
     targets_file: Optional[str] = None
     allow_downgrade: bool = False
+    via: Optional[dict] = None  # over MQTT: {"broker": URL, "fleet", "url": the image's, "sign_key"}
     state: str = RUNNING
     wave: int = 0         # the wave to run next (or the one running)
     accepted_failures: int = 0  # failures a `resume` accepted (not counted against the limit again)
@@ -199,7 +201,7 @@ class Plan:
 def new_plan(image: images.Image, specs: list, *, canary: int = 1, waves: str = "10%,50%,100%",
              soak: float = 60.0, max_failures: str = "0", parallel: int = 4,
              targets_file: Optional[str] = None, rollout_id: Optional[str] = None,
-             allow_downgrade: bool = False) -> Plan:
+             allow_downgrade: bool = False, via: Optional[dict] = None) -> Plan:
     if not specs:
         raise UsageError("a rollout needs at least one board")
     failure_limit(max_failures, 1)  # checks its form now
@@ -207,7 +209,7 @@ def new_plan(image: images.Image, specs: list, *, canary: int = 1, waves: str = 
     rid = rollout_id or "%s-%s" % (time.strftime("%Y%m%d-%H%M%S"), image.sha256[:6])
     p = Plan(id=rid, image="", source=image.source, version=image.version, sha256=image.sha256, size=image.size,
              waves=w, soak=soak, max_failures=str(max_failures), parallel=parallel, targets_file=targets_file,
-             allow_downgrade=allow_downgrade)
+             allow_downgrade=allow_downgrade, via=via)
     p.boards = {s: BoardRecord(wave=i) for i, wave in enumerate(w) for s in wave}
     return p
 
@@ -298,8 +300,8 @@ def default_store() -> RolloutStore:
 # --- the transport ---------------------------------------------------------------------------
 
 class Transport:
-    """What the engine needs of a board, by its target spec. LanTransport is the one
-    today (host/push.py); an MQTT one would implement the same four calls."""
+    """What the engine needs of a board, by its target spec: LanTransport (host/push.py)
+    and mqtt.MqttTransport implement the same four calls."""
 
     async def status(self, spec: str) -> Status:
         raise NotImplementedError

@@ -44,7 +44,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 try:
     import tomllib
@@ -271,10 +271,12 @@ class UnknownGroup(UsageError):
                              "" if path.exists() else " (absent)"))
 
 
-def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = None) -> list:
+def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = None,
+           also: Optional[Callable[[str], bool]] = None) -> list:
     """The single-device specs named by `spec`: a comma list of target names,
     HOST[:PORT], group names and @group; groups are expanded (they may name
-    groups), duplicates dropped, order kept."""
+    groups), duplicates dropped, order kept. `also(name)`: more names to accept
+    as they are (mqtt.is_device_id: device ids, over MQTT)."""
     path = targets_path(targets_file, env)
     table, groups = load_file(path, required=bool(targets_file))
     out: list = []
@@ -290,7 +292,7 @@ def expand(spec: str, targets_file: Optional[str] = None, env: Optional[dict] = 
             for m in group_members(s, groups, table, path):
                 add(m, inside + (s,))
         elif s not in out:
-            if s not in table and s not in BUILTINS and not looks_like_host(s):
+            if s not in table and s not in BUILTINS and not looks_like_host(s) and not (also and also(s)):
                 raise unknown_target(s, table, groups, path)
             out.append(s)
 

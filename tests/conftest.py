@@ -83,3 +83,18 @@ def micropython():
     if not os.path.exists(MICROPYTHON):
         pytest.fail("unix-port micropython not found at %s: run `make setup`" % MICROPYTHON)
     return MICROPYTHON
+
+
+@pytest.fixture
+def mosquitto():
+    """A private Mosquitto broker on a free loopback port (tools/mosquitto.py Broker:
+    .port, .hostport, .url, .restart()), stopped at the end. Missing broker: the test
+    fails saying how to install it (`make setup` does)."""
+    from mosquitto import Broker, MosquittoMissing
+
+    try:
+        b = Broker()
+    except MosquittoMissing as e:
+        pytest.fail(str(e))
+    with b:
+        yield b

@@ -127,6 +127,7 @@ def test_one_table_drives_parser_default_command_and_fleet():
 def _required(c):
     return {"push": ["x.img"], "build": ["app"], "read": ["--slot", "a"], "dump": ["--slot", "a"],
             "erase": ["--slot", "a"], "legacy": ["x.img"], "rollout": ["status"],
+            "publish": ["x.img", "--dir", "releases"], "serve": ["--dir", "releases"],
             "provision": ["--port", "/dev/ttyACM0", "--name", "p", "--ssid", "s"]}.get(c.name, [])
 
 

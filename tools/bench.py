@@ -245,6 +245,7 @@ def main() -> int:
             share = bench_headroom.sim_share(work / "headroom", str(I386), a.heap)
             for mode in ("live", "lean"):
                 print(bench_headroom.row(work / "headroom" / mode, str(I386), a.heap, mode, share), flush=True)
+            print(bench_headroom.mqtt_row(work / "headroom" / "mqtt", str(I386), a.heap, share), flush=True)
         else:
             print("headroom: no 32-bit build here: the largest app heap is measured only there")
         smp_image = bytes(appimage.build_app_image(body, version="3.0.0"))

@@ -26,6 +26,19 @@ DISCOVERY_CONFIGS = (("discover off", {"discover": False}), ("discover on (defau
                                                            "wifi": {"hostname": "picow-greenhouse-1"}}))
 
 
+async def agent_idle(port: int, key) -> int:
+    """A simulated board's idle agent: status mem_idle - mem_base, over one connection."""
+    from host.client import Client
+
+    c = Client("127.0.0.1", port, key=key)
+    await c.connect(authenticate=True)
+    try:
+        st = await c.status()
+    finally:
+        await c.close()
+    return st["mem_idle"] - st["mem_base"]
+
+
 def discovery_memory(work: Path, mp: str, heap: str) -> list:
     """[(label, agent idle bytes)] for each DISCOVERY_CONFIGS: status mem_idle - mem_base."""
     import asyncio
@@ -33,17 +46,7 @@ def discovery_memory(work: Path, mp: str, heap: str) -> list:
 
     from simproc import Sim
 
-    from host.client import Client
-
-    async def idle(port, key):
-        c = Client("127.0.0.1", port, key=key)
-        await c.connect(authenticate=True)
-        try:
-            st = await c.status()
-        finally:
-            await c.close()
-        return st["mem_idle"] - st["mem_base"]
-
+    idle = agent_idle
     rows = []
     for i, (label, cfg) in enumerate(DISCOVERY_CONFIGS):
         (work / ("d%d.json" % i)).write_text(json.dumps(cfg))
@@ -53,8 +56,9 @@ def discovery_memory(work: Path, mp: str, heap: str) -> list:
     return rows
 
 
-def app_image(work: Path, version: str, size: int = 64 * 1024, crash: bool = False):
-    """An app image of about `size` bytes (main.py and incompressible data); `crash`: its app raises."""
+def app_image(work: Path, version: str, size: int = 64 * 1024, crash: bool = False, key=None):
+    """An app image of about `size` bytes (main.py and incompressible data); `crash`: its app raises;
+    `key`: signed with that key file."""
     import os
 
     from host import images
@@ -64,12 +68,12 @@ def app_image(work: Path, version: str, size: int = 64 * 1024, crash: bool = Fal
     (folder / "main.py").write_text("import asyncio\nimport mpota\n\n\nasync def main():\n%s"
                                     "    mpota.confirm()\n    while True:\n        await asyncio.sleep(1)\n"
                                     % ('    raise RuntimeError("crash")\n' if crash else ""))
-    img = images.build_folder(folder, version)
+    img = images.build_folder(folder, version, key)
     n = max(1, size - img.size)
     (folder / "data.bin").write_bytes(os.urandom(n))
-    grew = images.build_folder(folder, version).size - img.size  # a file costs more than its bytes
+    grew = images.build_folder(folder, version, key).size - img.size  # a file costs more than its bytes
     (folder / "data.bin").write_bytes(os.urandom(n * n // grew))
-    return images.build_folder(folder, version)
+    return images.build_folder(folder, version, key)
 
 
 def rollout_figures(sims, work: Path, parallels: list, soak: float) -> list:

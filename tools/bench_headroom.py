@@ -46,6 +46,7 @@ def main():
 """
 IMAGE = 256 * 1024
 VERBOSE = False  # --verbose: the device's output after a failed attempt
+SIGN_KEY = None  # --signed: LAN images signed with this key file, which the board trusts (as MQTT's must be)
 
 
 def _kib(s: str) -> int:
@@ -62,17 +63,30 @@ def sim_share(work: Path, mp: str, heap: str) -> int:
             c.close()
 
 
-def attempt(work: Path, mp: str, heap: int, mode: str, kib: int) -> str | None:
-    """None when an app holding `kib` KiB installs, updates and answers status; else why not."""
+def attempt(work: Path, mp: str, heap: int, mode: str, kib: int, rig=None) -> str | None:
+    """None when an app holding `kib` KiB installs, updates and answers status; else why not.
+    `rig` (tools/bench_mqtt_board.Rig): the board listens on nothing and every step goes through
+    the broker: install commands pulled over HTTP, confirm commands, the retained state."""
     d = work / ("%s-%d" % (mode, kib))
     d.mkdir(parents=True)
     cfg = d / "mpota.json"
     cfg.write_text('{"mode": "%s"}' % mode)
     images = []
     for n in (1, 2):
-        img = app_image(d, "v%d" % n, APP % kib, "1.0.%d" % n, pad=IMAGE - 8 * 1024)
+        img = app_image(d, "v%d" % n, APP % kib, "1.0.%d" % n, pad=IMAGE - 8 * 1024, key=rig.key if rig else SIGN_KEY)
         images.append(Image(data=bytes(img), version="1.0.%d" % n, source=str(d)))
     flags = ["--heap", str(heap), "--micropython", mp, "--config", str(cfg)]
+    if SIGN_KEY and rig is None:
+        flags += ["--trust", str(SIGN_KEY)]
+    if rig is not None:
+        with Sim(state=d / "dev", flags=flags + rig.flags() + ["--no-listen"]) as sim:
+            try:
+                why = _via_mqtt(rig, sim.device_id, images)
+            except TimeoutError as e:
+                why = str(e)
+            if why and VERBOSE:
+                print(sim.output[-3000:], file=sys.stderr)
+            return why
     with Sim(state=d / "dev", flags=flags) as sim:
         t = Target(name="sim", host="127.0.0.1", port=sim.tcp_port, key=sim.key)
         try:
@@ -94,15 +108,30 @@ def attempt(work: Path, mp: str, heap: int, mode: str, kib: int) -> str | None:
         return None
 
 
-def largest(work: Path, mp: str, heap: int, mode: str, lo: int = 32, hi: int = 160) -> tuple:
+def _via_mqtt(rig, dev: str, images: list) -> str | None:
+    for img in images:
+        e = rig.install(dev, img.data, img.version, timeout=60)
+        if e["event"] != "installed":
+            return "install: %s" % e
+        rig.state(dev, lambda s, seq=e["seq"]: s.get("trial") and s.get("cmd_seq") == seq)  # rebooted: the trial
+        e = rig.outcome(rig.command(dev, "confirm"), ("confirmed",), timeout=60)
+        if e["event"] != "confirmed":
+            return "confirm: %s" % e
+    st = rig.state(dev, lambda s: s.get("cmd_result") == "confirmed", 30)
+    if (st.get("app") or {}).get("state") not in ("running", "stopped"):
+        return "app %s" % st.get("app")
+    return None
+
+
+def largest(work: Path, mp: str, heap: int, mode: str, lo: int = 32, hi: int = 160, rig=None) -> tuple:
     """(largest KiB that worked or None, why the next step up failed)."""
-    r = attempt(work, mp, heap, mode, lo)
+    r = attempt(work, mp, heap, mode, lo, rig)
     if r is not None:
         return None, r
     good, why = lo, "not tried"
     while hi - good > 4:
         mid = (good + hi) // 2 // 4 * 4
-        r = attempt(work, mp, heap, mode, mid)
+        r = attempt(work, mp, heap, mode, mid, rig)
         if r is None:
             good = mid
         else:
@@ -110,12 +139,27 @@ def largest(work: Path, mp: str, heap: int, mode: str, lo: int = 32, hi: int = 1
     return good, why
 
 
-def row(work: Path, mp: str, heap: str, mode: str, share: int) -> str:
+def row(work: Path, mp: str, heap: str, mode: str, share: int, rig=None) -> str:
     """The bench line for one mode; `share` is sim_share() of this interpreter and heap."""
-    kib, why = largest(work, mp, _kib(heap) + share, mode)
-    return ("largest app heap that still updates (%s, %s, %s + the simulator's %d B): %s KiB of %s "
-            "(budget 128 KiB)%s" % (Path(mp).name, mode, heap, share, kib, heap,
+    kib, why = largest(work, mp, _kib(heap) + share, mode, rig=rig)
+    return ("largest app heap that still updates (%s, %s%s, %s + the simulator's %d B): %s KiB of %s "
+            "(budget 128 KiB)%s" % (Path(mp).name, mode, ", via MQTT" if rig else ", signed" if SIGN_KEY else "",
+                                   heap, share, kib, heap,
                                    "" if kib is None or kib >= 128 else "; above it: " + why[:160]))
+
+
+def mqtt_row(work: Path, mp: str, heap: str, share: int, mode: str = "live") -> str:
+    """row() with MQTT on: a private broker, every update pulled through it (docs/mqtt.md)."""
+    from bench_mqtt_board import Rig
+    from mpota import keys
+
+    work.mkdir(parents=True, exist_ok=True)
+    keys.keygen(work / "key.pem")
+    rig = Rig(work, work / "key.pem")
+    try:
+        return row(work / mode, mp, heap, mode, share, rig)
+    finally:
+        rig.close()
 
 
 def main() -> int:
@@ -123,11 +167,23 @@ def main() -> int:
     ap.add_argument("--micropython", default=boardbuilds.i386() or str(Path(sys.executable).parent / "micropython"))
     ap.add_argument("--heap", default="160K")
     ap.add_argument("--mode", choices=("live", "lean"), nargs="+", default=["lean", "live"])
+    ap.add_argument("--signed", action="store_true", help="LAN: signed images, a board that trusts their key")
+    ap.add_argument("--via", choices=("lan", "mqtt"), default="lan",
+                    help="mqtt: the board runs MQTT, listens on nothing, and pulls each update (docs/mqtt.md)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-headroom-"))
     share = sim_share(work, a.micropython, a.heap)
+    if a.signed:
+        from mpota import keys
+
+        global SIGN_KEY
+        SIGN_KEY = work / "lan-key.pem"
+        keys.keygen(SIGN_KEY)
     for mode in a.mode:
-        print(row(work / mode, a.micropython, a.heap, mode, share), flush=True)
+        if a.via == "mqtt":
+            print(mqtt_row(work / ("mqtt-" + mode), a.micropython, a.heap, share, mode), flush=True)
+        else:
+            print(row(work / mode, a.micropython, a.heap, mode, share), flush=True)
     return 0
 
 

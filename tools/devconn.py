@@ -122,9 +122,10 @@ class DevConn:
         return self.ok("commit")
 
 
-def app_image(tmp_path, name, main_src, version, pad=0, rng=None):
+def app_image(tmp_path, name, main_src, version, pad=0, rng=None, key=None):
     """An MCUboot image of a folder holding main.py (+ `pad` bytes of filler,
-    from `rng` (a random.Random) when given, so that a seed replays it)."""
+    from `rng` (a random.Random) when given, so that a seed replays it),
+    signed with `key` (a key file) when given."""
     from mpota.images import build_app_image
     d = tmp_path / name
     d.mkdir(parents=True)
@@ -132,7 +133,7 @@ def app_image(tmp_path, name, main_src, version, pad=0, rng=None):
     if pad:
         rnd = (rng.randbytes(pad // 2) if rng else os.urandom(pad // 2)).hex()
         (d / "filler.py").write_text("# " + "\n# ".join(rnd[i:i + 76] for i in range(0, len(rnd), 76)) + "\n")
-    return build_app_image(d, version=version)
+    return build_app_image(d, version=version, key=str(key) if key else None)
 
 
 def reset_and_wait(sim, conn, key=None, tries=5):

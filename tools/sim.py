@@ -5,6 +5,7 @@
         [--udp-port 8473] [--legacy-udp] [--smp-port N] [--no-auth] [--flash-timing none|w25q]
         [--heap 96K] [--power-cut-after N [--cut-from main|power-on]] [--redeploy] [--micropython PATH]
         [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...] [--wifi] [--usb]
+        [--mqtt HOST:PORT] [--fleet NAME] [--no-listen]
 
 The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
 filesystem), device.id, device.key (32-byte HMAC key, hex, mode 0600, made on
@@ -63,6 +64,10 @@ launcher bridges that terminal to a second one, whose path it prints once
 (`mpota -t usb:/dev/pts/N ...`, mpremote's SerialTransport). The bridge
 lives as long as the launcher, across device restarts, as a port the host
 keeps open; the device's output is also relayed as without --usb.
+
+--mqtt HOST:PORT makes the board call home through that MQTT broker (config
+"mqtt"), in fleet --fleet NAME ("fleet"); --no-listen binds nothing ("listen":
+false), so the host can reach it only through the broker (docs/mqtt.md).
 
 --device-dir DIR deploys DIR/*.py instead of the repository's device/ (the
 tests use it to boot a throwaway main.py; it changes nothing else).
@@ -129,6 +134,11 @@ def parse_args(argv=None):
                         " drops it, 'error' fails the radio")
     p.add_argument("--usb", action="store_true",
                    help="a USB-serial console on a pty (printed as `sim: usb PATH`, written into STATE/usb)")
+    p.add_argument("--mqtt", default=None, metavar="HOST:PORT",
+                   help="call home through this MQTT broker (config mqtt; docs/mqtt.md)")
+    p.add_argument("--fleet", default=None, metavar="NAME", help="the board's fleet in MQTT topics (config fleet)")
+    p.add_argument("--no-listen", action="store_true",
+                   help="bind nothing (config listen: false): a board the host cannot reach, only through --mqtt")
     a = p.parse_args(argv)
     if a.power_cut_after is not None and a.power_cut_after < 0:
         p.error("--power-cut-after must be >= 0")
@@ -324,6 +334,9 @@ class Launcher:
             "auth": not a.no_auth,
             "wifi_file": self.wifi_file() if a.wifi else None,
             "wdt_file": str(self.wdt_file()),
+            "mqtt": a.mqtt,
+            "fleet": a.fleet,
+            "listen": not a.no_listen,
         }
         path = self.state / "boot.json"
         tmp = path.with_suffix(".tmp")

@@ -36,7 +36,7 @@ def configure(cfg, flash):
     global _cfg, _flash
     _cfg = {}
     for k in ("reset_cause", "resets", "boot_count", "device_id", "host", "tcp_port", "udp_port",
-              "legacy_udp", "smp_port", "auth"):
+              "legacy_udp", "smp_port", "auth", "mqtt", "fleet", "listen"):
         if k in cfg:
             _cfg[k] = cfg[k]
     _flash = flash
@@ -143,6 +143,11 @@ def config_overrides():
     o = {"host": c.get("host", "127.0.0.1"), "tcp_port": c.get("tcp_port", 8472),
          "udp_port": c.get("udp_port", 8473), "legacy_udp": bool(c.get("legacy_udp")),
          "auth": bool(c.get("auth", True))}
+    for k in ("mqtt", "fleet"):  # --mqtt, --fleet (else the config file decides)
+        if c.get(k):
+            o[k] = c[k]
+    if c.get("listen") is False:  # --no-listen
+        o["listen"] = False
     if c.get("smp_port"):  # --smp-port N: SMP on (else the config file decides)
         o["smp_udp"] = True
         o["smp_port"] = c["smp_port"]

@@ -1,0 +1,1 @@
+../shared/mpota_command.py
