@@ -145,6 +145,31 @@ def _intern(agent, mode):
     gc.collect()
 
 
+def _log_ring(size):
+    # The console's last `size` bytes in RAM (mpota_logring, resident), or
+    # None: "log_size" 0, or the console's dupterm slot is someone else's.
+    if not size:
+        return None
+    gc.collect()  # one piece of `size` bytes, low in the heap
+    import mpota_logring as logring
+    ring = logring.Ring(size)
+    if hal.log_tee(ring):
+        return ring
+    sys.modules.pop("mpota_logring", None)
+    print("mpota: logs: the console's dupterm slot is taken (webrepl?): no log ring")
+    return None
+
+
+def _last_crash():
+    # the summary line of the traceback a crash saved (mpota_logs.TB_PATH), of
+    # this boot's predecessors; status shows it
+    try:
+        with open("/mpota_tb.txt") as f:
+            return f.readline(120).rstrip("\n") or None
+    except OSError:
+        return None
+
+
 def _load_key():
     # The 32-byte session key, or None when absent or malformed; read here so
     # that auth.py is compiled only when a peer authenticates.
@@ -169,6 +194,7 @@ def boot(mem_base=0):
     cfg, errors = _use("mpota_config").load(overrides=ov)
     del ov
     _drop("mpota_config")
+    ring = _log_ring(cfg["log_size"])  # first: the lines below land in it
     note = ""
     for e in errors:
         print("mpota: config: " + e)
@@ -224,6 +250,8 @@ def boot(mem_base=0):
                        uid, why, resets)
     agent.DEVICE = dev
     dev.trust = trust
+    dev.log = ring
+    dev.last_crash = _last_crash()
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
         _intern(agent, cfg["mode"])

@@ -34,6 +34,8 @@ _SPEC = {
     "discover": (True, bool, None, None),
     "discover_version": (False, bool, None, None),
     "announce": ("", str, None, None),  # "HOST:PORT": say "here I am" there at each link-up
+    # bytes of console output kept in RAM for the logs op (mpota_logring.Ring), 0 = none
+    "log_size": (2048, int, 0, 16384),
 }
 _MODES = ("live", "lean")
 WDT_MIN_MS = 2000  # below this a flash erase (up to 400 ms) plus a slow reply bites: a reset loop

@@ -221,6 +221,13 @@ def _fleet_opts(p):
                         "did not answer last)" % ", ".join(SORT_KEYS))
 
 
+def _logs_opts(p):
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep showing what the board logs (polled; Ctrl-C stops)")
+    p.add_argument("--interval", type=_positive(float), default=1.0, metavar="S",
+                   help="seconds between two polls with --follow (default 1)")
+
+
 def _confirm_opts(p):
     p.add_argument("--force", action="store_true",
                    help="confirm even a version whose app crashed (refused otherwise)")
@@ -383,6 +390,10 @@ COMMANDS = [
     Command("fleet", commands.cmd_fleet, "one row per board: version, slots, trial or confirmed, uptime, "
             "last reset, link, agent, last app error", _fleet_opts, DEVICE + ("parallel",), many=True,
             examples=("-t @lab fleet", "-t @lab fleet --sort uptime", "-t pico-1,@lab --json fleet")),
+    Command("logs", commands.cmd_logs, "the board's console over the network: the last few KiB of the app's "
+            "and the agent's output, and the last crash's traceback (it survives resets)", _logs_opts,
+            DEVICE + ("parallel",), many=True,
+            examples=("-t pico logs", "-t pico logs --follow", "-t @lab logs", "-t pico --json logs")),
     Command("ping", commands.cmd_ping, "check that the device answers; show round-trip time and uptime",
             None, DEVICE + ("parallel",), fleet=True, examples=("-t 192.168.1.40:8472 ping",)),
     Command("read", commands.cmd_read, "read bytes of a slot (a hex dump, or -o FILE)", _read_opts,

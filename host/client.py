@@ -423,6 +423,14 @@ class Client:
     async def erase(self, slot: str) -> dict:
         return await self.request("erase", slot=slot)
 
+    async def logs(self, since: Optional[int] = None, traceback: bool = True) -> dict:
+        """One `logs` reply: the console bytes after cursor `since` (None: all
+        the board keeps), at most its per-reply limit ("more": ask again)."""
+        f: dict = {} if since is None else {"since": since}
+        if not traceback:
+            f["traceback"] = False
+        return await self.request("logs", **f)
+
     async def reset(self, delay_ms: int = 100) -> dict:
         return await self.request("reset", delay_ms=delay_ms)
 

@@ -795,3 +795,66 @@ async def cmd_rollout(ctx) -> int:
     # Ctrl-C cancels run(): the engine saves the plan as paused and names the boards left half-done
     state = await engine.run(on_event)
     return {rollout.COMPLETE: EXIT_OK, rollout.ABORTED: EXIT_INTERRUPTED}.get(state, EXIT_NOT_TAKEN)
+
+
+async def cmd_logs(ctx) -> int:
+    """The console of one board or several (ctx.specs, `--parallel` at a time):
+    what each keeps and its last saved traceback; with --follow, what comes
+    next, polled every --interval s from the cursor of the last read (each byte
+    once). Several boards' lines are prefixed by their names; a board that does
+    not answer is reported (and, when following, tried again each round)."""
+    import asyncio
+
+    from . import logs
+    from .errors import MpotaError
+    from .fleet import fleet_exit_code
+
+    args, out = ctx.args, ctx.out
+    specs = ctx.specs
+    many = len(specs) > 1
+    subs = {s: ctx.for_device(s) for s in specs}
+    seen: dict = {s: {"cursor": None, "uptime": None, "partial": "", "first": True, "error": None} for s in specs}
+    gate = asyncio.Semaphore(args.parallel)
+
+    async def one(spec: str):
+        st = seen[spec]
+        async with gate:
+            try:
+                c = await subs[spec].client()
+                return await logs.read(c, st["cursor"], st["uptime"], traceback=st["first"])
+            except MpotaError as e:
+                await subs[spec].close()  # a new connection next round (the board may have restarted)
+                return e
+
+    def show(spec: str, ch: "logs.Chunk") -> None:
+        st = seen[spec]
+        out.event("logs", target=spec, **ch.as_dict())  # no text: the lines below
+        text = logs.chunk_text(ch, st["first"])
+        st.update(cursor=ch.cursor, uptime=ch.uptime_ms, first=False, error=None)
+        if many:
+            text, st["partial"] = logs.prefixed(spec, text, st["partial"])
+        if out.mode != "json" and text:
+            out.stdout.write(text)  # as it is: no markup (a log may hold brackets)
+            out.stdout.flush()
+
+    codes = {}
+    try:
+        while True:
+            for spec, r in zip(specs, await asyncio.gather(*(one(s) for s in specs))):
+                if isinstance(r, MpotaError):
+                    codes[spec] = r.exit_code
+                    if seen[spec]["error"] != r.message:  # once per kind of failure while following
+                        seen[spec]["error"] = r.message
+                        out.error(r, spec if many else "")
+                else:
+                    codes[spec] = EXIT_OK
+                    show(spec, r)
+            if not args.follow:
+                break
+            await asyncio.sleep(args.interval)
+    finally:
+        for spec in specs:
+            if seen[spec]["partial"] and out.mode != "json":
+                out.stdout.write("%s| %s\n" % (spec, seen[spec]["partial"]))
+            await subs[spec].close()
+    return fleet_exit_code(codes.values())
