@@ -687,10 +687,19 @@ def _wave_line(w: dict, waves: int) -> str:
                                               w["boards"], " " if w["boards"] == 1 else "s", ", ".join(parts) or "-")
 
 
+TRACEBACK_LINES = 3  # of a failed board's saved traceback in the view: where it was raised
+
+
 def _failed_line(spec: str, f: dict) -> str:
-    """A failing board in two lines: which and whether it is back on its old version, then why."""
+    """A failing board in two lines: which and whether it is back on its old version, then why;
+    then the last lines of its saved traceback, if it has one (`mpota logs` shows it whole)."""
     rb = f.get("rolled_back")
-    return "  FAILED %s%s\n%s" % (spec, ", rolled back %s" % rb if rb else "", _fit("    " + (f.get("error") or "?")))
+    text = "  FAILED %s%s\n%s" % (spec, ", rolled back %s" % rb if rb else "", _fit("    " + (f.get("error") or "?")))
+    tb = (f.get("traceback") or "").rstrip("\n").split("\n")
+    if len(tb) > 1:  # its summary line, then the traceback
+        text += "\n" + _fit("    last crash: " + tb[0])
+        text += "".join("\n" + _fit("      " + ln.strip()) for ln in tb[1:][-TRACEBACK_LINES:])
+    return text
 
 
 def _rollout_end_text(prog: str, f: dict) -> str:
@@ -703,7 +712,7 @@ def _rollout_end_text(prog: str, f: dict) -> str:
         text = "aborted: rollout %s\n%s" % (rid, counts)
     else:
         where = "in wave %d" % f["wave"] if f["reason"] == "interrupted" else "after wave %d" % (f["wave"] - 1)
-        text = ("[bold]paused[/] %s: %s\n%s\n  `%s rollout resume %s` goes on (accepting these failures)\n"
+        text = ("[bold]paused[/] %s: %s\n%s\n  `%s rollout resume %s`: go on (these failures accepted)\n"
                 "  `%s rollout abort %s` ends it" % (where, f["reason"], counts, prog, rid, prog, rid))
     if f.get("half_done"):
         text += "\n  left half-done (mid-push, or booted but not checked): %s" % ", ".join(f["half_done"])

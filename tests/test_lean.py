@@ -115,7 +115,8 @@ def test_one_op_table_routes_both_connection_kinds(mp):
         "[%s]" % ", ".join((o,) * 4 + (a,) * 11),
         "['ops', 'ops', 'ops', 'ops', 'ops', 'ops', 'update', 'update', 'update', 'rareops', 'rareops', "
         "'rareops', 'trustkeys', 'logs', 'unsupported']",
-        "['ops', 'ops', 'ops', 'ops', 'ops', 'ops', 'update', None, None, None, None, None, None, 'logs', None]"], r.stdout
+        "['ops', 'ops', 'ops', 'ops', 'ops', 'ops', 'update', None, None, None, None, None, None, 'logs', None]"
+    ], r.stdout
 
 
 # The budget is 128 KiB; the bench prints the figure reached
