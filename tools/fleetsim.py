@@ -181,11 +181,19 @@ class Fleet:
             ticks += int(f[11]) + int(f[12])  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = sim.STOP_GRACE_S, timeout: float = 20.0) -> list:
+        """Stop every board at once (SIGTERM, SIGKILL after `grace` s: sim.Launcher.stop)
+        and wait `timeout` s for all of them in all, never per board; -> the names of
+        boards whose launcher thread had not ended by then (their devices are killed)."""
         for b in self.boards:
-            b.launcher.stop()
+            b.launcher.stop(grace=grace)
+        deadline = time.monotonic() + timeout
         for b in self.boards:
-            b.thread.join(15)
+            b.thread.join(max(0.0, deadline - time.monotonic()))
+        left = [b for b in self.boards if b.thread.is_alive()]
+        for b in left:
+            b.launcher.kill()
+        return [b.name for b in left]
 
     def __enter__(self):
         return self
