@@ -3,25 +3,24 @@
 # for a crash (agent._crashed); bootmgr._last_crash reads the summary at boot.
 #
 # The traceback file (TB_PATH) is written only when the app crashes or the
-# agent fails, at most _TB_WRITES times a boot, never per print; it holds one
-# summary line and the traceback, at most _TB_MAX bytes. It survives a reset.
+# agent fails, at most TB_WRITES times a boot, never per print; it holds one
+# summary line and the traceback, at most TB_MAX bytes. It survives a reset.
 import sys
 import gc
-from micropython import const
 
 import mpota_lineproto as lineproto
 
 TB_PATH = "/mpota_tb.txt"
-_TB_MAX = const(1024)
-_TB_WRITES = const(4)  # a bug a peer can trigger again and again must not wear the flash
-_MAX_DATA = const(1024)  # log bytes in one reply (the peer asks again: "more")
+TB_MAX = 1024  # bytes of the traceback file
+TB_WRITES = 4  # a bug a peer can trigger again and again must not wear the flash
+MAX_DATA = 1024  # log bytes in one reply (the peer asks again: "more")
 
 
 def save_tb(dev, what, e):
     """Write `what` and e's traceback to TB_PATH (bounded) and keep its
     summary line in dev.last_crash (status). Never raises: a full
     filesystem must not turn a crash report into a second crash."""
-    if dev.tb_writes >= _TB_WRITES:
+    if dev.tb_writes >= TB_WRITES:
         return
     dev.tb_writes += 1
     line = "%s after %d ms: %s: %s" % (what, dev.uptime(), type(e).__name__, e)
@@ -39,7 +38,7 @@ def save_tb(dev, what, e):
     try:
         with open(TB_PATH, "w") as f:
             f.write(dev.last_crash + "\n")
-            f.write(t[-(_TB_MAX - len(dev.last_crash) - 1):])  # the tail: where it was raised
+            f.write(t[-(TB_MAX - len(dev.last_crash) - 1):])  # the tail: where it was raised
     except Exception:
         pass  # a full or read-only filesystem: the summary is in status all the same
 
@@ -47,7 +46,7 @@ def save_tb(dev, what, e):
 def _traceback():
     try:
         with open(TB_PATH) as f:
-            return f.read(_TB_MAX)
+            return f.read(TB_MAX)
     except OSError:
         return None
 
@@ -69,7 +68,7 @@ def op_logs(dev, c, req):
     CURSOR the ring no longer holds ("dropped"), "more" when the reply
     stopped at `max`, and the saved traceback."""
     r = dev.log
-    mx = lineproto.int_range(req, "max", 1, _MAX_DATA, _MAX_DATA)
+    mx = lineproto.int_range(req, "max", 1, MAX_DATA, MAX_DATA)
     since = -1 if req.get("since") is None else lineproto.int_range(req, "since", 0, 0x1FFFFFFF)
     tb = req.get("traceback", True) is not False
     out = {"size": 0, "cursor": 0, "dropped": 0, "data": "", "more": False,
