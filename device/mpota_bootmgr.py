@@ -255,6 +255,8 @@ def boot(mem_base=0):
     if mod is not None:
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
         _intern(agent, cfg["mode"])
-    if cfg["discover_version"] and sl.running is not None:
-        dev.app["version"] = sl.info(sl.running)["version"]  # (discovery may tell it: agent._hello)
+    if mod is not None:
+        # status's app.version, a crash's summary line (mpota_logs.save_tb), and discovery's
+        # answer where "discover_version" allows (mpota_discover)
+        dev.app["version"] = sl.info(sl.running)["version"]
     return dev, mod

@@ -23,7 +23,7 @@ def save_tb(dev, what, e):
     if dev.tb_writes >= TB_WRITES:
         return
     dev.tb_writes += 1
-    line = "%s after %d ms: %s: %s" % (what, dev.uptime(), type(e).__name__, e)
+    line = "%s after %d ms (%s): %s: %s" % (what, dev.uptime(), _running(dev), type(e).__name__, e)
     dev.last_crash = line[:120]
     gc.collect()
     t = ""
@@ -41,6 +41,14 @@ def save_tb(dev, what, e):
             f.write(t[-(TB_MAX - len(dev.last_crash) - 1):])  # the tail: where it was raised
     except Exception:
         pass  # a full or read-only filesystem: the summary is in status all the same
+
+
+def _running(dev):
+    # which app version ran: a traceback read later (another version may run by then) says it
+    if dev.running is None:
+        return "no app"
+    v = dev.app.get("version")
+    return "slot %s" % "ab"[dev.running] if v is None else "%s, slot %s" % (v, "ab"[dev.running])
 
 
 def _traceback():

@@ -690,15 +690,17 @@ def _wave_line(w: dict, waves: int) -> str:
 TRACEBACK_LINES = 3  # of a failed board's saved traceback in the view: where it was raised
 
 
-def _failed_line(spec: str, f: dict) -> str:
+def _failed_line(prog: str, spec: str, f: dict) -> str:
     """A failing board in two lines: which and whether it is back on its old version, then why;
-    then the last lines of its saved traceback, if it has one (`mpota logs` shows it whole)."""
+    then the last lines of the traceback it saved when this version crashed, if it did (where
+    it was raised; the agent's own frame left out): `logs` shows it whole."""
     rb = f.get("rolled_back")
     text = "  FAILED %s%s\n%s" % (spec, ", rolled back %s" % rb if rb else "", _fit("    " + (f.get("error") or "?")))
-    tb = (f.get("traceback") or "").rstrip("\n").split("\n")
-    if len(tb) > 1:  # its summary line, then the traceback
-        text += "\n" + _fit("    last crash: " + tb[0])
-        text += "".join("\n" + _fit("      " + ln.strip()) for ln in tb[1:][-TRACEBACK_LINES:])
+    tb = [ln.strip() for ln in (f.get("traceback") or "").rstrip("\n").split("\n")[2:]  # (summary, "Traceback")
+          if '"mpota_agent.py"' not in ln]
+    if tb:
+        text += "\n" + _fit("    its traceback (`%s -t %s logs`):" % (prog, spec))
+        text += "".join("\n" + _fit("      " + ln) for ln in tb[-TRACEBACK_LINES:])
     return text
 
 
@@ -733,7 +735,7 @@ def _rollout_text(prog: str, name: str, f: dict) -> Optional[str]:
     if name == "wave_done":
         return _wave_line(f, f["waves"])
     if name == "board" and f["state"] == "failed" and f.get("rolled_back"):
-        return _failed_line(f["target"], f)
+        return _failed_line(prog, f["target"], f)
     if name in ("complete", "paused", "aborted"):
         return _rollout_end_text(prog, f)
     return None
@@ -747,7 +749,7 @@ def rollout_status_text(prog: str, s: dict) -> str:
              "  version %s (sha256 %s…)%s" % (s["version"], s["sha256"][:8],
                                              ": " + s["reason"] if s["reason"] and s["state"] != "complete" else "")]
     lines += [_wave_line(w, len(waves)) for w in waves]
-    lines = [_fit(x) for x in lines] + [_failed_line(spec, f) for spec, f in s["failed"].items()]
+    lines = [_fit(x) for x in lines] + [_failed_line(prog, spec, f) for spec, f in s["failed"].items()]
     if s["half_done"]:
         lines.append(_fit("  left half-done: %s" % ", ".join(s["half_done"])))
     return "\n".join(lines)

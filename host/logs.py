@@ -10,6 +10,7 @@ is noticed by its uptime (`Chunk.reset`): its new boot is read from the start.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -51,6 +52,16 @@ async def read(client, cursor: Optional[int] = None, uptime_ms: Optional[int] = 
         n += 1
     return Chunk("".join(parts), r.get("cursor", 0), dropped, reset, tb, r.get("uptime_ms", 0),
                  r.get("size", 0))
+
+
+_SUMMARY = re.compile(r"^[\w ]+ after \d+ ms \((?P<version>[^,)]+), slot [ab]\): ")
+
+
+def crash_version(traceback: Optional[str]) -> Optional[str]:
+    """The app version a saved traceback's summary line names (the version that ran
+    when it was written: mpota_logs.save_tb), or None."""
+    m = _SUMMARY.match(traceback or "")
+    return m.group("version") if m else None
 
 
 def dropped_line(n: int, size: int) -> str:

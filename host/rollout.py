@@ -40,6 +40,7 @@ from typing import Callable, Optional
 
 from . import images
 from .errors import Code, ConnectionProblem, DeviceError, MpotaError, UsageError
+from .logs import crash_version
 from .status import Status
 
 # board states: untouched -> pushing -> booted -> healthy | failed [-> rolled_back]; skipped: ran it already
@@ -611,7 +612,9 @@ class Rollout:
         b = self.plan.board(spec)
         for attempt in range(PUSH_TRIES):
             try:
-                b.traceback = await self.t.traceback(spec)
+                tb = await self.t.traceback(spec)
+                if crash_version(tb) == self.plan.version:  # not one an earlier version left
+                    b.traceback = tb
                 break
             except MpotaError as e:  # (an agent without the logs op, unreachable: the failure says enough)
                 if not transient(e):  # (no_memory just after the crash: again)
