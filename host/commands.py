@@ -21,6 +21,7 @@ from .errors import (EXIT_OK, AuthError, BadImage, BelowFloor, BoardNotReady, Co
                      DeviceTimeout, LocalNameUnresolved, MpotaError, NoSpace, Unreachable, UsageError, VerifyFailed,
                      VersionClash, VersionRefused)
 from .output import fmt_rate, fmt_size
+from rich.markup import escape
 from .status import Status
 
 
@@ -369,6 +370,8 @@ def print_status(out, st: dict) -> None:
         say("session %s upload to slot %s: %s of %s" % (sess.get("kind"), sess.get("slot"),
                                                         fmt_size(sess.get("offset")), fmt_size(sess.get("size"))))
     say("boot    %s: %s" % (s.boot_reason or "-", s.boot_note or "-"))
+    if s.last_crash:  # saved on the board, maybe by an earlier boot or version: it says which
+        say("crash   %s (`logs` shows it)" % escape(s.last_crash))
     if st.get("mem_free") is not None:
         say("memory  %s free, %s used; uptime %.1f s" % (fmt_size(st.get("mem_free")),
                                                        fmt_size(st.get("mem_alloc")),

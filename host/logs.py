@@ -70,8 +70,14 @@ def dropped_line(n: int, size: int) -> str:
 
 
 def chunk_text(c: Chunk, first: bool) -> str:
-    """The lines to show for one read, markers included (the traceback only when `first`)."""
+    """The lines to show for one read, markers included; when `first`, the saved
+    traceback comes first, then the console."""
     out = []
+    if first and c.traceback:
+        body = c.traceback if c.traceback.endswith("\n") else c.traceback + "\n"
+        out.append("--- last crash (saved on the board, survives resets) ---\n" + body)
+        if c.size:
+            out.append("--- console (the last %d bytes the board printed) ---\n" % c.size)
     if c.reset:
         out.append("[... the board restarted (uptime %.1f s): its new boot's log ...]\n" % (c.uptime_ms / 1000))
     if first and c.size == 0:
@@ -79,9 +85,6 @@ def chunk_text(c: Chunk, first: bool) -> str:
     if c.dropped:
         out.append(dropped_line(c.dropped, c.size))
     out.append(c.text)
-    if first and c.traceback:
-        body = c.traceback if c.traceback.endswith("\n") else c.traceback + "\n"
-        out.append("--- last crash (saved on the board, survives resets) ---\n" + body)
     return "".join(out)
 
 

@@ -151,6 +151,8 @@ def test_an_app_that_prints_then_crashes_is_read_over_the_network_and_its_traceb
         assert c.ok("status")["last_crash"] == st["last_crash"]
         r = cli(sim, tf, "-t", "b", "logs")  # as people see it
         assert r.returncode == 0, r.stderr
+        st = cli(sim, tf, "-t", "b", "status")
+        assert "\ncrash   app crashed after " in st.stdout and "(`logs` shows it)" in st.stdout, st.stdout
         assert "steady up\n" in r.stdout and "--- last crash (saved on the board, survives resets) ---\n" \
             "app crashed after " in r.stdout, r.stdout
         c.close()
