@@ -194,7 +194,10 @@ def boot(mem_base=0):
     cfg, errors = _use("mpota_config").load(overrides=ov)
     del ov
     _drop("mpota_config")
-    ring = _log_ring(cfg["log_size"])  # first: the lines below land in it
+    # first: the lines below land in it. Lean mode keeps none: its point is the app's heap
+    # (and an update boot's is the transfer's); the traceback file works in every mode.
+    ring = _log_ring(cfg["log_size"] if cfg["mode"] == "live" else 0)
+    crash = _last_crash()  # (read while the heap is nearly empty: its file buffer leaves no hole)
     note = ""
     for e in errors:
         print("mpota: config: " + e)
@@ -251,12 +254,11 @@ def boot(mem_base=0):
     agent.DEVICE = dev
     dev.trust = trust
     dev.log = ring
-    dev.last_crash = _last_crash()
+    dev.last_crash = crash
     if mod is not None:
-        dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
+        # version: status's app.version, a crash's summary line (mpota_logs.save_tb), and
+        # discovery's answer where "discover_version" allows (mpota_discover)
+        dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None,
+                   "version": sl.info(sl.running)["version"]}
         _intern(agent, cfg["mode"])
-    if mod is not None:
-        # status's app.version, a crash's summary line (mpota_logs.save_tb), and discovery's
-        # answer where "discover_version" allows (mpota_discover)
-        dev.app["version"] = sl.info(sl.running)["version"]
     return dev, mod

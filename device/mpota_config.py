@@ -34,7 +34,8 @@ _SPEC = {
     "discover": (True, bool, None, None),
     "discover_version": (False, bool, None, None),
     "announce": ("", str, None, None),  # "HOST:PORT": say "here I am" there at each link-up
-    # bytes of console output kept in RAM for the logs op (mpota_logring.Ring), 0 = none
+    # bytes of console output kept in RAM for the logs op (mpota_logring.Ring), 0 = none;
+    # live mode only (lean mode keeps none: bootmgr._log_ring)
     "log_size": (2048, int, 0, 16384),
 }
 _MODES = ("live", "lean")

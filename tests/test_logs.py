@@ -204,3 +204,14 @@ def test_a_ring_that_wrapped_says_how_many_bytes_were_dropped(tmp_path):
         assert n > 300 and rest[-1] == "chatty line 39" and "chatty line 00" not in r.stdout, r.stdout
         ev = logs_json(sim, tf)
         assert ev["dropped"] == n and len(ev["text"].encode()) == 256 and ev["size"] == 256
+
+
+@pytest.mark.slow
+def test_lean_mode_keeps_no_ring_but_serves_the_op(tmp_path):
+    f = tmp_path / "lean.json"
+    f.write_text(json.dumps({"mode": "lean"}))
+    with Sim(state=tmp_path / "dev", flags=["--config", f]) as sim:
+        c = DevConn(sim.tcp_port, sim.key)
+        r = c.ok("logs")
+        assert (r["size"], r["data"], r["cursor"], r["traceback"]) == (0, "", 0, None), r
+        c.close()
