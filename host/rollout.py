@@ -301,7 +301,7 @@ def default_store() -> RolloutStore:
 
 class Transport:
     """What the engine needs of a board, by its target spec. LanTransport is the one
-    today (host/push.py); an MQTT one would implement the same four calls."""
+    today (host/push.py); an MQTT one would implement the same four calls (and traceback, optional)."""
 
     async def status(self, spec: str) -> Status:
         raise NotImplementedError
