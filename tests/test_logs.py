@@ -215,3 +215,34 @@ def test_lean_mode_keeps_no_ring_but_serves_the_op(tmp_path):
         r = c.ok("logs")
         assert (r["size"], r["data"], r["cursor"], r["traceback"]) == (0, "", 0, None), r
         c.close()
+
+
+class FakeBoard:
+    """The logs op of a board that restarted: this boot logged `text`, uptime 500 ms."""
+
+    def __init__(self, text, per_reply):
+        self.text, self.per_reply, self.calls = text, per_reply, []
+
+    async def logs(self, since=None, traceback=True, max_bytes=None):
+        self.calls.append(since)
+        since = 0 if since is None or since > len(self.text) else since
+        part = self.text[since:since + self.per_reply]
+        return {"data": part, "cursor": since + len(part), "dropped": 0, "more": since + len(part) < len(self.text),
+                "uptime_ms": 500, "size": 2048, "traceback": "app crashed after 9 ms (1.0.0, slot a): E\n"
+                if traceback else None}
+
+
+def test_a_follower_notices_a_restart_and_reads_the_new_boot_from_its_start_in_as_many_replies_as_needed():
+    import asyncio
+
+    from mpota import logs
+
+    board = FakeBoard("line %d\n" * 5 % tuple(range(5)), per_reply=10)
+    c = asyncio.run(logs.read(board, cursor=300, uptime_ms=60000, traceback=False))  # the old boot's cursor
+    assert c.reset and c.text == board.text and c.cursor == len(board.text) and c.traceback is None
+    assert board.calls == [300, 0, 10, 20, 30]
+    assert logs.chunk_text(c, first=False).startswith(
+        "[... the board restarted (uptime 0.5 s): its new boot's log ...]\n")
+    again = asyncio.run(logs.read(board, cursor=c.cursor, uptime_ms=c.uptime_ms))
+    assert not again.reset and again.text == "" and again.traceback.startswith("app crashed")
+    assert logs.crash_version(again.traceback) == "1.0.0" and logs.crash_version("E: x") is None
