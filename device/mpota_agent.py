@@ -24,7 +24,8 @@ DEVICE = None  # the running Device (bootmgr sets it; mpota.py reads it)
 # Module lifetimes, declared once (docs/memory.md, "Lifetimes"): every
 # module the agent loads and releases, by the scope that releases it
 # (Device.end_request, Agent.settle). Not here: the resident ones (agent,
-# hal; wifi, udp, smpudp and their pace once started) and the boot scope (bootmgr._BOOT).
+# hal; wifi, udp, smpudp and their pace once started; logring while "log_size" > 0)
+# and the boot scope (bootmgr._BOOT).
 # One copy of each at a time: a module is never released while an object
 # made by it (a session, the slot record) is alive. The scopes (bits):
 _REQUEST = const(2)  # after each request (service.idle, leanconn._done)
@@ -42,7 +43,7 @@ _MODS = ("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys",
          "mpota_lineproto", "mpota_connpolicy", "mpota_dispatch", "mpota_linemac", "mpota_slots",
          "mpota_leanconn", "mpota_conn", "mpota_service", "mpota_framing", "mpota_proto", "mpota_checksums",
          "mpota_session", "mpota_smp", "mpota_cbor", "mpota_discover", "mpota_usb",
-         "mpota_mqttcmd", "mpota_pull", "mpota_command")
+         "mpota_mqttcmd", "mpota_pull", "mpota_command", "mpota_logs")
 _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.py checks the two)
     _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST,
     _SESSION | I_LEAN | I_LIVE, _SESSION | I_LEAN | I_LIVE, _SESSION, _SESSION, _SESSION, _SESSION,
@@ -53,7 +54,8 @@ _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.
     _CONNECTION | I_LIVE, _CONNECTION, _CONNECTION,
     _CONNECTION,  # discover: the listener's start (agent.run) opens the sockets, its settle() drops it
     _CONNECTION,  # usb: imported by the host's raw-REPL snippet only (host/usb.py); end() resets
-    _SESSION, _SESSION, _SESSION))  # mqttcmd, pull, command: a command, or an install's whole download
+    _SESSION, _SESSION, _SESSION,  # mqttcmd, pull, command: a command, or an install's whole download
+    _REQUEST))  # logs: the logs op; a crash loads it too (_crashed) and drops it at once
 
 
 def _shield():
@@ -89,6 +91,9 @@ class Device:
     behaviour is in service.py and the handlers, loaded with a connection."""
     VERSION = "0.4.0"
     trust = None  # status's "trust" (the trusted keys' fingerprints): set at boot and by each key change
+    log = None  # the console's ring (mpota_logring.Ring; None: "log_size" 0)
+    last_crash = None  # the saved traceback's summary line (bootmgr reads it, logs.save_tb renews it)
+    tb_writes = 0  # traceback files written this boot (logs.save_tb bounds them)
 
     def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown",
                  resets=0):
@@ -196,7 +201,7 @@ class Agent:
         except MemoryError:
             gc.collect()  # its slot is freed (conn.py, leanconn.py): the peer may retry
         except Exception as e:  # a bug must not take the listener with it
-            sys.print_exception(e)
+            _crashed(self.dev, "agent request failed", e)
         try:
             w.close()
             await w.wait_closed()
@@ -371,12 +376,22 @@ async def _run_app(dev, mod):
     except Exception as e:
         app["state"] = "crashed"
         app["error"] = "%s: %s" % (type(e).__name__, e)
-        print("mpota: app crashed:")
-        sys.print_exception(e)
+        _crashed(dev, "app crashed", e)
     m = sys.modules.get("mpota_mqtt")
     if m is not None:
         m.poke()  # the broker's retained state says it (docs/mqtt.md)
     gc.collect()
+
+
+def _crashed(dev, what, e):
+    # on the console (and so in the log ring), then in the traceback file
+    # that survives a reset (mpota_logs.save_tb, bounded)
+    print("mpota: %s:" % what)
+    hal.print_exception(e)
+    import mpota_logs as logs  # released at once: crashes are rare (agent._LIFE)
+    logs.save_tb(dev, what, e)
+    logs = None
+    sys.modules.pop("mpota_logs", None)
 
 
 async def _agent(ag, ready):
@@ -384,8 +399,7 @@ async def _agent(ag, ready):
         try:
             await run(ag, ready)
         except Exception as e:  # keep the device updatable whatever happened
-            print("mpota: agent failed, restarting:")
-            sys.print_exception(e)
+            _crashed(ag.dev, "agent failed", e)
         await asyncio.sleep(1)
 
 

@@ -145,6 +145,31 @@ def _intern(agent, mode):
     gc.collect()
 
 
+def _log_ring(size):
+    # The console's last `size` bytes in RAM (mpota_logring, resident), or
+    # None: "log_size" 0, or the console's dupterm slot is someone else's.
+    if not size:
+        return None
+    gc.collect()  # one piece of `size` bytes, low in the heap
+    import mpota_logring as logring
+    ring = logring.Ring(size)
+    if hal.log_tee(ring):
+        return ring
+    sys.modules.pop("mpota_logring", None)
+    print("mpota: logs: the console's dupterm slot is taken (webrepl?): no log ring")
+    return None
+
+
+def _last_crash():
+    # the summary line of the traceback a crash saved (mpota_logs.TB_PATH), of
+    # this boot's predecessors; status shows it
+    try:
+        with open("/mpota_tb.txt") as f:
+            return f.readline(120).rstrip("\n") or None
+    except OSError:
+        return None
+
+
 def _load_key():
     # The 32-byte session key, or None when absent or malformed; read here so
     # that auth.py is compiled only when a peer authenticates.
@@ -169,6 +194,9 @@ def boot(mem_base=0):
     cfg, errors = _use("mpota_config").load(overrides=ov)
     del ov
     _drop("mpota_config")
+    # first: the lines below land in it. Lean mode keeps none: its point is the app's heap
+    # (and an update boot's is the transfer's); the traceback file works in every mode.
+    ring = _log_ring(cfg["log_size"] if cfg["mode"] == "live" else 0)
     note = ""
     for e in errors:
         print("mpota: config: " + e)
@@ -227,9 +255,12 @@ def boot(mem_base=0):
                        uid, why, resets)
     agent.DEVICE = dev
     dev.trust = trust
+    dev.log = ring
+    dev.last_crash = _last_crash()  # (read early in boot instead, it cost 1,152 B more idle: 32-bit build)
     if mod is not None:
-        dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None}
+        # version: status's app.version, a crash's summary line (mpota_logs.save_tb), and
+        # discovery's answer where "discover_version" allows (mpota_discover)
+        dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None,
+                   "version": sl.info(sl.running)["version"]}
         _intern(agent, cfg["mode"])
-    if cfg["discover_version"] and sl.running is not None:
-        dev.app["version"] = sl.info(sl.running)["version"]  # (discovery may tell it: agent._hello)
     return dev, mod

@@ -41,6 +41,9 @@ _SPEC = {
     "mqtt_keepalive": (60, int, 5, 3600),
     # false: no TCP listener, no UDP port (a board behind NAT, managed only through "mqtt")
     "listen": (True, bool, None, None),
+    # bytes of console output kept in RAM for the logs op (mpota_logring.Ring), 0 = none;
+    # live mode only (lean mode keeps none: bootmgr._log_ring)
+    "log_size": (2048, int, 0, 16384),
 }
 _MODES = ("live", "lean")
 WDT_MIN_MS = 2000  # below this a flash erase (up to 400 ms) plus a slow reply bites: a reset loop

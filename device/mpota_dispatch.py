@@ -39,14 +39,15 @@ _FULL = const(1)  # conn.py serves it (every op)
 _LEAN = const(2)  # leanconn.py serves it too; else it hands the connection over to conn.py
 _OPEN = const(4)  # served before authentication
 _RECORD = const(8)  # needs the slot record (leanconn attaches it per request; conn.py holds it)
-# bits 4-5: the module serving it (handler())
+# bits 4-6: the module serving it (handler())
 _OPS_M = const(0x00)  # mpota_ops
 _UPDATE_M = const(0x10)  # mpota_update
 _RARE_M = const(0x20)  # mpota_rareops
 _TRUST_M = const(0x30)  # mpota_trustkeys
+_LOGS_M = const(0x40)  # mpota_logs
 
 _OPS = ("hello", "auth", "ping", "status", "confirm", "reset", "begin", "commit", "abort",
-       "rollback", "read", "erase", "trust")
+       "rollback", "read", "erase", "trust", "logs")
 _FLAGS = bytes((
     _FULL | _LEAN | _OPEN | _RECORD,  # hello (the record for an authenticated peer: max_image)
     _FULL | _LEAN | _OPEN,  # auth
@@ -61,6 +62,7 @@ _FLAGS = bytes((
     _FULL | _RARE_M,  # read
     _FULL | _RARE_M,  # erase
     _FULL | _TRUST_M,  # trust
+    _FULL | _LEAN | _LOGS_M,  # logs
 ))
 
 
@@ -77,13 +79,15 @@ def route(dev, c, op, lean):
             if lean and f & _RECORD and c.authed:
                 import mpota_slots as slots
                 slots.attach(dev)  # released after the request (leanconn._done)
-            f &= 0x30
+            f &= 0x70
             if f == _OPS_M:
                 import mpota_ops as m
             elif f == _UPDATE_M:
                 import mpota_update as m
             elif f == _RARE_M:
                 import mpota_rareops as m
+            elif f == _LOGS_M:
+                import mpota_logs as m
             else:
                 import mpota_trustkeys as m
             return m

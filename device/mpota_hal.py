@@ -10,6 +10,7 @@ import sys
 import utime as time
 
 import umachine as machine
+import uos as os
 
 PLATFORM = "rp2"
 
@@ -40,6 +41,23 @@ mem_alloc = gc.mem_alloc
 
 def status_extra(r):
     pass  # the board adds nothing to status (the simulator: its flash counters)
+
+
+# A traceback on the console (the log ring gets it through dupterm): the
+# builtin itself on a board; the simulator's also writes it to the ring.
+print_exception = sys.print_exception
+
+
+def log_tee(ring):
+    # Make `ring` (logring.Ring, a stream) a second console: os.dupterm()
+    # sends it everything the firmware writes to stdout (rp2 has one dupterm
+    # slot, MICROPY_PY_OS_DUPTERM = 1). False when the slot is taken (webrepl,
+    # the app's boot.py): that one stays, and no log is kept.
+    prev = os.dupterm(ring)
+    if prev is not None:
+        os.dupterm(prev)
+        return False
+    return True
 
 
 def wdt_start(timeout_ms):
@@ -138,7 +156,8 @@ def wlan_power_save(enabled):
 
 
 _API = ("reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
-        "wlan_ip", "wlan_rssi", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc", "status_extra")
+        "wlan_ip", "wlan_rssi", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc", "status_extra",
+        "print_exception", "log_tee")
 
 _sim = sys.modules.get("simhal")
 if _sim is not None:

@@ -101,7 +101,8 @@ def status(dev, full=True):
               "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(), "mem_peak": dev.mem_peak,
               "mem_base": dev.mem_base, "mem_idle": dev.mem_idle,
               "uptime_ms": dev.uptime(), "boot_reason": dev.boot_reason,
-              "resets": dev.resets, "floor": sl.floor(), "boot_note": dev.note})
+              "resets": dev.resets, "floor": sl.floor(), "boot_note": dev.note,
+              "last_crash": dev.last_crash})
     r["trust"] = trust_status(dev)
     w = sys.modules.get("mpota_wifi")
     if w is not None and w.LINK is not None:  # the station link (device/mpota_wifi.py)

@@ -256,6 +256,15 @@ def _serve_opts(p):
                    help="the embedded broker's port (default 1883)")
 
 
+def _logs_opts(p):
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep showing what the board logs (polled; Ctrl-C stops)")
+    p.add_argument("--interval", type=_positive(float), default=1.0, metavar="S",
+                   help="seconds between two polls with --follow (default 1)")
+    p.add_argument("--seconds", type=_positive(float), default=None, metavar="S",
+                   help="usb:PORT: show the console for S seconds (default 2; with --follow: until Ctrl-C)")
+
+
 def _confirm_opts(p):
     p.add_argument("--force", action="store_true",
                    help="confirm even a version whose app crashed (refused otherwise)")
@@ -359,12 +368,6 @@ def _discover_opts(p):
                         "reach one as -t usb:PORT); nothing is sent to them")
 
 
-def _logs_usb_opts(p):
-    p.add_argument("--follow", "-f", action="store_true", help="keep showing the console until Ctrl-C")
-    p.add_argument("--seconds", type=_positive(float), default=None, metavar="S",
-                   help="show it for S seconds (default 2; with --follow: until Ctrl-C)")
-
-
 def _rollout_opts(p):
     p.add_argument("image", metavar="IMAGE|FOLDER|status|resume|abort",
                    help="the image (or app folder) to roll out; or status, resume, abort of a saved rollout")
@@ -446,6 +449,12 @@ COMMANDS = [
             "last reset, link, agent, last app error", _fleet_opts, DEVICE + ("parallel",), many=True,
             examples=("-t @lab fleet", "-t @lab fleet --sort uptime", "-t pico-1,@lab --json fleet",
                       "fleet --via mqtt://broker.lan:1883")),
+    Command("logs", commands.cmd_logs, "the board's console over the network: the last few KiB of the app's "
+            "and the agent's output, and the last crash's traceback (it survives resets); over USB "
+            "(-t usb:PORT), the console as it runs, without interrupting it", _logs_opts,
+            DEVICE + ("parallel",), many=True,
+            examples=("-t pico logs", "-t pico logs --follow", "-t @lab logs", "-t pico --json logs",
+                      "-t usb:/dev/ttyACM0 logs --follow")),
     Command("ping", commands.cmd_ping, "check that the device answers; show round-trip time and uptime",
             None, DEVICE + ("parallel",), fleet=True, examples=("-t 192.168.1.40:8472 ping",)),
     Command("read", commands.cmd_read, "read bytes of a slot (a hex dump, or -o FILE)", _read_opts,
@@ -486,10 +495,6 @@ COMMANDS = [
             examples=("provision --serial /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
                       "provision --ssid home --name picow-1 --dry-run", "provision --serial /dev/ttyACM0 --repair")),
 ]
-# the console of a board on USB (host/usb.py), read without interrupting it
-COMMANDS.append(Command("logs", usb.cmd_logs, "show a board's console over USB (-t usb:PORT), without "
-                        "interrupting it", _logs_usb_opts, ("target", "targets") + OUTPUT,
-                        examples=("-t usb:/dev/ttyACM0 logs --follow",)))
 BY_NAME = {c.name: c for c in COMMANDS}
 
 EPILOG = """\

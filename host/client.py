@@ -437,6 +437,18 @@ class Client:
     async def erase(self, slot: str) -> dict:
         return await self.request("erase", slot=slot)
 
+    async def logs(self, since: Optional[int] = None, traceback: bool = True,
+                   max_bytes: Optional[int] = None) -> dict:
+        """One `logs` reply: the console bytes after cursor `since` (None: all
+        the board keeps), at most `max_bytes` and its per-reply limit ("more":
+        ask again), and the saved traceback unless not `traceback`."""
+        f: dict = {} if since is None else {"since": since}
+        if not traceback:
+            f["traceback"] = False
+        if max_bytes is not None:
+            f["max"] = max_bytes
+        return await self.request("logs", **f)
+
     async def reset(self, delay_ms: int = 100) -> dict:
         return await self.request("reset", delay_ms=delay_ms)
 

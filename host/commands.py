@@ -21,6 +21,7 @@ from .errors import (EXIT_OK, AuthError, BadImage, BelowFloor, BoardNotReady, Co
                      DeviceTimeout, LocalNameUnresolved, MpotaError, NoSpace, Unreachable, UsageError, VerifyFailed,
                      VersionClash, VersionRefused)
 from .output import fmt_rate, fmt_size
+from rich.markup import escape
 from .status import Status
 
 
@@ -373,6 +374,8 @@ def print_status(out, st: dict) -> None:
         say("session %s upload to slot %s: %s of %s" % (sess.get("kind"), sess.get("slot"),
                                                         fmt_size(sess.get("offset")), fmt_size(sess.get("size"))))
     say("boot    %s: %s" % (s.boot_reason or "-", s.boot_note or "-"))
+    if s.last_crash:  # saved on the board, maybe by an earlier boot or version: it says which
+        say("crash   %s (`logs` shows it)" % escape(s.last_crash))
     if st.get("mem_free") is not None:
         say("memory  %s free, %s used; uptime %.1f s" % (fmt_size(st.get("mem_free")),
                                                        fmt_size(st.get("mem_alloc")),
@@ -738,10 +741,21 @@ def _wave_line(w: dict, waves: int) -> str:
                                               w["boards"], " " if w["boards"] == 1 else "s", ", ".join(parts) or "-")
 
 
-def _failed_line(spec: str, f: dict) -> str:
-    """A failing board in two lines: which and whether it is back on its old version, then why."""
+TRACEBACK_LINES = 3  # of a failed board's saved traceback in the view: where it was raised
+
+
+def _failed_line(prog: str, spec: str, f: dict) -> str:
+    """A failing board in two lines: which and whether it is back on its old version, then why;
+    then the last lines of the traceback it saved when this version crashed, if it did (where
+    it was raised; the agent's own frame left out): `logs` shows it whole."""
     rb = f.get("rolled_back")
-    return "  FAILED %s%s\n%s" % (spec, ", rolled back %s" % rb if rb else "", _fit("    " + (f.get("error") or "?")))
+    text = "  FAILED %s%s\n%s" % (spec, ", rolled back %s" % rb if rb else "", _fit("    " + (f.get("error") or "?")))
+    tb = [ln.strip() for ln in (f.get("traceback") or "").rstrip("\n").split("\n")[2:]  # (summary, "Traceback")
+          if '"mpota_agent.py"' not in ln]
+    if tb:
+        text += "\n" + _fit("    its traceback (`%s -t %s logs`):" % (prog, spec))
+        text += "".join("\n" + _fit("      " + ln) for ln in tb[-TRACEBACK_LINES:])
+    return text
 
 
 def _rollout_end_text(prog: str, f: dict) -> str:
@@ -754,7 +768,7 @@ def _rollout_end_text(prog: str, f: dict) -> str:
         text = "aborted: rollout %s\n%s" % (rid, counts)
     else:
         where = "in wave %d" % f["wave"] if f["reason"] == "interrupted" else "after wave %d" % (f["wave"] - 1)
-        text = ("[bold]paused[/] %s: %s\n%s\n  `%s rollout resume %s` goes on (accepting these failures)\n"
+        text = ("[bold]paused[/] %s: %s\n%s\n  `%s rollout resume %s`: go on (these failures accepted)\n"
                 "  `%s rollout abort %s` ends it" % (where, f["reason"], counts, prog, rid, prog, rid))
     if f.get("half_done"):
         text += "\n  left half-done (mid-push, or booted but not checked): %s" % ", ".join(f["half_done"])
@@ -775,7 +789,7 @@ def _rollout_text(prog: str, name: str, f: dict) -> Optional[str]:
     if name == "wave_done":
         return _wave_line(f, f["waves"])
     if name == "board" and f["state"] == "failed" and f.get("rolled_back"):
-        return _failed_line(f["target"], f)
+        return _failed_line(prog, f["target"], f)
     if name in ("complete", "paused", "aborted"):
         return _rollout_end_text(prog, f)
     return None
@@ -789,7 +803,7 @@ def rollout_status_text(prog: str, s: dict) -> str:
              "  version %s (sha256 %s…)%s" % (s["version"], s["sha256"][:8],
                                              ": " + s["reason"] if s["reason"] and s["state"] != "complete" else "")]
     lines += [_wave_line(w, len(waves)) for w in waves]
-    lines = [_fit(x) for x in lines] + [_failed_line(spec, f) for spec, f in s["failed"].items()]
+    lines = [_fit(x) for x in lines] + [_failed_line(prog, spec, f) for spec, f in s["failed"].items()]
     if s["half_done"]:
         lines.append(_fit("  left half-done: %s" % ", ".join(s["half_done"])))
     return "\n".join(lines)
@@ -960,3 +974,69 @@ def cmd_serve(ctx) -> int:
         if broker is not None:
             broker.stop()
     return EXIT_OK
+
+
+async def cmd_logs(ctx) -> int:
+    """The console of one board or several (ctx.specs, `--parallel` at a time):
+    what each keeps and its last saved traceback; with --follow, what comes
+    next, polled every --interval s from the cursor of the last read (each byte
+    once). Several boards' lines are prefixed by their names; a board that does
+    not answer is reported (and, when following, tried again each round)."""
+    import asyncio
+
+    from . import logs
+    from .errors import MpotaError
+    from .fleet import fleet_exit_code
+
+    args, out = ctx.args, ctx.out
+    specs = ctx.specs
+    if len(specs) == 1 and usb.is_usb(ctx.for_device(specs[0]).target.host):  # the console on the cable
+        ctx.spec = specs[0]
+        return usb.cmd_logs(ctx)
+    many = len(specs) > 1
+    subs = {s: ctx.for_device(s) for s in specs}
+    seen: dict = {s: {"cursor": None, "uptime": None, "partial": "", "first": True, "error": None} for s in specs}
+    gate = asyncio.Semaphore(args.parallel)
+
+    async def one(spec: str):
+        st = seen[spec]
+        async with gate:
+            try:
+                c = await subs[spec].client()
+                return await logs.read(c, st["cursor"], st["uptime"], traceback=st["first"])
+            except MpotaError as e:
+                await subs[spec].close()  # a new connection next round (the board may have restarted)
+                return e
+
+    def show(spec: str, ch: "logs.Chunk") -> None:
+        st = seen[spec]
+        out.event("logs", target=spec, **ch.as_dict())  # no text: the lines below
+        text = logs.chunk_text(ch, st["first"])
+        st.update(cursor=ch.cursor, uptime=ch.uptime_ms, first=False, error=None)
+        if many:
+            text, st["partial"] = logs.prefixed(spec, text, st["partial"])
+        if out.mode != "json" and text:
+            out.stdout.write(text)  # as it is: no markup (a log may hold brackets)
+            out.stdout.flush()
+
+    codes = {}
+    try:
+        while True:
+            for spec, r in zip(specs, await asyncio.gather(*(one(s) for s in specs))):
+                if isinstance(r, MpotaError):
+                    codes[spec] = r.exit_code
+                    if seen[spec]["error"] != r.message:  # once per kind of failure while following
+                        seen[spec]["error"] = r.message
+                        out.error(r, spec if many else "")
+                else:
+                    codes[spec] = EXIT_OK
+                    show(spec, r)
+            if not args.follow:
+                break
+            await asyncio.sleep(args.interval)
+    finally:
+        for spec in specs:
+            if seen[spec]["partial"] and out.mode != "json":
+                out.stdout.write("%s| %s\n" % (spec, seen[spec]["partial"]))
+            await subs[spec].close()
+    return fleet_exit_code(codes.values())

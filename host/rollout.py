@@ -41,6 +41,7 @@ from typing import Callable, Optional
 
 from . import images
 from .errors import Code, ConnectionProblem, DeviceError, MpotaError, UsageError
+from .logs import crash_version
 from .status import Status
 
 # board states: untouched -> pushing -> booted -> healthy | failed [-> rolled_back]; skipped: ran it already
@@ -131,6 +132,7 @@ class BoardRecord:
     boot_resets: Optional[int] = None   # the status at boot: the soak compares against it
     boot_uptime_ms: Optional[int] = None
     confirmed_by: Optional[str] = None  # "app" or "host"
+    traceback: Optional[str] = None     # a failed board's last saved crash (Transport.traceback)
 
 
 @dataclass
@@ -193,7 +195,7 @@ class Plan:
                                                                  BOOTED)}})
         return {"id": self.id, "state": self.state, "version": self.version, "sha256": self.sha256,
                 "wave": self.wave + 1, "waves": waves, "failures": self.failures, "reason": self.reason,
-                "failed": {s: {"error": b.error, "rolled_back": b.rolled_back}
+                "failed": {s: {"error": b.error, "rolled_back": b.rolled_back, "traceback": b.traceback}
                            for s, b in self.boards.items() if b.state == FAILED},
                 "half_done": self.half_done()}
 
@@ -301,7 +303,7 @@ def default_store() -> RolloutStore:
 
 class Transport:
     """What the engine needs of a board, by its target spec: LanTransport (host/push.py)
-    and mqtt.MqttTransport implement the same four calls."""
+    and mqtt.MqttTransport implement the same four calls (and traceback, optional)."""
 
     async def status(self, spec: str) -> Status:
         raise NotImplementedError
@@ -316,6 +318,11 @@ class Transport:
     async def rollback(self, spec: str) -> Status:
         """`rollback` then `reset`; -> the status once the device is back."""
         raise NotImplementedError
+
+    async def traceback(self, spec: str) -> Optional[str]:
+        """The board's last saved crash (its summary line, then the traceback), or
+        None: no crash saved, or the transport cannot tell (the default)."""
+        return None
 
 
 class LanTransport(Transport):
@@ -363,6 +370,13 @@ class LanTransport(Transport):
             r = await c.rollback()
         return await reset_and_wait(t, slot=r.get("slot"), wait=self.wait, **self.kw)
 
+    async def traceback(self, spec: str) -> Optional[str]:
+        from .client import Client, expected_device
+
+        t = self.target(spec)
+        async with Client(t.host, t.port, key=t.key, expect_device=expected_device(t), **self.kw) as c:
+            return (await c.logs(0, max_bytes=1)).get("traceback")  # (1 byte of log: only the traceback matters)
+
 
 # --- the engine ---------------------------------------------------------------------------------
 
@@ -392,7 +406,8 @@ class Rollout:
         for k, v in f.items():
             setattr(b, k, v)
         self.save()
-        self.emit("board", target=spec, wave=b.wave + 1, state=state, error=b.error, rolled_back=b.rolled_back)
+        self.emit("board", target=spec, wave=b.wave + 1, state=state, error=b.error, rolled_back=b.rolled_back,
+                  traceback=b.traceback)
 
     def _check_abort(self) -> bool:
         if self._stop is None and self.store.abort_requested(self.plan.id):
@@ -594,8 +609,19 @@ class Rollout:
 
     async def _roll_back(self, spec: str) -> None:
         """A failed board back on its confirmed version: by itself when it already
-        left the new image, else `rollback` and `reset`."""
+        left the new image, else `rollback` and `reset`. Its last saved crash is
+        fetched first (it survives the reset: shown with the failure)."""
         b = self.plan.board(spec)
+        for attempt in range(PUSH_TRIES):
+            try:
+                tb = await self.t.traceback(spec)
+                if crash_version(tb) == self.plan.version:  # not one an earlier version left
+                    b.traceback = tb
+                break
+            except MpotaError as e:  # (an agent without the logs op, unreachable: the failure says enough)
+                if not transient(e):  # (no_memory just after the crash: again)
+                    break
+                await asyncio.sleep(RETRY_DELAY * (attempt + 1))
         try:
             st = await self.t.status(spec)
             run = st.running_image

@@ -60,6 +60,7 @@ class Status:
     uptime_ms: Optional[int] = None
     resets: Optional[int] = None          # resets since the last power-on (None: an older agent)
     floor: Optional[int] = None           # the anti-rollback floor (Slots.floor)
+    last_crash: Optional[str] = None      # the saved traceback's summary line (survives resets; `logs`)
 
     @classmethod
     def of(cls, reply: dict) -> "Status":
@@ -76,7 +77,8 @@ class Status:
             trust_seq=trust.get("seq"), trust_warning=trust.get("warning"),
             boot_reason=reply.get("boot_reason"), boot_note=reply.get("boot_note"),
             slot_size=reply.get("slot_size"), link=reply.get("link"), rssi=reply.get("rssi"),
-            uptime_ms=reply.get("uptime_ms"), resets=reply.get("resets"), floor=reply.get("floor"))
+            uptime_ms=reply.get("uptime_ms"), resets=reply.get("resets"), floor=reply.get("floor"),
+            last_crash=reply.get("last_crash"))
 
     @property
     def full(self) -> bool:

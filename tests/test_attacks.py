@@ -32,7 +32,7 @@ from conftest import INTERPRETERS, interp_label, run_device_script
 JSON_OPS = [("confirm", {}), ("rollback", {}), ("read", {"slot": "a", "offset": 0, "length": 16}),
             ("erase", {"slot": "b"}), ("reset", {"delay_ms": 10}),
             ("begin", {"size": 1000, "sha256": "00" * 32}), ("commit", {}), ("abort", {}),
-            ("trust", {"provision": "00" * 32})]
+            ("trust", {"provision": "00" * 32}), ("logs", {"since": 0})]
 BIN_OPS = [("DATA", lambda: hostframes.encode_data(0, b"x" * 16)),
            ("READ", lambda: hostframes.encode_read("a", 0, 16)),
            ("UpdateStart", lambda: bm.UpdateStartRequest.make(100)),

@@ -25,7 +25,10 @@ def test_demo_shows_signed_updates_a_refused_tampered_image_a_rollback_and_a_can
                   "paused after wave 1: 1 failed, more than --max-failures 0",
                   "0 healthy, 0 skipped (ran it already), 1 failed, 3 untouched", "(exit code 6, as expected)",
                   "paused after wave 1/3", "wave 3/3          2 boards  2 untouched", "4 of 4 boards answered",
-                  "the canary pico-1 runs 1.0.0 again, confirmed; 0 other boards touched"):
+                  "the canary pico-1 runs 1.0.0 again, confirmed; 0 other boards touched",
+                  # its traceback: in the rollout's view and status, and with its console in `mpota logs`
+                  "    its traceback (`mpota -t pico-1 logs`):",
+                  "--- last crash (saved on the board, survives resets) ---"):
         assert words in out, words
     wide = [ln for ln in out.splitlines() if len(ln) > 80]
     assert not wide, wide

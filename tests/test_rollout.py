@@ -142,6 +142,11 @@ def test_a_version_that_crashes_is_stopped_by_the_canary_touching_no_other_board
     assert r.plan.reason == "the canary failed"
     b = r.plan.board("sim-000")
     assert b.state == rollout.FAILED and "app crashed" in b.error and b.rolled_back.startswith("by the host")
+    # its traceback, saved on the board when the app crashed and fetched before the rollback
+    assert b.traceback.startswith("app crashed after ") and 'main.py", line 10, in main' in b.traceback
+    assert b.traceback.rstrip().endswith("RuntimeError: version 1.2.0 fails on " + fleet.boards[0].device_id)
+    failed = [e for e in events if e["event"] == "board" and e["state"] == "failed"]
+    assert failed[-1]["traceback"] == b.traceback and r.plan.summary()["failed"]["sim-000"]["traceback"] == b.traceback
     assert r.plan.count(rollout.UNTOUCHED) == COUNT - 1
     after = asyncio.run(statuses(fleet))
     assert all(running_sha(st) == running_sha(good[0]) for st in after)  # the canary is back on 1.1.0
@@ -242,6 +247,7 @@ class FakeTransport(rollout.Transport):
         self.runs = {s: "old" for s in specs}
         self.sha, self.error, self.fail_first, self.pushes = sha, error, fail_first, []
         self.crashes = set()  # boards whose app crashes after the push
+        self.tb_version = "1.0.0"  # the version their saved traceback names
 
     def _status(self, spec, app="running"):
         new = self.runs[spec] == self.sha  # slot a: the new image, b: the old one
@@ -268,6 +274,13 @@ class FakeTransport(rollout.Transport):
     async def rollback(self, spec):
         self.runs[spec] = "old"
         return self._status(spec)
+
+    async def traceback(self, spec):
+        if spec not in self.crashes:
+            return None
+        return ("app crashed after 1200 ms (%s, slot a): RuntimeError: sensor %s\nTraceback (most recent call "
+                'last):\n  File "/app/main.py", line 9, in main\n  File "/app/sensor.py", line 31, in read\n'
+                "RuntimeError: sensor %s\n" % (self.tb_version, spec, spec))
 
 
 def fake_run(tmp_path, transport_of, specs=("x", "y"), soak=0, crashes=()):
@@ -309,8 +322,18 @@ def test_a_crash_seen_while_soaking_fails_the_board_and_ends_the_soak_early(tmp_
     assert state == rollout.PAUSED and plan.reason == "1 failed, more than --max-failures 0"
     assert plan.board("x").state == rollout.FAILED and plan.board("x").error == "app crashed: E"
     assert plan.board("x").rolled_back.startswith("by the host") and t.runs["x"] == "old"
+    assert plan.board("x").traceback.startswith("app crashed after 1200 ms (1.0.0, slot a): RuntimeError: sensor x\n")
     assert plan.board("y").state == rollout.UNTOUCHED and t.pushes == ["x"]
     assert [e["event"] for e in events if e["event"].startswith("soak")] == ["soak", "soak_cut"]
+
+
+def test_a_traceback_an_earlier_version_left_is_not_shown_as_the_failure(tmp_path):
+    def stale(sha):
+        t = FakeTransport(["x", "y"], sha)
+        t.tb_version = "0.9.0"
+        return t
+    state, plan, t, events = fake_run(tmp_path, stale, soak=30, crashes=["x"])
+    assert plan.board("x").state == rollout.FAILED and plan.board("x").traceback is None
 
 
 def test_the_view_of_100_boards_fits_80_columns_a_line_per_wave_and_the_failing_boards(tmp_path):
@@ -326,10 +349,26 @@ def test_the_view_of_100_boards_fits_80_columns_a_line_per_wave_and_the_failing_
     for s in specs[10:13]:
         p.board(s).state, p.board(s).error = rollout.FAILED, "app crashed: " + "RuntimeError: x" * 20
         p.board(s).rolled_back = "by the host, to 1.0.0+0"
+    p.board(specs[12]).traceback = "app crashed after 9 ms: E: %s\nTraceback (most recent call last):\n%sE: %s\n" % (
+        "y" * 90, '  File "/app/main.py", line 3, in main\n' * 30, "y" * 90)
     text = commands.rollout_status_text("mpota", p.summary())
     lines = text.splitlines()
     assert max(len(ln) for ln in lines) <= 80
-    assert len(lines) == 2 + 4 + 2 * 3  # header, a line per wave, two per failing board
+    # header, a line per wave, two per failing board, and the last crash of the one that saved one:
+    # where to read it whole and the traceback's last 3 lines
+    assert len(lines) == 2 + 4 + 2 * 3 + 1 + 3, text
+    assert lines[-4] == "    its traceback (`mpota -t greenhouse-north-wall-012 logs`):"
+    assert lines[-3] == lines[-2] == '      File "/app/main.py", line 3, in main'
+    assert lines[-1].startswith("      E: yyy")
     view = [commands._rollout_text("mpota", e["event"], e) for e in events]
     lines = "\n".join(v for v in view if v).splitlines()
     assert max(len(ln) for ln in lines) <= 80 and len(lines) == 2 + 2 * 2 + 2, lines  # start, 2 waves, done
+    # a failing board in the live view: its last crash too
+    state, plan, t, events = fake_run(tmp_path / "2", lambda sha: FakeTransport(specs, sha), specs=specs,
+                                      crashes=[specs[0]])
+    view = "\n".join(v for v in (commands._rollout_text("mpota", e["event"], e) for e in events) if v)
+    assert "  FAILED greenhouse-north-wall-000, rolled back by the host, to 1.0.0\n    app crashed: E\n" \
+        "    its traceback (`mpota -t greenhouse-north-wall-000 logs`):\n" \
+        '      File "/app/main.py", line 9, in main\n      File "/app/sensor.py", line 31, in read\n' \
+        "      RuntimeError: sensor greenhouse-north-wall-000\n" in view, view
+    assert max(len(ln) for ln in view.splitlines()) <= 80

@@ -214,7 +214,8 @@ def test_signals_stop_cleanly(tmp_path, sig):
 
 # the seam: mpota_hal.py (resident) and mpota_halboot.py (read once at boot, then dropped)
 HAL_API = {"mpota_hal": ["reset", "ticks_ms", "ticks_diff", "wdt_start", "wdt_feed", "wlan_join", "wlan_state",
-                   "wlan_ip", "wlan_rssi", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc", "status_extra"],
+                   "wlan_ip", "wlan_rssi", "wlan_leave", "wlan_power_save", "mem_free", "mem_alloc", "status_extra",
+                   "print_exception", "log_tee"],
            "mpota_halboot": ["reset_cause", "resets", "unique_id", "config_overrides", "flash_info"]}
 
 

@@ -186,6 +186,8 @@ def rollout_scene(env: dict, work: Path, key: Path, good: Path) -> None:
     mpota(env, "-t", "@fleet", "rollout", crash, "--sign-key", key, "--soak", SOAK, "--waves", "50%,100%",
           fails=True)
     mpota(env, "rollout", "status")
+    banner("why the canary failed: its console and the traceback it saved")
+    mpota(env, "-t", "pico-1", "logs")
     mpota(env, "-t", "@fleet", "fleet")
     after = fleet_rows(env)
     canary, others = sorted(after)[0], sorted(after)[1:]

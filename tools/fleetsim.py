@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run many simulated Pico W boards at once, light enough for 100 on 2 cores.
 
-    python tools/fleetsim.py --count 100 --state .fleet [--base-port 21000] [--heap 160K]
+    python tools/fleetsim.py --count 100 --state .fleet [--base-port 21000] [--heap SIZE]
         [--config FILE] [--micropython PATH] [--echo]
 
 One CPython process runs one tools/sim.py Launcher per board (a thread each,
@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -109,13 +110,28 @@ class Board(DeviceFacts):
         return p.pid if p is not None and p.poll() is None else None
 
 
+def board_heap(mp: str) -> str:
+    """The heap that stands for the board's 160 KiB under interpreter `mp`: 160K on a
+    32-bit build (the board's object sizes), 256K on a 64-bit one, whose objects take
+    1.6-2x more (the agent idles at ~50 KB there, ~27 KB on 32 bits): at 160K a 64-bit
+    board whose app crashed could be left without a block to authenticate in."""
+    try:
+        r = subprocess.run([mp, "-c", "import sys; print(sys.maxsize > 1 << 32)"], capture_output=True, text=True,
+                           timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "160K"
+    return "256K" if r.stdout.strip() == "True" else "160K"
+
+
 class Fleet:
-    def __init__(self, count: int, state, base_port=None, heap: str = "160K", config=None, flags=(),
+    def __init__(self, count: int, state, base_port=None, heap: Optional[str] = "board", config=None, flags=(),
                  micropython=None, ready: bool = True, timeout: float = 180, echo: bool = False):
+        """heap: each board's heap ("board": board_heap(micropython); None: the interpreter's default)."""
         self.state = Path(state).resolve()
         self.state.mkdir(parents=True, exist_ok=True)
         self.base = base_port or free_range(2 * count)  # TCP (and discovery) ports, then legacy UDP ones
         mp = micropython or os.environ.get("MPOTA_MICROPYTHON") or str(Path(sys.executable).parent / "micropython")
+        heap = board_heap(mp) if heap == "board" else heap
         base_cfg = json.loads(Path(config).read_text()) if config else {}
         self.boards = []
         for i in range(count):
@@ -181,11 +197,19 @@ class Fleet:
             ticks += int(f[11]) + int(f[12])  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = sim.STOP_GRACE_S, timeout: float = 20.0) -> list:
+        """Stop every board at once (SIGTERM, SIGKILL after `grace` s: sim.Launcher.stop)
+        and wait `timeout` s for all of them in all, never per board; -> the names of
+        boards whose launcher thread had not ended by then (their devices are killed)."""
         for b in self.boards:
-            b.launcher.stop()
+            b.launcher.stop(grace=grace)
+        deadline = time.monotonic() + timeout
         for b in self.boards:
-            b.thread.join(15)
+            b.thread.join(max(0.0, deadline - time.monotonic()))
+        left = [b for b in self.boards if b.thread.is_alive()]
+        for b in left:
+            b.launcher.kill()
+        return [b.name for b in left]
 
     def __enter__(self):
         return self
@@ -209,7 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, required=True, help="how many boards")
     p.add_argument("--state", required=True, help="folder of the boards' state folders (board-NNN)")
     p.add_argument("--base-port", type=int, default=None, help="first TCP port (default: a free range from 21000)")
-    p.add_argument("--heap", default="160K", help="each board's MicroPython heap (default 160K)")
+    p.add_argument("--heap", default="board", help="each board's MicroPython heap (default: the board's 160K, "
+                   "256K on a 64-bit build, whose objects are larger)")
     p.add_argument("--config", default=None, metavar="FILE", help="device config every board gets")
     p.add_argument("--micropython", default=None, help="unix-port micropython (default: beside this Python)")
     p.add_argument("--echo", action="store_true", help="print every board's output, prefixed by its name")

@@ -92,6 +92,7 @@ EXIT_WATCHDOG = 4
 # the timeout: a feed that is merely late is the device's own (simhal), at once.
 HANG_GRACE_MS = 2000
 POWER_CUT = (-9, 137)  # SIGKILL seen directly, or through a shell
+STOP_GRACE_S = 5.0  # stop(): a device still running this long after SIGTERM is killed
 
 
 def out(line):
@@ -405,12 +406,27 @@ class Launcher:
         self.emit("sim: usb %s" % u.path)
         threading.Thread(target=u.run, daemon=True).start()
 
-    def stop(self, signum=None, frame=None):
+    def stop(self, signum=None, frame=None, grace=STOP_GRACE_S):
+        """End the device (SIGTERM) and the run loop with it; a device still
+        running `grace` s later is killed, so run() always returns (bounded:
+        its output and watchdog threads are joined with timeouts too)."""
         self.stopping = True
         with self.lock:
             p = self.proc
         if p is not None and p.poll() is None:
             p.terminate()
+            t = threading.Timer(grace, self.kill)
+            t.daemon = True
+            t.start()
+
+    def kill(self):
+        """SIGKILL the device (a stop it did not obey)."""
+        self.stopping = True
+        with self.lock:
+            p = self.proc
+        if p is not None and p.poll() is None:
+            self.emit("sim: device still running after SIGTERM: killed")
+            p.kill()
 
     def run(self):
         a = self.a

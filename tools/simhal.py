@@ -23,6 +23,35 @@ mem_alloc = gc.mem_alloc
 def status_extra(r):
     r["sim_flash"] = _flash.stats()  # the simulator's flash operation counters
 
+_ring = []  # the log ring (log_tee), once the device keeps logs
+
+
+def print_exception(e):
+    sys.print_exception(e)
+    if _ring:
+        sys.print_exception(e, _ring[0])
+
+
+def log_tee(ring):
+    # The unix port has no os.dupterm: print() is teed instead (builtins can be
+    # overridden there), and print_exception above. What an app writes with
+    # sys.print_exception() or sys.stdout.write() itself reaches only the
+    # launcher's output (the board's dupterm takes all of it).
+    import builtins
+
+    real = builtins.print
+
+    def tee(*a, **k):
+        real(*a, **k)
+        if k.get("file") is None:
+            k["file"] = ring
+            real(*a, **k)
+
+    builtins.print = tee
+    _ring.append(ring)
+    return True
+
+
 _cfg = {}  # only the handoff fields asked for later (not its deploy list)
 _flash = None
 _power_save = True
