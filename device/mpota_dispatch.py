@@ -45,7 +45,7 @@ _RARE_M = const(0x20)  # mpota_rareops
 _TRUST_M = const(0x30)  # mpota_trustkeys
 
 _OPS = ("hello", "auth", "ping", "status", "confirm", "reset", "begin", "commit", "abort",
-       "rollback", "read", "erase", "trust")
+       "rollback", "read", "erase", "trust", "sectors")
 _FLAGS = bytes((
     _FULL | _LEAN | _OPEN | _RECORD,  # hello (the record for an authenticated peer: max_image)
     _FULL | _LEAN | _OPEN,  # auth
@@ -60,6 +60,7 @@ _FLAGS = bytes((
     _FULL | _RARE_M,  # read
     _FULL | _RARE_M,  # erase
     _FULL | _TRUST_M,  # trust
+    _FULL | _UPDATE_M,  # sectors (what the target slot holds, for begin "held")
 ))
 
 

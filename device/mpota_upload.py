@@ -10,6 +10,7 @@ import mpota_slots as slots
 from mpota_lineproto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED
 
 SYNC_EVERY = 65536  # sync the slot file this often: the resume point after a power cut
+SECTOR = 4096  # the unit a reusing upload keeps or sends (a flash sector, a littlefs block)
 NATIVE = "native"  # session kinds
 LEGACY = "legacy"
 
@@ -32,18 +33,78 @@ def digest(sl, i, size, buf):
     return h.digest()
 
 
-class Writer:
-    """Appends to a slot file; the contiguous byte count is the watermark."""
+def is_held(held, k):
+    # sector k's bit in a held bitmap (bit k & 7 of byte k >> 3)
+    return k >> 3 < len(held) and held[k >> 3] & (1 << (k & 7))
 
-    def __init__(self, path, offset):
+
+def sector_hashes(sl, i, first, count, buf):
+    """The first 8 bytes of the SHA-256 of each 4 KiB sector of slot i's file
+    from sector `first` (at most `count`; fewer where the file ends; the last
+    one may be short), read through `buf` (any size). -> (file size, bytes)."""
+    size = sl.file_size(i)
+    out = bytearray()
+    mv = memoryview(buf)
+    step = min(len(buf), SECTOR)
+    pos = first * SECTOR
+    if size > pos:
+        with open(sl.path(i), "rb") as f:
+            f.seek(pos)
+            while count > 0 and pos < size:
+                h = hashlib.sha256()
+                end = min(pos + SECTOR, size)
+                while pos < end:
+                    n = f.readinto(mv[:min(step, end - pos)])
+                    if not n:
+                        break
+                    h.update(mv[:n])
+                    pos += n
+                out += h.digest()[:8]
+                count -= 1
+                hal.wdt_feed()
+    return max(size, 0), out
+
+
+class Writer:
+    """Appends to a slot file; the contiguous byte count is the watermark.
+
+    With `held` (a bitmap of the 4 KiB sectors the slot's file already holds
+    for the new image of `size` bytes; slots.Slots.begin_reuse opened it), the
+    file is written anew from offset 0 while the old bytes are still readable
+    (littlefs frees them only at the sync that commits the new file), and each
+    held sector the watermark reaches is copied from them through `buf`: only
+    the other sectors cross the link. The old bytes are kept until no held
+    sector is left ahead (no sync before: a sync would let littlefs reuse
+    their blocks), so a cut before then leaves the old file as it was and the
+    upload starts again from what its sectors hold."""
+
+    def __init__(self, path, offset, held=None, size=0, buf=None):
+        self.r = None
+        self.held = held
+        self.size = size
+        self.buf = buf
         try:
+            if held is not None:
+                self.r = open(path, "rb")  # before the new file replaces it
+                self.r.seek(0, 2)
+                self.rsize = self.r.tell()
+                offset = 0
             self.f = open(path, "ab" if offset else "wb")
         except OSError as e:
+            self.close()
             raise ProtoError(E_WRITE_FAILED, "cannot open %s: %s" % (path, e))
         self.pos = offset
         self.unsynced = 0
+        if held is not None:
+            self.fill()
 
     def write(self, mv):
+        n = self.put(mv)
+        if self.r is not None:
+            self.fill()
+        return n
+
+    def put(self, mv):
         try:
             n = self.f.write(mv)
         except OSError as e:
@@ -54,9 +115,36 @@ class Writer:
             n = 0
         self.pos += n
         self.unsynced += n
-        if self.unsynced >= SYNC_EVERY:
+        if self.unsynced >= SYNC_EVERY and self.r is None:
             self.sync()
         return n
+
+    def fill(self):
+        # copy the held sectors at the watermark from the old bytes; a sector
+        # they lack (the old file is shorter) is not held after all: the peer
+        # sends it (its next DATA is out of order and rewinds to it)
+        held = self.held
+        r = self.r
+        buf = memoryview(self.buf)
+        while self.pos < self.size and not self.pos % SECTOR and is_held(held, self.pos // SECTOR):
+            end = min(self.pos + SECTOR, self.size)
+            k = self.pos // SECTOR
+            if self.rsize < end:  # the old file ends before this sector does
+                held[k >> 3] &= ~(1 << (k & 7))
+                break
+            r.seek(self.pos)
+            while self.pos < end:
+                n = r.readinto(buf[:min(len(buf), end - self.pos)])
+                if not n:
+                    raise ProtoError(E_WRITE_FAILED, "the slot's old bytes ended at %d" % self.pos)
+                self.put(buf[:n])
+            hal.wdt_feed()
+        k = (self.pos + SECTOR - 1) // SECTOR
+        while k < len(held) * 8 and not is_held(held, k):
+            k += 1
+        if k * SECTOR >= self.size:  # no held sector ahead: the old bytes may go
+            self.r = None
+            r.close()
 
     def sync(self):
         if self.unsynced:
@@ -64,13 +152,13 @@ class Writer:
             self.unsynced = 0
 
     def close(self):
-        f = self.f
-        if f is not None:
-            self.f = None
-            try:
-                f.close()
-            except OSError:
-                pass
+        for f in (self.r, getattr(self, "f", None)):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self.r = self.f = None
 
 
 class Session:
@@ -90,5 +178,7 @@ class Session:
         self.t = hal.ticks_ms()
 
 
-def open_session(sl, kind, owner, slot, size, sha, offset, allow_down=False):
-    return Session(kind, owner, slot, size, sha, Writer(sl.path(slot), offset), allow_down)
+def open_session(sl, kind, owner, slot, size, sha, offset, allow_down=False, held=None, buf=None):
+    """The session of an upload to `slot` from `offset`; with `held` (and a
+    copy `buf`), one that keeps the sectors the slot holds (Writer)."""
+    return Session(kind, owner, slot, size, sha, Writer(sl.path(slot), offset, held, size, buf), allow_down)

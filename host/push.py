@@ -31,8 +31,8 @@ from typing import Any, Callable, Optional
 
 from .codec import mpota_lineproto as lineproto
 from .codec import mpota_mcuboot as mcuboot
-from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, ProgressCb, default_client_id, expected_device,
-                     within)
+from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, SECTOR, Client, ProgressCb, default_client_id,
+                     expected_device, held_sectors, within)
 from .errors import (BusyError, ConnectionLost, CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout,
                      MpotaError, NotTaken, Restarting, Unreachable, VerifyFailed, VersionClash, device_error)
 from .images import Image
@@ -111,12 +111,17 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                      busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
                      on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
                      client_factory: Callable[..., Client] = Client,
-                     client_id: Optional[str] = None, force: bool = False) -> PushResult:
+                     client_id: Optional[str] = None, force: bool = False, reuse: bool = True) -> PushResult:
     """Upload `image` to the inactive slot and (unless commit=False) commit it.
 
     A dropped connection or a stalled device costs a reconnect (up to
     `retries`, with backoff); `begin` then returns the device's watermark and
     the upload continues from there. Only idempotent steps are retried.
+
+    With `reuse` (and a device that has the `sectors` op), the 4 KiB sectors
+    of `image` that the target slot holds already (same digest) are not sent:
+    the device copies them from the slot's old bytes (begin "held"; event
+    `held` with their count). Commit still checks the SHA-256 of the whole image.
     """
     sha = hashlib.sha256(image).hexdigest()
     kid = image_key_id(image)
@@ -132,10 +137,13 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                            timeout=timeout, window=window, expect_device=expect_device)
         try:
             await c.connect(authenticate=True)
+            held = None
+            if reuse and "sectors" in (c.info.get("features") or ()):
+                held = held_sectors(image, (await c.sectors(-(-len(image) // SECTOR)))[1])
             try:
                 reply = await begin_patiently(c, len(image), sha, version, allow_downgrade,
                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
-                                              cid, force)
+                                              cid, force, held)
             except Restarting:
                 # A lean-mode device takes images only in its update mode (the
                 # app stopped, the heap free): it restarts into it; follow it.
@@ -150,6 +158,10 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                 continue
             res.slot = reply.get("slot", res.slot)
             offset = int(reply.get("offset", 0))
+            kept = bytes.fromhex(reply.get("held") or "")
+            skip = {k for k in range(8 * len(kept)) if kept[k >> 3] & (1 << (k & 7))}
+            if skip:
+                _emit(on_event, "held", sectors=len(skip), of=-(-len(image) // SECTOR))
             if first:
                 res.resumed_from = offset
                 _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,
@@ -161,7 +173,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                 on_progress(offset, len(image))
             try:
                 high_sent = await c.upload(image, offset, begin_reply=reply, high_sent=high_sent,
-                                           on_progress=on_progress)
+                                           on_progress=on_progress, skip=skip)
             finally:
                 res.bytes_sent += c.bytes_sent
                 res.bytes_resent += c.bytes_resent
@@ -203,7 +215,8 @@ def image_key_id(image: bytes) -> Optional[str]:
 async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
                           allow_downgrade: bool, busy_wait: float,
                           on_event: Optional[EventCb], key_id: Optional[str] = None,
-                          client: Optional[str] = None, force: bool = False) -> dict:
+                          client: Optional[str] = None, force: bool = False,
+                          held: Optional[bytes] = None) -> dict:
     """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
     link the device may not yet have noticed that our old session is gone."""
     deadline = time.monotonic() + busy_wait
@@ -211,7 +224,7 @@ async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str]
     while True:
         try:
             return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
-                                 client=client, force=force)
+                                 client=client, force=force, held=held)
         except BusyError:
             if time.monotonic() + delay > deadline:
                 raise
