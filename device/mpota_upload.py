@@ -3,6 +3,7 @@
 # (Slots.begin before the bytes, Slots.finish once they are synced and
 # verified) live in slots.py. Loaded when a session begins and released when
 # it ends (service.py), so an idle device holds none of this code.
+import sys
 import uhashlib as hashlib
 
 import mpota_hal as hal
@@ -38,6 +39,19 @@ def is_held(held, k):
     return k >> 3 < len(held) and held[k >> 3] & (1 << (k & 7))
 
 
+def open_slot(sl, i):
+    """-> (an open file of slot i to read, whether to close it). The running
+    slot's file is open already (appfs mounts the app from it): that handle
+    is shared (every read seeks first), since littlefs counts the blocks of an
+    open file twice once a second handle of it is closed (statvfs, hence
+    max_image, then falls short until the app is unmounted)."""
+    m = sys.modules.get("mpota_appfs")
+    f = m.file() if m is not None and i == sl.running else None
+    if f is not None:
+        return f, False
+    return open(sl.path(i), "rb"), True
+
+
 def sector_hashes(sl, i, first, count, buf):
     """The first 8 bytes of the SHA-256 of each 4 KiB sector of slot i's file
     from sector `first` (at most `count`; fewer where the file ends; the last
@@ -48,7 +62,8 @@ def sector_hashes(sl, i, first, count, buf):
     step = min(len(buf), SECTOR)
     pos = first * SECTOR
     if size > pos:
-        with open(sl.path(i), "rb") as f:
+        f, own = open_slot(sl, i)
+        try:
             f.seek(pos)
             while count > 0 and pos < size:
                 h = hashlib.sha256()
@@ -62,14 +77,23 @@ def sector_hashes(sl, i, first, count, buf):
                 out += h.digest()[:8]
                 count -= 1
                 hal.wdt_feed()
+        finally:
+            if own:
+                f.close()
     return max(size, 0), out
 
 
 class Writer:
     """Appends to a slot file; the contiguous byte count is the watermark.
 
-    With `held` (a bitmap of the 4 KiB sectors the slot's file already holds
-    for the new image of `size` bytes; slots.Slots.begin_reuse opened it), the
+    With `held` (a bitmap of the 4 KiB sectors of the new image, `size`
+    bytes, that another slot's file holds at the same place; `src`: its
+    open_slot() pair), each held sector the watermark reaches is copied from `src`
+    through `buf` (any size), and the upload is otherwise a plain one (synced
+    every SYNC_EVERY, resumed from its watermark).
+
+    With `held` and no `src`, the held sectors are the slot file's own
+    (slots.Slots.begin_reuse opened it): the
     file is written anew from offset 0 while the old bytes are still readable
     (littlefs frees them only at the sync that commits the new file), and each
     held sector the watermark reaches is copied from them through `buf`: only
@@ -78,17 +102,24 @@ class Writer:
     their blocks), so a cut before then leaves the old file as it was and the
     upload starts again from what its sectors hold."""
 
-    def __init__(self, path, offset, held=None, size=0, buf=None):
+    def __init__(self, path, offset, held=None, size=0, buf=None, src=None):
         self.r = None
+        self.rown = True  # close r when done (not a handle shared with the app's mount)
         self.held = held
         self.size = size
         self.buf = buf
+        # the held sectors are this file's own old bytes (src None): no sync until they are copied
+        self.keep = held is not None and src is None
         try:
             if held is not None:
-                self.r = open(path, "rb")  # before the new file replaces it
+                if src is None:
+                    self.r = open(path, "rb")  # before the new file replaces it
+                else:
+                    self.r, self.rown = src
                 self.r.seek(0, 2)
                 self.rsize = self.r.tell()
-                offset = 0
+                if self.keep:
+                    offset = 0
             self.f = open(path, "ab" if offset else "wb")
         except OSError as e:
             self.close()
@@ -115,7 +146,7 @@ class Writer:
             n = 0
         self.pos += n
         self.unsynced += n
-        if self.unsynced >= SYNC_EVERY and self.r is None:
+        if self.unsynced >= SYNC_EVERY and not (self.keep and self.r is not None):
             self.sync()
         return n
 
@@ -144,7 +175,8 @@ class Writer:
             k += 1
         if k * SECTOR >= self.size:  # no held sector ahead: the old bytes may go
             self.r = None
-            r.close()
+            if self.rown:
+                r.close()
 
     def sync(self):
         if self.unsynced:
@@ -152,7 +184,7 @@ class Writer:
             self.unsynced = 0
 
     def close(self):
-        for f in (self.r, getattr(self, "f", None)):
+        for f in (self.r if self.rown else None, getattr(self, "f", None)):
             if f is not None:
                 try:
                     f.close()
@@ -178,7 +210,9 @@ class Session:
         self.t = hal.ticks_ms()
 
 
-def open_session(sl, kind, owner, slot, size, sha, offset, allow_down=False, held=None, buf=None):
+def open_session(sl, kind, owner, slot, size, sha, offset, allow_down=False, held=None, buf=None, src=None):
     """The session of an upload to `slot` from `offset`; with `held` (and a
-    copy `buf`), one that keeps the sectors the slot holds (Writer)."""
-    return Session(kind, owner, slot, size, sha, Writer(sl.path(slot), offset, held, size, buf), allow_down)
+    copy `buf`), one that copies the sectors slot `src` (None: `slot` itself)
+    holds (Writer)."""
+    return Session(kind, owner, slot, size, sha, Writer(sl.path(slot), offset, held, size, buf,
+                                                        None if src is None else open_slot(sl, src)), allow_down)

@@ -432,7 +432,7 @@ class Client:
     async def begin(self, size: int, sha256: str, version: Optional[str] = None,
                     slot: str = "inactive", allow_downgrade: bool = False,
                     key_id: Optional[str] = None, client: Optional[str] = None, force: bool = False,
-                    held: Optional[bytes] = None) -> dict:
+                    held: Optional[bytes] = None, held_from: Optional[str] = None) -> dict:
         """key_id: the image's signing key id (hex; "" unsigned): a device that
         trusts keys refuses an image it would refuse at commit for its key now,
         before any byte is sent. client: this operator's client id
@@ -449,25 +449,32 @@ class Client:
             fields["allow_downgrade"] = True
         if force:  # the running image again (the device refuses it otherwise: it would replace the rollback copy)
             fields["force"] = True
-        if held is not None:  # the sectors the slot holds already (held_sectors): the device keeps them
+        if held is not None:  # the sectors slot held_from holds already (held_sectors): the device copies them
             fields["held"] = held.hex()
+            if held_from is not None:
+                fields["held_from"] = held_from
         return await self.request("begin", **fields)
 
-    async def sectors(self, count: int) -> tuple:
-        """What the slot an upload would go to holds: (its file size, the 8-byte
-        digests of its first `count` 4 KiB sectors, fewer where it ends), from
-        as many `sectors` requests as that takes."""
+    async def sectors(self, count: int, slot: Optional[str] = None) -> tuple:
+        """What a slot holds (`slot`, else the device's choice: the one that
+        runs): (the slot, its file size, the 8-byte digests of its first
+        `count` 4 KiB sectors, fewer where it ends), from as many `sectors`
+        requests as that takes."""
         out = bytearray()
         size = 0
         while len(out) < 8 * count:
             first = len(out) // 8
-            r = await self.request("sectors", first=first, count=min(64, count - first))
+            fields: dict = {"first": first, "count": min(64, count - first)}
+            if slot is not None:
+                fields["slot"] = slot
+            r = await self.request("sectors", **fields)
+            slot = r.get("slot")
             size = int(r.get("size", 0))
             got = bytes.fromhex(r.get("hashes", ""))
             out += got
             if len(got) < 8 * min(64, count - first):
                 break  # the file ends
-        return size, bytes(out)
+        return slot, size, bytes(out)
 
     async def commit(self) -> dict:
         return await self.request("commit", timeout=max(self.timeout, COMMIT_TIMEOUT))

@@ -119,9 +119,10 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     the upload continues from there. Only idempotent steps are retried.
 
     With `reuse` (and a device that has the `sectors` op), the 4 KiB sectors
-    of `image` that the target slot holds already (same digest) are not sent:
-    the device copies them from the slot's old bytes (begin "held"; event
-    `held` with their count). Commit still checks the SHA-256 of the whole image.
+    of `image` that the device holds already at the same place (same digest)
+    in the slot it chooses (the running one; else the target slot) are not
+    sent: the device copies them (begin "held"; event `held` with their count
+    and that slot). Commit still checks the SHA-256 of the whole image.
     """
     sha = hashlib.sha256(image).hexdigest()
     kid = image_key_id(image)
@@ -137,13 +138,14 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                            timeout=timeout, window=window, expect_device=expect_device)
         try:
             await c.connect(authenticate=True)
-            held = None
+            held = src = None
             if reuse and "sectors" in (c.info.get("features") or ()):
-                held = held_sectors(image, (await c.sectors(-(-len(image) // SECTOR)))[1])
+                src, _, have = await c.sectors(-(-len(image) // SECTOR))
+                held = held_sectors(image, have)
             try:
                 reply = await begin_patiently(c, len(image), sha, version, allow_downgrade,
                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
-                                              cid, force, held)
+                                              cid, force, held, src)
             except Restarting:
                 # A lean-mode device takes images only in its update mode (the
                 # app stopped, the heap free): it restarts into it; follow it.
@@ -161,7 +163,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             kept = bytes.fromhex(reply.get("held") or "")
             skip = {k for k in range(8 * len(kept)) if kept[k >> 3] & (1 << (k & 7))}
             if skip:
-                _emit(on_event, "held", sectors=len(skip), of=-(-len(image) // SECTOR))
+                _emit(on_event, "held", sectors=len(skip), of=-(-len(image) // SECTOR), slot=src)
             if first:
                 res.resumed_from = offset
                 _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,
@@ -216,7 +218,7 @@ async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str]
                           allow_downgrade: bool, busy_wait: float,
                           on_event: Optional[EventCb], key_id: Optional[str] = None,
                           client: Optional[str] = None, force: bool = False,
-                          held: Optional[bytes] = None) -> dict:
+                          held: Optional[bytes] = None, held_from: Optional[str] = None) -> dict:
     """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
     link the device may not yet have noticed that our old session is gone."""
     deadline = time.monotonic() + busy_wait
@@ -224,7 +226,7 @@ async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str]
     while True:
         try:
             return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
-                                 client=client, force=force, held=held)
+                                 client=client, force=force, held=held, held_from=held_from)
         except BusyError:
             if time.monotonic() + delay > deadline:
                 raise

@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """`make bench`: native pipelined upload vs the legacy stop-and-wait UDP flow and SMP.
 
+The parts (--parts): rtt (the three flows at each round trip through a delay
+line holding the board's TCP window and UDP queue, against the bound
+min(flash ceiling, window / rtt)), reuse (a one-file change sent as only the
+sectors that changed vs a full upload, tools/bench_loop.py), loop (edit to
+confirmed per stage, tools/bench_loop.py), mac, memory.
+
 One simulator run with `--flash-timing w25q` (typical W25Q erase/program
 times slept on every flash operation) serves both: a 256 KiB application
 image is pushed natively (TCP, pipelined DATA, cumulative ACKs) and then
@@ -36,6 +42,7 @@ from mpota.push import push_image  # noqa: E402
 from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 import bench_smp  # noqa: E402
+import bench_loop  # noqa: E402
 import bench_headroom  # noqa: E402
 import boardbuilds  # noqa: E402
 
@@ -47,7 +54,7 @@ TCP_WINDOW = 6400
 UDP_QUEUE = 4  # datagrams a socket holds unread (MicroPython 1.26+)
 
 
-PARTS = ("rtt", "mac", "memory")
+PARTS = ("rtt", "reuse", "loop", "mac", "memory")
 
 
 def bound(rtt: float) -> float:
@@ -287,6 +294,10 @@ def main() -> int:
             rtt_table(a, work, body, tcp, udp, smp)
         sim.stop()
         sim = None
+        if "reuse" in a.parts:
+            bench_loop.reuse_table(work, a.rtt)
+        if "loop" in a.parts:
+            bench_loop.loop_table(work)
         if "mac" in a.parts and a.mac:
             mac_cost(work, body)
         if "memory" not in a.parts:

@@ -116,6 +116,7 @@ class Sim(DeviceFacts):
         self.flags = list(flags)
         self.echo = echo
         self.lines = []
+        self.times = []  # time.monotonic() when each line came (benchmarks time stages by them)
         self._cond = threading.Condition()
         cmd = [sys.executable, str(SIM), "--state", str(self.state),
                "--tcp-port", str(self.tcp_port), "--udp-port", str(self.udp_port),
@@ -143,6 +144,7 @@ class Sim(DeviceFacts):
                 print("[sim] " + line, flush=True)
             with self._cond:
                 self.lines.append(line)
+                self.times.append(time.monotonic())
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
