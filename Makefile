@@ -59,7 +59,7 @@ sim: $(RUNTIME)
 
 bench: setup
 	$(PY) tools/bench.py
-	$(PY) tools/bench_fleet.py --count 100
+	$(PY) tools/bench_fleet.py --count 25
 
 # The torture harness at full counts (not part of `make test`, which runs a
 # short version of each part): 500 power cuts, 50 hostile-link updates,

@@ -4,6 +4,7 @@
 # verified) live in slots.py. Loaded when a session begins and released when
 # it ends (service.py), so an idle device holds none of this code.
 import sys
+import asyncio
 import uhashlib as hashlib
 
 import mpota_hal as hal
@@ -126,14 +127,9 @@ class Writer:
             raise ProtoError(E_WRITE_FAILED, "cannot open %s: %s" % (path, e))
         self.pos = offset
         self.unsynced = 0
-        if held is not None:
-            self.fill()
 
     def write(self, mv):
-        n = self.put(mv)
-        if self.r is not None:
-            self.fill()
-        return n
+        return self.put(mv)
 
     def put(self, mv):
         try:
@@ -150,14 +146,27 @@ class Writer:
             self.sync()
         return n
 
-    def fill(self):
-        # copy the held sectors at the watermark from the old bytes; a sector
-        # they lack (the old file is shorter) is not held after all: the peer
-        # sends it (its next DATA is out of order and rewinds to it)
+    async def copy_held(self, c, dev, s):
+        """Copy the held sectors at the watermark one at a time, each
+        acknowledged to connection c (the peer sends what follows them once the
+        watermark passes them), yielding between them so the app runs: the
+        connection loop (conn.py) calls this after each batch of messages
+        while session s is c's."""
+        while self.r is not None and dev.session is s and not c.gone and self.fill(1):
+            c.ack(self.pos)
+            await c.w.drain()
+            await asyncio.sleep_ms(0)
+
+    def fill(self, limit=-1):
+        # copy up to `limit` (-1: all) held sectors at the watermark from the
+        # source; -> how many. A sector the source lacks (it is shorter) is not
+        # held after all: the peer sends it (its next DATA is out of order
+        # and rewinds to it)
         held = self.held
         r = self.r
         buf = memoryview(self.buf)
-        while self.pos < self.size and not self.pos % SECTOR and is_held(held, self.pos // SECTOR):
+        done = 0
+        while done != limit and self.pos < self.size and not self.pos % SECTOR and is_held(held, self.pos // SECTOR):
             end = min(self.pos + SECTOR, self.size)
             k = self.pos // SECTOR
             if self.rsize < end:  # the old file ends before this sector does
@@ -170,6 +179,7 @@ class Writer:
                     raise ProtoError(E_WRITE_FAILED, "the slot's old bytes ended at %d" % self.pos)
                 self.put(buf[:n])
             hal.wdt_feed()
+            done += 1
         k = (self.pos + SECTOR - 1) // SECTOR
         while k < len(held) * 8 and not is_held(held, k):
             k += 1
@@ -177,6 +187,7 @@ class Writer:
             self.r = None
             if self.rown:
                 r.close()
+        return done
 
     def sync(self):
         if self.unsynced:

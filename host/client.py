@@ -528,7 +528,9 @@ class Client:
                 n = min(max_data, size - nxt)
                 if skip:
                     n = min(n, SECTOR - nxt % SECTOR)  # a frame never reaches into a kept sector
-                if nxt + n - acked - _kept(skip, acked, nxt, size) > window:
+                    if _kept(skip, acked, nxt, size):
+                        break  # the device copies kept sectors first: send what follows once they are acked
+                if nxt + n - acked > window:
                     break
                 frame = hostframes.encode_data(nxt, mv[nxt:nxt + n])
                 if log.isEnabledFor(logging.DEBUG):
@@ -635,7 +637,7 @@ SECTOR = 4096  # the unit a device keeps or is sent (device/mpota_upload.py SECT
 
 
 def _kept(skip: set, a: int, b: int, size: int) -> int:
-    """Bytes of image[a:b] in the kept sectors `skip` (sent by nobody: not in flight)."""
+    """Bytes of image[a:b] in the kept sectors `skip`."""
     return sum(max(0, min(b, (k + 1) * SECTOR, size) - max(a, k * SECTOR)) for k in skip) if skip else 0
 
 
