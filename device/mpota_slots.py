@@ -23,12 +23,13 @@
 # AFTER the bytes were synced and verified. A reusing upload (begin_reuse)
 # keeps the old bytes under its "writing" record, which claims nothing
 # bootable: the new image is written beside them and replaces them only when
-# its file is synced (littlefs commits a file's new blocks at once). A record that names a file that
-# is missing (a cut between delete and commit) is repaired to "empty" at load.
+# its file is synced (littlefs commits a file's new blocks at once). A record
+# that names a file that is missing (a cut between delete and commit) is
+# repaired to "empty" at load.
 #
 # Every change of the record after boot is a Slots method here (begin,
-# begin_reuse, finish, mark_pending, make_permanent, confirm, raise_floor, rollback,
-# erase), each committed through commit(). This module is loaded while
+# begin_reuse, finish, mark_pending, make_permanent, confirm, raise_floor,
+# rollback, erase), each committed through commit(). This module is loaded while
 # connections are served (attach). The other slot code is loaded only while it
 # is needed: bootslots.py (read, repair, the boot decisions: boot only, then
 # dropped) and upload.py (the bytes of an update: loaded with a session).

@@ -89,13 +89,13 @@ class Writer:
 
     With `held` (a bitmap of the 4 KiB sectors of the new image, `size`
     bytes, that another slot's file holds at the same place; `src`: its
-    open_slot() pair), each held sector the watermark reaches is copied from `src`
-    through `buf` (any size), and the upload is otherwise a plain one (synced
+    open_slot() pair), each held sector the watermark reaches is copied from
+    `src` through `buf` (any size), and the upload is otherwise a plain one (synced
     every SYNC_EVERY, resumed from its watermark).
 
     With `held` and no `src`, the held sectors are the slot file's own
-    (slots.Slots.begin_reuse opened it): the
-    file is written anew from offset 0 while the old bytes are still readable
+    (slots.Slots.begin_reuse opened it): the file is written anew from
+    offset 0 while the old bytes are still readable
     (littlefs frees them only at the sync that commits the new file), and each
     held sector the watermark reaches is copied from them through `buf`: only
     the other sectors cross the link. The old bytes are kept until no held
@@ -129,9 +129,6 @@ class Writer:
         self.unsynced = 0
 
     def write(self, mv):
-        return self.put(mv)
-
-    def put(self, mv):
         try:
             n = self.f.write(mv)
         except OSError as e:
@@ -177,7 +174,7 @@ class Writer:
                 n = r.readinto(buf[:min(len(buf), end - self.pos)])
                 if not n:
                     raise ProtoError(E_WRITE_FAILED, "the slot's old bytes ended at %d" % self.pos)
-                self.put(buf[:n])
+                self.write(buf[:n])
             hal.wdt_feed()
             done += 1
         k = (self.pos + SECTOR - 1) // SECTOR
