@@ -78,13 +78,6 @@ def mounted(mountpoint="/app"):
     return mountpoint in _mounts
 
 
-def file(mountpoint="/app"):
-    """The slot file open under `mountpoint` (None: not mounted), for a reader
-    of the same slot to share: littlefs miscounts its free blocks once a second
-    handle of an open file is closed (upload.open_slot)."""
-    return _mounts.get(mountpoint)
-
-
 def _stems(path):
     # module names a folder provides: foo.py, foo.mpy and package folders
     out = []

@@ -42,12 +42,14 @@ def is_held(held, k):
 
 def open_slot(sl, i):
     """-> (an open file of slot i to read, whether to close it). The running
-    slot's file is open already (appfs mounts the app from it): that handle
-    is shared (every read seeks first), since littlefs counts the blocks of an
-    open file twice once a second handle of it is closed (statvfs, hence
-    max_image, then falls short until the app is unmounted)."""
+    slot's file is open already (appfs mounts the app from it; its _mounts
+    holds the file, read here rather than through code added to a module that
+    stays loaded while the app runs): that handle is shared (every read seeks
+    first), since littlefs counts the blocks of an open file twice once a
+    second handle of it is closed (statvfs, hence max_image, then falls short
+    until the app is unmounted)."""
     m = sys.modules.get("mpota_appfs")
-    f = m.file() if m is not None and i == sl.running else None
+    f = m._mounts.get("/app") if m is not None and i == sl.running else None
     if f is not None:
         return f, False
     return open(sl.path(i), "rb"), True

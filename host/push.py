@@ -378,7 +378,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
 # How often reset_and_wait asks a rebooting device for its status: the push's
 # "trial" stage is this poll's granularity (tools/bench_loop.py: 0.3 s made it
 # 15% of a 20 KiB app's 2 s edit-to-confirmed loop).
-BOOT_POLL = 0.3
+BOOT_POLL = 0.1
 
 
 async def reset_and_wait(target, *, slot: Optional[str] = None, wait: float = 60.0,
