@@ -27,8 +27,12 @@ $(STAMP): $(RUNTIME)
 
 # Everything: codec vectors on both interpreters, mpy-cross on every device file,
 # type-check of device code, then the pytest suites.
+# The suites in JOBS processes (pytest-xdist; a file's tests stay in one, with its
+# module fixtures): most tests wait on simulated boards, so 2 cores run 2 at once.
+JOBS ?= 2
+
 test: setup lint mpy-check typecheck
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile tests
 
 test-fast: setup
 	$(PY) -m pytest -q -x tests -m "not slow"

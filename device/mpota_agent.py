@@ -41,7 +41,7 @@ _MODS = ("mpota_ops", "mpota_auth", "mpota_hmac_sha256", "mpota_trustkeys",
          "mpota_legacy",
          "mpota_lineproto", "mpota_connpolicy", "mpota_dispatch", "mpota_linemac", "mpota_slots",
          "mpota_leanconn", "mpota_conn", "mpota_service", "mpota_framing", "mpota_proto", "mpota_checksums",
-         "mpota_session", "mpota_smp", "mpota_cbor", "mpota_discover")
+         "mpota_session", "mpota_smp", "mpota_cbor", "mpota_discover", "mpota_usb")
 _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.py checks the two)
     _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST | I_LEAN | I_LIVE, _REQUEST,
     _SESSION | I_LEAN | I_LIVE, _SESSION | I_LEAN | I_LIVE, _SESSION, _SESSION, _SESSION, _SESSION,
@@ -50,7 +50,8 @@ _LIFE = bytes((  # one per _MODS entry, in its order (tests/test_device_imports.
     _CONNECTION | I_LEAN, _CONNECTION | I_LIVE, _CONNECTION | I_LIVE, _CONNECTION | I_LIVE,
     _CONNECTION | I_LIVE, _CONNECTION | I_LIVE,
     _CONNECTION | I_LIVE, _CONNECTION, _CONNECTION,
-    _CONNECTION))  # discover: the listener's start (agent.run) opens the sockets, its settle() drops it
+    _CONNECTION,  # discover: the listener's start (agent.run) opens the sockets, its settle() drops it
+    _CONNECTION))  # usb: imported by the host's raw-REPL snippet only (host/usb.py); end() resets
 
 
 def _shield():

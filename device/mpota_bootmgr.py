@@ -195,11 +195,14 @@ def boot(mem_base=0):
     wdt = cfg["wdt"] or (cfg["trial_wdt"] if sl.on_trial() else 0)
     if wdt:
         hal.wdt_start(wdt)
-    tr = _use("mpota_trust")
-    trust = tr.summary(tr.load())  # status shows it, made once (mpota_trustkeys.op_trust renews it)
-    del tr
-    if not slots.trusting():
-        _drop("mpota_trust")  # else _load_app checks signatures with it, then drops it: one import
+    # status shows the trust summary, made once (mpota_trustkeys.op_trust
+    # renews it); without a trust store, as trust.summary() would say it, but
+    # without loading trust.py (its names would stay interned: docs/memory.md)
+    trust = {"signed_images": False, "keys": [], "warning": slots.NO_KEY_WARNING, "seq": 0}
+    if slots.trusting():
+        tr = _use("mpota_trust")  # _load_app checks signatures with it, then drops it: one import
+        trust = tr.summary(tr.load())
+        del tr
     mod = None
     while i is not None:
         try:

@@ -25,6 +25,7 @@ class Peer:
         datagrams cannot authenticate).
     Declared here without bodies: a method stub costs every connection heap."""
     authed = False  # the peer authenticated (or auth is off)
+    wired = False  # its transport authenticates it: the USB cable (usb.py; hello says auth none)
     nonce = None  # the challenge of its last hello (ops.op_hello)
     sess = None  # its session once authenticated: seals and opens every message
     gone = False  # a write failed: the transport closes after this batch

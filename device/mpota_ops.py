@@ -13,13 +13,13 @@ from mpota_lineproto import ProtoError, E_AUTH_FAILED, E_BAD_REQUEST
 
 
 def op_hello(dev, c, req):
-    if dev.auth_on:
+    if dev.auth_on and not c.wired:  # (a wired peer: the cable authenticates it)
         import mpota_auth as auth  # released after the request (service.idle)
         c.nonce = auth.challenge(dev)
     else:
         c.nonce = None
     r = {"proto": lineproto.PROTO, "agent": dev.VERSION, "device": dev.id,
-         "auth": "hmac-sha256" if dev.auth_on else "none",
+         "auth": "hmac-sha256" if dev.auth_on and not c.wired else "none",
          "nonce": binascii.hexlify(c.nonce).decode() if c.nonce else None}
     if c.authed:  # the rest only to an authenticated peer (discovery needs the above)
         r.update(limits(dev))

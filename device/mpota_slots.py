@@ -66,6 +66,11 @@ TRUST_PATH = "/mpota_trust.json"  # the trusted signing keys (trust.py reads the
 UPDATE_FLAG = "/mpota_update_mode"  # lean mode: the next boot serves an update (bootmgr)
 
 
+# status's "trust" on a device with no trust store (trust.describe says the
+# same): the boot manager uses it without loading trust.py
+NO_KEY_WARNING = "no trusted key: UNSIGNED IMAGES ARE ACCEPTED (provision one: docs/security.md)"
+
+
 def trusting():
     """Is there a trust store (trust.py decides what it says, even when
     corrupt)? Only then is the verifier loaded."""

@@ -30,7 +30,7 @@ from mpota_lineproto import ProtoError, E_SIGNATURE_INVALID, E_BAD_REQUEST
 
 # The anti-rollback rules live with the record's floor in slots.py (resident:
 # commit and boot check them without loading this module); named here too.
-from mpota_slots import TRUST_PATH, counter, check_counter, raised_floor  # noqa: F401
+from mpota_slots import TRUST_PATH, NO_KEY_WARNING, counter, check_counter, raised_floor  # noqa: F401
 
 TLV_ED25519 = 0x24
 SPKI_PREFIX = b"\x30\x2a\x30\x05\x06\x03\x2b\x65\x70\x03\x21\x00"  # DER SubjectPublicKeyInfo, Ed25519
@@ -83,8 +83,7 @@ def describe(t):
         return {"signed_images": True, "keys": [], "warning": "trust store unusable: %s; every image is refused"
                 % t["error"]}
     if not t["keys"]:
-        return {"signed_images": False, "keys": [],
-                "warning": "no trusted key: UNSIGNED IMAGES ARE ACCEPTED (provision one: docs/security.md)"}
+        return {"signed_images": False, "keys": [], "warning": NO_KEY_WARNING}
     return {"signed_images": True, "keys": fingerprints(t), "warning": None}
 
 

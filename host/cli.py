@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 
-from . import __version__, commands, discover, targets
+from . import __version__, commands, discover, targets, usb
 from .codec import mpota_lineproto as lineproto
 from .client import Client, expected_device
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, MpotaError, UsageError
@@ -273,9 +273,13 @@ def _provision_opts(p):
                         "required unless --dry-run")
     # the old spelling: --port is the agent's TCP port everywhere else (deprecated here)
     p.add_argument("--port", dest="serial_port_deprecated", metavar="SERIAL", help=argparse.SUPPRESS)
-    p.add_argument("--name", required=True, metavar="NAME",
-                   help="the device's name: its target name and Wi-Fi hostname (reached as NAME.local)")
-    p.add_argument("--ssid", required=True, metavar="SSID", help="the Wi-Fi network to join")
+    p.add_argument("--name", metavar="NAME",
+                   help="the device's name: its target name and Wi-Fi hostname (reached as NAME.local); "
+                        "required unless --repair")
+    p.add_argument("--ssid", metavar="SSID", help="the Wi-Fi network to join; required unless --repair")
+    p.add_argument("--repair", action="store_true",
+                   help="only reinstall the agent (a broken one) over --serial, keeping the board's config, "
+                        "device key, trust store, slots and app; nothing else is asked or recorded")
     p.add_argument("--password-file", metavar="FILE",
                    help="a file whose first line is the Wi-Fi password (default: asked for; "
                         "empty for an open network); never taken from the command line")
@@ -315,6 +319,15 @@ def _discover_opts(p):
     p.add_argument("--add", action="store_true",
                    help="record new boards in the targets file (host, port, device_id; the key comes "
                         "from provisioning)")
+    p.add_argument("--usb", action="store_true",
+                   help="list the MicroPython boards on this machine's USB ports instead (port, device id; "
+                        "reach one as -t usb:PORT); nothing is sent to them")
+
+
+def _logs_usb_opts(p):
+    p.add_argument("--follow", "-f", action="store_true", help="keep showing the console until Ctrl-C")
+    p.add_argument("--seconds", type=_positive(float), default=None, metavar="S",
+                   help="show it for S seconds (default 2; with --follow: until Ctrl-C)")
 
 
 def _rollout_opts(p):
@@ -416,13 +429,17 @@ COMMANDS = [
             "--listen for their announces): one row per board; --add records new ones as targets",
             _discover_opts, ("targets",) + OUTPUT,
             examples=("discover", "discover --add", "discover --to 127.0.0.1:9000-9019 --json",
-                      "discover --listen 60 --bind 0.0.0.0:8472")),
+                      "discover --listen 60 --bind 0.0.0.0:8472", "discover --usb")),
     Command("provision", commands.cmd_provision, "set up a board over USB: device config (Wi-Fi, name), "
             "device key, trusted signing key, the agent; reset it, wait for it, record it as a target",
             _provision_opts, ("targets", "key_file") + OUTPUT,
             examples=("provision --serial /dev/ttyACM0 --ssid home --name picow-1 --trust KEY.pem",
-                      "provision --ssid home --name picow-1 --dry-run")),
+                      "provision --ssid home --name picow-1 --dry-run", "provision --serial /dev/ttyACM0 --repair")),
 ]
+# the console of a board on USB (host/usb.py), read without interrupting it
+COMMANDS.append(Command("logs", usb.cmd_logs, "show a board's console over USB (-t usb:PORT), without "
+                        "interrupting it", _logs_usb_opts, ("target", "targets") + OUTPUT,
+                        examples=("-t usb:/dev/ttyACM0 logs --follow",)))
 BY_NAME = {c.name: c for c in COMMANDS}
 
 EPILOG = """\
@@ -577,6 +594,8 @@ class Context:
         c, self._client = self._client, None
         if c is not None:
             await c.close()
+        if self._target is not None and usb.is_usb(self._target.host):  # the board back to its agent and app
+            await asyncio.get_running_loop().run_in_executor(None, usb.release, self._target.host)
 
     async def run(self) -> int:
         try:

@@ -173,6 +173,8 @@ class Client:
         self.authenticated = False
 
     async def _open(self) -> None:
+        if self.host.startswith("usb:"):  # the USB transport (usb.py): same protocol, other streams
+            return await self._open_usb()
         loop = asyncio.get_running_loop()
         try:
             infos = await within(
@@ -208,6 +210,18 @@ class Client:
             log.info("connected to %s port %s", sockaddr[0], sockaddr[1])
             return
         raise Unreachable("cannot connect to %s port %s: %s" % (self.host, self.port, "; ".join(errors)))
+
+    async def _open_usb(self) -> None:
+        from . import usb
+
+        self._reader, self._writer, device = await usb.open_streams(self.host, self.connect_timeout)
+        if self.expect_device is not None and device != self.expect_device:
+            await self.close()
+            raise AuthError("%s is device %r, the targets file expects %r: refused"
+                            % (self.host, device, self.expect_device), "another board is on that port")
+        self.peer = (self.host, device)
+        self._rx_task = asyncio.ensure_future(self._rx_loop())
+        log.info("connected to %s (device %s)", self.host, device)
 
     async def close(self) -> None:
         w, self._writer = self._writer, None

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 
 from .codec import mpota_lineproto as lineproto
-from . import images, push as flows, targets as targets_mod
+from . import images, push as flows, targets as targets_mod, usb
 from .errors import (EXIT_OK, AuthError, BadImage, BelowFloor, BoardNotReady, Code, CrashedTrial, DeviceError,
                      DeviceTimeout, LocalNameUnresolved, MpotaError, NoSpace, Unreachable, UsageError, VerifyFailed,
                      VersionClash, VersionRefused)
@@ -254,6 +254,8 @@ def _push_text(ctx, name: str, f: dict):
 async def cmd_push(ctx) -> int:
     args, out = ctx.args, ctx.out
     t = ctx.target
+    if args.no_reset:
+        usb.check_no_reset(t.host)
     img = _push_image(ctx)
     out.event("target", "target [bold]%s[/]" % _target_line(t), **t.describe())
     _image_event(out, img)
@@ -660,6 +662,12 @@ def cmd_provision(ctx) -> int:
     if not a.serial_port and not a.dry_run:
         raise UsageError("no serial port: give the board's with --serial (/dev/ttyACM0, COM3)",
                          "with --dry-run, provision shows every step without a board")
+    if a.repair:
+        return _repair(ctx)
+    missing = [f for f, v in (("--name", a.name), ("--ssid", a.ssid)) if not v]
+    if missing:
+        raise UsageError("provision needs %s" % " and ".join(missing),
+                         "name the device and its Wi-Fi network (or --repair: only reinstall a broken agent)")
     o = provision.Options(port=a.serial_port, name=a.name, ssid=a.ssid, password=_wifi_password(a),
                           country=a.country, trust=a.trust, mpy=a.mpy, dry_run=a.dry_run, wait=a.wait,
                           key_file=a.key_file, targets_file=a.targets, device_dir=a.device_dir)
@@ -670,6 +678,20 @@ def cmd_provision(ctx) -> int:
     else:
         out.event("done", "[green]done[/]: %s is provisioned (%s); `%s -t %s ping` reaches it over Wi-Fi" % (
             a.name, r.ready, ctx.prog, a.name), ok=True, files=r.files, target=r.target, ready=r.ready)
+    return EXIT_OK
+
+
+def _repair(ctx) -> int:
+    from . import provision
+
+    a, out = ctx.args, ctx.out
+    if a.dry_run or a.trust or a.name or a.ssid or a.country or a.password_file:
+        raise UsageError("--repair reinstalls the agent only, keeping the board's config, key and trust store",
+                         "give only --serial (and --py or --device-dir); provision without --repair to change "
+                         "the rest")
+    r = provision.repair(a.serial_port, lambda line: out.event("step", line, text=line), a.device_dir, a.mpy)
+    out.event("done", "[green]done[/]: the agent on %s is reinstalled (%s)" % (a.serial_port, r.ready), ok=True,
+              files=r.files, ready=r.ready, device_id=r.board.device_id if r.board else None)
     return EXIT_OK
 
 

@@ -254,6 +254,10 @@ def cmd_discover(ctx) -> int:
     from rich.markup import escape
 
     a, out = ctx.args, ctx.out
+    if a.usb:
+        from . import usb
+
+        return usb.cmd_discover_usb(ctx)
     t0 = time.monotonic()
     if a.listen is not None:
         bind = targets_mod.parse_hostport(a.bind, lineproto.TCP_PORT)

@@ -27,6 +27,11 @@ The steps, each shown by `mpota provision --dry-run` with its exact command:
 
 Running it again is safe: the key is reused, files are overwritten, the target's
 table is replaced; the board's application slots are left alone.
+
+    repair(port, say) -> Result        `provision --repair`: the agent only
+
+reinstalls the agent of a board whose agent is broken through the raw REPL
+(host/usb.py), keeping its config, key, trust store, slots and app.
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ from .errors import BoardError, BoardNotReady, UsageError
 MIN_VERSION = (1, 23)  # the `vfs` module the agent's app filesystem needs
 QUERY = ('import sys, machine; print(sys.implementation); '
          'print("id=" + "".join("%02x" % b for b in machine.unique_id()))')
+# the same from the raw REPL of a board that may be stopped anywhere: the id where
+# machine has it (rp2; not the unix port that the simulator runs)
+REPAIR_QUERY = ('import sys\nprint(sys.implementation)\ntry:\n    import machine\n'
+                '    print("id=" + "".join("%02x" % b for b in machine.unique_id()))\nexcept Exception:\n    pass\n')
 CONFIG_NAME, KEY_NAME, TRUST_NAME = "mpota.json", "mpota_key.bin", "mpota_trust.json"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
@@ -260,11 +269,7 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
     with tempfile.TemporaryDirectory(prefix="mpota-provision-") as tmp:
         stage = Path("STAGING") if o.dry_run else Path(tmp)
         say("2. stage the files%s" % (" in STAGING, a private temporary folder" if o.dry_run else ""))
-        if compiler and not o.dry_run:
-            agent = deploy.compile_files(sources, compiler[0], compiler[1], stage / "mpy")
-        else:
-            agent = [p if form == "py" or p.name in deploy.SOURCE_ONLY else stage / "mpy" / (p.stem + ".mpy")
-                     for p in sources]
+        agent = _agent_files(sources, compiler, o.dry_run, stage)
         say("   agent: %d files from %s as .%s (%s)" % (len(agent), ddir, form, ", ".join(p.name for p in agent)))
         say("   %s: %s" % (CONFIG_NAME, shown_config(o)))
         if o.dry_run:
@@ -290,9 +295,7 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
             say("   no --trust: the device's trust store is left as it is (none: unsigned images boot)")
 
         files = [p.name for p in agent] + [p.name for p in extra]
-        stale = sorted({p.stem + (".py" if p.suffix == ".mpy" else ".mpy")
-                        for p in agent if p.name not in deploy.SOURCE_ONLY}
-                       | {n + ext for n in deploy.RETIRED for ext in (".py", ".mpy")})
+        stale = _stale(agent)
         say("3. remove the other form of each agent module and the agent's pre-0.4 module names, copy the "
             "files, reset")
         runner.run("exec", 'import os; l = os.listdir("/"); [os.remove(n) for n in %s if n in l]' % json.dumps(stale))
@@ -316,6 +319,72 @@ def provision(o: Options, say: Callable[[str], None], waiter: Callable = wait_re
                          "(Wi-Fi name or password?). It may also have printed the line before the port "
                          "reopened: try reaching it over Wi-Fi")
     return result
+
+
+def _agent_files(sources: list, compiler: Optional[tuple], dry_run: bool, stage: Path) -> list:
+    """The agent's files as the board gets them: compiled to .mpy by `compiler`
+    (mpy_cross_for) into `stage`, else the sources (a dry run only names the .mpy)."""
+    if compiler and not dry_run:
+        return deploy.compile_files(sources, compiler[0], compiler[1], stage / "mpy")
+    return [p if not compiler or p.name in deploy.SOURCE_ONLY else stage / "mpy" / (p.stem + ".mpy")
+            for p in sources]
+
+
+def _stale(agent: list) -> list:
+    """The names to remove before copying `agent`: the other form of each module
+    (foo.py beside a new foo.mpy would win the import) and the pre-0.4 names."""
+    return sorted({p.stem + (".py" if p.suffix == ".mpy" else ".mpy")
+                   for p in agent if p.name not in deploy.SOURCE_ONLY}
+                  | {n + ext for n in deploy.RETIRED for ext in (".py", ".mpy")})
+
+
+def repair(port: str, say: Callable[[str], None], device_dir: Optional[str] = None, mpy: bool = True) -> Result:
+    """`provision --repair`: reinstall the agent on the board at `port` (its
+    USB serial port) whose agent is broken, through the raw REPL (host/usb.py),
+    keeping everything else: its config, device key, trust store, slots and
+    their record, so its confirmed app boots again. The agent's files are
+    written with main.py last, then the board resets through the new agent's
+    own hal and the agent's ready line is awaited. Nothing is recorded in the
+    targets file (the board's identity does not change)."""
+    from . import usb
+
+    ddir = Path(device_dir) if device_dir else deploy.device_dir()
+    if ddir is None:
+        raise UsageError("this installation of mpota has no device files (mpota/device/)",
+                         "reinstall mpota, or give the agent's folder (device/ of a clone) with --device-dir")
+    sources = deploy.device_files(ddir)
+    sources = [p for p in sources if p.name not in deploy.SOURCE_ONLY] + \
+              [p for p in sources if p.name in deploy.SOURCE_ONLY]  # main.py last: the agent is whole first
+    link = usb.UsbLink(port)
+    try:
+        say("1. stop the board (Ctrl-C) and ask it what it runs")
+        link.ensure(agent=False)
+        board = parse_board(link.call(REPAIR_QUERY).decode("utf-8", "replace"))
+        say("   MicroPython %s on %s, .mpy %d.%d, device id %s" % (
+            board.version_text, board.machine, *deploy.mpy_target(board.mpy)[:2], board.device_id or "unknown"))
+        compiler = mpy_cross_for(board) if mpy else None
+        with tempfile.TemporaryDirectory(prefix="mpota-repair-") as tmp:
+            agent = _agent_files(sources, compiler, False, Path(tmp))
+            say("2. reinstall the agent: %d files from %s as .%s; the config (%s), the device key (%s), the "
+                "trust store (%s), the slots and the app stay" % (len(agent), ddir, "mpy" if compiler else "py",
+                                                                   CONFIG_NAME, KEY_NAME, TRUST_NAME))
+            link.prepare_files()
+            gone = link.remove_files(_stale(agent))
+            if gone:
+                say("   removed %s" % ", ".join(gone))
+            for p in agent:
+                link.write_file(p.name, p.read_bytes())
+        say("3. reset, and wait up to %.0f s for the agent's `mpota: ready` line" % usb.RELEASE_WAIT)
+        ready = link.ready_line if link.reset_new_agent() else None
+    except usb.ConnectionLost as e:
+        raise BoardError(e.message, "is the board plugged in on that port, and no other program holding it?")
+    finally:
+        link.close()  # (reset_new_agent reset it; after a failure it stays stopped: run --repair again)
+    r = Result(board, [p.name for p in agent], [], {}, Path(), ready)
+    if ready is None:
+        raise BoardNotReady("the agent is reinstalled but did not print `mpota: ready` within %.0f s"
+                            % usb.RELEASE_WAIT, "its serial output says why (`logs -t usb:PORT --follow`)")
+    return r
 
 
 def _ask_board(o: Options, runner: Runner, say: Callable) -> Optional[Board]:

@@ -139,7 +139,8 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
         try:
             await c.connect(authenticate=True)
             held = src = None
-            if reuse and "sectors" in (c.info.get("features") or ()):
+            # not over USB: its transport (device/mpota_usb.py) runs no loop to copy held sectors in
+            if reuse and not host.startswith("usb:") and "sectors" in (c.info.get("features") or ()):
                 src, _, have = await c.sectors(-(-len(image) // SECTOR))
                 held = held_sectors(image, have)
             try:

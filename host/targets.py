@@ -2,7 +2,9 @@
 
 `--target NAME` is looked up in a TOML targets file (--targets FILE, else
 $MPOTA_TARGETS, else $XDG_CONFIG_HOME/mpota/targets.toml, XDG_CONFIG_HOME
-defaulting to ~/.config), then in the built-ins `pico` and `sim`. Only a spec
+defaulting to ~/.config), then in the built-ins `pico` and `sim`. A spec
+`usb:PORT` is the board on that USB serial port (usb:/dev/ttyACM0, usb:COM3;
+host/usb.py). Only a spec
 that looks like a host (a dot or a colon in it, an IP literal, `localhost`)
 is read as HOST[:PORT] (IPv6 in brackets: [fe80::1]:8472); any other unknown
 name is a usage error listing the known names, never a DNS query. Format
@@ -56,6 +58,8 @@ from .errors import UsageError
 # the XDG location has none.
 DEFAULT_TARGETS = Path("~/.config/mpota/targets.toml")
 
+USB = "usb:"  # a target usb:PORT is a board on a USB serial port (host/usb.py)
+
 BUILTINS = {
     "pico": {"host": "PicoW.local", "port": lineproto.TCP_PORT, "udp_port": lineproto.UDP_PORT},
     "sim": {"host": "127.0.0.1", "port": lineproto.TCP_PORT, "udp_port": lineproto.UDP_PORT,
@@ -77,6 +81,8 @@ class Target:
 
     @property
     def address(self) -> str:
+        if self.host.startswith(USB):
+            return self.host  # usb:PORT (host/usb.py): no TCP port
         h = "[%s]" % self.host if ":" in self.host else self.host
         return "%s:%d" % (h, self.port)
 
@@ -396,6 +402,11 @@ def resolve(spec: str, targets_file: Optional[str] = None, key_file: Optional[st
         t = _from_entry(spec, entry, path)
     elif spec in BUILTINS:
         t = _from_entry(spec, dict(BUILTINS[spec]), None)
+    elif spec.startswith(USB):
+        if not spec[len(USB):]:
+            raise UsageError("no serial port in %r" % spec, "name it: usb:/dev/ttyACM0 (Linux), usb:COM3 "
+                                                               "(Windows); discover --usb lists them")
+        t = Target(name=spec, host=spec, port=0)
     elif looks_like_host(spec):
         host, p = parse_hostport(spec)
         t = Target(name=spec, host=host, port=p)

@@ -1,5 +1,6 @@
 """Shared pytest fixtures: where things are, the unix-port MicroPython, free loopback ports."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,16 @@ try:
     import smp  # noqa: E402,F401  (PyPI's, smpclient's)
 except ImportError:  # pragma: no cover (a dev extra)
     pass
+
+
+def _sigint_default():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# Popen(..., **INTERRUPTIBLE) for a child a test stops with SIGINT (Ctrl-C): a
+# suite started in the background of a shell inherits SIGINT ignored, and a
+# Python child that starts so never raises KeyboardInterrupt.
+INTERRUPTIBLE = {"preexec_fn": _sigint_default}
 
 
 def run_micropython(args, heap=None, cwd=None, timeout=120, env=None, mp=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INTERPRETERS, REPO, free_port, interp_label
+from conftest import INTERPRETERS, INTERRUPTIBLE, REPO, free_port, interp_label
 from simproc import Sim
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -222,7 +222,7 @@ def test_interrupt_commits_nothing_and_push_resumes(sim, tmp_path):
     env.update(MPOTA_TARGETS=os.devnull, MPOTA_KEY=sim.key.hex())
     p = subprocess.Popen([sys.executable, FLASH, "-t", "127.0.0.1:%d" % px.port, "--json", "push",
                           str(img), "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
+                         text=True, env=env, **INTERRUPTIBLE)
     try:
         deadline = time.monotonic() + 60
         seen = []

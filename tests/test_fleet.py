@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import INTERRUPTIBLE, REPO, free_port
 from mpota import cli as mpota_cli, targets
 from mpota.fleet import fleet_exit_code
 from mpota.errors import UsageError
@@ -194,7 +194,7 @@ def test_ctrl_c_stops_all_commits_nothing_and_each_resumes(fleet, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
     env["MPOTA_TARGETS"] = str(tf)
     p = subprocess.Popen([sys.executable, FLASH, "-t", "a,b", "--json", "push", str(img), "--timeout", "60"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **INTERRUPTIBLE)
     try:
         seen, moving = [], set()
         deadline = time.monotonic() + 60

@@ -11,7 +11,8 @@ file the checklist has you write. Only what cannot exist in a test is
 substituted: /tmp/ -> a private folder, the board's serial port -> a
 pseudo-terminal fed with the simulator's console (a fake `mpremote` on PATH
 answers the board query, records what `cp` copies and `reset` starts the
-simulator with those files), the board's address -> the simulator's (the
+simulator with those files), a target usb:SERIAL -> the simulator's own USB
+console (tools/sim.py --usb), the board's address -> the simulator's (the
 target's host in the targets file, IP:8472). Every command of the document
 must be run: a step added to it is replayed, or the test fails."""
 import json
@@ -163,7 +164,7 @@ class Bench:
 
     def start(self, flags=()):
         self.sim = Sim(state=self.state, tcp_port=self.tcp, udp_port=self.udp, ready=False,
-                       flags=["--wifi"] + [f for k in self.trust for f in ("--trust", k)] + list(flags))
+                       flags=["--wifi", "--usb"] + [f for k in self.trust for f in ("--trust", k)] + list(flags))
         self.tcp, self.udp = self.sim.tcp_port, self.sim.udp_port
 
     def key(self):
@@ -295,7 +296,10 @@ def test_hardware_checklist_replays_on_the_simulator(tmp_path):
                 if expected:  # the console's lines since the action
                     check_output("\n".join(bench.sim.lines[bench.mark:]), expected, what)
                 continue
-            cmd = what.replace("/tmp/", str(tmp_path) + "/").replace(SERIAL, bench.port)
+            cmd = what.replace("/tmp/", str(tmp_path) + "/")
+            if bench.sim is not None:  # usb:SERIAL: the simulator's USB console
+                cmd = cmd.replace("usb:" + SERIAL, "usb:" + (bench.state / "usb").read_text().strip())
+            cmd = cmd.replace(SERIAL, bench.port)
             cmd = cmd.replace("IP:8472", "127.0.0.1:%d" % (bench.tcp or 0))
             if cmd.startswith("export "):
                 name = cmd[7:].split("=", 1)[0]

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from conftest import INTERRUPTIBLE, REPO
 from fleetsim import Fleet
 
 from mpota import images, rollout, targets
@@ -192,7 +192,8 @@ def events_until(proc, stop, timeout=60):
 def test_an_interrupted_rollout_pauses_saved_and_resumes_to_completion(fleet):
     folder = fleet.dir / "app-1.4.0"
     app(fleet, "1.4.0")
-    p = cli(fleet, "-t", "@fleet", "--json", "rollout", folder, "--soak", "1", "--waves", "6,100%", "--parallel", "3")
+    p = cli(fleet, "-t", "@fleet", "--json", "rollout", folder, "--soak", "1", "--waves", "6,100%", "--parallel", "3",
+            **INTERRUPTIBLE)
     seen = events_until(p, lambda e: e["event"] == "board" and e["wave"] == 2 and e["state"] == "pushing")
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)

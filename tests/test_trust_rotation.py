@@ -4,6 +4,7 @@ with the image's key id), end to end: the real CLI against the simulator,
 loopback only. Also a power cut at every flash operation of a trust change."""
 import json
 import shutil
+import sys
 
 import pytest
 
@@ -11,7 +12,7 @@ from mpota import keys
 from mpota.images import build_app_image
 from devconn import DevConn
 from simproc import Sim
-from conftest import INTERPRETERS, interp_label
+from conftest import INTERPRETERS, REPO, interp_label
 from test_cli_e2e import cli, ev, events, make_app, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -91,11 +92,24 @@ def test_rotate_keys_with_signed_statements(tmp_path, pems):
     assert ev(events(r), "pubkey")["fingerprint"] == fp(new) == keys.fingerprint(new)
 
 
+def _device_trust():
+    sys.path.insert(0, str(REPO / "device"))
+    try:
+        import mpota_trust
+    finally:
+        sys.path.remove(str(REPO / "device"))  # it would shadow PyPI's `smp` for later tests
+    return mpota_trust
+
+
 def test_trust_changes_need_auth_and_a_provisioned_store(tmp_path, pems):
     old = pems["old"]
     with Sim(state=tmp_path / "dev") as sim:  # no trusted key yet
         r, t = trust(sim)
         assert r.returncode == 0 and t["keys"] == [] and t["signed_images"] is False
+        # status's summary, made at boot without loading trust.py, is what trust.py says of no store
+        c = DevConn(sim.tcp_port, sim.key)
+        assert c.ok("status")["trust"] == _device_trust().summary(_device_trust().load(str(tmp_path / "none")))
+        c.close()
         r, e = trust(sim, "--add", old, "--signed-by", old)
         assert r.returncode != 0 and e["code"] == "incorrect_state", r.stdout
         r, t = trust(sim, "--provision", old)

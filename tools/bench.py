@@ -5,14 +5,15 @@ The parts (--parts): rtt (the three flows at each round trip through a delay
 line holding the board's TCP window and UDP queue, against the bound
 min(flash ceiling, window / rtt)), reuse (a one-file change sent as only the
 sectors that changed vs a full upload, tools/bench_loop.py), loop (edit to
-confirmed per stage, tools/bench_loop.py), mac, memory.
+confirmed per stage, tools/bench_loop.py), usb, mac, memory.
 
 One simulator run with `--flash-timing w25q` (typical W25Q erase/program
 times slept on every flash operation) serves both: a 256 KiB application
 image is pushed natively (TCP, pipelined DATA, cumulative ACKs) and then
 through the reference `BootloaderMessenger` (UDP, one WriteRequest per round
 trip), then with smpclient over SMP (UDP, one chunk per round trip, as
-smpclient always does; tools/bench_smp.py). Loopback has no latency, so the
+smpclient always does; tools/bench_smp.py), then over USB (tools/bench_usb.py:
+the raw REPL on a simulator's pty console). Loopback has no latency, so the
 flows are repeated through delay lines
 (tools/linkproxy.py) that add a Wi-Fi-like round trip (--rtt). Prints the
 throughputs, their ratio, and each against the physical write ceiling of
@@ -44,6 +45,7 @@ from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 import bench_smp  # noqa: E402
 import bench_loop  # noqa: E402
 import bench_headroom  # noqa: E402
+import bench_usb  # noqa: E402
 import boardbuilds  # noqa: E402
 
 CEILING = 4096 / 0.051  # bytes/s: a 4 KiB sector erase (45 ms) + 16 page programs (~6 ms)
@@ -54,7 +56,7 @@ TCP_WINDOW = 6400
 UDP_QUEUE = 4  # datagrams a socket holds unread (MicroPython 1.26+)
 
 
-PARTS = ("rtt", "reuse", "loop", "mac", "memory")
+PARTS = ("rtt", "usb", "reuse", "loop", "mac", "memory")
 
 
 def bound(rtt: float) -> float:
@@ -294,6 +296,8 @@ def main() -> int:
             rtt_table(a, work, body, tcp, udp, smp)
         sim.stop()
         sim = None
+        if "usb" in a.parts:  # USB (host/usb.py) on a simulator of its own with a pty console
+            print(bench_usb.usb_row(work, bytes(appimage.build_app_image(body, version="1.9.0")), a.timing) + "\n")
         if "reuse" in a.parts:
             bench_loop.reuse_table(work, a.rtt)
         if "loop" in a.parts:

@@ -4,7 +4,7 @@
     python tools/sim.py --state .sim-state [--host 127.0.0.1] [--tcp-port 8472]
         [--udp-port 8473] [--legacy-udp] [--smp-port N] [--no-auth] [--flash-timing none|w25q]
         [--heap 96K] [--power-cut-after N [--cut-from main|power-on]] [--redeploy] [--micropython PATH]
-        [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...] [--wifi]
+        [--deploy mpy|py] [--config FILE] [--device-dir DIR] [--trust KEY.pem ...] [--wifi] [--usb]
 
 The state directory is the device: flash.bin (212 x 4096 bytes, the Pico W
 filesystem), device.id, device.key (32-byte HMAC key, hex, mode 0600, made on
@@ -52,6 +52,17 @@ radio (tools/simwifi.py; the link task reports it and retries). Rewrite
 it in place (`echo down > STATE/wifi`): the device holds it open. The
 launcher makes it ("up") when absent. Without --wifi the agent listens at
 once, with no link to manage.
+
+--usb gives the device a console, as the Pico W's USB serial port: the
+interpreter runs with a pseudo-terminal as its stdin/stdout and controlling
+terminal (so Ctrl-C interrupts it, and after an uncaught exception, as after
+Ctrl-C, it waits in its REPL, whose raw REPL mpremote speaks: MICROPYINSPECT,
+which simhal's resets clear, so they still exit), and the
+launcher bridges that terminal to a second one, whose path it prints once
+(`sim: usb /dev/pts/N`) and writes into STATE/usb: the "cable" a host opens
+(`mpota -t usb:/dev/pts/N ...`, mpremote's SerialTransport). The bridge
+lives as long as the launcher, across device restarts, as a port the host
+keeps open; the device's output is also relayed as without --usb.
 
 --device-dir DIR deploys DIR/*.py instead of the repository's device/ (the
 tests use it to boot a throwaway main.py; it changes nothing else).
@@ -116,6 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--wifi", action="store_true",
                    help="simulate the Wi-Fi link (device/mpota_wifi.py); 'down' in the file STATE/wifi"
                         " drops it, 'error' fails the radio")
+    p.add_argument("--usb", action="store_true",
+                   help="a USB-serial console on a pty (printed as `sim: usb PATH`, written into STATE/usb)")
     a = p.parse_args(argv)
     if a.power_cut_after is not None and a.power_cut_after < 0:
         p.error("--power-cut-after must be >= 0")
@@ -202,6 +215,77 @@ def _pdeathsig():
         _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+class UsbConsole:
+    """--usb: the device's console on pty A (its stdin/stdout, controlling
+    terminal: Ctrl-C from the host is SIGINT, as the board's USB serial turns
+    it into KeyboardInterrupt) bridged to pty B, the port a host opens. Both
+    are raw (no CR/LF translation, no echo); A keeps ISIG."""
+
+    def __init__(self, emit):
+        import pty
+        import tty
+        import termios
+
+        self.emit_line = emit
+        self.ma, self.sa = pty.openpty()
+        self.mb, self.sb = pty.openpty()  # sb held open: a host may come and go
+        for fd in (self.sa, self.sb):
+            tty.setraw(fd)
+        attrs = termios.tcgetattr(self.sa)
+        attrs[3] |= termios.ISIG
+        termios.tcsetattr(self.sa, termios.TCSANOW, attrs)
+        os.set_blocking(self.mb, False)  # nobody reading the port: output is dropped, as on a board (to_host)
+        self.path = os.ttyname(self.sb)
+        self.on_line = None  # each device output line, for the launcher's relay
+
+    def preexec(self):
+        # in the child (after setsid): pty A becomes its controlling terminal
+        import fcntl
+        import termios
+
+        _pdeathsig()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def to_host(self, d):
+        # As the board's USB serial: a host that reads is waited for (the
+        # device's writes block meanwhile); output nobody reads for 1 s is dropped
+        import select
+
+        mv = memoryview(d)
+        while mv:
+            try:
+                mv = mv[os.write(self.mb, mv):]
+            except BlockingIOError:
+                if not select.select([], [self.mb], [], 1.0)[1]:
+                    return  # the host's side is full and nobody reads it
+            except OSError:
+                return
+
+    def run(self):
+        import select
+
+        line = b""
+        while True:
+            r, _, _ = select.select([self.ma, self.mb], [], [])
+            for fd in r:
+                try:
+                    d = os.read(fd, 4096)
+                except OSError:
+                    d = b""
+                if not d:
+                    continue
+                if fd == self.mb:
+                    os.write(self.ma, d)
+                    continue
+                self.to_host(d)
+                line += d
+                while b"\n" in line:
+                    one, line = line.split(b"\n", 1)
+                    self.on_line(one)
+                if len(line) > 4096:
+                    line = line[-4096:]
+
+
 class Launcher:
     def __init__(self, args, emit=out, poll_s=0.1):
         self.a = args
@@ -214,6 +298,7 @@ class Launcher:
         self.ready_said = False
         self.bitten = False  # the launcher's half of the watchdog reset this boot (watchdog())
         self.lock = threading.Lock()
+        self.usb = None  # UsbConsole with --usb
 
     def handoff(self, boot_count, cause, first, cut_after, fresh):
         a = self.a
@@ -290,12 +375,22 @@ class Launcher:
 
     def relay(self, proc):
         for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            self.emit(line)
-            if not self.ready_said and line.startswith("mpota: ready"):
-                self.ready_said = True
-                a = self.a
-                self.emit("sim: ready tcp=%s:%d udp=%s:%d" % (a.host, a.tcp_port, a.host, a.udp_port))
+            self.relay_line(raw)
+
+    def relay_line(self, raw):
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        self.emit(line)
+        if not self.ready_said and line.startswith("mpota: ready"):
+            self.ready_said = True
+            a = self.a
+            self.emit("sim: ready tcp=%s:%d udp=%s:%d" % (a.host, a.tcp_port, a.host, a.udp_port))
+
+    def start_usb(self):
+        u = self.usb = UsbConsole(self.emit)
+        u.on_line = self.relay_line
+        (self.state / "usb").write_text(u.path + "\n")
+        self.emit("sim: usb %s" % u.path)
+        threading.Thread(target=u.run, daemon=True).start()
 
     def stop(self, signum=None, frame=None):
         self.stopping = True
@@ -320,6 +415,8 @@ class Launcher:
             boot_count = 0
         cause = "power_on"
         first = True
+        if a.usb:
+            self.start_usb()
         while not self.stopping:
             boot_count += 1
             self.resets = 0 if cause == "power_on" else self.resets + 1  # since power-on (simhal.resets)
@@ -335,10 +432,20 @@ class Launcher:
                 if self.stopping:
                     break
                 # umask 077: flash.bin holds the device key (/mpota_key.bin): owner only
-                self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, cwd=str(REPO), umask=0o077,
-                                             start_new_session=True, preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
-            t = threading.Thread(target=self.relay, args=(self.proc,), daemon=True)
+                if self.usb is not None:  # the console: pty A (UsbConsole relays it)
+                    u = self.usb
+                    # MICROPYINSPECT: after Ctrl-C (an uncaught KeyboardInterrupt) the REPL, as on a
+                    # board; simhal unsets it for its resets, which exit
+                    env = dict(os.environ, MICROPYINSPECT="1")
+                    self.proc = subprocess.Popen(cmd, stdout=u.sa, stderr=u.sa, stdin=u.sa, cwd=str(REPO),
+                                                 env=env, umask=0o077, start_new_session=True,
+                                                 preexec_fn=u.preexec)  # noqa: PLW1509 (no locks taken)
+                else:
+                    self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL, cwd=str(REPO), umask=0o077,
+                                                 start_new_session=True, preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
+            t = threading.Thread(target=self.relay if self.usb is None else lambda p: None, args=(self.proc,),
+                                 daemon=True)
             t.start()
             self.bitten = False
             w = threading.Thread(target=self.watchdog, args=(self.proc, self.state / "wdt"), daemon=True)

@@ -55,6 +55,9 @@ def _exit(status):
     sys.stdout.flush()
     if _flash is not None:
         _flash.sync()
+    import os
+
+    os.unsetenv("MICROPYINSPECT")  # sim.py --usb: an exit, not the REPL (that is for Ctrl-C)
     sys.exit(status)
 
 
