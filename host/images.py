@@ -38,7 +38,8 @@ PROG_SIZE = 256
 HEADROOM_BLOCKS = 2  # spare blocks beyond the smallest that fits
 # Stable placement (build_littlefs): files in sorted order, each of more than a
 # block on an even block count, the image's block count a multiple of
-# ROUND_BLOCKS, so that an unchanged file keeps its sectors when another changes.
+# ROUND_BLOCKS (of fewer for an image under 64 blocks), so that an unchanged
+# file keeps its sectors when another changes.
 STABLE = True
 SLACK = True
 ROUND_BLOCKS = 4
@@ -251,7 +252,8 @@ def build_littlefs(folder, block_count=None, mpy=False):
     else:
         raise AppImageError("could not fit %s into a littlefs image" % root)
     # a block count that a small change does not move (littlefs places files by it)
-    n = -(-(n + HEADROOM_BLOCKS) // ROUND_BLOCKS) * ROUND_BLOCKS if STABLE else n + HEADROOM_BLOCKS
+    q = max(1, min(ROUND_BLOCKS, n // 16))  # a small app pays no more than ~1/16 for it
+    n = -(-(n + HEADROOM_BLOCKS) // q) * q if STABLE else n + HEADROOM_BLOCKS
     return _lfs_image(contents, n, STABLE)
 
 
