@@ -542,8 +542,10 @@ class Client:
                 n = min(max_data, size - nxt)
                 if skip:
                     n = min(n, SECTOR - nxt % SECTOR)  # a frame never reaches into a kept sector
-                    if _kept(skip, acked, nxt, size):
-                        break  # the device copies kept sectors first: send what follows once they are acked
+                    if _kept(skip, acked, nxt, size) > SECTOR:
+                        # the device copies kept sectors first (a sector a round trip, about): what
+                        # follows goes when one is left, so it lands as the copy ends
+                        break
                 if nxt + n - acked > window:
                     break
                 frame = hostframes.encode_data(nxt, mv[nxt:nxt + n])
