@@ -76,7 +76,8 @@ sim: $(RUNTIME)
 
 bench: setup
 	$(PY) tools/bench.py
-	$(PY) tools/bench_fleet.py --count 100
+	$(PY) tools/bench_fleet.py --count 100 --parallel 10,25
+	$(PY) tools/bench_fleet.py --count 25 --parallel 1,10,25
 	$(PY) tools/bench_mqtt.py --count 100
 	$(PY) tools/bench_mqtt_board.py
 

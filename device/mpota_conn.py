@@ -134,6 +134,9 @@ async def _handle(dev, c, req=None):
     if not c.gone:
         await c.w.drain()
         await dev.after_reply()
+        s = dev.session
+        if s is not None and s.owner is c and s.w.r is not None:
+            await s.w.copy_held(c, dev, s)  # sectors the device has already (upload.Writer)
 
 
 async def _loop(ag, c):

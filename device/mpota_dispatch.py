@@ -47,7 +47,7 @@ _TRUST_M = const(0x30)  # mpota_trustkeys
 _LOGS_M = const(0x40)  # mpota_logs
 
 _OPS = ("hello", "auth", "ping", "status", "confirm", "reset", "begin", "commit", "abort",
-       "rollback", "read", "erase", "trust", "logs")
+       "rollback", "read", "erase", "trust", "logs", "sectors")
 _FLAGS = bytes((
     _FULL | _LEAN | _OPEN | _RECORD,  # hello (the record for an authenticated peer: max_image)
     _FULL | _LEAN | _OPEN,  # auth
@@ -63,6 +63,7 @@ _FLAGS = bytes((
     _FULL | _RARE_M,  # erase
     _FULL | _TRUST_M,  # trust
     _FULL | _LEAN | _LOGS_M,  # logs
+    _FULL | _UPDATE_M,  # sectors (what the target slot holds, for begin "held")
 ))
 
 

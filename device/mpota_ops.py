@@ -31,7 +31,7 @@ def limits(dev):
     return {"max_frame": lineproto.MAX_FRAME, "max_data": lineproto.MAX_DATA,
             "max_line": lineproto.MAX_LINE, "window": lineproto.WINDOW,
             "slot_size": dev.cfg["slot_size"], "mode": dev.mode,
-            "features": ["native", "legacy", "json", "resume", "read"] + (["auth"] if dev.auth_on else [])}
+            "features": ["native", "legacy", "json", "resume", "read", "sectors"] + (["auth"] if dev.auth_on else [])}
 
 
 def op_auth(dev, c, req):

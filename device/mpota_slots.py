@@ -20,12 +20,16 @@
 # Slot data obeys one rule that keeps the record honest: bytes are removed
 # BEFORE a record that no longer claims them is committed (delete, then
 # commit "writing"), and a record claiming a complete image is committed only
-# AFTER the bytes were synced and verified. A record that names a file that
-# is missing (a cut between delete and commit) is repaired to "empty" at load.
+# AFTER the bytes were synced and verified. A reusing upload (begin_reuse)
+# keeps the old bytes under its "writing" record, which claims nothing
+# bootable: the new image is written beside them and replaces them only when
+# its file is synced (littlefs commits a file's new blocks at once). A record
+# that names a file that is missing (a cut between delete and commit) is
+# repaired to "empty" at load.
 #
 # Every change of the record after boot is a Slots method here (begin,
-# finish, mark_pending, make_permanent, confirm, raise_floor, rollback,
-# erase), each committed through commit(). This module is loaded while
+# begin_reuse, finish, mark_pending, make_permanent, confirm, raise_floor,
+# rollback, erase), each committed through commit(). This module is loaded while
 # connections are served (attach). The other slot code is loaded only while it
 # is needed: bootslots.py (read, repair, the boot decisions: boot only, then
 # dropped) and upload.py (the bytes of an update: loaded with a session).
@@ -283,6 +287,15 @@ class Slots:
             raise ProtoError(E_NO_SPACE, "%d bytes do not fit: slot %s can take %d bytes (max_image)"
                              % (size, NAMES[i], room))
 
+    def resumable(self, i, size, sha):
+        """Does slot i hold the first bytes (its file size: the watermark) of
+        this image, from an upload that wrote it from the start? (A reusing
+        upload, begin_reuse, is resumed by what its sectors hold instead.)"""
+        s = self.rec["slots"][i]
+        have = self.file_size(i)
+        return bool(sha and s["sha256"] == sha and s["size"] == size and 0 <= have <= size
+                    and s["state"] in (WRITING, COMPLETE, PENDING) and not s.get("reuse"))
+
     def begin(self, i, size, sha=None, ver=None, legacy=False):
         """Open slot i for an upload of `size` bytes (writing); -> the resume
         offset. Same size and sha256 as a partial (or finished) upload: resume
@@ -291,8 +304,7 @@ class Slots:
         rec = self.rec
         s = rec["slots"][i]
         have = self.file_size(i)
-        if (sha and s["sha256"] == sha and s["size"] == size and 0 <= have <= size
-                and s["state"] in (WRITING, COMPLETE, PENDING)):
+        if self.resumable(i, size, sha):
             if s["state"] != WRITING or rec["pending"] == i:
                 self._next(i, WRITING)
                 self.commit()
@@ -306,6 +318,30 @@ class Slots:
         self.commit()
         return 0
 
+    def begin_reuse(self, i, size, sha, ver):
+        """Open slot i for an upload that keeps what its file holds: the new
+        image is written beside the old bytes (upload.Writer copies the
+        sectors both share), so the file must stay and the filesystem must
+        have room for a second copy. -> False (nothing changed) when there is
+        no old file or no such room: the caller begins a plain upload. The
+        record stops claiming the old image (writing, "reuse") before any byte
+        changes; a reuse upload of the same image is re-opened as it is (its
+        sectors say what is held)."""
+        s = self.rec["slots"][i]
+        if self.file_size(i) <= 0 or not 0 < size <= self.slot_size:
+            return False
+        if not (s["state"] == WRITING and s.get("reuse") and s["sha256"] == sha and s["size"] == size):
+            try:
+                st = os.statvfs(self.root)
+                if (st[3] - RESERVE - 1) * st[0] < size:  # the new copy's blocks, CTZ pointers included
+                    return False
+            except (OSError, AttributeError):
+                return False
+            self.forget(i)
+            self.rec["slots"][i] = {"state": WRITING, "size": size, "sha256": sha, "version": ver, "reuse": True}
+            self.commit()
+        return True
+
     def finish(self, i, sha, ver, pending, proof=None):
         """Record a verified image in slot i: complete, or pending (boots on
         trial at the next reset). Its bytes are synced already. `proof`: the
@@ -316,6 +352,7 @@ class Slots:
         s["sha256"] = sha
         s["version"] = ver
         s["size"] = self.file_size(i)
+        s.pop("reuse", None)
         self._next(i, PENDING if pending else COMPLETE)
         self.commit()
 

@@ -116,10 +116,13 @@ def _check_app(path, info, slot):
             sys.modules.pop("mpota_appfs", None)
 
 
+def _buf(dev):
+    # the scratch buffer when there is one, else 1 KB for this request or session only
+    return dev.buf if dev.buf is not None else bytearray(1024)
+
+
 def digest_hex(dev, i, size):
-    # the scratch buffer when there is one, else 1 KB for this hash only
-    buf = dev.buf if dev.buf is not None else bytearray(1024)
-    return binascii.hexlify(upload.digest(dev.sl, i, size, buf)).decode()
+    return binascii.hexlify(upload.digest(dev.sl, i, size, _buf(dev))).decode()
 
 
 def op_begin(dev, c, req):
@@ -156,12 +159,63 @@ def op_begin(dev, c, req):
         # refuse for its key is refused before its bytes are sent
         import mpota_trust as trust
         trust.check_signer(trust.load(), trust.unhex(kid, 32, "\"key_id\"") if kid else b"")
+    held = _held(field(req, "held", str), size)
+    src = lineproto.slot_index(field(req, "held_from", str, name(i)))
     restart_if_lean(dev, i, size)
-    off = sl.begin(i, size, sha, ver)
-    s = upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down)
+    if src != i:  # another slot's sectors (the running one): a plain upload that copies them
+        if sl.file_size(src) <= 0:
+            held = None
+        off = sl.begin(i, size, sha, ver)
+    else:
+        if held is not None and (sl.resumable(i, size, sha) or not sl.begin_reuse(i, size, sha, ver)):
+            held = None  # a plain upload: it resumes from its watermark, or there is no room to keep the old bytes
+        off = 0 if held is not None else sl.begin(i, size, sha, ver)
+        src = None
+    s = upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down, held,
+                            None if held is None else _buf(dev), src)
     s.client = client
     dev.open_session(s)
-    return {"slot": name(i), "offset": off, "max_data": lineproto.MAX_DATA, "window": lineproto.WINDOW}
+    r = {"slot": name(i), "offset": s.w.pos, "max_data": lineproto.MAX_DATA, "window": lineproto.WINDOW}
+    if held is not None:
+        r["held"] = binascii.hexlify(held).decode()  # what the device keeps (a sector its file lacks is sent)
+    return r
+
+
+def _held(v, size):
+    # begin's "held": hex of one bit per 4 KiB sector of the image (bit k & 7
+    # of byte k >> 3) that the peer found in the sectors op's hashes
+    if v is None:
+        return None
+    try:
+        b = bytearray(binascii.unhexlify(v))
+    except ValueError:
+        b = None
+    if b is None or len(b) != (size + 8 * upload.SECTOR - 1) // (8 * upload.SECTOR):
+        raise ProtoError(E_BAD_REQUEST, "\"held\" must be %d hex digits: one bit per 4 KiB sector"
+                         % (2 * ((size + 8 * upload.SECTOR - 1) // (8 * upload.SECTOR))))
+    return b
+
+
+def op_sectors(dev, c, req):
+    """What a slot holds now: the first 8 bytes of the SHA-256 of each 4 KiB
+    sector of its file, from sector `first` (at most `count`, 1-64), for the
+    peer to tell which sectors of a new image the device has already (begin
+    "held", "held_from"). The slot: `slot`, else the one that runs (else the
+    active one): it holds the last build, and an upload never writes it; else
+    the slot an upload would go to."""
+    first = lineproto.int_range(req, "first", 0, 0xFFFF, 0)
+    count = lineproto.int_range(req, "count", 1, 64, 64)
+    sl = dev.sl
+    want = field(req, "slot", str)
+    if want is not None:
+        i = lineproto.slot_index(want)
+    else:
+        i = sl.running if sl.running is not None else sl.active()
+        if i is None:
+            i = sl.inactive()
+    size, h = upload.sector_hashes(sl, i, first, count, _buf(dev))
+    return {"slot": name(i), "size": size, "sector": upload.SECTOR, "first": first,
+            "hashes": binascii.hexlify(h).decode()}
 
 
 def _own(dev, c):

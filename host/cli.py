@@ -185,6 +185,9 @@ def _push_opts(p):
                         "(default 5)")
     p.add_argument("--wait", type=_positive(float), default=60.0, metavar="S",
                    help="seconds to wait for the device to come back after the reset (default 60)")
+    p.add_argument("--reuse", choices=("auto", "on", "off"), default="auto",
+                   help="send only the 4 KiB sectors the board does not hold already: on, off, or auto (the "
+                        "default: when a round trip is over 80 ms, where the link and not the flash is the limit)")
 
 
 def _build_opts(p):

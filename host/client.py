@@ -457,7 +457,8 @@ class Client:
 
     async def begin(self, size: int, sha256: str, version: Optional[str] = None,
                     slot: str = "inactive", allow_downgrade: bool = False,
-                    key_id: Optional[str] = None, client: Optional[str] = None, force: bool = False) -> dict:
+                    key_id: Optional[str] = None, client: Optional[str] = None, force: bool = False,
+                    held: Optional[bytes] = None, held_from: Optional[str] = None) -> dict:
         """key_id: the image's signing key id (hex; "" unsigned): a device that
         trusts keys refuses an image it would refuse at commit for its key now,
         before any byte is sent. client: this operator's client id
@@ -474,7 +475,32 @@ class Client:
             fields["allow_downgrade"] = True
         if force:  # the running image again (the device refuses it otherwise: it would replace the rollback copy)
             fields["force"] = True
+        if held is not None:  # the sectors slot held_from holds already (held_sectors): the device copies them
+            fields["held"] = held.hex()
+            if held_from is not None:
+                fields["held_from"] = held_from
         return await self.request("begin", **fields)
+
+    async def sectors(self, count: int, slot: Optional[str] = None) -> tuple:
+        """What a slot holds (`slot`, else the device's choice: the one that
+        runs): (the slot, its file size, the 8-byte digests of its first
+        `count` 4 KiB sectors, fewer where it ends), from as many `sectors`
+        requests as that takes."""
+        out = bytearray()
+        size = 0
+        while len(out) < 8 * count:
+            first = len(out) // 8
+            fields: dict = {"first": first, "count": min(64, count - first)}
+            if slot is not None:
+                fields["slot"] = slot
+            r = await self.request("sectors", **fields)
+            slot = r.get("slot")
+            size = int(r.get("size", 0))
+            got = bytes.fromhex(r.get("hashes", ""))
+            out += got
+            if len(got) < 8 * min(64, count - first):
+                break  # the file ends
+        return slot, size, bytes(out)
 
     async def commit(self) -> dict:
         return await self.request("commit", timeout=max(self.timeout, COMMIT_TIMEOUT))
@@ -500,14 +526,17 @@ class Client:
         return max_data, window
 
     async def upload(self, image, start: int, *, begin_reply: Optional[dict] = None,
-                     high_sent: int = 0, on_progress: Optional[ProgressCb] = None) -> int:
+                     high_sent: int = 0, on_progress: Optional[ProgressCb] = None,
+                     skip: Optional[set] = None) -> int:
         """Send image[start:] as pipelined DATA frames; return when all is ACKed.
 
         Keeps at most `window` bytes unacknowledged (never a round trip per
         chunk). After an NERROR carrying watermark W it re-sends from W and
         ignores the NERRORs of frames sent before that rewind (§1.2).
         `high_sent` is the highest offset sent by earlier connections, so bytes
-        below it count as re-sent. Returns the new high_sent.
+        below it count as re-sent. `skip`: the 4 KiB sectors the device keeps
+        (begin "held"): never sent, unless the device rewinds into one (it
+        lacked it after all). Returns the new high_sent.
         """
         w = self._check_open()
         mv = memoryview(image)
@@ -516,9 +545,19 @@ class Client:
         acked = nxt = start
         last_rewind: Optional[int] = None
         rewinds = 0
+        skip = set(skip or ())
         while acked < size:
             while nxt < size:
+                if skip and nxt % SECTOR == 0 and nxt // SECTOR in skip:
+                    nxt = min(size, nxt + SECTOR)  # the device copies it
+                    continue
                 n = min(max_data, size - nxt)
+                if skip:
+                    n = min(n, SECTOR - nxt % SECTOR)  # a frame never reaches into a kept sector
+                    if _kept(skip, acked, nxt, size) > SECTOR:
+                        # the device copies kept sectors first (a sector a round trip, about): what
+                        # follows goes when one is left, so it lands as the copy ends
+                        break
                 if nxt + n - acked > window:
                     break
                 frame = hostframes.encode_data(nxt, mv[nxt:nxt + n])
@@ -555,6 +594,7 @@ class Client:
                     raise device_error(name, "too many re-sends (%d) at offset %d" % (rewinds, value),
                                        num=code, retry=True, op="write")
                 log.info("device says %s at %d, watermark %d: re-sending from %d", name, ref, value, value)
+                skip.discard(value // SECTOR)  # a sector it was to keep but lacks
                 if value > acked:
                     acked = value
                     if on_progress:
@@ -619,6 +659,32 @@ class Client:
             else:
                 log.warning("unexpected frame 0x%02X during read ignored", op)
         return bytes(out)
+
+
+SECTOR = 4096  # the unit a device keeps or is sent (device/mpota_upload.py SECTOR)
+
+
+def _kept(skip: set, a: int, b: int, size: int) -> int:
+    """Bytes of image[a:b] in the kept sectors `skip`."""
+    return sum(max(0, min(b, (k + 1) * SECTOR, size) - max(a, k * SECTOR)) for k in skip) if skip else 0
+
+
+def sector_digests(image) -> bytes:
+    """The 8-byte digest of each 4 KiB sector of `image`, as the sectors op gives them."""
+    mv = memoryview(image)
+    return b"".join(hashlib.sha256(mv[i:i + SECTOR]).digest()[:8] for i in range(0, len(mv), SECTOR))
+
+
+def held_sectors(image, have: bytes) -> bytes:
+    """begin's "held" bitmap: the sectors of `image` whose digest the slot's
+    (`have`, from Client.sectors) matches."""
+    mine = sector_digests(image)
+    n = len(mine) // 8
+    out = bytearray((n + 7) // 8)
+    for k in range(min(n, len(have) // 8)):
+        if have[8 * k:8 * k + 8] == mine[8 * k:8 * k + 8]:
+            out[k >> 3] |= 1 << (k & 7)
+    return bytes(out)
 
 
 def expected_device(target) -> Optional[str]:

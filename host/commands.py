@@ -275,7 +275,8 @@ async def cmd_push(ctx) -> int:
                          allow_downgrade=args.allow_downgrade, force=args.force, window=args.window,
                          retries=args.retries,
                          wait=args.wait, connect_timeout=args.connect_timeout, timeout=args.timeout,
-                         on_event=on_event, on_progress=out.progress)
+                         on_event=on_event, on_progress=out.progress,
+                         reuse={"auto": None, "on": True, "off": False}[args.reuse])
     finally:
         out.progress_stop()
     return EXIT_OK

@@ -36,6 +36,13 @@ from .targets import warn_if_exposed
 BLOCK_SIZE = 4096
 PROG_SIZE = 256
 HEADROOM_BLOCKS = 2  # spare blocks beyond the smallest that fits
+# Stable placement (build_littlefs): files in sorted order, each of more than a
+# block on an even block count, the image's block count a multiple of
+# ROUND_BLOCKS (of fewer for an image under 64 blocks), so that an unchanged
+# file keeps its sectors when another changes.
+STABLE = True
+SLACK = True
+ROUND_BLOCKS = 4
 
 SIG_NAMES = {0x20: "RSA2048", 0x22: "ECDSASIG", 0x23: "RSA3072", 0x24: "ED25519"}
 APP_SUFFIXES = (".py", ".mpy")
@@ -187,7 +194,12 @@ def _contents(root, files, mpy=False) -> dict:
     return out
 
 
-def _lfs_image(contents, block_count):
+def _lfs_image(contents, block_count, slack=False):
+    """The littlefs image of `contents` (written in their sorted order). With
+    `slack`, each file of more than a block holds its data blocks rounded up to
+    an even count (a pad file fills the rest while the image is made, then goes):
+    a file that changes within that count leaves every other file on its blocks,
+    so an upload that reuses what the slot holds (push.push_image) sends only it."""
     from littlefs import LittleFS
 
     fs = LittleFS(block_size=BLOCK_SIZE, block_count=block_count, prog_size=PROG_SIZE,
@@ -195,13 +207,22 @@ def _lfs_image(contents, block_count):
     fs.format()
     fs.mount()
     made = set()
-    for rel, data in contents.items():
+    pads = []
+    for rel in sorted(contents):
+        data = contents[rel]
         parent = rel.rpartition("/")[0]
         if parent and parent not in made:
             fs.makedirs(parent, exist_ok=True)
             made.add(parent)
         with fs.open(rel, "wb") as f:
             f.write(data)
+        blocks = -(-len(data) // (BLOCK_SIZE - 8))  # data blocks (each holds CTZ pointers too)
+        if slack and SLACK and blocks > 1 and blocks % 2:
+            pads.append(".mpota-pad%d" % len(pads))
+            with fs.open(pads[-1], "wb") as f:
+                f.write(bytes(BLOCK_SIZE))
+    for p in pads:
+        fs.remove(p)
     fs.unmount()
     return bytes(fs.context.buffer)
 
@@ -216,7 +237,7 @@ def build_littlefs(folder, block_count=None, mpy=False):
     contents = _contents(root, files, mpy)
     if block_count is not None:
         try:
-            return _lfs_image(contents, block_count)
+            return _lfs_image(contents, block_count, STABLE)
         except LittleFSError as e:
             raise AppImageError("the files do not fit in %d blocks: %s" % (block_count, e)) from e
     # lower bound: superblock pair + per-file data blocks; grow until it fits
@@ -224,13 +245,16 @@ def build_littlefs(folder, block_count=None, mpy=False):
     n = 2 + size // BLOCK_SIZE
     for _ in range(4096):
         try:
-            _lfs_image(contents, n)
+            _lfs_image(contents, n, STABLE)
             break
         except LittleFSError:
             n += 1
     else:
         raise AppImageError("could not fit %s into a littlefs image" % root)
-    return _lfs_image(contents, n + HEADROOM_BLOCKS)
+    # a block count that a small change does not move (littlefs places files by it)
+    q = max(1, min(ROUND_BLOCKS, n // 16))  # a small app pays no more than ~1/16 for it
+    n = -(-(n + HEADROOM_BLOCKS) // q) * q if STABLE else n + HEADROOM_BLOCKS
+    return _lfs_image(contents, n, STABLE)
 
 
 # -- MCUboot image ----------------------------------------------------------------

@@ -31,8 +31,8 @@ from typing import Any, Callable, Optional
 
 from .codec import mpota_lineproto as lineproto
 from .codec import mpota_mcuboot as mcuboot
-from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, Client, ProgressCb, default_client_id, expected_device,
-                     within)
+from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, SECTOR, Client, ProgressCb, default_client_id,
+                     expected_device, held_sectors, within)
 from .errors import (BusyError, ConnectionLost, CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout,
                      MpotaError, NotTaken, Restarting, Unreachable, VerifyFailed, VersionClash, device_error)
 from .images import Image
@@ -104,6 +104,25 @@ def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
 
 # --- the resumable upload ----------------------------------------------------------
 
+# Sending only the changed sectors (reuse) pays where the link, not the flash, is
+# the limit: the board's lwIP holds at most TCP_WND = 6400 bytes in flight per
+# round trip, so past 6400 B / 80 KB/s (the flash ceiling) = 80 ms the window
+# caps the push. Below that the sectors request and the copy cost a little time
+# and save none (make bench: the reuse table), since littlefs rewrites the slot
+# file from its first changed sector anyway (docs/protocol.md).
+REUSE_RTT = 6400 / 80_000
+
+
+def reuse_pays(rtt: float) -> bool:
+    """Auto reuse: does a link with this round trip (seconds) cap the push below the flash?"""
+    return rtt > REUSE_RTT
+
+
+async def _round_trip(c: Client) -> float:
+    t = time.monotonic()
+    await c.ping()
+    return time.monotonic() - t
+
 async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes] = None,
                      version: Optional[str] = None, allow_downgrade: bool = False,
                      commit: bool = True, retries: int = 5, window: Optional[int] = None,
@@ -111,12 +130,19 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                      busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
                      on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
                      client_factory: Callable[..., Client] = Client,
-                     client_id: Optional[str] = None, force: bool = False) -> PushResult:
+                     client_id: Optional[str] = None, force: bool = False, reuse: Optional[bool] = None) -> PushResult:
     """Upload `image` to the inactive slot and (unless commit=False) commit it.
 
     A dropped connection or a stalled device costs a reconnect (up to
     `retries`, with backoff); `begin` then returns the device's watermark and
     the upload continues from there. Only idempotent steps are retried.
+
+    With `reuse` (None, auto: when a ping's round trip says the link is the
+    limit, reuse_pays(); and a device that has the `sectors` op), the 4 KiB sectors
+    of `image` that the device holds already at the same place (same digest)
+    in the slot it chooses (the running one; else the target slot) are not
+    sent: the device copies them (begin "held"; event `held` with their count
+    and that slot). Commit still checks the SHA-256 of the whole image.
     """
     sha = hashlib.sha256(image).hexdigest()
     kid = image_key_id(image)
@@ -132,10 +158,18 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                            timeout=timeout, window=window, expect_device=expect_device)
         try:
             await c.connect(authenticate=True)
+            held = src = None
+            # not over USB: its transport (device/mpota_usb.py) runs no loop to copy held sectors in
+            if reuse is None and first and "sectors" in (c.info.get("features") or ()):
+                reuse = reuse_pays(await _round_trip(c))
+                _emit(on_event, "reuse", on=reuse)
+            if reuse and not host.startswith("usb:") and "sectors" in (c.info.get("features") or ()):
+                src, _, have = await c.sectors(-(-len(image) // SECTOR))
+                held = held_sectors(image, have)
             try:
                 reply = await begin_patiently(c, len(image), sha, version, allow_downgrade,
                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
-                                              cid, force)
+                                              cid, force, held, src)
             except Restarting:
                 # A lean-mode device takes images only in its update mode (the
                 # app stopped, the heap free): it restarts into it; follow it.
@@ -150,6 +184,10 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                 continue
             res.slot = reply.get("slot", res.slot)
             offset = int(reply.get("offset", 0))
+            kept = bytes.fromhex(reply.get("held") or "")
+            skip = {k for k in range(8 * len(kept)) if kept[k >> 3] & (1 << (k & 7))}
+            if skip:
+                _emit(on_event, "held", sectors=len(skip), of=-(-len(image) // SECTOR), slot=src)
             if first:
                 res.resumed_from = offset
                 _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,
@@ -161,7 +199,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                 on_progress(offset, len(image))
             try:
                 high_sent = await c.upload(image, offset, begin_reply=reply, high_sent=high_sent,
-                                           on_progress=on_progress)
+                                           on_progress=on_progress, skip=skip)
             finally:
                 res.bytes_sent += c.bytes_sent
                 res.bytes_resent += c.bytes_resent
@@ -203,7 +241,8 @@ def image_key_id(image: bytes) -> Optional[str]:
 async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str],
                           allow_downgrade: bool, busy_wait: float,
                           on_event: Optional[EventCb], key_id: Optional[str] = None,
-                          client: Optional[str] = None, force: bool = False) -> dict:
+                          client: Optional[str] = None, force: bool = False,
+                          held: Optional[bytes] = None, held_from: Optional[str] = None) -> dict:
     """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
     link the device may not yet have noticed that our old session is gone."""
     deadline = time.monotonic() + busy_wait
@@ -211,7 +250,7 @@ async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str]
     while True:
         try:
             return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
-                                 client=client, force=force)
+                                 client=client, force=force, held=held, held_from=held_from)
         except BusyError:
             if time.monotonic() + delay > deadline:
                 raise
@@ -297,7 +336,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
                allow_downgrade: bool = False, force: bool = False, window: Optional[int] = None,
                retries: int = 5, wait: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT,
                timeout: float = IO_TIMEOUT, on_event: Optional[EventCb] = None,
-               on_progress: Optional[ProgressCb] = None) -> PushReport:
+               on_progress: Optional[ProgressCb] = None, reuse: Optional[bool] = None) -> PushReport:
     """Push `image` to `target`: upload, commit, then (unless reset=False) reset, wait
     up to `wait` seconds for the device, check the trial and (unless confirm=False)
     confirm it. Events: begin, reconnect, resume, busy_wait, uploaded, committed,
@@ -323,7 +362,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
                                allow_downgrade=allow_downgrade, force=force, window=window, retries=retries,
                                connect_timeout=connect_timeout, timeout=timeout,
                                on_progress=on_progress, on_event=on_event,
-                               expect_device=expected_device(target))
+                               expect_device=expected_device(target), reuse=reuse)
     except DeviceError as e:
         if e.code == "incorrect_state" and e.op == "begin":
             e.trial_crash = before.trial_crash  # the CLI's hint names the way out
@@ -360,6 +399,12 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
     return report
 
 
+# How often reset_and_wait asks a rebooting device for its status: the push's
+# "trial" stage is this poll's granularity (tools/bench_loop.py: 0.3 s made it
+# 15% of a 20 KiB app's 2 s edit-to-confirmed loop).
+BOOT_POLL = 0.1
+
+
 async def reset_and_wait(target, *, slot: Optional[str] = None, wait: float = 60.0,
                          connect_timeout: float = CONNECT_TIMEOUT, timeout: float = IO_TIMEOUT,
                          on_event: Optional[EventCb] = None) -> Status:
@@ -387,7 +432,7 @@ async def reset_and_wait(target, *, slot: Optional[str] = None, wait: float = 60
                 or st.running != slot)
 
     t0 = time.monotonic()
-    st = await wait_for_device(target.host, target.port, key=target.key, deadline_s=wait,
+    st = await wait_for_device(target.host, target.port, key=target.key, deadline_s=wait, poll=BOOT_POLL,
                                connect_timeout=min(connect_timeout, 2.0), timeout=timeout, accept=settled,
                                expect_device=expected_device(target))
     _emit(on_event, "back", seconds=round(time.monotonic() - t0, 2), running=st.running,

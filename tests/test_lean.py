@@ -104,18 +104,18 @@ for authed in (False, True):
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 def test_one_op_table_routes_both_connection_kinds(mp):
     """dispatch.route: for each op (hello auth ping status confirm reset begin
-    commit abort rollback read erase trust logs, and an unknown one) the module a full
+    commit abort rollback read erase trust logs sectors, and an unknown one) the module a full
     and a lean connection serve it with, for a stranger and an authenticated
     peer; None: the lean connection hands it over."""
     r = run_device_script(mp, None, _ROUTES)
     assert r.returncode == 0, r.stdout + r.stderr
     a, o = "'auth_required'", "'ops'"
     assert r.stdout.split("\n")[:4] == [
-        "[%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'unsupported']" % ((o,) * 4 + (a,) * 10),
-        "[%s]" % ", ".join((o,) * 4 + (a,) * 11),
+        "[%s, 'unsupported']" % ", ".join((o,) * 4 + (a,) * 11),
+        "[%s]" % ", ".join((o,) * 4 + (a,) * 12),
         "['ops', 'ops', 'ops', 'ops', 'ops', 'ops', 'update', 'update', 'update', 'rareops', 'rareops', "
-        "'rareops', 'trustkeys', 'logs', 'unsupported']",
-        "['ops', 'ops', 'ops', 'ops', 'ops', 'ops', 'update', None, None, None, None, None, None, 'logs', None]"
+        "'rareops', 'trustkeys', 'logs', 'update', 'unsupported']",
+        "['ops', 'ops', 'ops', 'ops', 'ops', 'ops', 'update', None, None, None, None, None, None, 'logs', None, None]"
     ], r.stdout
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from simproc import Sim
+from simproc import Sim, cut_during
 from devconn import DevConn, app_image, reset_and_wait
 
 V1 = "NAME = 'v1'\ndef main():\n    print('app: v1 up')\n"
@@ -55,16 +55,8 @@ def test_power_cut_anywhere_during_update_and_commit(tmp_path, capsys):
     counts = {"old": 0, "new": 0}
     for n in cuts:
         state = tmp_path / ("cut%d" % n)
-        shutil.copytree(base, state)
-        with Sim(state=state, flags=["--no-auth", "--power-cut-after", str(n)]) as sim:
-            mark = sim.mark()
-            try:
-                c = DevConn(sim.tcp_port, timeout=10)
-                c.push(img2, "2.0.0+0")
-            except (OSError, EOFError, AssertionError):
-                pass  # the connection died with the device
-            sim.wait_for_line("sim: power cut", timeout=30, since=mark)
-            sim.wait_for_line("mpota: ready", timeout=30, since=mark)
+        with cut_during(base, state, n, lambda sim: DevConn(sim.tcp_port, timeout=10).push(img2, "2.0.0+0"),
+                        (OSError, EOFError, AssertionError)) as sim:
             c = DevConn(sim.tcp_port)
             st = c.ok("status")
             c.close()

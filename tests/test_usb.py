@@ -209,8 +209,8 @@ def test_usb_logs_show_the_console_without_interrupting_the_app(tmp_path):
         nums = [int(t.split()[1]) for t in ticks]
         assert nums == list(range(nums[0], nums[0] + len(nums)))  # one run of the app, never restarted
         assert "sim: reset" not in "\n".join(sim.lines[mark:])
-        r = cli("-t", "127.0.0.1:1", "--json", "logs")
-        assert r.returncode == 1 and "usb:PORT" in r.stdout + r.stderr
+        r = cli("-t", "127.0.0.1:1", "--json", "logs")  # the same command over the network (the logs op)
+        assert r.returncode == 2 and '"error": "Unreachable"' in r.stdout, r.stdout + r.stderr
     finally:
         sim.stop()
 

@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """`make bench`: native pipelined upload vs the legacy stop-and-wait UDP flow and SMP.
 
+The parts (--parts): rtt (the three flows at each round trip through a delay
+line holding the board's TCP window and UDP queue, against the bound
+min(flash ceiling, window / rtt)), reuse (a one-file change sent as only the
+sectors that changed vs a full upload, tools/bench_loop.py), loop (edit to
+confirmed per stage, tools/bench_loop.py), usb, mac, memory.
+
 One simulator run with `--flash-timing w25q` (typical W25Q erase/program
 times slept on every flash operation) serves both: a 256 KiB application
 image is pushed natively (TCP, pipelined DATA, cumulative ACKs) and then
@@ -37,20 +43,34 @@ from mpota.push import push_image  # noqa: E402
 from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 import bench_smp  # noqa: E402
+import bench_loop  # noqa: E402
 import bench_headroom  # noqa: E402
 import bench_usb  # noqa: E402
 import boardbuilds  # noqa: E402
 
 CEILING = 4096 / 0.051  # bytes/s: a 4 KiB sector erase (45 ms) + 16 page programs (~6 ms)
 IMAGE_SIZE = 256 * 1024
+# The Pico W's lwIP (MicroPython extmod/lwip-include/lwipopts_common.h): TCP_MSS 800,
+# TCP_WND = 8 x TCP_MSS: at most this many bytes in flight per round trip.
+TCP_WINDOW = 6400
+UDP_QUEUE = 4  # datagrams a socket holds unread (MicroPython 1.26+)
 
 
-def make_body(work: Path) -> bytes:
-    """The littlefs body of a 256 KiB application image: hello plus incompressible filler."""
-    app = work / "benchapp"
+PARTS = ("rtt", "usb", "reuse", "loop", "mac", "memory")
+
+
+def bound(rtt: float) -> float:
+    """The fastest any protocol can write at round trip `rtt` (s): the flash
+    ceiling, or the lwIP window per round trip when that is lower."""
+    return CEILING if rtt <= 0 else min(CEILING, TCP_WINDOW / rtt)
+
+
+def make_body(work: Path, kib: int = IMAGE_SIZE // 1024) -> bytes:
+    """The littlefs body of a `kib` KiB application image: hello plus incompressible filler."""
+    app = work / ("benchapp%d" % kib)
     shutil.copytree(REPO / "examples" / "hello", app)
-    (app / "blob.py").write_text("DATA = %r\n" % os.urandom(90_000).hex())
-    return appimage.build_littlefs(str(app), block_count=IMAGE_SIZE // 4096)
+    (app / "blob.py").write_text("DATA = %r\n" % os.urandom(max(0, kib * 717 - 8192) // 2).hex())
+    return appimage.build_littlefs(str(app), block_count=kib * 1024 // 4096)
 
 
 def legacy_push(host: str, port: int, data: bytes, chunk: int) -> float:
@@ -66,18 +86,38 @@ def legacy_push(host: str, port: int, data: bytes, chunk: int) -> float:
         m.close()
 
 
+ERASE_S, PAGE_S = 0.045, 0.0006  # the simulator's w25q timing (tools/simflash.py TIMINGS)
+
+
+async def sim_flash(port: int) -> dict:
+    """The simulator's flash counters (status sim_flash; the bench's simulators run --no-auth)."""
+    from mpota.client import Client
+    async with Client("127.0.0.1", port) as c:
+        return (await c.status()).get("sim_flash") or {}
+
+
+def flash_seconds(before: dict, after: dict) -> float:
+    """Time the simulated flash spent erasing and programming between two counters."""
+    return ((after.get("erases", 0) - before.get("erases", 0)) * ERASE_S
+            + (after.get("programs", 0) - before.get("programs", 0)) * PAGE_S)
+
+
 async def native_push(port: int, data: bytes, rtt: float) -> tuple:
-    """(seconds, window) of one pipelined upload, through a delay line when rtt > 0."""
+    """(seconds, window, flash busy s) of one pipelined upload, through a delay
+    line with the board's TCP window when rtt > 0."""
     seen: dict = {}
     px = None
+    f0 = await sim_flash(port)
     if rtt:
-        px = await LinkProxy("127.0.0.1", port, delay=rtt / 2).start()
+        px = await LinkProxy("127.0.0.1", port, delay=rtt / 2, window=TCP_WINDOW).start()
         port = px.port
     try:
         t0 = time.monotonic()
         await push_image("127.0.0.1", port, data, commit=False, timeout=30,
                          on_event=lambda name, **f: seen.setdefault(name, f))
-        return time.monotonic() - t0, seen.get("begin", {}).get("window", 0)
+        secs = time.monotonic() - t0
+        busy = flash_seconds(f0, await sim_flash(port if px is None else px.target[1]))
+        return secs, seen.get("begin", {}).get("window", 0), busy
     finally:
         if px is not None:
             await px.stop()
@@ -173,7 +213,7 @@ def mac_cost(work, body, runs=3):
 async def legacy_via(port: int, data: bytes, chunk: int, rtt: float) -> float:
     relay = None
     if rtt:
-        relay = UdpDelay(("127.0.0.1", port), rtt / 2)
+        relay = UdpDelay(("127.0.0.1", port), rtt / 2, queue=UDP_QUEUE)
         port = await relay.start()
     try:
         return await asyncio.to_thread(legacy_push, "127.0.0.1", port, data, chunk)
@@ -186,18 +226,59 @@ def kbs(rate: float) -> str:
     return "%.1f KB/s" % (rate / 1000)
 
 
+def rtt_table(a, work: Path, body: bytes, tcp: int, udp: int, smp: int) -> None:
+    """The three flows at each round trip, through delay lines with the board's
+    TCP window (native) and UDP queue (legacy, SMP), against bound(rtt). The
+    stop-and-wait flows move one chunk per round trip whatever the size, so they
+    push a smaller image (--slow-kib) to keep the run short."""
+    slow_body = body if a.slow_kib * 1024 == IMAGE_SIZE else make_body(work, a.slow_kib)
+    print("%-7s %-38s %7s %11s %11s %9s" % ("rtt", "flow", "seconds", "throughput", "bound", "of bound"))
+    n = 0
+    for rtt_ms in a.rtt:
+        rtt = rtt_ms / 1000
+        lim = bound(rtt)
+        n += 1
+        data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))  # a new sha each run
+        native_s, window, busy = asyncio.run(native_push(tcp, data, rtt))
+        native = len(data) / native_s
+        n += 1
+        slow = bytes(appimage.build_app_image(slow_body, version="1.0.%d" % n))
+        legacy = len(slow) / asyncio.run(legacy_via(udp, slow, a.chunk, rtt))
+        n += 1
+        slow = bytes(appimage.build_app_image(slow_body, version="1.0.%d" % n))
+        smp_rate = bench_smp.smp_rate(smp, slow, rtt)
+        rows = (("native TCP, %d B window (flash %.0f%%)" % (window, 100 * busy / native_s), native_s, native),
+                ("legacy UDP, %d B stop-and-wait" % a.chunk, len(slow) / legacy, legacy),
+                ("SMP UDP, smpclient", len(slow) / smp_rate, smp_rate))
+        for i, (flow, secs, rate) in enumerate(rows):
+            print("%-7s %-38s %7.2f %11s %11s %8.0f%%" % ("%g ms" % rtt_ms if i == 0 else "", flow, secs,
+                                                          kbs(rate), kbs(lim) if i == 0 else "",
+                                                          100 * rate / lim))
+        print("%-7s %-38s %7s %10.1fx %10.1fx\n" % ("", "native / legacy, native / SMP", "",
+                                                     native / legacy, native / smp_rate))
+    print("(bound = min(flash ceiling, %d B lwIP window / rtt); native pushes the %d KiB image, legacy and\n"
+          " SMP a %d KiB one; the delay lines hold the board's %d B TCP window and %d-datagram UDP queue;\n"
+          " flash = the share of the push the simulated flash spent erasing and programming: its timing\n"
+          " (45 ms erase, 0.6 ms page) and littlefs' own blocks make ~70 KB/s the most the flash allows)\n"
+          % (TCP_WINDOW, IMAGE_SIZE // 1024, a.slow_kib, TCP_WINDOW, UDP_QUEUE))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chunk", type=int, default=1024, choices=(512, 1024),
                     help="legacy WriteRequest size (default 1024, the reference maximum)")
     ap.add_argument("--timing", default="w25q", choices=("w25q", "none"))
-    ap.add_argument("--rtt", type=float, nargs="+", default=[0.0, 10.0], metavar="MS",
-                    help="round-trip times to add through delay lines (default 0 10; "
+    ap.add_argument("--rtt", type=float, nargs="+", default=[0.0, 20.0, 50.0, 100.0, 200.0], metavar="MS",
+                    help="round-trip times to add through delay lines (default 0 20 50 100 200; "
                          "Wi-Fi with power saving off is a few ms, with it ~200)")
+    ap.add_argument("--slow-kib", type=int, default=64,
+                    help="image size for the stop-and-wait flows (legacy, SMP; default 64 KiB)")
     ap.add_argument("--heap", default="160K",
                     help="heap of the 32-bit device for the memory figures (default 160K, a Pico W with Wi-Fi up)")
     ap.add_argument("--no-mac", dest="mac", action="store_false",
                     help="skip the auth off/on comparison of the data path")
+    ap.add_argument("--parts", type=lambda v: v.split(","), default=PARTS,
+                    help="comma-separated parts to run (default all: %s)" % ",".join(PARTS))
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mpota-bench-"))
     tcp, udp, smp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
@@ -211,35 +292,20 @@ def main() -> int:
         print("bench: %d-byte (256 KiB body) application image; simulator with --flash-timing %s;"
               % (size, a.timing))
         print("       physical write ceiling %s (4 KiB erase + program in ~51 ms)\n" % kbs(CEILING))
-        print("%-7s %-33s %7s %11s %8s" % ("rtt", "flow", "seconds", "throughput", "ceiling"))
-        n = 0
-        for rtt_ms in a.rtt:
-            rtt = rtt_ms / 1000
-            n += 1
-            data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))  # a new sha each run
-            native_s, window = asyncio.run(native_push(tcp, data, rtt))
-            n += 1
-            data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))
-            legacy_s = asyncio.run(legacy_via(udp, data, a.chunk, rtt))
-            n += 1
-            data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))
-            smp_rate = bench_smp.smp_rate(smp, data, rtt)
-            smp_s = len(data) / smp_rate
-            native, legacy = len(data) / native_s, len(data) / legacy_s
-            print("%-7s %-33s %7.2f %11s %7.0f%%" % ("%g ms" % rtt_ms, "native TCP, %d B window" % window,
-                                                    native_s, kbs(native), 100 * native / CEILING))
-            print("%-7s %-33s %7.2f %11s %7.0f%%" % ("", "legacy UDP, %d B stop-and-wait" % a.chunk,
-                                                    legacy_s, kbs(legacy), 100 * legacy / CEILING))
-            print("%-7s %-33s %7.2f %11s %7.0f%%" % ("", "SMP UDP, smpclient", smp_s, kbs(smp_rate),
-                                                    100 * smp_rate / CEILING))
-            print("%-7s %-33s %7s %10.1fx" % ("", "native / legacy", "", native / legacy))
-            print("%-7s %-33s %7s %10.1fx\n" % ("", "native / SMP", "", native / smp_rate))
+        if "rtt" in a.parts:
+            rtt_table(a, work, body, tcp, udp, smp)
         sim.stop()
         sim = None
-        n += 1  # USB (host/usb.py) on a simulator of its own with a pty console
-        print(bench_usb.usb_row(work, bytes(appimage.build_app_image(body, version="1.0.%d" % n)), a.timing) + "\n")
-        if a.mac:
+        if "usb" in a.parts:  # USB (host/usb.py) on a simulator of its own with a pty console
+            print(bench_usb.usb_row(work, bytes(appimage.build_app_image(body, version="1.9.0")), a.timing) + "\n")
+        if "reuse" in a.parts:
+            bench_loop.reuse_table(work, a.rtt)
+        if "loop" in a.parts:
+            bench_loop.loop_table(work)
+        if "mac" in a.parts and a.mac:
             mac_cost(work, body)
+        if "memory" not in a.parts:
+            return 0
         memory_rows(work, body, a.heap)
         if I386.exists():
             share = bench_headroom.sim_share(work / "headroom", str(I386), a.heap)

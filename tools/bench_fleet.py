@@ -2,10 +2,11 @@
 """Fleet figures (issue 19): N simulated boards on loopback (tools/fleetsim.py),
 the time to bring them up, the time `mpota discover` takes to find them all,
 what each board costs this machine (RSS, PSS, idle CPU), the time a rollout
-(host/rollout.py) of a 64 KiB image to all of them takes at --parallel 10
-and 25, and how many boards a crashing version touches past its canary.
+(host/rollout.py) of a 64 KiB image to all of them takes at --parallel 1, 10
+and 25 (boards per minute, host CPU per board), and how many boards a crashing
+version touches past its canary.
 
-    python tools/bench_fleet.py [--count 100] [--heap 160K] [--parallel 10,25] [--soak 1]
+    python tools/bench_fleet.py [--count 100] [--heap 160K] [--parallel 1,10,25] [--soak 1]
 """
 import argparse
 import resource
@@ -94,14 +95,20 @@ def rollout_figures(sims, work: Path, parallels: list, soak: float) -> list:
         img = app_image(work, "2.0.%d" % i, crash=par == 0)
         plan = rollout.new_plan(img, names, soak=soak, parallel=par or 10)
         store.create(plan, img)
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), _host_cpu()
         asyncio.run(rollout.Rollout(plan, store, transport, image=img).run())
         rows.append(("--parallel %d" % par if par else "crashing version", time.monotonic() - t0,
-                     plan.count(rollout.HEALTHY), plan.tried, img.size))
+                     plan.count(rollout.HEALTHY), plan.tried, img.size, _host_cpu() - c0))
         for s, b in plan.boards.items():
             if b.state == rollout.FAILED and par:  # say why, the figure above is not a clean run
                 print("  rollout at --parallel %d: %s failed: %s" % (par, s, b.error))
     return rows
+
+
+def _host_cpu() -> float:
+    """CPU seconds of the host side: this process (the rollout, and the
+    launchers' reader threads) and the children that ended (imgtool)."""
+    return _own_cpu() + sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), k) for k in ("ru_utime", "ru_stime"))
 
 
 def _own_cpu() -> float:
@@ -116,7 +123,7 @@ def main(argv=None) -> int:
                    "when MPOTA_BOARD_TOOLS has it, else 256K: the 64-bit build's objects are larger, and 160K "
                    "there leaves a 64 KiB app's board without the memory to authenticate)")
     p.add_argument("--idle", type=float, default=5.0, help="seconds over which idle CPU is measured")
-    p.add_argument("--parallel", default="10,25", help="the rollouts' --parallel values (default 10,25)")
+    p.add_argument("--parallel", default="1,10,25", help="the rollouts' --parallel values (default 1,10,25)")
     p.add_argument("--soak", type=float, default=1.0, help="each wave's soak in the rollouts (default 1 s)")
     a = p.parse_args(argv)
     import boardbuilds
@@ -147,12 +154,15 @@ def main(argv=None) -> int:
           % (sum(rss) / len(rss) / 2**20, sum(pss) / len(pss) / 2**20, launcher / n / 1024, idle / n * 100))
     print("  all %d boards idle: %.1f %% of one core, their launcher %.1f %%" % (n, idle * 100, lidle * 100))
     print("\nrollout to all %d boards (canary 1, waves 10%%,50%%,100%%, soak %g s each):" % (n, a.soak))
-    for label, secs, healthy, tried, size in rolls:
+    for label, secs, healthy, tried, size, cpu in rolls:
         if label == "crashing version":
             print("  %-20s stopped by the canary: %d board(s) touched, %d others touched"
                   % (label, tried, tried - 1))
         else:
-            print("  %-20s %7.1f s for a %.0f KiB image, %d/%d healthy" % (label, secs, size / 1024, healthy, n))
+            print("  %-20s %7.1f s for a %.0f KiB image, %d/%d healthy: %5.1f boards/min, host CPU %.2f s "
+                  "a board (%.0f %% of a core)" % (label, secs, size / 1024, healthy, n, 60 * healthy / secs,
+                                                   cpu / max(1, tried), 100 * cpu / secs))
+    print("  (each wave soaks %g s; host CPU: the rollout's process, the launchers' threads included)" % a.soak)
     label = "v1.27 i386 (32-bit), 160K" if mp else "unix (64-bit, no i386 build here), 256K"
     with tempfile.TemporaryDirectory(prefix="mpota-disc-") as tmp:
         rows = discovery_memory(Path(tmp), mp or str(Path(sys.executable).parent / "micropython"),

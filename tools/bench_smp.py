@@ -52,7 +52,7 @@ async def smp_push(port: int, image: bytes, rtt: float = 0.0, host: str = "127.0
     from linkproxy import UdpDelay
     relay = None
     if rtt:
-        relay = UdpDelay((host, port), rtt / 2)
+        relay = UdpDelay((host, port), rtt / 2, queue=4)  # the board's UDP queue (tools/bench.py UDP_QUEUE)
         port = await relay.start()
         host = "127.0.0.1"
     try:

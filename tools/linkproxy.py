@@ -9,6 +9,10 @@ Faults (per connection, counted on the host -> device direction):
   --stall-after N  stop forwarding after N bytes but keep the sockets open
   --delay-ms D     add D ms one way in each direction (a round trip costs 2 D),
                    without serialising: a delay line, not a stop-and-wait
+  --window W       the receiver's TCP window (bytes), both ways: at most W bytes
+                   on the delay line unacknowledged (--window 6400 is the Pico
+                   W's lwIP: TCP_WND = 8 x TCP_MSS 800), so a round trip of 2 D
+                   carries at most W bytes (docs/board.md)
 
 `LinkProxy` is the same thing for tests, inside their event loop.
 `HostileLink` (tools/torture_link.py) adds, per connection and both ways:
@@ -21,13 +25,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import threading
+import time
 from typing import Optional
+
+
+class TcpWindow:
+    """A TCP receive window as the sender sees it: `size` bytes of credit,
+    taken when bytes are sent and given back when their acknowledgement (with
+    the window update) arrives."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self.opened = asyncio.Event()
+
+    async def take(self, want: int) -> int:
+        """Wait for credit; -> how many of `want` bytes may go now (at least 1)."""
+        while self.free <= 0:
+            self.opened.clear()
+            await self.opened.wait()
+        n = min(want, self.free)
+        self.free -= n
+        return n
+
+    def give(self, n: int) -> None:
+        self.free += n
+        self.opened.set()
 
 
 class LinkProxy:
     def __init__(self, target_host: str, target_port: int, *, cut_after: Optional[int] = None,
                  stall_after: Optional[int] = None, cuts: int = 1, listen_host: str = "127.0.0.1",
-                 listen_port: int = 0, delay: float = 0.0):
+                 listen_port: int = 0, delay: float = 0.0, window: Optional[int] = None):
         self.target = (target_host, target_port)
         self.cut_after = cut_after
         self.stall_after = stall_after
@@ -39,6 +67,7 @@ class LinkProxy:
         self.cut_count = 0
         self.bytes_up = 0     # host -> device, all connections
         self.delay = delay    # seconds, one way
+        self.window = window  # bytes in flight per direction (None: unlimited)
         self._tasks: set = set()
 
     async def start(self) -> "LinkProxy":
@@ -102,6 +131,21 @@ class LinkProxy:
         else:
             w.write(data)
 
+    async def _forward(self, w, data, credit) -> None:
+        """Send `data` down the delay line to `w` within the receiver's window:
+        each byte holds `credit` (a TcpWindow, None: no window) from the moment
+        it is sent until the receiver's window update is back, a round trip
+        (2 x delay) later, as a TCP sender's unacknowledged bytes do."""
+        if credit is None:
+            self._send(w, data)
+            return
+        mv = memoryview(bytes(data))
+        while mv:
+            n = await credit.take(len(mv))
+            self._send(w, mv[:n].tobytes())
+            asyncio.get_running_loop().call_later(2 * self.delay, credit.give, n)
+            mv = mv[n:]
+
     async def _cut(self, uw, data, keep, kill) -> None:
         # forward the first `keep` bytes of `data`, then drop the link
         if keep > 0:
@@ -113,6 +157,7 @@ class LinkProxy:
 
     async def _up(self, cr, uw, done, kill, faulty) -> None:
         passed = 0
+        up_credit = TcpWindow(self.window) if self.window else None
         while not done.is_set():
             data = await cr.read(4096)
             if not data:
@@ -123,18 +168,19 @@ class LinkProxy:
             if faulty and self.stall_after is not None and passed + len(data) >= self.stall_after:
                 await done.wait()  # swallow everything from now on
                 return
-            self._send(uw, data)
+            await self._forward(uw, data, up_credit)
             passed += len(data)
             self.bytes_up += len(data)
             await uw.drain()
         await self._in_flight()
 
     async def _down(self, ur, cw, done) -> None:
+        credit = TcpWindow(self.window) if self.window else None
         while not done.is_set():
             data = await ur.read(4096)
             if not data:
                 break
-            self._send(cw, data)
+            await self._forward(cw, data, credit)
             await cw.drain()
         await self._in_flight()
 
@@ -246,11 +292,22 @@ class HostileLink(LinkProxy):
 
 
 class UdpDelay(asyncio.DatagramProtocol):
-    """A UDP relay adding `delay` seconds each way (for the legacy service)."""
+    """A UDP relay adding `delay` seconds each way (for the legacy service and
+    SMP). `queue`: how many datagrams the device's socket holds unread (4 on
+    MicroPython 1.26+, 1 before: docs/board.md); a datagram that arrives while
+    that many are still unanswered is dropped (counted in `dropped`), as lwIP
+    drops what its queue cannot take. Both services answer each request with
+    one datagram, so a reply is the sign that one was read (a datagram left
+    unanswered for READ_S counts as read: the device dropped it itself)."""
 
-    def __init__(self, target: tuple, delay: float):
+    READ_S = 1.0
+
+    def __init__(self, target: tuple, delay: float, queue: Optional[int] = None):
         self.target = target
         self.delay = delay
+        self.queue = queue
+        self.unread: list = []  # delivery times of datagrams not yet answered
+        self.dropped = 0
         self.client = None
         self.transport = None
         self.upstream = None
@@ -261,6 +318,8 @@ class UdpDelay(asyncio.DatagramProtocol):
 
         class Up(asyncio.DatagramProtocol):
             def datagram_received(self, data, addr):
+                if relay.unread:
+                    relay.unread.pop(0)
                 if relay.client is not None:
                     loop.call_later(relay.delay, relay.transport.sendto, data, relay.client)
 
@@ -270,7 +329,17 @@ class UdpDelay(asyncio.DatagramProtocol):
 
     def datagram_received(self, data, addr):
         self.client = addr
-        asyncio.get_running_loop().call_later(self.delay, self.upstream.sendto, data)
+        asyncio.get_running_loop().call_later(self.delay, self._deliver, data)
+
+    def _deliver(self, data) -> None:
+        now = time.monotonic()
+        while self.unread and now - self.unread[0] > self.READ_S:
+            self.unread.pop(0)
+        if self.queue is not None and len(self.unread) >= self.queue:
+            self.dropped += 1
+            return
+        self.unread.append(now)
+        self.upstream.sendto(data)
 
     def close(self) -> None:
         for t in (self.transport, self.upstream):
@@ -305,7 +374,7 @@ async def _main(a) -> None:
     th, tp = _hostport(a.to)
     lh, lp = _hostport(a.listen)
     px = LinkProxy(th, tp, cut_after=a.cut_after, stall_after=a.stall_after, cuts=a.cuts,
-                   listen_host=lh, listen_port=lp, delay=(a.delay_ms or 0) / 1000)
+                   listen_host=lh, listen_port=lp, delay=(a.delay_ms or 0) / 1000, window=a.window)
     await px.start()
     print("linkproxy: ready %s:%d -> %s:%d" % (lh, px.port, th, tp), flush=True)
     try:
@@ -322,6 +391,7 @@ if __name__ == "__main__":
     ap.add_argument("--stall-after", type=int)
     ap.add_argument("--cuts", type=int, default=1)
     ap.add_argument("--delay-ms", type=float)
+    ap.add_argument("--window", type=int, help="TCP window in bytes (6400: the Pico W's lwIP)")
     try:
         asyncio.run(_main(ap.parse_args()))
     except KeyboardInterrupt:

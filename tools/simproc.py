@@ -11,7 +11,10 @@ Used by the tests, `make demo` and `make bench`.
 
 `device_dir=` deploys another folder instead of device/ (tools/sim.py
 --device-dir); `ready=False` skips the wait for the ready line.
+`cut_during(base, state, n, action, errors)` runs `action(sim)` on a copy of a
+device whose power is cut at flash operation n+1 and returns it restarted.
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -113,6 +116,7 @@ class Sim(DeviceFacts):
         self.flags = list(flags)
         self.echo = echo
         self.lines = []
+        self.times = []  # time.monotonic() when each line came (benchmarks time stages by them)
         self._cond = threading.Condition()
         cmd = [sys.executable, str(SIM), "--state", str(self.state),
                "--tcp-port", str(self.tcp_port), "--udp-port", str(self.udp_port),
@@ -140,6 +144,7 @@ class Sim(DeviceFacts):
                 print("[sim] " + line, flush=True)
             with self._cond:
                 self.lines.append(line)
+                self.times.append(time.monotonic())
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
@@ -239,3 +244,21 @@ class Sim(DeviceFacts):
 
 
 __all__ = ["DeviceFacts", "ready_or_stop", "Sim", "SimError", "free_port"]
+
+
+@contextlib.contextmanager
+def cut_during(base, state, n, action, errors, flags=("--no-auth",)):
+    """Copy the device state `base` to `state`, start it with the power cut
+    after flash operation n (tools/sim.py --power-cut-after), run
+    `action(sim)` (the errors `errors` that the dying device causes are
+    ignored), wait for the cut and the restart, and yield the Sim."""
+    shutil.copytree(base, state)
+    with Sim(state=state, flags=list(flags) + ["--power-cut-after", str(n)]) as sim:
+        mark = sim.mark()
+        try:
+            action(sim)
+        except errors:
+            pass  # the connection died with the device
+        sim.wait_for_line("sim: power cut", timeout=30, since=mark)
+        sim.wait_for_line("mpota: ready", timeout=30, since=mark)
+        yield sim
