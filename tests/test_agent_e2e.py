@@ -231,7 +231,7 @@ def test_native_update_trial_confirm_and_rollback(tmp_path):
         sim.wait_for_line("app: v1 up", since=mark)
         st = c.ok("status")
         assert (st["running"], st["trial"], st["trial_count"], st["active"]) == ("a", True, 1, None)
-        assert st["app"] == {"state": "running", "name": "demo", "error": None}
+        assert st["app"] == {"state": "running", "name": "demo", "error": None, "version": "1.0.0+0"}
         assert st["boot_note"] == "booted a (trial 1/3)"
         # an update during a trial is refused until the trial is settled
         c.err("begin", "incorrect_state", size=len(img2), sha256=hashlib.sha256(img2).hexdigest())

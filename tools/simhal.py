@@ -84,9 +84,9 @@ def _exit(status):
     sys.stdout.flush()
     if _flash is not None:
         _flash.sync()
-    import os
+    import uos  # (not `os`: the app's /app is on sys.path, and its os.py would stand in)
 
-    os.unsetenv("MICROPYINSPECT")  # sim.py --usb: an exit, not the REPL (that is for Ctrl-C)
+    uos.unsetenv("MICROPYINSPECT")  # sim.py --usb: an exit, not the REPL (that is for Ctrl-C)
     sys.exit(status)
 
 
