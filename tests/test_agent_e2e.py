@@ -398,7 +398,12 @@ def test_heap_peak_during_256k_update(tmp_path, auth, mp, capsys):
 # free, and whether it does flips with any change to the resident modules (three empty
 # functions added to mpota_hal.py and simhal.py turned 128K from pass to fail; main itself
 # fails at 144K): a layout lottery, not a measure of the agent.
-SMALL = {"i386": "96K", "venv": "160K"}
+# The 32-bit build's heap, less the simulator's own ~12 KB: the agent's first
+# authentication grows its receive buffer to 4,126 bytes in one piece, and in
+# v0.4.0 at 96K, 100K and 112K the boot leaves no such hole with 25-30 KB free
+# (no_memory, retryable; 104K, 108K, 120K, 128K have one): 120K keeps the test
+# about rare ops, below the board's ~160K.
+SMALL = {"i386": "120K", "venv": "160K"}
 
 
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
