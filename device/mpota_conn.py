@@ -21,6 +21,8 @@ import mpota_framing as framing
 import mpota_slots as slots
 import mpota_service as service
 
+SMALL_DATA = 1024  # DATA bytes a frame carries when 4 KB in one piece could not be had (Conn.grow)
+
 
 
 class Conn(dispatch.Peer):
@@ -58,8 +60,15 @@ class Conn(dispatch.Peer):
 
     def grow(self):
         # an authenticated peer: full-size frames, with room for the session's
-        # tag (16 bytes in a frame, 33 at the end of a line: linemac.py)
-        self.dec.grow(lineproto.MAX_FRAME + 16, lineproto.MAX_LINE + 33)
+        # tag (16 bytes in a frame, 33 at the end of a line: linemac.py). Beside
+        # an app that fragmented the heap, 4 KB in one piece may not exist with
+        # tens of KB free: then DATA of SMALL_DATA bytes (limits and begin say
+        # so, the host follows), slower but served (docs/memory.md)
+        try:
+            self.dec.grow(lineproto.MAX_FRAME + 16, lineproto.MAX_LINE + 33)
+        except MemoryError:
+            self.dec.grow(lineproto.MAX_FRAME - lineproto.MAX_DATA + SMALL_DATA + 16, lineproto.MAX_LINE + 33)
+            self.max_data = SMALL_DATA
 
     def secure(self, dev, nonce, host_nonce_hex):
         # after a successful auth (ops.op_auth): the session seals every message

@@ -31,6 +31,7 @@ class Peer:
     gone = False  # a write failed: the transport closes after this batch
     ack_due = False  # a DATA frame was taken: the transport sends one ACK (ack_val) for the batch
     ack_val = 0
+    max_data = lineproto.MAX_DATA  # DATA bytes a frame may carry (less when its buffer could not grow: conn.Conn.grow)
 
 
 # -- the op table --------------------------------------------------------------

@@ -22,13 +22,13 @@ def op_hello(dev, c, req):
          "auth": "hmac-sha256" if dev.auth_on and not c.wired else "none",
          "nonce": binascii.hexlify(c.nonce).decode() if c.nonce else None}
     if c.authed:  # the rest only to an authenticated peer (discovery needs the above)
-        r.update(limits(dev))
+        r.update(limits(dev, c))
         r["max_image"] = max_image(dev)  # not in the auth reply: it needs the slot record (a lean auth has none)
     return r
 
 
-def limits(dev):
-    return {"max_frame": lineproto.MAX_FRAME, "max_data": lineproto.MAX_DATA,
+def limits(dev, c):
+    return {"max_frame": lineproto.MAX_FRAME - lineproto.MAX_DATA + c.max_data, "max_data": c.max_data,
             "max_line": lineproto.MAX_LINE, "window": lineproto.WINDOW,
             "slot_size": dev.cfg["slot_size"], "mode": dev.mode,
             "features": ["native", "legacy", "json", "resume", "read", "sectors"] + (["auth"] if dev.auth_on else [])}
@@ -65,7 +65,7 @@ def op_auth(dev, c, req):
     c.secure(dev, nonce, hn)
     c.authed = True
     r = {"mac": binascii.hexlify(dm).decode()}
-    r.update(limits(dev))
+    r.update(limits(dev, c))
     return r
 
 

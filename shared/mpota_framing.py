@@ -92,14 +92,15 @@ class StreamDecoder:
         """Raise the limits (a bigger buffer, pending bytes kept). The device
         starts every connection small and grows it only once the peer has
         authenticated, so unauthenticated peers cannot make it hold
-        full-size buffers."""
-        self.max_line = max_line
+        full-size buffers. Out of heap (MemoryError) it changes nothing."""
         size = max(max_frame, max_line + 2)
         if size <= len(self.buf):
+            self.max_line = max_line
             self.max_frame = max_frame
             return
         n = self.end - self.start
         buf = bytearray(size)
+        self.max_line = max_line
         buf[0:n] = self.mv[self.start:self.end]
         self.buf = buf
         self.mv = memoryview(buf)

@@ -280,3 +280,51 @@ def test_the_same_operator_takes_over_its_session_a_frozen_relay_holds(tmp_path)
         assert gone, "the frozen connection was left open"
         frozen.close()
         print("\nthe same operator's push landed %.1f s after its session froze" % took)
+
+
+# An app that leaves the heap in pieces: it fills what it can with 1.9 KB
+# blocks and keeps every third one, so two thirds of that is free, in holes of
+# 3.8 KB at most (a pool of buffers freed around the few it kept does the same).
+_SIEVE = """NAME = "sieve"
+HOLD = []
+
+
+def main():
+    import gc
+    gc.collect()
+    got = [None] * 300
+    n = 0
+    try:
+        while n < 300:
+            got[n] = bytearray(1900)
+            n += 1
+    except MemoryError:
+        pass
+    HOLD.extend(got[:n:3])
+    got = None
+    gc.collect()
+    print("sieve: free %d, %d pieces held" % (gc.mem_free(), len(HOLD)))
+"""
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+def test_a_heap_in_pieces_still_takes_an_update_with_smaller_frames(tmp_path, mp):
+    """Conn.grow: an authenticated peer's 4 KB receive buffer could not be had in
+    one piece beside an app that fragmented the heap; the connection keeps a
+    1 KB one, says max_data 1024 (auth and begin), and the upload goes through."""
+    img = app_image(tmp_path, "app", _SIEVE, "1.0.0+0")
+    img2 = app_image(tmp_path, "app2", _SIEVE, "1.0.1+0", pad=24 * 1024)
+    with Sim(state=tmp_path / "dev", flags=["--heap", "160K", "--micropython", mp]) as sim:
+        c = DevConn(sim.tcp_port, sim.key)
+        c.push(img, "1.0.0+0")
+        mark = sim.mark()
+        c.ok("reset", delay_ms=10)
+        c.close()
+        sim.wait_for_line("sieve: free", timeout=60, since=mark)
+        _with_retries(sim.tcp_port, sim.key, "confirm beside the sieve", lambda c: c.ok("confirm"))
+        r = _with_retries(sim.tcp_port, sim.key, "push beside the sieve", lambda c: c.push(img2, "1.0.1+0"))
+        assert r["state"] == "pending"
+        st, hello = _with_retries(sim.tcp_port, sim.key, "status beside the sieve",
+                                  lambda c: (c.ok("status"), c.ok("hello")))
+        assert st["slots"]["b"]["state"] == "pending" and st["app"]["state"] == "stopped"
+        assert hello["max_data"] == 1024, sim.output[-2000:]  # (the sieve's holes are 3.8 KB)

@@ -118,7 +118,7 @@ class DevConn:
     def push(self, image, version=None, **begin):
         sha = hashlib.sha256(image).hexdigest()
         b = self.ok("begin", size=len(image), sha256=sha, version=version, **begin)
-        self.upload(image, b["offset"])
+        self.upload(image, b["offset"], chunk=b["max_data"])  # (less than 4096 in a fragmented heap)
         return self.ok("commit")
 
 
