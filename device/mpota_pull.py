@@ -155,7 +155,7 @@ async def run(dev, cl, seq, d, emit):
         if dev.session is not s:
             s = begin(dev, cl, d)  # closed meanwhile (a silent session): resumes from the bytes held
         had = s.w.pos
-        why = None
+        why = "the session was closed (silent)"
         try:
             await _get(dev, s, host, port, path, emit, seq, prog, buf)
         except PullError as e:

@@ -157,3 +157,38 @@ def test_headers_dripped_past_the_session_timeout_resume_the_install(board, tmp_
     assert d["event"] == "installed" and d["state"] == "pending", d
     assert b.sim.wait_for_line("update session silent", 1)
     assert len(b.srv.log) == 2, b.srv.log  # the dripped answer, then one that completed
+
+
+def endless_drip(c, req, img, rng):
+    # a right answer whose body comes one byte at a time, each well within the read
+    # timeout: without end (bounded here at 60 s, or until the board hangs up)
+    off = int(rng.split("=")[1].split("-")[0]) if rng else 0
+    head = "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n" % (off, len(img) - 1, len(img)) \
+        if off else "HTTP/1.1 200 OK\r\n"
+    c.sendall((head + "Content-Length: %d\r\n\r\n" % (len(img) - off)).encode() + img[off:len(img) // 2])
+    end = time.monotonic() + 60
+    for i in range(max(off, len(img) // 2), len(img)):
+        if time.monotonic() > end:
+            return
+        c.sendall(img[i:i + 1])
+        time.sleep(0.2)
+
+
+def test_a_newer_install_replaces_a_download_that_a_server_drips_for_ever(board, tmp_path):
+    # The server dripped one byte at a time: the download never ended, and every
+    # newer signed install was refused "busy" (a reset resumed the same download):
+    # the server, not the key, decided what the board did. A newer install replaces it.
+    b = board
+    b.sim.wait_for_line("app: v1 tick", 30)  # (the install above booted on trial)
+    b.send(b.cmd("confirm"))
+    b.watch.state(b.id, lambda d: d["active"] == "a" and not d["trial"], 60)
+    img = _image(tmp_path, "v2", "1.0.1+0", b.key, lines=300)
+    b.srv.log.clear()
+    b.srv.script.put(endless_drip)
+    seq = _install(b, img, tmp_path)
+    b.watch.event(b.id, seq, "progress", 30)  # the drip has begun
+    seq2 = _install(b, img, tmp_path)  # the same image from a server that answers (the script's end)
+    d = _outcome(b, seq2)
+    assert d["event"] == "installed" and d["state"] == "pending" and d["version"] == "1.0.1+0", d
+    assert len(b.srv.log) == 2 and b.srv.log[1] != "bytes=0-", b.srv.log  # the second GET resumed
+    assert not [e for e in b.watch.events(b.id, seq) if e["event"] in ("installed", "error")]
