@@ -333,9 +333,7 @@ async def _stop_pull(dev, cl):
             await t
         except asyncio.CancelledError:
             pass
-    s = dev.session
-    if s is not None and s.owner is cl:
-        dev.close_session()
+    _close_own(dev, cl)
 
 
 async def _pull(dev, cl, rec):
@@ -358,8 +356,15 @@ async def _pull(dev, cl, rec):
         await _reset(dev)  # into the trial
 
 
+def _close_own(dev, cl):
+    # the pull's session, never one a LAN or USB peer opened meanwhile (the pull's begin was busy)
+    s = dev.session
+    if s is not None and s.owner is cl:
+        dev.close_session()  # the bytes stay: a new install of the same image resumes them
+
+
 async def _failed(dev, cl, rec, e):
-    dev.close_session()  # the bytes stay: a new install of the same image resumes them
+    _close_own(dev, cl)
     if isinstance(e, ProtoError):
         return await fail(cl, rec, e.code, e.message)
     if isinstance(e, MemoryError):

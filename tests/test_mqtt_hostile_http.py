@@ -192,3 +192,58 @@ def test_a_newer_install_replaces_a_download_that_a_server_drips_for_ever(board,
     assert d["event"] == "installed" and d["state"] == "pending" and d["version"] == "1.0.1+0", d
     assert len(b.srv.log) == 2 and b.srv.log[1] != "bytes=0-", b.srv.log  # the second GET resumed
     assert not [e for e in b.watch.events(b.id, seq) if e["event"] in ("installed", "error")]
+
+
+def test_a_failed_pull_leaves_a_lan_upload_s_session_open(tmp_path):
+    # The pull's session closed (silent) while the server dripped its headers; an
+    # operator's LAN upload began meanwhile; the pull's next begin was "busy" and its
+    # failure path closed the session it did not own: the operator's upload lost it.
+    import asyncio
+    from mpota.client import Client
+
+    key = tmp_path / "trusted.pem"
+    keys.keygen(key)
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"timeout": 3}))
+    srv = Hostile()
+    go = threading.Event()
+
+    def drip_until_told(c, req, img, rng):
+        end = time.monotonic() + 30
+        for ch in b"HTTP/1.1 200 OK\r\n" + b"X-Pad: 0\r\n" * 90:
+            if go.is_set() or time.monotonic() > end:
+                return  # then close: the pull begins again
+            c.sendall(bytes((ch,)))
+            time.sleep(0.25)
+
+    srv.script.put(drip_until_told)
+    b = Board(tmp_path)
+    b.key = key
+    ref = [None]
+    try:
+        with Broker() as broker:
+            b.watch = Watch(broker.port, ref)
+            b.sim = ref[0] = Sim(state=tmp_path / "dev", flags=["--mqtt", broker.hostport, "--fleet", FLEET,
+                                                                "--trust", str(key), "--config", str(cfg)])
+            b.id = b.sim.device_id
+            b.srv = srv
+            b.watch.state(b.id, lambda d: d["cmd_seq"] == 0)
+            seq = _install(b, _image(tmp_path, "v1", "1.0.0+0", key, lines=300), tmp_path)
+            b.sim.wait_for_line("update session silent", 20)
+
+            async def lan():
+                async with Client("127.0.0.1", b.sim.tcp_port, key=b.sim.key) as c:
+                    r = await c.begin(5000, "ab" * 32, version="2.0.0")
+                    assert r["offset"] == 0, r
+                    go.set()
+                    ev = await asyncio.get_running_loop().run_in_executor(None, _outcome, b, seq)
+                    assert ev["event"] == "error" and ev["error"] == "busy", ev
+                    return await c.abort()  # the operator's session is still its own
+
+            r = asyncio.run(lan())
+            assert r["slot"] == "a" and r["offset"] == 0, r
+    finally:
+        if b.sim is not None:
+            b.sim.stop()
+        b.watch.close()
+        srv.close()
