@@ -228,9 +228,11 @@ async def handle(dev, cl, payload, on_all):
         return
     new = {"seq": seq, "op": op}
     if op == "install":
-        if dev.session is not None:
+        s = dev.session
+        if s is not None and s.owner is not cl:
             await event(cl, seq, "error", error="busy", message="an update session is open")
             return  # not acted on: the seq is not spent
+        await _stop_pull(dev, cl)  # (a newer signed install replaces the download in progress)
         new["install"] = d
         new["phase"] = "download"
     elif rec.get("install"):
@@ -320,6 +322,20 @@ async def install(dev, cl, rec):
     cl.task = asyncio.create_task(_pull(dev, cl, rec))
 
 
+async def _stop_pull(dev, cl):
+    # the download of an earlier install (a server that drips its bytes may keep it
+    # going for ever): it ends (cancelled, its socket closed), its session closes
+    # and its bytes stay (the same image resumes them)
+    t = cl.task
+    if t is not None:
+        t.cancel()
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
+    _close_own(dev, cl)
+
+
 async def _pull(dev, cl, rec):
     import mpota_pull as pull
     try:
@@ -340,8 +356,15 @@ async def _pull(dev, cl, rec):
         await _reset(dev)  # into the trial
 
 
+def _close_own(dev, cl):
+    # the pull's session, never one a LAN or USB peer opened meanwhile (the pull's begin was busy)
+    s = dev.session
+    if s is not None and s.owner is cl:
+        dev.close_session()  # the bytes stay: a new install of the same image resumes them
+
+
 async def _failed(dev, cl, rec, e):
-    dev.close_session()  # the bytes stay: a new install of the same image resumes them
+    _close_own(dev, cl)
     if isinstance(e, ProtoError):
         return await fail(cl, rec, e.code, e.message)
     if isinstance(e, MemoryError):

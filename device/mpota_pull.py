@@ -108,10 +108,17 @@ async def _get(dev, s, host, port, path, emit, seq, prog, buf):
                 break
             if n >= _HDR_MAX:
                 raise PullError("response headers longer than %d bytes" % _HDR_MAX)
-        check_head(bytes(mv[:e]).decode(), off, s.size)
+        try:
+            head = bytes(mv[:e]).decode()
+        except UnicodeError:
+            raise PullError("the response headers are not text")
+        check_head(head, off, s.size)
+        head = None
         p = e + 4
         size = s.size
         while True:
+            if dev.session is not s:
+                return  # closed while the server was slow (silent session): run() begins again
             if n > p:
                 k = min(n - p, size - s.w.pos)
                 s.w.write(mv[p:p + k])  # a ProtoError (flash full, write failed) ends the install
@@ -120,7 +127,7 @@ async def _get(dev, s, host, port, path, emit, seq, prog, buf):
                 if q > prog[0] and q < 4:
                     prog[0] = q
                     await emit(seq, "progress", offset=s.w.pos, size=size, percent=25 * q)
-            if s.w.pos >= size or dev.session is not s:
+            if s.w.pos >= size:
                 return
             p = 0
             n = await asyncio.wait_for_ms(r.readinto(mv[:min(len(buf), size - s.w.pos)]), _T_IO)
@@ -148,7 +155,7 @@ async def run(dev, cl, seq, d, emit):
         if dev.session is not s:
             s = begin(dev, cl, d)  # closed meanwhile (a silent session): resumes from the bytes held
         had = s.w.pos
-        why = None
+        why = "the session was closed (silent)"
         try:
             await _get(dev, s, host, port, path, emit, seq, prog, buf)
         except PullError as e:

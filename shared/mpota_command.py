@@ -144,22 +144,29 @@ def split_url(url):
     return hp, port, path
 
 
+def _show(v):
+    # a field of a body not verified yet, for a refusal's message: a JSON array or
+    # object by its kind only (repr recurses: a few hundred levels, which 1 KB of
+    # payload holds, overflow a board's C stack: RuntimeError instead of a refusal)
+    return "a JSON array" if isinstance(v, list) else "a JSON object" if isinstance(v, dict) else repr(v)
+
+
 def check(d, dev_id, fleet, last_seq, on_all=False):
     """Hold body `d` against a board: its fleet, its id (`on_all`: it came on
     the fleet's all topic, where only "to": "*" is accepted), a seq newer
     than `last_seq`, a known op with valid fields. -> the op; CommandError."""
     seq = _int(d, "seq", 1, _MAX_SEQ)
     if d.get("fleet") != fleet:
-        raise CommandError(WRONG_FLEET, "for fleet %r, this board is in %r" % (d.get("fleet"), fleet))
+        raise CommandError(WRONG_FLEET, "for fleet %s, this board is in %r" % (_show(d.get("fleet")), fleet))
     to = d.get("to")
     if to != ("*" if on_all else dev_id):
-        raise CommandError(WRONG_TARGET, "for %r on the %s topic, this board is %r"
-                           % (to, "all" if on_all else "board's", dev_id))
+        raise CommandError(WRONG_TARGET, "for %s on the %s topic, this board is %r"
+                           % (_show(to), "all" if on_all else "board's", dev_id))
     if seq <= last_seq:
         raise CommandError(OLD_SEQ, "seq %d is not newer than %d (replayed or stale)" % (seq, last_seq))
     op = d.get("op")
     if op not in OPS:
-        raise CommandError(UNKNOWN_OP, "unknown op %r" % (op,))
+        raise CommandError(UNKNOWN_OP, "unknown op %s" % _show(op))
     if op == "install":
         split_url(d.get("url"))
         sha = _str(d, "sha256", 64, 64)

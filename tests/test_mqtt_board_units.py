@@ -75,6 +75,44 @@ except CommandError as e:
 '''
 
 
+NESTED = r'''
+import boardstub
+import _thread
+import time
+import ujson as json
+import mpota_command as command
+_thread.stack_size(8192)  # a board's C stack is a few KB, not the unix port's
+out = []
+def run():
+    for k in ("fleet", "to", "op"):
+        d = {"seq": 5, "fleet": "site", "to": "abcd", "op": "confirm"}
+        d[k] = json.loads("[" * 200 + "]" * 200)  # what an unsigned body of 420 bytes may hold
+        try:
+            command.check(d, "abcd", "site", 0)
+            out.append(k + " acted")
+        except command.CommandError as e:
+            out.append(k + " " + e.reason)
+        except Exception as e:
+            out.append(k + " " + type(e).__name__)
+_thread.start_new_thread(run, ())
+for _ in range(250):
+    if len(out) == 3:
+        break
+    time.sleep_ms(20)
+print(out)
+'''
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+def test_a_deeply_nested_field_of_an_unsigned_command_is_refused_not_raised(mp):
+    # check() put repr() of the field in its message: a list nested a few hundred deep (an
+    # unsigned payload anyone on the broker may publish, retained) overflowed the C stack
+    # (RuntimeError), which ended the MQTT session at every connect
+    r = run_device_script(mp, None, NESTED)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "['fleet wrong_fleet', 'to wrong_target', 'op unknown_op']", r.stdout
+
+
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 def test_the_pull_accepts_only_the_answer_to_its_range(mp):
     r = run_device_script(mp, None, CHECK_HEAD)
