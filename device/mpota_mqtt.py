@@ -45,6 +45,7 @@ class Client:
         self.r = self.w = None
         self.pid = 0
         self.unacked = 0  # packet id of the QoS 1 publish awaiting its PUBACK, 0: none
+        self.last = 0  # ... of the newest one, until its PUBACK (a reset waits for it: mqttcmd._reset)
         self.t_pub = 0
         self.t_rx = self.t_tx = 0
         self.dirty = True  # the state is republished at the next tick
@@ -139,8 +140,11 @@ class Client:
                     await self._command(self.mv[p:n], tp == self.all)
                 tp = None
             elif t == 4 and n == 2:  # PUBACK
-                if ((buf[0] << 8) | buf[1]) == self.unacked:
+                i = (buf[0] << 8) | buf[1]
+                if i == self.unacked:
                     self.unacked = 0
+                if i == self.last:  # (the broker acknowledges in order: all before it are there too)
+                    self.last = 0
             elif t == 9 and n >= 3:  # SUBACK
                 for k in range(2, n):
                     if buf[k] & 0x80:
@@ -175,7 +179,7 @@ class Client:
         await mqttcmd.connect(self)
         self.up = True
         self.connects += 1
-        self.unacked = 0
+        self.unacked = self.last = 0
         self.dirty = True  # the retained state, at every connect (a new broker may have none)
         self.rx_err = None
         print("mpota: mqtt connected to %s:%d as %s" % (self.host, self.port, self.base))

@@ -28,7 +28,7 @@ from mpota_lineproto import ProtoError, error_name, E_INTERNAL, E_RESTARTING, E_
 PATH = "/mpota_cmd.json"  # {"seq": N, "op", "result", and during an install: "install" (its body), "phase"}
 _T_CONNECT = const(10000)  # ms for the TCP connect and for CONNACK
 RATE_LIMITED = "rate_limited"  # (a reason of the board's own, besides mpota_command's)
-_RESET_MS = 500  # after the last event of a command that resets: it leaves first
+_RESET_MS = 500  # a command that resets waits this long at most for its last event's PUBACK (_reset)
 _EVERY_MS = const(5000)  # ignored commands: a burst of _BURST reports, then one per _EVERY_MS
 _BURST = const(6)  # (and never twice for one seq)
 # Signature checks: a burst of _VERIFY_BURST, then one per _VERIFY_MS. Each blocks the event
@@ -104,6 +104,7 @@ async def publish(cl, topic, msg, retain=False, qos=0):
         if not cl.unacked:
             cl.unacked = i
             cl.t_pub = hal.ticks_ms()
+        cl.last = i
     hdr = bytes((0x30 | (qos << 1) | (1 if retain else 0),)) + _rlen(len(t) + len(pid) + len(msg))
     await cl.send(hdr, t, pid, msg)
 
@@ -255,10 +256,10 @@ async def handle(dev, cl, payload, on_all):
             slots.attach(dev)
             r = rareops.op_rollback(dev, None, {})
             await done(cl, new, "rolled_back", slot=r["slot"])
-            await _reset(dev)  # as the LAN's rollback: rollback then reset
+            await _reset(dev, cl)  # as the LAN's rollback: rollback then reset
         elif op == "reset":
             await done(cl, new, "reset")
-            await _reset(dev)
+            await _reset(dev, cl)
         else:
             await publish(cl, cl.base + "logs", json.dumps(logs(dev, seq)))
             await done(cl, new, "logs")
@@ -292,8 +293,15 @@ async def fail(cl, rec, code, message):
     await done(cl, rec, "error", error=error_name(code), message=message)
 
 
-async def _reset(dev):
-    dev.reset_ms = _RESET_MS
+async def _reset(dev, cl):
+    # once the broker has acknowledged the last event (its PUBACK: what was sent before is
+    # there too), or after _RESET_MS: the outcome the host waits for is never cut by the
+    # reset, and a board on a fast link resets at once (from the reader's task, which reads
+    # the PUBACK, the wait is the bound: the reset and rollback commands)
+    t = hal.ticks_ms()
+    while cl.last and cl.up and hal.ticks_diff(hal.ticks_ms(), t) < _RESET_MS:
+        await asyncio.sleep_ms(5)
+    dev.reset_ms = 0
     await dev.after_reply()  # (closes the update session, if any, then hal.reset())
 
 
@@ -353,7 +361,7 @@ async def _pull(dev, cl, rec):
     await done(cl, rec, "installed", slot=r["slot"], version=r["version"], state=r["state"], ms=r["ms"],
                rate=r["rate"], mem_peak=dev.mem_peak, mem_base=dev.mem_base)
     if "phase" in rec:
-        await _reset(dev)  # into the trial
+        await _reset(dev, cl)  # into the trial
 
 
 def _close_own(dev, cl):

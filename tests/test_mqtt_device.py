@@ -135,6 +135,18 @@ class Watch:
                         "%s %s" % (t, p[:200]) for t, p, *_ in self.msgs[-8:]), "\n".join(told)))
                 self.cond.wait(min(left, 0.5))
 
+    def arrival(self, pred):
+        """When the first message that pred(topic, dict) holds for arrived (time.monotonic())."""
+        with self.cond:
+            for t, p, *_, ts in self.msgs:
+                try:
+                    d = json.loads(p)
+                except ValueError:
+                    continue
+                if pred(t, d):
+                    return ts
+        raise AssertionError("no such message")
+
     def events(self, dev, seq=None):
         with self.cond:
             out = [json.loads(p) for t, p, *_ in self.msgs if t == "mpota/%s/%s/events" % (FLEET, dev)]
@@ -237,6 +249,14 @@ def test_install_pulled_with_a_resumed_drop_then_confirmed(board, tmp_path):
     seq = b.send(body)
     done, _ = b.watch.event(b.id, seq, "installed", 60)
     assert done["state"] == "pending" and done["version"] == "1.0.0+0", done
+    # it resets into the trial once the broker has acknowledged that event (mpota_mqttcmd._reset),
+    # not a fixed 500 ms later: its last will follows the event at once
+    b.watch.wait(lambda t, d: t.endswith(b.id + "/state") and d.get("online") is False, 30, "the last will")
+    gap = b.watch.arrival(lambda t, d: t.endswith(b.id + "/state") and d.get("online") is False) - \
+        b.watch.arrival(lambda t, d: t.endswith(b.id + "/events") and d.get("seq") == seq and
+                        d["event"] == "installed")
+    print("\nreset %.3f s after the installed event" % gap)
+    assert gap < 0.3, "the reset came %.2f s after the installed event" % gap
     prog = [e["percent"] for e in b.watch.events(b.id, seq) if e["event"] == "progress"]
     assert prog == [25, 50, 75], prog
     assert Files.log[0] == ("bytes=0-",) and len(Files.log) == 2, Files.log

@@ -11,45 +11,19 @@ write ceiling, and how many boards a crashing version touches past its canary.
     python tools/bench_mqtt.py [--count 100] [--parallel 25] [--soak 1] [--flash-timing w25q]
 """
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_fleet import app_image  # noqa: E402
-from fleetsim import Fleet  # noqa: E402
-from mosquitto import Broker  # noqa: E402
+from mqttfleet import MqttFleet  # noqa: E402  (the setup tests/test_mqtt_fleet100.py shares)
 
-from host import keys, mqtt, release, rollout  # noqa: E402  (the package's folder, installed as mpota)
-from host.httpserve import make_server  # noqa: E402
+from host import rollout  # noqa: E402  (the package's folder, installed as mpota)
 
 FLASH_CEILING = 80_000  # B/s: 4 KiB erase + program in about 51 ms (docs: DESIGN's flash timing)
-
-
-async def run_rollout(url: str, base: str, work: Path, key, ids: list, img, parallel: int, soak: float,
-                      wait: float):
-    """One rollout of `img` to `ids` through the broker: -> (seconds, plan, the boards' "installed" events)."""
-    store = rollout.RolloutStore(work / "rollouts")
-    plan = rollout.new_plan(img, ids, soak=soak, parallel=parallel)
-    store.create(plan, img)
-    async with mqtt.Link(url, timeout=30) as link:
-        t = mqtt.MqttTransport(link, lambda s: s, key, release.release_url(img, base), wait=wait)
-        t0 = time.monotonic()
-        await rollout.Rollout(plan, store, t, image=img).run()
-        secs = time.monotonic() - t0
-        return secs, plan, [e for q in link.events.values() for e in q if e.get("event") == "installed"]
-
-
-async def online(url: str, ids: list, timeout: float) -> float:
-    t0 = time.monotonic()
-    async with mqtt.Link(url, timeout=30) as link:
-        await link.wait_online(ids, timeout)
-    return time.monotonic() - t0
 
 
 def main(argv=None) -> int:
@@ -78,34 +52,15 @@ def main(argv=None) -> int:
                 gets.append((path, status, sent, seconds))
 
     with tempfile.TemporaryDirectory(prefix="mpota-mqtt-bench-") as tmp:
-        work = Path(tmp)
-        kp = work / "signing.pem"
-        keys.keygen(str(kp))
-        key = mqtt.signing_key(str(kp))
-        (work / "rel").mkdir()
-        server = make_server(work / "rel", port=0, on_request=on_request)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        base = "http://127.0.0.1:%d" % server.server_port
-        try:
-            with Broker() as broker:
-                flags = ["--mqtt", broker.hostport, "--no-listen", "--trust", str(kp),
-                         "--flash-timing", a.flash_timing]
-                t0 = time.monotonic()
-                with Fleet(a.count, work / "fleet", heap=a.heap, micropython=mp, flags=flags, timeout=600) as sims:
-                    ids = [b.device_id for b in sims.boards]
-                    up = time.monotonic() - t0 + asyncio.run(online(broker.url, ids, 120))
-                    good = app_image(work, "2.0.0", key=str(kp))
-                    bad = app_image(work, "2.0.1", crash=True, key=str(kp))
-                    for img in (good, bad):
-                        release.publish(img, work / "rel", key, base)
-                    secs, plan, installed = asyncio.run(run_rollout(broker.url, base, work, key, ids, good, a.parallel,
-                                                         a.soak, a.wait))
-                    pulls = list(gets)
-                    _, crash, _ = asyncio.run(run_rollout(broker.url, base, work, key, ids, bad, a.parallel, a.soak,
-                                                       a.wait))
-        finally:
-            server.shutdown()
-            server.server_close()
+        with MqttFleet(a.count, Path(tmp), heap=a.heap, micropython=mp, flash_timing=a.flash_timing,
+                       on_request=on_request, timeout=600) as site:
+            up = site.ready_s + site.online_s
+            good = site.app("2.0.0")
+            bad = site.app("2.0.1", crash=True)
+            ok = site.rollout(good, parallel=a.parallel, soak=a.soak, wait=a.wait)
+            pulls = list(gets)
+            crash = site.rollout(bad, parallel=a.parallel, soak=a.soak, wait=a.wait).plan
+    secs, plan, installed = ok.seconds, ok.plan, ok.installed
     n = a.count
     print("\nrollout through MQTT: %d simulated boards binding nothing (%s, heap %s, flash timing %s),"
           % (n, build, a.heap, a.flash_timing))
