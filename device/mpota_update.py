@@ -175,7 +175,9 @@ def op_begin(dev, c, req):
                             None if held is None else _buf(dev), src)
     s.client = client
     dev.open_session(s)
-    r = {"slot": name(i), "offset": s.w.pos, "max_data": c.max_data, "window": lineproto.WINDOW}
+    # (c: a dispatch.Peer, or the MQTT client a pull writes for: no frames, no max_data of its own)
+    r = {"slot": name(i), "offset": s.w.pos, "max_data": getattr(c, "max_data", lineproto.MAX_DATA),
+         "window": lineproto.WINDOW}
     if held is not None:
         r["held"] = binascii.hexlify(held).decode()  # what the device keeps (a sector its file lacks is sent)
     return r
