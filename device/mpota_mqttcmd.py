@@ -261,21 +261,26 @@ async def handle(dev, cl, payload, on_all):
             await done(cl, new, "reset")
             await _reset(dev, cl)
         else:
-            await publish(cl, cl.base + "logs", json.dumps(logs(dev, seq)))
+            await publish(cl, cl.base + "logs", json.dumps(logs(dev, seq, d)))
             await done(cl, new, "logs")
     except ProtoError as e:
         await fail(cl, new, e.code, e.message)
 
 
-def logs(dev, seq):
-    """The reply to "logs": what the board keeps today, the app's last state
-    and error and the boot facts. HOOK for the log ring (branch `logs`, not on
-    main yet): its logs op handler, `op_logs(dev, None, {"max": ..., "since": ...})`,
-    returns the ring's bytes and the saved traceback; once it lands, "lines"
-    is its "data" (the command's own "since"/"max" passed through) and
-    "traceback" its traceback."""
-    return {"seq": seq, "id": dev.id, "app": dev.app, "boot_note": dev.note, "boot_reason": dev.boot_reason,
-            "resets": dev.resets, "uptime_ms": dev.uptime(), "lines": []}
+def logs(dev, seq, d):
+    """The reply to "logs": the console the board keeps (mpota_logs.op_logs, as
+    the LAN op: the ring's bytes after the command's "since", at most its "max",
+    and the saved traceback) with the app's last state and the boot facts."""
+    had = "mpota_logs" in sys.modules
+    import mpota_logs
+    try:
+        r = mpota_logs.op_logs(dev, None, {"since": d.get("since"), "max": d.get("max")})
+    finally:
+        if not had:
+            sys.modules.pop("mpota_logs", None)  # (its lifetime is a request's: agent._LIFE)
+    r.update({"seq": seq, "id": dev.id, "app": dev.app, "boot_note": dev.note, "boot_reason": dev.boot_reason,
+              "resets": dev.resets})
+    return r
 
 
 async def done(cl, rec, result, seq=None, **kw):

@@ -314,6 +314,7 @@ def test_forged_replayed_foreign_and_misaddressed_commands_are_ignored(board):
         logs = [json.loads(p) for t, p, *_ in b.watch.msgs if t.endswith(b.id + "/logs")]
         states = [json.loads(p) for t, p, *_ in b.watch.msgs[n0:] if t.endswith(b.id + "/state")]
     assert logs and logs[-1]["seq"] == good and logs[-1]["app"]["state"] == "running", logs
+    assert "app: v1 tick" in logs[-1]["data"] and logs[-1]["cursor"] > 0, logs[-1]  # the console's ring
     assert {s["cmd_seq"] for s in states if s.get("online")} <= {last, good}, states  # none other acted on
     assert "sim: boot #3" not in b.sim.output  # nothing reset it
     assert sum("mqtt connected" in ln for ln in b.sim.output.splitlines()[m0:m1]) == 0  # the big one: no drop
