@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_device_script
+from conftest import INTERRUPTIBLE, REPO, run_device_script
 from devconn import DevConn, app_image, reset_and_wait
 from simproc import Sim
 
@@ -95,7 +95,7 @@ def cli(sim, targets, *args, timeout=60, popen=False):
     cmd = [sys.executable, "-m", "mpota", "--targets", str(targets)] + [str(a) for a in args]
     if popen:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                cwd=str(REPO))
+                                cwd=str(REPO), **INTERRUPTIBLE)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=timeout)
 
 
@@ -168,7 +168,12 @@ def test_follow_shows_each_line_once_and_a_group_prefixes_board_names(tmp_path):
         p = cli(a, tf, "-t", "pico-a", "logs", "--follow", "--interval", "0.3", popen=True)
         time.sleep(3)
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=30)
+        try:
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
         got = [int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("line ")]
         assert len(got) > 40 and got == list(range(got[0], got[0] + len(got))), out  # once each, none missed
         assert "dropped" not in out
