@@ -42,10 +42,12 @@ mosquitto:
 # type-check of device code, then the pytest suites.
 # The suites in JOBS processes (pytest-xdist; a file's tests stay in one, with its
 # module fixtures): most tests wait on simulated boards, so 2 cores run 2 at once.
+# The 100-board fleets then run alone: beside another worker they starve.
 JOBS ?= 2
 
 test: setup lint mpy-check typecheck
-	$(PY) -m pytest -q -n $(JOBS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile -m "not fleet100" tests
+	$(PY) -m pytest -q -m fleet100 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -x tests -m "not slow"

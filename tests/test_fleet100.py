@@ -20,6 +20,7 @@ import sim
 from mpota import discover, images, rollout
 from mpota.targets import Target
 
+pytestmark = pytest.mark.fleet100  # run alone, after the rest (Makefile: test)
 COUNT = 100
 APP = '''import asyncio
 import mpota

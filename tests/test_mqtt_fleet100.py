@@ -14,7 +14,7 @@ from mqttfleet import MqttFleet
 from mpota import rollout
 
 COUNT = 100
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.fleet100, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
