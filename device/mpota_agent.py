@@ -89,7 +89,7 @@ _TICK_MS = const(200)  # housekeeping's period
 class Device:
     """What the agent knows between connections. Resident, so small: the
     behaviour is in service.py and the handlers, loaded with a connection."""
-    VERSION = "0.4.0"
+    VERSION = "0.5.0"
     trust = None  # status's "trust" (the trusted keys' fingerprints): set at boot and by each key change
     log = None  # the console's ring (mpota_logring.Ring; None: "log_size" 0)
     last_crash = None  # the saved traceback's summary line (bootmgr reads it, logs.save_tb renews it)

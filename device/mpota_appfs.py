@@ -1,16 +1,16 @@
-# appfs: mount the littlefs inside an image slot (a file) read-only at /app.
+# appfs: mount the littlefs inside an image slot read-only at /app.
 #
 # The application's files are the body of its MCUboot image: a littlefs
 # (block size 4096) stored at `offset` of the slot file. A read-only block
 # device over that region lets VfsLfs2 mount it in place -- nothing is
-# copied or unpacked, and reads go straight to the slot file with readinto.
+# copied or unpacked, and reads go straight to the slot's files with readinto.
 import uos as os
 import vfs
 
 BLOCK = 4096
 _EROFS = 30
 
-_mounts = {}  # type: dict  # mountpoint -> open slot file
+_mounts = {}  # type: dict  # mountpoint -> the slot open to read (slotio)
 
 
 class RegionBdev:
@@ -44,19 +44,19 @@ class RegionBdev:
         return 0  # init, deinit, sync
 
 
-def mount(path, offset, length, mountpoint="/app"):
-    """Mount the littlefs at `offset` (`length` bytes) of the file `path` read-only
-    at `mountpoint`. Returns the VfsLfs2. Raises OSError with a clear message."""
+def mount(f, offset, length, mountpoint="/app"):
+    """Mount the littlefs at `offset` (`length` bytes) of `f` (a slot open to
+    read: slots.Slots.open) read-only at `mountpoint`; f is closed at umount
+    (or now, when the mount fails). Returns the VfsLfs2. Raises OSError with
+    a clear message."""
     if mountpoint in _mounts:
         umount(mountpoint)
-    f = open(path, "rb")  # noqa: SIM115 (stays open while mounted)
     try:
         fs = vfs.VfsLfs2(RegionBdev(f, offset, length), progsize=256)
         vfs.mount(fs, mountpoint, readonly=True)
     except OSError as e:
         f.close()
-        raise OSError("appfs: no mountable littlefs in %s at %d (+%d bytes): %r"
-                      % (path, offset, length, e))
+        raise OSError("appfs: no mountable littlefs at %d (+%d bytes) of the slot: %r" % (offset, length, e))
     except Exception:
         f.close()
         raise

@@ -74,20 +74,28 @@ def _err(e):
 
 def _load_app(sl, i):
     """Verify and mount slot i, import its main.py; returns the module."""
-    path = sl.path(i)
-    info = _use("mpota_mcuboot").verify(path, feed=hal.wdt_feed)  # header, TLVs and SHA-256 (ImageError)
-    if not info["body_is_littlefs"]:
-        raise ValueError("the image body is not a littlefs")
-    # the signature was verified at commit: check that result still holds
-    s = sl.slot(i)
-    slots.check_counter(slots.counter(info), sl.floor())
-    if slots.trusting():
-        tr = _use("mpota_trust")
-        tr.check_boot(tr.load(), s.get("signer"), s.get("image_hash"), info)
-        _drop("mpota_trust")
-        _drop("mpota_ed25519")
-    appfs = _use("mpota_appfs")
-    appfs.mount(path, info["hdr_size"], info["img_size"], APP_MOUNT)
+    f = sl.open(i)
+    try:
+        info = _use("mpota_mcuboot").verify(f, 0, sl.file_size(i), hal.wdt_feed)  # header, TLVs, SHA-256
+    except Exception:
+        f.close()
+        raise
+    try:
+        if not info["body_is_littlefs"]:
+            raise ValueError("the image body is not a littlefs")
+        # the signature was verified at commit: check that result still holds
+        s = sl.slot(i)
+        slots.check_counter(slots.counter(info), sl.floor())
+        if slots.trusting():
+            tr = _use("mpota_trust")
+            tr.check_boot(tr.load(), s.get("signer"), s.get("image_hash"), info)
+            _drop("mpota_trust")
+            _drop("mpota_ed25519")
+        appfs = _use("mpota_appfs")
+    except Exception:
+        f.close()
+        raise
+    appfs.mount(f, info["hdr_size"], info["img_size"], APP_MOUNT)  # (it keeps f, or closes it)
     del info
     appfs.check_app(APP_MOUNT)  # commit checked it too; a slot may predate that
     gc.collect()

@@ -144,7 +144,7 @@ async def _handle(dev, c, req=None):
         await c.w.drain()
         await dev.after_reply()
         s = dev.session
-        if s is not None and s.owner is c and s.w.r is not None:
+        if s is not None and s.owner is c and s.w.ahead:
             await s.w.copy_held(c, dev, s)  # sectors the device has already (upload.Writer)
 
 

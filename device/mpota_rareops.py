@@ -28,9 +28,12 @@ def read_into(dev, i, offset, mv):
         raise ProtoError(E_OUT_OF_RANGE, "slot %s is empty" % slots.NAMES[i])
     if offset + len(mv) > have:
         raise ProtoError(E_OUT_OF_RANGE, "read past the %d bytes of slot %s" % (have, slots.NAMES[i]))
-    with open(dev.sl.path(i), "rb") as f:
+    f = dev.sl.open(i)
+    try:
         f.seek(offset)
         return f.readinto(mv)
+    finally:
+        f.close()
 
 
 def read_frame(dev, c, f):

@@ -164,7 +164,7 @@ def data(dev, c, f):
         return c.nerror(OP_DATA, lineproto.E_CRC_MISMATCH, acked, off)
     if off + ln > s.size:
         return c.nerror(OP_DATA, lineproto.E_OUT_OF_RANGE, acked, off)
-    if off > acked and w.r is not None:  # past held sectors not copied yet (upload.Writer.copy_held)
+    if off > acked and w.ahead:  # past held sectors not copied yet (upload.Writer.copy_held)
         w.fill((off - acked + 4095) >> 12)
         acked = w.pos
     if off > acked:

@@ -1,8 +1,9 @@
 # slots: the two application slots (A/B) as files inside the filesystem, and
 # the journaled state record that says which one boots.
 #
-# Slots are files (/mpota-slots/a.img, b.img) because a stock Pico W build
-# has no raw flash outside the littlefs (docs/board.md). The state record
+# Slots are files (/mpota-slots/a.0, a.1, ...: a file per 4 KiB sector,
+# slotio.py says why) because a stock Pico W build has no raw flash outside
+# the littlefs (docs/board.md). The state record
 # state.json beside them is never modified in place:
 #
 #   1. the new record is written to state.new and closed; littlefs commits a
@@ -22,10 +23,10 @@
 # commit "writing"), and a record claiming a complete image is committed only
 # AFTER the bytes were synced and verified. A reusing upload (begin_reuse)
 # keeps the old bytes under its "writing" record, which claims nothing
-# bootable: the new image is written beside them and replaces them only when
-# its file is synced (littlefs commits a file's new blocks at once). A record
-# that names a file that is missing (a cut between delete and commit) is
-# repaired to "empty" at load.
+# bootable: the sectors that changed are rewritten in place, the others are
+# not touched. A record whose slot has lost its first sector file (a cut
+# between delete and commit: remove() deletes it first) is repaired to
+# "empty" at load.
 #
 # Every change of the record after boot is a Slots method here (begin,
 # begin_reuse, finish, mark_pending, make_permanent, confirm, raise_floor,
@@ -48,6 +49,7 @@ except ImportError:  # CPython (tests/test_trust.py)
 
 from mpota_lineproto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED, E_NO_SPACE, SLOT_NAMES as NAMES
 from mpota_lineproto import slot_name as name  # noqa: F401 (slots.name: the handlers' name for it)
+import mpota_slotio as slotio
 EMPTY = "empty"
 WRITING = "writing"
 COMPLETE = "complete"
@@ -151,11 +153,52 @@ def file_size(path):
         return -1
 
 
+def slot_size(base):
+    """Bytes slot `base` holds: its sector files' up to the first missing or
+    short one (a slot of one file from before agent 0.5: its size); -1 when
+    it has no first sector (nor that file)."""
+    n = file_size(base + ".img")
+    if n >= 0:
+        return n
+    k = 0
+    n = 0
+    while True:
+        s = file_size(slotio.chunk(base, k))
+        if s < 0:
+            return n if k else -1
+        n += s
+        if s < slotio.CHUNK:
+            return n
+        k += 1
+
+
 def remove(path):
     try:
         os.remove(path)
     except OSError:
         pass
+
+
+def drop(base, first=0):
+    """Delete slot `base`'s sector files from sector `first` on (0: all of
+    them, and a slot's one old file; the first sector's file first, so a cut
+    part way leaves a slot that holds nothing rather than a truncated image)."""
+    if not first:
+        remove(base + ".img")  # a slot from before agent 0.5
+        remove(slotio.chunk(base, 0))
+        first = 1
+    j = base.rindex("/")
+    root = base[:j]
+    pre = base[j + 1:] + "."
+    for _ in range(4):  # again until a pass finds none (removing may skip entries of the listing)
+        gone = 0
+        for e in os.ilistdir(root):
+            k = e[0][len(pre):]
+            if e[0].startswith(pre) and k.isdigit() and int(k) >= first:
+                remove(root + "/" + e[0])
+                gone += 1
+        if not gone:
+            break
 
 
 def attach(dev):
@@ -216,7 +259,20 @@ class Slots:
 
     # -- queries ---------------------------------------------------------------
     def path(self, i):
-        return "%s/%s.img" % (self.root, NAMES[i])
+        # the slot's files' common name: its sectors are path.0, path.1, ... (slotio)
+        return "%s/%s" % (self.root, NAMES[i])
+
+    def open(self, i):
+        """Slot i to read (seek, readinto, close): a slotio.Reader, or a slot's
+        one file from before agent 0.5."""
+        base = self.path(i)
+        if file_size(base + ".img") >= 0:
+            return open(base + ".img", "rb")
+        return slotio.Reader(base)
+
+    def drop(self, i):
+        """Delete slot i's files (bytes first, then the record: see top)."""
+        drop(self.path(i))
 
     def slot(self, i):
         return self.rec["slots"][i]
@@ -225,7 +281,8 @@ class Slots:
         return self.rec["slots"][i]["state"]
 
     def file_size(self, i):
-        return file_size(self.path(i))
+        # what slot i holds from its start (-1: nothing, not even an empty first file)
+        return slot_size(self.path(i))
 
     def active(self):
         return self.rec["active"]
@@ -294,7 +351,8 @@ class Slots:
         s = self.rec["slots"][i]
         have = self.file_size(i)
         return bool(sha and s["sha256"] == sha and s["size"] == size and 0 <= have <= size
-                    and s["state"] in (WRITING, COMPLETE, PENDING) and not s.get("reuse"))
+                    and s["state"] in (WRITING, COMPLETE, PENDING) and not s.get("reuse")
+                    and file_size(self.path(i) + ".img") < 0)  # (a slot in one file is written anew)
 
     def begin(self, i, size, sha=None, ver=None, legacy=False):
         """Open slot i for an upload of `size` bytes (writing); -> the resume
@@ -310,7 +368,7 @@ class Slots:
                 self.commit()
             return have
         self.fits(i, size)
-        remove(self.path(i))  # bytes first, then the record (see top)
+        self.drop(i)  # bytes first, then the record (see top)
         self.forget(i)
         rec["slots"][i] = {"state": WRITING, "size": size, "sha256": sha, "version": ver}
         if legacy:
@@ -319,21 +377,22 @@ class Slots:
         return 0
 
     def begin_reuse(self, i, size, sha, ver):
-        """Open slot i for an upload that keeps what its file holds: the new
-        image is written beside the old bytes (upload.Writer copies the
-        sectors both share), so the file must stay and the filesystem must
-        have room for a second copy. -> False (nothing changed) when there is
-        no old file or no such room: the caller begins a plain upload. The
-        record stops claiming the old image (writing, "reuse") before any byte
-        changes; a reuse upload of the same image is re-opened as it is (its
-        sectors say what is held)."""
+        """Open slot i for an upload that keeps the sectors its files hold:
+        upload.Writer rewrites only the others. -> False (nothing changed) when
+        the slot holds nothing to keep (or is one old file), or the filesystem
+        lacks room for the sectors the new image adds: the caller begins a
+        plain upload. The record stops claiming the old image (writing,
+        "reuse") before any byte changes; a reuse upload of the same image is
+        re-opened as it is (its sectors say what is held)."""
         s = self.rec["slots"][i]
-        if self.file_size(i) <= 0 or not 0 < size <= self.slot_size:
+        have = self.file_size(i)
+        if have <= 0 or file_size(self.path(i) + ".img") >= 0 or not 0 < size <= self.slot_size:
             return False
         if not (s["state"] == WRITING and s.get("reuse") and s["sha256"] == sha and s["size"] == size):
             try:
                 st = os.statvfs(self.root)
-                if (st[3] - RESERVE - 1) * st[0] < size:  # the new copy's blocks, CTZ pointers included
+                # the sectors the new image adds, and a spare (littlefs writes a new block before freeing the old)
+                if (st[3] - RESERVE - 1) * st[0] < size - have:
                     return False
             except (OSError, AttributeError):
                 return False
@@ -428,6 +487,6 @@ class Slots:
     def erase(self, i):
         if i == self.running:
             raise ProtoError(E_INCORRECT_STATE, "slot %s is running" % NAMES[i])
-        remove(self.path(i))  # bytes first, then the record (see top)
+        self.drop(i)  # bytes first, then the record (see top)
         self.forget(i)
         self.commit()

@@ -346,10 +346,13 @@ def _image(dev, i):
     h = s.get("image_hash")
     if h is None:
         import mpota_mcuboot as mcuboot
+        f = dev.sl.open(i)
         try:
-            h = mcuboot.verify(dev.sl.path(i), feed=hal.wdt_feed)["sha256"]
+            h = mcuboot.verify(f, 0, dev.sl.file_size(i), hal.wdt_feed)["sha256"]
         except (mcuboot.ImageError, OSError, ValueError):
             return None, None, False
+        finally:
+            f.close()
     else:
         h = binascii.unhexlify(h)
     # native commits make an app pending at once (a complete one is no app);

@@ -71,12 +71,15 @@ def older(dev, i, v):
 def validate(dev, i, size, allow_down):
     """Check the stored image: -> (version str, is an app image)."""
     import mpota_mcuboot as mcuboot
+    f = dev.sl.open(i)
     try:
-        info = mcuboot.verify(dev.sl.path(i), 0, size, hal.wdt_feed)
+        info = mcuboot.verify(f, 0, size, hal.wdt_feed)
     except mcuboot.ImageError as e:
         raise ProtoError(getattr(e, "code", E_BAD_IMAGE), "slot %s: %s" % (name(i), e))
     except (OSError, ValueError) as e:
         raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (name(i), e))
+    finally:
+        f.close()
     ver = info["version_str"]
     cur = None if allow_down else older(dev, i, info["version"])
     if cur:
@@ -94,17 +97,18 @@ def validate(dev, i, size, allow_down):
     # an application body is a littlefs (mounted at /app); others are stored only
     is_app = bool(info.get("body_is_littlefs"))
     if is_app:
-        _check_app(dev.sl.path(i), info, name(i))
+        _check_app(dev.sl, i, info)
     return ver, is_app, proof
 
 
-def _check_app(path, info, slot):
+def _check_app(sl, i, info):
     # what boot would refuse (an agent module's name, no main.py) is refused
     # now, naming the file, before the image can become pending
     loaded = "mpota_appfs" in sys.modules  # the running app's mount lives there: keep it
     import mpota_appfs as appfs
+    slot = name(i)
     try:
-        appfs.mount(path, info["hdr_size"], info["img_size"], _CHECK_MOUNT)
+        appfs.mount(sl.open(i), info["hdr_size"], info["img_size"], _CHECK_MOUNT)
         try:
             appfs.check_app(_CHECK_MOUNT)
         finally:
@@ -174,6 +178,8 @@ def op_begin(dev, c, req):
     s = upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down, held,
                             None if held is None else _buf(dev), src)
     s.client = client
+    if held is not None and src is None:
+        s.w.fill()  # the sectors kept from the start (no I/O): the offset a re-opened upload resumes at
     dev.open_session(s)
     # (c: a dispatch.Peer, or the MQTT client a pull writes for: no frames, no max_data of its own)
     r = {"slot": name(i), "offset": s.w.pos, "max_data": getattr(c, "max_data", lineproto.MAX_DATA),
@@ -217,7 +223,7 @@ def op_sectors(dev, c, req):
             i = sl.inactive()
     size, h = upload.sector_hashes(sl, i, first, count, _buf(dev))
     return {"slot": name(i), "size": size, "sector": upload.SECTOR, "first": first,
-            "hashes": binascii.hexlify(h).decode()}
+            "hashes": binascii.hexlify(h).decode(), "target": name(sl.inactive())}
 
 
 def _own(dev, c):

@@ -9,10 +9,10 @@ import uhashlib as hashlib
 
 import mpota_hal as hal
 import mpota_slots as slots
+import mpota_slotio as slotio
 from mpota_lineproto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED
 
-SYNC_EVERY = 65536  # sync the slot file this often: the resume point after a power cut
-SECTOR = 4096  # the unit a reusing upload keeps or sends (a flash sector, a littlefs block)
+SECTOR = slotio.CHUNK  # the unit a reusing upload keeps or sends: a flash sector, a littlefs block, a slot file
 NATIVE = "native"  # session kinds
 LEGACY = "legacy"
 
@@ -22,7 +22,9 @@ def digest(sl, i, size, buf):
     h = hashlib.sha256()
     mv = memoryview(buf)
     left = size
-    with open(sl.path(i), "rb") as f:
+    f, own = open_slot(sl, i)
+    try:
+        f.seek(0)
         while left > 0:
             n = f.readinto(mv[:min(left, len(buf))])
             if not n:
@@ -30,6 +32,9 @@ def digest(sl, i, size, buf):
             h.update(mv[:n])
             left -= n
             hal.wdt_feed()  # ~0.5 s for a full slot on a board
+    finally:
+        if own:
+            f.close()
     if left:
         raise ProtoError(E_OUT_OF_RANGE, "slot %s holds %d bytes fewer than %d" % (slots.NAMES[i], left, size))
     return h.digest()
@@ -41,18 +46,18 @@ def is_held(held, k):
 
 
 def open_slot(sl, i):
-    """-> (an open file of slot i to read, whether to close it). The running
-    slot's file is open already (appfs mounts the app from it; its _mounts
-    holds the file, read here rather than through code added to a module that
-    stays loaded while the app runs): that handle is shared (every read seeks
-    first), since littlefs counts the blocks of an open file twice once a
-    second handle of it is closed (statvfs, hence max_image, then falls short
-    until the app is unmounted)."""
+    """-> (slot i open to read, whether to close it). The running slot is
+    open already (appfs mounts the app from it; its _mounts holds the reader,
+    read here rather than through code added to a module that stays loaded
+    while the app runs): that reader is shared (every read seeks first), since
+    littlefs counts the blocks of an open file twice once a second handle of
+    it is closed (statvfs, hence max_image, then falls short until the app is
+    unmounted)."""
     m = sys.modules.get("mpota_appfs")
     f = m._mounts.get("/app") if m is not None and i == sl.running else None
     if f is not None:
         return f, False
-    return open(sl.path(i), "rb"), True
+    return sl.open(i), True
 
 
 def sector_hashes(sl, i, first, count, buf):
@@ -87,120 +92,139 @@ def sector_hashes(sl, i, first, count, buf):
 
 
 class Writer:
-    """Appends to a slot file; the contiguous byte count is the watermark.
+    """Writes an image into slot `base`'s sector files (slotio) from the
+    watermark `offset`: the contiguous byte count, the resume point. Each
+    sector file is closed as it fills, which commits it (littlefs), so a cut
+    loses at most the sector being written.
 
     With `held` (a bitmap of the 4 KiB sectors of the new image, `size`
-    bytes, that another slot's file holds at the same place; `src`: its
-    open_slot() pair), each held sector the watermark reaches is copied from
-    `src` through `buf` (any size), and the upload is otherwise a plain one (synced
-    every SYNC_EVERY, resumed from its watermark).
+    bytes, that a slot holds at the same place) and `src` (another slot, the
+    running one: its open_slot() pair), each held sector the watermark reaches
+    is copied from `src` through `buf`.
 
-    With `held` and no `src`, the held sectors are the slot file's own
-    (slots.Slots.begin_reuse opened it): the file is written anew from
-    offset 0 while the old bytes are still readable
-    (littlefs frees them only at the sync that commits the new file), and each
-    held sector the watermark reaches is copied from them through `buf`: only
-    the other sectors cross the link. The old bytes are kept until no held
-    sector is left ahead (no sync before: a sync would let littlefs reuse
-    their blocks), so a cut before then leaves the old file as it was and the
-    upload starts again from what its sectors hold."""
+    With `held` and no `src`, the held sectors are the slot's own
+    (slots.Slots.begin_reuse opened it): the watermark passes them without a
+    byte written, and only the other sectors' files are rewritten, from
+    offset 0. A cut leaves a mix of old and new sector files under a "writing"
+    record; the peer asks which sectors the slot holds and begins again."""
 
-    def __init__(self, path, offset, held=None, size=0, buf=None, src=None):
-        self.r = None
-        self.rown = True  # close r when done (not a handle shared with the app's mount)
+    def __init__(self, base, offset, held=None, size=0, buf=None, src=None):
+        self.base = base
         self.held = held
         self.size = size
         self.buf = buf
-        # the held sectors are this file's own old bytes (src None): no sync until they are copied
-        self.keep = held is not None and src is None
-        try:
-            if held is not None:
-                if src is None:
-                    self.r = open(path, "rb")  # before the new file replaces it
-                else:
-                    self.r, self.rown = src
-                self.r.seek(0, 2)
-                self.rsize = self.r.tell()
-                if self.keep:
-                    offset = 0
-            self.f = open(path, "ab" if offset else "wb")
-        except OSError as e:
-            self.close()
-            raise ProtoError(E_WRITE_FAILED, "cannot open %s: %s" % (path, e))
-        self.pos = offset
-        self.unsynced = 0
+        self.r, self.rown = src or (None, True)  # the slot copied from (its reader; close it when done)
+        self.keep = held is not None and src is None  # the held sectors are this slot's own
+        # held sectors left ahead of the watermark (conn.py then calls copy_held)
+        self.ahead = held is not None
+        self.pos = 0 if self.keep else offset
+        self.f = None  # the sector file being written
 
     def write(self, mv):
-        try:
-            n = self.f.write(mv)
-        except OSError as e:
-            # what was written stays; the watermark is re-read on resume
-            raise ProtoError(E_NO_SPACE if e.args and e.args[0] == 28 else E_WRITE_FAILED,
-                             "flash write failed: %s" % e)
-        if n is None:
-            n = 0
-        self.pos += n
-        self.unsynced += n
-        if self.unsynced >= SYNC_EVERY and not (self.keep and self.r is not None):
-            self.sync()
+        n = 0
+        while n < len(mv):
+            pos = self.pos
+            try:
+                if self.f is None:
+                    self.f = open(slotio.chunk(self.base, pos // SECTOR), "ab" if pos % SECTOR else "wb")
+                got = self.f.write(mv[n:n + SECTOR - pos % SECTOR]) or 0
+            except OSError as e:
+                # what was written stays; the watermark is re-read on resume
+                raise ProtoError(E_NO_SPACE if e.args and e.args[0] == 28 else E_WRITE_FAILED,
+                                 "flash write failed: %s" % e)
+            if not got:
+                break
+            n += got
+            self.pos += got
+            if not self.pos % SECTOR or self.pos == self.size:
+                self.sync(True)
         return n
 
     async def copy_held(self, c, dev, s):
-        """Copy the held sectors at the watermark one at a time, each
-        acknowledged to connection c (the peer sends what follows them once the
-        watermark passes them), yielding between them so the app runs: the
-        connection loop (conn.py) calls this after each batch of messages
-        while session s is c's."""
-        while self.r is not None and dev.session is s and not c.gone and self.fill(1):
+        """Pass the held sectors at the watermark, copying those from another
+        slot one at a time, each acknowledged to connection c (the peer sends
+        what follows them once the watermark passes them), yielding between
+        them so the app runs: the connection loop (conn.py) calls this after
+        each batch of messages while session s is c's."""
+        while self.ahead and dev.session is s and not c.gone and self.fill(8 if self.keep else 1):
             c.ack(self.pos)
             await c.w.drain()
             await asyncio.sleep_ms(0)
 
     def fill(self, limit=-1):
-        # copy up to `limit` (-1: all) held sectors at the watermark from the
-        # source; -> how many. A sector the source lacks (it is shorter) is not
-        # held after all: the peer sends it (its next DATA is out of order
-        # and rewinds to it)
+        # pass up to `limit` (-1: all) held sectors at the watermark, copying
+        # them from `src`; -> how many. A sector the slot lacks after all is
+        # not held: the peer sends it (its next DATA is out of order and
+        # rewinds to it)
         held = self.held
-        r = self.r
-        buf = memoryview(self.buf)
         done = 0
         while done != limit and self.pos < self.size and not self.pos % SECTOR and is_held(held, self.pos // SECTOR):
-            end = min(self.pos + SECTOR, self.size)
             k = self.pos // SECTOR
-            if self.rsize < end:  # the old file ends before this sector does
+            n = min(SECTOR, self.size - self.pos)
+            if self.keep:
+                if slots.file_size(slotio.chunk(self.base, k)) != n:
+                    held[k >> 3] &= ~(1 << (k & 7))
+                    break
+                self.pos += n
+            elif not self._copy(n):
                 held[k >> 3] &= ~(1 << (k & 7))
                 break
-            r.seek(self.pos)
-            while self.pos < end:
-                n = r.readinto(buf[:min(len(buf), end - self.pos)])
-                if not n:
-                    raise ProtoError(E_WRITE_FAILED, "the slot's old bytes ended at %d" % self.pos)
-                self.write(buf[:n])
-            hal.wdt_feed()
             done += 1
         k = (self.pos + SECTOR - 1) // SECTOR
         while k < len(held) * 8 and not is_held(held, k):
             k += 1
-        if k * SECTOR >= self.size:  # no held sector ahead: the old bytes may go
-            self.r = None
-            if self.rown:
-                r.close()
+        if k * SECTOR >= self.size:  # no held sector ahead
+            self.ahead = False
+            self._drop_src()
+            if self.keep and self.pos >= self.size:
+                self.close()
         return done
 
-    def sync(self):
-        if self.unsynced:
-            self.f.flush()  # littlefs: lfs_file_sync, data and size committed
-            self.unsynced = 0
+    def _copy(self, n):
+        # copy the sector at the watermark (n bytes) from src; False when src ends before it does
+        r = self.r
+        buf = memoryview(self.buf)
+        r.seek(self.pos)
+        if r.readinto(buf[:min(len(buf), n)]) != min(len(buf), n):
+            return False
+        end = self.pos + n
+        while True:
+            self.write(buf[:min(len(buf), end - self.pos)])
+            hal.wdt_feed()
+            if self.pos >= end:
+                return True
+            if not r.readinto(buf[:min(len(buf), end - self.pos)]):
+                raise ProtoError(E_WRITE_FAILED, "the slot's old bytes ended at %d" % self.pos)
+
+    def _drop_src(self):
+        r, self.r = self.r, None
+        if r is not None and self.rown:
+            r.close()
+
+    def sync(self, end=False):
+        # commit the sector being written (littlefs: lfs_file_sync); `end`: it is full, close it
+        f = self.f
+        if f is not None:
+            if end:
+                self.f = None
+                f.close()
+                if self.keep and self.pos >= self.size:
+                    self.close()
+            else:
+                f.flush()
 
     def close(self):
-        for f in (self.r if self.rown else None, getattr(self, "f", None)):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-        self.r = self.f = None
+        self._drop_src()
+        f, self.f = self.f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.keep and self.pos >= self.size:
+            # a reusing upload that ended: the sectors past the new image's end go
+            self.keep = False
+            slots.drop(self.base, (self.size + SECTOR - 1) // SECTOR)
 
 
 class Session:

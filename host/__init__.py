@@ -30,7 +30,7 @@ A script runs the same flow as the CLI (examples/push_script.py):
     from mpota import images, push, targets
     report = asyncio.run(push.push(targets.resolve("sim"), images.load("examples/hello")))
 """
-__version__ = "0.4.0"  # the one place; pyproject.toml reads it from here
+__version__ = "0.5.0"  # the one place; pyproject.toml reads it from here
 
 # The protocol codec (shared/, flat modules that also run on MicroPython) is the
 # subpackage mpota.codec: pyproject.toml installs shared/ there, and in a clone

@@ -108,6 +108,7 @@ class Client:
         self.closed = asyncio.Event()
         # Upload accounting (see upload()).
         self.bytes_sent = 0
+        self.sectors_target: Optional[str] = None  # the slot an upload goes to, as the last sectors reply said
         self.bytes_resent = 0
         self.rewinds = 0
 
@@ -483,24 +484,17 @@ class Client:
 
     async def sectors(self, count: int, slot: Optional[str] = None) -> tuple:
         """What a slot holds (`slot`, else the device's choice: the one that
-        runs): (the slot, its file size, the 8-byte digests of its first
-        `count` 4 KiB sectors, fewer where it ends), from as many `sectors`
-        requests as that takes."""
-        out = bytearray()
-        size = 0
-        while len(out) < 8 * count:
-            first = len(out) // 8
-            fields: dict = {"first": first, "count": min(64, count - first)}
-            if slot is not None:
-                fields["slot"] = slot
-            r = await self.request("sectors", **fields)
-            slot = r.get("slot")
-            size = int(r.get("size", 0))
-            got = bytes.fromhex(r.get("hashes", ""))
-            out += got
-            if len(got) < 8 * min(64, count - first):
-                break  # the file ends
-        return slot, size, bytes(out)
+        runs): (the slot, its size, the 8-byte digests of its first `count`
+        4 KiB sectors, fewer where it ends), from as many `sectors` requests as
+        that takes, sent at once. `self.sectors_target`: the slot an upload
+        would go to (None from a device that does not say)."""
+        extra = {} if slot is None else {"slot": slot}
+        replies = await asyncio.gather(*(self.request("sectors", first=f, count=min(64, count - f), **extra)
+                                         for f in range(0, max(count, 1), 64)))
+        out = b"".join(bytes.fromhex(r.get("hashes", "")) for r in replies)  # (none past the slot's end)
+        last = replies[-1]
+        self.sectors_target = last.get("target")
+        return last.get("slot"), int(last.get("size", 0)), bytes(out[:8 * count])
 
     async def commit(self) -> dict:
         return await self.request("commit", timeout=max(self.timeout, COMMIT_TIMEOUT))

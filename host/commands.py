@@ -224,6 +224,10 @@ def _push_text(ctx, name: str, f: dict):
         if f.get("resumed"):
             return "resuming upload at %s of %s" % (fmt_size(f["offset"]), fmt_size(f["size"]))
         return "uploading to slot %s" % f["slot"]
+    if name == "held":
+        return "%d of %d sectors %s slot %s: not sent" % (
+            f["sectors"], f["of"], "kept where they are in" if f["slot"] == f.get("target") else "copied from",
+            f["slot"])
     if name == "update_mode":
         return "the device is in lean mode: it restarts into update mode to take the image; waiting"
     if name == "reconnect":

@@ -104,18 +104,40 @@ def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
 
 # --- the resumable upload ----------------------------------------------------------
 
-# Sending only the changed sectors (reuse) pays where the link, not the flash, is
-# the limit: the board's lwIP holds at most TCP_WND = 6400 bytes in flight per
-# round trip, so past 6400 B / 80 KB/s (the flash ceiling) = 80 ms the window
-# caps the push. Below that the sectors request and the copy cost a little time
-# and save none (make bench: the reuse table), since littlefs rewrites the slot
-# file from its first changed sector anyway (docs/protocol.md).
+# Sending only the changed sectors (reuse) comes in two kinds (docs/protocol.md):
+# the sectors the target slot holds already are neither sent nor written (each
+# sector is a file of its own: device/mpota_slotio.py), which always pays; the
+# sectors only the running slot holds are copied from it, which saves link time
+# but not flash time. That pays where the link, not the flash, is the limit:
+# the board's lwIP holds at most TCP_WND = 6400 bytes in flight per round trip,
+# so past 6400 B / 80 KB/s (the flash ceiling) = 80 ms the window caps the push.
 REUSE_RTT = 6400 / 80_000
 
 
 def reuse_pays(rtt: float) -> bool:
     """Auto reuse: does a link with this round trip (seconds) cap the push below the flash?"""
     return rtt > REUSE_RTT
+
+
+def _count(bitmap: bytes) -> int:
+    return sum(bin(b).count("1") for b in bitmap)
+
+
+async def _reuse_plan(c: Client, image: bytes, copy: bool) -> tuple:
+    """(begin's "held", "held_from"), or (None, None): the sectors of `image`
+    the target slot holds (kept where they are); with `copy`, the running
+    slot's too, when it holds more (copied from it)."""
+    n = -(-len(image) // SECTOR)
+    both = await asyncio.gather(c.sectors(n, "a"), c.sectors(n, "b"))  # in one round trip
+    target = c.sectors_target
+    if target is None:  # a device from before agent 0.5: it copies from the slot it chooses (the running one)
+        both = [await c.sectors(n)] if copy else []
+    # the target's own first: it wins a tie (what it keeps is neither sent nor written)
+    plans = sorted(((held_sectors(image, have), s) for s, _, have in both), key=lambda p: p[1] != target)
+    best = max(((h, s) for h, s in plans if copy or s == target), key=lambda p: _count(p[0]), default=None)
+    if best is None or not _count(best[0]):
+        return None, None
+    return best
 
 
 async def _round_trip(c: Client) -> float:
@@ -160,12 +182,14 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             await c.connect(authenticate=True)
             held = src = None
             # not over USB: its transport (device/mpota_usb.py) runs no loop to copy held sectors in
-            if reuse is None and first and "sectors" in (c.info.get("features") or ()):
-                reuse = reuse_pays(await _round_trip(c))
-                _emit(on_event, "reuse", on=reuse)
-            if reuse and not host.startswith("usb:") and "sectors" in (c.info.get("features") or ()):
-                src, _, have = await c.sectors(-(-len(image) // SECTOR))
-                held = held_sectors(image, have)
+            sectors = "sectors" in (c.info.get("features") or ()) and not host.startswith("usb:")
+            if reuse is None and first and sectors:
+                copy = reuse_pays(await _round_trip(c))
+                _emit(on_event, "reuse", on=True, copy=copy)
+            else:
+                copy = bool(reuse)
+            if reuse is not False and sectors:
+                held, src = await _reuse_plan(c, image, copy)
             try:
                 reply = await begin_patiently(c, len(image), sha, version, allow_downgrade,
                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
@@ -187,7 +211,8 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             kept = bytes.fromhex(reply.get("held") or "")
             skip = {k for k in range(8 * len(kept)) if kept[k >> 3] & (1 << (k & 7))}
             if skip:
-                _emit(on_event, "held", sectors=len(skip), of=-(-len(image) // SECTOR), slot=src)
+                _emit(on_event, "held", sectors=len(skip), of=-(-len(image) // SECTOR), slot=src,
+                      target=reply.get("slot"))
             if first:
                 res.resumed_from = offset
                 _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,

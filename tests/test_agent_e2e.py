@@ -35,7 +35,7 @@ def test_json_ping_status_auth_and_malformed_input(tmp_path):
         assert r["id"] == 1 and r["pong"] is True and r["uptime_ms"] >= 0
         st = c.ok("status", id="s")
         assert st["id"] == "s" and st["platform"] == "sim" and st["impl"] == "micropython"
-        assert st["agent"] == "0.4.0" and st["device"] == sim.device_id and st["running"] is None
+        assert st["agent"] == "0.5.0" and st["device"] == sim.device_id and st["running"] is None
         # a stranger learns only what discovery needs (docs/security.md)
         for k in ("app", "slots", "session", "boot_note", "mem_free", "active"):
             assert k not in st, k

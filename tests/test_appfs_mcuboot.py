@@ -103,7 +103,7 @@ def test_device_verifies_mounts_and_imports(tmp_path, app, mp_build):
     out = device("""
         info = mcuboot.verify(%r, offset=4096)
         print(show(info))
-        appfs.mount(%r, 4096 + info['hdr_size'], info['img_size'])
+        appfs.mount(open(%r, 'rb'), 4096 + info['hdr_size'], info['img_size'])
         import os
         print(json.dumps(sorted(os.listdir('/app'))))
         sys.path.insert(0, '/app')

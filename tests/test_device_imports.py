@@ -91,6 +91,7 @@ def test_every_loaded_module_has_one_declared_lifetime():
     resident = {"mpota", "mpota_agent", "mpota_hal", "mpota_wifi", "mpota_udp", "mpota_smpudp", "mpota_pace",
                 "mpota_mqtt",
                 "mpota_logring",  # the console ring, while "log_size" is not 0
+                "mpota_slotio",  # a slot's reader: the app's mount keeps one (slots.py imports it at boot)
                 "mpota_bootmgr"}
     assert set(MODULES) - set(mods) - set(boot) == resident
 

@@ -122,7 +122,7 @@ def test_version_only_where_the_config_allows_and_discovery_can_be_off(tmp_path)
     with Sim(state=tmp_path / "a", flags=["--config", str(tmp_path / "on.json")]) as a, \
             Sim(state=tmp_path / "b", flags=["--config", str(tmp_path / "off.json")]) as b:
         [board] = discover.discover([("127.0.0.1", a.tcp_port)])
-        assert (board.name, board.agent, board.version) == ("bench", "0.4.0", None)  # no app: no version
+        assert (board.name, board.agent, board.version) == ("bench", "0.5.0", None)  # no app: no version
         assert ask(b.tcp_port, discover.probe()) == []
         env = {k: v for k, v in os.environ.items() if not k.startswith("MPOTA_")}
         env.update(MPOTA_TARGETS=os.devnull, MPOTA_KEY=a.key.hex())

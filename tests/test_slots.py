@@ -237,9 +237,9 @@ with open(root + "/state.json", "w") as f:
     f.write("garbage")
 sl = B.open_slots(root=root)
 assert sl.active() is None and sl.state(0) == "empty", sl.rec
-# a record naming a missing file is repaired to empty
+# a record whose slot lost its first sector's file is repaired to empty
 upload(sl, 1, b"B" * 100)
-os.remove(sl.path(1))
+os.remove(sl.path(1) + ".0")
 sl = B.open_slots(root=root)
 assert sl.state(1) == "empty" and sl.pending() is None
 print("DONE")

@@ -119,8 +119,9 @@ async def _upload(port: int, rtt: float, data: bytes, key: bytes, reuse: bool) -
 
 def reuse_table(work: Path, rtts: list, micropython: str | None = None) -> list:
     """A one-file change of the 256 KiB app that runs, sent with reuse (only the
-    sectors that differ from the running slot's) against a full upload of the
-    same image, at each round trip (ms) through the window-limited delay line.
+    sectors that differ from what the target slot holds: the full upload just
+    made of the same files) against that full upload, at each round trip (ms)
+    through the window-limited delay line.
     Prints the table; -> its rows (rtt, full s, reuse s, full bytes, sent bytes)."""
     flags = ["--wifi", "--flash-timing", "w25q"] + (["--micropython", micropython] if micropython else [])
     app = make_app(work / "reuseapp", 256)
@@ -140,8 +141,8 @@ def reuse_table(work: Path, rtts: list, micropython: str | None = None) -> list:
     for rtt_ms, full_s, reuse_s, full_b, sent in rows:
         print("%-7s %10.2f %10.2f %6d/%-7d %8.0f%%" % ("%g ms" % rtt_ms, full_s, reuse_s, sent, full_b,
                                                     100 * reuse_s / full_s))
-    print("(the device copies the other sectors from the running slot: littlefs rewrites the whole slot\n"
-          " file either way, so the flash time stays and only the link time goes)\n")
+    print("(the target slot holds the full upload's build: only the sectors that differ are sent and\n"
+          " written; the others stay in their files, one per 4 KiB sector: device/mpota_slotio.py)\n")
     return rows
 
 

@@ -1,0 +1,57 @@
+# slotio: reading a slot's bytes. A slot is a run of chunk files, one per
+# 4 KiB sector of its image: /mpota-slots/a.0, a.1, ... (the last may be
+# short). littlefs rewrites a file from its first changed block to its end
+# (each block points at the ones before), so an image kept in one file is
+# rewritten whole whenever its first sector (the MCUboot header) changes: with
+# a file per sector an update rewrites only the sectors that changed
+# (upload.Writer). A 4096-byte file is one littlefs block, without pointers.
+# slots.py holds the rest (sizes, deleting, a slot of one file from before
+# agent 0.5).
+#
+# Resident: loaded at boot (slots.py imports it), and the app's mount keeps a
+# Reader for as long as the app runs; so it holds only what that needs.
+CHUNK = 4096
+
+
+def chunk(base, k):
+    return "%s.%d" % (base, k)
+
+
+class Reader:
+    """A slot open for reading (seek from its start, readinto, close), one
+    chunk file open at a time."""
+
+    def __init__(self, base):
+        self.base = base
+        self.pos = 0
+        self.k = -1
+        self.f = None
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def readinto(self, buf):
+        mv = memoryview(buf)
+        n = 0
+        while n < len(mv):
+            k = self.pos // CHUNK
+            if k != self.k:
+                self.close()
+                try:
+                    self.f = open(chunk(self.base, k), "rb")
+                except OSError:
+                    break  # past the last chunk
+                self.k = k
+            self.f.seek(self.pos - k * CHUNK)
+            got = self.f.readinto(mv[n:n + CHUNK - self.pos % CHUNK])
+            if not got:
+                break
+            n += got
+            self.pos += got
+        return n
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.k = -1
