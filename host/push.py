@@ -135,9 +135,13 @@ async def _reuse_plan(c: Client, image: bytes, copy: bool) -> tuple:
     # the target's own first: it wins a tie (what it keeps is neither sent nor written)
     plans = sorted(((held_sectors(image, have), s) for s, _, have in both), key=lambda p: p[1] != target)
     best = max(((h, s) for h, s in plans if copy or s == target), key=lambda p: _count(p[0]), default=None)
-    if best is None or not _count(best[0]):
-        return None, None
-    return best
+    if best is not None and _count(best[0]):
+        return best
+    if any(s == target and size > 0 for s, size, _ in both):
+        # nothing to keep, but rewriting the target's sector files in place
+        # costs littlefs one commit each, deleting and creating them three
+        return best if best is not None and best[1] == target else (bytes(-(-len(image) // (8 * SECTOR))), target)
+    return None, None
 
 
 async def _round_trip(c: Client) -> float:

@@ -270,3 +270,32 @@ def test_reuse_is_automatic_where_the_link_is_the_limit(tmp_path):
         assert ev["reuse"] == {"on": True, "copy": True} and ev["held"]["slot"] == run, ev
         assert r.bytes_sent < len(v4) // 2
         assert asyncio.run(_slot_bytes(sim.tcp_port, sim.key, target, len(v4))) == v4
+
+
+def test_an_unrelated_image_rewrites_the_target_in_place(tmp_path):
+    """begin "held" with no sector held and "held_from" the target (what the
+    host sends when the target holds another app, push._reuse_plan): its
+    sector files are rewritten in place (littlefs: one commit each) rather
+    than deleted and created again (three); the slot ends the same."""
+    from devconn import DevConn
+
+    v1, _ = two_images(tmp_path)
+    other = appimage.build_app_image(make_app(tmp_path / "other", n=5), version="2.0.0")
+    base = tmp_path / "base"
+    with Sim(state=base, flags=["--no-auth"]) as sim:
+        push(sim, v1, commit=False)  # the target slot a holds v1's bytes
+    ops = {}
+    for kind, begin in (("plain", {}), ("in place", {"held": "00" * -(-len(other) // 32768), "held_from": "a"})):
+        state = tmp_path / kind.replace(" ", "-")
+        shutil.copytree(base, state)
+        with Sim(state=state, flags=["--no-auth"]) as sim:
+            before = asyncio.run(_status(sim.tcp_port, None))["sim_flash"]
+            c = DevConn(sim.tcp_port)
+            assert c.push(other, "2.0.0+0", **begin)["slot"] == "a"
+            c.close()
+            after = asyncio.run(_status(sim.tcp_port, None))["sim_flash"]
+            ops[kind] = {k: after[k] - before[k] for k in ("erases", "programs")}
+            assert asyncio.run(_slot_bytes(sim.tcp_port, None, "a", len(other))) == other
+    print("sector files rewritten in place vs deleted and created:", ops)
+    assert ops["in place"]["erases"] < ops["plain"]["erases"], ops
+    assert ops["in place"]["programs"] < ops["plain"]["programs"], ops
