@@ -31,7 +31,8 @@ def limits(dev, c):
     return {"max_frame": lineproto.MAX_FRAME - lineproto.MAX_DATA + c.max_data, "max_data": c.max_data,
             "max_line": lineproto.MAX_LINE, "window": lineproto.WINDOW,
             "slot_size": dev.cfg["slot_size"], "mode": dev.mode,
-            "features": ["native", "legacy", "json", "resume", "read", "sectors"] + (["auth"] if dev.auth_on else [])}
+            "features": ["native", "legacy", "json", "resume", "read", "sectors", "deflate"]
+            + (["auth"] if dev.auth_on else [])}
 
 
 def op_auth(dev, c, req):

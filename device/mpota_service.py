@@ -162,6 +162,15 @@ def data(dev, c, f):
     ln = n - 14
     if crc32c(f[13:n - 1]) != ((f[9] << 24) | (f[10] << 16) | (f[11] << 8) | f[12]):
         return c.nerror(OP_DATA, lineproto.E_CRC_MISMATCH, acked, off)
+    b = f
+    p = 13
+    if s.z is not None:  # a deflate session (update.op_begin): the payload is a stream of the bytes at off
+        try:
+            ln = s.inflate(f[13:n - 1])
+        except ProtoError as e:
+            return c.nerror(OP_DATA, e.code, acked, off)
+        b = memoryview(s.z)
+        p = 0
     if off + ln > s.size:
         return c.nerror(OP_DATA, lineproto.E_OUT_OF_RANGE, acked, off)
     if off > acked and w.ahead:  # past held sectors not copied yet (upload.Writer.copy_held)
@@ -171,7 +180,7 @@ def data(dev, c, f):
         return c.nerror(OP_DATA, lineproto.E_OUT_OF_ORDER, acked, off)
     if off + ln > acked:
         try:
-            w.write(f[13 + acked - off:n - 1])
+            w.write(b[p + acked - off:p + ln])
         except ProtoError as e:
             return c.nerror(OP_DATA, e.code, w.pos, off)
     s.t = hal.ticks_ms()

@@ -178,6 +178,12 @@ def op_begin(dev, c, req):
     s = upload.open_session(sl, upload.NATIVE, c, i, size, sha, off, down, held,
                             None if held is None else _buf(dev), src)
     s.client = client
+    if field(req, "deflate", bool, False):
+        try:
+            import deflate  # noqa: F401 (since MicroPython 1.21; a firmware may leave it out)
+        except ImportError:
+            raise ProtoError(E_BAD_REQUEST, "this firmware has no deflate module: send DATA as it is")
+        s.z = bytearray(upload.SECTOR)
     if held is not None and src is None:
         s.w.fill()  # the sectors kept from the start (no I/O): the offset a re-opened upload resumes at
     dev.open_session(s)

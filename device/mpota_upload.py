@@ -10,7 +10,9 @@ import uhashlib as hashlib
 import mpota_hal as hal
 import mpota_slots as slots
 import mpota_slotio as slotio
-from mpota_lineproto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED
+from mpota_lineproto import ProtoError, E_NO_SPACE, E_OUT_OF_RANGE, E_WRITE_FAILED, E_BAD_FRAME
+
+ZBITS = 9  # the window (2 ** ZBITS bytes) of a DATA frame's deflate stream: 512 B to inflate it
 
 SECTOR = slotio.CHUNK  # the unit a reusing upload keeps or sends: a flash sector, a littlefs block, a slot file
 NATIVE = "native"  # session kinds
@@ -242,6 +244,23 @@ class Session:
         self.allow_down = allow_down
         self.crc = 0  # legacy: CRC-32 of what was appended
         self.t = hal.ticks_ms()
+        self.z = None  # with "deflate" (update.op_begin): the buffer a DATA frame inflates into
+
+    def inflate(self, mv):
+        """The image bytes of a DATA frame's payload `mv` in a deflate session
+        (a raw deflate stream, ZBITS window, of at most 4096 bytes), inflated
+        into self.z; -> how many."""
+        import deflate
+        import uio as io
+        try:
+            d = deflate.DeflateIO(io.BytesIO(mv), deflate.RAW, ZBITS)
+            n = d.readinto(self.z)
+            more = d.read(1)
+        except Exception as e:  # a stream that is not deflate (the frame's CRC held: the sender's fault)
+            raise ProtoError(E_BAD_FRAME, "DATA is not a deflate stream: %r" % e)
+        if more:
+            raise ProtoError(E_BAD_FRAME, "DATA inflates past %d bytes" % len(self.z))
+        return n
 
 
 def open_session(sl, kind, owner, slot, size, sha, offset, allow_down=False, held=None, buf=None, src=None):

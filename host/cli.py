@@ -187,7 +187,11 @@ def _push_opts(p):
                    help="seconds to wait for the device to come back after the reset (default 60)")
     p.add_argument("--reuse", choices=("auto", "on", "off"), default="auto",
                    help="send only the 4 KiB sectors the board does not hold already: on, off, or auto (the "
-                        "default: when a round trip is over 80 ms, where the link and not the flash is the limit)")
+                        "default: the target slot's always, the running slot's when a round trip is over 116 ms, "
+                        "where the link and not the flash is the limit)")
+    p.add_argument("--deflate", choices=("auto", "on", "off"), default="auto",
+                   help="deflate the image on the wire: on, off, or auto (the default: when a round trip is over "
+                        "116 ms and the image deflates by a tenth at least)")
 
 
 def _build_opts(p):

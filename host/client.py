@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import zlib
 from typing import Any, Callable, Optional
 
 from .codec import mpota_hostframes as hostframes  # the codec (shared/): see __init__.py
@@ -459,12 +460,13 @@ class Client:
     async def begin(self, size: int, sha256: str, version: Optional[str] = None,
                     slot: str = "inactive", allow_downgrade: bool = False,
                     key_id: Optional[str] = None, client: Optional[str] = None, force: bool = False,
-                    held: Optional[bytes] = None, held_from: Optional[str] = None) -> dict:
+                    held: Optional[bytes] = None, held_from: Optional[str] = None, deflate: bool = False) -> dict:
         """key_id: the image's signing key id (hex; "" unsigned): a device that
         trusts keys refuses an image it would refuse at commit for its key now,
         before any byte is sent. client: this operator's client id
         (default_client_id()): a session it left open on another connection is
-        taken over at once."""
+        taken over at once. deflate: DATA frames carry deflate streams
+        (upload(deflate=True))."""
         fields: dict = {"size": size, "sha256": sha256, "slot": slot}
         if client is not None:
             fields["client"] = client
@@ -480,6 +482,8 @@ class Client:
             fields["held"] = held.hex()
             if held_from is not None:
                 fields["held_from"] = held_from
+        if deflate:
+            fields["deflate"] = True
         return await self.request("begin", **fields)
 
     async def sectors(self, count: int, slot: Optional[str] = None) -> tuple:
@@ -521,7 +525,7 @@ class Client:
 
     async def upload(self, image, start: int, *, begin_reply: Optional[dict] = None,
                      high_sent: int = 0, on_progress: Optional[ProgressCb] = None,
-                     skip: Optional[set] = None) -> int:
+                     skip: Optional[set] = None, deflate: bool = False) -> int:
         """Send image[start:] as pipelined DATA frames; return when all is ACKed.
 
         Keeps at most `window` bytes unacknowledged (never a round trip per
@@ -530,7 +534,9 @@ class Client:
         `high_sent` is the highest offset sent by earlier connections, so bytes
         below it count as re-sent. `skip`: the 4 KiB sectors the device keeps
         (begin "held"): never sent, unless the device rewinds into one (it
-        lacked it after all). Returns the new high_sent.
+        lacked it after all). `deflate` (a begin that said so): each frame
+        carries a raw deflate stream (squeeze) of at most one sector, and the
+        window counts the bytes on the wire. Returns the new high_sent.
         """
         w = self._check_open()
         mv = memoryview(image)
@@ -540,6 +546,7 @@ class Client:
         last_rewind: Optional[int] = None
         rewinds = 0
         skip = set(skip or ())
+        flight: list = []  # deflate: (end offset, bytes on the wire) of each frame not yet acknowledged
         while acked < size:
             while nxt < size:
                 if skip and nxt % SECTOR == 0 and nxt // SECTOR in skip:
@@ -552,15 +559,26 @@ class Client:
                         # the device copies kept sectors first (a sector a round trip, about): what
                         # follows goes when one is left, so it lands as the copy ends
                         break
-                if nxt + n - acked > window:
-                    break
-                frame = hostframes.encode_data(nxt, mv[nxt:nxt + n])
+                if deflate:
+                    n = min(size - nxt, SECTOR - nxt % SECTOR)
+                    payload = squeeze(mv[nxt:nxt + n])
+                    while len(payload) > max_data and n > 64:  # (an incompressible piece: a smaller one)
+                        n //= 2
+                        payload = squeeze(mv[nxt:nxt + n])
+                    if flight and sum(x for _, x in flight) + len(payload) > window:
+                        break
+                    flight.append((nxt + n, len(payload)))
+                else:
+                    if nxt + n - acked > window:
+                        break
+                    payload = mv[nxt:nxt + n]
+                frame = hostframes.encode_data(nxt, payload)
                 if log.isEnabledFor(logging.DEBUG):
-                    log.debug("TX DATA offset=%d len=%d", nxt, n)
+                    log.debug("TX DATA offset=%d len=%d (%d on the wire)", nxt, n, len(payload))
                 self._send(w, frame)
                 if nxt < high_sent:
-                    self.bytes_resent += min(n, high_sent - nxt)
-                self.bytes_sent += n
+                    self.bytes_resent += min(len(payload), high_sent - nxt)
+                self.bytes_sent += len(payload)
                 nxt += n
                 high_sent = max(high_sent, nxt)
             await self._drain()
@@ -571,6 +589,7 @@ class Client:
                 if a > acked:
                     acked = min(a, size)
                     nxt = max(nxt, acked)
+                    flight = [f for f in flight if f[0] > acked]
                     if on_progress:
                         on_progress(acked, size)
             elif op == proto.OP_NERROR:
@@ -594,6 +613,7 @@ class Client:
                     if on_progress:
                         on_progress(acked, size)
                 nxt = last_rewind = max(value, acked)
+                flight = []
             else:
                 log.warning("unexpected frame 0x%02X during upload ignored", op)
         return high_sent
@@ -656,6 +676,13 @@ class Client:
 
 
 SECTOR = 4096  # the unit a device keeps or is sent (device/mpota_upload.py SECTOR)
+ZBITS = 9  # a deflate DATA frame's window: the device inflates with 2 ** ZBITS bytes (mpota_upload.ZBITS)
+
+
+def squeeze(data) -> bytes:
+    """`data` as the raw deflate stream a deflate session's DATA frame carries."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -ZBITS, 9)
+    return z.compress(data) + z.flush()
 
 
 def _kept(skip: set, a: int, b: int, size: int) -> int:

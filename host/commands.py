@@ -280,7 +280,8 @@ async def cmd_push(ctx) -> int:
                          retries=args.retries,
                          wait=args.wait, connect_timeout=args.connect_timeout, timeout=args.timeout,
                          on_event=on_event, on_progress=out.progress,
-                         reuse={"auto": None, "on": True, "off": False}[args.reuse])
+                         reuse={"auto": None, "on": True, "off": False}[args.reuse],
+                         deflate={"auto": None, "on": True, "off": False}[args.deflate])
     finally:
         out.progress_stop()
     return EXIT_OK

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from .codec import mpota_lineproto as lineproto
 from .codec import mpota_mcuboot as mcuboot
 from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, SECTOR, Client, ProgressCb, default_client_id,
-                     expected_device, held_sectors, within)
+                     expected_device, held_sectors, squeeze, within)
 from .errors import (BusyError, ConnectionLost, CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout,
                      MpotaError, NotTaken, Restarting, Unreachable, VerifyFailed, VersionClash, device_error)
 from .images import Image
@@ -108,15 +108,24 @@ def _emit(on_event: Optional[EventCb], name: str, **fields) -> None:
 # the sectors the target slot holds already are neither sent nor written (each
 # sector is a file of its own: device/mpota_slotio.py), which always pays; the
 # sectors only the running slot holds are copied from it, which saves link time
-# but not flash time. That pays where the link, not the flash, is the limit:
-# the board's lwIP holds at most TCP_WND = 6400 bytes in flight per round trip,
-# so past 6400 B / 80 KB/s (the flash ceiling) = 80 ms the window caps the push.
-REUSE_RTT = 6400 / 80_000
+# but not flash time. That pays where the link, not the flash, is the limit, as
+# deflating DATA does (it costs the board a little time per frame): the board's
+# lwIP holds at most TCP_WND = 6400 bytes in flight per round trip, and
+# littlefs writes a slot at about 55 KB/s (make bench: the flash's 80 KB/s
+# ceiling less the filesystem's own blocks), so past 6400 B / 55 KB/s = 116 ms
+# the window caps the push (make bench: deflate 0.94x at 100 ms, 1.56x at 200).
+REUSE_RTT = 6400 / 55_000
 
 
 def reuse_pays(rtt: float) -> bool:
     """Auto reuse: does a link with this round trip (seconds) cap the push below the flash?"""
     return rtt > REUSE_RTT
+
+
+def compresses(image: bytes) -> bool:
+    """Does deflating each 4 KiB sector (client.squeeze) save a tenth of the bytes at least?"""
+    mv = memoryview(image)
+    return sum(len(squeeze(mv[i:i + SECTOR])) for i in range(0, len(mv), SECTOR)) < 0.9 * len(mv)
 
 
 def _count(bitmap: bytes) -> int:
@@ -156,7 +165,8 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                      busy_wait: float = 3.0, on_progress: Optional[ProgressCb] = None,
                      on_event: Optional[EventCb] = None, expect_device: Optional[str] = None,
                      client_factory: Callable[..., Client] = Client,
-                     client_id: Optional[str] = None, force: bool = False, reuse: Optional[bool] = None) -> PushResult:
+                     client_id: Optional[str] = None, force: bool = False, reuse: Optional[bool] = None,
+                     deflate: Optional[bool] = None) -> PushResult:
     """Upload `image` to the inactive slot and (unless commit=False) commit it.
 
     A dropped connection or a stalled device costs a reconnect (up to
@@ -169,6 +179,10 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     in the slot it chooses (the running one; else the target slot) are not
     sent: the device copies them (begin "held"; event `held` with their count
     and that slot). Commit still checks the SHA-256 of the whole image.
+
+    With `deflate` (None, auto: where the link is the limit, as above, and the
+    image compresses, compresses(); and a device that has "deflate"), DATA
+    frames carry each sector deflated (client.squeeze).
     """
     sha = hashlib.sha256(image).hexdigest()
     kid = image_key_id(image)
@@ -179,6 +193,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     attempt = 0
     first = True
     restarted = False
+    pays = None  # does the link cap the push below the flash (a ping, once)?
     while True:
         c = client_factory(host, port, key=key, connect_timeout=connect_timeout,
                            timeout=timeout, window=window, expect_device=expect_device)
@@ -186,18 +201,21 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             await c.connect(authenticate=True)
             held = src = None
             # not over USB: its transport (device/mpota_usb.py) runs no loop to copy held sectors in
-            sectors = "sectors" in (c.info.get("features") or ()) and not host.startswith("usb:")
-            if reuse is None and first and sectors:
-                copy = reuse_pays(await _round_trip(c))
-                _emit(on_event, "reuse", on=True, copy=copy)
-            else:
-                copy = bool(reuse)
+            features = c.info.get("features") or ()
+            sectors = "sectors" in features and not host.startswith("usb:")
+            zips = "deflate" in features and not host.startswith("usb:")
+            if pays is None and ((reuse is None and sectors) or (deflate is None and zips)):
+                pays = reuse_pays(await _round_trip(c))
+                if reuse is None and sectors:
+                    _emit(on_event, "reuse", on=True, copy=pays)
+            copy = pays if reuse is None else bool(reuse)
             if reuse is not False and sectors:
                 held, src = await _reuse_plan(c, image, copy)
+            zipped = zips and (deflate if deflate is not None else bool(pays) and compresses(image))
             try:
                 reply = await begin_patiently(c, len(image), sha, version, allow_downgrade,
                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
-                                              cid, force, held, src)
+                                              cid, force, held, src, zipped)
             except Restarting:
                 # A lean-mode device takes images only in its update mode (the
                 # app stopped, the heap free): it restarts into it; follow it.
@@ -220,7 +238,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             if first:
                 res.resumed_from = offset
                 _emit(on_event, "begin", slot=res.slot, size=len(image), offset=offset,
-                      resumed=offset > 0, window=c._window(reply)[1])
+                      resumed=offset > 0, window=c._window(reply)[1], deflate=zipped)
             else:
                 _emit(on_event, "resume", offset=offset, attempt=attempt)
             first = False
@@ -228,7 +246,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                 on_progress(offset, len(image))
             try:
                 high_sent = await c.upload(image, offset, begin_reply=reply, high_sent=high_sent,
-                                           on_progress=on_progress, skip=skip)
+                                           on_progress=on_progress, skip=skip, deflate=zipped)
             finally:
                 res.bytes_sent += c.bytes_sent
                 res.bytes_resent += c.bytes_resent
@@ -271,7 +289,8 @@ async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str]
                           allow_downgrade: bool, busy_wait: float,
                           on_event: Optional[EventCb], key_id: Optional[str] = None,
                           client: Optional[str] = None, force: bool = False,
-                          held: Optional[bytes] = None, held_from: Optional[str] = None) -> dict:
+                          held: Optional[bytes] = None, held_from: Optional[str] = None,
+                          deflate: bool = False) -> dict:
     """`begin`, retrying `busy` for up to busy_wait seconds: after a dropped
     link the device may not yet have noticed that our old session is gone."""
     deadline = time.monotonic() + busy_wait
@@ -279,7 +298,7 @@ async def begin_patiently(c: Client, size: int, sha: str, version: Optional[str]
     while True:
         try:
             return await c.begin(size, sha, version, allow_downgrade=allow_downgrade, key_id=key_id,
-                                 client=client, force=force, held=held, held_from=held_from)
+                                 client=client, force=force, held=held, held_from=held_from, deflate=deflate)
         except BusyError:
             if time.monotonic() + delay > deadline:
                 raise
@@ -365,7 +384,8 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
                allow_downgrade: bool = False, force: bool = False, window: Optional[int] = None,
                retries: int = 5, wait: float = 60.0, connect_timeout: float = CONNECT_TIMEOUT,
                timeout: float = IO_TIMEOUT, on_event: Optional[EventCb] = None,
-               on_progress: Optional[ProgressCb] = None, reuse: Optional[bool] = None) -> PushReport:
+               on_progress: Optional[ProgressCb] = None, reuse: Optional[bool] = None,
+               deflate: Optional[bool] = None) -> PushReport:
     """Push `image` to `target`: upload, commit, then (unless reset=False) reset, wait
     up to `wait` seconds for the device, check the trial and (unless confirm=False)
     confirm it. Events: begin, reconnect, resume, busy_wait, uploaded, committed,
@@ -391,7 +411,7 @@ async def push(target, image: Image, *, confirm: bool = True, reset: bool = True
                                allow_downgrade=allow_downgrade, force=force, window=window, retries=retries,
                                connect_timeout=connect_timeout, timeout=timeout,
                                on_progress=on_progress, on_event=on_event,
-                               expect_device=expected_device(target), reuse=reuse)
+                               expect_device=expected_device(target), reuse=reuse, deflate=deflate)
     except DeviceError as e:
         if e.code == "incorrect_state" and e.op == "begin":
             e.trial_crash = before.trial_crash  # the CLI's hint names the way out

@@ -39,7 +39,7 @@ for _p in ("shared", "tools"):
 
 from mpota import images as appimage  # noqa: E402  (host/, installed editable by make setup)
 from mpota.bootloader_messenger import BootloaderMessenger  # noqa: E402
-from mpota.push import push_image  # noqa: E402
+from mpota.push import REUSE_RTT, push_image, reuse_pays  # noqa: E402
 from simproc import Sim, free_port  # noqa: E402
 from linkproxy import LinkProxy, UdpDelay  # noqa: E402
 import bench_smp  # noqa: E402
@@ -102,8 +102,9 @@ def flash_seconds(before: dict, after: dict) -> float:
             + (after.get("programs", 0) - before.get("programs", 0)) * PAGE_S)
 
 
-async def native_push(port: int, data: bytes, rtt: float) -> tuple:
-    """(seconds, window, flash busy s) of one pipelined upload, through a delay
+async def native_push(port: int, data: bytes, rtt: float, deflate: bool = False) -> tuple:
+    """(seconds, window, flash busy s, bytes on the wire) of one pipelined
+    upload of all of `data` (no reuse), DATA deflated or not, through a delay
     line with the board's TCP window when rtt > 0."""
     seen: dict = {}
     px = None
@@ -113,11 +114,11 @@ async def native_push(port: int, data: bytes, rtt: float) -> tuple:
         port = px.port
     try:
         t0 = time.monotonic()
-        await push_image("127.0.0.1", port, data, commit=False, timeout=30,
-                         on_event=lambda name, **f: seen.setdefault(name, f))
+        r = await push_image("127.0.0.1", port, data, commit=False, timeout=30, reuse=False, deflate=deflate,
+                             on_event=lambda name, **f: seen.setdefault(name, f))
         secs = time.monotonic() - t0
         busy = flash_seconds(f0, await sim_flash(port if px is None else px.target[1]))
-        return secs, seen.get("begin", {}).get("window", 0), busy
+        return secs, seen.get("begin", {}).get("window", 0), busy, r.bytes_sent
     finally:
         if px is not None:
             await px.stop()
@@ -239,8 +240,11 @@ def rtt_table(a, work: Path, body: bytes, tcp: int, udp: int, smp: int) -> None:
         lim = bound(rtt)
         n += 1
         data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))  # a new sha each run
-        native_s, window, busy = asyncio.run(native_push(tcp, data, rtt))
+        native_s, window, busy, _ = asyncio.run(native_push(tcp, data, rtt))
         native = len(data) / native_s
+        n += 1
+        data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))
+        zip_s, _, zbusy, wire = asyncio.run(native_push(tcp, data, rtt, deflate=True))
         n += 1
         slow = bytes(appimage.build_app_image(slow_body, version="1.0.%d" % n))
         legacy = len(slow) / asyncio.run(legacy_via(udp, slow, a.chunk, rtt))
@@ -248,19 +252,25 @@ def rtt_table(a, work: Path, body: bytes, tcp: int, udp: int, smp: int) -> None:
         slow = bytes(appimage.build_app_image(slow_body, version="1.0.%d" % n))
         smp_rate = bench_smp.smp_rate(smp, slow, rtt)
         rows = (("native TCP, %d B window (flash %.0f%%)" % (window, 100 * busy / native_s), native_s, native),
+                ("  + deflate, %.0f%% on the wire (flash %.0f%%)%s" % (
+                    100 * wire / len(data), 100 * zbusy / zip_s, " (auto: on)" if reuse_pays(rtt) else ""),
+                 zip_s, len(data) / zip_s),
                 ("legacy UDP, %d B stop-and-wait" % a.chunk, len(slow) / legacy, legacy),
                 ("SMP UDP, smpclient", len(slow) / smp_rate, smp_rate))
         for i, (flow, secs, rate) in enumerate(rows):
             print("%-7s %-38s %7.2f %11s %11s %8.0f%%" % ("%g ms" % rtt_ms if i == 0 else "", flow, secs,
                                                           kbs(rate), kbs(lim) if i == 0 else "",
                                                           100 * rate / lim))
-        print("%-7s %-38s %7s %10.1fx %10.1fx\n" % ("", "native / legacy, native / SMP", "",
-                                                     native / legacy, native / smp_rate))
+        print("%-7s %-38s %7s %10.1fx %10.1fx %8.2fx\n" % ("", "native / legacy, native / SMP, deflate", "",
+                                                            native / legacy, native / smp_rate, native_s / zip_s))
     print("(bound = min(flash ceiling, %d B lwIP window / rtt); native pushes the %d KiB image, legacy and\n"
           " SMP a %d KiB one; the delay lines hold the board's %d B TCP window and %d-datagram UDP queue;\n"
           " flash = the share of the push the simulated flash spent erasing and programming: its timing\n"
-          " (45 ms erase, 0.6 ms page) and littlefs' own blocks make ~70 KB/s the most the flash allows)\n"
-          % (TCP_WINDOW, IMAGE_SIZE // 1024, a.slow_kib, TCP_WINDOW, UDP_QUEUE))
+          " (45 ms erase, 0.6 ms page) and littlefs' own blocks make ~70 KB/s the most the flash allows;\n"
+          " + deflate: each sector deflated on the wire (client.squeeze); this image is random hex text,\n"
+          " source code deflates to ~30%%; `mpota push` turns it on by itself above %.0f ms, where the\n"
+          " window and not the flash is the limit, for an image that deflates by a tenth at least)\n"
+          % (TCP_WINDOW, IMAGE_SIZE // 1024, a.slow_kib, TCP_WINDOW, UDP_QUEUE, 1000 * REUSE_RTT))
 
 
 def main() -> int:
