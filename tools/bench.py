@@ -65,9 +65,9 @@ def bound(rtt: float) -> float:
     return CEILING if rtt <= 0 else min(CEILING, TCP_WINDOW / rtt)
 
 
-def make_body(work: Path, kib: int = IMAGE_SIZE // 1024) -> bytes:
+def make_body(work: Path, kib: int = IMAGE_SIZE // 1024, tag: str = "") -> bytes:
     """The littlefs body of a `kib` KiB application image: hello plus incompressible filler."""
-    app = work / ("benchapp%d" % kib)
+    app = work / ("benchapp%d%s" % (kib, tag))
     shutil.copytree(REPO / "examples" / "hello", app)
     (app / "blob.py").write_text("DATA = %r\n" % os.urandom(max(0, kib * 717 - 8192) // 2).hex())
     return appimage.build_littlefs(str(app), block_count=kib * 1024 // 4096)
@@ -104,8 +104,10 @@ def flash_seconds(before: dict, after: dict) -> float:
 
 async def native_push(port: int, data: bytes, rtt: float, deflate: bool = False) -> tuple:
     """(seconds, window, flash busy s, bytes on the wire) of one pipelined
-    upload of all of `data` (no reuse), DATA deflated or not, through a delay
-    line with the board's TCP window when rtt > 0."""
+    upload of `data` as `mpota push` sends it (sectors asked, the target's
+    files rewritten in place: `data` shares nothing with what the slots hold),
+    DATA deflated or not, through a delay line with the board's TCP window
+    when rtt > 0."""
     seen: dict = {}
     px = None
     f0 = await sim_flash(port)
@@ -114,7 +116,7 @@ async def native_push(port: int, data: bytes, rtt: float, deflate: bool = False)
         port = px.port
     try:
         t0 = time.monotonic()
-        r = await push_image("127.0.0.1", port, data, commit=False, timeout=30, reuse=False, deflate=deflate,
+        r = await push_image("127.0.0.1", port, data, commit=False, timeout=30, deflate=deflate,
                              on_event=lambda name, **f: seen.setdefault(name, f))
         secs = time.monotonic() - t0
         busy = flash_seconds(f0, await sim_flash(port if px is None else px.target[1]))
@@ -239,11 +241,12 @@ def rtt_table(a, work: Path, body: bytes, tcp: int, udp: int, smp: int) -> None:
         rtt = rtt_ms / 1000
         lim = bound(rtt)
         n += 1
-        data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))  # a new sha each run
+        # a new body each time: nothing of it is in a slot already
+        data = bytes(appimage.build_app_image(make_body(work, tag="-%d" % n), version="1.0.%d" % n))
         native_s, window, busy, _ = asyncio.run(native_push(tcp, data, rtt))
         native = len(data) / native_s
         n += 1
-        data = bytes(appimage.build_app_image(body, version="1.0.%d" % n))
+        data = bytes(appimage.build_app_image(make_body(work, tag="-%d" % n), version="1.0.%d" % n))
         zip_s, _, zbusy, wire = asyncio.run(native_push(tcp, data, rtt, deflate=True))
         n += 1
         slow = bytes(appimage.build_app_image(slow_body, version="1.0.%d" % n))
