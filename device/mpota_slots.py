@@ -30,7 +30,7 @@
 #
 # Every change of the record after boot is a Slots method here (begin,
 # begin_reuse, finish, mark_pending, make_permanent, confirm, raise_floor,
-# rollback, erase), each committed through commit(). This module is loaded while
+# spare_trial, rollback, erase), each committed through commit(). This module is loaded while
 # connections are served (attach). The other slot code is loaded only while it
 # is needed: bootslots.py (read, repair, the boot decisions: boot only, then
 # dropped) and upload.py (the bytes of an update: loaded with a session).
@@ -437,6 +437,15 @@ class Slots:
             rec["pending"] = i
         elif rec["pending"] == i:
             rec["pending"] = None
+
+    def spare_trial(self):
+        """The agent resets for no fault of the app on trial (the end of a USB
+        command): the boot after it does not count against the trial (its
+        count drops by one, committed; that boot adds it back)."""
+        rec = self.rec
+        if self.on_trial() and rec["trials"] > 0:
+            rec["trials"] -= 1
+            self.commit()
 
     def raise_floor(self, i, changed=False):
         """Anti-rollback: raise the floor to slot i's security counter (an image

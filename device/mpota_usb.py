@@ -110,8 +110,13 @@ def close():
 
 
 def end():
-    """Reset into the agent and the app (a pending image boots on trial)."""
+    """Reset into the agent and the app (a pending image boots on trial). On
+    a trial the boot after this reset does not count against it: each USB
+    command ends with one, and reading a trial's status must not roll it back."""
     dev = _dev()
     close()
     dev.close_session()
+    import mpota_slots as slots
+    slots.attach(dev)
+    dev.sl.spare_trial()
     hal.reset()

@@ -101,6 +101,11 @@ def test_usb_trial_confirm_and_rollback(tmp_path):
         booted = ev(events(r), "booted")
         assert booted["state"] == "trial" and booted["slot"] != s1, booted
         s2 = booted["slot"]
+        for _ in range(4):  # more USB commands than max_trials (3): each ends with a reset, none counts
+            r = usb(sim, "status")
+            assert r.returncode == 0, r.stdout + r.stderr
+        st = net_status(sim)
+        assert (st["running"], st["trial"], st["trial_count"]) == (s2, True, 1), st
         r = usb(sim, "confirm")
         assert r.returncode == 0, r.stdout + r.stderr
         assert ev(events(r), "confirmed")["slot"] == s2

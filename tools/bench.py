@@ -104,10 +104,9 @@ def flash_seconds(before: dict, after: dict) -> float:
 
 async def native_push(port: int, data: bytes, rtt: float, deflate: bool = False) -> tuple:
     """(seconds, window, flash busy s, bytes on the wire) of one pipelined
-    upload of `data` as `mpota push` sends it (sectors asked, the target's
-    files rewritten in place: `data` shares nothing with what the slots hold),
-    DATA deflated or not, through a delay line with the board's TCP window
-    when rtt > 0."""
+    upload of all of `data` (no sector kept: the table measures the
+    protocol, the reuse table what keeping sectors saves), DATA deflated or
+    not, through a delay line with the board's TCP window when rtt > 0."""
     seen: dict = {}
     px = None
     f0 = await sim_flash(port)
@@ -116,7 +115,7 @@ async def native_push(port: int, data: bytes, rtt: float, deflate: bool = False)
         port = px.port
     try:
         t0 = time.monotonic()
-        r = await push_image("127.0.0.1", port, data, commit=False, timeout=30, deflate=deflate,
+        r = await push_image("127.0.0.1", port, data, commit=False, timeout=30, reuse=False, deflate=deflate,
                              on_event=lambda name, **f: seen.setdefault(name, f))
         secs = time.monotonic() - t0
         busy = flash_seconds(f0, await sim_flash(port if px is None else px.target[1]))
@@ -241,7 +240,6 @@ def rtt_table(a, work: Path, body: bytes, tcp: int, udp: int, smp: int) -> None:
         rtt = rtt_ms / 1000
         lim = bound(rtt)
         n += 1
-        # a new body each time: nothing of it is in a slot already
         data = bytes(appimage.build_app_image(make_body(work, tag="-%d" % n), version="1.0.%d" % n))
         native_s, window, busy, _ = asyncio.run(native_push(tcp, data, rtt))
         native = len(data) / native_s
