@@ -29,6 +29,7 @@ CLIENT = None  # the running Client (mpota_mqttcmd, mpota_pull and mpota.py reac
 
 class Client:
     """One board's connection to its broker (cfg "mqtt": "HOST:PORT")."""
+    max_data = 4096  # what a pull's begin (update.op_begin) answers, as a peer's: a pull sends no DATA frames
 
     def __init__(self, dev):
         cfg = dev.cfg

@@ -187,8 +187,8 @@ def op_begin(dev, c, req):
     if held is not None and src is None:
         s.w.fill()  # the sectors kept from the start (no I/O): the offset a re-opened upload resumes at
     dev.open_session(s)
-    # (c: a dispatch.Peer, or the MQTT client a pull writes for: no frames, no max_data of its own)
-    r = {"slot": name(i), "offset": s.w.pos, "max_data": getattr(c, "max_data", lineproto.MAX_DATA),
+    # (c: a dispatch.Peer, or the MQTT client a pull writes for)
+    r = {"slot": name(i), "offset": s.w.pos, "max_data": c.max_data,
          "window": lineproto.WINDOW}
     if held is not None:
         r["held"] = binascii.hexlify(held).decode()  # what the device keeps (a sector its file lacks is sent)

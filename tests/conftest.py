@@ -51,6 +51,25 @@ def _sigint_default():
 INTERRUPTIBLE = {"preexec_fn": _sigint_default}
 
 
+def until_uploading(p, targets=1, timeout=60):
+    """The --json events `mpota` (Popen p) prints until `targets` uploads are
+    under way (a progress event past 0 from each), within `timeout` s, or
+    until it stops; -> the events read."""
+    import json
+    import time
+
+    seen, moving = [], set()
+    deadline = time.monotonic() + timeout
+    while len(moving) < targets and time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            break
+        seen.append(json.loads(line))
+        if seen[-1]["event"] == "progress" and seen[-1]["done"] > 0:
+            moving.add(seen[-1].get("target"))
+    return seen
+
+
 def run_micropython(args, heap=None, cwd=None, timeout=120, env=None, mp=None):
     """Run the unix-port micropython (`mp`: another entry of INTERPRETERS);
     returns CompletedProcess (text)."""

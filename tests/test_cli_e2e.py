@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import INTERPRETERS, INTERRUPTIBLE, REPO, free_port, interp_label
+from conftest import INTERPRETERS, INTERRUPTIBLE, REPO, free_port, interp_label, until_uploading
 from simproc import Sim
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -224,15 +223,7 @@ def test_interrupt_commits_nothing_and_push_resumes(sim, tmp_path):
                           str(img), "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env, **INTERRUPTIBLE)
     try:
-        deadline = time.monotonic() + 60
-        seen = []
-        while time.monotonic() < deadline:  # wait until the upload is under way
-            line = p.stdout.readline()
-            if not line:
-                break
-            seen.append(json.loads(line))
-            if seen[-1]["event"] == "progress" and seen[-1]["done"] > 0:
-                break
+        seen = until_uploading(p)
         assert any(e["event"] == "begin" for e in seen), seen
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)

@@ -10,11 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import INTERRUPTIBLE, REPO, free_port
+from conftest import INTERRUPTIBLE, REPO, free_port, until_uploading
 from mpota import cli as mpota_cli, targets
 from mpota.fleet import fleet_exit_code
 from mpota.errors import UsageError
@@ -196,15 +195,8 @@ def test_ctrl_c_stops_all_commits_nothing_and_each_resumes(fleet, tmp_path):
     p = subprocess.Popen([sys.executable, FLASH, "-t", "a,b", "--json", "push", str(img), "--timeout", "60"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **INTERRUPTIBLE)
     try:
-        seen, moving = [], set()
-        deadline = time.monotonic() + 60
-        while moving != {"a", "b"} and time.monotonic() < deadline:  # both uploads under way
-            line = p.stdout.readline()
-            if not line:
-                break
-            seen.append(json.loads(line))
-            if seen[-1]["event"] == "progress" and seen[-1]["done"] > 0:
-                moving.add(seen[-1]["target"])
+        seen = until_uploading(p, targets=2)  # both uploads under way
+        moving = {e["target"] for e in seen if e["event"] == "progress" and e["done"] > 0}
         assert moving == {"a", "b"}, seen
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from fleetsim import Fleet
+from fleetsim import Fleet, app_folder
 
 import sim
 from mpota import discover, images, rollout
@@ -22,17 +22,6 @@ from mpota.targets import Target
 
 pytestmark = pytest.mark.fleet100  # run alone, after the rest (Makefile: test)
 COUNT = 100
-APP = '''import asyncio
-import mpota
-
-
-async def main():
-    if %r:
-        raise RuntimeError("version %s is broken")
-    mpota.confirm()
-    while True:
-        await asyncio.sleep(1)
-'''
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +38,7 @@ def fleet(tmp_path_factory):
 
 
 def app(fleet, version, crash):
-    folder = fleet.dir / ("app-" + version)
-    folder.mkdir()
-    (folder / "main.py").write_text(APP % (crash, version))
-    return images.build_folder(folder, version)
+    return images.build_folder(app_folder(fleet.dir, version, crash), version)
 
 
 def run(fleet, img, **kw):

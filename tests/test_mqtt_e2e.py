@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from fleetsim import Fleet
+from fleetsim import Fleet, app_folder
 from mosquitto import Broker
 
 from mpota import cli, images, keys, mqtt
@@ -22,17 +22,6 @@ from mpota.httpserve import make_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 COUNT = 4
-APP = '''import asyncio
-import mpota
-
-
-async def main():
-    if %r:
-        raise RuntimeError("version %s fails")
-    mpota.confirm()
-    while True:
-        await asyncio.sleep(1)
-'''
 
 
 class Site:
@@ -69,9 +58,7 @@ async def online(url, ids):
 
 def release(site, version, crash=False):
     """`mpota publish` of an app version: -> the path of DIR/SHA256.bin."""
-    folder = site.dir / ("app-" + version)
-    folder.mkdir()
-    (folder / "main.py").write_text(APP % (crash, version))
+    folder = app_folder(site.dir, version, crash)
     img = images.build_folder(folder, version, site.key)
     assert cli.main(["publish", str(folder), "--version", version, "--sign-key", site.key, "--dir",
                      str(site.dir / "rel"), "--base-url", site.base, "--targets", os.devnull, "-q"]) == 0
@@ -152,10 +139,8 @@ def test_a_failing_canary_stops_a_waved_rollout_with_no_other_board_touched(site
 def test_an_image_signed_by_a_key_the_board_does_not_trust_is_refused_as_over_the_lan(site, capsys, tmp_path):
     other = tmp_path / "other.pem"
     keys.keygen(str(other))
-    folder = tmp_path / "app-9.0.0"
-    folder.mkdir()
-    (folder / "main.py").write_text(APP % (False, "9.0.0"))
-    img = images.build_folder(folder, "9.0.0", str(other))  # the image by another key, the commands by ours
+    # the image by another key, the commands by ours
+    img = images.build_folder(app_folder(tmp_path, "9.0.0"), "9.0.0", str(other))
     path = tmp_path / "app.img"
     path.write_bytes(img.data)
     assert cli.main(["publish", str(path), "--sign-key", site.key, "--dir", str(site.dir / "rel"), "--base-url",

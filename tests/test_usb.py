@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, until_uploading
 from simproc import Sim
 from test_cli_e2e import FLASH, build, cli, ev, events, make_app
 
@@ -140,15 +140,7 @@ def test_usb_cable_pull_mid_upload_resumes(tmp_path):
         p = subprocess.Popen([sys.executable, FLASH, "-t", sim.usb, "--json", "push", str(img)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
-            deadline = time.monotonic() + 60
-            seen = []
-            while time.monotonic() < deadline:  # until the upload is under way
-                line = p.stdout.readline()
-                if not line:
-                    break
-                seen.append(json.loads(line))
-                if seen[-1]["event"] == "progress" and seen[-1]["done"] > 0:
-                    break
+            seen = until_uploading(p)
             assert any(e["event"] == "begin" for e in seen), seen
             p.kill()  # the cable goes: no goodbye, the port closes mid-exchange
             p.communicate(timeout=30)

@@ -42,6 +42,29 @@ WATCHDOG_POLL_S = 0.5  # each board's hang watchdog (sim.Launcher.watchdog): 100
 TAIL = 200  # output lines kept per board
 
 
+# The app the fleet tests roll out: it confirms itself and keeps running, or,
+# told to, fails at start (a canary that must stop a rollout).
+APP = '''import asyncio
+import mpota
+
+
+async def main():
+    if %r:
+        raise RuntimeError("version %s is broken")
+    mpota.confirm()
+    while True:
+        await asyncio.sleep(1)
+'''
+
+
+def app_folder(root: Path, version: str, crash: bool = False) -> Path:
+    """root/app-VERSION holding APP's main.py (made now)."""
+    folder = root / ("app-" + version)
+    folder.mkdir()
+    (folder / "main.py").write_text(APP % (crash, version))
+    return folder
+
+
 def _free(port: int) -> bool:
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as s:
