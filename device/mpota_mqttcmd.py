@@ -322,17 +322,35 @@ async def install(dev, cl, rec):
         rec.pop("phase")
         return await done(cl, rec, "installed", slot=slots.NAMES[r], version=dev.sl.slot(r)["version"],
                           state="running", already=True)
+    cl.task = asyncio.create_task(_pull(dev, cl, rec))
+
+
+async def _pull(dev, cl, rec):
+    # the install's session (pull.begin may ask the server which sectors to keep), then its download
     import mpota_pull as pull  # released with the session scope (agent._LIFE)
     try:
-        pull.begin(dev, cl, ins)
-    except ProtoError as e:
-        if e.code == E_RESTARTING:  # lean mode: restarting into update mode, where the install resumes
-            await event(cl, rec["seq"], "restarting", message=e.message)
-            await dev.after_reply()
-        return await fail(cl, rec, e.code, e.message)
+        try:
+            await pull.begin(dev, cl, rec["install"])
+        except ProtoError as e:
+            if e.code == E_RESTARTING:  # lean mode: restarting into update mode, where the install resumes
+                await event(cl, rec["seq"], "restarting", message=e.message)
+                await dev.after_reply()
+            return await fail(cl, rec, e.code, e.message)
+        r = await pull.run(dev, cl, rec["seq"], rec["install"], lambda *a, **kw: event(cl, *a, **kw))
     except Exception as e:  # out of heap, or a bug: reported once, never retried at every connect
         return await _failed(dev, cl, rec, e)
-    cl.task = asyncio.create_task(_pull(dev, cl, rec))
+    finally:
+        cl.task = None
+    if r["state"] == "pending":
+        rec["phase"] = "trial"  # its outcome is reported after the reset (outcome())
+        dev.reset_ms = _RESET_MS  # from here: no outcome() before the reset
+    else:  # stored, not an app to boot (mcuboot images of other bodies)
+        rec.pop("install")
+        rec.pop("phase")
+    await done(cl, rec, "installed", slot=r["slot"], version=r["version"], state=r["state"], ms=r["ms"],
+               rate=r["rate"], mem_peak=dev.mem_peak, mem_base=dev.mem_base)
+    if "phase" in rec:
+        await _reset(dev, cl)  # into the trial
 
 
 async def _stop_pull(dev, cl):
@@ -347,26 +365,6 @@ async def _stop_pull(dev, cl):
         except asyncio.CancelledError:
             pass
     _close_own(dev, cl)
-
-
-async def _pull(dev, cl, rec):
-    import mpota_pull as pull
-    try:
-        r = await pull.run(dev, cl, rec["seq"], rec["install"], lambda *a, **kw: event(cl, *a, **kw))
-    except Exception as e:
-        return await _failed(dev, cl, rec, e)
-    finally:
-        cl.task = None
-    if r["state"] == "pending":
-        rec["phase"] = "trial"  # its outcome is reported after the reset (outcome())
-        dev.reset_ms = _RESET_MS  # from here: no outcome() before the reset
-    else:  # stored, not an app to boot (mcuboot images of other bodies)
-        rec.pop("install")
-        rec.pop("phase")
-    await done(cl, rec, "installed", slot=r["slot"], version=r["version"], state=r["state"], ms=r["ms"],
-               rate=r["rate"], mem_peak=dev.mem_peak, mem_base=dev.mem_base)
-    if "phase" in rec:
-        await _reset(dev, cl)  # into the trial
 
 
 def _close_own(dev, cl):

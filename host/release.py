@@ -2,6 +2,7 @@
 
     r = publish(image, folder, key, base_url="http://files.example:8080")
     r.bin, r.record, r.url                      FOLDER/<sha256>.bin, FOLDER/<sha256>.json, its URL
+                                                (and FOLDER/<sha256>.sectors: its sectors' digests)
     rec = read_record(path, key=None)           the record's fields; signature checked when `key` is given
     url = release_url(image, base_url=None)     where a rollout over MQTT tells the boards to pull it
     check_url(url, size)                        a HEAD request: the server has it, at its size
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import mqtt
+from .client import sector_digests
 from .errors import UsageError
 
 RECORD_FIELDS = ("version", "sha256", "size", "url")
@@ -83,6 +85,9 @@ def publish(image, folder, key, base_url: Optional[str] = None) -> Release:
     if not (binp.is_file() and binp.stat().st_size == image.size and
             hashlib.sha256(binp.read_bytes()).hexdigest() == image.sha256):
         _write_atomic(binp, image.data)
+    # the 8-byte digest of each 4 KiB sector: a board keeps the sectors its target slot holds
+    # already and downloads only the others (device/mpota_pull.py)
+    _write_atomic(folder / (image.sha256 + ".sectors"), sector_digests(image.data))
     rec = folder / (image.sha256 + ".json")
     fp = keys.fingerprint(key)
     _write_atomic(rec, (json.dumps(dict(fields, signer=fp, signed=signed.decode()), indent=1) + "\n").encode())

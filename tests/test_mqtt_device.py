@@ -20,6 +20,7 @@ from mosquitto import Broker
 from simproc import Sim
 
 from mpota import httpserve, keys
+from mpota.client import sector_digests
 from mpota.codec import mpota_command as command
 from mpota.images import build_app_image
 
@@ -196,6 +197,7 @@ class Board:
         import hashlib
         sha = hashlib.sha256(img).hexdigest()
         (self.dir / ("%s.bin" % sha)).write_bytes(img)
+        (self.dir / ("%s.sectors" % sha)).write_bytes(sector_digests(img))  # as `mpota publish` writes it
         return self.cmd("install", url="http://127.0.0.1:%d/%s.bin" % (self.http.server_port, sha), sha256=sha,
                         size=len(img), version=None)
 
@@ -258,8 +260,8 @@ def test_install_pulled_with_a_resumed_drop_then_confirmed(board, tmp_path):
     assert gap > 0, "the last will came before the installed event"
     prog = [e["percent"] for e in b.watch.events(b.id, seq) if e["event"] == "progress"]
     assert prog == [25, 50, 75], prog
-    assert Files.log[0] == ("bytes=0-",) and len(Files.log) == 2, Files.log
-    resumed_at = int(Files.log[1][0][6:-1])
+    assert Files.log[0] == ("bytes=0-%d" % (len(img) - 1),) and len(Files.log) == 2, Files.log
+    resumed_at = int(Files.log[1][0][6:].split("-")[0])
     assert 0 < resumed_at <= len(img) // 3, Files.log  # the second GET asked for the rest only
     st, _ = b.watch.state(b.id, lambda d: d["online"] and d["trial"] and d["running"] == "a", 60)
     assert st["cmd_seq"] == seq and st["slots"]["a"]["version"] == "1.0.0+0"
@@ -375,12 +377,39 @@ def test_an_install_cut_by_a_power_cut_resumes_by_itself_after_the_reboot(board,
         done, _ = b.watch.event(b.id, seq, "installed", 90)  # no new command: it resumed by itself
     finally:
         b.handler.pace = 0.0
-    ranges = [int(r[0][6:-1]) for r in Files.log[n:]]
+    ranges = [int(r[0][6:].split("-")[0]) for r in Files.log[n:] if r[0]]  # (not the .sectors GETs)
     assert len(ranges) == 2 and ranges[0] == 0 and 0 < ranges[1] < len(img), ranges  # the rest only
     assert "sim: power cut" in b.sim.output
     b.watch.event(b.id, seq, "confirmed", 60)
     st, _ = b.watch.state(b.id, lambda d: d["active"] == "a" and not d["trial"], 30, since=m0)
     assert st["slots"]["a"]["version"] == "3.0.0+0"
+
+
+def _requested(log):
+    # the image bytes the board asked for: the Range GETs (the .sectors GETs have none)
+    return sum(int(b) - int(a) + 1 for a, b in (r[0][6:].split("-") for r in log if r[0]))
+
+
+def test_a_pull_downloads_only_the_sectors_the_target_slot_lacks(board, tmp_path):
+    """Two one-file changes of the running app: the second one's target slot
+    holds the first's files, so the board keeps those sectors (the release's
+    <sha256>.sectors against its own) and downloads and writes only the rest."""
+    b = board
+    src = tmp_path / "src"
+    for k, version in enumerate(("4.0.0+0", "4.0.1+0", "4.0.2+0")):
+        (src / str(k)).mkdir(parents=True)
+        img = _image(src / str(k), "v4", version, b.key, extra=SELF_CONFIRM + "# edit %d\n" % k, lines=20000)
+        body = b.install(img)
+        body["version"] = version.split("+")[0]
+        n = len(Files.log)
+        seq = b.send(body)
+        done, _ = b.watch.event(b.id, seq, "installed", 90)
+        b.watch.event(b.id, seq, "confirmed", 60)
+        asked = _requested(Files.log[n:])
+    print("pulled %d of %d bytes (the rest kept)" % (asked, len(img)))
+    # the last two differ in main.py's sector, the header and the TLVs: the slot held the rest
+    assert asked <= 4 * 4096 and asked < len(img) // 8, (asked, len(img), Files.log[n:])
+    b.sim.wait_for_line("app: v4 tick", 30)
 
 
 def test_a_lean_board_restarts_into_update_mode_for_the_pull(board, tmp_path):
