@@ -15,6 +15,14 @@
 #
 # The connection policy is conn.py's: a stranger gets a 512-byte buffer and
 # auth_timeout seconds to authenticate, within its own quota (connpolicy.admit).
+#
+# Beside an app that holds most of the heap, what is free is mostly small
+# holes and one run at the end. The heap is collected before the objects
+# that outlive a request are made (the connection, its buffers, its
+# session) and before each request: without it they are placed past the
+# garbage of the last request, inside that run, and split it (measured by
+# bench_headroom: 92 KiB updated in 3 of 5 heap layouts, in 5 of 5 with it).
+import gc
 import ujson as json
 import mpota_hal as hal
 import mpota_connpolicy as connpolicy
@@ -58,7 +66,6 @@ class Lean(dispatch.Peer):
         if self.gone:
             return
         s = self.sess
-        p = None
         try:
             p = _Pieces(self.w, None if s is None else s.seal_begin())
             if rid is not None:
@@ -81,6 +88,7 @@ class Lean(dispatch.Peer):
     def secure(self, dev, nonce, host_nonce_hex):
         # after a successful auth (ops.op_auth): the authenticated line size,
         # the bytes held kept in place, and the session that seals every line
+        gc.collect()
         buf = bytearray(lineproto.MAX_LINE + 33 + 2)
         buf[:self.n] = self.buf[:self.n]
         self.buf = buf
@@ -123,6 +131,7 @@ class _Pieces:
 async def serve(ag, r, w):
     # (agent.Agent.serve closes the socket and handles what is raised here)
     dev = ag.dev
+    gc.collect()  # (the heading: the connection low in the heap)
     c = Lean(dev, r, w)
     if not await connpolicy.admit(ag, c):
         return
@@ -206,4 +215,5 @@ def _line(dev, c, ln):
         if ln is None:
             sess.fail(c)
             return None
+    gc.collect()
     return dispatch.serve(dev, c, None, True, _done, ln)

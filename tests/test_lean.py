@@ -132,9 +132,10 @@ def test_one_op_table_routes_both_connection_kinds(mp):
 
 
 # The budget is 128 KiB; the bench prints the figure reached
-# (`make bench`: bench_headroom). This test holds the ground won with a wide
-# margin below it (the figure moves by a few KiB with the heap's layout).
-LEAN_APP_KIB = 88
+# (`make bench`: bench_headroom). This test holds the ground won (the figure
+# moves by a few KiB with the heap's layout: 92 updated in 5 of 5 layouts
+# with leanconn's collections and piecewise replies, 88 without them).
+LEAN_APP_KIB = 92
 
 
 @pytest.mark.skipif(not I386.exists(), reason="the 32-bit v1.27 build (../shared/tools) is absent")
