@@ -62,10 +62,13 @@ class Lean(dispatch.Peer):
         # line's size (a status line is over 1 KB; beside an app that
         # fragmented the heap that was the piece that could not be had, twice:
         # the text and its sealed copy), nor a copy of the fields. Out of heap
-        # half way the line is cut: the connection closes (gone), as out() does.
+        # before its first byte went, MemoryError (dispatch.serve answers
+        # no_memory; no sequence number is spent); half way, the line is cut:
+        # the connection closes (gone), as out() does.
         if self.gone:
             return
         s = self.sess
+        p = None
         try:
             p = _Pieces(self.w, None if s is None else s.seal_begin())
             if rid is not None:
@@ -82,7 +85,11 @@ class Lean(dispatch.Peer):
             p.put("}")
             p.flush()
             self.w.write(b"\n" if s is None else s.seal_end(p.h))
-        except (OSError, MemoryError):
+        except MemoryError:
+            if p is None or not p.sent:
+                raise
+            self.gone = True
+        except OSError:
             self.gone = True
 
     def secure(self, dev, nonce, host_nonce_hex):
@@ -105,6 +112,7 @@ class _Pieces:
         self.h = h
         self.b = bytearray(_PIECE)
         self.n = 0
+        self.sent = False  # a piece went out
 
     def put(self, t):
         b = t.encode()
@@ -125,6 +133,7 @@ class _Pieces:
     def _put(self, v):
         if self.h is not None:
             self.h.update(v)
+        self.sent = True
         self.w.write(v)  # (asyncio's stream sends at once, or copies what it queues)
 
 

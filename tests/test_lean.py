@@ -72,10 +72,12 @@ def test_a_lean_reply_needs_no_piece_the_size_of_its_line(mp):
     sealed 1.2 KB reply goes out of a heap whose free space is all in holes
     of about 512 bytes (beside an app that fragmented the heap), where making
     the line whole and sealing a copy of it runs out of memory; the host's
-    side opens it and reads the same reply."""
+    side opens it and reads the same reply. With no heap for its first piece
+    it raises MemoryError (answered no_memory) and writes nothing."""
     r = run_device_script(mp, "lean_reply_pieces.py")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.split("\n")[:2] == ["whole: out of memory", "pieces: sent True 1285"], r.stdout
+    assert r.stdout.split("\n")[:3] == ["whole: out of memory", "pieces: sent True 1285",
+                                         "no heap: MemoryError 0 kept"], r.stdout
 
 
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)

@@ -4,7 +4,9 @@
 # in holes of about 512 bytes, where the whole line (lineproto.reply_line)
 # and its sealed copy (linemac.Lines.seal_line) cannot be had. Prints
 # whether each way answered, and whether the host's side opens the line and
-# reads the same reply.
+# reads the same reply; then that a reply with no heap at all for its first
+# piece raises MemoryError (dispatch.serve answers no_memory) with nothing
+# written and the connection kept.
 import gc
 import json
 
@@ -69,3 +71,20 @@ got = lines(False).open_line(memoryview(line)[:-1]) if line.endswith(b"\n") else
 want = {"id": 7, "ok": True}
 want.update(f)
 print("pieces:", "sent" if sent else "out of memory", got is not None and json.loads(bytes(got)) == want, len(line))
+
+w.parts = []
+raised = False
+gc.collect()
+held = None
+try:
+    while True:
+        held = [held]
+except MemoryError:
+    pass
+try:
+    c.reply(8, f)
+except MemoryError:
+    raised = True
+held = None
+gc.collect()
+print("no heap:", "MemoryError" if raised else "no error", len(w.parts), "gone" if c.gone else "kept")
