@@ -135,13 +135,8 @@ def _unload_app():
 # most of the heap, such a block may not exist even when far more than that
 # is free in pieces, and the first connection would fail on the pool, not on
 # its own size.
-def _modules(agent, bits):
-    # the modules whose lifetime (agent._LIFE) has any of `bits`
-    return [agent._MODS[i] for i in range(len(agent._MODS)) if agent._LIFE[i] & bits]
-
-
 def _intern(agent, mode):
-    for n in _modules(agent, agent.I_LEAN if mode == "lean" else agent.I_LIVE if mode == "live" else 0):
+    for n in agent.mods(agent.I_LEAN if mode == "lean" else agent.I_LIVE if mode == "live" else 0):
         had = n in sys.modules
         try:
             __import__(n)

@@ -23,7 +23,9 @@ class Peer:
       secure(dev, nonce, host_nonce_hex): after a successful auth
         (ops.op_auth), seal and open every later message (Conn, Lean;
         datagrams cannot authenticate).
-    Declared here without bodies: a method stub costs every connection heap."""
+    Declared here without bodies: a method stub costs every connection heap.
+    reply() has a body: the line made whole and queued with out(); Lean
+    writes it in pieces instead."""
     authed = False  # the peer authenticated (or auth is off)
     wired = False  # its transport authenticates it: the USB cable (usb.py; hello says auth none)
     nonce = None  # the challenge of its last hello (ops.op_hello)
@@ -32,6 +34,10 @@ class Peer:
     ack_due = False  # a DATA frame was taken: the transport sends one ACK (ack_val) for the batch
     ack_val = 0
     max_data = lineproto.MAX_DATA  # DATA bytes a frame may carry (less when its buffer could not grow: conn.Conn.grow)
+
+    def reply(self, rid, fields):
+        """Queue the reply `fields` to request `rid` (serve)."""
+        self.out(lineproto.reply_line(rid, fields))
 
 
 # -- the op table --------------------------------------------------------------
@@ -118,7 +124,7 @@ def serve(dev, c, req, lean, done, ln):
             return req
         r = getattr(m, "op_" + op)(dev, c, req)
         m = None
-        c.out(lineproto.reply_line(rid, r))
+        c.reply(rid, r)
     except lineproto.ProtoError as e:
         c.out(lineproto.error_line(rid, e.code, e.message))
     except MemoryError:

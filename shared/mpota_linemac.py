@@ -109,11 +109,27 @@ class Lines:
         not be sealed)."""
         n = len(b) - 1
         v = memoryview(b)[:n]
-        d = self._mac(self.tx, self.tseq, v)
-        self.tseq += 1
+        h = self.seal_begin()
+        h.update(v)
         out = bytearray(n + LINE_TAG + 1)
         out[:n] = v
-        out[n] = 0x20
-        out[n + 1:n + LINE_TAG] = binascii.hexlify(d[:TAG])
-        out[n + LINE_TAG] = 0x0A
+        out[n:] = self.seal_end(h)
         return out
+
+    def seal_begin(self):
+        """A line sealed as it is written, in pieces (leanconn.Lean.reply):
+        the hash each piece of the line (without its "\\n") goes into, in
+        order; seal_end(h) then gives what ends the line."""
+        struct.pack_into(">I", self.sb, 0, self.tseq)
+        h = hashlib.sha256(self.tx[0])
+        h.update(self.sb)
+        return h
+
+    def seal_end(self, h):
+        """The end of the line whose pieces went into h (seal_begin): " ",
+        its tag in hex, "\\n"; the next line takes the next sequence number."""
+        d = h.digest()
+        h = hashlib.sha256(self.tx[1])
+        h.update(d)
+        self.tseq += 1
+        return b" " + binascii.hexlify(h.digest()[:TAG]) + b"\n"

@@ -83,7 +83,7 @@ def test_every_loaded_module_has_one_declared_lifetime():
                 return node.value
         raise AssertionError("%s: no %s" % (path.name, name))
 
-    mods = ast.literal_eval(const(DEVICE / "mpota_agent.py", "_MODS"))
+    mods = ["mpota_" + n for n in ast.literal_eval(const(DEVICE / "mpota_agent.py", "_MODS")).split()]
     life = const(DEVICE / "mpota_agent.py", "_LIFE")
     assert len(life.args[0].elts) == len(mods), "one _LIFE entry per _MODS entry"
     boot = ast.literal_eval(const(DEVICE / "mpota_bootmgr.py", "_BOOT"))

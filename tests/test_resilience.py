@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from conftest import INTERPRETERS, interp_label
+from conftest import INTERPRETERS, REPO, interp_label
+from mpota.codec import mpota_lineproto as lineproto
 from simproc import Sim
 from test_agent_e2e import APP1, DevConn, app_image
 
@@ -281,3 +282,60 @@ def test_the_same_operator_takes_over_its_session_a_frozen_relay_holds(tmp_path)
         frozen.close()
         print("\nthe same operator's push landed %.1f s after its session froze" % took)
 
+
+
+# Conn.grow without a 4 KB block: the device tree deployed with its framing
+# module's `bytearray` shadowed (a module global comes before the built-in in
+# MicroPython) so that any buffer over 2 KB is refused, as in a heap whose
+# free space is all in smaller pieces. Only the decoder's growth asks for more.
+_NO_4K = """
+
+_bytearray = bytearray
+
+
+def bytearray(n):  # (test: tests/test_resilience.py) a heap with no free piece over 2 KB
+    if n > 2048:
+        raise MemoryError("no 2 KB block")
+    return _bytearray(n)
+"""
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+def test_without_a_4k_block_the_connection_carries_1k_data(tmp_path, mp):
+    """Conn.grow: an authenticated peer's 4 KB receive buffer cannot be had in
+    one piece (beside an app that fragmented the heap); the connection keeps a
+    1 KB one, says max_data 1024 in auth, hello and begin, the host's client
+    sends DATA of at most that, and the upload and commit go through."""
+    import asyncio
+    import hashlib
+    import shutil
+    from mpota.client import Client
+    dev = tmp_path / "device"
+    dev.mkdir()
+    for p in sorted((REPO / "device").glob("*.py")):
+        shutil.copyfile(p.resolve(), dev / p.name)  # follows the codec symlinks
+    with open(dev / "mpota_framing.py", "a") as f:
+        f.write(_NO_4K)
+    img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=12 * 1024)
+    sent = []
+
+    class Recording(Client):
+        def _send(self, w, b):
+            sent.append(len(b))
+            super()._send(w, b)
+
+    async def upload(port, key):
+        async with Recording("127.0.0.1", port, key=key) as c:  # connects and authenticates
+            assert c.info["max_data"] == 1024 and c.info["max_frame"] == lineproto.MAX_FRAME - 4096 + 1024, c.info
+            assert (await c.hello())["max_data"] == 1024
+            b = await c.begin(len(img), hashlib.sha256(img).hexdigest(), version="1.0.0+0")
+            assert b["max_data"] == 1024 and b["offset"] == 0, b
+            del sent[:]
+            await c.upload(img, 0, begin_reply=b)
+            assert len(sent) >= len(img) // 1024 and max(sent) <= 1024 + 14 + 16, (len(sent), max(sent))
+            return await c.commit()
+
+    with Sim(state=tmp_path / "st", device_dir=dev, flags=["--micropython", mp]) as sim:
+        r = asyncio.run(asyncio.wait_for(upload(sim.tcp_port, sim.key), 60))
+        assert r["state"] == "pending", r
+        assert "Traceback" not in sim.output, sim.output[-2000:]

@@ -302,3 +302,49 @@ def test_trust_with_a_key_that_is_not_ed25519_stops_the_launcher(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "tools" / "sim.py"), "--state", str(tmp_path / "st"),
                         "--trust", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "sim: --trust: cannot load" in r.stderr
+
+
+def test_stop_does_not_wait_for_a_device_that_is_starting(tmp_path, monkeypatch):
+    """Launcher.stop while run() is inside Popen (which can take seconds on a
+    loaded machine; or stop is the SIGTERM handler of the thread in it):
+    stop returns at once, and the device that started meanwhile is ended
+    (before, stop waited on a lock run() held across Popen)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import sim
+    mp = str(REPO / ".venv" / "bin" / "micropython")
+    entered = threading.Event()
+    release = threading.Event()
+    started = []
+    real = subprocess.Popen
+
+    def slow_popen(cmd, *a, **kw):
+        if cmd[0] != mp:
+            return real(cmd, *a, **kw)
+        entered.set()
+        release.wait(10)
+        p = real([sys.executable, "-c", "import time; time.sleep(30)"], stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        started.append(p)
+        return p
+
+    monkeypatch.setattr(subprocess, "Popen", slow_popen)
+    ln = sim.Launcher(sim.parse_args(["--state", str(tmp_path / "st"), "--micropython", mp, "--deploy", "py"]),
+                      emit=lambda line: None)
+    rc = []
+    t = threading.Thread(target=lambda: rc.append(ln.run()), daemon=True)
+    t.start()
+    try:
+        assert entered.wait(30), "run() never started the device"
+        t0 = time.monotonic()
+        ln.stop(grace=1)
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+    t.join(15)
+    assert took < 1, "stop waited %.1f s for a Popen" % took
+    assert not t.is_alive() and rc == [0]
+    assert started and started[0].wait(5) is not None  # ended by run() once it saw the stop

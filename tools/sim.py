@@ -306,9 +306,13 @@ class Launcher:
         self.state = Path(args.state).resolve()
         self.proc = None
         self.stopping = False
+        self.grace = STOP_GRACE_S  # stop()'s, for a device that started while it stopped
         self.ready_said = False
         self.bitten = False  # the launcher's half of the watchdog reset this boot (watchdog())
-        self.lock = threading.Lock()
+        # guards self.proc's hand-over; never held across a blocking call (a Popen
+        # may take seconds on a loaded machine), and re-entrant: stop() runs as a
+        # signal handler in the very thread that may hold it
+        self.lock = threading.RLock()
         self.usb = None  # UsbConsole with --usb
 
     def handoff(self, boot_count, cause, first, cut_after, fresh):
@@ -411,6 +415,7 @@ class Launcher:
         running `grace` s later is killed, so run() always returns (bounded:
         its output and watchdog threads are joined with timeouts too)."""
         self.stopping = True
+        self.grace = grace
         with self.lock:
             p = self.proc
         if p is not None and p.poll() is None:
@@ -457,22 +462,25 @@ class Launcher:
                 cmd += ["-X", "heapsize=%s" % a.heap]
             cmd += [str(TOOLS / "sim_boot.py"), str(hp)]
             self.emit("sim: boot #%d (%s)%s" % (boot_count, cause, " power cut armed" if cut is not None else ""))
+            if self.stopping:
+                break
+            # umask 077: flash.bin holds the device key (/mpota_key.bin): owner only
+            if self.usb is not None:  # the console: pty A (UsbConsole relays it)
+                u = self.usb
+                # MICROPYINSPECT: after Ctrl-C (an uncaught KeyboardInterrupt) the REPL, as on a
+                # board; simhal unsets it for its resets, which exit
+                env = dict(os.environ, MICROPYINSPECT="1")
+                proc = subprocess.Popen(cmd, stdout=u.sa, stderr=u.sa, stdin=u.sa, cwd=str(REPO),
+                                        env=env, umask=0o077, start_new_session=True,
+                                        preexec_fn=u.preexec)  # noqa: PLW1509 (no locks taken)
+            else:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=str(REPO), umask=0o077,
+                                        start_new_session=True, preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
             with self.lock:
-                if self.stopping:
-                    break
-                # umask 077: flash.bin holds the device key (/mpota_key.bin): owner only
-                if self.usb is not None:  # the console: pty A (UsbConsole relays it)
-                    u = self.usb
-                    # MICROPYINSPECT: after Ctrl-C (an uncaught KeyboardInterrupt) the REPL, as on a
-                    # board; simhal unsets it for its resets, which exit
-                    env = dict(os.environ, MICROPYINSPECT="1")
-                    self.proc = subprocess.Popen(cmd, stdout=u.sa, stderr=u.sa, stdin=u.sa, cwd=str(REPO),
-                                                 env=env, umask=0o077, start_new_session=True,
-                                                 preexec_fn=u.preexec)  # noqa: PLW1509 (no locks taken)
-                else:
-                    self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, cwd=str(REPO), umask=0o077,
-                                                 start_new_session=True, preexec_fn=_pdeathsig)  # noqa: PLW1509 (no locks taken)
+                self.proc = proc
+            if self.stopping:  # stop() came while it started, and may have seen the last one: end it too
+                self.stop(grace=self.grace)
             t = threading.Thread(target=self.relay if self.usb is None else lambda p: None, args=(self.proc,),
                                  daemon=True)
             t.start()
