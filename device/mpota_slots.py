@@ -62,6 +62,7 @@ BAD = "bad"
 # namespace package, so `import mpota_slots as slots` would find the directory, not slots.py.
 ROOT = "/mpota-slots"
 RESERVE = 2  # blocks an upload leaves free for littlefs' copy-on-write metadata
+META = 16  # sector files a metadata block is kept free for (Slots.space)
 
 
 TRUST_PATH = "/mpota_trust.json"  # the trusted signing keys (trust.py reads them)
@@ -303,8 +304,10 @@ class Slots:
 
     def space(self, i):
         """Bytes an image in slot i may take (max_image): what the filesystem
-        has free plus what slot i's own file holds now (it is replaced), less
-        littlefs' reserve; never more than the configured slot size."""
+        has free plus what slot i's own files hold now (they are replaced),
+        less littlefs' reserve and the metadata its sector files add (a block
+        per META of them, where littlefs grows the directory: 8 blocks for 180
+        files measured); never more than the configured slot size."""
         try:
             st = os.statvfs(self.root)
             bs = st[0]
@@ -314,7 +317,8 @@ class Slots:
         have = self.file_size(i)
         if have > 0:
             free += (have + bs - 1) // bs
-        return max(0, min((free - RESERVE) * bs, self.slot_size))
+        free -= RESERVE
+        return max(0, min((free - (free + META) // (META + 1)) * bs, self.slot_size))
 
     def info(self, i):
         s = self.rec["slots"][i]
@@ -391,8 +395,10 @@ class Slots:
         if not (s["state"] == WRITING and s.get("reuse") and s["sha256"] == sha and s["size"] == size):
             try:
                 st = os.statvfs(self.root)
-                # the sectors the new image adds, and a spare (littlefs writes a new block before freeing the old)
-                if (st[3] - RESERVE - 1) * st[0] < size - have:
+                # the sectors the new image adds with their metadata (space), and a spare
+                # (littlefs writes a new block before freeing the old)
+                add = max(0, size - have + st[0] - 1) // st[0]
+                if st[3] - RESERVE - 1 < add + (add + META - 1) // META:
                     return False
             except (OSError, AttributeError):
                 return False

@@ -214,14 +214,16 @@ def op_sectors(dev, c, req):
     """What a slot holds now: the first 8 bytes of the SHA-256 of each 4 KiB
     sector of its file, from sector `first` (at most `count`, 1-64), for the
     peer to tell which sectors of a new image the device has already (begin
-    "held", "held_from"). The slot: `slot`, else the one that runs (else the
-    active one): it holds the last build, and an upload never writes it; else
-    the slot an upload would go to."""
+    "held", "held_from"). The slot: `slot` ("target": the one an upload goes
+    to), else the one that runs (else the active one): it holds the last
+    build, and an upload never writes it; else the slot an upload would go to."""
     first = lineproto.int_range(req, "first", 0, 0xFFFF, 0)
     count = lineproto.int_range(req, "count", 1, 64, 64)
     sl = dev.sl
     want = field(req, "slot", str)
-    if want is not None:
+    if want == "target":
+        i = sl.inactive()  # where an upload goes
+    elif want is not None:
         i = lineproto.slot_index(want)
     else:
         i = sl.running if sl.running is not None else sl.active()

@@ -137,7 +137,19 @@ async def _reuse_plan(c: Client, image: bytes, copy: bool) -> tuple:
     the target slot holds (kept where they are); with `copy`, the running
     slot's too, when it holds more (copied from it)."""
     n = -(-len(image) // SECTOR)
-    both = await asyncio.gather(c.sectors(n, "a"), c.sectors(n, "b"))  # in one round trip
+    try:
+        if copy:
+            both = await asyncio.gather(c.sectors(n, "a"), c.sectors(n, "b"))  # in one round trip
+        else:  # (the running slot is read through the app's mount: asked only where it may pay)
+            both = [await c.sectors(n, "target")]
+    except DeviceError as e:
+        if e.code == "bad_request" and not copy:  # a device from before agent 0.5: no "target"
+            return None, None
+        if e.code != "no_memory":
+            raise
+        # beside an app that holds most of its heap the board may not hash its slots: a plain
+        # upload needs less (its modules load for begin anyway, the hashing's buffers do not)
+        return None, None
     target = c.sectors_target
     if target is None:  # a device from before agent 0.5: it copies from the slot it chooses (the running one)
         both = [await c.sectors(n)] if copy else []
@@ -154,8 +166,15 @@ async def _reuse_plan(c: Client, image: bytes, copy: bool) -> tuple:
 
 
 async def _round_trip(c: Client) -> float:
+    """A ping's round trip (s); 0 from a board out of heap beside its app: then
+    nothing optional (copying, deflate) is asked of it."""
     t = time.monotonic()
-    await c.ping()
+    try:
+        await c.ping()
+    except DeviceError as e:
+        if e.code != "no_memory":
+            raise
+        return 0.0
     return time.monotonic() - t
 
 async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes] = None,

@@ -383,3 +383,31 @@ print(json.dumps(results))
         assert total >= 2, step  # the commit did touch the flash
         assert old + new == total + 1
         assert old >= 1 and new >= 1, (step, old, new)
+
+
+def test_images_as_large_as_max_image_leave_room_for_the_record(tmp_path, mp_build):
+    """A slot is a file per 4 KiB sector, and littlefs grows the directory's
+    metadata as they are made (8 blocks for 180 files): space() (max_image)
+    keeps room for it, so two slots filled to what it says still let every
+    record commit (finish, boot, confirm) on a board-sized filesystem."""
+    out = mp(tmp_path, mp_build, LFS + """
+data = bytearray(b"\\xff" * (212 * BLOCK))
+vfs.VfsLfs2.mkfs(NOR(data), progsize=256)
+mount(data)
+os.mkdir("/f/agent")
+for k in range(40):  # the agent's own files take their blocks
+    with open("/f/agent/m%d.py" % k, "wb") as f:
+        f.write(b"#" * 2000)
+sl = B.open_slots(root="/f/slots", slot_size=1 << 20)
+for i, n in ((0, 300000), (1, None)):  # slot b: all that max_image says is left
+    n = n or sl.space(i)
+    assert n > 200000, (n, os.statvfs("/f"))
+    upload(sl, i, bytes(range(256)) * (n // 256) + b"x" * (n % 256), "1.%d.0+0" % i, chunk=4096)
+    sl = B.open_slots(root="/f/slots", slot_size=1 << 20)
+    run = B.boot(sl)
+    assert run == i, (run, sl.note)
+    sl.confirm()
+    sl.commit()  # and once more: the record always has room
+print("DONE", os.statvfs("/f")[3])
+""", heap="4M")
+    assert out.strip().splitlines()[-1].startswith("DONE"), out

@@ -45,6 +45,9 @@ def main():
         HOLD.append(bytearray(1024))
 """
 IMAGE = 256 * 1024
+# the filler: the images come to ~272 KB, two of which fit the 848 KiB filesystem beside the
+# agent's files and the metadata of the slots' sector files (two of 288 KB no longer do)
+PAD = IMAGE - 24 * 1024
 VERBOSE = False  # --verbose: the device's output after a failed attempt
 SIGN_KEY = None  # --signed: LAN images signed with this key file, which the board trusts (as MQTT's must be)
 
@@ -73,7 +76,7 @@ def attempt(work: Path, mp: str, heap: int, mode: str, kib: int, rig=None) -> st
     cfg.write_text('{"mode": "%s"}' % mode)
     images = []
     for n in (1, 2):
-        img = app_image(d, "v%d" % n, APP % kib, "1.0.%d" % n, pad=IMAGE - 8 * 1024, key=rig.key if rig else SIGN_KEY)
+        img = app_image(d, "v%d" % n, APP % kib, "1.0.%d" % n, pad=PAD, key=rig.key if rig else SIGN_KEY)
         images.append(Image(data=bytes(img), version="1.0.%d" % n, source=str(d)))
     flags = ["--heap", str(heap), "--micropython", mp, "--config", str(cfg)]
     if SIGN_KEY and rig is None:
