@@ -1,7 +1,7 @@
 # appfs: mount the littlefs inside an image slot read-only at /app.
 #
 # The application's files are the body of its MCUboot image: a littlefs
-# (block size 4096) stored at `offset` of the slot file. A read-only block
+# (block size 4096) stored at `offset` of the slot. A read-only block
 # device over that region lets VfsLfs2 mount it in place -- nothing is
 # copied or unpacked, and reads go straight to the slot's files with readinto.
 import uos as os

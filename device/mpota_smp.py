@@ -312,7 +312,7 @@ def _upload_done(dev, req, s):
     i = s.slot
     size = s.size
     sl = dev.sl
-    dev.close_session()  # syncs the slot file
+    dev.close_session()  # syncs the sector being written
     sha_hex = update.digest_hex(dev, i, size)
     if s.sha is not None and sha_hex != s.sha:
         sl.erase(i)  # not the bytes that were announced: nothing to keep

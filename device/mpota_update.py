@@ -247,7 +247,7 @@ def op_commit(dev, c, req):
         raise ProtoError(E_INCORRECT_STATE, "%d of %d bytes received" % (s.w.pos, s.size))
     i = s.slot
     sl = dev.sl
-    dev.close_session()  # closes (syncs) the slot file
+    dev.close_session()  # closes (syncs) the sector being written
     sha = digest_hex(dev, i, s.size)
     if sha != s.sha:
         sl.erase(i)
