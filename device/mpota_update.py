@@ -2,6 +2,7 @@
 # the legacy service shares (one session at a time, image validation).
 # Loaded with a session and released when it ends (service.py).
 import sys
+import gc
 import ubinascii as binascii
 
 import mpota_hal as hal
@@ -107,6 +108,7 @@ def _check_app(sl, i, info):
     loaded = "mpota_appfs" in sys.modules  # the running app's mount lives there: keep it
     import mpota_appfs as appfs
     slot = name(i)
+    gc.collect()  # (hashing read the slot a sector file at a time: let littlefs' mount find its caches)
     try:
         appfs.mount(sl.open(i), info["hdr_size"], info["img_size"], _CHECK_MOUNT)
         try:

@@ -219,9 +219,11 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
         try:
             await c.connect(authenticate=True)
             held = src = None
-            # not over USB: its transport (device/mpota_usb.py) runs no loop to copy held sectors in
             features = c.info.get("features") or ()
-            sectors = "sectors" in features and not host.startswith("usb:")
+            # (not in lean mode, where the app runs: `begin` restarts the board into update mode, where
+            # the heap is free to hash its slots; not over USB: device/mpota_usb.py runs no loop to
+            # copy held sectors in)
+            sectors = "sectors" in features and not host.startswith("usb:") and c.info.get("mode") != "lean"
             zips = "deflate" in features and not host.startswith("usb:")
             if pays is None and ((reuse is None and sectors) or (deflate is None and zips)):
                 pays = reuse_pays(await _round_trip(c))
