@@ -111,6 +111,7 @@ class Device:
     log = None  # the console's ring (mpota_logring.Ring; None: "log_size" 0)
     last_crash = None  # the saved traceback's summary line (bootmgr reads it, logs.save_tb renews it)
     tb_writes = 0  # traceback files written this boot (logs.save_tb bounds them)
+    pulling = False  # an MQTT install between its command and its session (mpota_pull.begin): settle() waits
 
     def __init__(self, cfg, running=None, note="", key=None, mem_base=0, id="", boot_reason="unknown",
                  resets=0):
@@ -233,7 +234,7 @@ class Agent:
         loaded: 7.8 KB too many on the 32-bit build) leaves the measure to
         housekeeping's next tick, from a frame of its own."""
         dev = self.dev
-        if self.conns or dev.session is not None or dev.legacy_udp:
+        if self.conns or dev.session is not None or dev.legacy_udp or dev.pulling:
             return
         dev.sl = None
         dev.end_request(False, _REQUEST | _CONNECTION | _LEAN_REQUEST)  # (and the session scope, buf)

@@ -322,11 +322,14 @@ async def install(dev, cl, rec):
         rec.pop("phase")
         return await done(cl, rec, "installed", slot=slots.NAMES[r], version=dev.sl.slot(r)["version"],
                           state="running", already=True)
+    # until its session is open (pull.begin may first ask the server which sectors to keep), the
+    # agent must not release the modules this task holds (agent.Agent.settle)
+    dev.pulling = True
     cl.task = asyncio.create_task(_pull(dev, cl, rec))
 
 
 async def _pull(dev, cl, rec):
-    # the install's session (pull.begin may ask the server which sectors to keep), then its download
+    # the install's session, then its download
     import mpota_pull as pull  # released with the session scope (agent._LIFE)
     try:
         try:
@@ -336,11 +339,14 @@ async def _pull(dev, cl, rec):
                 await event(cl, rec["seq"], "restarting", message=e.message)
                 await dev.after_reply()
             return await fail(cl, rec, e.code, e.message)
+        finally:
+            dev.pulling = False
         r = await pull.run(dev, cl, rec["seq"], rec["install"], lambda *a, **kw: event(cl, *a, **kw))
     except Exception as e:  # out of heap, or a bug: reported once, never retried at every connect
         return await _failed(dev, cl, rec, e)
     finally:
         cl.task = None
+        dev.pulling = False  # (cancelled before it began: _stop_pull)
     if r["state"] == "pending":
         rec["phase"] = "trial"  # its outcome is reported after the reset (outcome())
         dev.reset_ms = _RESET_MS  # from here: no outcome() before the reset

@@ -54,11 +54,10 @@ async def begin(dev, owner, d, buf=None):
     sl = dev.sl
     i = sl.inactive()
     if sl.file_size(i) > 0 and not sl.resumable(i, d["size"], d["sha256"]):
-        held = await _held(dev, sl, d, i, buf or bytearray(_BUF))
+        held = await _held(dev, sl, d, i, buf or bytearray(_BUF))  # (dev.pulling: mpota_mqttcmd.install)
         if held is not None:
             req["held"] = binascii.hexlify(held).decode()
             req["held_from"] = slots.NAMES[i]
-        slots.attach(dev)  # (the device was quiet meanwhile: agent.settle may have let the record go)
     update.op_begin(dev, owner, req)
     return dev.session
 

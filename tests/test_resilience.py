@@ -14,11 +14,13 @@ from simproc import Sim
 from test_agent_e2e import APP1, DevConn, app_image
 
 # a heap where the agent boots but a flood of connections exhausts it (the
-# 64-bit build at 160K, the 32-bit build at 112K: 70% of a Pico W's; at 96K a push
+# 64-bit build at 168K, the 32-bit build at 112K: 70% of a Pico W's; at 96K a push
 # still succeeds after
 # the floods, but the connection modules, loaded per connection, then no
-# longer always find room to answer status: docs/memory.md)
-TINY = {"venv": "160K", "i386": "112K"}
+# longer always find room to answer status: docs/memory.md). The 64-bit heap
+# was 160K until agent 0.5.0, whose commit reads the slot a sector file at a
+# time: there the push after the floods failed its commit in 1 of 6 runs
+TINY = {"venv": "168K", "i386": "112K"}
 
 
 def _flood(port, n):
