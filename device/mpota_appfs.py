@@ -44,15 +44,18 @@ class RegionBdev:
         return 0  # init, deinit, sync
 
 
-def mount(f, offset, length, mountpoint="/app"):
+def mount(f, offset, length, mountpoint="/app", cache=256):
     """Mount the littlefs at `offset` (`length` bytes) of `f` (a slot open to
     read: slots.Slots.open) read-only at `mountpoint`; f is closed at umount
     (or now, when the mount fails). Returns the VfsLfs2. Raises OSError with
-    a clear message."""
+    a clear message. littlefs' caches (the mount's two and each open file's)
+    are 4 x `cache` bytes: 32 suits a mount that only lists names (128-byte
+    caches, where the app's mount has 1 KB ones; files of up to 512 bytes
+    are stored in their directory, read through that cache)."""
     if mountpoint in _mounts:
         umount(mountpoint)
     try:
-        fs = vfs.VfsLfs2(RegionBdev(f, offset, length), progsize=256)
+        fs = vfs.VfsLfs2(RegionBdev(f, offset, length), progsize=cache)
         vfs.mount(fs, mountpoint, readonly=True)
     except OSError as e:
         f.close()

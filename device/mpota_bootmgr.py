@@ -57,12 +57,13 @@ def _use(name):
 
 
 def _drop(name):
-    # Forget a boot-only module, and empty its globals: MicroPython's GC is
-    # conservative, so one stale word on the C stack pointing at the module
-    # or at one of its functions would keep all of its code alive for good
-    # (measured: 9 KB held through an update-mode boot). Only for modules
-    # nothing made by them outlives the boot (not the connection modules
-    # _intern() loads: slots.name is lineproto's function).
+    # Forget a module boot() loaded, and empty its globals: MicroPython's GC
+    # is conservative, so one stale word on the C stack pointing at the
+    # module or at one of its functions would keep all of its code alive for
+    # good (measured: 9 KB held through an update-mode boot; 8-10 KB of
+    # mpota_slots and mpota_lineproto at agent 0.5.0's idle). Only for
+    # modules nothing made by them outlives the boot, and the connection
+    # modules only all at once (_end: slots.name is lineproto's function).
     m = sys.modules.pop(name, None)
     if m is not None:
         m.__dict__.clear()
@@ -137,14 +138,20 @@ def _unload_app():
 # its own size.
 def _intern(agent, mode):
     for n in agent.mods(agent.I_LEAN if mode == "lean" else agent.I_LIVE if mode == "live" else 0):
-        had = n in sys.modules
         try:
             __import__(n)
         except ImportError:
             pass  # a module the deploy left out fails where it is used, with its name
-        if not had:
-            sys.modules.pop(n, None)
         hal.wdt_feed()  # compiling a .py deploy takes a while on a board
+
+
+def _end(agent):
+    # Every module with a runtime lifetime (agent._LIFE) that boot loaded --
+    # the slot record's, the codec's, _intern's -- goes emptied: the first
+    # connection loads them afresh. Nothing boot made with them outlives it
+    # (the Device holds plain values; the app's mount, slotio's Reader).
+    for n in agent.mods(0xFF):
+        _drop(n)
     gc.collect()
 
 
@@ -266,4 +273,5 @@ def boot(mem_base=0):
         dev.app = {"state": "loaded", "name": getattr(mod, "NAME", "app"), "error": None,
                    "version": sl.info(sl.running)["version"]}
         _intern(agent, cfg["mode"])
+    _end(agent)
     return dev, mod

@@ -7,6 +7,7 @@
 # with it (agent._LIFE). The shared codec (lineproto.py) parses and formats
 # lines; it never names a device handler.
 import gc
+import ujson as json
 from micropython import const
 
 import mpota_lineproto as lineproto
@@ -24,8 +25,9 @@ class Peer:
         (ops.op_auth), seal and open every later message (Conn, Lean;
         datagrams cannot authenticate).
     Declared here without bodies: a method stub costs every connection heap.
-    reply() has a body: the line made whole and queued with out(); Lean
-    writes it in pieces instead."""
+    reply() has a body: the line made whole and queued with out(); the
+    stream transports write it in pieces where that does not fit
+    (stream_reply)."""
     authed = False  # the peer authenticated (or auth is off)
     wired = False  # its transport authenticates it: the USB cable (usb.py; hello says auth none)
     nonce = None  # the challenge of its last hello (ops.op_hello)
@@ -38,6 +40,81 @@ class Peer:
     def reply(self, rid, fields):
         """Queue the reply `fields` to request `rid` (serve)."""
         self.out(lineproto.reply_line(rid, fields))
+
+
+_PIECE = const(128)  # bytes of a reply line written at a time (stream_reply)
+
+
+def stream_reply(c, rid, fields):
+    """Write the line lineproto.reply_line makes to stream peer c (its
+    stream c.w, its line session c.sess) field by field, MACed as it goes
+    (linemac.Lines.seal_begin): no allocation the line's size (a status line
+    is over 1 KB; beside an app that fragmented the heap that was the piece
+    that could not be had, twice: the text and its sealed copy), nor a copy
+    of the fields. leanconn.Lean always replies so; conn.Conn where the
+    whole line does not fit (its pieces may wait on Nagle). Out of heap
+    before its first byte went, MemoryError (serve answers no_memory; no
+    sequence number is spent); half way, the line is cut: the connection
+    closes (gone), as out() does."""
+    if c.gone:
+        return
+    s = c.sess
+    p = None
+    try:
+        p = _Pieces(c.w, None if s is None else s.seal_begin())
+        if rid is not None:
+            p.put('{"id": ')
+            p.put(json.dumps(rid))
+            p.put(', "ok": true')
+        else:
+            p.put('{"ok": true')
+        for k in fields or ():
+            p.put(", ")
+            p.put(json.dumps(k))
+            p.put(": ")
+            p.put(json.dumps(fields[k]))
+        p.put("}")
+        p.flush()
+        c.w.write(b"\n" if s is None else s.seal_end(p.h))
+    except MemoryError:
+        if p is None or not p.sent:
+            raise
+        c.gone = True
+    except OSError:
+        c.gone = True
+
+
+class _Pieces:
+    # a reply line's pieces (stream_reply), gathered up to _PIECE bytes, then
+    # hashed (h: the line's MAC, or None) and written to the connection's stream w
+    def __init__(self, w, h):
+        self.w = w
+        self.h = h
+        self.b = bytearray(_PIECE)
+        self.n = 0
+        self.sent = False  # a piece went out
+
+    def put(self, t):
+        b = t.encode()
+        n = len(b)
+        if self.n + n > _PIECE:
+            self.flush()
+            if n > _PIECE:  # a long field: as it is
+                self._put(b)
+                return
+        self.b[self.n:self.n + n] = b
+        self.n += n
+
+    def flush(self):
+        if self.n:
+            self._put(memoryview(self.b)[:self.n])
+            self.n = 0
+
+    def _put(self, v):
+        if self.h is not None:
+            self.h.update(v)
+        self.sent = True
+        self.w.write(v)  # (asyncio's stream sends at once, or copies what it queues)
 
 
 # -- the op table --------------------------------------------------------------

@@ -25,9 +25,11 @@
 try:  # MicroPython: u-names reach the firmware's module whatever an app ships (docs/security.md)
     import uhashlib as hashlib
     import ustruct as struct
+    from uarray import array
 except ImportError:  # CPython (tests/test_trust.py, test_ed25519.py)
     import hashlib
     import struct
+    from array import array
 
 _hashlib_sha512 = getattr(hashlib, "sha512", None)  # None on every MicroPython build
 
@@ -152,9 +154,12 @@ def _add(X, Y, Z, T, q):
 
 def _slide(n):
     # n (< 2^253) as signed odd digits in -15..15, little-endian, 256 of them
-    # (ref10's slide(): a sliding window, small ints only); stored + 16
+    # (ref10's slide(): a sliding window, small ints only), in 256 bytes made
+    # at once (a list grew in pieces of up to 1 KB, beside an app's heap)
     raw = n.to_bytes(32, "little")
-    r = [(raw[i >> 3] >> (i & 7)) & 1 for i in range(256)]
+    r = array("b", bytes(256))
+    for i in range(256):
+        r[i] = (raw[i >> 3] >> (i & 7)) & 1
     for i in range(256):
         if not r[i]:
             continue
@@ -176,7 +181,7 @@ def _slide(n):
                     r[j] = 0
             else:
                 break
-    return bytearray(v + 16 for v in r)
+    return r
 
 
 def _pick(tab, digit):
@@ -195,12 +200,12 @@ def _scalarmult2(s, k, ax, ay):
     ds = _slide(s)
     dk = _slide(k)
     i = 255
-    while i >= 0 and ds[i] == 16 and dk[i] == 16:
+    while i >= 0 and not ds[i] and not dk[i]:
         i -= 1
     X, Y, Z, T = 0, 1, 1, 0
     while i >= 0:
-        u = ds[i] - 16
-        v = dk[i] - 16
+        u = ds[i]
+        v = dk[i]
         X, Y, Z, e, h = _dbl(X, Y, Z)
         if u or v:
             T = mul(e, h)
@@ -281,21 +286,21 @@ def _sha512(data):
     m = 0xFFFFFFFFFFFFFFFF
     n = len(data)
     data = bytes(data) + b"\x80" + bytes((111 - n) % 128) + (n * 8).to_bytes(16, "big")
-    kk = struct.unpack(">80Q", _K)
     hs = [0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B, 0xA54FF53A5F1D36F1,
           0x510E527FADE682D1, 0x9B05688C2B3E6C1F, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179]
+    w = [0] * 80  # the schedule, made once (grown by appends it was up to 5 ever larger pieces)
     for off in range(0, len(data), 128):
-        w = list(struct.unpack_from(">16Q", data, off))
+        w[:16] = struct.unpack_from(">16Q", data, off)
         for t in range(16, 80):
             x = w[t - 15]
             y = w[t - 2]
             s0 = ((x >> 1 | x << 63) ^ (x >> 8 | x << 56) ^ x >> 7) & m
             s1 = ((y >> 19 | y << 45) ^ (y >> 61 | y << 3) ^ y >> 6) & m
-            w.append((w[t - 16] + s0 + w[t - 7] + s1) & m)
+            w[t] = (w[t - 16] + s0 + w[t - 7] + s1) & m
         a, b, c, d, e, f, g, h = hs
         for t in range(80):
             t1 = (h + (((e >> 14 | e << 50) ^ (e >> 18 | e << 46) ^ (e >> 41 | e << 23)) & m)
-                  + (g ^ (e & (f ^ g))) + kk[t] + w[t])
+                  + (g ^ (e & (f ^ g))) + struct.unpack_from(">Q", _K, t * 8)[0] + w[t])
             t2 = (((a >> 28 | a << 36) ^ (a >> 34 | a << 30) ^ (a >> 39 | a << 25)) & m) + ((a & b) | (c & (a | b)))
             h = g
             g = f

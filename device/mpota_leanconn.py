@@ -23,14 +23,12 @@
 # garbage of the last request, inside that run, and split it (measured by
 # bench_headroom: 92 KiB updated in 3 of 5 heap layouts, in 5 of 5 with it).
 import gc
-import ujson as json
 import mpota_hal as hal
 import mpota_connpolicy as connpolicy
 import mpota_dispatch as dispatch
 import mpota_lineproto as lineproto
 
 _WS = b" \t\r\n"
-_PIECE = 128  # bytes of a reply line written at a time (Lean.reply)
 
 
 class Lean(dispatch.Peer):
@@ -57,40 +55,7 @@ class Lean(dispatch.Peer):
                 self.gone = True  # the peer reset, or the session could not seal: close
 
     def reply(self, rid, fields):
-        # The line lineproto.reply_line makes, written field by field and
-        # MACed as it goes (linemac.Lines.seal_begin): no allocation the
-        # line's size (a status line is over 1 KB; beside an app that
-        # fragmented the heap that was the piece that could not be had, twice:
-        # the text and its sealed copy), nor a copy of the fields. Out of heap
-        # before its first byte went, MemoryError (dispatch.serve answers
-        # no_memory; no sequence number is spent); half way, the line is cut:
-        # the connection closes (gone), as out() does.
-        if self.gone:
-            return
-        s = self.sess
-        p = None
-        try:
-            p = _Pieces(self.w, None if s is None else s.seal_begin())
-            if rid is not None:
-                p.put('{"id": ')
-                p.put(json.dumps(rid))
-                p.put(', "ok": true')
-            else:
-                p.put('{"ok": true')
-            for k in fields or ():
-                p.put(", ")
-                p.put(json.dumps(k))
-                p.put(": ")
-                p.put(json.dumps(fields[k]))
-            p.put("}")
-            p.flush()
-            self.w.write(b"\n" if s is None else s.seal_end(p.h))
-        except MemoryError:
-            if p is None or not p.sent:
-                raise
-            self.gone = True
-        except OSError:
-            self.gone = True
+        dispatch.stream_reply(self, rid, fields)
 
     def secure(self, dev, nonce, host_nonce_hex):
         # after a successful auth (ops.op_auth): the authenticated line size,
@@ -102,39 +67,6 @@ class Lean(dispatch.Peer):
         import ubinascii as binascii
         import mpota_linemac as linemac
         self.sess = linemac.Lines(dev.key, dev.id, nonce, binascii.unhexlify(host_nonce_hex), True)
-
-
-class _Pieces:
-    # a reply line's pieces (Lean.reply), gathered up to _PIECE bytes, then
-    # hashed (h: the line's MAC, or None) and written to the connection's stream w
-    def __init__(self, w, h):
-        self.w = w
-        self.h = h
-        self.b = bytearray(_PIECE)
-        self.n = 0
-        self.sent = False  # a piece went out
-
-    def put(self, t):
-        b = t.encode()
-        n = len(b)
-        if self.n + n > _PIECE:
-            self.flush()
-            if n > _PIECE:  # a long field: as it is
-                self._put(b)
-                return
-        self.b[self.n:self.n + n] = b
-        self.n += n
-
-    def flush(self):
-        if self.n:
-            self._put(memoryview(self.b)[:self.n])
-            self.n = 0
-
-    def _put(self, v):
-        if self.h is not None:
-            self.h.update(v)
-        self.sent = True
-        self.w.write(v)  # (asyncio's stream sends at once, or copies what it queues)
 
 
 async def serve(ag, r, w):

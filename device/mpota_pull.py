@@ -29,7 +29,6 @@ _BUF = const(1024)  # (not 4 KB in one piece: beside an app that fragmented the 
 _TRIES = const(6)  # connections in a row that add no byte before the install fails
 _MIN_DELAY = const(1000)
 _MAX_DELAY = const(16000)  # below the session timeout ("timeout", 30 s by default)
-SECTOR = const(4096)  # (upload.SECTOR)
 
 
 class PullError(Exception):
@@ -68,7 +67,7 @@ async def _held(dev, sl, d, i, buf):
     host, port, path = command.split_url(d["url"])
     if not path.endswith(".bin"):
         return None
-    n = (d["size"] + SECTOR - 1) // SECTOR
+    n = (d["size"] + upload.SECTOR - 1) // upload.SECTOR
     try:
         r, w, p, got = await _open(dev, host, port, path[:-4] + ".sectors", None, buf)
         try:
@@ -185,10 +184,10 @@ async def _get(dev, s, host, port, path, emit, seq, prog, buf):
     end = size
     held = s.w.held
     if held is not None:
-        k = off // SECTOR
-        while k * SECTOR < size and not upload.is_held(held, k):
+        k = off // upload.SECTOR
+        while k * upload.SECTOR < size and not upload.is_held(held, k):
             k += 1
-        end = min(size, k * SECTOR)
+        end = min(size, k * upload.SECTOR)
     r, w, p, n = await _open(dev, host, port, path, (off, end - 1, size), buf)
     try:
         mv = memoryview(buf)
@@ -259,7 +258,9 @@ async def run(dev, cl, seq, d, emit):
         s.t = hal.ticks_ms()
         delay = min(delay * 2, _MAX_DELAY)
     ms = max(1, hal.ticks_diff(hal.ticks_ms(), t0))
+    got = s.size - start
+    s = buf = None  # the commit reads the slot twice and checks the signature beside the app
     r = update.op_commit(dev, cl, {})
     r["ms"] = ms
-    r["rate"] = (s.size - start) * 1000 // ms
+    r["rate"] = got * 1000 // ms
     return r

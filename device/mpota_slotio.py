@@ -10,7 +10,10 @@
 #
 # Resident: loaded at boot (slots.py imports it), and the app's mount keeps a
 # Reader for as long as the app runs; so it holds only what that needs.
-CHUNK = 4096
+import gc
+
+CHUNK = 4096  # (no const(): CPython imports this too, through slots.py: tests/test_trust.py)
+_TIGHT = 16384  # free heap under which a sector's file object is made after a collection
 
 
 def chunk(base, k):
@@ -36,9 +39,18 @@ class Reader:
         while n < len(mv):
             k = self.pos // CHUNK
             if k != self.k:
+                # the name first: made after close() it would take the start
+                # of the hole the closed file's 1,152 bytes leave, and the
+                # next file object, the same size, would need a new one
+                p = chunk(self.base, k)
                 self.close()
+                if gc.mem_free() < _TIGHT:
+                    # beside an app holding the heap: the closed file's block is
+                    # free only after a collection, and made from here (not
+                    # from inside open()'s allocation) it is reliably let go
+                    gc.collect()
                 try:
-                    self.f = open(chunk(self.base, k), "rb")
+                    self.f = open(p, "rb")
                 except OSError:
                     break  # past the last chunk
                 self.k = k

@@ -66,7 +66,7 @@ META = 16  # sector files a metadata block is kept free for (Slots.space)
 
 
 TRUST_PATH = "/mpota_trust.json"  # the trusted signing keys (trust.py reads them)
-UPDATE_FLAG = "/mpota_update_mode"  # lean mode: the next boot serves an update (bootmgr)
+UPDATE_FLAG = "/mpota_update_mode"  # lean mode: the next boot serves an update (bootmgr; a flag())
 
 
 # status's "trust" on a device with no trust store (trust.describe says the
@@ -147,6 +147,17 @@ def new_record():
             "trials": 0, "legacy_slot": None, "slots": [blank(), blank()]}
 
 
+def flag(path):
+    """Set flag `path`: an empty directory, which littlefs makes without
+    the 1,152-byte file object an open() takes from the heap (a lean begin
+    sets one beside an app holding nearly all of it); remove() clears it."""
+    try:
+        os.mkdir(path)
+    except OSError as e:
+        if e.args[0] != 17:  # EEXIST: already set
+            raise
+
+
 def file_size(path):
     try:
         return os.stat(path)[6]
@@ -154,13 +165,20 @@ def file_size(path):
         return -1
 
 
+def one_file(base):
+    """The one file slot `base` is kept in when agent 0.4 wrote it
+    (base.img: read, copied from, replaced at its next upload), else None."""
+    p = base + ".img"
+    return p if file_size(p) >= 0 else None
+
+
 def slot_size(base):
     """Bytes slot `base` holds: its sector files' up to the first missing or
     short one (a slot of one file from before agent 0.5: its size); -1 when
     it has no first sector (nor that file)."""
-    n = file_size(base + ".img")
-    if n >= 0:
-        return n
+    p = one_file(base)
+    if p:
+        return file_size(p)
     k = 0
     n = 0
     while True:
@@ -185,7 +203,7 @@ def drop(base, first=0):
     them, and a slot's one old file; the first sector's file first, so a cut
     part way leaves a slot that holds nothing rather than a truncated image)."""
     if not first:
-        remove(base + ".img")  # a slot from before agent 0.5
+        remove(base + ".img")  # a slot from before agent 0.5 (one_file)
         remove(slotio.chunk(base, 0))
         first = 1
     j = base.rindex("/")
@@ -267,8 +285,9 @@ class Slots:
         """Slot i to read (seek, readinto, close): a slotio.Reader, or a slot's
         one file from before agent 0.5."""
         base = self.path(i)
-        if file_size(base + ".img") >= 0:
-            return open(base + ".img", "rb")
+        p = one_file(base)
+        if p:
+            return open(p, "rb")
         return slotio.Reader(base)
 
     def drop(self, i):
@@ -356,7 +375,7 @@ class Slots:
         have = self.file_size(i)
         return bool(sha and s["sha256"] == sha and s["size"] == size and 0 <= have <= size
                     and s["state"] in (WRITING, COMPLETE, PENDING) and not s.get("reuse")
-                    and file_size(self.path(i) + ".img") < 0)  # (a slot in one file is written anew)
+                    and not one_file(self.path(i)))  # (a slot in one file is written anew)
 
     def begin(self, i, size, sha=None, ver=None, legacy=False):
         """Open slot i for an upload of `size` bytes (writing); -> the resume
@@ -390,7 +409,7 @@ class Slots:
         re-opened as it is (its sectors say what is held)."""
         s = self.rec["slots"][i]
         have = self.file_size(i)
-        if have <= 0 or file_size(self.path(i) + ".img") >= 0 or not 0 < size <= self.slot_size:
+        if have <= 0 or one_file(self.path(i)) or not 0 < size <= self.slot_size:
             return False
         if not (s["state"] == WRITING and s.get("reuse") and s["sha256"] == sha and s["size"] == size):
             try:

@@ -8,12 +8,14 @@ import ubinascii as binascii
 import mpota_hal as hal
 import mpota_lineproto as lineproto
 import mpota_slots as slots
-import mpota_upload as upload
+import mpota_slotio as slotio  # (resident)
 from mpota_slots import name
 from mpota_lineproto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
                    E_BAD_IMAGE, E_VERSION_REFUSED, E_RESTARTING, field)
 
 _CHECK_MOUNT = "/mpota_check"  # where commit mounts a new app to look at its names
+# mpota_upload (the slot writer) is imported where a session needs it: a lean
+# begin answers `restarting` beside the app without loading it
 
 
 def may_update(dev, owner, client=None):
@@ -24,6 +26,7 @@ def may_update(dev, owner, client=None):
     other owner's session is busy until it ends or times out."""
     s = dev.session
     if s is not None and s.owner is not owner:
+        import mpota_upload as upload
         if client is None or s.client != client or s.kind != upload.NATIVE:
             raise ProtoError(E_BUSY, "an update session is open on another connection")
         import mpota_connpolicy as connpolicy
@@ -51,8 +54,7 @@ def restart_if_lean(dev, i, size):
     if dev.mode != "lean":
         return
     dev.sl.fits(i, size)
-    with open(slots.UPDATE_FLAG, "w") as f:
-        f.write("1")
+    slots.flag(slots.UPDATE_FLAG)
     dev.reset_ms = 300
     raise ProtoError(E_RESTARTING, "lean mode: restarting into update mode for this image; "
                      "reconnect in a few seconds and begin again")
@@ -69,18 +71,23 @@ def older(dev, i, v):
     return None
 
 
-def validate(dev, i, size, allow_down):
-    """Check the stored image: -> (version str, is an app image)."""
+def validate(dev, i, size, allow_down, buf=None):
+    """Check the stored image: -> (version str, is an app image). `buf`:
+    scratch of at least 1 KB (_buf)."""
     import mpota_mcuboot as mcuboot
     f = dev.sl.open(i)
     try:
-        info = mcuboot.verify(f, 0, size, hal.wdt_feed)
+        info = mcuboot.verify(f, 0, size, hal.wdt_feed, buf or _buf(dev))
     except mcuboot.ImageError as e:
         raise ProtoError(getattr(e, "code", E_BAD_IMAGE), "slot %s: %s" % (name(i), e))
     except (OSError, ValueError) as e:
         raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (name(i), e))
     finally:
         f.close()
+    # the parser goes before the signature check and the app check, which need
+    # the heap beside the app (its scope is the session: a later use loads it)
+    mcuboot = None
+    sys.modules.pop("mpota_mcuboot", None)
     ver = info["version_str"]
     cur = None if allow_down else older(dev, i, info["version"])
     if cur:
@@ -108,9 +115,9 @@ def _check_app(sl, i, info):
     loaded = "mpota_appfs" in sys.modules  # the running app's mount lives there: keep it
     import mpota_appfs as appfs
     slot = name(i)
-    gc.collect()  # (hashing read the slot a sector file at a time: let littlefs' mount find its caches)
+    gc.collect()  # (hashing read the slot a sector file at a time: let the mount find its caches)
     try:
-        appfs.mount(sl.open(i), info["hdr_size"], info["img_size"], _CHECK_MOUNT)
+        appfs.mount(sl.open(i), info["hdr_size"], info["img_size"], _CHECK_MOUNT, 32)  # names only
         try:
             appfs.check_app(_CHECK_MOUNT)
         finally:
@@ -127,8 +134,9 @@ def _buf(dev):
     return dev.buf if dev.buf is not None else bytearray(1024)
 
 
-def digest_hex(dev, i, size):
-    return binascii.hexlify(upload.digest(dev.sl, i, size, _buf(dev))).decode()
+def digest_hex(dev, i, size, buf=None):
+    import mpota_upload as upload
+    return binascii.hexlify(upload.digest(dev.sl, i, size, buf or _buf(dev))).decode()
 
 
 def op_begin(dev, c, req):
@@ -168,6 +176,7 @@ def op_begin(dev, c, req):
     held = _held(field(req, "held", str), size)
     src = lineproto.slot_index(field(req, "held_from", str, name(i)))
     restart_if_lean(dev, i, size)
+    import mpota_upload as upload
     if src != i:  # another slot's sectors (the running one): a plain upload that copies them
         if sl.file_size(src) <= 0:
             held = None
@@ -206,9 +215,9 @@ def _held(v, size):
         b = bytearray(binascii.unhexlify(v))
     except ValueError:
         b = None
-    if b is None or len(b) != (size + 8 * upload.SECTOR - 1) // (8 * upload.SECTOR):
-        raise ProtoError(E_BAD_REQUEST, "\"held\" must be %d hex digits: one bit per 4 KiB sector"
-                         % (2 * ((size + 8 * upload.SECTOR - 1) // (8 * upload.SECTOR))))
+    n = (size + 8 * slotio.CHUNK - 1) // (8 * slotio.CHUNK)
+    if b is None or len(b) != n:
+        raise ProtoError(E_BAD_REQUEST, "\"held\" must be %d hex digits: one bit per 4 KiB sector" % (2 * n))
     return b
 
 
@@ -231,12 +240,14 @@ def op_sectors(dev, c, req):
         i = sl.running if sl.running is not None else sl.active()
         if i is None:
             i = sl.inactive()
+    import mpota_upload as upload
     size, h = upload.sector_hashes(sl, i, first, count, _buf(dev))
     return {"slot": name(i), "size": size, "sector": upload.SECTOR, "first": first,
             "hashes": binascii.hexlify(h).decode(), "target": name(sl.inactive())}
 
 
 def _own(dev, c):
+    import mpota_upload as upload
     s = dev.session
     if s is None or s.owner is not c or s.kind != upload.NATIVE:
         raise ProtoError(E_INCORRECT_STATE, "no update session on this connection (begin first)")
@@ -247,15 +258,17 @@ def op_commit(dev, c, req):
     s = _own(dev, c)
     if s.w.pos < s.size:
         raise ProtoError(E_INCORRECT_STATE, "%d of %d bytes received" % (s.w.pos, s.size))
-    i = s.slot
+    i, size, want, down = s.slot, s.size, s.sha, s.allow_down
+    s = None  # the session's buffers go before the slot is read twice
     sl = dev.sl
     dev.close_session()  # closes (syncs) the sector being written
-    sha = digest_hex(dev, i, s.size)
-    if sha != s.sha:
+    buf = _buf(dev)  # one scratch for both reads of the slot
+    sha = digest_hex(dev, i, size, buf)
+    if sha != want:
         sl.erase(i)
-        raise ProtoError(E_VERIFY_FAILED, "slot %s holds sha256 %s, expected %s: upload again" % (name(i), sha, s.sha))
+        raise ProtoError(E_VERIFY_FAILED, "slot %s holds sha256 %s, expected %s: upload again" % (name(i), sha, want))
     try:
-        ver, is_app, proof = validate(dev, i, s.size, s.allow_down)
+        ver, is_app, proof = validate(dev, i, size, down, buf)
     except ProtoError:
         sl.finish(i, sha, None, False)  # stored, not bootable
         raise

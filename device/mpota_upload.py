@@ -164,11 +164,12 @@ class Writer:
             k = self.pos // SECTOR
             n = min(SECTOR, self.size - self.pos)
             if self.keep:
-                if slots.file_size(slotio.chunk(self.base, k)) != n:
-                    held[k >> 3] &= ~(1 << (k & 7))
-                    break
-                self.pos += n
-            elif not self._copy(n):
+                ok = slots.file_size(slotio.chunk(self.base, k)) == n
+                if ok:
+                    self.pos += n
+            else:
+                ok = self._copy(n)
+            if not ok:
                 held[k >> 3] &= ~(1 << (k & 7))
                 break
             done += 1

@@ -109,9 +109,9 @@ class Lines:
         not be sealed)."""
         n = len(b) - 1
         v = memoryview(b)[:n]
+        out = bytearray(n + LINE_TAG + 1)  # (first: out of heap here, no sequence number is spent)
         h = self.seal_begin()
         h.update(v)
-        out = bytearray(n + LINE_TAG + 1)
         out[:n] = v
         out[n:] = self.seal_end(h)
         return out
@@ -131,5 +131,6 @@ class Lines:
         d = h.digest()
         h = hashlib.sha256(self.tx[1])
         h.update(d)
-        self.tseq += 1
-        return b" " + binascii.hexlify(h.digest()[:TAG]) + b"\n"
+        t = b" " + binascii.hexlify(h.digest()[:TAG]) + b"\n"
+        self.tseq += 1  # (once nothing is left to allocate)
+        return t

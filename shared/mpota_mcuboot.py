@@ -62,7 +62,7 @@ def parse_header(data):
             "version_str": "%d.%d.%d+%d" % (maj, mnr, rev, build)}
 
 
-def verify(src, offset=0, size=None, feed=None):
+def verify(src, offset=0, size=None, feed=None, buf=None):
     """Check the image at `offset` of `src` (a path, an open binary file, or
     the image's bytes):
     header, TLV layout and SHA-256. `size`: bytes available from `offset`
@@ -72,20 +72,23 @@ def verify(src, offset=0, size=None, feed=None):
     PUBKEY), security_counter (int from the protected SEC_CNT TLV, or None),
     body_is_littlefs. Raises ImageError (.code = 0x0D bad_image).
     `feed`: called every 16 KiB hashed (the device's hal.wdt_feed: a full
-    slot hashes for 0.5-0.8 s on the RP2040)."""
+    slot hashes for 0.5-0.8 s on the RP2040). `buf`: scratch of at least
+    1024 bytes (the device's commit passes the connection's; else one is
+    made for the call)."""
     if isinstance(src, str):
         with open(src, "rb") as f:
             if size is None:
                 f.seek(0, 2)
                 size = f.tell() - offset
-            return verify(f, offset, size, feed)
+            return verify(f, offset, size, feed, buf)
     if isinstance(src, (bytes, bytearray, memoryview)):  # host side: an image in memory
         src = io.BytesIO(src)
     f = src
     if size is None:
         f.seek(0, 2)
         size = f.tell() - offset
-    buf = bytearray(1024)  # per call: a resident buffer would sit idle between commits
+    if buf is None:
+        buf = bytearray(1024)  # per call: a resident buffer would sit idle between commits
     info = parse_header(_read(f, offset, 32, buf))
     hdr = info["hdr_size"]
     tlv_off = hdr + info["img_size"]

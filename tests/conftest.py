@@ -81,6 +81,20 @@ def run_micropython(args, heap=None, cwd=None, timeout=120, env=None, mp=None):
                           timeout=timeout, env=env)
 
 
+def device_copy(dest, appends=None):
+    """A copy of device/ in folder `dest` (the codec's symlinks followed: a
+    tree `sim --device-dir` deploys), with `appends` ({file name: text})
+    added at the end of those files; returns dest."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted((REPO / "device").glob("*.py")):
+        shutil.copyfile(p.resolve(), dest / p.name)
+    for name, text in (appends or {}).items():
+        with open(dest / name, "a") as f:
+            f.write(text)
+    return dest
+
+
 def run_device_script(mp, name, code=None):
     """Run tests/device/`name` (or the source `code`) under micropython `mp`
     with device/ and tests/device/ (boardstub.py) first on sys.path; returns

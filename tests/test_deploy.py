@@ -1,11 +1,10 @@
 """Only the files matched by device/*.py (symlinks followed) are needed: copy
 exactly those into a fresh folder, boot the simulator from it (the device
 then sees nothing but its flash), update an app and run it."""
-import shutil
 
 from simproc import Sim
 from devconn import DevConn, app_image, reset_and_wait
-from conftest import REPO
+from conftest import REPO, device_copy
 
 APP = """NAME = "deployed"
 import mpota
@@ -17,10 +16,7 @@ def main():
 
 def test_device_files_alone_make_a_working_device(tmp_path):
     src = sorted((REPO / "device").glob("*.py"))
-    dest = tmp_path / "fresh"
-    dest.mkdir()
-    for p in src:
-        shutil.copyfile(p.resolve(), dest / p.name)  # follows the codec symlinks
+    dest = device_copy(tmp_path / "fresh")
     assert not any(p.is_symlink() for p in dest.iterdir())
     names = sorted(p.name for p in dest.iterdir())
     assert names == sorted(p.name for p in src)

@@ -67,17 +67,21 @@ def test_lean_connection_hands_over_what_it_does_not_serve(tmp_path, mp):
 
 
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
-def test_a_lean_reply_needs_no_piece_the_size_of_its_line(mp):
-    """Lean.reply writes a reply line field by field, MACed as it goes: a
-    sealed 1.2 KB reply goes out of a heap whose free space is all in holes
-    of about 512 bytes (beside an app that fragmented the heap), where making
-    the line whole and sealing a copy of it runs out of memory; the host's
-    side opens it and reads the same reply. With no heap for its first piece
-    it raises MemoryError (answered no_memory) and writes nothing."""
-    r = run_device_script(mp, "lean_reply_pieces.py")
+def test_a_stream_reply_needs_no_piece_the_size_of_its_line(mp):
+    """dispatch.stream_reply writes a reply line field by field, MACed as it
+    goes: a sealed 1.2 KB reply goes out of a heap whose free space is all in
+    holes of about 512 bytes (beside an app that fragmented the heap), where
+    making the line whole and sealing a copy of it runs out of memory; the
+    host's side opens it and reads the same reply. A lean connection always
+    replies so, the full stack (conn.Conn) once the whole line does not fit
+    (a live status beside a 68 KiB app). With no heap for its first piece it
+    raises MemoryError (answered no_memory), writes nothing and spends no
+    sequence number (the next reply takes 1)."""
+    r = run_device_script(mp, "stream_reply_pieces.py")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.split("\n")[:3] == ["whole: out of memory", "pieces: sent True 1285",
-                                         "no heap: MemoryError 0 kept"], r.stdout
+    assert r.stdout.split("\n")[:6] == [
+        "lean whole: out of memory", "lean pieces: sent True 1285", "lean no heap: MemoryError 0 kept 1",
+        "conn whole: out of memory", "conn pieces: sent True 1285", "conn no heap: MemoryError 0 kept 1"], r.stdout
 
 
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)

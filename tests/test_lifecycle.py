@@ -4,7 +4,7 @@ older than the supported range (v1.22: no `vfs` module) at boot."""
 import json
 import shutil
 
-from conftest import REPO, run_micropython
+from conftest import REPO, device_copy, run_micropython
 from devconn import app_image
 from simproc import Sim
 
@@ -80,3 +80,40 @@ def test_a_board_below_the_floor_refuses_at_boot(tmp_path):
     finally:
         sim.stop()
     assert json.loads((tmp_path / "dev" / "boot.json").read_text())["boot_count"] == 1
+
+
+# The boot leaves no connection module behind (bootmgr._end): appended to a
+# copy of the device tree, mpota_slots keeps a handle on itself in the
+# resident mpota_hal, and main.py reports what boot left loaded.
+_SEEN = """
+import sys  # noqa: E402  (test: tests/test_lifecycle.py)
+import mpota_hal  # noqa: E402
+mpota_hal.SEEN = sys.modules[__name__]
+"""
+_REPORT = ('print("BOOT LEFT", [n for n in agent.mods(0xFF) if n in sys.modules], '
+           'len(agent.hal.SEEN.__dict__))  # (test: tests/test_lifecycle.py)\n')
+
+
+def test_boot_leaves_no_connection_module_and_empties_those_it_loaded(tmp_path):
+    """bootmgr loads the slot record's modules (mpota_slots, the codec) and,
+    beside an app, every module of a connection (_intern). A stale word on
+    the C stack pointing at any of them kept all its code: 8-10 KB of
+    mpota_slots and mpota_lineproto at agent 0.5.0's idle. Boot now drops
+    them emptied, with an app and without one."""
+    from devconn import DevConn, reset_and_wait
+    dev = device_copy(tmp_path / "device", {"mpota_slots.py": _SEEN})
+    start = "    agent.main(_dev, _app)\n"
+    main = (dev / "main.py").read_text()
+    assert start in main
+    (dev / "main.py").write_text(main.replace(start, "    " + _REPORT + start))
+    img = app_image(tmp_path, "app", "NAME = 'left'\n\ndef main():\n    pass\n", "1.0.0+0")
+    with Sim(state=tmp_path / "st", device_dir=dev) as sim:
+        assert "BOOT LEFT [] 0" in sim.output, sim.output[-1500:]  # no app
+        c = DevConn(sim.tcp_port, sim.key)
+        c.push(bytes(img), version="1.0.0+0")
+        mark = sim.mark()
+        c = reset_and_wait(sim, c, sim.key)
+        c.close()
+        out = sim.output[mark:]
+        assert "booted a" in out and "BOOT LEFT [] 0" in out, out[-1500:]
+        assert "Traceback" not in sim.output, sim.output[-2000:]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import INTERPRETERS, REPO, interp_label
+from conftest import INTERPRETERS, device_copy, interp_label
 from mpota.codec import mpota_lineproto as lineproto
 from simproc import Sim
 from test_agent_e2e import APP1, DevConn, app_image
@@ -310,14 +310,8 @@ def test_without_a_4k_block_the_connection_carries_1k_data(tmp_path, mp):
     sends DATA of at most that, and the upload and commit go through."""
     import asyncio
     import hashlib
-    import shutil
     from mpota.client import Client
-    dev = tmp_path / "device"
-    dev.mkdir()
-    for p in sorted((REPO / "device").glob("*.py")):
-        shutil.copyfile(p.resolve(), dev / p.name)  # follows the codec symlinks
-    with open(dev / "mpota_framing.py", "a") as f:
-        f.write(_NO_4K)
+    dev = device_copy(tmp_path / "device", {"mpota_framing.py": _NO_4K})
     img = app_image(tmp_path, "app", APP1, "1.0.0+0", pad=12 * 1024)
     sent = []
 
