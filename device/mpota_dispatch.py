@@ -7,6 +7,7 @@
 # with it (agent._LIFE). The shared codec (lineproto.py) parses and formats
 # lines; it never names a device handler.
 import gc
+import sys
 import ujson as json
 from micropython import const
 
@@ -189,6 +190,10 @@ def serve(dev, c, req, lean, done, ln):
     `done(dev)` then releases what the request loaded. -> None, or the
     parsed request, with nothing queued, when c (a lean connection) does not
     serve it: the caller hands it over, already read and verified (conn.adopt)."""
+    a = sys.modules.get("mpota_appfs")
+    if a is not None:
+        a.rest()  # (the app's open sector file: its 1,152 bytes are the hole this request's file fits)
+    a = None
     rid = None
     m = None
     try:

@@ -67,3 +67,5 @@ class Reader:
             self.f.close()
             self.f = None
         self.k = -1
+
+    rest = close  # (appfs.rest: the open file goes, the next read opens it again)
