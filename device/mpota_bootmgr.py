@@ -216,7 +216,7 @@ def boot(mem_base=0):
     sb = _use("mpota_bootslots")
     sl = sb.open_slots(slot_size=cfg["slot_size"], max_trials=cfg["max_trials"])
     if cfg["mode"] == "lean" and slots.file_size(slots.UPDATE_FLAG) >= 0:
-        # Lean mode asked for an update (ops.op_begin): this boot serves the
+        # Lean mode asked for an update (slots.restart_for_update): this boot serves the
         # transfer with the whole heap; the app does not start and no trial
         # is counted. The flag goes first, so the next reset boots as usual.
         slots.remove(slots.UPDATE_FLAG)

@@ -211,8 +211,19 @@ def serve(dev, c, req, lean, done, ln):
         c.out(lineproto.error_line(rid, e.code, e.message))
     except MemoryError:
         m = None
-        done(dev)
         gc.collect()
-        lineproto.no_memory(c, rid)
+        try:
+            if not (lean and c.authed and dev.sl is not None and req is not None and req.get("op") == "begin"):
+                raise MemoryError
+            # beside the app there was no heap to check the image: update mode
+            # checks it (the slot record, attached, says whether one may come)
+            import mpota_slots as slots
+            slots.restart_for_update(dev)
+        except lineproto.ProtoError as e:
+            c.out(lineproto.error_line(rid, e.code, e.message))
+        except MemoryError:
+            done(dev)
+            gc.collect()
+            lineproto.no_memory(c, rid)
     done(dev)
     return None

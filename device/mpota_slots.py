@@ -47,7 +47,8 @@ except ImportError:  # CPython (tests/test_trust.py)
     import json
     import binascii
 
-from mpota_lineproto import ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED, E_NO_SPACE, SLOT_NAMES as NAMES
+from mpota_lineproto import (ProtoError, E_INCORRECT_STATE, E_VERSION_REFUSED, E_NO_SPACE, E_RESTARTING,
+                             SLOT_NAMES as NAMES)
 from mpota_lineproto import slot_name as name  # noqa: F401 (slots.name: the handlers' name for it)
 import mpota_slotio as slotio
 EMPTY = "empty"
@@ -140,6 +141,22 @@ def read_record(path):
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return rec
+
+
+def restart_for_update(dev):
+    """Lean mode takes no image beside the app: a begin restarts the board
+    into update mode (bootmgr), where the app does not start and the whole
+    heap serves the transfer; the peer reconnects and begins again (the host
+    tool does this by itself). Raises E_RESTARTING, or E_INCORRECT_STATE
+    where the record refuses any update now (writable): a board on trial
+    must not spend a trial boot on it. update.op_begin checks the rest first
+    (dispatch.serve skips that where it ran out of heap beside the app:
+    update mode checks the image anyway, and refused there, returns to the app)."""
+    dev.sl.writable(dev.app["state"] == "crashed")
+    flag(UPDATE_FLAG)
+    dev.reset_ms = 300
+    raise ProtoError(E_RESTARTING, "lean mode: restarting into update mode for this image; "
+                     "reconnect in a few seconds and begin again")
 
 
 def new_record():
@@ -359,6 +376,23 @@ class Slots:
         rec["slots"][i]["state"] = state
         rec["trial"] = None
         rec["trials"] = 0
+
+    def writable(self, crashed):
+        """Raise unless the record lets an update write the inactive slot:
+        not while the running slot is on trial (`crashed`: its app crashed),
+        nor after a rollback until the reset that boots the other slot."""
+        r = self.running
+        if self.on_trial():
+            if crashed:  # confirming would keep a broken app: say so
+                raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial and its app crashed: roll back first"
+                                 % NAMES[r])
+            raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial: confirm or roll back first" % NAMES[r])
+        a = self.active()
+        if r is not None and a is not None and a != r:
+            # after a rollback the only other slot is the one the next reset boots:
+            # an update there would erase it, leaving nothing confirmed to boot
+            raise ProtoError(E_INCORRECT_STATE, "slot %s boots at the next reset (rolled back): reset first"
+                             % NAMES[a])
 
     # -- the transitions (each commits once) -----------------------------------
     def fits(self, i, size):

@@ -11,7 +11,7 @@ import mpota_slots as slots
 import mpota_slotio as slotio  # (resident)
 from mpota_slots import name
 from mpota_lineproto import (ProtoError, E_INCORRECT_STATE, E_BAD_REQUEST, E_BUSY, E_VERIFY_FAILED,
-                   E_BAD_IMAGE, E_VERSION_REFUSED, E_RESTARTING, field)
+                   E_BAD_IMAGE, E_VERSION_REFUSED, field)
 
 _CHECK_MOUNT = "/mpota_check"  # where commit mounts a new app to look at its names
 # mpota_upload (the slot writer) is imported where a session needs it: a lean
@@ -33,31 +33,14 @@ def may_update(dev, owner, client=None):
         connpolicy.close(dev.ag, s.owner)
     if s is not None:
         dev.close_session()  # the owner re-opens
-    sl = dev.sl
-    if sl.on_trial():
-        if dev.app["state"] == "crashed":  # confirming would keep a broken app: say so
-            raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial and its app crashed: roll back first"
-                             % name(sl.running))
-        raise ProtoError(E_INCORRECT_STATE, "slot %s is on trial: confirm or roll back first" % name(sl.running))
-    a = sl.active()
-    if sl.running is not None and a is not None and a != sl.running:
-        # after a rollback the only other slot is the one the next reset boots:
-        # an update there would erase it, leaving nothing confirmed to boot
-        raise ProtoError(E_INCORRECT_STATE, "slot %s boots at the next reset (rolled back): reset first" % name(a))
+    dev.sl.writable(dev.app["state"] == "crashed")
 
 
 def restart_if_lean(dev, i, size):
-    """Lean mode takes no image beside the app: once the request is known to
-    be acceptable, the board restarts into update mode (bootmgr), where the
-    app does not start and the whole heap serves the transfer. The peer
-    reconnects and begins again (the host tool does this by itself)."""
-    if dev.mode != "lean":
-        return
-    dev.sl.fits(i, size)
-    slots.flag(slots.UPDATE_FLAG)
-    dev.reset_ms = 300
-    raise ProtoError(E_RESTARTING, "lean mode: restarting into update mode for this image; "
-                     "reconnect in a few seconds and begin again")
+    # lean mode: once the request is known to be acceptable (slots.restart_for_update)
+    if dev.mode == "lean":
+        dev.sl.fits(i, size)
+        slots.restart_for_update(dev)
 
 
 def older(dev, i, v):
@@ -140,6 +123,17 @@ def digest_hex(dev, i, size, buf=None):
 
 
 def op_begin(dev, c, req):
+    try:
+        return _begin(dev, c, req)
+    except ProtoError:
+        if dev.mode == "update" and dev.session is None:
+            # the boot a lean begin restarted into for this image
+            # (slots.restart_for_update), and the image refused: back to the app
+            dev.reset_ms = 300
+        raise
+
+
+def _begin(dev, c, req):
     size = field(req, "size", int, required=True)
     sha = field(req, "sha256", str, required=True).lower()
     try:

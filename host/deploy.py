@@ -82,6 +82,13 @@ def mpy_target(mpy: int) -> tuple:
     return mpy & 0xFF, (mpy >> 8) & 3, ARCHS.get(mpy >> 10)
 
 
+# The source name a .mpy carries (tracebacks print it) is the module's name,
+# which the import interns anyway: "mpota_slots.py" was one more name per
+# module in the board's qstr pool, for good (docs/memory.md). Part of the
+# cache key, as every compile option.
+_FLAGS = b"-s stem"
+
+
 def compile_files(paths, mpy_cross, arch: str, cache: Path) -> list:
     """`paths` with every file but main.py compiled by `mpy_cross` (a command list)
     for `arch`, so the device never compiles a module at run time (no compile
@@ -94,12 +101,12 @@ def compile_files(paths, mpy_cross, arch: str, cache: Path) -> list:
         if p.name in SOURCE_ONLY:
             done.append(p)
             continue
-        folder = cache / hashlib.sha256(p.read_bytes()).hexdigest()[:20]
+        folder = cache / hashlib.sha256(p.read_bytes() + _FLAGS).hexdigest()[:20]
         dest = folder / (p.stem + ".mpy")
         if not dest.exists():
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / ("%s.%d.tmp" % (p.stem, os.getpid()))
-            subprocess.run(list(mpy_cross) + ["-march=" + arch, "-o", str(tmp), "-s", p.name, str(p)],
+            subprocess.run(list(mpy_cross) + ["-march=" + arch, "-o", str(tmp), "-s", p.stem, str(p)],
                            check=True, capture_output=True, timeout=60)
             os.replace(tmp, dest)
         done.append(dest)

@@ -406,3 +406,35 @@ def test_lean_mode_push_restarts_into_update_mode_without_extra_flags(tmp_path, 
         assert "update mode (lean)" in s.output and "Traceback" not in s.output
     finally:
         s.stop()
+
+
+def test_lean_update_mode_refusing_the_begin_goes_back_to_the_app(tmp_path):
+    """A lean begin restarts the board into update mode; a begin refused there
+    (an older version than the one running) sends the board back to its app at
+    once, not after update mode's two idle minutes."""
+    from devconn import DevConn
+    cfg = tmp_path / "mpota.json"
+    cfg.write_text(json.dumps({"mode": "lean"}))
+    img = build(HELLO, "2.0.0", tmp_path / "v2.img")
+    s = Sim(state=tmp_path / "dev", flags=["--config", str(cfg)])
+
+    def begin(version, code, then):
+        # a begin answered `code`, then the ready line of the mode the board restarts into
+        c = DevConn(s.tcp_port, s.key)
+        mark = s.mark()
+        try:
+            c.err("begin", code, size=1000, sha256="cd" * 32, version=version)
+        finally:
+            c.close()
+        s.wait_for_line("mode=" + then, 30, since=mark)
+
+    try:
+        r = cli(*target(s), "--json", "push", img, key=s.key)
+        assert r.returncode == 0, r.stdout + r.stderr
+        begin("3.0.0", "restarting", "update")
+        begin("1.0.0", "version_refused", "lean")  # back to the app: a reset at once
+        st = status(s)
+        assert st["mode"] == "lean" and st["app"]["state"] == "running", st
+        assert "Traceback" not in s.output
+    finally:
+        s.stop()

@@ -18,6 +18,8 @@ from simproc import Sim
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import bench_headroom  # noqa: E402
 
+REPO_DEVICE_TESTS = Path(__file__).resolve().parent / "device"
+
 
 @pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
 def test_lean_connection_hands_over_what_it_does_not_serve(tmp_path, mp):
@@ -135,6 +137,23 @@ def test_one_op_table_routes_both_connection_kinds(mp):
         "'rareops', 'trustkeys', 'logs', 'update', 'unsupported']",
         "['ops', 'ops', 'ops', 'ops', 'ops', 'ops', 'update', None, None, None, None, None, None, 'logs', None, None]"
     ], r.stdout
+
+
+@pytest.mark.parametrize("mp", INTERPRETERS, ids=interp_label)
+def test_a_lean_begin_out_of_heap_beside_the_app_still_restarts_into_update_mode(mp, tmp_path):
+    """dispatch.serve: a lean begin whose handler does not fit beside the app
+    restarts the board into update mode (the image is checked there), unless
+    the slot record refuses every update now (on trial: no trial boot spent);
+    any other request, or the full stack, answers no_memory. In update mode a
+    refused begin sends the board back to its app (reset_ms), a busy one not.
+    Columns: the reply, the update flag, reset_ms, the releases (done)."""
+    code = "WORK = %r\n" % str(tmp_path) + (REPO_DEVICE_TESTS / "lean_begin_out_of_heap.py").read_text()
+    r = run_device_script(mp, None, code)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.split("\n")[:6] == [
+        "lean begin restarting flag 300 1", "lean begin on trial incorrect_state - -1 1",
+        "lean status no_memory - -1 2", "live begin no_memory - -1 2",
+        "update begin refused incorrect_state - 300 1", "update begin busy busy - -1 1"], r.stdout
 
 
 # The issue's budget is 128 KiB; the bench prints the figure reached
