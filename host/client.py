@@ -525,7 +525,8 @@ class Client:
 
     async def upload(self, image, start: int, *, begin_reply: Optional[dict] = None,
                      high_sent: int = 0, on_progress: Optional[ProgressCb] = None,
-                     skip: Optional[set] = None, deflate: bool = False) -> int:
+                     skip: Optional[set] = None, deflate: bool = False,
+                     squeezed: Optional[dict] = None) -> int:
         """Send image[start:] as pipelined DATA frames; return when all is ACKed.
 
         Keeps at most `window` bytes unacknowledged (never a round trip per
@@ -536,7 +537,9 @@ class Client:
         (begin "held"): never sent, unless the device rewinds into one (it
         lacked it after all). `deflate` (a begin that said so): each frame
         carries a raw deflate stream (squeeze) of at most one sector, and the
-        window counts the bytes on the wire. Returns the new high_sent.
+        window counts the bytes on the wire; `squeezed` ({(offset, length):
+        stream}, as squeeze_sectors fills it) keeps each piece deflated once,
+        across resends and connections. Returns the new high_sent.
         """
         w = self._check_open()
         mv = memoryview(image)
@@ -547,6 +550,7 @@ class Client:
         rewinds = 0
         skip = set(skip or ())
         flight: list = []  # deflate: (end offset, bytes on the wire) of each frame not yet acknowledged
+        zs = {} if squeezed is None else squeezed
         while acked < size:
             while nxt < size:
                 if skip and nxt % SECTOR == 0 and nxt // SECTOR in skip:
@@ -561,10 +565,10 @@ class Client:
                         break
                 if deflate:
                     n = min(size - nxt, SECTOR - nxt % SECTOR)
-                    payload = squeeze(mv[nxt:nxt + n])
+                    payload = _squeezed(zs, mv, nxt, n)
                     while len(payload) > max_data and n > 64:  # (an incompressible piece: a smaller one)
                         n //= 2
-                        payload = squeeze(mv[nxt:nxt + n])
+                        payload = _squeezed(zs, mv, nxt, n)
                     if flight and sum(x for _, x in flight) + len(payload) > window:
                         break
                     flight.append((nxt + n, len(payload)))
@@ -683,6 +687,21 @@ def squeeze(data) -> bytes:
     """`data` as the raw deflate stream a deflate session's DATA frame carries."""
     z = zlib.compressobj(9, zlib.DEFLATED, -ZBITS, 9)
     return z.compress(data) + z.flush()
+
+
+def _squeezed(zs: dict, mv, off: int, n: int) -> bytes:
+    """squeeze(image[off:off + n]), deflated once: kept in `zs`."""
+    z = zs.get((off, n))
+    if z is None:
+        z = zs[(off, n)] = squeeze(mv[off:off + n])
+    return z
+
+
+def squeeze_sectors(image, zs: dict) -> int:
+    """Bytes on the wire of `image` sent deflated a sector a frame (upload's
+    pieces, each kept in `zs` for it)."""
+    mv = memoryview(image)
+    return sum(len(_squeezed(zs, mv, i, min(SECTOR, len(mv) - i))) for i in range(0, len(mv), SECTOR))
 
 
 def _kept(skip: set, a: int, b: int, size: int) -> int:

@@ -258,6 +258,9 @@ def _push_text(ctx, name: str, f: dict):
     return None
 
 
+_AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # --reuse, --deflate
+
+
 async def cmd_push(ctx) -> int:
     args, out = ctx.args, ctx.out
     t = ctx.target
@@ -280,8 +283,7 @@ async def cmd_push(ctx) -> int:
                          retries=args.retries,
                          wait=args.wait, connect_timeout=args.connect_timeout, timeout=args.timeout,
                          on_event=on_event, on_progress=out.progress,
-                         reuse={"auto": None, "on": True, "off": False}[args.reuse],
-                         deflate={"auto": None, "on": True, "off": False}[args.deflate])
+                         reuse=_AUTO_ON_OFF[args.reuse], deflate=_AUTO_ON_OFF[args.deflate])
     finally:
         out.progress_stop()
     return EXIT_OK

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from .codec import mpota_lineproto as lineproto
 from .codec import mpota_mcuboot as mcuboot
 from .client import (CONNECT_TIMEOUT, IO_TIMEOUT, SECTOR, Client, ProgressCb, default_client_id,
-                     expected_device, held_sectors, squeeze, within)
+                     expected_device, held_sectors, squeeze_sectors, within)
 from .errors import (BusyError, ConnectionLost, CrashedTrial, CrcMismatch, DeviceError, DeviceTimeout,
                      MpotaError, NotTaken, Restarting, Unreachable, VerifyFailed, VersionClash, device_error)
 from .images import Image
@@ -122,10 +122,11 @@ def reuse_pays(rtt: float) -> bool:
     return rtt > REUSE_RTT
 
 
-def compresses(image: bytes) -> bool:
-    """Does deflating each 4 KiB sector (client.squeeze) save a tenth of the bytes at least?"""
-    mv = memoryview(image)
-    return sum(len(squeeze(mv[i:i + SECTOR])) for i in range(0, len(mv), SECTOR)) < 0.9 * len(mv)
+def compresses(image: bytes, squeezed: Optional[dict] = None) -> bool:
+    """Does deflating each 4 KiB sector (client.squeeze) save a tenth of the
+    bytes at least? `squeezed`: where the deflated sectors are kept, for the
+    upload that sends them (Client.upload)."""
+    return squeeze_sectors(image, {} if squeezed is None else squeezed) < 0.9 * len(image)
 
 
 def _count(bitmap: bytes) -> int:
@@ -212,6 +213,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
     attempt = 0
     first = True
     restarted = False
+    squeezed: dict = {}  # each piece deflated once, for every connection of this push (Client.upload)
     pays = None  # does the link cap the push below the flash (a ping, once)?
     while True:
         c = client_factory(host, port, key=key, connect_timeout=connect_timeout,
@@ -232,7 +234,7 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
             copy = pays if reuse is None else bool(reuse)
             if reuse is not False and sectors:
                 held, src = await _reuse_plan(c, image, copy)
-            zipped = zips and (deflate if deflate is not None else bool(pays) and compresses(image))
+            zipped = zips and (deflate if deflate is not None else bool(pays) and compresses(image, squeezed))
             try:
                 reply = await begin_patiently(c, len(image), sha, version, allow_downgrade,
                                               busy_wait if first else max(busy_wait, 35.0), on_event, kid,
@@ -267,7 +269,8 @@ async def push_image(host: str, port: int, image: bytes, *, key: Optional[bytes]
                 on_progress(offset, len(image))
             try:
                 high_sent = await c.upload(image, offset, begin_reply=reply, high_sent=high_sent,
-                                           on_progress=on_progress, skip=skip, deflate=zipped)
+                                           on_progress=on_progress, skip=skip, deflate=zipped,
+                                           squeezed=squeezed)
             finally:
                 res.bytes_sent += c.bytes_sent
                 res.bytes_resent += c.bytes_resent

@@ -10,6 +10,7 @@ import os
 
 from devconn import DevConn
 from simproc import Sim
+from mpota import client, push
 from mpota import images as appimage
 from mpota.client import Client, squeeze
 from mpota.codec import mpota_hostframes as hostframes
@@ -35,17 +36,24 @@ async def _slot(port, slot, n):
         return await c.read(slot, 0, n)
 
 
-def test_a_deflated_push_writes_the_same_slot_in_fewer_bytes(tmp_path):
+def test_a_deflated_push_writes_the_same_slot_in_fewer_bytes(tmp_path, monkeypatch):
     img = appimage.build_app_image(source_app(tmp_path / "app"), version="1.0.0")
     assert compresses(img)
+    # deflate chosen by itself (as where the link is the limit): each sector is
+    # deflated once, to decide (push.compresses) and to send (Client.upload)
+    monkeypatch.setattr(push, "reuse_pays", lambda rtt: True)
+    calls = []
+    squeeze_once = client.squeeze
+    monkeypatch.setattr(client, "squeeze", lambda b: calls.append(len(b)) or squeeze_once(b))
     with Sim(state=tmp_path / "dev", flags=["--no-auth"]) as sim:
         events = {}
-        r = asyncio.run(push_image("127.0.0.1", sim.tcp_port, img, deflate=True, reuse=False, commit=True,
+        r = asyncio.run(push_image("127.0.0.1", sim.tcp_port, img, reuse=False, commit=True,
                                    on_event=lambda name, **f: events.setdefault(name, f)))
         assert events["begin"]["deflate"] is True
         assert r.bytes_sent < len(img) // 2, (r.bytes_sent, len(img))
         assert asyncio.run(_slot(sim.tcp_port, r.slot, len(img))) == img
         assert r.commit["sha256"] == hashlib.sha256(img).hexdigest()
+    assert len(calls) == -(-len(img) // SECTOR)
 
 
 def test_incompressible_bytes_go_in_smaller_frames(tmp_path):
@@ -82,7 +90,7 @@ def test_a_deflated_upload_resumes_and_a_bad_stream_is_refused(tmp_path):
             assert hostframes.parse_ack(c.frame()) == (k + 1) * SECTOR
         c.close()
         events = {}
-        r = asyncio.run(push_image("127.0.0.1", sim.tcp_port, img, deflate=True, reuse=False, commit=True,
+        r = asyncio.run(push_image("127.0.0.1", sim.tcp_port, img, reuse=False, commit=True,
                                    on_event=lambda name, **f: events.setdefault(name, f)))
         assert events["begin"]["offset"] == 3 * SECTOR and events["begin"]["resumed"], events
         assert asyncio.run(_slot(sim.tcp_port, r.slot, len(img))) == img
