@@ -289,6 +289,15 @@ def test_commit_rejects_wrong_digest_and_non_images(tmp_path):
         c.err("commit", "bad_image")
         st = c.ok("status")
         assert st["slots"]["a"]["state"] == "complete" and st["pending"] is None
+        # a good image, but not the bytes begin named (its last, unprotected
+        # TLV byte differs: commit hashes the whole transfer in its one read)
+        img = bytes(app_image(tmp_path, "app", "def main():\n    pass\n", "1.0.0"))
+        other = img[:-1] + bytes([img[-1] ^ 1])
+        for sent, named, code in ((img, other, "verify_failed"), (other, other, "bad_image")):
+            c.ok("begin", size=len(sent), sha256=hashlib.sha256(named).hexdigest())
+            c.upload(sent)
+            c.err("commit", code)
+        assert c.ok("status")["slots"]["a"]["state"] == "complete"  # (the last: sent as named, refused as an image)
         c.close()
 
 
