@@ -259,7 +259,7 @@ async def run(dev, cl, seq, d, emit):
         delay = min(delay * 2, _MAX_DELAY)
     ms = max(1, hal.ticks_diff(hal.ticks_ms(), t0))
     got = s.size - start
-    s = buf = None  # the commit reads the slot and checks the signature beside the app
+    s = buf = None  # the commit reads the slot twice and checks the signature beside the app
     r = update.op_commit(dev, cl, {})
     r["ms"] = ms
     r["rate"] = got * 1000 // ms

@@ -54,36 +54,19 @@ def older(dev, i, v):
     return None
 
 
-def validate(dev, i, size, allow_down, buf=None, want=None):
-    """Check the stored image: -> (version str, is an app image, proof).
-    `buf`: scratch of at least 1 KB (_buf). `want` (commit): the transfer's
-    SHA-256 (hex), checked in the same read of the slot and before anything
-    of the image: a mismatch erases the slot (verify_failed)."""
+def validate(dev, i, size, allow_down, buf=None):
+    """Check the stored image: -> (version str, is an app image). `buf`:
+    scratch of at least 1 KB (_buf)."""
     import mpota_mcuboot as mcuboot
-    buf = buf or _buf(dev)
-    h = None
-    if want is not None:
-        import uhashlib as hashlib
-        h = hashlib.sha256()
-    err = None
     f = dev.sl.open(i)
     try:
-        info = mcuboot.verify(f, 0, size, hal.wdt_feed, buf, h)
+        info = mcuboot.verify(f, 0, size, hal.wdt_feed, buf or _buf(dev))
     except mcuboot.ImageError as e:
-        err = ProtoError(getattr(e, "code", E_BAD_IMAGE), "slot %s: %s" % (name(i), e))
+        raise ProtoError(getattr(e, "code", E_BAD_IMAGE), "slot %s: %s" % (name(i), e))
     except (OSError, ValueError) as e:
-        err = ProtoError(E_BAD_IMAGE, "slot %s: %s" % (name(i), e))
+        raise ProtoError(E_BAD_IMAGE, "slot %s: %s" % (name(i), e))
     finally:
         f.close()
-    if want is not None:
-        # what arrived decides first: a refused image is read again for its digest
-        sha = digest_hex(dev, i, size, buf) if err else binascii.hexlify(h.digest()).decode()
-        if sha != want:
-            dev.sl.erase(i)
-            raise ProtoError(E_VERIFY_FAILED, "slot %s holds sha256 %s, expected %s: upload again"
-                             % (name(i), sha, want))
-    if err:
-        raise err
     # the parser goes before the signature check and the app check, which need
     # the heap beside the app (its scope is the session: a later use loads it)
     mcuboot = None
@@ -270,19 +253,23 @@ def op_commit(dev, c, req):
     if s.w.pos < s.size:
         raise ProtoError(E_INCORRECT_STATE, "%d of %d bytes received" % (s.w.pos, s.size))
     i, size, want, down = s.slot, s.size, s.sha, s.allow_down
-    s = None  # the session's buffers go before the slot is read
+    s = None  # the session's buffers go before the slot is read twice
     sl = dev.sl
     dev.close_session()  # closes (syncs) the sector being written
-    try:  # one read of the slot: the transfer's digest and the image's check
-        ver, is_app, proof = validate(dev, i, size, down, None, want)
-    except ProtoError as e:
-        if e.code != E_VERIFY_FAILED:
-            sl.finish(i, want, None, False)  # (it holds what was sent) stored, not bootable
+    buf = _buf(dev)  # one scratch for both reads of the slot
+    sha = digest_hex(dev, i, size, buf)
+    if sha != want:
+        sl.erase(i)
+        raise ProtoError(E_VERIFY_FAILED, "slot %s holds sha256 %s, expected %s: upload again" % (name(i), sha, want))
+    try:
+        ver, is_app, proof = validate(dev, i, size, down, buf)
+    except ProtoError:
+        sl.finish(i, sha, None, False)  # stored, not bootable
         raise
     finally:
         dev.sample_mem()  # the peak of an update: hashing and the image check
-    sl.finish(i, want, ver, is_app, proof)
-    return {"slot": name(i), "sha256": want, "version": ver, "state": sl.state(i)}
+    sl.finish(i, sha, ver, is_app, proof)
+    return {"slot": name(i), "sha256": sha, "version": ver, "state": sl.state(i)}
 
 
 def op_abort(dev, c, req):

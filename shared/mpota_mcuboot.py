@@ -62,7 +62,7 @@ def parse_header(data):
             "version_str": "%d.%d.%d+%d" % (maj, mnr, rev, build)}
 
 
-def verify(src, offset=0, size=None, feed=None, buf=None, whole=None):
+def verify(src, offset=0, size=None, feed=None, buf=None):
     """Check the image at `offset` of `src` (a path, an open binary file, or
     the image's bytes):
     header, TLV layout and SHA-256. `size`: bytes available from `offset`
@@ -74,10 +74,7 @@ def verify(src, offset=0, size=None, feed=None, buf=None, whole=None):
     `feed`: called every 16 KiB hashed (the device's hal.wdt_feed: a full
     slot hashes for 0.5-0.8 s on the RP2040). `buf`: scratch of at least
     1024 bytes (the device's commit passes the connection's; else one is
-    made for the call). `whole`: a hasher given every byte from `offset`
-    to `offset + size` in order, in the same read (the device's commit
-    checks the transfer's SHA-256 with it); complete only when verify
-    returns."""
+    made for the call)."""
     if isinstance(src, str):
         with open(src, "rb") as f:
             if size is None:
@@ -163,8 +160,6 @@ def verify(src, offset=0, size=None, feed=None, buf=None, whole=None):
         if f.readinto(buf) != n:
             raise ImageError("truncated image while hashing")
         h.update(buf)
-        if whole is not None:
-            whole.update(buf)
         left -= n
         k += 1
         if feed is not None and not k & 15:
@@ -172,21 +167,10 @@ def verify(src, offset=0, size=None, feed=None, buf=None, whole=None):
     if left:
         mv = _read(f, offset + prot_end - left, left, buf)
         h.update(mv[:left])
-        if whole is not None:
-            whole.update(mv[:left])
     digest = h.digest()
     if digest != sha:
         raise ImageError("SHA-256 mismatch: the image is corrupt (TLV %s, computed %s)"
                          % (_hex(sha), _hex(digest)))
-    if whole is not None:  # the TLVs after the hashed part (the file is there)
-        left = size - prot_end
-        mv = memoryview(buf)
-        while left > 0:
-            k = f.readinto(mv[:min(left, n)])
-            if not k:
-                raise ImageError("truncated image while hashing")
-            whole.update(mv[:k])
-            left -= k
 
     lfs = False
     if info["img_size"] >= 16:

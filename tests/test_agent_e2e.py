@@ -290,7 +290,7 @@ def test_commit_rejects_wrong_digest_and_non_images(tmp_path):
         st = c.ok("status")
         assert st["slots"]["a"]["state"] == "complete" and st["pending"] is None
         # a good image, but not the bytes begin named (its last, unprotected
-        # TLV byte differs: commit hashes the whole transfer in its one read)
+        # TLV byte differs): the transfer's digest is checked before the image
         img = bytes(app_image(tmp_path, "app", "def main():\n    pass\n", "1.0.0"))
         other = img[:-1] + bytes([img[-1] ^ 1])
         for sent, named, code in ((img, other, "verify_failed"), (other, other, "bad_image")):
