@@ -750,6 +750,9 @@ def _wave_line(w: dict, waves: int) -> str:
 
 
 TRACEBACK_LINES = 3  # of a failed board's saved traceback in the view: where it was raised
+# the agent's frame (it runs the app): "mpota_agent" since deploy.compile_files names a .mpy's
+# source by its module, "mpota_agent.py" from a .py deploy or an agent compiled before
+_AGENT_FRAME = ('File "mpota_agent"', 'File "mpota_agent.py"')
 
 
 def _failed_line(prog: str, spec: str, f: dict) -> str:
@@ -759,7 +762,7 @@ def _failed_line(prog: str, spec: str, f: dict) -> str:
     rb = f.get("rolled_back")
     text = "  FAILED %s%s\n%s" % (spec, ", rolled back %s" % rb if rb else "", _fit("    " + (f.get("error") or "?")))
     tb = [ln.strip() for ln in (f.get("traceback") or "").rstrip("\n").split("\n")[2:]  # (summary, "Traceback")
-          if '"mpota_agent.py"' not in ln]
+          if not ln.lstrip().startswith(_AGENT_FRAME)]
     if tb:
         text += "\n" + _fit("    its traceback (`%s -t %s logs`):" % (prog, spec))
         text += "".join("\n" + _fit("      " + ln) for ln in tb[-TRACEBACK_LINES:])

@@ -103,7 +103,8 @@ def test_a_waved_rollout_reaches_every_board_and_skips_the_one_running_it(site, 
     path = site.dir / "rel" / (site.v110.sha256 + ".bin")  # test 1 put it on board 0
     code, evs = run(capsys, "-t", "@broker", "rollout", path, "--via", site.broker.url, "--sign-key", site.key,
                     "--canary", "1", "--waves", "50%,100%", "--soak", "1s", "--state-dir", site.dir / "rollouts")
-    assert code == 0, (evs[-1], [b.tail(30) for b in site.fleet.boards])
+    bad = [e for e in evs if e.get("event") == "board" and e.get("state") not in ("healthy", "skipped")]
+    assert code == 0, (evs[-1].get("failed"), bad, [b.tail(30) for b in site.fleet.boards])
     end = evs[-1]
     assert (end["healthy"], end["skipped"]) == (COUNT - 1, 1)
     skipped = [e["target"] for e in evs if e["event"] == "board" and e["state"] == "skipped"]

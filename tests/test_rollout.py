@@ -349,8 +349,9 @@ def test_the_view_of_100_boards_fits_80_columns_a_line_per_wave_and_the_failing_
     for s in specs[10:13]:
         p.board(s).state, p.board(s).error = rollout.FAILED, "app crashed: " + "RuntimeError: x" * 20
         p.board(s).rolled_back = "by the host, to 1.0.0+0"
-    p.board(specs[12]).traceback = "app crashed after 9 ms: E: %s\nTraceback (most recent call last):\n%sE: %s\n" % (
-        "y" * 90, '  File "/app/main.py", line 3, in main\n' * 30, "y" * 90)
+    p.board(specs[12]).traceback = "app crashed after 9 ms: E: %s\nTraceback (most recent call last):\n%s%sE: %s\n" % (
+        "y" * 90, '  File "/app/main.py", line 3, in main\n' * 30, '  File "mpota_agent", line 389, in _run_app\n',
+        "y" * 90)  # (the agent's frame, last here, is left out of the view)
     text = commands.rollout_status_text("mpota", p.summary())
     lines = text.splitlines()
     assert max(len(ln) for ln in lines) <= 80
